@@ -1,0 +1,135 @@
+"""Typed configuration: one pydantic model per component, loaded in one place.
+
+Sources, lowest precedence first: the model's defaults, a TOML file (one table per
+component, e.g. ``[runtime]``), ``EDGEFLUX_<SECTION>_<FIELD>`` environment
+variables (nested fields joined with ``__``), then values given on the command
+line. A bad value raises :class:`ConfigError` naming the field, the value and the
+source it came from::
+
+    runtime.rate_hz = 'fast' (from environment EDGEFLUX_RUNTIME_RATE_HZ):
+    Input should be a valid number
+
+Component models should set ``model_config = ConfigDict(extra="forbid")`` so that
+a typo in a TOML key is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+__all__ = ["ConfigError", "load_config"]
+
+M = TypeVar("M", bound=BaseModel)
+ENV_PREFIX = "EDGEFLUX_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message says which and where from."""
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, (*prefix, key)))
+        out[(*prefix, key)] = value
+    return out
+
+
+def load_config(
+    model: type[M],
+    section: str,
+    *,
+    toml_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> M:
+    """Build `model` from defaults < TOML `[section]` < environment < `overrides`.
+
+    `overrides` are CLI flag values keyed by (dotted) field name; ``None`` values
+    mean "flag not given" and are skipped.
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
+
+    if toml_path is not None:
+        path = Path(toml_path)
+        try:
+            with path.open("rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        table = doc.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table, got {type(table).__name__}")
+        for key_path, value in _flatten(table).items():
+            if not isinstance(value, Mapping):
+                _set_path(merged, key_path, value)
+            sources[key_path] = f"{path} [{section}]"
+
+    env_prefix = f"{ENV_PREFIX}{section.upper()}_"
+    for name, raw in env.items():
+        if not name.startswith(env_prefix):
+            continue
+        key_path = tuple(part.lower() for part in name[len(env_prefix) :].split("__"))
+        _set_path(merged, key_path, raw)
+        sources[key_path] = f"environment {name}"
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        key_path = tuple(dotted.split("."))
+        _set_path(merged, key_path, value)
+        sources[key_path] = f"command line --{dotted.replace('_', '-').replace('.', '-')}"
+
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, section, merged, sources)) from None
+
+
+def _describe(
+    exc: ValidationError,
+    section: str,
+    merged: Mapping[str, Any],
+    sources: Mapping[tuple[str, ...], str],
+) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        source = "default"
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in sources:
+                source = sources[loc[:n]]
+                break
+        value: Any = merged
+        for part in loc:
+            value = value.get(part, "<missing>") if isinstance(value, Mapping) else "<missing>"
+        field = ".".join((section, *loc))
+        if err["type"] == "missing":
+            lines.append(f"{field} is required but was not set (set it in [{section}] or env)")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{field} = {value!r} (from {source}): unknown setting")
+        else:
+            lines.append(f"{field} = {value!r} (from {source}): {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,253 @@
+"""Real servers for integration tests: each on a free loopback port, started and stopped
+by the suite, waited on by condition (never by fixed sleeps).
+
+A test that needs a server that is not installed is skipped with the reason, unless
+``EDGEFLUX_REQUIRE_SERVICES=1`` (set by ``.ci/run``), where the skip becomes a failure so
+CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("EDGEFLUX_REQUIRE_SERVICES") == "1"
+
+
+def missing_service(reason: str) -> None:
+    """Skip (locally) or fail (in CI) because a required server is unavailable."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll `condition` with a short back-off until it holds or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.1f}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+def _find_binary(name: str, extra_dirs: list[str]) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in extra_dirs:
+        candidate = Path(d) / name
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@dataclass
+class Postgres:
+    host: str
+    port: int
+    user: str
+    datadir: Path
+
+    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
+        return f"{driver}://{self.user}@{self.host}:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create a fresh database and return its SQLAlchemy URL."""
+        import psycopg
+
+        with psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def _pg_bindir() -> str | None:
+    initdb = _find_binary("initdb", sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin"))))
+    return str(Path(initdb).resolve().parent) if initdb else None
+
+
+@contextlib.contextmanager
+def run_postgres() -> Iterator[Postgres]:
+    """Start a throw-away PostgreSQL cluster on a free port (as `postgres` when root)."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        missing_service("PostgreSQL server binaries (initdb) not installed")
+        raise AssertionError("unreachable")
+    run_as: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            missing_service("running as root and no 'postgres' user exists for initdb")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    tmp = Path(tempfile.mkdtemp(prefix="edgeflux-pg-"))
+    datadir, sockdir = tmp / "data", tmp / "sock"
+    sockdir.mkdir()
+    if owner is not None:
+        for p in (tmp, sockdir):
+            os.chown(p, owner.pw_uid, owner.pw_gid)
+    port = free_port()
+    user = "edgeflux"
+    subprocess.run(
+        [
+            *run_as,
+            f"{bindir}/initdb",
+            "-D",
+            str(datadir),
+            "-U",
+            user,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    log = tmp / "postgres.log"
+    proc = subprocess.Popen(
+        [
+            *run_as,
+            f"{bindir}/postgres",
+            "-D",
+            str(datadir),
+            "-p",
+            str(port),
+            "-k",
+            str(sockdir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 30, "PostgreSQL to listen")
+        if proc.poll() is not None:
+            raise RuntimeError(f"PostgreSQL exited at start:\n{log.read_text(errors='replace')}")
+        pg = Postgres("127.0.0.1", port, user, datadir)
+        import psycopg
+
+        def ready() -> bool:
+            try:
+                with psycopg.connect(host=pg.host, port=port, user=user, dbname="postgres"):
+                    return True
+            except psycopg.OperationalError:
+                return False
+
+        wait_until(ready, 30, "PostgreSQL to accept connections")
+        yield pg
+    finally:
+        _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- Mosquitto
+
+
+@dataclass
+class Mosquitto:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    config: Path
+    log: Path
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def restart(self) -> None:
+        """Start again on the same port with the same configuration."""
+        self.stop()
+        self.proc = _spawn_mosquitto(self.config, self.log)
+        wait_until(lambda: port_open(self.port), 15, "Mosquitto to listen again")
+
+
+def mosquitto_binary() -> str | None:
+    return _find_binary("mosquitto", ["/usr/sbin", "/usr/local/sbin"])
+
+
+def _spawn_mosquitto(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    binary = mosquitto_binary()
+    assert binary is not None
+    return subprocess.Popen(
+        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=log.open("ab")
+    )
+
+
+@contextlib.contextmanager
+def run_mosquitto(config_text: str | None = None, port: int | None = None) -> Iterator[Mosquitto]:
+    """Start Mosquitto on a free port. `config_text` may use `{port}` and `{dir}`."""
+    if mosquitto_binary() is None:
+        missing_service("mosquitto is not installed (Debian package 'mosquitto')")
+    tmp = Path(tempfile.mkdtemp(prefix="edgeflux-mosq-"))
+    port = port or free_port()
+    text = config_text or "listener {port} 127.0.0.1\nallow_anonymous true\n"
+    text = text.replace("{port}", str(port)).replace("{dir}", str(tmp))
+    if "persistence" not in text:
+        text += "persistence false\n"
+    if os.geteuid() == 0 and "\nuser " not in f"\n{text}":
+        text += "user root\n"
+    config = tmp / "mosquitto.conf"
+    config.write_text(text)
+    log = tmp / "mosquitto.log"
+    proc = _spawn_mosquitto(config, log)
+    broker = Mosquitto("127.0.0.1", port, proc, config, log)
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 15, "Mosquitto to listen")
+        if proc.poll() is not None:
+            raise RuntimeError(f"Mosquitto exited at start:\n{log.read_text(errors='replace')}")
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
