@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/admin.proto\x12\x11\x65\x64geflux.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/common.proto\"\xb6\x01\n\x0c\x44\x65viceHealth\x12\x13\n\x0bloop_p50_ms\x18\x01 \x01(\x01\x12\x13\n\x0bloop_p99_ms\x18\x02 \x01(\x01\x12\x1a\n\x12\x64\x65\x61\x64line_miss_rate\x18\x03 \x01(\x01\x12\x1c\n\x14safety_interventions\x18\x04 \x01(\x04\x12\x13\n\x0b\x63pu_percent\x18\x05 \x01(\x01\x12\x15\n\rtemperature_c\x18\x06 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x07 \x01(\x01\"\xaf\x03\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.edgeflux.admin.v1.Device.LabelsEntry\x12\x15\n\rhardware_tags\x18\x03 \x03(\t\x12\x0e\n\x06online\x18\x04 \x01(\x08\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\ractive_bundle\x18\x06 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x14\n\x0cupdate_state\x18\x07 \x01(\t\x12\x15\n\rupdate_reason\x18\x08 \x01(\t\x12/\n\x06health\x18\t \x01(\x0b\x32\x1f.edgeflux.admin.v1.DeviceHealth\x12\x1f\n\x17\x63\x65rtificate_fingerprint\x18\n \x01(\t\x12\x0f\n\x07revoked\x18\x0b \x01(\x08\x12\x17\n\x0fruntime_version\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x12ListDevicesRequest\x12\x16\n\x0elabel_selector\x18\x01 \x01(\t\x12-\n\x04page\x18\x02 \x01(\x0b\x32\x1f.edgeflux.common.v1.PageRequest\x12\x0c\n\x04text\x18\x03 \x01(\t\"i\n\x13ListDevicesResponse\x12*\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x19.edgeflux.admin.v1.Device\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\"\x1e\n\x10GetDeviceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"+\n\x11WatchFleetRequest\x12\x16\n\x0elabel_selector\x18\x01 \x01(\t\"\xd5\x01\n\nFleetEvent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".edgeflux.admin.v1.FleetEvent.Kind\x12)\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x19.edgeflux.admin.v1.Device\"j\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rKIND_SNAPSHOT\x10\x01\x12\x0f\n\x0bKIND_UPSERT\x10\x02\x12\x10\n\x0cKIND_REMOVED\x10\x03\x12\x16\n\x12KIND_SNAPSHOT_DONE\x10\x04\"\xc3\x01\n\x06\x42undle\x12*\n\x03ref\x18\x01 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x15\n\rsigner_key_id\x18\x03 \x01(\t\x12\x30\n\x0cpublished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btarget_path\x18\x05 \x01(\t\x12\x1b\n\x13\x61ttestation_verdict\x18\x06 \x01(\t\"#\n\x14PublishBundleRequest\x12\x0b\n\x03\x65\x66\x62\x18\x01 \x01(\x0c\"B\n\x15PublishBundleResponse\x12)\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x19.edgeflux.admin.v1.Bundle\"Q\n\x12ListBundlesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x04page\x18\x02 \x01(\x0b\x32\x1f.edgeflux.common.v1.PageRequest\"Z\n\x13ListBundlesResponse\x12*\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x19.edgeflux.admin.v1.Bundle\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x17\n\tRolloutId\x12\n\n\x02id\x18\x01 \x01(\t\"\xc0\x01\n\x14\x43reateRolloutRequest\x12-\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0ewave_fractions\x18\x04 \x03(\x01\x12\x1c\n\x14max_failure_fraction\x18\x05 \x01(\x01\x12\x17\n\x0fhealth_window_s\x18\x06 \x01(\r\"w\n\x0bRolloutWave\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\tcommitted\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\x12\x13\n\x0brolled_back\x18\x06 \x01(\r\"\xd6\x01\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\r\n\x05state\x18\x03 \x01(\t\x12-\n\x05waves\x18\x04 \x03(\x0b\x32\x1e.edgeflux.admin.v1.RolloutWave\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\"D\n\x13ListRolloutsRequest\x12-\n\x04page\x18\x01 \x01(\x0b\x32\x1f.edgeflux.common.v1.PageRequest\"]\n\x14ListRolloutsResponse\x12,\n\x08rollouts\x18\x01 \x03(\x0b\x32\x1a.edgeflux.admin.v1.Rollout\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb3\x07\n\x11\x46leetAdminService\x12\\\n\x0bListDevices\x12%.edgeflux.admin.v1.ListDevicesRequest\x1a&.edgeflux.admin.v1.ListDevicesResponse\x12K\n\tGetDevice\x12#.edgeflux.admin.v1.GetDeviceRequest\x1a\x19.edgeflux.admin.v1.Device\x12S\n\nWatchFleet\x12$.edgeflux.admin.v1.WatchFleetRequest\x1a\x1d.edgeflux.admin.v1.FleetEvent0\x01\x12\x62\n\rPublishBundle\x12\'.edgeflux.admin.v1.PublishBundleRequest\x1a(.edgeflux.admin.v1.PublishBundleResponse\x12\\\n\x0bListBundles\x12%.edgeflux.admin.v1.ListBundlesRequest\x1a&.edgeflux.admin.v1.ListBundlesResponse\x12T\n\rCreateRollout\x12\'.edgeflux.admin.v1.CreateRolloutRequest\x1a\x1a.edgeflux.admin.v1.Rollout\x12\x46\n\nGetRollout\x12\x1c.edgeflux.admin.v1.RolloutId\x1a\x1a.edgeflux.admin.v1.Rollout\x12_\n\x0cListRollouts\x12&.edgeflux.admin.v1.ListRolloutsRequest\x1a\'.edgeflux.admin.v1.ListRolloutsResponse\x12H\n\x0cPauseRollout\x12\x1c.edgeflux.admin.v1.RolloutId\x1a\x1a.edgeflux.admin.v1.Rollout\x12I\n\rResumeRollout\x12\x1c.edgeflux.admin.v1.RolloutId\x1a\x1a.edgeflux.admin.v1.Rollout\x12H\n\x0c\x41\x62ortRollout\x12\x1c.edgeflux.admin.v1.RolloutId\x1a\x1a.edgeflux.admin.v1.Rolloutb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/admin.proto\x12\x11\x65\x64geflux.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/common.proto\"\xb6\x01\n\x0c\x44\x65viceHealth\x12\x13\n\x0bloop_p50_ms\x18\x01 \x01(\x01\x12\x13\n\x0bloop_p99_ms\x18\x02 \x01(\x01\x12\x1a\n\x12\x64\x65\x61\x64line_miss_rate\x18\x03 \x01(\x01\x12\x1c\n\x14safety_interventions\x18\x04 \x01(\x04\x12\x13\n\x0b\x63pu_percent\x18\x05 \x01(\x01\x12\x15\n\rtemperature_c\x18\x06 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x07 \x01(\x01\"\xaf\x03\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.edgeflux.admin.v1.Device.LabelsEntry\x12\x15\n\rhardware_tags\x18\x03 \x03(\t\x12\x0e\n\x06online\x18\x04 \x01(\x08\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\ractive_bundle\x18\x06 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x14\n\x0cupdate_state\x18\x07 \x01(\t\x12\x15\n\rupdate_reason\x18\x08 \x01(\t\x12/\n\x06health\x18\t \x01(\x0b\x32\x1f.edgeflux.admin.v1.DeviceHealth\x12\x1f\n\x17\x63\x65rtificate_fingerprint\x18\n \x01(\t\x12\x0f\n\x07revoked\x18\x0b \x01(\x08\x12\x17\n\x0fruntime_version\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x12ListDevicesRequest\x12\x16\n\x0elabel_selector\x18\x01 \x01(\t\x12-\n\x04page\x18\x02 \x01(\x0b\x32\x1f.edgeflux.common.v1.PageRequest\x12\x0c\n\x04text\x18\x03 \x01(\t\"i\n\x13ListDevicesResponse\x12*\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x19.edgeflux.admin.v1.Device\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\"\x1e\n\x10GetDeviceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x17GetDeviceHistoryRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmax_points\x18\x02 \x01(\r\"\x8a\x01\n\x12UpdateHistoryEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12-\n\x06\x62undle\x18\x04 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\"\xf6\x01\n\rDeviceHistory\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0bloop_p99_ms\x18\x02 \x03(\x0b\x32\x1a.edgeflux.common.v1.Sample\x12\x36\n\x12\x64\x65\x61\x64line_miss_rate\x18\x03 \x03(\x0b\x32\x1a.edgeflux.common.v1.Sample\x12\x38\n\x14safety_interventions\x18\x04 \x03(\x0b\x32\x1a.edgeflux.common.v1.Sample\x12\x36\n\x07updates\x18\x05 \x03(\x0b\x32%.edgeflux.admin.v1.UpdateHistoryEntry\"+\n\x11WatchFleetRequest\x12\x16\n\x0elabel_selector\x18\x01 \x01(\t\"\xd5\x01\n\nFleetEvent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".edgeflux.admin.v1.FleetEvent.Kind\x12)\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x19.edgeflux.admin.v1.Device\"j\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rKIND_SNAPSHOT\x10\x01\x12\x0f\n\x0bKIND_UPSERT\x10\x02\x12\x10\n\x0cKIND_REMOVED\x10\x03\x12\x16\n\x12KIND_SNAPSHOT_DONE\x10\x04\"\xc3\x01\n\x06\x42undle\x12*\n\x03ref\x18\x01 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x15\n\rsigner_key_id\x18\x03 \x01(\t\x12\x30\n\x0cpublished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btarget_path\x18\x05 \x01(\t\x12\x1b\n\x13\x61ttestation_verdict\x18\x06 \x01(\t\"#\n\x14PublishBundleRequest\x12\x0b\n\x03\x65\x66\x62\x18\x01 \x01(\x0c\"B\n\x15PublishBundleResponse\x12)\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x19.edgeflux.admin.v1.Bundle\"Q\n\x12ListBundlesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x04page\x18\x02 \x01(\x0b\x32\x1f.edgeflux.common.v1.PageRequest\"Z\n\x13ListBundlesResponse\x12*\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x19.edgeflux.admin.v1.Bundle\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x17\n\tRolloutId\x12\n\n\x02id\x18\x01 \x01(\t\"\xc0\x01\n\x14\x43reateRolloutRequest\x12-\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0ewave_fractions\x18\x04 \x03(\x01\x12\x1c\n\x14max_failure_fraction\x18\x05 \x01(\x01\x12\x17\n\x0fhealth_window_s\x18\x06 \x01(\r\"w\n\x0bRolloutWave\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\tcommitted\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\x12\x13\n\x0brolled_back\x18\x06 \x01(\r\"\xd6\x01\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\r\n\x05state\x18\x03 \x01(\t\x12-\n\x05waves\x18\x04 \x03(\x0b\x32\x1e.edgeflux.admin.v1.RolloutWave\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\"D\n\x13ListRolloutsRequest\x12-\n\x04page\x18\x01 \x01(\x0b\x32\x1f.edgeflux.common.v1.PageRequest\"]\n\x14ListRolloutsResponse\x12,\n\x08rollouts\x18\x01 \x03(\x0b\x32\x1a.edgeflux.admin.v1.Rollout\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x95\x08\n\x11\x46leetAdminService\x12\\\n\x0bListDevices\x12%.edgeflux.admin.v1.ListDevicesRequest\x1a&.edgeflux.admin.v1.ListDevicesResponse\x12K\n\tGetDevice\x12#.edgeflux.admin.v1.GetDeviceRequest\x1a\x19.edgeflux.admin.v1.Device\x12S\n\nWatchFleet\x12$.edgeflux.admin.v1.WatchFleetRequest\x1a\x1d.edgeflux.admin.v1.FleetEvent0\x01\x12`\n\x10GetDeviceHistory\x12*.edgeflux.admin.v1.GetDeviceHistoryRequest\x1a .edgeflux.admin.v1.DeviceHistory\x12\x62\n\rPublishBundle\x12\'.edgeflux.admin.v1.PublishBundleRequest\x1a(.edgeflux.admin.v1.PublishBundleResponse\x12\\\n\x0bListBundles\x12%.edgeflux.admin.v1.ListBundlesRequest\x1a&.edgeflux.admin.v1.ListBundlesResponse\x12T\n\rCreateRollout\x12\'.edgeflux.admin.v1.CreateRolloutRequest\x1a\x1a.edgeflux.admin.v1.Rollout\x12\x46\n\nGetRollout\x12\x1c.edgeflux.admin.v1.RolloutId\x1a\x1a.edgeflux.admin.v1.Rollout\x12_\n\x0cListRollouts\x12&.edgeflux.admin.v1.ListRolloutsRequest\x1a\'.edgeflux.admin.v1.ListRolloutsResponse\x12H\n\x0cPauseRollout\x12\x1c.edgeflux.admin.v1.RolloutId\x1a\x1a.edgeflux.admin.v1.Rollout\x12I\n\rResumeRollout\x12\x1c.edgeflux.admin.v1.RolloutId\x1a\x1a.edgeflux.admin.v1.Rollout\x12H\n\x0c\x41\x62ortRollout\x12\x1c.edgeflux.admin.v1.RolloutId\x1a\x1a.edgeflux.admin.v1.Rolloutb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,34 +47,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEVICESRESPONSE']._serialized_end=926
   _globals['_GETDEVICEREQUEST']._serialized_start=928
   _globals['_GETDEVICEREQUEST']._serialized_end=958
-  _globals['_WATCHFLEETREQUEST']._serialized_start=960
-  _globals['_WATCHFLEETREQUEST']._serialized_end=1003
-  _globals['_FLEETEVENT']._serialized_start=1006
-  _globals['_FLEETEVENT']._serialized_end=1219
-  _globals['_FLEETEVENT_KIND']._serialized_start=1113
-  _globals['_FLEETEVENT_KIND']._serialized_end=1219
-  _globals['_BUNDLE']._serialized_start=1222
-  _globals['_BUNDLE']._serialized_end=1417
-  _globals['_PUBLISHBUNDLEREQUEST']._serialized_start=1419
-  _globals['_PUBLISHBUNDLEREQUEST']._serialized_end=1454
-  _globals['_PUBLISHBUNDLERESPONSE']._serialized_start=1456
-  _globals['_PUBLISHBUNDLERESPONSE']._serialized_end=1522
-  _globals['_LISTBUNDLESREQUEST']._serialized_start=1524
-  _globals['_LISTBUNDLESREQUEST']._serialized_end=1605
-  _globals['_LISTBUNDLESRESPONSE']._serialized_start=1607
-  _globals['_LISTBUNDLESRESPONSE']._serialized_end=1697
-  _globals['_ROLLOUTID']._serialized_start=1699
-  _globals['_ROLLOUTID']._serialized_end=1722
-  _globals['_CREATEROLLOUTREQUEST']._serialized_start=1725
-  _globals['_CREATEROLLOUTREQUEST']._serialized_end=1917
-  _globals['_ROLLOUTWAVE']._serialized_start=1919
-  _globals['_ROLLOUTWAVE']._serialized_end=2038
-  _globals['_ROLLOUT']._serialized_start=2041
-  _globals['_ROLLOUT']._serialized_end=2255
-  _globals['_LISTROLLOUTSREQUEST']._serialized_start=2257
-  _globals['_LISTROLLOUTSREQUEST']._serialized_end=2325
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=2327
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=2420
-  _globals['_FLEETADMINSERVICE']._serialized_start=2423
-  _globals['_FLEETADMINSERVICE']._serialized_end=3370
+  _globals['_GETDEVICEHISTORYREQUEST']._serialized_start=960
+  _globals['_GETDEVICEHISTORYREQUEST']._serialized_end=1017
+  _globals['_UPDATEHISTORYENTRY']._serialized_start=1020
+  _globals['_UPDATEHISTORYENTRY']._serialized_end=1158
+  _globals['_DEVICEHISTORY']._serialized_start=1161
+  _globals['_DEVICEHISTORY']._serialized_end=1407
+  _globals['_WATCHFLEETREQUEST']._serialized_start=1409
+  _globals['_WATCHFLEETREQUEST']._serialized_end=1452
+  _globals['_FLEETEVENT']._serialized_start=1455
+  _globals['_FLEETEVENT']._serialized_end=1668
+  _globals['_FLEETEVENT_KIND']._serialized_start=1562
+  _globals['_FLEETEVENT_KIND']._serialized_end=1668
+  _globals['_BUNDLE']._serialized_start=1671
+  _globals['_BUNDLE']._serialized_end=1866
+  _globals['_PUBLISHBUNDLEREQUEST']._serialized_start=1868
+  _globals['_PUBLISHBUNDLEREQUEST']._serialized_end=1903
+  _globals['_PUBLISHBUNDLERESPONSE']._serialized_start=1905
+  _globals['_PUBLISHBUNDLERESPONSE']._serialized_end=1971
+  _globals['_LISTBUNDLESREQUEST']._serialized_start=1973
+  _globals['_LISTBUNDLESREQUEST']._serialized_end=2054
+  _globals['_LISTBUNDLESRESPONSE']._serialized_start=2056
+  _globals['_LISTBUNDLESRESPONSE']._serialized_end=2146
+  _globals['_ROLLOUTID']._serialized_start=2148
+  _globals['_ROLLOUTID']._serialized_end=2171
+  _globals['_CREATEROLLOUTREQUEST']._serialized_start=2174
+  _globals['_CREATEROLLOUTREQUEST']._serialized_end=2366
+  _globals['_ROLLOUTWAVE']._serialized_start=2368
+  _globals['_ROLLOUTWAVE']._serialized_end=2487
+  _globals['_ROLLOUT']._serialized_start=2490
+  _globals['_ROLLOUT']._serialized_end=2704
+  _globals['_LISTROLLOUTSREQUEST']._serialized_start=2706
+  _globals['_LISTROLLOUTSREQUEST']._serialized_end=2774
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=2776
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=2869
+  _globals['_FLEETADMINSERVICE']._serialized_start=2872
+  _globals['_FLEETADMINSERVICE']._serialized_end=3917
 # @@protoc_insertion_point(module_scope)

@@ -90,6 +90,40 @@ class GetDeviceRequest(_message.Message):
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
+class GetDeviceHistoryRequest(_message.Message):
+    __slots__ = ("id", "max_points")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    max_points: int
+    def __init__(self, id: _Optional[str] = ..., max_points: _Optional[int] = ...) -> None: ...
+
+class UpdateHistoryEntry(_message.Message):
+    __slots__ = ("at", "state", "reason", "bundle")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    at: _timestamp_pb2.Timestamp
+    state: str
+    reason: str
+    bundle: _common_pb2.BundleRef
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ...) -> None: ...
+
+class DeviceHistory(_message.Message):
+    __slots__ = ("id", "loop_p99_ms", "deadline_miss_rate", "safety_interventions", "updates")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LOOP_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MISS_RATE_FIELD_NUMBER: _ClassVar[int]
+    SAFETY_INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    loop_p99_ms: _containers.RepeatedCompositeFieldContainer[_common_pb2.Sample]
+    deadline_miss_rate: _containers.RepeatedCompositeFieldContainer[_common_pb2.Sample]
+    safety_interventions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Sample]
+    updates: _containers.RepeatedCompositeFieldContainer[UpdateHistoryEntry]
+    def __init__(self, id: _Optional[str] = ..., loop_p99_ms: _Optional[_Iterable[_Union[_common_pb2.Sample, _Mapping]]] = ..., deadline_miss_rate: _Optional[_Iterable[_Union[_common_pb2.Sample, _Mapping]]] = ..., safety_interventions: _Optional[_Iterable[_Union[_common_pb2.Sample, _Mapping]]] = ..., updates: _Optional[_Iterable[_Union[UpdateHistoryEntry, _Mapping]]] = ...) -> None: ...
+
 class WatchFleetRequest(_message.Message):
     __slots__ = ("label_selector",)
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class FleetAdminServiceStub(object):
                 request_serializer=protos_dot_admin__pb2.WatchFleetRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.FleetEvent.FromString,
                 _registered_method=True)
+        self.GetDeviceHistory = channel.unary_unary(
+                '/edgeflux.admin.v1.FleetAdminService/GetDeviceHistory',
+                request_serializer=protos_dot_admin__pb2.GetDeviceHistoryRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeviceHistory.FromString,
+                _registered_method=True)
         self.PublishBundle = channel.unary_unary(
                 '/edgeflux.admin.v1.FleetAdminService/PublishBundle',
                 request_serializer=protos_dot_admin__pb2.PublishBundleRequest.SerializeToString,
@@ -108,6 +113,13 @@ class FleetAdminServiceServicer(object):
 
     def WatchFleet(self, request, context):
         """Current fleet first (one SNAPSHOT event per device), then changes as they happen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeviceHistory(self, request, context):
+        """Telemetry and update history of one device, oldest first, bounded by the plane's retention.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,6 +190,11 @@ def add_FleetAdminServiceServicer_to_server(servicer, server):
                     servicer.WatchFleet,
                     request_deserializer=protos_dot_admin__pb2.WatchFleetRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.FleetEvent.SerializeToString,
+            ),
+            'GetDeviceHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceHistory,
+                    request_deserializer=protos_dot_admin__pb2.GetDeviceHistoryRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeviceHistory.SerializeToString,
             ),
             'PublishBundle': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishBundle,
@@ -301,6 +318,33 @@ class FleetAdminService(object):
             '/edgeflux.admin.v1.FleetAdminService/WatchFleet',
             protos_dot_admin__pb2.WatchFleetRequest.SerializeToString,
             protos_dot_admin__pb2.FleetEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeflux.admin.v1.FleetAdminService/GetDeviceHistory',
+            protos_dot_admin__pb2.GetDeviceHistoryRequest.SerializeToString,
+            protos_dot_admin__pb2.DeviceHistory.FromString,
             options,
             channel_credentials,
             insecure,

@@ -118,16 +118,58 @@ class BudgetStats(_message.Message):
     def __init__(self, scope: _Optional[str] = ..., limit_usd: _Optional[float] = ..., used_usd: _Optional[float] = ..., reserved_usd: _Optional[float] = ...) -> None: ...
 
 class RouterStatsResponse(_message.Message):
-    __slots__ = ("backends", "budgets", "audit_records", "audit_tree_head")
+    __slots__ = ("backends", "budgets", "audit_records", "audit_tree_head", "recent_decisions", "audit_verification")
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_RECORDS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_TREE_HEAD_FIELD_NUMBER: _ClassVar[int]
+    RECENT_DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     backends: _containers.RepeatedCompositeFieldContainer[BackendStats]
     budgets: _containers.RepeatedCompositeFieldContainer[BudgetStats]
     audit_records: int
     audit_tree_head: str
-    def __init__(self, backends: _Optional[_Iterable[_Union[BackendStats, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[BudgetStats, _Mapping]]] = ..., audit_records: _Optional[int] = ..., audit_tree_head: _Optional[str] = ...) -> None: ...
+    recent_decisions: _containers.RepeatedCompositeFieldContainer[RouteDecision]
+    audit_verification: AuditVerification
+    def __init__(self, backends: _Optional[_Iterable[_Union[BackendStats, _Mapping]]] = ..., budgets: _Optional[_Iterable[_Union[BudgetStats, _Mapping]]] = ..., audit_records: _Optional[int] = ..., audit_tree_head: _Optional[str] = ..., recent_decisions: _Optional[_Iterable[_Union[RouteDecision, _Mapping]]] = ..., audit_verification: _Optional[_Union[AuditVerification, _Mapping]] = ...) -> None: ...
+
+class RouteDecision(_message.Message):
+    __slots__ = ("decision_id", "at_unix_ms", "task_type", "qos", "outcome", "backend", "cost_usd", "latency_ms", "scope", "reason")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    QOS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    at_unix_ms: int
+    task_type: str
+    qos: QosClass
+    outcome: RouteOutcome
+    backend: str
+    cost_usd: float
+    latency_ms: float
+    scope: str
+    reason: str
+    def __init__(self, decision_id: _Optional[str] = ..., at_unix_ms: _Optional[int] = ..., task_type: _Optional[str] = ..., qos: _Optional[_Union[QosClass, str]] = ..., outcome: _Optional[_Union[RouteOutcome, str]] = ..., backend: _Optional[str] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., scope: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AuditVerification(_message.Message):
+    __slots__ = ("checked", "ok", "records_checked", "detail", "checked_at_unix_ms")
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    checked: bool
+    ok: bool
+    records_checked: int
+    detail: str
+    checked_at_unix_ms: int
+    def __init__(self, checked: bool = ..., ok: bool = ..., records_checked: _Optional[int] = ..., detail: _Optional[str] = ..., checked_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
     __slots__ = ("task",)
