@@ -41,7 +41,7 @@ GROUPS: dict[str, GroupSpec] = {
     ),
     "agent": GroupSpec("The fleet agent on a robot (telemetry, updates).", None, "fleet agent"),
     "cloud": GroupSpec(
-        "The cloud control plane (init, up, publish, devices).", None, "control plane"
+        "The cloud control plane (init, up, publish, devices).", "cloud.cli:cloud", "control plane"
     ),
     "distill": GroupSpec("Distil a world model into a signed ONNX policy.", None, "cloud trainers"),
     "attest": GroupSpec("Parity attestations: run, get, verify, show.", None, "parity attestation"),

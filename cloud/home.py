@@ -1,0 +1,298 @@
+"""The control-plane home: one directory holding every key, certificate, config and file.
+
+Layout (``edgeflux cloud init DIR`` creates it; nothing else writes outside it)::
+
+    DIR/cloud.toml                 [cloud] config (CloudConfig), loaded with runtime.config
+    DIR/pki/ca.crt                 fleet CA certificate (ships to every robot)
+    DIR/pki/ca.key                 fleet CA key, encrypted with the CA passphrase
+    DIR/private/ca-passphrase      the passphrase, 0600 (move it offline and set
+                                   EDGEFLUX_CA_PASSPHRASE in production)
+    DIR/pki/server.crt|key         the control plane's server certificate
+    DIR/pki/operators/<name>.crt|key   operator certificates (the first one: admin)
+    DIR/pki/devices/<id>.crt|key   device certificates issued by `cloud device add`
+    DIR/keys/model-signing.pub|key ECDSA P-256 key that signs bundles (OMS)
+    DIR/keys/attestation.pub|key   Ed25519 key that signs parity attestations
+    DIR/keys/director.pub|key      Ed25519 key that signs desired-state documents
+    DIR/tuf/keys/<role>.key        TUF role keys (Ed25519), 0600
+    DIR/tuf/metadata/              TUF metadata (1.root.json, N.targets.json, ...)
+    DIR/tuf/targets/               TUF targets, content addressed (<sha256>.<name>)
+    DIR/state/plane.db             SQLite store (unless database_url points elsewhere)
+
+A home is created in a temporary sibling directory and renamed into place, so a
+failed init leaves nothing behind, and an existing non-empty home is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.pki import Credentials, FleetCA, PKIError
+from runtime.atomicio import atomic_write_bytes, atomic_write_text
+from runtime.config import load_config
+
+__all__ = ["CloudConfig", "CloudHome", "HomeError", "init_home"]
+
+CONFIG_NAME = "cloud.toml"
+PASSPHRASE_ENV = "EDGEFLUX_CA_PASSPHRASE"
+
+
+class HomeError(Exception):
+    """The control-plane home is missing, incomplete or would be clobbered."""
+
+
+class CloudConfig(BaseModel):
+    """`[cloud]` settings of a control plane (env: ``EDGEFLUX_CLOUD_<FIELD>``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen_host: str = Field("127.0.0.1", description="address the gRPC server binds")
+    grpc_port: int = Field(7443, ge=0, le=65535, description="gRPC port (0 = pick a free one)")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off, unless --metrics-port"
+    )
+    server_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1"],
+        description="DNS names / IPs written into the server certificate",
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; None = SQLite (WAL) at state/plane.db in the home"
+    )
+    broker_url: str | None = Field(
+        None,
+        description="mqtt(s)://host:port of the fleet broker; None = embedded dev broker",
+    )
+    embedded_broker_port: int = Field(1883, ge=0, le=65535)
+    timestamp_expiry_s: int = Field(86_400, gt=60, description="TUF timestamp lifetime")
+    timestamp_refresh_s: int = Field(
+        3_600, gt=0, description="how often a running plane re-signs the TUF timestamp"
+    )
+    metadata_expiry_days: int = Field(365, gt=0, description="targets/snapshot lifetime")
+    desired_state_ttl_s: int = Field(3_600, gt=0, description="desired-state document lifetime")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, gt=1024, description="largest gRPC request accepted (bytes)"
+    )
+    fetch_chunk_bytes: int = Field(256 * 1024, gt=0, description="default FetchFile chunk size")
+    max_fetch_chunk_bytes: int = Field(1024 * 1024, gt=0, description="largest chunk served")
+
+
+@dataclass(frozen=True)
+class CloudHome:
+    """Paths inside a control-plane home (see the module docstring)."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str]) -> CloudHome:
+        return cls(Path(root).expanduser().resolve())
+
+    # ---------------------------------------------------------------- paths
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.pki / "ca.key"
+
+    @property
+    def ca_passphrase_file(self) -> Path:
+        return self.root / "private" / "ca-passphrase"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.pki / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.pki / "server.key"
+
+    @property
+    def operators(self) -> Path:
+        return self.pki / "operators"
+
+    @property
+    def devices(self) -> Path:
+        return self.pki / "devices"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def tuf(self) -> Path:
+        return self.root / "tuf"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def operator_paths(self, name: str) -> tuple[Path, Path]:
+        return self.operators / f"{name}.crt", self.operators / f"{name}.key"
+
+    def device_paths(self, device_id: str) -> tuple[Path, Path]:
+        return self.devices / f"{device_id}.crt", self.devices / f"{device_id}.key"
+
+    def key_path(self, name: str, private: bool = False) -> Path:
+        """`name` is ``model-signing``, ``attestation`` or ``director``."""
+        return self.keys / f"{name}.{'key' if private else 'pub'}"
+
+    # ---------------------------------------------------------------- loading
+    def check(self) -> None:
+        """Raise HomeError unless this looks like a complete home."""
+        if not self.config_file.is_file():
+            raise HomeError(
+                f"{self.root} is not a control-plane home ({CONFIG_NAME} missing); "
+                "create one with `edgeflux cloud init DIR`"
+            )
+        for p in (self.ca_cert, self.server_cert, self.server_key, self.tuf / "metadata"):
+            if not p.exists():
+                raise HomeError(f"control-plane home {self.root} is incomplete: {p} is missing")
+
+    def config(self, overrides: dict[str, object] | None = None) -> CloudConfig:
+        self.check()
+        return load_config(CloudConfig, "cloud", toml_path=self.config_file, overrides=overrides)
+
+    def database_url(self, config: CloudConfig | None = None) -> str:
+        cfg = config or self.config()
+        return cfg.database_url or f"sqlite:///{self.state / 'plane.db'}"
+
+    def ca_passphrase(self) -> bytes:
+        env = os.environ.get(PASSPHRASE_ENV)
+        if env:
+            return env.encode()
+        try:
+            return self.ca_passphrase_file.read_bytes().strip()
+        except FileNotFoundError:
+            raise HomeError(
+                f"the fleet CA key is encrypted and no passphrase is available: set "
+                f"{PASSPHRASE_ENV} or restore {self.ca_passphrase_file}"
+            ) from None
+
+    def load_ca(self) -> FleetCA:
+        return FleetCA.load(self.ca_cert, self.ca_key, self.ca_passphrase())
+
+    def ca_pem(self) -> bytes:
+        return self.ca_cert.read_bytes()
+
+
+def _write_ed25519(home: CloudHome, name: str) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    _write_keypair(home, name, key)
+
+
+def _write_keypair(
+    home: CloudHome, name: str, key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+) -> None:
+    priv = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    atomic_write_bytes(home.key_path(name, private=True), priv, mode=0o600)
+    atomic_write_bytes(home.key_path(name), pub)
+
+
+def _import_public(home: CloudHome, name: str, source: Path) -> None:
+    data = source.read_bytes()
+    try:
+        serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise HomeError(f"{source} is not a PEM public key (for {name}): {exc}") from exc
+    atomic_write_bytes(home.key_path(name), data)
+
+
+def _default_config_text(hosts: list[str]) -> str:
+    host_list = ", ".join(f'"{h}"' for h in hosts)
+    return (
+        "# EdgeFlux control plane. Every key may also be set as EDGEFLUX_CLOUD_<KEY>.\n"
+        "[cloud]\n"
+        'listen_host = "127.0.0.1"\n'
+        "grpc_port = 7443\n"
+        "metrics_port = 0\n"
+        f"server_hosts = [{host_list}]\n"
+        '# database_url = "postgresql+psycopg://user@host/edgeflux"   # default: SQLite\n'
+        '# broker_url = "mqtts://broker.example:8883"                # default: embedded\n'
+        "timestamp_expiry_s = 86400\n"
+        "timestamp_refresh_s = 3600\n"
+        "desired_state_ttl_s = 3600\n"
+    )
+
+
+def init_home(
+    directory: str | os.PathLike[str],
+    *,
+    operator: str = "admin",
+    server_hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+    ca_passphrase: bytes | None = None,
+    model_signing_pub: Path | None = None,
+    attestation_pub: Path | None = None,
+) -> CloudHome:
+    """Create a complete home at `directory`; refuse if it exists and is not empty.
+
+    Returns the home. Everything is written into a temporary sibling first and renamed
+    into place at the end, so a failure leaves no partial home.
+    """
+    from cloud.tuf_repo import TufRepository  # python-tuf is only needed here and on publish
+
+    target = Path(directory).expanduser().resolve()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise HomeError(
+            f"{target} already exists and is not empty; refusing to overwrite a home "
+            "(choose a new directory or remove it yourself)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.init-", dir=target.parent))
+    try:
+        home = CloudHome(tmp)
+        for d in (home.pki, home.operators, home.devices, home.keys, home.tuf, home.state):
+            d.mkdir(parents=True)
+        home.ca_passphrase_file.parent.mkdir(mode=0o700)
+        passphrase = ca_passphrase or secrets.token_urlsafe(32).encode()
+        ca = FleetCA.create()
+        ca.save(home.ca_cert, home.ca_key, passphrase)
+        if ca_passphrase is None:
+            atomic_write_bytes(home.ca_passphrase_file, passphrase + b"\n", mode=0o600)
+        server: Credentials = ca.issue_server(hosts=server_hosts)
+        server.write(home.pki, "server")
+        ca.issue_operator(operator, "admin").write(home.operators, operator)
+
+        if model_signing_pub is not None:
+            _import_public(home, "model-signing", model_signing_pub)
+        else:
+            _write_keypair(home, "model-signing", ec.generate_private_key(ec.SECP256R1()))
+        if attestation_pub is not None:
+            _import_public(home, "attestation", attestation_pub)
+        else:
+            _write_ed25519(home, "attestation")
+        _write_ed25519(home, "director")
+
+        TufRepository.create(home.tuf)
+        atomic_write_text(home.config_file, _default_config_text(list(server_hosts)))
+        if target.exists():
+            target.rmdir()  # empty (checked above)
+        os.rename(tmp, target)
+    except PKIError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise HomeError(str(exc)) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CloudHome(target)
