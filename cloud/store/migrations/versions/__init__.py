@@ -1,0 +1,1 @@
+"""Migration scripts; revision ids are short and ordered ("0001", "0002_...")."""

@@ -1,0 +1,189 @@
+"""The store API, run against SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+
+from cloud.store import (
+    BundleRecord,
+    ConflictError,
+    EventRecord,
+    NotFoundError,
+    RolloutRecord,
+    Store,
+    TelemetryRecord,
+    parse_label_selector,
+)
+
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+def _bundle(version: str = "1.0.0", sequence: int = 1) -> BundleRecord:
+    return BundleRecord(
+        name="pendulum",
+        version=version,
+        sequence=sequence,
+        efb_sha256="ab" * 32,
+        size_bytes=123,
+        target_path=f"bundles/pendulum-{version}.efb",
+    )
+
+
+def test_migrations_are_idempotent(store: Store, store_url: str) -> None:
+    store.add_device("d1", "fp1")
+    again = Store.open(store_url)
+    assert again.require_device("d1").cert_fingerprint == "fp1"
+    again.close()
+
+
+def test_label_selector_and_text_filter_with_keyset_pages(store: Store) -> None:
+    for i in range(25):
+        store.add_device(
+            f"robot-{i:02d}", f"fp{i}", {"site": "lab" if i % 2 else "yard", "role": "arm"}
+        )
+    page = store.list_devices({"site": "lab", "role": "arm"}, limit=5)
+    assert page.total == 12
+    seen = [d.id for d in page.devices]
+    while page.next_after:
+        page = store.list_devices({"site": "lab", "role": "arm"}, limit=5, after=page.next_after)
+        seen += [d.id for d in page.devices]
+    assert seen == [f"robot-{i:02d}" for i in range(1, 25, 2)]
+    assert [d.id for d in store.list_devices(text="-2").devices] == [
+        f"robot-{i}" for i in range(20, 25)
+    ]
+    assert store.list_devices({"site": "moon"}).total == 0
+    # LIKE wildcards in the text are literal
+    assert store.list_devices(text="%").total == 0
+
+
+def test_parse_label_selector_rejects_garbage() -> None:
+    assert parse_label_selector("a=1, b=2") == {"a": "1", "b": "2"}
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_label_selector("a")
+
+
+def test_duplicate_device_is_a_conflict(store: Store) -> None:
+    store.add_device("d1", "fp1")
+    with pytest.raises(ConflictError, match="already exists"):
+        store.add_device("d1", "fp2")
+    assert store.require_device("d1").cert_fingerprint == "fp1"
+
+
+def test_revoke_marks_device_and_fingerprint_and_is_audited(store: Store) -> None:
+    store.add_device("d1", "fp1")
+    rec = store.revoke_device("d1", actor="operator:alice")
+    assert rec.revoked and store.is_revoked("fp1")
+    assert store.device_credentials("d1") == ("fp1", True)
+    store.revoke_device("d1")  # idempotent
+    assert store.audit_log(limit=1)[0].action == "device.revoke"
+    with pytest.raises(NotFoundError):
+        store.revoke_device("nope")
+
+
+def test_telemetry_batches_are_deduplicated_by_device_and_sequence(store: Store) -> None:
+    store.add_device("d1", "fp1")
+    seen: list[str] = []
+    store.subscribe(seen.append)
+    pts = [
+        TelemetryRecord(at=NOW + dt.timedelta(seconds=i), loop_p99_ms=1.0 + i, update_state="IDLE")
+        for i in range(3)
+    ]
+    assert store.record_telemetry("d1", 7, pts) is True
+    assert store.record_telemetry("d1", 7, pts) is False  # QoS 1 redelivery
+    assert store.record_telemetry("d1", 8, pts[:1]) is True
+    got = store.telemetry("d1")
+    assert [p.loop_p99_ms for p in got] == [1.0, 1.0, 2.0, 3.0]
+    dev = store.require_device("d1")
+    assert dev.health is not None and dev.health["loop_p99_ms"] == 3.0
+    assert dev.update_state == "IDLE" and dev.last_seen is not None
+    assert seen == ["d1", "d1"]
+    assert store.prune_telemetry(NOW + dt.timedelta(seconds=1, microseconds=1)) == 3
+    assert [p.loop_p99_ms for p in store.telemetry("d1")] == [3.0]
+
+
+def test_events_are_deduplicated_and_move_update_state(store: Store) -> None:
+    store.add_device("d1", "fp1")
+    ev = EventRecord("d1", 1, NOW, "update", "ROLLED_BACK", "HEALTH_WINDOW_FAILED", "p99 high")
+    assert store.record_event(ev)
+    assert not store.record_event(ev)
+    dev = store.require_device("d1")
+    assert (dev.update_state, dev.update_reason) == ("ROLLED_BACK", "HEALTH_WINDOW_FAILED")
+    assert [e.reason_code for e in store.events("d1")] == ["HEALTH_WINDOW_FAILED"]
+
+
+def test_presence_and_inventory(store: Store) -> None:
+    store.add_device("d1", "fp1")
+    assert store.set_online("d1", True, NOW, runtime_version="0.1.0")
+    assert not store.set_online("ghost", True, NOW)
+    dev = store.require_device("d1")
+    assert dev.online and dev.last_seen == NOW and dev.runtime_version == "0.1.0"
+    store.record_inventory(
+        "d1",
+        {"runtime_version": "0.2.0", "hardware_tags": ["cpu"], "active_bundle": {"name": "p"}},
+    )
+    dev = store.require_device("d1")
+    assert dev.runtime_version == "0.2.0" and dev.hardware_tags == ["cpu"]
+    assert dev.active_bundle == {"name": "p"}
+
+
+def test_desired_state_generation_increases_and_unknown_ids_change_nothing(store: Store) -> None:
+    store.add_device("d1", "fp1")
+    store.add_device("d2", "fp2")
+    ref = {"name": "pendulum", "version": "1.0.0", "sequence": 1}
+    assert store.set_desired(["d1", "d2"], ref) == {"d1": 1, "d2": 1}
+    assert store.set_desired(["d1"], ref) == {"d1": 2}
+    with pytest.raises(NotFoundError, match="ghost"):
+        store.set_desired(["d2", "ghost"], None)
+    assert store.require_device("d2").desired_generation == 1
+    assert store.require_device("d2").desired_bundle == ref
+
+
+def test_bundle_version_and_sequence_are_unique(store: Store) -> None:
+    store.add_bundle(_bundle("1.0.0", 1))
+    with pytest.raises(ConflictError):
+        store.add_bundle(_bundle("1.0.0", 2))
+    with pytest.raises(ConflictError):
+        store.add_bundle(_bundle("1.0.1", 1))
+    store.add_bundle(_bundle("1.1.0", 2))
+    latest = store.latest_bundle("pendulum")
+    assert latest is not None and latest.version == "1.1.0"
+    assert store.count_bundles() == 2
+    store.delete_bundle("pendulum", "1.1.0")
+    assert store.get_bundle("pendulum", "1.1.0") is None
+
+
+def test_concurrent_inserts_of_one_bundle_version_have_one_winner(store: Store) -> None:
+    results: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def publish(i: int) -> None:
+        barrier.wait()
+        try:
+            store.add_bundle(_bundle("2.0.0", 10 + i))
+            results.append("won")
+        except ConflictError:
+            results.append("lost")
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["lost", "lost", "lost", "won"]
+    assert store.count_bundles() == 1
+
+
+def test_rollouts_round_trip(store: Store) -> None:
+    rec = RolloutRecord("r1", "pendulum", "1.0.0", "running", {"waves": [0.1]}, {}, NOW, NOW, "op")
+    store.put_rollout(rec)
+    store.put_rollout(
+        RolloutRecord(
+            "r1", "pendulum", "1.0.0", "paused", {"waves": [0.1]}, {"w": 1}, NOW, NOW, "op"
+        )
+    )
+    got = store.get_rollout("r1")
+    assert got is not None and got.state == "paused" and got.status == {"w": 1}
+    assert [r.id for r in store.list_rollouts()] == ["r1"]
