@@ -1,0 +1,219 @@
+"""The control plane's MQTT client — the only cloud module that imports paho.
+
+(`cloud` may not import `fleet`, so the cloud side has its own owner module; the topic
+contract is pinned identical to `fleet.mqtt` by tests/fleet/test_ingest.py.)
+
+Two uses: ingest subscribes with **manual acknowledgement** — a QoS 1 message is
+PUBACKed only after the store committed it, so an ingest process that dies with
+messages in hand gets them redelivered from its persistent session rather than
+losing them — and the control plane publishes update hints and waits for PUBACK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+
+__all__ = [
+    "PREFIX",
+    "SHARE_GROUP",
+    "CloudMqtt",
+    "CloudMqttError",
+    "CloudMqttSettings",
+    "Delivery",
+    "parse_topic",
+    "topic",
+]
+
+PREFIX = "edgeflux/v1/devices"
+SHARE_GROUP = "edgeflux-ingest"
+KINDS = ("telemetry", "events", "state", "updates")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class CloudMqttError(RuntimeError):
+    """The broker could not be reached or refused a request; the message says which."""
+
+
+def topic(device_id: str, kind: str) -> str:
+    if not _DEVICE_ID.match(device_id) or kind not in KINDS:
+        raise CloudMqttError(f"no EdgeFlux topic for device {device_id!r} and kind {kind!r}")
+    return f"{PREFIX}/{device_id}/{kind}"
+
+
+def parse_topic(name: str) -> tuple[str, str] | None:
+    """(device id, kind) of a well-formed EdgeFlux topic, else None."""
+    parts = name.split("/")
+    if len(parts) != 5 or "/".join(parts[:3]) != PREFIX:
+        return None
+    if not _DEVICE_ID.match(parts[3]) or parts[4] not in KINDS:
+        return None
+    return parts[3], parts[4]
+
+
+@dataclass(frozen=True)
+class CloudMqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    keepalive_s: int = 30
+    client_id: str = "edgeflux-ingest-1"
+    max_inflight: int = 1000
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One received message; call :meth:`ack` once it is safely stored."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    _client: Any
+
+    def ack(self) -> None:
+        if self.qos > 0:
+            self._client.ack(self.mid, self.qos)
+
+
+class CloudMqtt:
+    """A paho client on its own network thread, with paho's reconnect loop."""
+
+    def __init__(
+        self,
+        settings: CloudMqttSettings,
+        *,
+        on_message: Callable[[Delivery], None] | None = None,
+        manual_ack: bool = False,
+        clean_session: bool = False,
+    ) -> None:
+        self.settings = settings
+        self._on_message_cb = on_message
+        self._subs: list[str] = []
+        self._acks: dict[int, threading.Event] = {}
+        self._early: set[int] = set()
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self.last_error = ""
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            clean_session=clean_session,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            manual_ack=manual_ack,
+        )
+        c.max_inflight_messages_set(settings.max_inflight)
+        c.reconnect_delay_set(0.2, 10)
+        if settings.cert is not None:
+            c.tls_set(
+                ca_certs=str(settings.ca) if settings.ca else None,
+                certfile=str(settings.cert),
+                keyfile=str(settings.key) if settings.key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        c.on_socket_open = _nodelay
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        self._client = c
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Connect (raising CloudMqttError if the broker is unreachable) and start the loop."""
+        s = self.settings
+        try:
+            self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
+        except (OSError, ssl.SSLError) as exc:
+            raise CloudMqttError(f"cannot connect to MQTT broker {s.host}:{s.port}: {exc}") from exc
+        self._client.loop_start()
+        if not self._connected.wait(timeout_s):
+            self.stop()
+            raise CloudMqttError(
+                f"MQTT broker {s.host}:{s.port} did not accept {s.client_id!r} within "
+                f"{timeout_s:.0f} s: {self.last_error or 'no CONNACK'}"
+            )
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def subscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._subs.append(topic_filter)
+        if self.is_connected():
+            self._client.subscribe(topic_filter, qos=1)
+
+    def publish(
+        self, topic_name: str, payload: bytes, *, retain: bool = False, wait_s: float | None = 5.0
+    ) -> bool:
+        """Publish at QoS 1; with `wait_s`, block until PUBACK (False on time-out)."""
+        done = threading.Event()
+        info = self._client.publish(topic_name, payload, qos=1, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        with self._lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                done.set()
+            else:
+                self._acks[info.mid] = done
+        return done.wait(wait_s) if wait_s is not None else True
+
+    # ---- callbacks
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            return
+        with self._lock:
+            subs = list(self._subs)
+        for f in subs:
+            client.subscribe(f, qos=1)
+        self._connected.set()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._connected.clear()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._lock:
+            ev = self._acks.pop(mid, None)
+            if ev is None:
+                self._early.add(mid)
+        if ev is not None:
+            ev.set()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if self._on_message_cb is None:
+            return
+        try:
+            name = message.topic
+        except UnicodeDecodeError:  # not UTF-8: ingest drops it as a bad topic
+            name = ""
+        self._on_message_cb(
+            Delivery(name, bytes(message.payload), message.mid, message.qos, client)
+        )
+
+
+def _nodelay(client: Any, userdata: Any, sock: Any) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
