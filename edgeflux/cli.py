@@ -34,7 +34,9 @@ class GroupSpec:
 # invoking it says so plainly and exits non-zero.
 GROUPS: dict[str, GroupSpec] = {
     "bundle": GroupSpec(
-        "Create, sign, verify, inspect and pack model bundles.", None, "signed bundles"
+        "Create, sign, verify, inspect and pack model bundles.",
+        "runtime.cli_bundle:bundle",
+        "signed bundles",
     ),
     "runtime": GroupSpec(
         "Run signed policies on a robot (control loop, A/B slots).", None, "runtime"

@@ -138,3 +138,60 @@ def snapshot(directory: Path) -> dict[str, tuple[int, bytes | None]]:
         data = p.read_bytes() if p.is_file() and not p.is_symlink() else None
         out[str(p.relative_to(directory))] = (st.st_mode, data)
     return out
+
+
+def force_sign(
+    bundle_dir: Path,
+    private_key: Path,
+    *,
+    payload_type: str = "application/vnd.in-toto+json",
+    mutate: Callable[[dict[str, Any]], None] | None = None,
+    extra_signatures: int = 0,
+    hint: str | None = None,
+) -> None:
+    """Sign whatever is in `bundle_dir` with no sanity checks (to build hostile bundles).
+
+    `mutate` edits the statement before signing, so the signature over it is *valid*
+    and only the verifier's later checks can catch the problem.
+    """
+    import hashlib
+    import json
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from runtime.bundle._dsse import Envelope, pae
+    from runtime.bundle._oms import SigstoreBundle, build_statement
+    from runtime.trust import key_id
+
+    digests = {
+        p.relative_to(bundle_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(bundle_dir.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.name != "model.sig"
+    }
+    payload = build_statement(bundle_dir.name, digests)
+    if mutate is not None:
+        statement = json.loads(payload)
+        mutate(statement)
+        payload = json.dumps(statement, indent=2).encode()
+    key = serialization.load_pem_private_key(private_key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    sig = key.sign(pae(payload_type, payload), ec.ECDSA(hashes.SHA256()))
+    envelope = Envelope(payload_type, payload, sig, "")
+    claimed = hint if hint is not None else key_id(key.public_key())
+    text = SigstoreBundle(claimed, envelope).to_json()
+    if extra_signatures:
+        obj = json.loads(text)
+        obj["dsseEnvelope"]["signatures"] *= 1 + extra_signatures
+        text = json.dumps(obj)
+    (bundle_dir / "model.sig").write_text(text)
+
+
+def rewrite_manifest(bundle_dir: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit edgeflux.json as raw JSON (bypassing the model) and keep it on disk."""
+    import json
+
+    path = bundle_dir / "edgeflux.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
