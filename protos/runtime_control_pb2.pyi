@@ -16,7 +16,7 @@ class SlotInfo(_message.Message):
     def __init__(self, slot: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ...) -> None: ...
 
 class RuntimeStatus(_message.Message):
-    __slots__ = ("active", "pending", "state", "execution_provider", "metrics", "anti_rollback", "tries_left")
+    __slots__ = ("active", "pending", "state", "execution_provider", "metrics", "anti_rollback", "tries_left", "reason", "swaps", "last_good")
     class AntiRollbackEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,9 @@ class RuntimeStatus(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ANTI_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     TRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SWAPS_FIELD_NUMBER: _ClassVar[int]
+    LAST_GOOD_FIELD_NUMBER: _ClassVar[int]
     active: SlotInfo
     pending: SlotInfo
     state: str
@@ -38,7 +41,10 @@ class RuntimeStatus(_message.Message):
     metrics: LoopMetrics
     anti_rollback: _containers.ScalarMap[str, int]
     tries_left: int
-    def __init__(self, active: _Optional[_Union[SlotInfo, _Mapping]] = ..., pending: _Optional[_Union[SlotInfo, _Mapping]] = ..., state: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metrics: _Optional[_Union[LoopMetrics, _Mapping]] = ..., anti_rollback: _Optional[_Mapping[str, int]] = ..., tries_left: _Optional[int] = ...) -> None: ...
+    reason: str
+    swaps: int
+    last_good: SlotInfo
+    def __init__(self, active: _Optional[_Union[SlotInfo, _Mapping]] = ..., pending: _Optional[_Union[SlotInfo, _Mapping]] = ..., state: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metrics: _Optional[_Union[LoopMetrics, _Mapping]] = ..., anti_rollback: _Optional[_Mapping[str, int]] = ..., tries_left: _Optional[int] = ..., reason: _Optional[str] = ..., swaps: _Optional[int] = ..., last_good: _Optional[_Union[SlotInfo, _Mapping]] = ...) -> None: ...
 
 class StageRequest(_message.Message):
     __slots__ = ("bundle_dir",)
@@ -61,20 +67,26 @@ class ShadowRequest(_message.Message):
     def __init__(self, ticks: _Optional[int] = ...) -> None: ...
 
 class ShadowReport(_message.Message):
-    __slots__ = ("ticks", "divergence_mean", "divergence_max", "nan_rate", "latency_p99_ms", "envelope_violations")
+    __slots__ = ("ticks", "divergence_mean", "divergence_max", "nan_rate", "latency_p99_ms", "envelope_violations", "compared", "errors", "candidate")
     TICKS_FIELD_NUMBER: _ClassVar[int]
     DIVERGENCE_MEAN_FIELD_NUMBER: _ClassVar[int]
     DIVERGENCE_MAX_FIELD_NUMBER: _ClassVar[int]
     NAN_RATE_FIELD_NUMBER: _ClassVar[int]
     LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     ticks: int
     divergence_mean: float
     divergence_max: float
     nan_rate: float
     latency_p99_ms: float
     envelope_violations: int
-    def __init__(self, ticks: _Optional[int] = ..., divergence_mean: _Optional[float] = ..., divergence_max: _Optional[float] = ..., nan_rate: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., envelope_violations: _Optional[int] = ...) -> None: ...
+    compared: int
+    errors: int
+    candidate: SlotInfo
+    def __init__(self, ticks: _Optional[int] = ..., divergence_mean: _Optional[float] = ..., divergence_max: _Optional[float] = ..., nan_rate: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., envelope_violations: _Optional[int] = ..., compared: _Optional[int] = ..., errors: _Optional[int] = ..., candidate: _Optional[_Union[SlotInfo, _Mapping]] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
     __slots__ = ("health_window_ticks",)

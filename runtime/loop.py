@@ -1,0 +1,429 @@
+"""The deadline-scheduled control loop: read → check → infer → filter → write, every period.
+
+Ticks are scheduled on absolute times ``start + k * period`` (no drift: a late tick
+does not push the next one), measured with the monotonic ``perf_counter_ns`` clock.
+A tick whose action is written more than ``deadline_ms`` after its scheduled start
+is a deadline miss; if the policy's answer comes after the deadline the stale answer
+is dropped and the fallback action is written instead. Slots that passed while a
+tick overran are skipped (and counted as misses), never run in a burst.
+
+A watchdog thread writes the fallback action when a tick has not written anything
+by its deadline (a blocked adapter read or a hung policy), so the robot is never
+left on its last command for long.
+
+Policy swaps happen on a tick boundary: `swap` hands over an already loaded and
+warmed `LoadedPolicy`; the loop picks it up at the start of the next tick at which
+the adapter says it is safe to switch. `shadow` runs a candidate beside the active
+policy on the same observations, after the active action is written, and never
+actuates it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from runtime.adapters import AdapterError, AdapterTimeout, RobotAdapter
+from runtime.envelope import Reason, SafetyEnvelope
+from runtime.manifest import BundleManifest
+from runtime.metrics import LatencyHistogram, LoopCounters, MetricsSnapshot
+
+__all__ = ["ControlLoop", "LoadedPolicy", "LoopError", "Policy", "ShadowResult"]
+
+log = logging.getLogger(__name__)
+F32 = npt.NDArray[np.float32]
+
+
+class LoopError(RuntimeError):
+    """The loop could not do what was asked (swap refused, shadow timed out, ...)."""
+
+
+class Policy(Protocol):
+    """What the loop needs from an inference session (`runtime.session.PolicySession`)."""
+
+    @property
+    def provider(self) -> str: ...
+
+    def step(self, obs: F32) -> F32: ...
+
+
+@dataclass
+class LoadedPolicy:
+    """A verified bundle's policy, loaded and warmed, with its manifest."""
+
+    manifest: BundleManifest
+    session: Policy
+    slot: str | None = None
+    policy_sha256: str = ""
+    root_digest: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.name}@{self.manifest.version}"
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    """How a candidate behaved beside the active policy (DESIGN.md §7 SHADOW)."""
+
+    ticks: int
+    compared: int
+    divergence_mean: float
+    divergence_max: float
+    nan_rate: float
+    latency_p99_ms: float
+    envelope_violations: int
+    errors: int
+
+
+class _Shadow:
+    def __init__(self, candidate: LoadedPolicy, ticks: int) -> None:
+        self.candidate = candidate
+        self.wanted = ticks
+        self.envelope = SafetyEnvelope(candidate.manifest.io, candidate.manifest.control)
+        self.out = np.zeros(self.envelope.action_dim, np.float32)
+        self.prev = self.envelope.initial_action
+        self.latency = LatencyHistogram()
+        self.ticks = 0
+        self.compared = 0
+        self.div_sum = 0.0
+        self.div_max = 0.0
+        self.nonfinite = 0
+        self.errors = 0
+        self.done = threading.Event()
+
+    def step(self, obs: object, active_action: F32) -> None:
+        self.ticks += 1
+        env = self.envelope
+        if env.check_observation(obs) is None:
+            assert isinstance(obs, np.ndarray)
+            t0 = time.perf_counter_ns()
+            try:
+                raw = self.candidate.session.step(obs)
+            except Exception:
+                self.errors += 1
+                raw = None
+            self.latency.record_ns(time.perf_counter_ns() - t0)
+            if raw is not None:
+                act = env.filter_action(raw, self.prev, self.out)
+                if act is None:
+                    if raw.shape != self.out.shape or not np.isfinite(raw).all():
+                        self.nonfinite += 1
+                else:
+                    np.copyto(self.prev, act)
+                    if self.prev.shape == active_action.shape:
+                        d = float(np.max(np.abs(self.prev - active_action)))
+                        self.compared += 1
+                        self.div_sum += d
+                        self.div_max = max(self.div_max, d)
+        if self.ticks >= self.wanted:
+            self.done.set()
+
+    def result(self) -> ShadowResult:
+        violations = sum(self.envelope.counts.values())
+        return ShadowResult(
+            ticks=self.ticks,
+            compared=self.compared,
+            divergence_mean=self.div_sum / self.compared if self.compared else 0.0,
+            divergence_max=self.div_max,
+            nan_rate=self.nonfinite / self.ticks if self.ticks else 0.0,
+            latency_p99_ms=self.latency.quantile_ms(0.99),
+            envelope_violations=violations,
+            errors=self.errors,
+        )
+
+
+class ControlLoop:
+    """Runs one `LoadedPolicy` against one `RobotAdapter` at a fixed rate.
+
+    Use `run()` in the calling thread, or `start()` / `stop()` for a background thread.
+    """
+
+    def __init__(
+        self,
+        adapter: RobotAdapter,
+        policy: LoadedPolicy,
+        *,
+        rate_hz: float | None = None,
+        watchdog: bool = True,
+        spin_us: float = 0.0,
+        on_tick: Callable[[int], None] | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.counters = LoopCounters()
+        self._rate_override = rate_hz
+        self._spin_ns = int(spin_us * 1000)
+        self._watchdog_enabled = watchdog
+        self._on_tick = on_tick
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._next: LoadedPolicy | None = None
+        self._swapped = threading.Event()
+        self._shadow: _Shadow | None = None
+        self._shadow_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self.swaps = 0
+        # Watchdog view of the current tick (plain attributes: each write is atomic).
+        self._tick_due_ns = 0  # deadline of the tick in progress, 0 when none
+        self._tick_written = True
+        self._install(policy)
+        self._prev = self._envelope.initial_action
+
+    # ---- policy and timing -------------------------------------------------------------
+
+    def _install(self, policy: LoadedPolicy) -> None:
+        ctl = policy.manifest.control
+        rate = self._rate_override or ctl.rate_hz
+        self.policy = policy
+        self.rate_hz = rate
+        self.period_ns = round(1e9 / rate)
+        self.deadline_ns = min(round(ctl.deadline_ms * 1e6), self.period_ns)
+        self._envelope = SafetyEnvelope(
+            policy.manifest.io, policy.manifest.control, self.counters.interventions
+        )
+        self._out = np.zeros(self._envelope.action_dim, np.float32)
+        io = policy.manifest.io
+        if io.obs_mean is not None and io.obs_std is not None:
+            self._norm: tuple[F32, F32, F32] | None = (
+                np.asarray(io.obs_mean, np.float32),
+                (1.0 / np.asarray(io.obs_std, np.float64)).astype(np.float32),
+                np.zeros(io.obs_dim, np.float32),
+            )
+        else:
+            self._norm = None
+
+    @property
+    def envelope(self) -> SafetyEnvelope:
+        return self._envelope
+
+    @property
+    def last_action(self) -> F32:
+        return self._prev
+
+    def snapshot(self) -> MetricsSnapshot:
+        return self.counters.snapshot(self.rate_hz)
+
+    # ---- control from other threads ----------------------------------------------------
+
+    def swap(self, policy: LoadedPolicy, timeout_s: float = 5.0) -> None:
+        """Switch to `policy` at the next tick boundary where the robot allows it.
+
+        Blocks until the loop has switched; LoopError if it did not within `timeout_s`.
+        """
+        if self._thread is None or not self._thread.is_alive():
+            self._install(policy)
+            self._prev = self._fit_prev(self._prev)
+            self.swaps += 1
+            return
+        self._swapped.clear()
+        self._next = policy
+        if not self._swapped.wait(timeout_s):
+            self._next = None
+            raise LoopError(
+                f"the loop did not switch to {policy.label} within {timeout_s:.1f} s "
+                "(robot adapter not safe to switch, or the loop is stalled)"
+            )
+
+    def shadow(
+        self, candidate: LoadedPolicy, ticks: int, timeout_s: float | None = None
+    ) -> ShadowResult:
+        """Run `candidate` beside the active policy for `ticks` ticks (not actuated)."""
+        if ticks < 1:
+            raise LoopError(f"shadow needs at least 1 tick, got {ticks}")
+        run = _Shadow(candidate, ticks)
+        with self._shadow_lock:
+            if self._shadow is not None:
+                raise LoopError("a shadow run is already in progress")
+            self._shadow = run
+        if timeout_s is None:
+            timeout_s = 10.0 + 3.0 * ticks / self.rate_hz
+        try:
+            if not run.done.wait(timeout_s):
+                raise LoopError(
+                    f"shadow run of {candidate.label} saw {run.ticks}/{ticks} ticks "
+                    f"in {timeout_s:.1f} s (is the loop running?)"
+                )
+        finally:
+            with self._shadow_lock:
+                self._shadow = None
+        return run.result()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise LoopError("the loop is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run_guarded, name="control-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def _run_guarded(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # reported through .error; the service decides
+            self._error = exc
+            log.exception("control loop died")
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def run(self, *, ticks: int | None = None, duration_s: float | None = None) -> MetricsSnapshot:
+        """Run until `stop()`, `ticks` ticks or `duration_s` seconds; returns the metrics."""
+        self._stop.clear()
+        if self._watchdog_enabled:
+            self._watchdog = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+            self._watchdog.start()
+        clock = time.perf_counter_ns
+        sleep = time.sleep
+        counters = self.counters
+        start = clock()
+        end = start + int(duration_s * 1e9) if duration_s is not None else None
+        k = 0
+        done = 0
+        try:
+            while not self._stop.is_set():
+                due = start + k * self.period_ns
+                now = clock()
+                wait = due - now
+                if wait > 0:
+                    if wait > self._spin_ns:
+                        sleep((wait - self._spin_ns) / 1e9)
+                    while clock() < due:
+                        pass
+                if self._next is not None and self.adapter.is_safe_to_switch():
+                    self._switch()
+                    start, k, due = clock(), 0, clock()
+                t0 = clock()
+                counters.jitter.record_ns(t0 - due if t0 > due else 0)
+                self._tick_due_ns = due + self.deadline_ns
+                self._tick_written = False
+                self._tick(due, t0)
+                done += 1
+                if self._on_tick is not None:
+                    self._on_tick(done)
+                if (ticks is not None and done >= ticks) or (end is not None and clock() >= end):
+                    break
+                k += 1
+                # Skip slots that already passed: a late loop must not run a burst of ticks.
+                behind = (clock() - start) // self.period_ns - k
+                if behind > 0:
+                    counters.deadline_misses += behind
+                    k += behind
+        finally:
+            self._tick_due_ns = 0
+            self._stop.set()
+            if self._watchdog is not None:
+                self._watchdog.join(1.0)
+                self._watchdog = None
+        return self.snapshot()
+
+    def _switch(self) -> None:
+        new = self._next
+        assert new is not None
+        self._next = None
+        self._install(new)
+        self._prev = self._fit_prev(self._prev)
+        self.swaps += 1
+        self._swapped.set()
+        log.info("switched policy", extra={"policy": new.label, "slot": new.slot})
+
+    def _fit_prev(self, prev: F32) -> F32:
+        if prev.shape != (self._envelope.action_dim,):
+            return self._envelope.initial_action
+        return prev.copy()
+
+    def _tick(self, due: int, t0: int) -> None:
+        counters = self.counters
+        env = self._envelope
+        prev = self._prev
+        obs: object = None
+        action: F32 | None = None
+        try:
+            obs = self.adapter.read_observation()
+        except AdapterTimeout:
+            counters.interventions[Reason.ADAPTER_TIMEOUT.value] += 1
+        except AdapterError:
+            counters.interventions[Reason.ADAPTER_ERROR.value] += 1
+        else:
+            if env.check_observation(obs) is None:
+                x: F32 = obs  # checked: a float32 vector
+                if self._norm is not None:
+                    mean, inv_std, buf = self._norm
+                    np.subtract(x, mean, out=buf)
+                    x = np.multiply(buf, inv_std, out=buf)
+                try:
+                    raw = self.policy.session.step(x)
+                except Exception as exc:
+                    counters.interventions[Reason.POLICY_ERROR.value] += 1
+                    log.debug("policy raised: %s", exc)
+                else:
+                    action = env.filter_action(raw, prev, self._out)
+        if action is None:
+            action = env.fallback(prev)
+        deadline = due + self.deadline_ns
+        late = time.perf_counter_ns() > deadline
+        if late:
+            # The answer is stale: the state it was computed from is a deadline old.
+            counters.interventions[Reason.DEADLINE_OVERRUN.value] += 1
+            action = env.fallback(prev)
+        # Keep our own copy before actuating: `raw` is the session's reused buffer.
+        np.copyto(prev, action)
+        with self._write_lock:
+            self._tick_written = True
+            try:
+                self.adapter.write_action(prev)
+            except AdapterError:
+                counters.interventions[Reason.ADAPTER_ERROR.value] += 1
+        t1 = time.perf_counter_ns()
+        counters.latency.record_ns(t1 - t0)
+        counters.ticks += 1
+        if late or t1 > deadline:
+            counters.deadline_misses += 1
+        shadow = self._shadow
+        if shadow is not None and not shadow.done.is_set():
+            shadow.step(obs, prev)
+
+    def _watch(self) -> None:
+        """Writes the fallback action when a tick has written nothing by its deadline."""
+        while not self._stop.is_set():
+            due = self._tick_due_ns
+            period_s = self.period_ns / 1e9
+            if (
+                due
+                and not self._tick_written
+                and time.perf_counter_ns() > due
+                and self._write_lock.acquire(timeout=period_s)
+            ):
+                try:
+                    if not self._tick_written and self._tick_due_ns == due:
+                        self.counters.interventions[Reason.WATCHDOG.value] += 1
+                        self.adapter.write_action(self._envelope.fallback(self._prev))
+                        # Re-arm one period later while the tick stays stalled.
+                        self._tick_due_ns = due + self.period_ns
+                except AdapterError:
+                    self.counters.interventions[Reason.ADAPTER_ERROR.value] += 1
+                finally:
+                    self._write_lock.release()
+            # Check twice a period, but not more often than every 2 ms (2 shared cores).
+            self._stop.wait(max(period_s / 2, 0.002))

@@ -1,0 +1,136 @@
+"""Loop metrics: a log-bucketed latency histogram and the counters of the control loop.
+
+The histogram records nanosecond durations into buckets whose width grows by 2 % per
+bucket (relative error of a reported quantile <= 1 %), from 1 µs to ~100 s, in a fixed
+list of ints: recording is O(1), allocation-free and cheap enough for the hot path, and
+p99.9 over millions of ticks costs no memory (unlike keeping samples).
+
+Only the loop thread writes; readers (gRPC status, the metrics stream) take a
+snapshot, which is consistent enough for monitoring (each int update is atomic under
+the GIL).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["LatencyHistogram", "LoopCounters", "MetricsSnapshot"]
+
+_GROWTH = 1.02
+_INV_LOG_GROWTH = 1.0 / math.log(_GROWTH)
+_MIN_NS = 1_000  # everything below 1 µs lands in bucket 0
+_LOG_MIN = math.log(_MIN_NS)
+_N_BUCKETS = int((math.log(100e9) - _LOG_MIN) * _INV_LOG_GROWTH) + 2
+
+
+class LatencyHistogram:
+    """Durations in nanoseconds; quantiles in milliseconds."""
+
+    __slots__ = ("_buckets", "count", "max_ns", "sum_ns")
+
+    def __init__(self) -> None:
+        self._buckets = [0] * _N_BUCKETS
+        self.count = 0
+        self.sum_ns = 0
+        self.max_ns = 0
+
+    def record_ns(self, ns: int) -> None:
+        if ns > _MIN_NS:
+            i = int((math.log(ns) - _LOG_MIN) * _INV_LOG_GROWTH) + 1
+            if i >= _N_BUCKETS:
+                i = _N_BUCKETS - 1
+        else:
+            i = 0
+        self._buckets[i] += 1
+        self.count += 1
+        self.sum_ns += ns
+        if ns > self.max_ns:
+            self.max_ns = ns
+
+    def quantile_ms(self, q: float) -> float:
+        """The q-quantile (0 < q <= 1) in ms: the geometric middle of its bucket."""
+        if not 0.0 < q <= 1.0:
+            raise ValueError(f"quantile must be in (0, 1], got {q}")
+        buckets = list(self._buckets)
+        total = sum(buckets)
+        if total == 0:
+            return 0.0
+        rank = math.ceil(q * total)
+        seen = 0
+        for i, n in enumerate(buckets):
+            seen += n
+            if seen >= rank:
+                return min(_bucket_mid_ns(i), float(self.max_ns)) / 1e6
+        return self.max_ns / 1e6  # pragma: no cover - unreachable: seen reaches total
+
+    @property
+    def max_ms(self) -> float:
+        return self.max_ns / 1e6
+
+    @property
+    def mean_ms(self) -> float:
+        return self.sum_ns / self.count / 1e6 if self.count else 0.0
+
+    def merge(self, other: LatencyHistogram) -> None:
+        for i, n in enumerate(other._buckets):
+            self._buckets[i] += n
+        self.count += other.count
+        self.sum_ns += other.sum_ns
+        self.max_ns = max(self.max_ns, other.max_ns)
+
+
+def _bucket_mid_ns(i: int) -> float:
+    if i == 0:
+        return _MIN_NS / 2
+    lo = math.exp(_LOG_MIN + (i - 1) / _INV_LOG_GROWTH)
+    return lo * math.sqrt(_GROWTH)
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """What the loop reports: per-tick latency (read → infer → write), start jitter, counts."""
+
+    ticks: int
+    deadline_misses: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_p999_ms: float
+    latency_max_ms: float
+    jitter_p99_ms: float
+    jitter_max_ms: float
+    rate_hz: float
+    interventions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def miss_rate(self) -> float:
+        return self.deadline_misses / self.ticks if self.ticks else 0.0
+
+
+class LoopCounters:
+    """Everything the control loop counts. Written by the loop thread only."""
+
+    def __init__(self) -> None:
+        self.latency = LatencyHistogram()
+        self.jitter = LatencyHistogram()
+        self.ticks = 0
+        self.deadline_misses = 0
+        self.interventions: Counter[str] = Counter()
+
+    def intervene(self, reason: str) -> None:
+        self.interventions[reason] += 1
+
+    def snapshot(self, rate_hz: float) -> MetricsSnapshot:
+        return MetricsSnapshot(
+            ticks=self.ticks,
+            deadline_misses=self.deadline_misses,
+            latency_p50_ms=self.latency.quantile_ms(0.5),
+            latency_p99_ms=self.latency.quantile_ms(0.99),
+            latency_p999_ms=self.latency.quantile_ms(0.999),
+            latency_max_ms=self.latency.max_ms,
+            jitter_p99_ms=self.jitter.quantile_ms(0.99),
+            jitter_max_ms=self.jitter.max_ms,
+            rate_hz=rate_hz,
+            interventions=dict(self.interventions),
+        )
