@@ -19,6 +19,9 @@ from runtime.bundle.errors import BundleFileSetError
 __all__ = ["CHUNK", "hash_open_file", "open_regular", "walk_bundle"]
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough to amortise syscalls, small enough for a robot
+# Reads of CHUNK go straight into the caller's buffer; this one only serves the small
+# reads of the ONNX metadata walk.
+_FILE_BUFFER = 64 << 10
 _MAX_FILES = 4096
 
 
@@ -92,7 +95,7 @@ def open_regular(path: Path, where: str) -> BinaryIO:
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
         raise BundleFileSetError(f"{where}: {path.name} is not a plain regular file")
-    return os.fdopen(fd, "rb", buffering=CHUNK)
+    return os.fdopen(fd, "rb", buffering=_FILE_BUFFER)
 
 
 def hash_open_file(fh: BinaryIO, keep_bytes: int = 0) -> tuple[str, bytes | None]:

@@ -108,7 +108,10 @@ def verify_signature(bundle_dir: Path, trust: TrustStore) -> tuple[SignedManifes
             f"{where}: missing or not a regular file; sign the bundle with `edgeflux bundle sign`"
         ) from exc
     with fh:
-        raw = fh.read(_MAX_SIG_BYTES + 1)
+        # Read what fstat says (+1 to notice growth), not the cap: a cap-sized read
+        # would allocate the cap up front.
+        size = os.fstat(fh.fileno()).st_size
+        raw = fh.read(min(size, _MAX_SIG_BYTES) + 1)
     if len(raw) > _MAX_SIG_BYTES:
         raise BundleSignatureError(f"{where}: larger than {_MAX_SIG_BYTES} bytes")
     try:

@@ -1,0 +1,27 @@
+"""The benchmark script runs and prints its table, ratio and one JSON line (tiny size)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bundle_verify_bench_prints_ratio_and_json() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/bundle_verify.py", "--size-mb", "2", "--repeats", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "ratio verify / bare hash" in out
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["bench"] == "bundle_verify"
+    assert record["ratio"] > 0 and record["policy_bytes"] >= 2_000_000
+    # Memory must not scale with the file: 10x the bytes, (almost) the same peak.
+    assert record["peak_bytes_big"] <= 1.5 * record["peak_bytes_small"]
