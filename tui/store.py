@@ -1,0 +1,487 @@
+"""The fleet data store behind the fleet screen: rows, query, sort order and marks.
+
+Pure Python (no Textual, no gRPC): the watch worker turns wire events into
+`DeviceRow`s, the store applies them and answers with a `Diff`, and the table widget
+touches only the rows the diff names. Filtering and sorting live here, not in the
+widget (REFERENCES.md: a DataTable cannot hide rows and slows at thousands of rows).
+
+Query language for `/` (whitespace separated, all terms must match)::
+
+    arm-0          text: substring of the device id or of any label value
+    site=lab       label selector (any label key)
+    site!=lab      negated label selector
+    state=failed   update state (``state=idle``, ``state=committed`` ...)
+    status=offline online/offline (``online``/``offline`` also work as bare words)
+    bundle=pend    active bundle name (``bundle=name@1.2.0`` pins the version too)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+__all__ = [
+    "COLUMNS",
+    "Column",
+    "DeviceRow",
+    "Diff",
+    "FleetStore",
+    "Query",
+    "QueryError",
+    "parse_query",
+    "rank",
+]
+
+HISTORY_POINTS = 120
+
+
+class QueryError(ValueError):
+    """A filter the store cannot understand; the message says which term and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One device as the console shows it (converted from the admin API's `Device`)."""
+
+    id: str
+    labels: tuple[tuple[str, str], ...] = ()
+    online: bool = False
+    last_seen: float = 0.0  # unix seconds, 0 = never
+    bundle_name: str = ""
+    bundle_version: str = ""
+    bundle_sequence: int = 0
+    policy_sha256: str = ""
+    update_state: str = ""
+    update_reason: str = ""
+    loop_p99_ms: float = 0.0
+    deadline_miss_rate: float = 0.0
+    safety_interventions: int = 0
+    cpu_percent: float = 0.0
+    temperature_c: float = 0.0
+    revoked: bool = False
+    runtime_version: str = ""
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["labels"] = dict(self.labels)
+        return data
+
+
+def _fmt_time(ts: float) -> str:
+    if ts <= 0:
+        return "never"
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
+
+
+def _fmt_status(row: DeviceRow) -> str:
+    if row.revoked:
+        return "revoked"
+    return "● online" if row.online else f"○ off {_fmt_time(row.last_seen)}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A fleet table column: its key, header, sort key and cell text."""
+
+    key: str
+    title: str
+    sort_key: Callable[[DeviceRow], Any]
+    text: Callable[[DeviceRow], str]
+    export: Callable[[DeviceRow], Any]
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("id", "Device", lambda r: r.id, lambda r: r.id, lambda r: r.id),
+    Column(
+        "labels",
+        "Labels",
+        lambda r: r.labels,
+        lambda r: ",".join(f"{k}={v}" for k, v in r.labels),
+        lambda r: ",".join(f"{k}={v}" for k, v in r.labels),
+    ),
+    Column(
+        "status",
+        "Status",
+        # online first, then most recently seen
+        lambda r: (not r.online, -r.last_seen),
+        _fmt_status,
+        lambda r: "online" if r.online else "offline",
+    ),
+    Column(
+        "bundle",
+        "Bundle",
+        lambda r: (r.bundle_name, r.bundle_sequence),
+        lambda r: f"{r.bundle_name} {r.bundle_version}".strip() or "—",
+        lambda r: f"{r.bundle_name}@{r.bundle_version}" if r.bundle_name else "",
+    ),
+    Column(
+        "update",
+        "Update",
+        lambda r: (r.update_state, r.update_reason),
+        lambda r: r.update_state + (f" ({r.update_reason})" if r.update_reason else ""),
+        lambda r: r.update_state,
+    ),
+    Column(
+        "p99",
+        "p99 ms",
+        lambda r: r.loop_p99_ms,
+        lambda r: f"{r.loop_p99_ms:.2f}",
+        lambda r: r.loop_p99_ms,
+    ),
+    Column(
+        "miss",
+        "Miss %",
+        lambda r: r.deadline_miss_rate,
+        lambda r: f"{100 * r.deadline_miss_rate:.2f}",
+        lambda r: r.deadline_miss_rate,
+    ),
+    Column(
+        "interventions",
+        "Safety",
+        lambda r: r.safety_interventions,
+        lambda r: str(r.safety_interventions),
+        lambda r: r.safety_interventions,
+    ),
+    Column(
+        "cpu",
+        "CPU %",
+        lambda r: r.cpu_percent,
+        lambda r: f"{r.cpu_percent:.0f}",
+        lambda r: r.cpu_percent,
+    ),
+    Column(
+        "temp",
+        "Temp °C",
+        lambda r: r.temperature_c,
+        lambda r: f"{r.temperature_c:.1f}",
+        lambda r: r.temperature_c,
+    ),
+)
+COLUMN_BY_KEY: dict[str, Column] = {c.key: c for c in COLUMNS}
+
+
+@dataclass(frozen=True)
+class _Term:
+    kind: Literal["text", "label", "state", "status", "bundle"]
+    key: str = ""
+    value: str = ""
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed filter: all terms must match. The empty query matches every device."""
+
+    text: str = ""
+    terms: tuple[_Term, ...] = ()
+
+    def matches(self, row: DeviceRow) -> bool:
+        return all(_term_matches(t, row) for t in self.terms)
+
+
+def _term_matches(term: _Term, row: DeviceRow) -> bool:
+    if term.kind == "text":
+        needle = term.value
+        hit = needle in row.id.lower() or any(needle in v.lower() for _, v in row.labels)
+    elif term.kind == "label":
+        hit = row.label_map.get(term.key) == term.value
+    elif term.kind == "state":
+        hit = row.update_state.lower() == term.value
+    elif term.kind == "status":
+        hit = (term.value == "online") == row.online
+    else:  # bundle
+        name, _, version = term.value.partition("@")
+        hit = row.bundle_name.lower() == name and (not version or row.bundle_version == version)
+    return hit != term.negate
+
+
+def parse_query(text: str) -> Query:
+    """Parse the `/` filter; raises `QueryError` naming the bad term."""
+    terms: list[_Term] = []
+    for raw in text.split():
+        if raw.lower() in ("online", "offline"):
+            terms.append(_Term("status", value=raw.lower()))
+            continue
+        if "=" not in raw:
+            terms.append(_Term("text", value=raw.lower()))
+            continue
+        key, _, value = raw.partition("=")
+        negate = key.endswith("!")
+        key = key.rstrip("!")
+        if not key or not value:
+            raise QueryError(
+                f"filter term {raw!r} needs a key and a value, e.g. site=lab or state=failed"
+            )
+        low = key.lower()
+        if low == "state":
+            terms.append(_Term("state", value=value.lower(), negate=negate))
+        elif low == "status":
+            if value.lower() not in ("online", "offline"):
+                raise QueryError(f"filter term {raw!r}: status is online or offline")
+            terms.append(_Term("status", value=value.lower(), negate=negate))
+        elif low == "bundle":
+            terms.append(_Term("bundle", value=value.lower(), negate=negate))
+        else:
+            terms.append(_Term("label", key=key, value=value, negate=negate))
+    return Query(text=text.strip(), terms=tuple(terms))
+
+
+@dataclass
+class Diff:
+    """What changed in the visible (filtered, sorted) view after an update."""
+
+    updated: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    reordered: bool = False
+    reset: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.updated or self.added or self.removed or self.reordered or self.reset)
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    at: float
+    loop_p99_ms: float
+    deadline_miss_rate: float
+    safety_interventions: int
+
+
+@dataclass(frozen=True)
+class UpdateEvent:
+    at: float
+    state: str
+    reason: str
+    bundle: str
+
+
+class FleetStore:
+    """Devices by id, the active query and sort, the visible order and the marks."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._rows: dict[str, DeviceRow] = {}
+        self._query = Query()
+        self.sort_key = "id"
+        self.sort_reverse = False
+        self._visible: list[str] = []
+        self._visible_set: set[str] = set()
+        self.marks: set[str] = set()
+        self.paused = False
+        self._pending: list[DeviceRow | str] = []
+        # Seen locally from the stream: the device screen's fallback when the plane
+        # keeps no history (GetDeviceHistory unimplemented).
+        self.history: dict[str, deque[HistoryPoint]] = {}
+        self.updates: dict[str, deque[UpdateEvent]] = {}
+
+    # ---- reading -------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, device_id: str) -> DeviceRow | None:
+        return self._rows.get(device_id)
+
+    @property
+    def query(self) -> Query:
+        return self._query
+
+    @property
+    def visible(self) -> list[str]:
+        """Ids of the devices that match the query, in display order."""
+        return self._visible
+
+    def all_rows(self) -> list[DeviceRow]:
+        return list(self._rows.values())
+
+    def visible_rows(self) -> list[DeviceRow]:
+        return [self._rows[i] for i in self._visible]
+
+    def counts(self) -> dict[str, int]:
+        online = sum(1 for r in self._rows.values() if r.online)
+        return {
+            "total": len(self._rows),
+            "online": online,
+            "visible": len(self._visible),
+            "marked": len(self.marked()),
+            "pending": len(self._pending),
+        }
+
+    def marked(self) -> list[str]:
+        """Marked devices that still exist, in display order where visible."""
+        order = [i for i in self._visible if i in self.marks]
+        rest = sorted(i for i in self.marks if i in self._rows and i not in self._visible_set)
+        return order + rest
+
+    # ---- writing -------------------------------------------------------------
+    def replace_all(self, rows: Iterable[DeviceRow]) -> Diff:
+        """A fresh snapshot (first connect or reconnect): drop devices not in it."""
+        self._rows = {}
+        for row in rows:
+            self._record(row)
+            self._rows[row.id] = row
+        self.marks &= set(self._rows)
+        self._pending.clear()
+        self._recompute()
+        return Diff(reset=True)
+
+    def apply(self, changes: Iterable[DeviceRow | str]) -> Diff:
+        """Apply upserts (`DeviceRow`) and removals (device id `str`) in order.
+
+        While paused the changes are held back and applied by `resume()`.
+        """
+        if self.paused:
+            self._pending.extend(changes)
+            return Diff()
+        sort_col = COLUMN_BY_KEY[self.sort_key]
+        updated: dict[str, None] = {}
+        added: dict[str, None] = {}
+        removed: dict[str, None] = {}
+        reordered = False
+        for change in changes:
+            if isinstance(change, str):
+                if self._rows.pop(change, None) is not None and change in self._visible_set:
+                    self._visible_set.discard(change)
+                    added.pop(change, None)
+                    updated.pop(change, None)
+                    removed[change] = None
+                self.marks.discard(change)
+                continue
+            row = change
+            old = self._rows.get(row.id)
+            self._record(row, old)
+            self._rows[row.id] = row
+            was = row.id in self._visible_set
+            now = self._query.matches(row)
+            if was and now:
+                if row.id not in added:
+                    updated[row.id] = None
+                if old is not None and sort_col.sort_key(old) != sort_col.sort_key(row):
+                    reordered = True
+            elif now:
+                self._visible_set.add(row.id)
+                if row.id in removed:
+                    del removed[row.id]
+                    updated[row.id] = None
+                else:
+                    added[row.id] = None
+                reordered = True
+            elif was:
+                self._visible_set.discard(row.id)
+                if row.id in added:
+                    del added[row.id]
+                else:
+                    updated.pop(row.id, None)
+                    removed[row.id] = None
+        if added or removed or reordered:
+            self._reorder()
+        return Diff(list(updated), list(added), list(removed), reordered)
+
+    def set_query(self, text: str) -> Diff:
+        """Filter by `text` (see the module docstring); raises `QueryError`, changing nothing."""
+        query = parse_query(text)
+        self._query = query
+        self._recompute()
+        return Diff(reset=True)
+
+    def set_sort(self, key: str, reverse: bool | None = None) -> Diff:
+        """Sort by column `key`; choosing the current column again flips the direction."""
+        if key not in COLUMN_BY_KEY:
+            raise QueryError(f"no column {key!r}; columns: {', '.join(COLUMN_BY_KEY)}")
+        if reverse is None:
+            reverse = not self.sort_reverse if key == self.sort_key else False
+        self.sort_key, self.sort_reverse = key, reverse
+        self._reorder()
+        return Diff(reordered=True)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> Diff:
+        self.paused = False
+        pending, self._pending = self._pending, []
+        return self.apply(pending)
+
+    def toggle_mark(self, device_id: str) -> bool:
+        """Mark or unmark one device; returns whether it is now marked."""
+        if device_id in self.marks:
+            self.marks.discard(device_id)
+            return False
+        if device_id in self._rows:
+            self.marks.add(device_id)
+            return True
+        return False
+
+    def mark_visible(self) -> None:
+        self.marks.update(self._visible)
+
+    def clear_marks(self) -> None:
+        self.marks.clear()
+
+    # ---- export --------------------------------------------------------------
+    def export(self, fmt: Literal["csv", "json"]) -> str:
+        """The current filtered, sorted view as CSV or JSON text."""
+        rows = self.visible_rows()
+        if fmt == "json":
+            return json.dumps(
+                {
+                    "query": self._query.text,
+                    "sort": {"column": self.sort_key, "reverse": self.sort_reverse},
+                    "devices": [r.to_json() for r in rows],
+                },
+                indent=2,
+            )
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow([c.key for c in COLUMNS])
+        for r in rows:
+            writer.writerow([c.export(r) for c in COLUMNS])
+        return buf.getvalue()
+
+    # ---- internals -----------------------------------------------------------
+    def _record(self, row: DeviceRow, old: DeviceRow | None = None) -> None:
+        now = self._clock()
+        hist = self.history.setdefault(row.id, deque(maxlen=HISTORY_POINTS))
+        hist.append(
+            HistoryPoint(now, row.loop_p99_ms, row.deadline_miss_rate, row.safety_interventions)
+        )
+        changed = old is None or (old.update_state, old.update_reason) != (
+            row.update_state,
+            row.update_reason,
+        )
+        if changed and row.update_state:
+            ups = self.updates.setdefault(row.id, deque(maxlen=HISTORY_POINTS))
+            bundle = f"{row.bundle_name}@{row.bundle_version}" if row.bundle_name else ""
+            ups.append(UpdateEvent(now, row.update_state, row.update_reason, bundle))
+
+    def _recompute(self) -> None:
+        match = self._query.matches
+        self._visible_set = {i for i, r in self._rows.items() if match(r)}
+        self._reorder()
+
+    def _reorder(self) -> None:
+        col = COLUMN_BY_KEY[self.sort_key]
+        rows = self._rows
+        # id as the tie-break keeps the order stable between updates
+        self._visible = sorted(
+            self._visible_set,
+            key=lambda i: (col.sort_key(rows[i]), i),
+            reverse=self.sort_reverse,
+        )
+
+
+def rank(ids: Iterable[str]) -> Mapping[str, int]:
+    """Position of each id, for sorting the table's rows into the store's order."""
+    return {i: n for n, i in enumerate(ids)}
