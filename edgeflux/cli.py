@@ -49,7 +49,7 @@ GROUPS: dict[str, GroupSpec] = {
     "attest": GroupSpec("Parity attestations: run, get, verify, show.", None, "parity attestation"),
     "rollout": GroupSpec("Staged rollouts of bundles to the fleet.", None, "staged rollouts"),
     "flash": GroupSpec("Provision a robot: runtime, identity, trust, first bundle.", None, "flash"),
-    "tui": GroupSpec("The operator console (Textual).", None, "TUI"),
+    "tui": GroupSpec("The operator console (Textual).", "tui.cli:tui", "TUI"),
     "demo": GroupSpec(
         "Run the whole pipeline end to end on this machine.", "edgeflux.demo:demo", ""
     ),
