@@ -27,6 +27,15 @@ __all__ = ["COMMANDS", "cloud"]
 
 # name -> (short help, "module:attribute" of a click command)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("Run the control plane (gRPC with mTLS, metrics, broker).", "cloud.cli:up_cmd"),
+    "publish": ("Verify a bundle and publish it into the TUF repository.", "cloud.cli:publish_cmd"),
+    "bundles": ("List published bundles.", "cloud.cli:bundles_cmd"),
+    "device": ("Add or revoke a device identity.", "cloud.cli:device_group"),
+    "devices": ("List devices.", "cloud.cli:devices_cmd"),
+    "operator": (
+        "Issue an operator certificate (role admin | viewer).",
+        "cloud.cli:operator_group",
+    ),
     "init": (
         "Create a control-plane home (CA, certificates, TUF repository, keys).",
         "cloud.cli:init_cmd",
@@ -121,6 +130,7 @@ def init_cmd(
     import os
 
     from cloud.home import PASSPHRASE_ENV, HomeError, init_home
+    from cloud.store import Store, StoreError
 
     passphrase = os.environ.get(PASSPHRASE_ENV)
     try:
@@ -134,6 +144,10 @@ def init_cmd(
         )
     except HomeError as exc:
         raise click.ClickException(str(exc)) from exc
+    try:
+        Store.open(home.database_url()).close()
+    except StoreError as exc:
+        raise click.ClickException(f"home created, but the database is not ready: {exc}") from exc
     crt, key = home.operator_paths(operator)
     info = {
         "home": str(home.root),
@@ -154,3 +168,280 @@ def init_cmd(
             f"  the CA key passphrase is in {home.ca_passphrase_file}: move it offline and set "
             f"{PASSPHRASE_ENV} when issuing certificates"
         )
+
+
+# ------------------------------------------------------------------------- devices
+def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--label")
+        labels[key] = value
+    return labels
+
+
+@click.group("device")
+def device_group() -> None:
+    """Add or revoke a device identity."""
+
+
+@device_group.command("add")
+@click.argument("device_id")
+@home_option
+@click.option("--label", "labels", multiple=True, help="key=value (repeatable).")
+@click.option("--hardware-tag", "tags", multiple=True, help="Hardware tag (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def device_add_cmd(
+    device_id: str, home_dir: Path, labels: tuple[str, ...], tags: tuple[str, ...], as_json: bool
+) -> None:
+    """Issue a certificate and key for DEVICE_ID and register it (used by flash)."""
+    from cloud.home import HomeError
+    from cloud.pki import PKIError, fingerprint
+    from cloud.store import ConflictError, StoreError
+
+    home = _home(home_dir)
+    parsed = _parse_labels(labels)
+    try:
+        creds = home.load_ca().issue_device(device_id)
+    except (PKIError, HomeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    store = _store(home)
+    try:
+        store.add_device(device_id, fingerprint(creds.cert_pem), parsed, list(tags))
+        store.audit("cli", "device.add", device_id, {"labels": parsed})
+    except ConflictError as exc:
+        raise click.ClickException(
+            f"device {device_id!r} already exists (revoked ids stay taken); nothing was issued"
+        ) from exc
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    crt, key = creds.write(home.devices, device_id)
+    info = {"device": device_id, "cert": str(crt), "key": str(key), "ca": str(home.ca_cert)}
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(f"device {device_id}: certificate {crt}, key {key} (CA {home.ca_cert})")
+
+
+@device_group.command("revoke")
+@click.argument("device_id")
+@home_option
+def device_revoke_cmd(device_id: str, home_dir: Path) -> None:
+    """Revoke DEVICE_ID: the control plane refuses its certificate from the next call on."""
+    from cloud.store import NotFoundError, StoreError
+
+    home = _home(home_dir)
+    store = _store(home)
+    try:
+        store.revoke_device(device_id, actor="cli")
+    except NotFoundError as exc:
+        raise click.ClickException(f"no device {device_id!r} in {home.root}") from exc
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    click.echo(f"revoked {device_id}")
+
+
+@click.command("devices")
+@home_option
+@click.option("--selector", "-l", default="", help="Label selector, e.g. site=lab,role=arm.")
+@click.option("--limit", default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> None:
+    """List devices (id, labels, online, revoked, active bundle)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cloud.store import StoreError, parse_label_selector
+
+    try:
+        sel = parse_label_selector(selector)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--selector") from exc
+    home = _home(home_dir)
+    store = _store(home)
+    try:
+        page = store.list_devices(sel, limit=limit)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    rows = [
+        {
+            "id": d.id,
+            "labels": d.labels,
+            "online": d.online,
+            "revoked": d.revoked,
+            "last_seen": d.last_seen.isoformat() if d.last_seen else None,
+            "active_bundle": d.active_bundle,
+            "update_state": d.update_state,
+        }
+        for d in page.devices
+    ]
+    if as_json:
+        click.echo(json.dumps({"devices": rows, "total": page.total}))
+        return
+    table = Table("id", "labels", "online", "revoked", "bundle", "update")
+    for r in rows:
+        b = r["active_bundle"] or {}
+        table.add_row(
+            r["id"],
+            ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
+            "yes" if r["online"] else "no",
+            "REVOKED" if r["revoked"] else "",
+            f"{b.get('name', '')} {b.get('version', '')}".strip(),
+            r["update_state"],
+        )
+    Console().print(table)
+    click.echo(f"{page.total} device(s)")
+
+
+# ------------------------------------------------------------------------- operators
+@click.group("operator")
+def operator_group() -> None:
+    """Issue operator certificates."""
+
+
+@operator_group.command("add")
+@click.argument("name")
+@home_option
+@click.option("--role", type=click.Choice(["admin", "viewer"]), default="viewer", show_default=True)
+def operator_add_cmd(name: str, home_dir: Path, role: str) -> None:
+    """Issue an operator certificate NAME with ROLE into pki/operators/."""
+    from cloud.home import HomeError
+    from cloud.pki import PKIError
+
+    home = _home(home_dir)
+    crt, _ = home.operator_paths(name)
+    if crt.exists():
+        raise click.ClickException(f"operator {name!r} already exists ({crt}); nothing was issued")
+    try:
+        creds = home.load_ca().issue_operator(name, role)
+    except (PKIError, HomeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    crt, key = creds.write(home.operators, name)
+    click.echo(f"operator {name} ({role}): certificate {crt}, key {key}")
+
+
+# ------------------------------------------------------------------------- up
+@click.command("up")
+@home_option
+@click.option("--host", "listen_host", default=None, help="Listen address (config: listen_host).")
+@click.option("--port", "grpc_port", type=int, default=None, help="gRPC port (0 = any free).")
+@click.option("--metrics-port", type=int, default=None, help="Prometheus port (0 = off).")
+@click.option(
+    "--broker/--no-broker",
+    default=None,
+    help="Force the embedded dev broker on or off (default: on unless broker_url is set).",
+)
+def up_cmd(
+    home_dir: Path,
+    listen_host: str | None,
+    grpc_port: int | None,
+    metrics_port: int | None,
+    broker: bool | None,
+) -> None:
+    """Run the control plane until SIGINT/SIGTERM (graceful shutdown)."""
+    import asyncio
+    import signal
+
+    from cloud.server.app import ControlPlane, PlaneStartError
+    from runtime.config import ConfigError
+
+    home = _home(home_dir)
+    overrides = {"listen_host": listen_host, "grpc_port": grpc_port, "metrics_port": metrics_port}
+    try:
+        control = ControlPlane(home, overrides, broker=broker)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def main() -> None:
+        await control.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(control.stop(5.0)))
+        click.echo(f"control plane serving on {control.address} (Ctrl-C to stop)", err=True)
+        await control.wait_closed()
+        click.echo("control plane stopped", err=True)
+
+    try:
+        asyncio.run(main())
+    except PlaneStartError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+# ------------------------------------------------------------------------- publish
+@click.command("publish")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@home_option
+@click.option("--json", "as_json", is_flag=True)
+def publish_cmd(bundle: Path, home_dir: Path, as_json: bool) -> None:
+    """Verify BUNDLE (directory or .efb), store it and sign it into the TUF repository."""
+    from rich.console import Console
+
+    from cloud.publish import PublishError, publish_bundle
+    from cloud.store import ConflictError, StoreError
+
+    home = _home(home_dir)
+    store = _store(home)
+    try:
+        with Console(stderr=True).status(f"verifying and publishing {bundle} ..."):
+            rec = publish_bundle(home, store, bundle, actor="cli")
+    except (PublishError, ConflictError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    info = {
+        "name": rec.name,
+        "version": rec.version,
+        "sequence": rec.sequence,
+        "target": rec.target_path,
+        "sha256": rec.efb_sha256,
+        "size_bytes": rec.size_bytes,
+        "oms_root_digest": rec.oms_root_digest,
+    }
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(
+            f"published {rec.name} {rec.version} (sequence {rec.sequence}) as TUF target "
+            f"{rec.target_path} sha256 {rec.efb_sha256}"
+        )
+
+
+@click.command("bundles")
+@home_option
+@click.option("--name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def bundles_cmd(home_dir: Path, name: str | None, as_json: bool) -> None:
+    """List published bundles, newest first."""
+    from cloud.store import StoreError
+
+    home = _home(home_dir)
+    store = _store(home)
+    try:
+        rows = store.list_bundles(name, limit=1000)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    data = [
+        {
+            "name": b.name,
+            "version": b.version,
+            "sequence": b.sequence,
+            "target": b.target_path,
+            "sha256": b.efb_sha256,
+            "published_at": b.published_at.isoformat(),
+        }
+        for b in rows
+    ]
+    if as_json:
+        click.echo(json.dumps({"bundles": data}))
+        return
+    for b in data:
+        click.echo(f"{b['name']:<20} {b['version']:<12} seq {b['sequence']:<6} {b['target']}")

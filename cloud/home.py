@@ -16,6 +16,7 @@ Layout (``edgeflux cloud init DIR`` creates it; nothing else writes outside it):
     DIR/tuf/keys/<role>.key        TUF role keys (Ed25519), 0600
     DIR/tuf/metadata/              TUF metadata (1.root.json, N.targets.json, ...)
     DIR/tuf/targets/               TUF targets, content addressed (<sha256>.<name>)
+    DIR/trust/models|attestation/  runtime.trust.TrustStore used to verify published bundles
     DIR/state/plane.db             SQLite store (unless database_url points elsewhere)
 
 A home is created in a temporary sibling directory and renamed into place, so a
@@ -33,11 +34,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud.pki import Credentials, FleetCA, PKIError
 from runtime.atomicio import atomic_write_bytes, atomic_write_text
 from runtime.config import load_config
+from runtime.trust import TrustStore, TrustStoreError
 
 __all__ = ["CloudConfig", "CloudHome", "HomeError", "init_home"]
 
@@ -82,6 +84,15 @@ class CloudConfig(BaseModel):
     )
     fetch_chunk_bytes: int = Field(256 * 1024, gt=0, description="default FetchFile chunk size")
     max_fetch_chunk_bytes: int = Field(1024 * 1024, gt=0, description="largest chunk served")
+
+    @model_validator(mode="after")
+    def _check_timestamp_schedule(self) -> CloudConfig:
+        if self.timestamp_refresh_s * 2 > self.timestamp_expiry_s:
+            raise ValueError(
+                f"timestamp_refresh_s ({self.timestamp_refresh_s}) must be at most half of "
+                f"timestamp_expiry_s ({self.timestamp_expiry_s}) so the timestamp never expires"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,11 @@ class CloudHome:
     @property
     def state(self) -> Path:
         return self.root / "state"
+
+    @property
+    def trust(self) -> Path:
+        """A `runtime.trust.TrustStore` of the keys bundles and attestations must carry."""
+        return self.root / "trust"
 
     def operator_paths(self, name: str) -> tuple[Path, Path]:
         return self.operators / f"{name}.crt", self.operators / f"{name}.key"
@@ -283,13 +299,16 @@ def init_home(
         else:
             _write_ed25519(home, "attestation")
         _write_ed25519(home, "director")
+        trust = TrustStore(home.trust)
+        trust.add("models", home.key_path("model-signing").read_bytes())
+        trust.add("attestation", home.key_path("attestation").read_bytes())
 
         TufRepository.create(home.tuf)
         atomic_write_text(home.config_file, _default_config_text(list(server_hosts)))
         if target.exists():
             target.rmdir()  # empty (checked above)
         os.rename(tmp, target)
-    except PKIError as exc:
+    except (PKIError, TrustStoreError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise HomeError(str(exc)) from exc
     except BaseException:

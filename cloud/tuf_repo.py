@@ -200,11 +200,13 @@ class TufRepository:
         *,
         expiry_days: int = 365,
         timestamp_expiry_s: int = 86_400,
+        hold_lock: bool = True,
     ) -> TargetFile:
         """Store `data_path` content-addressed and sign it into targets/snapshot/timestamp.
 
         Refuses to replace an existing target of the same name with different bytes:
-        published bundles are immutable.
+        published bundles are immutable. `hold_lock=False` when the caller already
+        holds :meth:`lock` (flock is per open file: taking it twice would deadlock).
         """
         if not _SAFE_TARGET.match(target_name) or ".." in target_name.split("/"):
             raise TufError(f"target name {target_name!r} is not a safe relative path")
@@ -218,7 +220,7 @@ class TufRepository:
         target = TargetFile(
             length, {"sha256": sha}, target_name, unrecognized_fields={"custom": dict(custom)}
         )
-        with self.lock():
+        with self.lock() if hold_lock else contextlib.nullcontext():
             targets_md = self._targets()
             existing = targets_md.signed.targets.get(target_name)
             if existing is not None and existing.hashes.get("sha256") != sha:

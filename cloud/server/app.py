@@ -1,0 +1,230 @@
+"""The control plane's composition root: store + TUF + gRPC (mTLS) + metrics + broker.
+
+Usage::
+
+    plane = ControlPlane(CloudHome.at("./plane"))
+    await plane.start()            # binds, migrates, starts the timestamp re-signer
+    print(plane.address)           # "127.0.0.1:7443"
+    await plane.wait_closed()      # until stop() (SIGTERM/SIGINT in `edgeflux cloud up`)
+
+Services: DeviceService, FleetAdminService, grpc.health.v1.Health and server
+reflection, plus whatever ``SERVICE_FACTORIES`` add. Each factory is
+``"module:function"`` with ``register(server, plane) -> list[str]`` (service names);
+a factory whose module is not installed yet is skipped with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cloud.broker import EmbeddedBroker
+from cloud.home import CloudConfig, CloudHome
+from cloud.server import admin_service, device_service
+from cloud.server._metrics import Metrics
+from cloud.server.plane import Plane
+from cloud.store import Store, StoreError
+
+__all__ = ["SERVICE_FACTORIES", "ControlPlane", "Plane", "PlaneStartError"]
+
+log = logging.getLogger(__name__)
+
+# Other packages' services, imported lazily. Add one line to mount a new service.
+SERVICE_FACTORIES: list[str] = [
+    "cloud.attest.service:register",
+    "cloud.router.service:register",
+]
+
+
+class PlaneStartError(Exception):
+    """The plane could not start (database down, port taken, bad home); nothing is left running."""
+
+
+def _load_factory(spec: str) -> Callable[[grpc.aio.Server, Plane], list[str]] | None:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            log.info("service %s not installed yet (%s); skipped", spec, exc.name)
+            return None
+        raise
+    fn = getattr(module, attr, None)
+    if fn is None:
+        log.info("service %s has no %s(); skipped", module_name, attr)
+        return None
+    return fn  # type: ignore[no-any-return]
+
+
+class ControlPlane:
+    """One control-plane process. `overrides` are CloudConfig fields (CLI flags)."""
+
+    def __init__(
+        self,
+        home: CloudHome,
+        overrides: dict[str, Any] | None = None,
+        *,
+        broker: bool | None = None,
+        factories: list[str] | None = None,
+    ) -> None:
+        self.home = home
+        self.config: CloudConfig = home.config(overrides)
+        self._want_broker = broker
+        self._factories = SERVICE_FACTORIES if factories is None else factories
+        self.metrics = Metrics()
+        self.plane: Plane | None = None
+        self.server: grpc.aio.Server | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.port = 0
+        self.services: list[str] = []
+        self._health: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = asyncio.Event()
+        self._unsubscribe: Callable[[], None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.listen_host}:{self.port}"
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.home.server_key.read_bytes(), self.home.server_cert.read_bytes())],
+            root_certificates=self.home.ca_pem(),
+            require_client_auth=True,
+        )
+
+    async def start(self) -> None:
+        cfg = self.config
+        url = self.home.database_url(cfg)
+        try:
+            store = await asyncio.to_thread(Store.open, url)
+        except StoreError as exc:
+            raise PlaneStartError(f"cannot start: {exc}") from exc
+        try:
+            await self._start(store)
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self, store: Store) -> None:
+        cfg = self.config
+        plane = Plane.load(self.home, cfg, store, self.metrics)
+        self.plane = plane
+        self._unsubscribe = store.subscribe(plane.watch.publish)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        self.server = server
+        names = device_service.register(server, plane) + admin_service.register(server, plane)
+        for spec in self._factories:
+            factory = _load_factory(spec)
+            if factory is not None:
+                names += factory(server, plane)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        names.append(reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        self.services = names
+        try:
+            self.port = server.add_secure_port(
+                f"{cfg.listen_host}:{cfg.grpc_port}", self._credentials()
+            )
+        except RuntimeError as exc:
+            raise PlaneStartError(
+                f"cannot listen on {cfg.listen_host}:{cfg.grpc_port}: {exc} (port in use?)"
+            ) from exc
+        await server.start()
+        for name in names:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if cfg.metrics_port:
+            self.metrics.serve(cfg.listen_host, cfg.metrics_port)
+        want_broker = cfg.broker_url is None if self._want_broker is None else self._want_broker
+        if want_broker:
+            self.broker = EmbeddedBroker(cfg.listen_host, cfg.embedded_broker_port)
+            await self.broker.start()
+        elif cfg.broker_url:
+            log.info("fleet broker: %s", cfg.broker_url)
+        self._tasks.append(asyncio.create_task(self._refresh_timestamp()))
+        log.info(
+            "control plane %s serving on %s (mTLS; %s)",
+            self.home.root,
+            self.address,
+            store.url,
+        )
+
+    async def _refresh_timestamp(self) -> None:
+        """Re-sign the TUF timestamp so it never expires while the plane runs."""
+        assert self.plane is not None
+        cfg = self.config
+        while True:
+            delay = float(cfg.timestamp_refresh_s)
+            try:
+                expires = await asyncio.to_thread(self.plane.tuf.timestamp_expires)
+                left = (expires - _utcnow()).total_seconds()
+                age = cfg.timestamp_expiry_s - left  # seconds since it was last signed
+                # Also re-sign when the lifetime is longer than configured (config changed).
+                if not 0 <= age < cfg.timestamp_refresh_s or left < cfg.timestamp_expiry_s / 2:
+                    expires = await asyncio.to_thread(
+                        self.plane.tuf.refresh_timestamp, cfg.timestamp_expiry_s
+                    )
+                    log.info("TUF timestamp re-signed; expires %s", expires.isoformat())
+                else:
+                    delay = max(0.5, cfg.timestamp_refresh_s - age)
+                self.metrics.timestamp_expiry.set(expires.timestamp())
+            except Exception:
+                log.exception("TUF timestamp refresh failed; retrying")
+                delay = min(delay, 30.0)
+            await asyncio.sleep(delay)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful shutdown: NOT_SERVING, end watch streams, finish in-flight calls."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._health is not None:
+            with contextlib.suppress(Exception):
+                await self._health.enter_graceful_shutdown()
+        if self.plane is not None:
+            self.plane.watch.close()
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+        if self.broker is not None:
+            await self.broker.stop()
+            self.broker = None
+        self.metrics.close()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self.plane is not None:
+            self.plane.store.close()
+            self.plane = None
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+def _utcnow() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,160 @@
+"""`Plane`: what every servicer shares, and the extension point for other packages.
+
+A package that adds a gRPC service to the control plane (attestation, router) writes
+``register(server: grpc.aio.Server, plane: Plane) -> list[str]`` returning the full
+service names it added (for reflection and health), and is listed in
+``cloud.server.app.SERVICE_FACTORIES``. A package may also put a handler object in
+``plane.extensions`` (e.g. ``plane.extensions["rollouts"]``, used by the admin
+service's rollout RPCs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives import serialization
+from securesystemslib.dsse import Envelope
+from securesystemslib.signer import CryptoSigner
+
+from cloud.home import CloudConfig, CloudHome
+from cloud.server._metrics import Metrics
+from cloud.server.auth import Authenticator
+from cloud.store import DeviceRecord, Store
+from cloud.tuf_repo import TufRepository
+
+__all__ = ["DESIRED_STATE_PAYLOAD_TYPE", "FleetWatch", "Plane"]
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+DESIRED_STATE_PAYLOAD_TYPE = "application/vnd.edgeflux.desired-state+json"
+DESIRED_STATE_SCHEMA = "edgeflux.desired-state/v1"
+
+
+class FleetWatch:
+    """Fan-out of store device changes to `WatchFleet` streams (any thread → event loops)."""
+
+    def __init__(self, queue_size: int = 10_000) -> None:
+        self._subs: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[str | None]]] = {}
+        self._lock = threading.Lock()
+        self._next = 0
+        self.queue_size = queue_size
+
+    def subscribe(self) -> tuple[int, asyncio.Queue[str | None]]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue(self.queue_size)
+        with self._lock:
+            self._next += 1
+            self._subs[self._next] = (asyncio.get_running_loop(), queue)
+            return self._next, queue
+
+    def unsubscribe(self, token: int) -> None:
+        with self._lock:
+            self._subs.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def publish(self, device_id: str) -> None:
+        with self._lock:
+            subs = list(self._subs.values())
+        for loop, queue in subs:
+            loop.call_soon_threadsafe(_offer, queue, device_id)
+
+    def close(self) -> None:
+        """End every stream (graceful shutdown)."""
+        with self._lock:
+            subs = list(self._subs.values())
+        for loop, queue in subs:
+            loop.call_soon_threadsafe(_offer, queue, None)
+
+
+def _offer(queue: asyncio.Queue[str | None], item: str | None) -> None:
+    try:
+        queue.put_nowait(item)
+    except asyncio.QueueFull:
+        # A watcher that cannot keep up is cut off (it re-watches and gets a snapshot)
+        # rather than making the plane buffer without bound.
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait("\x00overflow")
+
+
+@dataclass
+class Plane:
+    home: CloudHome
+    config: CloudConfig
+    store: Store
+    tuf: TufRepository
+    auth: Authenticator
+    director: CryptoSigner
+    metrics: Metrics
+    watch: FleetWatch = field(default_factory=FleetWatch)
+    extensions: dict[str, Any] = field(default_factory=dict)
+    _desired_cache: dict[tuple[str, int], tuple[float, bytes]] = field(default_factory=dict)
+    _touched: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, home: CloudHome, config: CloudConfig, store: Store, metrics: Metrics) -> Plane:
+        key = serialization.load_pem_private_key(
+            home.key_path("director", private=True).read_bytes(), password=None
+        )
+        return cls(
+            home=home,
+            config=config,
+            store=store,
+            tuf=TufRepository(home.tuf),
+            auth=Authenticator(store),
+            director=CryptoSigner(key),  # type: ignore[arg-type]
+            metrics=metrics,
+        )
+
+    async def db(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run blocking store work off the event loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------ desired state
+    def desired_state(self, device: DeviceRecord) -> bytes:
+        """The DSSE envelope (JSON bytes) of `device`'s desired state; cached per generation.
+
+        Payload: {"_type", "device_id", "bundle": {name, version, sequence, target,
+        sha256, length} | null, "generation", "issued_at", "expires"}; signed with the
+        director key (``keys/director.pub`` in the home; flashed into robots' trust).
+        """
+        key = (device.id, device.desired_generation)
+        now = time.monotonic()
+        ttl = self.config.desired_state_ttl_s
+        cached = self._desired_cache.get(key)
+        if cached is not None and now - cached[0] < ttl / 2:
+            return cached[1]
+        issued = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        doc = {
+            "_type": DESIRED_STATE_SCHEMA,
+            "device_id": device.id,
+            "bundle": device.desired_bundle,
+            "generation": device.desired_generation,
+            "issued_at": issued.isoformat().replace("+00:00", "Z"),
+            "expires": (issued + dt.timedelta(seconds=ttl)).isoformat().replace("+00:00", "Z"),
+        }
+        body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        env = Envelope(payload=body, payload_type=DESIRED_STATE_PAYLOAD_TYPE, signatures={})
+        env.sign(self.director)
+        out = json.dumps(env.to_dict(), sort_keys=True).encode()
+        if len(self._desired_cache) > 100_000:
+            self._desired_cache.clear()
+        self._desired_cache[key] = (now, out)
+        return out
+
+    def touch(self, device_id: str, every_s: float = 30.0) -> None:
+        """Record last seen at most every `every_s` per device (keeps reads read-only)."""
+        now = time.monotonic()
+        if now - self._touched.get(device_id, -1e9) >= every_s:
+            self._touched[device_id] = now
+            self.store.touch(device_id)
