@@ -1,8 +1,10 @@
 """MQTT ingest: device telemetry, events and presence into the store.
 
-One ingest process (several may run at once) subscribes through the shared
-subscription ``$share/edgeflux-ingest/edgeflux/v1/devices/+/<kind>``, so the broker
-splits devices' messages between replicas. Each message is
+Several ingest processes may run at once: with ``subscription="shared"`` they subscribe
+through ``$share/edgeflux-ingest/edgeflux/v1/devices/+/<kind>`` and the broker splits
+the messages between them; with ``"exclusive"`` (the default: lossless across Mosquitto
+restarts, see :class:`IngestSettings`) each holds a persistent subscription of its own
+and the store's unique key drops what a second replica also wrote. Each message is
 
 1. validated before use (:func:`decode`): well-formed topic, size cap, a protobuf that
    parses, finite numbers, and a payload ``device_id`` equal to the topic's device —
@@ -32,7 +34,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf.message import DecodeError
 
@@ -46,6 +48,7 @@ __all__ = [
     "Ingest",
     "IngestSettings",
     "decode",
+    "exclusive_filters",
     "shared_filters",
 ]
 
@@ -64,6 +67,12 @@ class IngestSettings:
     dedup_cache: int = 200_000
     """(device, kind, sequence) keys remembered to skip duplicate writes without a query."""
     retry_s: float = 0.5
+    subscription: Literal["exclusive", "shared"] = "exclusive"
+    """``shared``: ``$share/edgeflux-ingest/...`` — replicas split the load. ``exclusive``:
+    a plain persistent subscription — every replica sees everything (the store drops
+    the duplicates). Mosquitto 2.0 does not restore shared subscriptions from its
+    persistence file, so messages published after a broker restart and before a shared
+    subscriber re-subscribes are lost; exclusive loses nothing (docs/architecture.md)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,10 @@ class Dropped:
 
 def shared_filters(group: str = SHARE_GROUP) -> list[str]:
     return [f"$share/{group}/{PREFIX}/+/{k}" for k in ("telemetry", "events", "state")]
+
+
+def exclusive_filters() -> list[str]:
+    return [f"{PREFIX}/+/{k}" for k in ("telemetry", "events", "state")]
 
 
 def _ts(stamp: Any, default: dt.datetime) -> dt.datetime:
@@ -216,7 +229,8 @@ class Ingest:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._mqtt = CloudMqtt(mqtt, on_message=self._enqueue, manual_ack=True)
-        for f in shared_filters():
+        shared = self.settings.subscription == "shared"
+        for f in shared_filters() if shared else exclusive_filters():
             self._mqtt.subscribe(f)
 
     def start(self) -> None:

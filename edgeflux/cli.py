@@ -39,9 +39,13 @@ GROUPS: dict[str, GroupSpec] = {
         "signed bundles",
     ),
     "runtime": GroupSpec(
-        "Run signed policies on a robot (control loop, A/B slots).", None, "runtime"
+        "Run signed policies on a robot (control loop, A/B slots).",
+        "runtime.cli:runtime",
+        "runtime",
     ),
-    "agent": GroupSpec("The fleet agent on a robot (telemetry, updates).", None, "fleet agent"),
+    "agent": GroupSpec(
+        "The fleet agent on a robot (telemetry, updates).", "fleet.cli:agent", "fleet agent"
+    ),
     "cloud": GroupSpec(
         "The cloud control plane (init, up, publish, devices).", "cloud.cli:cloud", "control plane"
     ),

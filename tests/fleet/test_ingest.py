@@ -87,8 +87,11 @@ def ingest_settings(pki: Pki, broker: Mosquitto, client_id: str = "ingest-1") ->
 
 
 @contextlib.contextmanager
-def running_ingest(store: Store, pki: Pki, broker: Mosquitto, **kw: object) -> Iterator[Ingest]:
-    ing = Ingest(store, ingest_settings(pki, broker, **kw), IngestSettings(flush_ms=5))  # type: ignore[arg-type]
+def running_ingest(
+    store: Store, pki: Pki, broker: Mosquitto, client_id: str = "ingest-1", shared: bool = False
+) -> Iterator[Ingest]:
+    settings = IngestSettings(flush_ms=5, subscription="shared" if shared else "exclusive")
+    ing = Ingest(store, ingest_settings(pki, broker, client_id), settings)
     ing.start()
     try:
         yield ing
@@ -169,8 +172,8 @@ def test_two_ingest_replicas_split_the_load_and_store_everything_once(
     pki: Pki, broker: Mosquitto, store: Store
 ) -> None:
     with (
-        running_ingest(store, pki, broker, client_id="ingest-a") as a,
-        running_ingest(store, pki, broker, client_id="ingest-b") as b,
+        running_ingest(store, pki, broker, client_id="ingest-a", shared=True) as a,
+        running_ingest(store, pki, broker, client_id="ingest-b", shared=True) as b,
         device(pki, broker, "robot-1") as dev,
     ):
         n = 60
@@ -178,4 +181,22 @@ def test_two_ingest_replicas_split_the_load_and_store_everything_once(
             assert dev.publish(topic("robot-1", "telemetry"), _batch(seq=seq))
         wait_until(lambda: a.counters["stored"] + b.counters["stored"] >= n, 15, "all stored")
         assert a.counters["stored"] > 0 and b.counters["stored"] > 0  # the share split them
+    assert len(store.telemetry("robot-1", limit=1000)) == n
+
+
+@pytest.mark.services
+def test_two_exclusive_replicas_both_see_everything_and_store_it_once(
+    pki: Pki, broker: Mosquitto, store: Store
+) -> None:
+    with (
+        running_ingest(store, pki, broker, client_id="ingest-a") as a,
+        running_ingest(store, pki, broker, client_id="ingest-b") as b,
+        device(pki, broker, "robot-1") as dev,
+    ):
+        n = 20
+        for seq in range(1, n + 1):
+            assert dev.publish(topic("robot-1", "telemetry"), _batch(seq=seq))
+        done = lambda: a.counters["stored"] + a.counters["duplicates"] >= n  # noqa: E731
+        wait_until(lambda: done() and b.counters["stored"] + b.counters["duplicates"] >= n, 15)
+        assert a.counters["stored"] + b.counters["stored"] == n
     assert len(store.telemetry("robot-1", limit=1000)) == n

@@ -1,0 +1,89 @@
+"""The agent's configuration: ``[agent]`` in ``<root>/etc/edgeflux/agent.toml``,
+overridden by ``EDGEFLUX_AGENT_<FIELD>`` and CLI flags (``runtime.config.load_config``).
+
+Example::
+
+    [agent]
+    device_id = "robot-7"
+    mqtt_host = "broker.fleet.example"
+    mqtt_port = 8883
+    grpc_target = "plane.fleet.example:7443"
+    telemetry_period_s = 5.0
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runtime.config import load_config
+from runtime.layout import RobotLayout
+
+__all__ = ["AgentConfig", "load_agent_config"]
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class AgentConfig(BaseModel):
+    """Every agent setting, with units in the names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(description="this robot's id = its certificate CN")
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(8883, ge=1, le=65535)
+    mqtt_tls: bool = Field(True, description="mTLS with the device identity (off only in dev)")
+    grpc_target: str = Field("127.0.0.1:7443", description="control plane DeviceService")
+    cert_file: str = Field("identity/device.crt", description="relative to <root>/etc/edgeflux")
+    key_file: str = "identity/device.key"
+    ca_file: str = "trust/ca.crt"
+
+    telemetry_period_s: float = Field(5.0, gt=0, description="one TelemetryBatch per period")
+    sample_period_s: float = Field(1.0, gt=0, description="one TelemetryPoint per period")
+    spool_telemetry_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    spool_events_max_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    spool_telemetry_ttl_s: float = Field(7 * 86400, gt=0)
+    spool_events_ttl_s: float = Field(30 * 86400, gt=0)
+    inflight_window: int = Field(32, ge=1, le=1000)
+    reconnect_base_s: float = Field(0.5, gt=0)
+    reconnect_cap_s: float = Field(30.0, gt=0)
+    keepalive_s: int = Field(30, ge=2)
+    max_payload_bytes: int = Field(64 * 1024, gt=0, description="incoming MQTT cap")
+
+    hint_min_interval_s: float = Field(
+        30.0, ge=0, description="at most one TUF refresh per interval, however many hints"
+    )
+    shadow_ticks: int = Field(500, ge=1)
+    health_window_ticks: int = Field(500, ge=0)
+    shadow_divergence_max: float = Field(0.25, ge=0)
+    shadow_latency_p99_ms_max: float = Field(5.0, gt=0)
+    health_miss_rate_max_increase: float = Field(0.01, ge=0)
+    health_intervention_rate_max_increase: float = Field(0.01, ge=0)
+    require_parity_attestation: bool = False
+    download_free_margin_bytes: int = Field(
+        16 * 1024 * 1024, ge=0, description="free space kept beyond twice the target size"
+    )
+
+    @field_validator("device_id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("use 1-63 letters, digits, '.', '_' or '-'")
+        return v
+
+    def tls_paths(self, layout: RobotLayout) -> tuple[Path, Path, Path]:
+        """(ca, cert, key) resolved against ``<root>/etc/edgeflux``."""
+        return (
+            layout.etc / self.ca_file,
+            layout.etc / self.cert_file,
+            layout.etc / self.key_file,
+        )
+
+
+def load_agent_config(layout: RobotLayout, overrides: dict[str, Any] | None = None) -> AgentConfig:
+    """Load ``[agent]`` from the robot's agent.toml (if present) < env < `overrides`."""
+    path = layout.agent_config if layout.agent_config.exists() else None
+    return load_config(AgentConfig, "agent", toml_path=path, overrides=overrides)
