@@ -1,0 +1,129 @@
+"""The campaign runner on real Pendulum episodes, a real signed bundle and real sessions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cloud.attest import campaign
+from cloud.attest.statement import verify_envelope
+from runtime.trust import TrustStore
+
+SMALL = """
+[campaign]
+name = "small"
+workers = 1
+chunk = 30
+min_pairs = 30
+parity_inputs = 64
+
+[[task]]
+name = "nominal"
+episodes = 30
+calibration_episodes = 8
+
+[[task]]
+name = "heavy"
+variant = { m = 1.2 }
+episodes = 30
+calibration_episodes = 8
+"""
+
+
+def test_campaign_definition_errors_name_the_field() -> None:
+    with pytest.raises(campaign.CampaignError, match=r"tasks.0.episodes"):
+        campaign.parse_campaign('[campaign]\nname="x"\n[[task]]\nname="a"\nepisodes=1\n')
+    with pytest.raises(campaign.CampaignError, match="low < 0 < high"):
+        campaign.parse_campaign('[campaign]\nname="x"\n[[task]]\nname="a"\nmargin=[1, 2]\n')
+    with pytest.raises(campaign.CampaignError, match="unique"):
+        campaign.parse_campaign('[campaign]\nname="x"\n[[task]]\nname="a"\n[[task]]\nname="a"\n')
+    with pytest.raises(campaign.CampaignError, match="epsiodes"):
+        campaign.parse_campaign('[campaign]\nname="x"\n[[task]]\nname="a"\nepsiodes=3\n')
+    with pytest.raises(campaign.CampaignError, match="not valid TOML"):
+        campaign.parse_campaign("[campaign\n")
+
+
+def test_campaign_refuses_an_unsigned_bundle_and_runs_nothing(tmp_path: Path, keys) -> None:
+    from runtime.bundle import create_bundle
+    from tests.attest.conftest import linear_pendulum_policy, pendulum_manifest
+
+    src = linear_pendulum_policy(tmp_path / "p.onnx")
+    bdir = create_bundle(src, pendulum_manifest(), tmp_path / "unsigned")
+    with pytest.raises(campaign.CampaignError, match="does not verify"):
+        campaign.run_campaign(
+            bdir,
+            campaign.parse_campaign(SMALL),
+            workdir=tmp_path / "run",
+            trust_dir=keys.trust_dir,
+            key=keys.attest,
+        )
+    assert not (tmp_path / "run").exists()
+
+
+def test_small_campaign_signs_a_verifiable_attestation_and_resumes(
+    tmp_path: Path, keys, make_bundle
+) -> None:
+    bundle = make_bundle()
+    spec = campaign.parse_campaign(SMALL)
+    seen: list[tuple[int, int, str]] = []
+    result = campaign.run_campaign(
+        bundle,
+        spec,
+        workdir=tmp_path / "run",
+        trust_dir=keys.trust_dir,
+        key=keys.attest,
+        progress=lambda d, t, s: seen.append((d, t, s)),
+    )
+    # A linear controller cannot swing the pendulum up like the MPPI teacher.
+    assert result.verdict == "not_attested"
+    pred = result.statement["predicate"]
+    assert [t["name"] for t in pred["tasks"]] == ["nominal", "heavy"]
+    nominal = pred["tasks"][0]
+    assert nominal["n_pairs"] == 30 and nominal["outcome"] in {"not_equivalent", "underpowered"}
+    assert nominal["mean_diff"] < 0 and "p_holm" in nominal
+    assert nominal["margin"]["low"] < 0 < nominal["margin"]["high"]
+    gates = {(g["name"], g["task"]): g["outcome"] for g in pred["gates"]}
+    assert gates[("student_via_runtime", None)] == "pass"
+    assert gates[("pairs_complete", "heavy")] == "pass"
+    assert gates[("teacher_beats_random", "nominal")] == "pass"
+    assert pred["execution"]["providers"] == ["CPUExecutionProvider"]
+    parity = {r["provider"]: r for r in pred["numeric_parity"]["providers"]}
+    assert parity["CPUExecutionProvider"]["ran_on"] == "CPUExecutionProvider"
+    assert all(r["max_abs"] < 1e-5 for r in parity.values() if "max_abs" in r)
+    assert seen[-1][0] == seen[-1][1] and seen[-1][2] == "numeric parity"
+
+    raw = result.attestation_path.read_bytes()
+    trusted = TrustStore(keys.trust_dir).public_keys("attestation")
+    checked = verify_envelope(
+        raw,
+        trusted,
+        policy_sha256=result.bundle.policy_sha256,
+        root_digest=result.bundle.root_digest,
+        require_attested=False,
+    )
+    assert checked.verdict == "not_attested"
+
+    # Resume: every unit is on disk, so nothing reruns and the margins stay as fixed.
+    state_before = json.loads((tmp_path / "run" / "state.json").read_text())
+    units = sorted((tmp_path / "run" / "units").glob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in units]
+    again = campaign.run_campaign(
+        bundle, spec, workdir=tmp_path / "run", trust_dir=keys.trust_dir, key=keys.attest
+    )
+    assert [p.stat().st_mtime_ns for p in units] == stamps
+    assert json.loads((tmp_path / "run" / "state.json").read_text()) == state_before
+    assert again.statement["predicate"]["tasks"][0]["p_tost"] == nominal["p_tost"]
+
+
+def test_workdir_of_another_bundle_is_refused(tmp_path: Path, keys, make_bundle) -> None:
+    spec = campaign.parse_campaign(
+        '[campaign]\nname = "tiny"\nworkers = 1\n[[task]]\nname = "a"\n'
+        "episodes = 2\ncalibration_episodes = 2\n"
+    )
+    first, second = make_bundle(), make_bundle(gain=0.5)
+    run = tmp_path / "run"
+    campaign.run_campaign(first, spec, workdir=run, trust_dir=keys.trust_dir, key=keys.attest)
+    with pytest.raises(campaign.CampaignError, match="different campaign or bundle"):
+        campaign.run_campaign(second, spec, workdir=run, trust_dir=keys.trust_dir, key=keys.attest)
