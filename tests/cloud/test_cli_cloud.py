@@ -1,0 +1,105 @@
+"""`edgeflux cloud ...` as a user types it: devices, revoke, publish refusals, `up` + SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cloud.cli import cloud
+from cloud.testing import ClientCredentials
+from tests.cloud.conftest import make_bundle
+from tests.servers import free_port, port_open, wait_until
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "plane"
+    assert CliRunner().invoke(cloud, ["init", str(h)]).exit_code == 0
+    return h
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cloud, list(args))
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+def test_device_add_list_and_revoke(home: Path) -> None:
+    h = str(home)
+    assert _run("device", "add", "r1", "--home", h, "--label", "site=lab")[0] == 0
+    assert _run("device", "add", "r2", "--home", h, "--label", "site=yard")[0] == 0
+    code, out = _run("device", "add", "r1", "--home", h)
+    assert code == 1 and "already exists" in out
+    code, out = _run("device", "add", "r3", "--home", h, "--label", "nolabel")
+    assert code == 2 and "key=value" in out
+    code, out = _run("devices", "--home", h, "--selector", "site=lab", "--json")
+    assert code == 0
+    assert [d["id"] for d in json.loads(out)["devices"]] == ["r1"]
+    assert _run("device", "revoke", "r1", "--home", h)[0] == 0
+    code, out = _run("devices", "--home", h, "--json")
+    assert {d["id"]: d["revoked"] for d in json.loads(out)["devices"]} == {"r1": True, "r2": False}
+    code, out = _run("device", "revoke", "nobody", "--home", h)
+    assert code == 1 and "no device 'nobody'" in out
+
+
+def test_commands_outside_a_home_say_how_to_make_one(tmp_path: Path) -> None:
+    code, out = _run("devices", "--home", str(tmp_path))
+    assert code == 1 and "edgeflux cloud init" in out
+
+
+def test_publish_refusals_are_clear_and_change_nothing(home: Path, tmp_path: Path) -> None:
+    key = home / "keys" / "model-signing.key"
+    ok = make_bundle(tmp_path / "ok", key, version="1.0.0", sequence=3)
+    code, out = _run("publish", str(ok), "--home", str(home), "--json")
+    assert code == 0, out
+    assert json.loads(out)["target"] == "bundles/pendulum-1.0.0.efb"
+    old = make_bundle(tmp_path / "old", key, version="0.9.0", sequence=2)
+    code, out = _run("publish", str(old), "--home", str(home))
+    assert code == 1 and "does not advance" in out
+    unsigned = make_bundle(tmp_path / "unsigned", None, version="1.1.0", sequence=4)
+    code, out = _run("publish", str(unsigned), "--home", str(home))
+    assert code == 1 and "refused to publish" in out
+    code, out = _run("bundles", "--home", str(home), "--json")
+    assert [b["version"] for b in json.loads(out)["bundles"]] == ["1.0.0"]
+
+
+def test_up_serves_health_and_metrics_and_stops_on_sigterm(home: Path) -> None:
+    port, metrics = free_port(), free_port()
+    args = ["--port", str(port), "--metrics-port", str(metrics), "--no-broker"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeflux.cli", "cloud", "up", "--home", str(home), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 30, "cloud up to listen")
+        assert proc.poll() is None
+        op = ClientCredentials(
+            "admin",
+            home / "pki" / "operators" / "admin.crt",
+            home / "pki" / "operators" / "admin.key",
+            home / "pki" / "ca.crt",
+        )
+        with grpc.secure_channel(f"127.0.0.1:{port}", op.grpc_credentials()) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read()
+        assert b"edgeflux_cloud_tuf_timestamp_expiry_seconds" in body
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "control plane stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
