@@ -311,14 +311,18 @@ class ControlLoop:
                         sleep((wait - self._spin_ns) / 1e9)
                     while clock() < due:
                         pass
-                if self._next is not None and self.adapter.is_safe_to_switch():
+                swap_tick = self._next is not None and self.adapter.is_safe_to_switch()
+                if swap_tick:
+                    misses_before = counters.deadline_misses
                     self._switch()
-                    start, k, due = clock(), 0, clock()
+                    start, k = due, 0  # the new policy's period counts from this tick
                 t0 = clock()
                 counters.jitter.record_ns(t0 - due if t0 > due else 0)
                 self._tick_due_ns = due + self.deadline_ns
                 self._tick_written = False
                 self._tick(due, t0)
+                if swap_tick and counters.deadline_misses > misses_before:
+                    counters.swap_misses += 1
                 done += 1
                 if self._on_tick is not None:
                     self._on_tick(done)
@@ -329,6 +333,7 @@ class ControlLoop:
                 behind = (clock() - start) // self.period_ns - k
                 if behind > 0:
                     counters.deadline_misses += behind
+                    counters.skipped += behind
                     k += behind
         finally:
             self._tick_due_ns = 0

@@ -116,6 +116,11 @@ class LoopCounters:
         self.jitter = LatencyHistogram()
         self.ticks = 0
         self.deadline_misses = 0
+        self.skipped = 0
+        """Tick slots that passed while an earlier tick overran (also counted as misses)."""
+        self.swap_misses = 0
+        """Misses of the tick on which a policy swap happened (the swap's own cost)."""
+        """Tick slots that passed while an earlier tick overran (also counted as misses)."""
         self.interventions: Counter[str] = Counter()
 
     def intervene(self, reason: str) -> None:

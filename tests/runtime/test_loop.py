@@ -11,6 +11,7 @@ import pytest
 from runtime.adapters import AdapterTimeout
 from runtime.adapters.udp import UdpAdapter
 from runtime.loop import ControlLoop, LoadedPolicy, LoopError
+from runtime.metrics import MetricsSnapshot
 from runtime.session import PolicySession
 from tests.runtime import _models
 from tests.runtime.conftest import ACT, OBS, loaded, manifest
@@ -59,6 +60,14 @@ class SlowPolicy:
         return self.session.step(obs)
 
 
+TIMING = {"deadline_overrun", "watchdog"}  # a loaded 2-core machine may add these
+
+
+def _only(snap: MetricsSnapshot, reason: str, n: int) -> bool:
+    """`reason` counted exactly n times and nothing else but timing interventions."""
+    return snap.interventions.get(reason) == n and set(snap.interventions) <= {reason} | TIMING
+
+
 def test_loop_keeps_its_rate_without_drift() -> None:
     robot = Robot()
     loop = ControlLoop(robot, loaded(_models.mlp(), control={"rate_hz": 200, "deadline_ms": 5}))
@@ -66,7 +75,7 @@ def test_loop_keeps_its_rate_without_drift() -> None:
     snap = loop.run(duration_s=0.5)
     elapsed = time.perf_counter() - t0
     # Absolute deadlines: tick count follows wall time, however long each tick took.
-    assert snap.ticks + snap.deadline_misses == pytest.approx(elapsed * 200, abs=3)
+    assert snap.ticks + loop.counters.skipped == pytest.approx(elapsed * 200, abs=3)
     assert snap.latency_p50_ms > 0 and snap.rate_hz == 200
 
 
@@ -75,7 +84,7 @@ def test_nan_and_inf_from_the_policy_actuate_the_fallback() -> None:
         robot = Robot()
         p = loaded(_models.constant(OBS, [bad]), control={"fallback": "safe", "safe_action": [0.3]})
         snap = ControlLoop(robot, p, watchdog=False).run(ticks=5)
-        assert snap.interventions == {"action_nonfinite": 5}
+        assert _only(snap, "action_nonfinite", 5)
         assert all(a[0] == pytest.approx(0.3) for _, a in robot.writes)
 
 
@@ -84,10 +93,10 @@ def test_exception_inside_the_session_actuates_the_fallback_and_the_loop_goes_on
     p = loaded(_models.fails_when_first_obs_above(OBS, ACT, 0.5), control={"fallback": "zero"})
     loop = ControlLoop(robot, p, watchdog=False)
     snap = loop.run(ticks=3)
-    assert snap.interventions == {"policy_error": 3}
+    assert _only(snap, "policy_error", 3)
     robot.obs = np.asarray([0.1, 0.0, 0.0], np.float32)
     snap = loop.run(ticks=2)
-    assert snap.ticks == 5 and snap.interventions == {"policy_error": 3}
+    assert snap.ticks == 5 and _only(snap, "policy_error", 3)
     assert [float(a[0]) for _, a in robot.writes] == [0.0] * 5
 
 
@@ -100,8 +109,8 @@ def test_bad_observation_never_reaches_the_policy(obs: np.ndarray) -> None:
     robot = Robot(obs=obs)
     p = loaded(_models.mlp(bias=1.0), control={"fallback": "zero"})
     snap = ControlLoop(robot, p, watchdog=False).run(ticks=3)
-    assert sum(snap.interventions.values()) == 3
-    assert next(iter(snap.interventions)).startswith("obs_")
+    obs_reasons = {k: n for k, n in snap.interventions.items() if k.startswith("obs_")}
+    assert sum(obs_reasons.values()) == 3 and len(obs_reasons) == 1
     assert all(a[0] == 0.0 for _, a in robot.writes)
 
 
@@ -131,23 +140,23 @@ def test_adapter_time_out_is_counted_and_the_fallback_written() -> None:
     robot = Robot(timeout=True)
     p = loaded(_models.mlp(bias=1.0), control={"fallback": "zero"})
     snap = ControlLoop(robot, p, watchdog=False).run(ticks=4)
-    assert snap.interventions == {"adapter_timeout": 4}
+    assert _only(snap, "adapter_timeout", 4)
     assert len(robot.writes) == 4
 
 
 def test_real_udp_adapter_time_out_inside_the_loop() -> None:
     udp = UdpAdapter(obs_dim=OBS, action_dim=ACT, timeout_ms=2)
     try:
-        p = loaded(_models.mlp(), control={"rate_hz": 100, "deadline_ms": 8})
+        p = loaded(_models.mlp(), control={"rate_hz": 20, "deadline_ms": 40})
         snap = ControlLoop(udp, p, watchdog=False).run(ticks=3)
     finally:
         udp.close()
-    assert snap.interventions == {"adapter_timeout": 3}
+    assert _only(snap, "adapter_timeout", 3)
 
 
 def test_hot_swap_happens_on_a_tick_boundary_without_a_missed_deadline() -> None:
     robot = Robot()
-    ctl = {"rate_hz": 100, "deadline_ms": 10}
+    ctl = {"rate_hz": 100, "deadline_ms": 10, "fallback": "hold"}
     old = loaded(_models.constant(OBS, [0.5]), control=ctl)
     new = loaded(_models.constant(OBS, [-0.5]), version="1.1.0", control=ctl)
     loop = ControlLoop(robot, old)
@@ -160,11 +169,14 @@ def test_hot_swap_happens_on_a_tick_boundary_without_a_missed_deadline() -> None
     finally:
         loop.stop()
     actions = [float(a[0]) for _, a in robot.writes]
+    while actions[0] == 0.0:  # the initial action, if the very first tick overran
+        actions.pop(0)
     switch = actions.index(-0.5)
+    # One clean cut (fallback "hold" keeps the pattern even if a tick overran).
     assert set(actions[:switch]) == {0.5} and set(actions[switch:]) == {-0.5}
     assert loop.policy is new and loop.swaps == 1
-    # Generous on a shared 2-core machine; bench/runtime_step.py measures it strictly.
-    assert loop.counters.deadline_misses <= 1
+    # The tick that switched made its deadline (bench/runtime_step.py measures 100 swaps).
+    assert loop.counters.swap_misses == 0
 
 
 def test_swap_waits_for_the_robot_to_be_safe_to_switch() -> None:
@@ -186,7 +198,8 @@ def test_swap_waits_for_the_robot_to_be_safe_to_switch() -> None:
 
 def test_shadow_reports_divergence_nan_rate_and_violations_without_actuating() -> None:
     robot = Robot()
-    active = loaded(_models.constant(OBS, [0.5]), control={"rate_hz": 200, "deadline_ms": 5})
+    ctl = {"rate_hz": 200, "deadline_ms": 5, "fallback": "hold"}
+    active = loaded(_models.constant(OBS, [0.5]), control=ctl)
     same = loaded(_models.constant(OBS, [0.5]))
     far = loaded(_models.constant(OBS, [5.0]))  # clamped to 2.0: a violation, divergence 1.5
     nan = loaded(_models.constant(OBS, [np.nan]))
@@ -198,11 +211,15 @@ def test_shadow_reports_divergence_nan_rate_and_violations_without_actuating() -
         r_nan = loop.shadow(nan, 20)
     finally:
         loop.stop()
-    assert r_same.ticks == 20 and r_same.divergence_max == 0 and r_same.envelope_violations == 0
-    assert r_far.divergence_mean == pytest.approx(1.5) and r_far.envelope_violations == 20
+    assert r_same.ticks == 20 and r_same.envelope_violations == 0
+    assert r_same.divergence_mean <= 0.5 / 20  # at most the very first tick held zero
+    # 1.5 on every tick the active policy's own action was actuated (an overrun on a busy
+    # machine actuates the fallback instead, which diverges by 2.0).
+    assert r_far.divergence_mean == pytest.approx(1.5, abs=0.2) and r_far.envelope_violations == 20
     assert r_nan.nan_rate == 1.0 and r_nan.compared == 0
     assert r_same.latency_p99_ms > 0
-    assert {float(a[0]) for _, a in robot.writes} == {0.5}  # only the active policy actuated
+    # Only the active policy actuated (0.0: the initial action if the first tick overran).
+    assert {float(a[0]) for _, a in robot.writes} <= {0.0, 0.5}
 
 
 def test_obs_normalisation_from_the_manifest_is_applied() -> None:

@@ -1,0 +1,417 @@
+"""The runtime's composition root: lock, slots, verified policy, control loop, control socket.
+
+Usage (what ``edgeflux runtime run`` does)::
+
+    from runtime.layout import RobotLayout
+    from runtime.service import RuntimeConfig, RuntimeService
+
+    svc = RuntimeService(RobotLayout.at("/tmp/robot-1"), RuntimeConfig(adapter="gym"))
+    svc.start()          # lock the root, boot a verified slot, start loop + RuntimeControl
+    svc.wait()           # until SIGTERM / SIGINT (install_signal_handlers) or svc.stop()
+    svc.stop()
+
+The fleet agent drives updates through `RuntimeControl` (`runtime.control_client`):
+stage (verify, copy into the inactive slot, load and warm — while the loop runs),
+shadow, activate (switch on a tick boundary, then a health window that rolls back
+by itself on failure), commit (the only step that advances the anti-rollback
+counter) or rollback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.adapters import RobotAdapter, load_adapter
+from runtime.antirollback import AntiRollbackStore
+from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bundle
+from runtime.config import load_config
+from runtime.envelope import FALLBACK_REASONS
+from runtime.layout import RobotLayout
+from runtime.loop import ControlLoop, LoadedPolicy, LoopError, ShadowResult
+from runtime.metrics import MetricsSnapshot
+from runtime.session import PolicySession, SessionError
+from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
+from runtime.trust import TrustStore
+
+__all__ = ["ControlError", "RuntimeConfig", "RuntimeService", "StatusInfo", "load_runtime_config"]
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeConfig(BaseModel):
+    """`[runtime]` in `<root>/etc/edgeflux/runtime.toml` (env: EDGEFLUX_RUNTIME_<FIELD>)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str = "gym"
+    """Robot I/O adapter name (entry-point group `edgeflux.adapters`): gym, udp, null, ..."""
+    adapter_options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the adapter, e.g. {env = "Pendulum-v1", seed = 0}."""
+    rate_hz: float | None = Field(default=None, gt=0, le=10_000)
+    """Override the manifest's control rate (Hz)."""
+    providers: list[str] | None = None
+    """Restrict execution providers further than the manifest does."""
+    intra_op_threads: int = Field(default=1, ge=1)
+    fp16: bool = False
+    """TensorRT FP16 engines (ignored on CUDA/CPU)."""
+    engine_cache_dir: Path | None = None
+    """TensorRT engine cache; default <root>/var/lib/edgeflux/engine-cache (never in a slot)."""
+    warmup_runs: int = Field(default=20, ge=0)
+    boot_tries: int = Field(default=3, ge=1)
+    """Start-up tries of an activated, uncommitted slot before falling back to the last good one."""
+    health_max_fallback_rate: float = Field(default=0.02, ge=0, le=1)
+    """Health window fails when more than this fraction of ticks got the fallback action."""
+    health_max_miss_rate: float = Field(default=0.05, ge=0, le=1)
+    """Health window fails when more than this fraction of ticks missed their deadline."""
+    watchdog: bool = True
+    spin_us: float = Field(default=0.0, ge=0)
+    """Busy-wait this long before each tick for lower jitter (costs CPU)."""
+    swap_timeout_s: float = Field(default=5.0, gt=0)
+
+
+def load_runtime_config(
+    layout: RobotLayout, overrides: dict[str, Any] | None = None
+) -> RuntimeConfig:
+    toml = layout.runtime_config if layout.runtime_config.is_file() else None
+    return load_config(RuntimeConfig, "runtime", toml_path=toml, overrides=overrides)
+
+
+class ControlError(RuntimeError):
+    """A control request cannot be done now; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StatusInfo:
+    state: str
+    active: LoadedPolicy | None
+    pending: LoadedPolicy | None
+    last_good: LoadedPolicy | None
+    slots: SlotState
+    provider: str
+    metrics: MetricsSnapshot
+    anti_rollback: dict[str, int]
+    reason: str
+    swaps: int
+
+
+class RuntimeService:
+    def __init__(
+        self,
+        layout: RobotLayout,
+        config: RuntimeConfig | None = None,
+        *,
+        adapter: RobotAdapter | None = None,
+        device: DeviceProfile | None = None,
+        serve: bool = True,
+    ) -> None:
+        self.layout = layout
+        self.config = config or RuntimeConfig()
+        self._adapter = adapter
+        self._device = device
+        self._serve = serve
+        self._lock = RuntimeLock(layout)
+        self._ops = threading.Lock()  # one update operation at a time
+        self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
+        self.trust = TrustStore(layout.trust)
+        self.counters = AntiRollbackStore(layout.antirollback)
+        self.slots = SlotStore(layout, self._verify, boot_tries=self.config.boot_tries)
+        self.loop: ControlLoop | None = None
+        self._server: Any = None
+        self._staged: LoadedPolicy | None = None
+        self._last_good: LoadedPolicy | None = None
+        self._state = "stopped"
+        self._reason = ""
+
+    # ---- pieces ------------------------------------------------------------------------
+
+    def _verify(self, path: Path) -> VerifiedBundle:
+        if self._device is None:
+            self._device = DeviceProfile.local()
+        return verify_bundle(path, self.trust, counters=self.counters, device=self._device)
+
+    def load(self, verified: VerifiedBundle, slot: str | None) -> LoadedPolicy:
+        """Load and warm a verified bundle's policy from the bytes that were verified."""
+        policy_path = verified.path / POLICY_NAME
+        data = policy_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != verified.policy_sha256:
+            raise SlotError(f"{policy_path} changed after verification; refusing to load it")
+        allowed = list(verified.manifest.compatibility.execution_providers)
+        if self.config.providers is not None:
+            allowed = [p for p in allowed if p in self.config.providers]
+        session = PolicySession(
+            data,
+            allowed_providers=allowed,
+            intra_op_threads=self.config.intra_op_threads,
+            fp16=self.config.fp16,
+            engine_cache_dir=self.config.engine_cache_dir or (self.layout.var / "engine-cache"),
+            warmup_runs=self.config.warmup_runs,
+        )
+        if session.obs_size != verified.manifest.io.obs_dim:
+            raise SessionError(
+                f"{policy_path}: the graph takes {session.obs_size} values, the manifest's "
+                f"observation bounds declare {verified.manifest.io.obs_dim}"
+            )
+        return LoadedPolicy(
+            manifest=verified.manifest,
+            session=session,
+            slot=slot,
+            policy_sha256=verified.policy_sha256,
+            root_digest=verified.root_digest,
+        )
+
+    def install_first(self, bundle_dir: Path) -> None:
+        """Put a first verified bundle into an empty robot (slot a, committed)."""
+        choice = self.slots.install_first(Path(bundle_dir))
+        self._commit_counter(choice.bundle)
+
+    def _commit_counter(self, verified: VerifiedBundle) -> None:
+        m = verified.manifest
+        self.counters.commit(m.name, m.sequence, verified.root_digest)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self, *, first_bundle: Path | None = None) -> None:
+        self.layout.ensure()
+        self._lock.acquire()
+        try:
+            if first_bundle is not None and self.slots.state().last_good is None:
+                self.install_first(first_bundle)
+            choice = self.slots.boot()
+            active = self.load(choice.bundle, choice.slot)
+            if not choice.trial:
+                self._catch_up_counter(choice)
+                self._last_good = active
+            if self._adapter is None:
+                self._adapter = load_adapter(self.config.adapter, self.config.adapter_options)
+            self.loop = ControlLoop(
+                self._adapter,
+                active,
+                rate_hz=self.config.rate_hz,
+                watchdog=self.config.watchdog,
+                spin_us=self.config.spin_us,
+            )
+            self._state = "switched" if choice.trial else "running"
+            self._reason = self.slots.state().last_failure
+            self.loop.start()
+            if self._serve:
+                from runtime.control_server import serve
+
+                self._server = serve(self, self.layout.runtime_socket)
+        except BaseException:
+            self._lock.release()
+            raise
+        log.info(
+            "runtime started",
+            extra={
+                "policy": active.label,
+                "slot": choice.slot,
+                "provider": active.session.provider,
+            },
+        )
+
+    def _catch_up_counter(self, choice: BootChoice) -> None:
+        m = choice.bundle.manifest
+        committed = self.counters.committed(m.name)
+        if committed is None or committed < m.sequence:
+            self._commit_counter(choice.bundle)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._stop_requested.set()
+        if self._server is not None:
+            self._server.stop(grace=0.5).wait(2)
+            self._server = None
+            self.layout.runtime_socket.unlink(missing_ok=True)
+        if self.loop is not None:
+            self.loop.stop()
+        if self._adapter is not None:
+            self._adapter.close()
+        self._state = "stopped"
+        self._lock.release()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until `stop()` (or a signal); True if stopped."""
+        return self._stop_requested.wait(timeout_s)
+
+    def request_stop(self) -> None:
+        """Ask `wait()` to return (safe from a signal handler); the caller then stops."""
+        self._stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # ---- control operations (RuntimeControl) -------------------------------------------
+
+    def _need_loop(self) -> ControlLoop:
+        if self.loop is None or not self.loop.running:
+            raise ControlError("the control loop is not running")
+        return self.loop
+
+    def status(self) -> StatusInfo:
+        loop = self.loop
+        slots = self.slots.state()
+        active = loop.policy if loop is not None else None
+        return StatusInfo(
+            state=self._state,
+            active=active,
+            pending=self._staged,
+            last_good=self._last_good,
+            slots=slots,
+            provider=active.session.provider if active is not None else "",
+            metrics=loop.snapshot() if loop is not None else _empty_metrics(),
+            anti_rollback=self._safe_counters(),
+            reason=self._reason,
+            swaps=loop.swaps if loop is not None else 0,
+        )
+
+    def _safe_counters(self) -> dict[str, int]:
+        try:
+            return self.counters.all()
+        except Exception as exc:  # a corrupt counter file must not break status
+            log.error("anti-rollback store unreadable: %s", exc)
+            return {}
+
+    def stage(self, bundle_dir: Path) -> tuple[LoadedPolicy, float]:
+        """Verify, copy into the inactive slot, load and warm; the loop keeps running."""
+        with self._ops:
+            self._need_loop()
+            if self._state in ("switched", "health_window"):
+                raise ControlError(
+                    "an activated bundle is not committed yet; commit or roll back first"
+                )
+            t0 = time.perf_counter()
+            slot, verified = self.slots.stage(Path(bundle_dir))
+            self._staged = self.load(verified, slot)
+            self._state = "staged"
+            self._reason = ""
+            return self._staged, (time.perf_counter() - t0) * 1e3
+
+    def shadow(self, ticks: int) -> tuple[LoadedPolicy, ShadowResult]:
+        with self._ops:
+            loop = self._need_loop()
+            if self._staged is None or self._state != "staged":
+                raise ControlError("nothing staged to shadow; stage a bundle first")
+            candidate = self._staged
+            self._state = "shadowing"
+            try:
+                return candidate, loop.shadow(candidate, ticks)
+            finally:
+                self._state = "staged"
+
+    def activate(self, health_window_ticks: int) -> StatusInfo:
+        """Switch to the staged bundle on a tick boundary, then watch it for
+        `health_window_ticks` ticks; roll back by itself if it is unhealthy."""
+        with self._ops:
+            loop = self._need_loop()
+            if self._staged is None or self._state != "staged":
+                raise ControlError("nothing staged to activate; stage a bundle first")
+            candidate = self._staged
+            previous = loop.policy
+            self.slots.mark_activated()  # persisted before the switch (kill -9 safe)
+            try:
+                loop.swap(candidate, timeout_s=self.config.swap_timeout_s)
+            except LoopError as exc:
+                self.slots.rollback(f"switch failed: {exc}")
+                self._reason = str(exc)
+                self._state = "running"
+                raise ControlError(str(exc)) from exc
+            self._staged = None
+            self._state = "health_window"
+            verdict = self._health_window(loop, health_window_ticks)
+            if verdict:
+                self._rollback_to(previous, f"health window failed: {verdict}")
+            else:
+                self._state = "switched"
+            return self.status()
+
+    def _health_window(self, loop: ControlLoop, ticks: int) -> str:
+        """'' if healthy, else why not."""
+        if ticks <= 0:
+            return ""
+        c = loop.counters
+        start_ticks, start_misses = c.ticks, c.deadline_misses
+        start_fb = sum(n for r, n in c.interventions.items() if r in FALLBACK_REASONS)
+        deadline = time.monotonic() + 10.0 + 3.0 * ticks / loop.rate_hz
+        while c.ticks - start_ticks < ticks:
+            if not loop.running:
+                return f"the control loop stopped ({loop.error})"
+            if time.monotonic() > deadline:
+                return f"only {c.ticks - start_ticks}/{ticks} ticks ran in time"
+            time.sleep(min(0.05, 0.5 * ticks / loop.rate_hz))
+        n = c.ticks - start_ticks
+        fb = sum(n for r, n in c.interventions.items() if r in FALLBACK_REASONS) - start_fb
+        misses = c.deadline_misses - start_misses
+        if fb / n > self.config.health_max_fallback_rate:
+            return (
+                f"{fb}/{n} ticks got the fallback action (limit "
+                f"{self.config.health_max_fallback_rate:.1%}): {dict(c.interventions)}"
+            )
+        if misses / n > self.config.health_max_miss_rate:
+            return f"{misses}/{n} ticks missed their deadline"
+        return ""
+
+    def _rollback_to(self, target: LoadedPolicy | None, reason: str) -> None:
+        loop = self._need_loop()
+        self.slots.rollback(reason)  # persisted before the switch back
+        if target is None:
+            choice = self.slots.boot()
+            target = self.load(choice.bundle, choice.slot)
+        loop.swap(target, timeout_s=self.config.swap_timeout_s)
+        self._last_good = target
+        self._staged = None
+        self._state = "rolled_back"
+        self._reason = reason
+        log.warning("rolled back to %s: %s", target.label, reason)
+
+    def commit(self) -> StatusInfo:
+        with self._ops:
+            loop = self._need_loop()
+            if self._state not in ("switched",):
+                raise ControlError(
+                    f"nothing to commit (state {self._state}); activate a staged bundle first"
+                )
+            self.slots.commit(self._commit_counter)
+            self._last_good = loop.policy
+            self._state = "running"
+            self._reason = ""
+            return self.status()
+
+    def rollback(self, reason: str) -> StatusInfo:
+        with self._ops:
+            self._need_loop()
+            reason = reason or "rolled back by request"
+            if self._state in ("staged",):
+                self.slots.rollback(reason)
+                self._staged = None
+                self._state = "running"
+                self._reason = reason
+            elif self._state in ("switched",):
+                self._rollback_to(self._last_good, reason)
+            else:
+                raise ControlError(
+                    f"nothing to roll back (state {self._state}); only a staged or an "
+                    "activated, uncommitted bundle can be rolled back"
+                )
+            return self.status()
+
+
+def _empty_metrics() -> MetricsSnapshot:
+    return MetricsSnapshot(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {})

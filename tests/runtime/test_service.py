@@ -1,0 +1,137 @@
+"""The runtime service end to end over its real RuntimeControl unix socket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.antirollback import AntiRollbackStore
+from runtime.bundle import DeviceProfile
+from runtime.control_client import RuntimeControlClient, RuntimeControlError
+from runtime.layout import RobotLayout
+from runtime.service import RuntimeConfig, RuntimeService
+from runtime.slots import RuntimeLockedError
+from tests.runtime import _models
+from tests.runtime.conftest import OBS, BundleFactory
+
+FAST = {"rate_hz": 100, "deadline_ms": 9}
+
+
+@pytest.fixture
+def service(
+    layout: RobotLayout, device: DeviceProfile, make_bundle: BundleFactory
+) -> Iterator[RuntimeService]:
+    config = RuntimeConfig(
+        adapter="gym",
+        adapter_options={"env": "Pendulum-v1"},
+        warmup_runs=2,
+        swap_timeout_s=10,
+        health_max_miss_rate=0.5,  # the machine is shared: only the fallback rate decides here
+    )
+    svc = RuntimeService(layout, config, device=device)
+    svc.start(first_bundle=make_bundle(control=FAST))
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def client(service: RuntimeService) -> Iterator[RuntimeControlClient]:
+    with RuntimeControlClient(service.layout.runtime_socket, timeout_s=30) as c:
+        yield c
+
+
+def test_status_reports_the_running_verified_bundle(client: RuntimeControlClient) -> None:
+    st = client.status()
+    assert st.state == "running"
+    bundle = st.active.bundle
+    assert (st.active.slot, bundle.name, bundle.sequence) == ("a", "pendulum", 1)
+    assert len(st.active.bundle.policy_sha256) == 64
+    assert st.execution_provider == "CPUExecutionProvider"
+    assert st.anti_rollback == {"pendulum": 1}
+
+
+def test_update_stage_shadow_activate_commit(
+    client: RuntimeControlClient, service: RuntimeService, make_bundle: BundleFactory
+) -> None:
+    v2 = make_bundle(_models.mlp(OBS, 1, seed=1), version="1.1.0", sequence=2, control=FAST)
+    staged = client.stage(v2)
+    assert staged.staged.slot == "b" and staged.staged.bundle.version == "1.1.0"
+    report = client.shadow(20)
+    assert report.ticks == 20 and report.compared == 20 and report.nan_rate == 0
+    assert report.divergence_max > 0  # different weights, same observations
+    st = client.activate(health_window_ticks=20)
+    assert st.state == "switched" and st.active.slot == "b" and st.last_good.slot == "a"
+    assert st.anti_rollback == {"pendulum": 1}  # activation never advances the counter
+    st = client.commit()
+    assert st.state == "running" and st.anti_rollback == {"pendulum": 2}
+    assert st.last_good.slot == "b" and st.swaps == 1
+
+
+def test_rollback_from_a_failing_bundle_is_automatic(
+    client: RuntimeControlClient, service: RuntimeService, make_bundle: BundleFactory
+) -> None:
+    bad = make_bundle(_models.constant(OBS, [np.nan]), version="1.1.0", sequence=2, control=FAST)
+    client.stage(bad)
+    report = client.shadow(10)
+    assert report.nan_rate == 1.0  # shadow already says: do not ship
+    st = client.activate(health_window_ticks=20)
+    assert st.state == "rolled_back" and "health window failed" in st.reason
+    assert "action_nonfinite" in st.reason
+    assert st.active.slot == "a" and st.active.bundle.version == "1.0.0"
+    assert st.anti_rollback == {"pendulum": 1}
+    assert service.slots.state().pending is None
+    with pytest.raises(RuntimeControlError, match="FAILED_PRECONDITION: nothing to commit"):
+        client.commit()
+
+
+def test_rollback_by_request_after_activation(
+    client: RuntimeControlClient, make_bundle: BundleFactory
+) -> None:
+    client.stage(make_bundle(version="1.1.0", sequence=2, control=FAST))
+    client.activate(health_window_ticks=0)
+    st = client.rollback("operator said so")
+    assert st.state == "rolled_back" and st.active.bundle.version == "1.0.0"
+    assert st.reason == "operator said so"
+
+
+def test_bad_requests_get_specific_status_codes(
+    client: RuntimeControlClient, make_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    with pytest.raises(RuntimeControlError, match="FAILED_PRECONDITION: nothing staged"):
+        client.activate(10)
+    unsigned = make_bundle(version="1.1.0", sequence=2)
+    (unsigned / "model.sig").unlink()
+    with pytest.raises(RuntimeControlError, match="INVALID_ARGUMENT") as err:
+        client.stage(unsigned)
+    assert "model.sig" in str(err.value)
+    with pytest.raises(RuntimeControlError, match="INVALID_ARGUMENT"):
+        client.shadow(0)
+
+
+def test_metrics_stream_yields_growing_tick_counts(client: RuntimeControlClient) -> None:
+    stream = client.metrics(period_ms=50)
+    first, second = next(stream), next(stream)
+    stream.close()
+    assert second.ticks > first.ticks and second.rate_hz == 100
+
+
+def test_second_runtime_on_the_same_root_is_refused(
+    service: RuntimeService, device: DeviceProfile
+) -> None:
+    other = RuntimeService(service.layout, RuntimeConfig(adapter="null"), device=device)
+    with pytest.raises(RuntimeLockedError, match="already running on robot root"):
+        other.start()
+    assert service.loop is not None and service.loop.running
+
+
+def test_anti_rollback_store_is_not_touched_by_stage_or_shadow(
+    client: RuntimeControlClient, service: RuntimeService, make_bundle: BundleFactory
+) -> None:
+    before = service.layout.antirollback.read_bytes()
+    client.stage(make_bundle(version="2.0.0", sequence=9, control=FAST))
+    client.shadow(5)
+    assert service.layout.antirollback.read_bytes() == before
+    assert AntiRollbackStore(service.layout.antirollback).committed("pendulum") == 1
