@@ -100,7 +100,12 @@ class Agent:
         self._hint_ready = threading.Event()
         self._update_state = UpdateStateFile(layout.agent_state / "update.json")
         self.runner: UpdateRunner | None = None
-        self._effects = effects(self) if effects is not None else None
+        self._effects: UpdateEffects | None = None
+        if effects is not None:
+            try:
+                self._effects = effects(self)
+            except Exception as exc:  # telemetry must run even when updates cannot
+                log.error("update path unavailable, running telemetry only: %s", exc)
         self.hints = HintGate(self._installed_sequence, c.hint_min_interval_s, time.monotonic)
         if self._effects is not None:
             self.runner = UpdateRunner(

@@ -40,6 +40,10 @@ class AgentConfig(BaseModel):
     cert_file: str = Field("identity/device.crt", description="relative to <root>/etc/edgeflux")
     key_file: str = "identity/device.key"
     ca_file: str = "trust/ca.crt"
+    tuf_root_file: str = Field("trust/tuf-root.json", description="TUF bootstrap root (flash)")
+    director_key_file: str = Field(
+        "trust/director.pub", description="Ed25519 key that signs desired-state documents"
+    )
 
     telemetry_period_s: float = Field(5.0, gt=0, description="one TelemetryBatch per period")
     sample_period_s: float = Field(1.0, gt=0, description="one TelemetryPoint per period")

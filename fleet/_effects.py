@@ -1,0 +1,358 @@
+"""The production side effects of the update state machine on a robot.
+
+Each :class:`~fleet.update.UpdateEffects` method maps one step onto the real
+components: TUF (:mod:`fleet.tuf_client`) and the control plane's DeviceService over
+gRPC (mTLS, device identity), the bundle verifier (:mod:`runtime.bundle`), parity
+attestation (:mod:`fleet.attestation`) and the runtime's ``RuntimeControl`` socket.
+Every failure becomes an :class:`~fleet.update.UpdateError` with a reason code.
+
+The desired-state document is a DSSE envelope signed by the control plane's director
+key (Ed25519, ``<trust>/director.pub`` on the robot); the agent verifies it here with
+`cryptography` — payloadType checked, only the verified bytes parsed — and requires
+it to name this device, the hinted bundle, an unexpired validity, and the very TUF
+target (name, sequence, hash) the refresh resolved.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from fleet.tuf_client import DiskFullError, GrpcFetcher, TufClient, TufClientError, TufView
+from fleet.update import HealthReport, Reason, ShadowResult, TargetInfo, UpdateError
+from protos import device_pb2, device_pb2_grpc
+
+if TYPE_CHECKING:
+    from fleet.agent import Agent
+
+__all__ = ["DESIRED_STATE_PAYLOAD_TYPE", "RobotEffects", "robot_effects", "verify_desired_state"]
+
+log = logging.getLogger(__name__)
+
+DESIRED_STATE_PAYLOAD_TYPE = "application/vnd.edgeflux.desired-state+json"
+DESIRED_STATE_SCHEMA = "edgeflux.desired-state/v1"
+MAX_ENVELOPE_BYTES = 64 * 1024
+
+
+def _b64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("not a base64 string")
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.urlsafe_b64decode(padded)
+
+
+def _pae(payload_type: str, body: bytes) -> bytes:
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
+
+
+def verify_desired_state(
+    raw: bytes, director: ed25519.Ed25519PublicKey, device_id: str, now: dt.datetime
+) -> dict[str, Any]:
+    """The verified desired-state document, or UpdateError(DESIRED_STATE_INVALID)."""
+
+    def bad(why: str) -> UpdateError:
+        return UpdateError(Reason.DESIRED_STATE_INVALID, f"desired state {why}")
+
+    if len(raw) > MAX_ENVELOPE_BYTES:
+        raise bad(f"envelope is {len(raw)} bytes (limit {MAX_ENVELOPE_BYTES})")
+    try:
+        env = json.loads(raw)
+        payload_type = env["payloadType"]
+        body = _b64(env["payload"])
+        sigs = [_b64(s["sig"]) for s in env["signatures"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise bad(f"is not a DSSE envelope: {exc}") from exc
+    if payload_type != DESIRED_STATE_PAYLOAD_TYPE:
+        raise bad(f"has payloadType {str(payload_type)[:80]!r}")
+    message = _pae(payload_type, body)
+    for sig in sigs:
+        try:
+            director.verify(sig, message)
+            break
+        except InvalidSignature:
+            continue
+    else:
+        raise bad("is not signed by the director key in the trust store")
+    try:
+        doc = json.loads(body)  # only the verified bytes are parsed
+        if doc.get("_type") != DESIRED_STATE_SCHEMA:
+            raise ValueError(f"_type {doc.get('_type')!r}")
+        expires = dt.datetime.fromisoformat(str(doc["expires"]).replace("Z", "+00:00"))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise bad(f"payload is not a {DESIRED_STATE_SCHEMA} document: {exc}") from exc
+    if doc.get("device_id") != device_id:
+        raise bad(f"names device {str(doc.get('device_id'))[:64]!r}, not {device_id!r}")
+    if expires <= now:
+        raise bad(f"expired at {expires.isoformat()}")
+    return dict(doc)
+
+
+class RobotEffects:
+    """UpdateEffects over TUF + DeviceService + RuntimeControl for one agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        from runtime.control_client import RuntimeControlClient  # the runtime's client
+
+        self.agent = agent
+        c = agent.config
+        layout = agent.layout
+        ca, crt, key = c.tls_paths(layout)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca.read_bytes(),
+            private_key=key.read_bytes(),
+            certificate_chain=crt.read_bytes(),
+        )
+        self.channel = grpc.secure_channel(c.grpc_target, creds)
+        self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.tuf = TufClient(
+            layout.agent_state, layout.etc / c.tuf_root_file, GrpcFetcher(self.stub.FetchFile)
+        )
+        self.director_path = layout.etc / c.director_key_file
+        self.runtime = RuntimeControlClient(layout.runtime_socket, timeout_s=60.0)
+        self.staging = layout.agent_state / "staging"
+        self._view: TufView | None = None
+        self._target_custom: dict[str, Any] = {}
+        self._activated: Any = None
+        self._baseline: tuple[int, int, int] = (0, 0, 0)  # ticks, misses, interventions
+
+    # ---- helpers
+
+    def _director(self) -> ed25519.Ed25519PublicKey:
+        try:
+            key = serialization.load_pem_public_key(self.director_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise UpdateError(
+                Reason.DESIRED_STATE_INVALID,
+                f"cannot load the director key {self.director_path}: {exc}",
+            ) from exc
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise UpdateError(
+                Reason.DESIRED_STATE_INVALID, f"{self.director_path} is not an Ed25519 key"
+            )
+        return key
+
+    def _rt(self, reason: Reason, fn: Any, *args: Any, **kw: Any) -> Any:
+        from runtime.control_client import RuntimeControlError
+
+        try:
+            return fn(*args, **kw)
+        except RuntimeControlError as exc:
+            raise UpdateError(reason, str(exc)) from exc
+
+    # ---- UpdateEffects
+
+    def installed_sequence(self, bundle_name: str) -> int:
+        try:
+            status = self.runtime.status()
+        except Exception:
+            return 0
+        return int(status.anti_rollback.get(bundle_name, 0))
+
+    def refresh(self, bundle_name: str, timeout_s: float) -> TargetInfo:
+        try:
+            view = self.tuf.refresh()
+        except TufClientError as exc:
+            raise UpdateError(Reason.TUF_REFRESH_FAILED, str(exc)) from exc
+        try:
+            reply = self.stub.GetDesiredState(
+                device_pb2.GetDesiredStateRequest(), timeout=min(timeout_s, 30.0)
+            )
+        except grpc.RpcError as exc:
+            raise UpdateError(
+                Reason.DESIRED_STATE_INVALID, f"GetDesiredState failed: {exc.code()}"
+            ) from exc
+        doc = verify_desired_state(
+            bytes(reply.envelope.dsse_json),
+            self._director(),
+            self.agent.device_id,
+            dt.datetime.now(dt.UTC),
+        )
+        bundle = doc.get("bundle") or {}
+        if not isinstance(bundle, dict) or bundle.get("name") != bundle_name:
+            raise UpdateError(
+                Reason.DESIRED_STATE_MISMATCH,
+                f"the hint names {bundle_name!r} but the signed desired state wants "
+                f"{bundle.get('name') if isinstance(bundle, dict) else None!r}",
+            )
+        path = str(bundle.get("target") or f"bundles/{bundle['name']}-{bundle.get('version')}.efb")
+        target = view.target(path)
+        if target is None:
+            raise UpdateError(Reason.TARGET_UNKNOWN, f"TUF has no target {path}")
+        custom = target.custom
+        if custom.get("name") != bundle_name or int(custom.get("sequence", -1)) != int(
+            bundle.get("sequence", -2)
+        ):
+            raise UpdateError(
+                Reason.DESIRED_STATE_MISMATCH,
+                f"TUF target {path} is {custom.get('name')} sequence {custom.get('sequence')}, "
+                f"desired state says {bundle_name} sequence {bundle.get('sequence')}",
+            )
+        if bundle.get("sha256") and bundle["sha256"] != target.sha256:
+            raise UpdateError(Reason.DESIRED_STATE_MISMATCH, f"{path}: sha256 differs from TUF")
+        self._view = view
+        self._target_custom = dict(custom)
+        return TargetInfo(
+            name=bundle_name,
+            version=str(custom.get("version", bundle.get("version", ""))),
+            sequence=int(custom["sequence"]),
+            target_path=path,
+            length=target.length,
+            sha256=target.sha256,
+        )
+
+    def check_desired_state(self, target: TargetInfo, timeout_s: float) -> None:
+        return None  # checked inside refresh, against the same TUF snapshot
+
+    def download(self, target: TargetInfo, timeout_s: float) -> Path:
+        if self._view is None:
+            raise UpdateError(Reason.DOWNLOAD_FAILED, "no TUF refresh in this process")
+        t = self._view.target(target.target_path)
+        if t is None or t.sha256 != target.sha256:
+            raise UpdateError(Reason.TARGET_UNKNOWN, f"{target.target_path} changed under us")
+        try:
+            return self._view.download(t, self.agent.config.download_free_margin_bytes)
+        except DiskFullError as exc:
+            raise UpdateError(Reason.DISK_FULL, str(exc)) from exc
+        except TufClientError as exc:
+            raise UpdateError(Reason.DOWNLOAD_FAILED, str(exc)) from exc
+
+    def verify(self, target: TargetInfo, download: Path, timeout_s: float) -> Path:
+        from runtime.bundle import BundleError, unpack_bundle, verify_bundle
+        from runtime.trust import TrustStore
+
+        self.staging.mkdir(parents=True, exist_ok=True)
+        dest = self.staging / f"{target.name}-{target.sha256[:16]}"
+        if dest.exists():
+            shutil.rmtree(dest)
+        try:
+            unpack_bundle(download, dest)
+            verified = verify_bundle(dest, TrustStore(self.agent.layout.trust))
+        except BundleError as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise UpdateError(Reason.BUNDLE_INVALID, str(exc)) from exc
+        m = verified.manifest
+        if m.name != target.name or m.sequence != target.sequence:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise UpdateError(
+                Reason.BUNDLE_INVALID,
+                f"bundle says {m.name} sequence {m.sequence}, TUF says {target.name} "
+                f"sequence {target.sequence}",
+            )
+        return dest
+
+    def attest(self, target: TargetInfo, bundle_dir: Path, timeout_s: float) -> None:
+        from fleet.attestation import AttestationPolicy, check_activation, grpc_fetcher
+        from runtime.trust import TrustStore
+
+        policy = AttestationPolicy(self.agent.config.require_parity_attestation)
+        decision = check_activation(
+            policy,
+            policy_sha256=str(self._target_custom.get("policy_sha256", "")),
+            root_digest=str(self._target_custom.get("oms_root_digest", "")),
+            fetch=grpc_fetcher(self.channel),
+            trusted_keys={
+                k: v
+                for k, v in TrustStore(self.agent.layout.trust).public_keys("attestation").items()
+                if isinstance(v, ed25519.Ed25519PublicKey)
+            },
+        )
+        if not decision.allowed:
+            raise UpdateError(Reason.ATTESTATION_INVALID, f"{decision.reason}: {decision.message}")
+
+    def stage(self, bundle_dir: Path, timeout_s: float) -> None:
+        status = self._rt(Reason.STAGE_FAILED, self.runtime.status)
+        m = status.metrics
+        self._baseline = (int(m.ticks), int(m.deadline_misses), int(sum(m.interventions.values())))
+        self._rt(Reason.STAGE_FAILED, self.runtime.stage, bundle_dir)
+
+    def warm(self, timeout_s: float) -> None:
+        return None  # the runtime pre-warms inside Stage (StageResponse.warmup_ms)
+
+    def shadow(self, timeout_s: float) -> ShadowResult:
+        r = self._rt(
+            Reason.SHADOW_FAILED, self.runtime.shadow, self.agent.config.shadow_ticks, timeout_s
+        )
+        return ShadowResult(
+            ticks=int(r.ticks),
+            divergence_max=float(r.divergence_max),
+            nan_rate=float(r.nan_rate),
+            latency_p99_ms=float(r.latency_p99_ms),
+            envelope_violations=int(r.envelope_violations),
+        )
+
+    def wait_safe_to_switch(self, timeout_s: float) -> bool:
+        # The runtime swaps only on a tick where the robot adapter's is_safe_to_switch()
+        # holds (runtime.loop); a swap that never gets a safe tick fails Activate.
+        return True
+
+    def activate(self, timeout_s: float) -> None:
+        self._activated = self._rt(
+            Reason.ACTIVATE_FAILED,
+            self.runtime.activate,
+            self.agent.config.health_window_ticks,
+            timeout_s,
+        )
+
+    def health_window(self, timeout_s: float) -> HealthReport:
+        status = self._activated
+        if status is None:
+            raise UpdateError(Reason.HEALTH_CRASH, "no activation result in this process")
+        m = status.metrics
+        if status.state != "switched":
+            # The runtime judged the window itself and already rolled back.
+            return HealthReport(ticks=1, deadline_misses=0, interventions=0, crashed=True)
+        b_ticks, b_miss, b_int = self._baseline
+        # Loop counters are cumulative: the window is what was added since staging.
+        window = int(m.ticks) - b_ticks
+        if window <= 0:  # counters restarted with the new policy
+            window, b_miss, b_int = int(m.ticks), 0, 0
+        return HealthReport(
+            ticks=window,
+            deadline_misses=max(0, int(m.deadline_misses) - b_miss),
+            interventions=max(0, int(sum(m.interventions.values())) - b_int),
+            baseline_miss_rate=self._baseline[1] / max(b_ticks, 1),
+            baseline_intervention_rate=self._baseline[2] / max(b_ticks, 1),
+        )
+
+    def commit(self, timeout_s: float) -> None:
+        from runtime.control_client import RuntimeControlError
+
+        try:
+            self.runtime.commit()
+        except RuntimeControlError as exc:
+            # Idempotent after a restart: already committed means done.
+            record = self.agent.runner.store.load() if self.agent.runner else None
+            if record is not None and record.target:
+                t = record.target_info()
+                if self.installed_sequence(t.name) >= t.sequence:
+                    return
+            raise UpdateError(Reason.COMMIT_FAILED, str(exc)) from exc
+
+    def rollback(self, reason: Reason, timeout_s: float) -> None:
+        from runtime.control_client import RuntimeControlError
+
+        try:
+            self.runtime.rollback(reason.value)
+        except RuntimeControlError as exc:
+            # "nothing to roll back": the candidate is not active (never switched, or
+            # the runtime already reverted it); the old bundle runs.
+            log.info("rollback: %s", exc)
+
+
+def robot_effects(agent: Agent) -> RobotEffects:
+    return RobotEffects(agent)
