@@ -238,10 +238,12 @@ def verify_envelope(
     root_digest: str | None = None,
     now: datetime | None = None,
     require_attested: bool = True,
+    check_time: bool = True,
 ) -> VerifiedStatement:
     """Verify signature, payloadType, statement shape, subject, verdict and validity time.
 
     Raises StatementError with a specific `reason`. Only the verified payload is parsed.
+    `check_time` False skips the expiry check (for indexing and showing old attestations).
     """
     keys = list(trusted.values()) if isinstance(trusted, dict) else list(trusted)
     if len(raw) > _MAX_ENVELOPE:
@@ -283,6 +285,7 @@ def verify_envelope(
         root_digest=root_digest,
         now=now,
         require_attested=require_attested,
+        check_time=check_time,
     )
 
 
@@ -294,6 +297,7 @@ def _check_statement(
     root_digest: str | None,
     now: datetime | None,
     require_attested: bool,
+    check_time: bool,
 ) -> VerifiedStatement:
     try:
         statement = json.loads(payload)
@@ -335,9 +339,9 @@ def _check_statement(
     if require_attested and verdict != "attested":
         raise StatementError("verdict", f"the attestation's verdict is {verdict!r}, not 'attested'")
     at = now or datetime.now(UTC)
-    if at >= expires:
+    if check_time and at >= expires:
         raise StatementError("expired", f"the attestation expired at {_rfc3339(expires)}")
-    if at < issued:
+    if check_time and at < issued:
         raise StatementError("not_yet_valid", f"the attestation is issued at {_rfc3339(issued)}")
     return VerifiedStatement(
         statement=statement,

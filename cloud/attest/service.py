@@ -1,0 +1,222 @@
+"""`AttestationService` on the control plane (grpc.aio, mTLS): serve and run attestations.
+
+- ``GetAttestation(subject_sha256)`` — devices and operators: the envelope to check for
+  a policy digest (`AttestationStore.for_policy`); NOT_FOUND when there is none.
+  Served from a small in-process cache (entries live `CACHE_TTL_S`), since robots ask
+  for the same digest during a rollout wave and the bytes are immutable.
+- ``ListAttestations(bundle_name, page)`` — operators: newest first.
+- ``RunParityCampaign(bundle, campaign_toml)`` — admin operators: runs the campaign on
+  the published bundle (its TUF target), streams progress, stores and returns the
+  signed attestation. Campaign state lives under ``<home>/state/campaigns/`` so a
+  repeated request resumes.
+
+Mounted by `cloud.server.app.SERVICE_FACTORIES` through `register`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cloud.attest import statement
+from cloud.server._rpc import RpcError, stream, unary
+from cloud.server.plane import Plane
+from cloud.store.attestations import AttestationRecord, AttestationStore
+from protos import attestation_pb2, attestation_pb2_grpc, common_pb2
+
+__all__ = ["AttestationServicer", "record_from_envelope", "register", "to_message"]
+
+log = logging.getLogger(__name__)
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+CACHE_TTL_S = 5.0
+
+
+def _ts(at: dt.datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(at.astimezone(dt.UTC))
+    return ts
+
+
+def to_message(rec: AttestationRecord) -> attestation_pb2.Attestation:
+    return attestation_pb2.Attestation(
+        envelope=common_pb2.SignedEnvelope(dsse_json=rec.envelope),
+        subject_sha256=rec.policy_sha256,
+        verdict=rec.verdict,
+        issued_at=_ts(rec.issued_at),
+        expires_at=_ts(rec.expires_at),
+        bundle=common_pb2.BundleRef(
+            name=rec.bundle_name,
+            version=rec.bundle_version,
+            sequence=rec.bundle_sequence,
+            policy_sha256=rec.policy_sha256,
+            oms_root_digest=rec.root_digest,
+        ),
+    )
+
+
+def record_from_envelope(
+    raw: bytes, trusted: dict[str, Any], *, created_by: str = ""
+) -> AttestationRecord:
+    """Verify `raw` (signature, type, shape; any verdict, any age) and index it for the store.
+
+    Whether an attestation is (still) valid is the consumer's question when it asks.
+    """
+    checked = statement.verify_envelope(raw, trusted, require_attested=False, check_time=False)
+    bundle = checked.predicate.get("bundle", {})
+    return AttestationRecord(
+        policy_sha256=checked.policy_sha256,
+        root_digest=checked.root_digest,
+        bundle_name=str(bundle.get("name", checked.bundle_name)),
+        bundle_version=str(bundle.get("version", "")),
+        bundle_sequence=int(bundle.get("sequence", 0)),
+        verdict=checked.verdict,
+        key_id=checked.key_id,
+        issued_at=checked.issued_at,
+        expires_at=checked.expires_at,
+        envelope=raw,
+        created_by=created_by,
+    )
+
+
+class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
+    def __init__(self, plane: Plane) -> None:
+        self.plane = plane
+        self.store = AttestationStore(plane.store.engine)
+        self._cache: dict[str, tuple[float, attestation_pb2.Attestation]] = {}
+
+    def _lookup(self, digest: str) -> attestation_pb2.Attestation | None:
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and now - hit[0] < CACHE_TTL_S:
+            return hit[1]
+        rec = self.store.for_policy(digest)
+        if rec is None:
+            return None
+        msg = to_message(rec)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now, msg)
+        return msg
+
+    @unary
+    async def GetAttestation(
+        self, request: attestation_pb2.GetAttestationRequest, context: Any
+    ) -> attestation_pb2.Attestation:
+        await self.plane.auth.identify(context)  # any device or operator certificate
+        digest = request.subject_sha256.strip().lower()
+        if not _HEX64.match(digest):
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"subject_sha256 must be 64 hex characters (sha256 of policy.onnx), "
+                f"got {request.subject_sha256[:80]!r}",
+            )
+        msg = await self.plane.db(self._lookup, digest)
+        if msg is None:
+            raise RpcError(
+                grpc.StatusCode.NOT_FOUND, f"no parity attestation for policy.onnx {digest}"
+            )
+        return msg
+
+    @unary
+    async def ListAttestations(
+        self, request: attestation_pb2.ListAttestationsRequest, context: Any
+    ) -> attestation_pb2.ListAttestationsResponse:
+        self.plane.auth.require_operator(await self.plane.auth.identify(context))
+        size = min(request.page.page_size or 50, 500)
+        try:
+            offset = int(request.page.page_token or 0)
+        except ValueError as exc:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "page_token is not valid") from exc
+        rows = await self.plane.db(
+            self.store.list, request.bundle_name, limit=size + 1, offset=offset
+        )
+        return attestation_pb2.ListAttestationsResponse(
+            attestations=[to_message(r) for r in rows[:size]],
+            next_page_token=str(offset + size) if len(rows) > size else "",
+        )
+
+    @stream
+    async def RunParityCampaign(
+        self, request: attestation_pb2.RunParityCampaignRequest, context: Any
+    ) -> AsyncIterator[attestation_pb2.CampaignProgress]:
+        ident = self.plane.auth.require_operator(
+            await self.plane.auth.identify(context), write=True
+        )
+        from cloud.attest import campaign
+
+        try:
+            spec = campaign.parse_campaign(request.campaign_toml, "campaign_toml")
+        except campaign.CampaignError as exc:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        ref = request.bundle
+        bundle = await self.plane.db(self.plane.store.get_bundle, ref.name, ref.version)
+        if bundle is None:
+            raise RpcError(
+                grpc.StatusCode.NOT_FOUND,
+                f"bundle {ref.name} {ref.version} is not published on this control plane",
+            )
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, int, str]] = asyncio.Queue()
+
+        def progress(done: int, total: int, stage: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (done, total, stage))
+
+        home = self.plane.home
+
+        def work() -> AttestationRecord:
+            from runtime.bundle import unpack_bundle
+
+            efb = self.plane.tuf.target_file_path(bundle.target_path, bundle.efb_sha256)
+            workdir = home.state / "campaigns" / f"{spec.name}-{bundle.policy_sha256[:16]}"
+            with tempfile.TemporaryDirectory(prefix="campaign-") as tmp:
+                bdir = unpack_bundle(efb, Path(tmp) / "bundle")
+                result = campaign.run_campaign(
+                    bdir,
+                    spec,
+                    workdir=workdir,
+                    trust_dir=home.trust,
+                    key=statement.load_key(home.key_path("attestation", private=True)),
+                    progress=progress,
+                )
+            raw = statement.envelope_bytes(result.envelope)
+            rec = record_from_envelope(raw, _trusted(home.trust), created_by=ident.actor)
+            return self.store.put(rec)
+
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        while not task.done():
+            getter = asyncio.ensure_future(queue.get())
+            finished, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in finished:
+                done, total, stage = getter.result()
+                yield attestation_pb2.CampaignProgress(done=done, total=total, stage=stage)
+            else:
+                getter.cancel()
+        try:
+            rec = task.result()
+        except campaign.CampaignError as exc:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+        self._cache.pop(rec.policy_sha256, None)
+        yield attestation_pb2.CampaignProgress(stage="done", result=to_message(rec))
+
+
+def _trusted(trust_dir: Path) -> dict[str, Any]:
+    from runtime.trust import TrustStore
+
+    return dict(TrustStore(trust_dir).public_keys("attestation"))
+
+
+def register(server: grpc.aio.Server, plane: Plane) -> list[str]:
+    attestation_pb2_grpc.add_AttestationServiceServicer_to_server(
+        AttestationServicer(plane), server
+    )
+    return [attestation_pb2.DESCRIPTOR.services_by_name["AttestationService"].full_name]

@@ -1,0 +1,135 @@
+"""`edgeflux attest run | get | verify | show` through the real CLI root."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cloud.attest import statement
+from cloud.testing import running_plane
+from edgeflux.cli import root
+from runtime.bundle import create_bundle, sign_bundle, verify_bundle
+from runtime.trust import TrustStore
+from tests.attest.conftest import linear_pendulum_policy, pendulum_manifest
+
+CAMPAIGN = """
+[campaign]
+name = "cli"
+workers = 1
+parity_inputs = 32
+
+[[task]]
+name = "nominal"
+episodes = 4
+calibration_episodes = 4
+"""
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(root, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """One real (tiny) campaign through `edgeflux attest run`, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("cli")
+    with running_plane(tmp / "plane") as plane:
+        home = plane.home
+        src = linear_pendulum_policy(tmp / "p.onnx")
+        bdir = create_bundle(src, pendulum_manifest(), tmp / "bundle")
+        sign_bundle(bdir, home.key_path("model-signing", private=True))
+        (tmp / "campaign.toml").write_text(CAMPAIGN)
+        result = _invoke(
+            "attest", "run", str(bdir), "--campaign", str(tmp / "campaign.toml"),
+            "--home", str(home.root), "--workdir", str(tmp / "work"),
+            "--out", str(tmp / "att.json"), "--json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        # While the plane runs: what `attest run --home` stored is served over gRPC.
+        got = _invoke(
+            "attest", "get", summary["policy_sha256"], "--home", str(home.root),
+            "--server", plane.address, "--out", str(tmp / "fetched.json"), "--json",
+        )  # fmt: skip
+        yield {"tmp": tmp, "home": home, "bundle": bdir, "summary": summary, "get": got}
+
+
+def test_run_signs_and_stores_an_attestation_that_get_fetches(ran) -> None:
+    summary = ran["summary"]
+    assert summary["verdict"] == "not_attested"  # 4 pairs < the 30-pair minimum
+    assert summary["stored_in_control_plane"] is True
+    assert ran["get"].exit_code == 0, ran["get"].output
+    assert json.loads(ran["get"].stdout)["verdict"] == "not_attested"
+    fetched = (ran["tmp"] / "fetched.json").read_bytes()
+    assert fetched == (ran["tmp"] / "att.json").read_bytes()
+
+
+def test_verify_reports_the_specific_refusal_offline(ran) -> None:
+    trust = str(ran["home"].trust)
+    res = _invoke(
+        "attest", "verify", str(ran["tmp"] / "att.json"), "--trust", trust,
+        "--bundle", str(ran["bundle"]), "--json",
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["reason"] == "verdict"
+    res = _invoke(
+        "attest", "verify", str(ran["tmp"] / "att.json"), "--trust", trust,
+        "--policy-sha256", "0" * 64, "--root-digest", "1" * 64,
+    )  # fmt: skip
+    assert res.exit_code == 1 and "subject_mismatch" in res.output
+
+
+def test_verify_accepts_an_attested_bundle_offline(ran, tmp_path: Path) -> None:
+    home = ran["home"]
+    vb = verify_bundle(ran["bundle"], TrustStore(home.trust))
+    now = datetime.now(UTC)
+    stmt = statement.build_statement(
+        policy_sha256=vb.policy_sha256,
+        root_digest=vb.root_digest,
+        bundle_name="pendulum",
+        predicate={"verdict": "attested"},
+        issued_at=now - timedelta(minutes=1),
+        expires_at=now + timedelta(days=1),
+    )
+    key = statement.load_key(home.key_path("attestation", private=True))
+    path = tmp_path / "ok.json"
+    path.write_bytes(statement.envelope_bytes(statement.sign_statement(stmt, key)))
+    res = _invoke(
+        "attest", "verify", str(path), "--trust", str(home.trust), "--bundle", str(ran["bundle"])
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("valid: attested")
+
+
+def test_show_prints_report_and_writes_png(ran, tmp_path: Path) -> None:
+    png = tmp_path / "parity.png"
+    res = _invoke(
+        "attest", "show", str(ran["tmp"] / "att.json"), "--trust", str(ran["home"].trust),
+        "--png", str(png),
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "NOT_ATTESTED" in res.output and "min_pairs" in res.output
+    assert "signature: verified" in res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_user_mistakes_get_clear_errors_without_tracebacks(ran, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[campaign]\nname='x'\n[[task]]\nname='a'\nepisodes=0\n")
+    res = CliRunner().invoke(
+        root,
+        ["attest", "run", str(ran["bundle"]), "--campaign", str(bad), "--home",
+         str(ran["home"].root)],
+    )  # fmt: skip
+    assert res.exit_code == 1 and "tasks.0.episodes" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(root, ["attest", "run", str(ran["bundle"]), "--campaign", str(bad)])
+    assert res.exit_code == 2 and "--home" in res.output
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{}")
+    res = CliRunner().invoke(root, ["attest", "show", str(garbage)])
+    assert res.exit_code == 1 and "not a DSSE envelope" in res.output
