@@ -50,7 +50,11 @@ GROUPS: dict[str, GroupSpec] = {
         "The cloud control plane (init, up, publish, devices).", "cloud.cli:cloud", "control plane"
     ),
     "distill": GroupSpec("Distil a world model into a signed ONNX policy.", None, "cloud trainers"),
-    "attest": GroupSpec("Parity attestations: run, get, verify, show.", None, "parity attestation"),
+    "attest": GroupSpec(
+        "Parity attestations: run, get, verify, show.",
+        "cloud.attest.cli:attest",
+        "parity attestation",
+    ),
     "rollout": GroupSpec("Staged rollouts of bundles to the fleet.", None, "staged rollouts"),
     "flash": GroupSpec("Provision a robot: runtime, identity, trust, first bundle.", None, "flash"),
     "tui": GroupSpec("The operator console (Textual).", "tui.cli:tui", "TUI"),
