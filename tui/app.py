@@ -230,14 +230,19 @@ class EdgeFluxApp(App[None]):
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        rows: list[tuple[str, str]] = []
+        ranked: list[tuple[int, str, str]] = []
         seen: set[str] = set()
-        for active in self.screen.active_bindings.values():
+        screen = self.screen
+        for active in screen.active_bindings.values():
             binding = active.binding
             if not active.enabled or not binding.description or binding.action in seen:
                 continue
             seen.add(binding.action)
-            rows.append((self.get_key_display(binding), binding.description))
+            # this screen's keys first, then the app's, then the focused widget's
+            rank = 0 if active.node is screen else 1 if active.node is self else 2
+            ranked.append((rank, self.get_key_display(binding), binding.description))
+        ranked.sort(key=lambda r: r[0])
+        rows = [(key, desc) for _, key, desc in ranked]
         rows.append(("ctrl+p", "Command palette"))
         title = type(self.screen).__name__.removesuffix("Screen").lower() or "console"
         self.push_screen(HelpScreen(title, rows))

@@ -99,16 +99,19 @@ class Column:
     sort_key: Callable[[DeviceRow], Any]
     text: Callable[[DeviceRow], str]
     export: Callable[[DeviceRow], Any]
+    # Fixed width in cells: the table never measures 10,000 rows to size a column.
+    width: int = 8
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("id", "Device", lambda r: r.id, lambda r: r.id, lambda r: r.id),
+    Column("id", "Device", lambda r: r.id, lambda r: r.id, lambda r: r.id, width=14),
     Column(
         "labels",
         "Labels",
         lambda r: r.labels,
         lambda r: ",".join(f"{k}={v}" for k, v in r.labels),
         lambda r: ",".join(f"{k}={v}" for k, v in r.labels),
+        width=18,
     ),
     Column(
         "status",
@@ -117,6 +120,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: (not r.online, -r.last_seen),
         _fmt_status,
         lambda r: "online" if r.online else "offline",
+        width=16,
     ),
     Column(
         "bundle",
@@ -124,6 +128,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: (r.bundle_name, r.bundle_sequence),
         lambda r: f"{r.bundle_name} {r.bundle_version}".strip() or "—",
         lambda r: f"{r.bundle_name}@{r.bundle_version}" if r.bundle_name else "",
+        width=16,
     ),
     Column(
         "update",
@@ -131,6 +136,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: (r.update_state, r.update_reason),
         lambda r: r.update_state + (f" ({r.update_reason})" if r.update_reason else ""),
         lambda r: r.update_state,
+        width=18,
     ),
     Column(
         "p99",
@@ -138,6 +144,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: r.loop_p99_ms,
         lambda r: f"{r.loop_p99_ms:.2f}",
         lambda r: r.loop_p99_ms,
+        width=9,
     ),
     Column(
         "miss",
@@ -145,6 +152,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: r.deadline_miss_rate,
         lambda r: f"{100 * r.deadline_miss_rate:.2f}",
         lambda r: r.deadline_miss_rate,
+        width=9,
     ),
     Column(
         "interventions",
@@ -152,6 +160,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: r.safety_interventions,
         lambda r: str(r.safety_interventions),
         lambda r: r.safety_interventions,
+        width=8,
     ),
     Column(
         "cpu",
@@ -159,6 +168,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: r.cpu_percent,
         lambda r: f"{r.cpu_percent:.0f}",
         lambda r: r.cpu_percent,
+        width=7,
     ),
     Column(
         "temp",
@@ -166,6 +176,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: r.temperature_c,
         lambda r: f"{r.temperature_c:.1f}",
         lambda r: r.temperature_c,
+        width=9,
     ),
 )
 COLUMN_BY_KEY: dict[str, Column] = {c.key: c for c in COLUMNS}

@@ -144,6 +144,7 @@ async def test_push_cancel_sends_nothing_and_confirm_pushes_the_marked(sim: SimP
         req = sim.state.rollouts[0]
         assert list(req.device_ids) == ["arm-00000", "arm-00001", "arm-00002"]
         assert (req.bundle.name, req.bundle.version) == ("pendulum", "1.2.0")
+        await until(pilot, lambda: "Push sent: rollout ro-1" in static_text(app, "#bundles-state"))
 
 
 async def test_push_by_selector_without_marks(sim: SimPlane) -> None:

@@ -70,11 +70,12 @@ class BundlesScreen(Screen[None]):
     def on_fetched(self, msg: Fetched) -> None:
         if msg.what == "push":
             rollout, plan = msg.value
-            self.notify(
-                f"Rollout {rollout.id or '(no id)'}: {plan.bundle_name} {plan.version} "
-                f"→ {plan.count} robot(s), state {rollout.state or 'pending'}.",
-                title="Push sent",
+            text = (
+                f"Push sent: rollout {rollout.id or '(no id)'}: {plan.bundle_name} "
+                f"{plan.version} → {plan.count} robot(s), state {rollout.state or 'pending'}."
             )
+            self.query_one("#bundles-state", Static).update(text)
+            self.notify(text, title="Push sent")
             return
         if msg.what != "bundles":
             return
@@ -99,6 +100,7 @@ class BundlesScreen(Screen[None]):
 
     def on_fetch_failed(self, msg: FetchFailed) -> None:
         if msg.what == "push":
+            self.query_one("#bundles-state", Static).update(f"Push failed: {msg.error}")
             self.notify(str(msg.error), title="Push failed", severity="error", timeout=10)
             return
         if msg.what != "bundles":

@@ -67,7 +67,11 @@ class FleetScreen(Screen[None]):
         t.add_column(" ", key="mark", width=1)
         for n, col in enumerate(COLUMNS):
             key = _SORT_KEYS[n] if n < len(_SORT_KEYS) else ""
-            t.add_column(self._header(col.key, col.title, key), key=col.key)
+            t.add_column(
+                self._header(col.key, col.title, key),
+                key=col.key,
+                width=max(col.width, len(col.title) + 4),
+            )
         self.rebuild()
         t.focus()
 
@@ -119,13 +123,13 @@ class FleetScreen(Screen[None]):
         t = self.table
         keep = self._cursor_id()
         t.clear()
+        self._refresh_headers()
         self._cells = {}
         for row in store.visible_rows():
             cells = self._row_cells(row)
             self._cells[row.id] = cells
             t.add_row(*cells, key=row.id)
         self._restore_cursor(keep)
-        self._refresh_headers()
         fleet_app(self).refresh_status()
 
     def show_diff(self, diff: Diff) -> None:
@@ -226,9 +230,11 @@ class FleetScreen(Screen[None]):
     def action_sort(self, key: str) -> None:
         keep = self._cursor_id()
         fleet_app(self).store.set_sort(key)
+        # Labels before the sort: the table caches rendered lines per update count,
+        # and sort() is what bumps it.
+        self._refresh_headers()
         self._sort_table()
         self._restore_cursor(keep)
-        self._refresh_headers()
 
     def action_pause(self) -> None:
         app = fleet_app(self)
