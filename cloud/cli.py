@@ -40,6 +40,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Create a control-plane home (CA, certificates, TUF repository, keys).",
         "cloud.cli:init_cmd",
     ),
+    "push": ("Push a bundle to devices now (desired state + MQTT hint).", "cloud.push:push_cmd"),
+    "ingest": ("Run MQTT ingest (telemetry, events, presence).", "cloud.ingest:ingest_cmd"),
+    "broker-config": (
+        "Write a Mosquitto config (mTLS, certificate identity, ACLs).",
+        "cloud.broker_config:broker_config",
+    ),
 }
 
 home_option = click.option(

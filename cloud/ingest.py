@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import queue
@@ -36,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import click
 from google.protobuf.message import DecodeError
 
 from cloud.mqtt import PREFIX, SHARE_GROUP, CloudMqtt, CloudMqttSettings, Delivery, parse_topic
@@ -49,6 +51,7 @@ __all__ = [
     "IngestSettings",
     "decode",
     "exclusive_filters",
+    "ingest_cmd",
     "shared_filters",
 ]
 
@@ -316,3 +319,51 @@ class Ingest:
             self._seen.popitem(last=False)
         self.counters["stored" if stored else "duplicates"] += 1
         return stored
+
+
+@click.command("ingest")
+@click.option(
+    "--home",
+    "home_dir",
+    type=click.Path(file_okay=False),
+    envvar="EDGEFLUX_CLOUD_HOME",
+    default=".",
+    show_default=True,
+)
+@click.option("--broker-url", help="mqtt(s)://host:port (default: the home's broker_url).")
+@click.option("--client-id", default="edgeflux-ingest-1", show_default=True)
+@click.option("--shared", is_flag=True, help="Split the load with other --shared replicas.")
+def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bool) -> None:
+    """Run MQTT ingest (telemetry, events, presence → store) until SIGTERM / Ctrl-C."""
+    import dataclasses
+    import signal
+
+    from cloud.home import CloudHome, HomeError
+    from cloud.mqtt import CloudMqttError
+    from cloud.push import PushError, broker_settings
+    from cloud.store import StoreError
+
+    try:
+        home = CloudHome.at(home_dir)
+        home.check()
+        store = Store.open(home.database_url(home.config()))
+    except (HomeError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        mqtt = dataclasses.replace(broker_settings(home, broker_url), client_id=client_id)
+    except PushError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ingest = Ingest(store, mqtt, IngestSettings(subscription="shared" if shared else "exclusive"))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        ingest.start()
+    except CloudMqttError as exc:
+        store.close()
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"ingest {client_id}: {mqtt.host}:{mqtt.port} -> {store.url}", err=True)
+    stop.wait()
+    ingest.stop()
+    store.close()
+    click.echo(json.dumps(dict(ingest.counters), sort_keys=True), err=True)

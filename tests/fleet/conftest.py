@@ -82,6 +82,8 @@ def tls_broker(pki: Pki, tmp: Path, **overrides: object) -> Iterator[Mosquitto]:
         crl=pki.crl,
         port=port,
         bind="127.0.0.1",
+        ingest_identity=INGEST,
+        publisher_identity=PUBLISHER,
         **overrides,  # type: ignore[arg-type]
     )
     conf, _ = write_broker_config(cfg, tmp)
