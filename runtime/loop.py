@@ -20,10 +20,12 @@ actuates it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,7 +37,7 @@ from runtime.envelope import Reason, SafetyEnvelope
 from runtime.manifest import BundleManifest
 from runtime.metrics import LatencyHistogram, LoopCounters, MetricsSnapshot
 
-__all__ = ["ControlLoop", "LoadedPolicy", "LoopError", "Policy", "ShadowResult"]
+__all__ = ["ControlLoop", "LoadedPolicy", "LoopError", "Policy", "ShadowResult", "realtime_thread"]
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -141,6 +143,18 @@ class _Shadow:
         )
 
 
+@dataclass
+class _Plan:
+    policy: LoadedPolicy
+    rate_hz: float
+    period_ns: int
+    deadline_ns: int
+    envelope: SafetyEnvelope
+    out: F32
+    norm: tuple[F32, F32, F32] | None
+    initial: F32
+
+
 class ControlLoop:
     """Runs one `LoadedPolicy` against one `RobotAdapter` at a fixed rate.
 
@@ -155,19 +169,21 @@ class ControlLoop:
         rate_hz: float | None = None,
         watchdog: bool = True,
         spin_us: float = 0.0,
+        realtime_priority: int | None = None,
         on_tick: Callable[[int], None] | None = None,
     ) -> None:
         self.adapter = adapter
         self.counters = LoopCounters()
         self._rate_override = rate_hz
         self._spin_ns = int(spin_us * 1000)
+        self._rt_priority = realtime_priority
         self._watchdog_enabled = watchdog
         self._on_tick = on_tick
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
-        self._next: LoadedPolicy | None = None
+        self._next: _Plan | None = None
         self._swapped = threading.Event()
         self._shadow: _Shadow | None = None
         self._shadow_lock = threading.Lock()
@@ -176,31 +192,46 @@ class ControlLoop:
         # Watchdog view of the current tick (plain attributes: each write is atomic).
         self._tick_due_ns = 0  # deadline of the tick in progress, 0 when none
         self._tick_written = True
-        self._install(policy)
-        self._prev = self._envelope.initial_action
+        self._apply(self._prepare(policy))
 
     # ---- policy and timing -------------------------------------------------------------
 
-    def _install(self, policy: LoadedPolicy) -> None:
+    def _prepare(self, policy: LoadedPolicy) -> _Plan:
+        """Everything a switch needs, built off the loop thread (the switch only assigns)."""
         ctl = policy.manifest.control
         rate = self._rate_override or ctl.rate_hz
-        self.policy = policy
-        self.rate_hz = rate
-        self.period_ns = round(1e9 / rate)
-        self.deadline_ns = min(round(ctl.deadline_ms * 1e6), self.period_ns)
-        self._envelope = SafetyEnvelope(
-            policy.manifest.io, policy.manifest.control, self.counters.interventions
-        )
-        self._out = np.zeros(self._envelope.action_dim, np.float32)
+        period_ns = round(1e9 / rate)
+        envelope = SafetyEnvelope(policy.manifest.io, ctl, self.counters.interventions)
         io = policy.manifest.io
+        norm: tuple[F32, F32, F32] | None = None
         if io.obs_mean is not None and io.obs_std is not None:
-            self._norm: tuple[F32, F32, F32] | None = (
+            norm = (
                 np.asarray(io.obs_mean, np.float32),
                 (1.0 / np.asarray(io.obs_std, np.float64)).astype(np.float32),
                 np.zeros(io.obs_dim, np.float32),
             )
-        else:
-            self._norm = None
+        return _Plan(
+            policy=policy,
+            rate_hz=rate,
+            period_ns=period_ns,
+            deadline_ns=min(round(ctl.deadline_ms * 1e6), period_ns),
+            envelope=envelope,
+            out=np.zeros(envelope.action_dim, np.float32),
+            norm=norm,
+            initial=envelope.initial_action,
+        )
+
+    def _apply(self, plan: _Plan) -> None:
+        self.policy = plan.policy
+        self.rate_hz = plan.rate_hz
+        self.period_ns = plan.period_ns
+        self.deadline_ns = plan.deadline_ns
+        self._envelope = plan.envelope
+        self._out = plan.out
+        self._norm = plan.norm
+        prev = getattr(self, "_prev", None)
+        if prev is None or prev.shape != plan.initial.shape:
+            self._prev = plan.initial
 
     @property
     def envelope(self) -> SafetyEnvelope:
@@ -220,19 +251,20 @@ class ControlLoop:
 
         Blocks until the loop has switched; LoopError if it did not within `timeout_s`.
         """
+        plan = self._prepare(policy)
         if self._thread is None or not self._thread.is_alive():
-            self._install(policy)
-            self._prev = self._fit_prev(self._prev)
+            self._apply(plan)
             self.swaps += 1
             return
         self._swapped.clear()
-        self._next = policy
+        self._next = plan
         if not self._swapped.wait(timeout_s):
             self._next = None
             raise LoopError(
                 f"the loop did not switch to {policy.label} within {timeout_s:.1f} s "
                 "(robot adapter not safe to switch, or the loop is stalled)"
             )
+        log.info("switched policy", extra={"policy": policy.label, "slot": policy.slot})
 
     def shadow(
         self, candidate: LoadedPolicy, ticks: int, timeout_s: float | None = None
@@ -291,6 +323,8 @@ class ControlLoop:
     def run(self, *, ticks: int | None = None, duration_s: float | None = None) -> MetricsSnapshot:
         """Run until `stop()`, `ticks` ticks or `duration_s` seconds; returns the metrics."""
         self._stop.clear()
+        if self._rt_priority is not None:
+            _make_realtime(self._rt_priority)
         if self._watchdog_enabled:
             self._watchdog = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
             self._watchdog.start()
@@ -344,19 +378,12 @@ class ControlLoop:
         return self.snapshot()
 
     def _switch(self) -> None:
-        new = self._next
-        assert new is not None
+        plan = self._next
+        assert plan is not None
         self._next = None
-        self._install(new)
-        self._prev = self._fit_prev(self._prev)
+        self._apply(plan)
         self.swaps += 1
         self._swapped.set()
-        log.info("switched policy", extra={"policy": new.label, "slot": new.slot})
-
-    def _fit_prev(self, prev: F32) -> F32:
-        if prev.shape != (self._envelope.action_dim,):
-            return self._envelope.initial_action
-        return prev.copy()
 
     def _tick(self, due: int, t0: int) -> None:
         counters = self.counters
@@ -368,8 +395,9 @@ class ControlLoop:
             obs = self.adapter.read_observation()
         except AdapterTimeout:
             counters.interventions[Reason.ADAPTER_TIMEOUT.value] += 1
-        except AdapterError:
+        except Exception as exc:  # AdapterError, or a third-party adapter's own error
             counters.interventions[Reason.ADAPTER_ERROR.value] += 1
+            log.debug("adapter read failed: %s", exc)
         else:
             if env.check_observation(obs) is None:
                 x: F32 = obs  # checked: a float32 vector
@@ -398,8 +426,9 @@ class ControlLoop:
             self._tick_written = True
             try:
                 self.adapter.write_action(prev)
-            except AdapterError:
+            except Exception as exc:  # the loop must outlive a flaky robot link
                 counters.interventions[Reason.ADAPTER_ERROR.value] += 1
+                log.debug("adapter write failed: %s", exc)
         t1 = time.perf_counter_ns()
         counters.latency.record_ns(t1 - t0)
         counters.ticks += 1
@@ -411,6 +440,10 @@ class ControlLoop:
 
     def _watch(self) -> None:
         """Writes the fallback action when a tick has written nothing by its deadline."""
+        if self._rt_priority is not None:
+            # Same priority as the loop: a watchdog preempted while holding the GIL would
+            # stall the real-time loop thread behind it (priority inversion).
+            _make_realtime(self._rt_priority)
         while not self._stop.is_set():
             due = self._tick_due_ns
             period_s = self.period_ns / 1e9
@@ -432,3 +465,34 @@ class ControlLoop:
                     self._write_lock.release()
             # Check twice a period, but not more often than every 2 ms (2 shared cores).
             self._stop.wait(max(period_s / 2, 0.002))
+
+
+def _make_realtime(priority: int) -> None:
+    """SCHED_FIFO for the calling thread only (Linux schedules threads individually)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (AttributeError, OSError) as exc:  # not Linux, or no CAP_SYS_NICE
+        log.warning("cannot run the control loop at real-time priority %d: %s", priority, exc)
+
+
+@contextlib.contextmanager
+def realtime_thread(priority: int | None) -> Iterator[None]:
+    """Run the calling thread SCHED_FIFO at `priority` inside the block (None: no change).
+
+    For threads that do Python work (staging a bundle) beside a real-time loop: a
+    normal-priority thread preempted while it holds the GIL would stall the loop.
+    """
+    if priority is None:
+        yield
+        return
+    try:
+        before = os.sched_getscheduler(0), os.sched_getparam(0)
+    except (AttributeError, OSError):
+        yield
+        return
+    _make_realtime(priority)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, before[0], before[1])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bu
 from runtime.config import load_config
 from runtime.envelope import FALLBACK_REASONS
 from runtime.layout import RobotLayout
-from runtime.loop import ControlLoop, LoadedPolicy, LoopError, ShadowResult
+from runtime.loop import ControlLoop, LoadedPolicy, LoopError, ShadowResult, realtime_thread
 from runtime.metrics import MetricsSnapshot
 from runtime.session import PolicySession, SessionError
 from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
@@ -77,6 +78,11 @@ class RuntimeConfig(BaseModel):
     spin_us: float = Field(default=0.0, ge=0)
     """Busy-wait this long before each tick for lower jitter (costs CPU)."""
     swap_timeout_s: float = Field(default=5.0, gt=0)
+    realtime_priority: int | None = Field(default=None, ge=1, le=99)
+    """Run the loop thread SCHED_FIFO at this priority (needs CAP_SYS_NICE); None: normal."""
+    gil_switch_interval_ms: float = Field(default=0.5, gt=0)
+    """How long another Python thread (staging, gRPC) may hold the GIL while the loop waits;
+    CPython's default 5 ms is longer than a 500 Hz period."""
 
 
 def load_runtime_config(
@@ -182,6 +188,7 @@ class RuntimeService:
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self, *, first_bundle: Path | None = None) -> None:
+        sys.setswitchinterval(self.config.gil_switch_interval_ms / 1000.0)
         self.layout.ensure()
         self._lock.acquire()
         try:
@@ -200,6 +207,7 @@ class RuntimeService:
                 rate_hz=self.config.rate_hz,
                 watchdog=self.config.watchdog,
                 spin_us=self.config.spin_us,
+                realtime_priority=self.config.realtime_priority,
             )
             self._state = "switched" if choice.trial else "running"
             self._reason = self.slots.state().last_failure
@@ -298,8 +306,10 @@ class RuntimeService:
                     "an activated bundle is not committed yet; commit or roll back first"
                 )
             t0 = time.perf_counter()
-            slot, verified = self.slots.stage(Path(bundle_dir))
-            self._staged = self.load(verified, slot)
+            rt = self.config.realtime_priority
+            with realtime_thread(max(1, rt - 1) if rt is not None else None):
+                slot, verified = self.slots.stage(Path(bundle_dir))
+                self._staged = self.load(verified, slot)
             self._state = "staged"
             self._reason = ""
             return self._staged, (time.perf_counter() - t0) * 1e3

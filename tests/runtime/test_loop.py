@@ -231,3 +231,23 @@ def test_obs_normalisation_from_the_manifest_is_applied() -> None:
     ControlLoop(robot, p, watchdog=False).run(ticks=1)
     zero = PolicySession(model).step(np.zeros(3, np.float32))[0]
     assert robot.writes[0][1][0] == pytest.approx(zero)
+
+
+class FlakyRobot(Robot):
+    """A third-party adapter that raises its own exception types."""
+
+    def read_observation(self) -> np.ndarray:
+        raise ConnectionResetError("link down")
+
+    def write_action(self, action: np.ndarray) -> None:
+        super().write_action(action)
+        raise OSError("bus error")
+
+
+def test_adapter_raising_foreign_exceptions_does_not_kill_the_loop() -> None:
+    robot = FlakyRobot()
+    p = loaded(_models.mlp(bias=1.0), control={"fallback": "zero"})
+    snap = ControlLoop(robot, p, watchdog=False).run(ticks=3)
+    assert snap.ticks == 3
+    assert snap.interventions["adapter_error"] == 6  # 3 failed reads + 3 failed writes
+    assert [float(a[0]) for _, a in robot.writes] == [0.0] * 3

@@ -1,0 +1,338 @@
+"""Runtime per-tick cost, loop timing and hot swaps (issue 4).
+
+Same process, same signed bundle (a 17→256→256→6 ELU MLP):
+
+1. the runtime's whole per-tick path (read observation, validate, infer through
+   IOBinding, validate/clamp/rate-limit the action, write, record metrics) against a
+   bare ``onnxruntime.InferenceSession.run`` on the same model with the same thread
+   settings, measured in interleaved rounds; goal median ratio <= 1.5, p99 <= 2.0;
+2. torch eager (``inference_mode``) latency of the same MLP, what users run today;
+3. a 500 Hz loop with a no-op adapter for ``--seconds`` (default 60): deadline-miss
+   rate (goal < 0.1 %) and p99 jitter, with ``--swaps`` (default 100) hot swaps during
+   it — each one verifies the other signed bundle, loads and warms it in a background
+   thread, and switches on a tick boundary; goal: zero misses on a switching tick.
+
+Usage::
+
+    .venv/bin/python bench/runtime_step.py               # full run (~70 s)
+    .venv/bin/python bench/runtime_step.py --seconds 10  # shorter
+
+Prints a table, the ratios and one JSON line (last line). The machine may be shared:
+compare ratios measured in one run, not absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime import _bench
+from runtime.adapters.null import NullAdapter
+from runtime.bundle import (
+    create_bundle,
+    generate_signing_key,
+    sign_bundle,
+    verify_bundle,
+)
+from runtime.loop import ControlLoop, LoadedPolicy, realtime_thread
+from runtime.manifest import BundleManifest
+from runtime.session import PolicySession
+from runtime.trust import TrustStore
+
+OBS, HID, ACT = 17, 256, 6
+
+
+def weights(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    sizes = [OBS, HID, HID, ACT]
+    return [
+        (
+            (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
+            (rng.standard_normal(b) * 0.1).astype(np.float32),
+        )
+        for a, b in itertools.pairwise(sizes)
+    ]
+
+
+def onnx_mlp(ws: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    nodes, inits, x = [], [], "obs"
+    for i, (w, b) in enumerate(ws):
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [
+            helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+        ]
+        last = i == len(ws) - 1
+        nodes.append(helper.make_node("Tanh" if last else "Elu", [f"a{i}"], [f"h{i}"]))
+        x = f"h{i}"
+    nodes.append(helper.make_node("Identity", [x], ["action"]))
+    graph = helper.make_graph(
+        nodes,
+        "policy",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", OBS])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", ACT])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def manifest(version: str, sequence: int, rate_hz: float) -> BundleManifest:
+    return BundleManifest.model_validate(
+        {
+            "schema": "edgeflux.bundle/v1",
+            "name": "bench-mlp",
+            "version": version,
+            "sequence": sequence,
+            "io": {
+                "inputs": [{"name": "obs", "shape": [-1, OBS]}],
+                "outputs": [{"name": "action", "shape": [-1, ACT]}],
+                "obs_low": [-1.0] * OBS,
+                "obs_high": [1.0] * OBS,
+                "action_low": [-1.0] * ACT,
+                "action_high": [1.0] * ACT,
+            },
+            "control": {
+                "rate_hz": rate_hz,
+                "deadline_ms": 1000.0 / rate_hz,
+                "fallback": "hold",
+                "max_action_delta": 0.5,
+            },
+        }
+    )
+
+
+def make_bundles(tmp: Path, rate_hz: float) -> tuple[list[Path], TrustStore, bytes]:
+    generate_signing_key(tmp / "k.pem", tmp / "k.pub")
+    trust = TrustStore(tmp / "trust")
+    trust.add("models", (tmp / "k.pub").read_bytes())
+    out = []
+    first = b""
+    for i in range(2):
+        model = onnx_mlp(weights(i))
+        first = first or model
+        (tmp / f"p{i}.onnx").write_bytes(model)
+        b = create_bundle(tmp / f"p{i}.onnx", manifest(f"1.{i}.0", i + 1, rate_hz), tmp / f"b{i}")
+        sign_bundle(b, tmp / "k.pem")
+        out.append(b)
+    return out, trust, first
+
+
+def load(bundle: Path, trust: TrustStore) -> LoadedPolicy:
+    v = verify_bundle(bundle, trust)
+    session = PolicySession((bundle / "policy.onnx").read_bytes(), warmup_runs=20)
+    return LoadedPolicy(v.manifest, session, policy_sha256=v.policy_sha256)
+
+
+def pct(samples: list[int], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) / 1e3, q))
+
+
+def step_costs(policy: LoadedPolicy, model: bytes, steps: int, rounds: int) -> dict[str, float]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    bare = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    obs = _bench.observation_inside(policy)
+    batch = obs.reshape(1, -1)
+    adapter = NullAdapter(OBS)
+    adapter._obs[:] = obs
+    loop = ControlLoop(adapter, policy, watchdog=False)
+    # Same answer from both paths (the runtime clamps/limits nothing for this input).
+    ref = bare.run(["action"], {"obs": batch})[0][0]
+    for _ in range(3):  # from the initial action, max_action_delta needs a few ticks
+        loop._tick(time.perf_counter_ns() + 10**9, time.perf_counter_ns())
+    assert np.allclose(loop.last_action, ref, atol=1e-6), (loop.last_action, ref)
+    clock = time.perf_counter_ns
+    b_s: list[int] = []
+    r_s: list[int] = []
+    for _ in range(rounds):  # interleaved, so machine load hits both alike
+        for _ in range(200):
+            bare.run(["action"], {"obs": batch})
+            loop._tick(clock() + 10**9, clock())
+        for _ in range(steps // rounds):
+            t0 = clock()
+            bare.run(["action"], {"obs": batch})
+            b_s.append(clock() - t0)
+        for _ in range(steps // rounds):
+            t0 = clock()
+            loop._tick(t0 + 10**9, t0)
+            r_s.append(clock() - t0)
+    return {
+        "bare_median_us": pct(b_s, 50),
+        "bare_p99_us": pct(b_s, 99),
+        "tick_median_us": pct(r_s, 50),
+        "tick_p99_us": pct(r_s, 99),
+    }
+
+
+def torch_eager(
+    ws: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray, steps: int
+) -> dict[str, float]:
+    import torch
+
+    torch.set_num_threads(1)
+    layers: list[torch.nn.Module] = []
+    for i, (w, b) in enumerate(ws):
+        lin = torch.nn.Linear(w.shape[0], w.shape[1])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w.T.copy()))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers += [lin, torch.nn.Tanh() if i == len(ws) - 1 else torch.nn.ELU()]
+    net = torch.nn.Sequential(*layers).eval()
+    x = torch.from_numpy(obs.reshape(1, -1))
+    samples = []
+    with torch.inference_mode():
+        out = net(x).numpy()[0]
+        for _ in range(500):
+            net(x)
+        for _ in range(steps):
+            t0 = time.perf_counter_ns()
+            net(torch.from_numpy(obs.reshape(1, -1))).numpy()
+            samples.append(time.perf_counter_ns() - t0)
+    return {"torch_median_us": pct(samples, 50), "torch_p99_us": pct(samples, 99), "_out": out}  # type: ignore[dict-item]
+
+
+def loop_with_swaps(
+    bundles: list[Path],
+    trust: TrustStore,
+    rate_hz: float,
+    seconds: float,
+    swaps: int,
+    spin_us: float,
+    rt_priority: int | None,
+) -> dict[str, float]:
+    first = load(bundles[0], trust)
+    adapter = NullAdapter(OBS)
+    adapter._obs[:] = _bench.observation_inside(first)
+    loop = ControlLoop(adapter, first, spin_us=spin_us, realtime_priority=rt_priority)
+    loop.start()
+    t_start = time.perf_counter()
+    swap_ms: list[float] = []
+    window_misses = 0
+    try:
+        interval = seconds / (swaps + 1) if swaps else seconds
+        for i in range(swaps):
+            target = t_start + (i + 1) * interval
+            time.sleep(max(0.0, target - time.perf_counter()))
+            before = loop.counters.deadline_misses
+            t0 = time.perf_counter()
+            # The whole hot-swap path: verify, load, warm (in this background thread)...
+            with realtime_thread(max(1, rt_priority - 1) if rt_priority else None):
+                candidate = load(bundles[(i + 1) % 2], trust)
+            # ...then switch on a tick boundary.
+            loop.swap(candidate, timeout_s=5)
+            swap_ms.append((time.perf_counter() - t0) * 1e3)
+            window_misses += loop.counters.deadline_misses - before
+        time.sleep(max(0.0, t_start + seconds - time.perf_counter()))
+    finally:
+        loop.stop()
+    snap = loop.snapshot()
+    c = loop.counters
+    return {
+        "loop_rate_hz": rate_hz,
+        "loop_seconds": time.perf_counter() - t_start,
+        "loop_ticks": snap.ticks,
+        "loop_misses": snap.deadline_misses,
+        "loop_miss_rate": snap.miss_rate,
+        "loop_jitter_p99_ms": snap.jitter_p99_ms,
+        "loop_jitter_max_ms": snap.jitter_max_ms,
+        "loop_latency_p50_ms": snap.latency_p50_ms,
+        "loop_latency_p99_ms": snap.latency_p99_ms,
+        "loop_latency_p999_ms": snap.latency_p999_ms,
+        "swaps": c.swaps if hasattr(c, "swaps") else loop.swaps,
+        "swap_tick_misses": c.swap_misses,
+        "misses_while_staging": window_misses,
+        "stage_and_swap_median_ms": float(np.median(swap_ms)) if swap_ms else 0.0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of the 500 Hz loop run")
+    ap.add_argument("--swaps", type=int, default=100, help="hot swaps during the loop run")
+    ap.add_argument("--rate-hz", type=float, default=500.0)
+    ap.add_argument("--steps", type=int, default=20_000, help="timed ticks per path")
+    ap.add_argument("--spin-us", type=float, default=0.0, help="busy-wait before each tick")
+    ap.add_argument("--rt-priority", type=int, help="SCHED_FIFO priority of the loop thread")
+    ap.add_argument(
+        "--gil-switch-ms", type=float, default=0.5, help="sys.setswitchinterval, as the runtime"
+    )
+    args = ap.parse_args()
+    sys.setswitchinterval(args.gil_switch_ms / 1000.0)
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        bundles, trust, model = make_bundles(tmp, args.rate_hz)
+        policy = load(bundles[0], trust)
+        with realtime_thread(args.rt_priority):  # the same for both paths
+            steps = step_costs(policy, model, args.steps, rounds=10)
+        obs = _bench.observation_inside(policy)
+        eager = torch_eager(weights(0), obs, min(args.steps, 5000))
+        torch_out = eager.pop("_out")
+        ort_out = policy.session.run(obs.reshape(1, -1))[0]
+        steps["torch_vs_ort_max_abs"] = float(np.max(np.abs(np.asarray(torch_out) - ort_out)))
+        steps |= eager
+        loop = loop_with_swaps(
+            bundles, trust, args.rate_hz, args.seconds, args.swaps, args.spin_us, args.rt_priority
+        )
+
+    r = steps | loop
+    r["median_ratio"] = r["tick_median_us"] / r["bare_median_us"]
+    r["p99_ratio"] = r["tick_p99_us"] / r["bare_p99_us"]
+    r["torch_vs_tick_median"] = r["torch_median_us"] / r["tick_median_us"]
+    goals = {
+        "median_ratio<=1.5": r["median_ratio"] <= 1.5,
+        "p99_ratio<=2.0": r["p99_ratio"] <= 2.0,
+        "miss_rate<0.1%": r["loop_miss_rate"] < 0.001,
+        "zero_swap_tick_misses": r["swap_tick_misses"] == 0,
+    }
+    load1 = os.getloadavg()[0]
+    print(
+        f"runtime_step: {OBS}->{HID}->{HID}->{ACT} MLP, CPU, 1 intra-op thread, "
+        f"load average {load1:.2f} on {os.cpu_count()} cores"
+    )
+    print(f"{'path':<34}{'median µs':>11}{'p99 µs':>11}")
+    for label, key in (
+        ("InferenceSession.run (bare)", "bare"),
+        ("runtime tick (whole path)", "tick"),
+        ("torch eager, inference_mode", "torch"),
+    ):
+        print(f"{label:<34}{r[key + '_median_us']:>11.2f}{r[key + '_p99_us']:>11.2f}")
+    print(
+        f"ratios vs bare: median {r['median_ratio']:.2f}x (goal <= 1.5), "
+        f"p99 {r['p99_ratio']:.2f}x (goal <= 2.0); torch eager / runtime tick "
+        f"{r['torch_vs_tick_median']:.2f}x; torch vs ort max |diff| {r['torch_vs_ort_max_abs']:.1e}"
+    )
+    print(
+        f"loop {r['loop_rate_hz']:g} Hz, {r['loop_seconds']:.1f} s: {r['loop_ticks']} ticks, "
+        f"{r['loop_misses']} misses ({r['loop_miss_rate']:.4%}, goal < 0.1%), jitter p99 "
+        f"{r['loop_jitter_p99_ms']:.3f} ms max {r['loop_jitter_max_ms']:.3f} ms, latency p50 "
+        f"{r['loop_latency_p50_ms'] * 1e3:.1f} µs p99.9 {r['loop_latency_p999_ms'] * 1e3:.1f} µs"
+    )
+    print(
+        f"hot swaps: {r['swaps']} (verify+load+warm+switch median "
+        f"{r['stage_and_swap_median_ms']:.1f} ms), misses on switching ticks "
+        f"{r['swap_tick_misses']}, misses while staging {r['misses_while_staging']}"
+    )
+    print("goals: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in goals.items()))
+    r["goals"] = goals
+    r["load_average_1m"] = load1
+    print(json.dumps({"bench": "runtime_step", **r}))
+
+
+if __name__ == "__main__":
+    main()
