@@ -9,13 +9,14 @@ revoked since it was issued, on every call.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
 
-from cloud.pki import PKIError, parse_identity
-from cloud.store import Store
+from cloud.pki import PeerIdentity, PKIError, parse_identity
+from cloud.store import DeviceRecord, Store
 
 __all__ = ["AuthError", "Authenticator", "Identity"]
 
@@ -41,6 +42,13 @@ class AuthError(Exception):
         self.code = code
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse(pem: bytes) -> PeerIdentity:
+    # Parsing X.509 costs more than the rest of a small call; the bytes were verified by
+    # TLS, so the same bytes always mean the same identity (revocation is checked apart).
+    return parse_identity(pem)
+
+
 def peer_certificate(context: Any) -> bytes | None:
     ctx = context.auth_context()
     certs = ctx.get("x509_pem_cert") or []
@@ -51,14 +59,41 @@ class Authenticator:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def identify_pem(self, pem: bytes | None) -> Identity:
-        """Synchronous check (does store I/O): run it off the event loop."""
+    @staticmethod
+    def peer(pem: bytes | None) -> PeerIdentity:
+        """The identity a (TLS-verified) certificate names; no revocation check yet."""
         if not pem:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
         try:
-            peer = parse_identity(pem)
+            return _parse(pem)
         except PKIError as exc:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
+
+    def device_record(self, pem: bytes | None) -> DeviceRecord:
+        """For device-only RPCs: authenticate and return the caller's row in one query."""
+        peer = self.peer(pem)
+        if peer.kind != "device":
+            raise AuthError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{peer.kind}:{peer.id} is not a device; DeviceService serves device "
+                "certificates only",
+            )
+        device = self.store.get_device(peer.id)
+        if device is None:
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"device {peer.id!r} is not registered with this control plane",
+            )
+        if device.revoked or device.cert_fingerprint != peer.fingerprint:
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the certificate of device {peer.id!r} was revoked or replaced",
+            )
+        return device
+
+    def identify_pem(self, pem: bytes | None) -> Identity:
+        """Synchronous check (does store I/O): run it off the event loop."""
+        peer = self.peer(pem)
         if peer.kind == "device":
             creds = self.store.device_credentials(peer.id)
             if creds is None:

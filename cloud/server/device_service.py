@@ -63,9 +63,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         self.plane = plane
 
     def _desired_sync(self, pem: bytes | None) -> bytes:
-        ident = Authenticator.require_device(self.plane.auth.identify_pem(pem))
-        device = self.plane.store.require_device(ident.id)
-        self.plane.touch(ident.id)
+        device = self.plane.auth.device_record(pem)
+        self.plane.touch(device.id)
         return self.plane.desired_state(device)
 
     @unary

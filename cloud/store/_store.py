@@ -17,7 +17,10 @@ hear the id of every device whose visible state changed, after the commit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
+import functools
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -130,6 +133,11 @@ class DeviceRecord:
     desired_generation: int
 
 
+assert {f.name for f in dataclasses.fields(DeviceRecord)} == {
+    c.name for c in D.columns if c.name != "revoked_at"
+}, "DeviceRecord must mirror the devices table (see _device_fast)"
+
+
 @dataclass(frozen=True)
 class DevicePage:
     devices: list[DeviceRecord]
@@ -201,27 +209,77 @@ class AuditRecord:
     detail: dict[str, Any] | None
 
 
-def _device(row: Any) -> DeviceRecord:
-    m = row._mapping
-    return DeviceRecord(
-        id=m["id"],
-        cert_fingerprint=m["cert_fingerprint"],
-        labels=dict(m["labels"] or {}),
-        hardware_tags=list(m["hardware_tags"] or []),
-        created_at=_utc(m["created_at"]),  # type: ignore[arg-type]
-        updated_at=_utc(m["updated_at"]),  # type: ignore[arg-type]
-        last_seen=_utc(m["last_seen"]),
-        online=bool(m["online"]),
-        revoked=bool(m["revoked"]),
-        runtime_version=m["runtime_version"],
-        active_bundle=m["active_bundle"],
-        update_state=m["update_state"],
-        update_reason=m["update_reason"],
-        health=m["health"],
-        inventory=m["inventory"],
-        desired_bundle=m["desired_bundle"],
-        desired_generation=int(m["desired_generation"]),
-    )
+_JSON_COLUMNS = (
+    "labels",
+    "hardware_tags",
+    "active_bundle",
+    "health",
+    "inventory",
+    "desired_bundle",
+)
+_TIME_COLUMNS = ("created_at", "updated_at", "last_seen")
+# Listing thousands of devices is dominated by per-value type processing; these columns
+# come back raw (SQLite: text) and are decoded below with the C json / datetime parsers.
+_FAST_DEVICE_COLUMNS = [
+    sa.type_coerce(c, sa.Text).label(c.name) if c.name in _JSON_COLUMNS + _TIME_COLUMNS else c
+    for c in D.columns
+    if c.name != "revoked_at"
+]
+
+
+@functools.lru_cache(maxsize=8192)
+def _json_cached(text: str) -> Any:
+    return json.loads(text)
+
+
+def _json_value(value: Any) -> Any:
+    """Decode a flat JSON column (labels, tags, bundle refs, health).
+
+    Fleets repeat the same small documents (labels, bundle refs) thousands of times, so
+    each distinct text is parsed once and every record gets its own shallow copy.
+    """
+    if not isinstance(value, str):
+        return value
+    out = _json_cached(value) if len(value) <= 1024 else json.loads(value)
+    if isinstance(out, dict):
+        return dict(out)
+    if isinstance(out, list):
+        return list(out)
+    return out
+
+
+def _time_value(value: Any) -> dt.datetime | None:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value  # type: ignore[no-any-return]
+
+
+_FAST_NAMES = [c.name for c in _FAST_DEVICE_COLUMNS]
+# Built once: the per-call hot path (every device RPC) then skips statement construction.
+_GET_DEVICE = sa.select(*_FAST_DEVICE_COLUMNS).where(D.c.id == sa.bindparam("device_id"))
+_IS_REVOKED = sa.select(R.c.fingerprint).where(R.c.fingerprint == sa.bindparam("fp"))
+
+
+def _device_fast(row: Any) -> DeviceRecord:
+    m = dict(zip(_FAST_NAMES, row, strict=True))
+    for name in ("labels", "hardware_tags", "active_bundle", "health", "desired_bundle"):
+        m[name] = _json_value(m[name])
+    if isinstance(m["inventory"], str):
+        m["inventory"] = json.loads(m["inventory"])
+    m["labels"] = m["labels"] or {}
+    m["hardware_tags"] = m["hardware_tags"] or []
+    for name in _TIME_COLUMNS:
+        m[name] = _time_value(m[name])
+    m["online"] = bool(m["online"])
+    m["revoked"] = bool(m["revoked"])
+    m["desired_generation"] = int(m["desired_generation"])
+    # A frozen dataclass's __init__ sets each field through object.__setattr__, which
+    # dominates listing 10,000 devices; filling __dict__ at once yields the same object.
+    rec = object.__new__(DeviceRecord)
+    rec.__dict__.update(m)
+    return rec
 
 
 def _bundle(row: Any) -> BundleRecord:
@@ -281,7 +339,9 @@ class Store:
         Raises StoreUnavailable naming the (password-less) URL if the database is down.
         """
         parsed = sa.make_url(url)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # A networked database can restart under us: ping pooled connections before use.
+        # A SQLite file cannot, and the ping would double the cost of every small read.
+        kwargs: dict[str, Any] = {"pool_pre_ping": parsed.get_backend_name() != "sqlite"}
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -449,8 +509,8 @@ class Store:
 
     def get_device(self, device_id: str) -> DeviceRecord | None:
         with self._connect() as conn:
-            row = conn.execute(D.select().where(D.c.id == device_id)).first()
-        return _device(row) if row else None
+            row = conn.execute(_GET_DEVICE, {"device_id": device_id}).first()
+        return _device_fast(row) if row else None
 
     def require_device(self, device_id: str) -> DeviceRecord:
         rec = self.get_device(device_id)
@@ -492,22 +552,20 @@ class Store:
         """
         limit = max(1, min(limit, 10_000))
         conds = self._device_filter(selector, text)
-        query = D.select().where(*conds)
+        query = sa.select(*_FAST_DEVICE_COLUMNS).where(*conds)
         if after:
             query = query.where(D.c.id > after)
         query = query.order_by(D.c.id).limit(limit + 1)
         with self._connect() as conn:
             rows = conn.execute(query).fetchall()
-            total = (
-                int(
-                    conn.execute(
-                        sa.select(sa.func.count()).select_from(D).where(*conds)
-                    ).scalar_one()
-                )
-                if with_total
-                else -1
-            )
-        devices = [_device(r) for r in rows[:limit]]
+            if not with_total:
+                total = -1
+            elif not after and len(rows) <= limit:
+                total = len(rows)  # the first page holds every match: no count query
+            else:
+                count = sa.select(sa.func.count()).select_from(D).where(*conds)
+                total = int(conn.execute(count).scalar_one())
+        devices = [_device_fast(r) for r in rows[:limit]]
         next_after = devices[-1].id if len(rows) > limit else ""
         return DevicePage(devices, next_after, total)
 
@@ -546,9 +604,7 @@ class Store:
 
     def is_revoked(self, fingerprint: str) -> bool:
         with self._connect() as conn:
-            return (
-                conn.execute(R.select().where(R.c.fingerprint == fingerprint)).first() is not None
-            )
+            return conn.execute(_IS_REVOKED, {"fp": fingerprint}).first() is not None
 
     def set_labels(self, device_id: str, labels: Mapping[str, str]) -> DeviceRecord:
         with self._tx() as conn:
