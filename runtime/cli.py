@@ -103,7 +103,13 @@ def run_cmd(
         svc.wait(duration)
     finally:
         snap = svc.status().metrics
+        died = svc.loop_error
         svc.stop()
+    if died is not None:
+        raise click.ClickException(
+            f"the control loop died after {snap.ticks} ticks: {type(died).__name__}: {died}"
+        )
+    episodes = getattr(svc.adapter, "episode_returns", None)
     data = {
         "ticks": snap.ticks,
         "deadline_misses": snap.deadline_misses,
@@ -116,6 +122,9 @@ def run_cmd(
         "swaps": svc.status().swaps,
         "swap_misses": svc.loop.counters.swap_misses if svc.loop else 0,
     }
+    if episodes:
+        data["episodes"] = len(episodes)
+        data["mean_episode_return"] = sum(episodes) / len(episodes)
     if as_json:
         click.echo(json.dumps(data))
     else:

@@ -191,7 +191,11 @@ class RuntimeService:
         sys.setswitchinterval(self.config.gil_switch_interval_ms / 1000.0)
         self.layout.ensure()
         self._lock.acquire()
+        own_adapter = self._adapter is None
         try:
+            # The robot link first: a wrong adapter setting must not install anything.
+            if self._adapter is None:
+                self._adapter = load_adapter(self.config.adapter, self.config.adapter_options)
             if first_bundle is not None and self.slots.state().last_good is None:
                 self.install_first(first_bundle)
             choice = self.slots.boot()
@@ -199,8 +203,6 @@ class RuntimeService:
             if not choice.trial:
                 self._catch_up_counter(choice)
                 self._last_good = active
-            if self._adapter is None:
-                self._adapter = load_adapter(self.config.adapter, self.config.adapter_options)
             self.loop = ControlLoop(
                 self._adapter,
                 active,
@@ -217,6 +219,11 @@ class RuntimeService:
 
                 self._server = serve(self, self.layout.runtime_socket)
         except BaseException:
+            if self.loop is not None:
+                self.loop.stop()
+            if own_adapter and self._adapter is not None:
+                self._adapter.close()
+                self._adapter = None
             self._lock.release()
             raise
         log.info(
@@ -251,8 +258,22 @@ class RuntimeService:
         self._lock.release()
 
     def wait(self, timeout_s: float | None = None) -> bool:
-        """Block until `stop()` (or a signal); True if stopped."""
-        return self._stop_requested.wait(timeout_s)
+        """Block until `stop()`, a signal, or the loop dying; True unless timed out.
+
+        After it returns, `loop_error` says whether the loop died (the caller stops
+        the service either way)."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            step = 0.25 if end is None else min(0.25, max(0.0, end - time.monotonic()))
+            if self._stop_requested.wait(step) or self.loop_error is not None:
+                return True
+            if end is not None and time.monotonic() >= end:
+                return False
+
+    @property
+    def loop_error(self) -> BaseException | None:
+        """Why the control loop thread died, if it did."""
+        return self.loop.error if self.loop is not None else None
 
     def request_stop(self) -> None:
         """Ask `wait()` to return (safe from a signal handler); the caller then stops."""
@@ -267,6 +288,10 @@ class RuntimeService:
         signal.signal(signal.SIGINT, handler)
 
     # ---- control operations (RuntimeControl) -------------------------------------------
+
+    @property
+    def adapter(self) -> RobotAdapter | None:
+        return self._adapter
 
     def _need_loop(self) -> ControlLoop:
         if self.loop is None or not self.loop.running:

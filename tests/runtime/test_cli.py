@@ -199,3 +199,36 @@ def test_bench_prints_ratios_as_json(make_bundle: BundleFactory, layout: RobotLa
     data = json.loads(result.output.strip().splitlines()[-1])
     assert data["median_ratio"] > 0 and data["p99_ratio"] > 0
     assert data["loop_ticks"] > 0 and 0 <= data["loop_miss_rate"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "toml", "message"),
+    [
+        (["--adapter", "warp"], None, "no robot adapter named 'warp'"),
+        (["--adapter-option", "env"], None, "'env' is not KEY=VALUE"),
+        ([], "[runtime]\nrate_hz = 'fast'\n", "runtime.rate_hz = 'fast'"),
+        ([], "[runtime]\nhealth_window = 3\n", "runtime.health_window = 3"),
+    ],
+    ids=["unknown-adapter", "bad-option", "bad-toml-value", "unknown-toml-key"],
+)
+def test_run_reports_bad_settings_without_a_traceback(
+    layout: RobotLayout,
+    make_bundle: BundleFactory,
+    args: list[str],
+    toml: str | None,
+    message: str,
+) -> None:
+    if toml is not None:
+        layout.runtime_config.write_text(toml)
+    cmd = ["runtime", "run", "--root", str(layout.root), "--bundle", str(make_bundle())]
+    result = CliRunner().invoke(cli_root, cmd + args)
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not layout.runtime_socket.exists()
+    assert not layout.slot("a").exists()  # nothing installed by a command that failed
+    # The lock was released: a corrected command can run on the same root.
+    from runtime.slots import RuntimeLock
+
+    with RuntimeLock(layout):
+        pass

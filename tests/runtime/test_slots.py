@@ -155,3 +155,20 @@ def test_two_runtimes_on_one_root_fail_clearly(root: Path) -> None:
         RuntimeLock(layout).acquire()
     with RuntimeLock(layout):  # released on exit: a new holder gets it
         pass
+
+
+def test_stage_interrupted_mid_copy_boots_the_last_good_slot_and_restages_cleanly(
+    layout: RobotLayout, device: DeviceProfile, make_bundle: BundleFactory
+) -> None:
+    store = _store(layout, device)
+    _commit(store.install_first(make_bundle()).bundle, layout)
+    v2 = make_bundle(version="1.1.0", sequence=2)
+    # What a kill -9 inside _copy_in leaves: a half-written staging copy and no pending.
+    partial = layout.slots / ".b.staging"
+    partial.mkdir()
+    (partial / "policy.onnx").write_bytes((v2 / "policy.onnx").read_bytes()[:100])
+    assert store.boot().slot == "a"
+    slot, verified = store.stage(v2)
+    assert slot == "b" and verified.manifest.version == "1.1.0"
+    assert not partial.exists()
+    assert store.state().pending_state == "staged"
