@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -383,7 +384,7 @@ class RuntimeService:
             return ""
         c = loop.counters
         start_ticks, start_misses = c.ticks, c.deadline_misses
-        start_fb = sum(n for r, n in c.interventions.items() if r in FALLBACK_REASONS)
+        start_fb = _fallbacks(c.interventions)
         deadline = time.monotonic() + 10.0 + 3.0 * ticks / loop.rate_hz
         while c.ticks - start_ticks < ticks:
             if not loop.running:
@@ -392,7 +393,7 @@ class RuntimeService:
                 return f"only {c.ticks - start_ticks}/{ticks} ticks ran in time"
             time.sleep(min(0.05, 0.5 * ticks / loop.rate_hz))
         n = c.ticks - start_ticks
-        fb = sum(n for r, n in c.interventions.items() if r in FALLBACK_REASONS) - start_fb
+        fb = _fallbacks(c.interventions) - start_fb
         misses = c.deadline_misses - start_misses
         if fb / n > self.config.health_max_fallback_rate:
             return (
@@ -446,6 +447,11 @@ class RuntimeService:
                     "activated, uncommitted bundle can be rolled back"
                 )
             return self.status()
+
+
+def _fallbacks(interventions: Mapping[str, int]) -> int:
+    # Copy first (one C-level call under the GIL): the loop thread may add a key meanwhile.
+    return sum(n for r, n in dict(interventions).items() if r in FALLBACK_REASONS)
 
 
 def _empty_metrics() -> MetricsSnapshot:
