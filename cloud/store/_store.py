@@ -220,10 +220,28 @@ _JSON_COLUMNS = (
 _TIME_COLUMNS = ("created_at", "updated_at", "last_seen")
 # Listing thousands of devices is dominated by per-value type processing; these columns
 # come back raw (SQLite: text) and are decoded below with the C json / datetime parsers.
+_FAST_ORDER = (
+    "id",
+    "cert_fingerprint",
+    "labels",
+    "hardware_tags",
+    "created_at",
+    "updated_at",
+    "last_seen",
+    "online",
+    "revoked",
+    "runtime_version",
+    "active_bundle",
+    "update_state",
+    "update_reason",
+    "health",
+    "inventory",
+    "desired_bundle",
+    "desired_generation",
+)
 _FAST_DEVICE_COLUMNS = [
-    sa.type_coerce(c, sa.Text).label(c.name) if c.name in _JSON_COLUMNS + _TIME_COLUMNS else c
-    for c in D.columns
-    if c.name != "revoked_at"
+    sa.type_coerce(D.c[n], sa.Text).label(n) if n in _JSON_COLUMNS + _TIME_COLUMNS else D.c[n]
+    for n in _FAST_ORDER
 ]
 
 
@@ -256,29 +274,53 @@ def _time_value(value: Any) -> dt.datetime | None:
     return value  # type: ignore[no-any-return]
 
 
-_FAST_NAMES = [c.name for c in _FAST_DEVICE_COLUMNS]
 # Built once: the per-call hot path (every device RPC) then skips statement construction.
 _GET_DEVICE = sa.select(*_FAST_DEVICE_COLUMNS).where(D.c.id == sa.bindparam("device_id"))
 _IS_REVOKED = sa.select(R.c.fingerprint).where(R.c.fingerprint == sa.bindparam("fp"))
 
 
 def _device_fast(row: Any) -> DeviceRecord:
-    m = dict(zip(_FAST_NAMES, row, strict=True))
-    for name in ("labels", "hardware_tags", "active_bundle", "health", "desired_bundle"):
-        m[name] = _json_value(m[name])
-    if isinstance(m["inventory"], str):
-        m["inventory"] = json.loads(m["inventory"])
-    m["labels"] = m["labels"] or {}
-    m["hardware_tags"] = m["hardware_tags"] or []
-    for name in _TIME_COLUMNS:
-        m[name] = _time_value(m[name])
-    m["online"] = bool(m["online"])
-    m["revoked"] = bool(m["revoked"])
-    m["desired_generation"] = int(m["desired_generation"])
+    (
+        id_,
+        fp,
+        labels,
+        tags,
+        created,
+        updated,
+        seen,
+        online,
+        revoked,
+        runtime_version,
+        active,
+        update_state,
+        update_reason,
+        health,
+        inventory,
+        desired,
+        generation,
+    ) = row
     # A frozen dataclass's __init__ sets each field through object.__setattr__, which
     # dominates listing 10,000 devices; filling __dict__ at once yields the same object.
     rec = object.__new__(DeviceRecord)
-    rec.__dict__.update(m)
+    rec.__dict__.update(
+        id=id_,
+        cert_fingerprint=fp,
+        labels=_json_value(labels) or {},
+        hardware_tags=_json_value(tags) or [],
+        created_at=_time_value(created),
+        updated_at=_time_value(updated),
+        last_seen=_time_value(seen) if seen is not None else None,
+        online=bool(online),
+        revoked=bool(revoked),
+        runtime_version=runtime_version,
+        active_bundle=_json_value(active) if active is not None else None,
+        update_state=update_state,
+        update_reason=update_reason,
+        health=_json_value(health) if health is not None else None,
+        inventory=json.loads(inventory) if isinstance(inventory, str) else inventory,
+        desired_bundle=_json_value(desired) if desired is not None else None,
+        desired_generation=int(generation),
+    )
     return rec
 
 
