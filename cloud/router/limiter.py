@@ -35,7 +35,7 @@ class Gradient2Config:
     min_growth: float = 2.0
     """Floor of the √L growth step, so a limit knocked down to 1 climbs back quickly
     (Netflix's default queue-size function is max(4, √L))."""
-    min_window: int = 3
+    min_window: int = 2
     """Fewest samples averaged per limit update."""
     baseline_window_s: float = 4.0
     """How long a minimum latency is trusted before it must be re-measured."""

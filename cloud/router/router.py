@@ -49,7 +49,18 @@ from cloud.router.task import Answer, Outcome, Qos, Result, Task
 from cloud.router.verifier import ConstraintVerifier, Verdict, Verifier
 from cloud.router.windows import WindowTriplet
 
-__all__ = ["BackendState", "Dispatch", "Router", "RouterConfig", "Step"]
+__all__ = ["CANDIDATE_FIELDS", "BackendState", "Dispatch", "Router", "RouterConfig", "Step"]
+
+# The columns of each row of an audit record's "candidates".
+CANDIDATE_FIELDS = (
+    "backend",
+    "tier",
+    "predicted_quality",
+    "predicted_latency_s",
+    "concurrency_limit",
+    "in_flight",
+    "skip_reason",
+)
 
 # A reported cost more than this many times the task's declared work is taken as absurd.
 ABSURD_WORK_FACTOR = 100.0
@@ -154,7 +165,7 @@ class BackendState:
 class _TaskState:
     task: Task
     received_at: float
-    candidates: list[dict[str, Any]]
+    candidates: list[list[Any]]
     outstanding: set[str] = field(default_factory=set)
     tried: list[str] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -207,6 +218,8 @@ class Router:
         self.challengers = {c.task_type: c for c in challengers or []}
         self.preferred: dict[str, str] = {}
         self._ids = itertools.count()
+        self._decisions = itertools.count()
+        self._pending_audit: list[dict[str, Any]] = []
         self._open: dict[str, _Open] = {}
         self._tasks: dict[str, _TaskState] = {}
         self._timers: list[tuple[float, int, str, str]] = []
@@ -274,7 +287,7 @@ class Router:
     def _record(self, ts: _TaskState, res: Result) -> str:
         t = ts.task
         summary = {
-            "decision_id": f"{t.task_id}",
+            "decision_id": f"{self.instance}-{next(self._decisions)}",
             "at": round(self.wall(), 6),
             "task_type": t.task_type,
             "qos": int(t.qos),
@@ -287,7 +300,7 @@ class Router:
         }
         self.recent.appendleft(summary)
         if self.audit is None:
-            return t.task_id
+            return str(summary["decision_id"])
         body = {
             **summary,
             "task": {
@@ -301,7 +314,22 @@ class Router:
             "escalations": ts.escalations,
             "consensus": res.extra.get("consensus"),
         }
-        return self.audit.append(_finite(body))[:32]
+        # Hashing and writing happen in `flush_audit`, off the decision path; the body
+        # is sealed (nothing mutates a finished task's state).
+        self._pending_audit.append(body)
+        return str(summary["decision_id"])
+
+    def flush_audit(self) -> int:
+        """Hash-chain and write the decisions recorded since the last flush."""
+        if self.audit is None:
+            return 0
+        pending, self._pending_audit = self._pending_audit, []
+        for body in pending:
+            try:
+                self.audit.append(body)
+            except ValueError:  # a NaN/Infinity somewhere: audit it as a string
+                self.audit.append(_finite(body))
+        return len(pending)
 
     # ------------------------------------------------------------------ submit
 
@@ -312,7 +340,7 @@ class Router:
         capable = self.registry.capable(task.task_type)
         if not capable:
             known = ", ".join(self.registry.task_types())
-            ts.candidates = [{"known_task_types": known}]
+            ts.candidates = [["known task types: " + known]]
             return self._finish(ts, Outcome.FAILED, "unknown_task_type")
         if task.deadline_at <= now:
             return self._finish(ts, Outcome.REJECTED, "deadline_passed")
@@ -323,30 +351,32 @@ class Router:
         for spec in capable:
             st = self.backends[spec.name]
             st.admission.note_demand(task.qos, now)
-            cand = {
-                "backend": spec.name,
-                "tier": spec.tier,
-                "quality": self._quality(spec, task.task_type),
-                "latency_s": round(st.predicted_latency(task.work_units), 6),
-                "limit": round(st.limiter.limit, 3),
-                "in_flight": st.in_flight,
-            }
+            # One compact row per candidate (CANDIDATE_FIELDS), cheap to audit.
+            cand: list[Any] = [
+                spec.name,
+                spec.tier,
+                self._quality(spec, task.task_type),
+                st.predicted_latency(task.work_units),
+                st.limiter.limit,
+                st.in_flight,
+                "",
+            ]
             ts.candidates.append(cand)
             if not st.health.available(now):
-                cand["skip"] = "unhealthy"
+                cand[6] = "unhealthy"
                 wait = min(wait, max(st.health.cooldown_remaining(now), 0.05))
                 continue
             if self._quality(spec, task.task_type) < floor:
-                cand["skip"] = "quality_floor"
+                cand[6] = "quality_floor"
                 continue
             if not self._fits(st, task, now):
-                cand["skip"] = "too_slow"
+                cand[6] = "too_slow"
                 continue
             eligible.append(st)
             if self._admits(st, task, now):
                 admitted.append(st)
             else:
-                cand["skip"] = "at_limit"
+                cand[6] = "at_limit"
                 worst = spec.worst_case_usd(task.work_units, task.deadline_at - now)
                 wait = min(
                     wait,
@@ -356,7 +386,7 @@ class Router:
                     ),
                 )
         if not eligible:
-            if all(c.get("skip") == "unhealthy" for c in ts.candidates):
+            if all(c[6] == "unhealthy" for c in ts.candidates):
                 return self._finish(
                     ts, Outcome.REJECTED, "no_healthy_backend", retry_after_s=_finite_or(wait, 1.0)
                 )
@@ -367,8 +397,14 @@ class Router:
             )
         self._tasks[task.task_id] = ts
         self._timer(task.deadline_at, "deadline", task.task_id)
-        distinct = len({s.spec.name for s in eligible})
-        if task.qos is Qos.SAFETY and distinct >= 2:
+        if task.qos is Qos.SAFETY and len(eligible) >= 2:
+            if len(admitted) < 2:
+                # A vote needs two voices; one backend alone is no better than the
+                # robot's own fallback, so say so now rather than spend on it.
+                self._tasks.pop(task.task_id, None)
+                return self._finish(
+                    ts, Outcome.REJECTED, "overloaded", retry_after_s=_finite_or(wait, 0.1)
+                )
             return self._start_consensus(ts, admitted, now)
         min_tier = admitted[0].spec.tier
         first_tier = [s for s in admitted if s.spec.tier == min_tier]
@@ -389,7 +425,7 @@ class Router:
 
     def _budget_failure(self, ts: _TaskState, denial: tuple[Denial, str]) -> Step:
         kind, scope = denial
-        ts.candidates.append({"budget_denied": kind.value, "scope": scope})
+        ts.candidates.append(["budget_denied", kind.value, scope])
         return self._finish(ts, Outcome.BUDGET_EXHAUSTED, f"budget:{kind.value}")
 
     def _try_dispatch(
@@ -508,7 +544,10 @@ class Router:
             pass
         elif o.d.purpose != "mirror":
             st.health.on_success(now)
-        attempt = next((a for a in o.ts.attempts if a["id"] == dispatch_id), None)
+        # A late answer (after the decision) must not alter the sealed audit record.
+        attempt = (
+            None if o.ts.done else next((a for a in o.ts.attempts if a["id"] == dispatch_id), None)
+        )
         if attempt is not None:
             attempt.update(
                 latency_s=round(latency, 6),
@@ -718,7 +757,7 @@ class Router:
             self.preferred[cc.task_type] = cc.champion
             self._count("promotion")
             if self.audit is not None:
-                self.audit.append(
+                self._pending_audit.append(
                     {
                         "event": "promotion",
                         "at": round(self.wall(), 6),

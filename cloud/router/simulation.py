@@ -233,13 +233,29 @@ class RouterPolicy:
         self._waiting: dict[str, Callable[[Result], None]] = {}
         self._wake: float | None = None
         self.overhead_s: list[float] = []
+        """CPU time of this thread in every router call (submit, on_answer, tick): on a
+        machine shared with other work, wall time mostly measures being descheduled."""
+        self.overhead_wall_s: list[float] = []
+        self.overhead_by_kind: dict[str, list[float]] = {"submit": [], "answer": [], "tick": []}
+        self.audit_flush_s: list[tuple[int, float]] = []
+        """(records, CPU seconds) per audit flush, which runs off the decision path."""
         self._perf = time.perf_counter
 
-    def _run(self, fn: Callable[[], Step]) -> None:
-        t0 = self._perf()
+    def _run(self, fn: Callable[[], Step], kind: str) -> None:
+        w0, t0 = self._perf(), time.thread_time()
         step = fn()
-        self.overhead_s.append(self._perf() - t0)
+        dt = time.thread_time() - t0
+        self.overhead_wall_s.append(self._perf() - w0)
+        self.overhead_s.append(dt)
+        self.overhead_by_kind[kind].append(dt)
+        if len(self.router._pending_audit) >= 64:
+            self.flush()
         self._apply(step)
+
+    def flush(self) -> None:
+        t0 = time.thread_time()
+        n = self.router.flush_audit()
+        self.audit_flush_s.append((n, time.thread_time() - t0))
 
     def _apply(self, step: Step) -> None:
         for d in step.dispatches:
@@ -252,7 +268,7 @@ class RouterPolicy:
 
     def _replier(self, dispatch_id: str) -> Callable[[Answer], None]:
         def reply(answer: Answer) -> None:
-            self._run(lambda: self.router.on_answer(dispatch_id, answer))
+            self._run(lambda: self.router.on_answer(dispatch_id, answer), "answer")
 
         return reply
 
@@ -264,11 +280,11 @@ class RouterPolicy:
 
     def _on_wake(self) -> None:
         self._wake = None
-        self._run(self.router.tick)
+        self._run(self.router.tick, "tick")
 
     def submit(self, task: Task, done: Callable[[Result], None]) -> None:
         self._waiting[task.task_id] = done
-        self._run(lambda: self.router.submit(task))
+        self._run(lambda: self.router.submit(task), "submit")
 
 
 def make_task(

@@ -109,6 +109,7 @@ def test_negative_or_absurd_cost_reports_are_charged_at_worst_case_and_flagged()
         worst = sim.router.backends["liar"].spec.worst_case_usd(1.0, 2.0)
         assert r.cost_usd == pytest.approx(worst)
         assert sim.router.backends["liar"].bad_cost_reports == 1
+        sim.router.flush_audit()
         assert b"bad_cost_report" in log.lines()[-1]
 
 
@@ -219,6 +220,7 @@ def test_mirrored_traffic_promotes_a_better_challenger_and_audits_it() -> None:
     sim.poisson(50.0, until=20.0)
     sim.loop.run_until(21.0)
     assert cc.promoted and sim.router.preferred["plan"] == "new"
+    sim.router.flush_audit()
     assert any(b'"event":"promotion"' in line for line in log.lines())
     log.sign_head()
     verify_log(log.lines(), log._key.public_key())
@@ -231,6 +233,7 @@ def test_every_decision_is_audited_and_the_log_verifies() -> None:
     sim.poisson(40.0, until=3.0)
     sim.submit(task_type="juggle")
     sim.loop.run_until(4.0)
+    sim.router.flush_audit()
     log.sign_head()
     report = verify_log(log.lines(), key.public_key())
     assert report.records == len(sim.results)
