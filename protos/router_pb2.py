@@ -24,41 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/router.proto\x12\x12\x65\x64geflux.router.v1\"\xac\x01\n\x04Task\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12)\n\x03qos\x18\x02 \x01(\x0e\x32\x1c.edgeflux.router.v1.QosClass\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x03 \x01(\r\x12\x13\n\x0bobservation\x18\x04 \x03(\x02\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x12\n\nwork_units\x18\x07 \x01(\x01\"6\n\x0cRouteRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.edgeflux.router.v1.Task\"\xda\x01\n\rRouteResponse\x12\x31\n\x07outcome\x18\x01 \x01(\x0e\x32 .edgeflux.router.v1.RouteOutcome\x12\x0e\n\x06\x61\x63tion\x18\x02 \x03(\x02\x12\x0e\n\x06result\x18\x03 \x01(\x0c\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0everifier_score\x18\x08 \x01(\x01\x12\x13\n\x0b\x64\x65\x63ision_id\x18\t \x01(\t\"\x14\n\x12RouterStatsRequest\"\xcc\x01\n\x0c\x42\x61\x63kendStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\r\x12\x19\n\x11\x63oncurrency_limit\x18\x03 \x01(\x01\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x18\n\x10work_units_per_s\x18\x05 \x01(\x01\x12\x11\n\tusd_per_s\x18\x06 \x01(\x01\x12\x0f\n\x07healthy\x18\x07 \x01(\x08\x12\x1c\n\x14\x63ooldown_remaining_s\x18\x08 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\t \x01(\x01\"W\n\x0b\x42udgetStats\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x11\n\tlimit_usd\x18\x02 \x01(\x01\x12\x10\n\x08used_usd\x18\x03 \x01(\x01\x12\x14\n\x0creserved_usd\x18\x04 \x01(\x01\"\xab\x02\n\x13RouterStatsResponse\x12\x32\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32 .edgeflux.router.v1.BackendStats\x12\x30\n\x07\x62udgets\x18\x02 \x03(\x0b\x32\x1f.edgeflux.router.v1.BudgetStats\x12\x15\n\raudit_records\x18\x03 \x01(\x04\x12\x17\n\x0f\x61udit_tree_head\x18\x04 \x01(\t\x12;\n\x10recent_decisions\x18\x05 \x03(\x0b\x32!.edgeflux.router.v1.RouteDecision\x12\x41\n\x12\x61udit_verification\x18\x06 \x01(\x0b\x32%.edgeflux.router.v1.AuditVerification\"\xff\x01\n\rRouteDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nat_unix_ms\x18\x02 \x01(\x03\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12)\n\x03qos\x18\x04 \x01(\x0e\x32\x1c.edgeflux.router.v1.QosClass\x12\x31\n\x07outcome\x18\x05 \x01(\x0e\x32 .edgeflux.router.v1.RouteOutcome\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\r\n\x05scope\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\"u\n\x11\x41uditVerification\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\x08\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x03 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x1a\n\x12\x63hecked_at_unix_ms\x18\x05 \x01(\x03\"8\n\x0e\x45xecuteRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.edgeflux.router.v1.Task\"h\n\x0f\x45xecuteResponse\x12\x0e\n\x06\x61\x63tion\x18\x01 \x03(\x02\x12\x0e\n\x06result\x18\x02 \x01(\x0c\x12\x12\n\nwork_units\x18\x03 \x01(\x01\x12\x12\n\noverloaded\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t*k\n\x08QosClass\x12\x19\n\x15QOS_CLASS_UNSPECIFIED\x10\x00\x12\x14\n\x10QOS_CLASS_SAFETY\x10\x01\x12\x19\n\x15QOS_CLASS_INTERACTIVE\x10\x02\x12\x13\n\x0fQOS_CLASS_BATCH\x10\x03*\xbd\x01\n\x0cRouteOutcome\x12\x1d\n\x19ROUTE_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUTE_OUTCOME_OK\x10\x01\x12\x1a\n\x16ROUTE_OUTCOME_REJECTED\x10\x02\x12\x1e\n\x1aROUTE_OUTCOME_NO_CONSENSUS\x10\x03\x12\x18\n\x14ROUTE_OUTCOME_FAILED\x10\x04\x12\"\n\x1eROUTE_OUTCOME_BUDGET_EXHAUSTED\x10\x05\x32\xbd\x01\n\rRouterService\x12L\n\x05Route\x12 .edgeflux.router.v1.RouteRequest\x1a!.edgeflux.router.v1.RouteResponse\x12^\n\x0bRouterStats\x12&.edgeflux.router.v1.RouterStatsRequest\x1a\'.edgeflux.router.v1.RouterStatsResponse2b\n\x0c\x41gentService\x12R\n\x07\x45xecute\x12\".edgeflux.router.v1.ExecuteRequest\x1a#.edgeflux.router.v1.ExecuteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/router.proto\x12\x12\x65\x64geflux.router.v1\"\xd5\x01\n\x04Task\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12)\n\x03qos\x18\x02 \x01(\x0e\x32\x1c.edgeflux.router.v1.QosClass\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x03 \x01(\r\x12\x13\n\x0bobservation\x18\x04 \x03(\x02\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x12\n\nwork_units\x18\x07 \x01(\x01\x12\x12\n\naction_low\x18\x08 \x03(\x02\x12\x13\n\x0b\x61\x63tion_high\x18\t \x03(\x02\"6\n\x0cRouteRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.edgeflux.router.v1.Task\"\xfe\x01\n\rRouteResponse\x12\x31\n\x07outcome\x18\x01 \x01(\x0e\x32 .edgeflux.router.v1.RouteOutcome\x12\x0e\n\x06\x61\x63tion\x18\x02 \x03(\x02\x12\x0e\n\x06result\x18\x03 \x01(\x0c\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0everifier_score\x18\x08 \x01(\x01\x12\x13\n\x0b\x64\x65\x63ision_id\x18\t \x01(\t\x12\r\n\x05label\x18\n \x01(\t\x12\x13\n\x0b\x65scalations\x18\x0b \x01(\r\"\x14\n\x12RouterStatsRequest\"\xcc\x01\n\x0c\x42\x61\x63kendStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\r\x12\x19\n\x11\x63oncurrency_limit\x18\x03 \x01(\x01\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x18\n\x10work_units_per_s\x18\x05 \x01(\x01\x12\x11\n\tusd_per_s\x18\x06 \x01(\x01\x12\x0f\n\x07healthy\x18\x07 \x01(\x08\x12\x1c\n\x14\x63ooldown_remaining_s\x18\x08 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\t \x01(\x01\"W\n\x0b\x42udgetStats\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x11\n\tlimit_usd\x18\x02 \x01(\x01\x12\x10\n\x08used_usd\x18\x03 \x01(\x01\x12\x14\n\x0creserved_usd\x18\x04 \x01(\x01\"\xab\x02\n\x13RouterStatsResponse\x12\x32\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32 .edgeflux.router.v1.BackendStats\x12\x30\n\x07\x62udgets\x18\x02 \x03(\x0b\x32\x1f.edgeflux.router.v1.BudgetStats\x12\x15\n\raudit_records\x18\x03 \x01(\x04\x12\x17\n\x0f\x61udit_tree_head\x18\x04 \x01(\t\x12;\n\x10recent_decisions\x18\x05 \x03(\x0b\x32!.edgeflux.router.v1.RouteDecision\x12\x41\n\x12\x61udit_verification\x18\x06 \x01(\x0b\x32%.edgeflux.router.v1.AuditVerification\"\xff\x01\n\rRouteDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nat_unix_ms\x18\x02 \x01(\x03\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12)\n\x03qos\x18\x04 \x01(\x0e\x32\x1c.edgeflux.router.v1.QosClass\x12\x31\n\x07outcome\x18\x05 \x01(\x0e\x32 .edgeflux.router.v1.RouteOutcome\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\r\n\x05scope\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\"u\n\x11\x41uditVerification\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\x08\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x03 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x1a\n\x12\x63hecked_at_unix_ms\x18\x05 \x01(\x03\"8\n\x0e\x45xecuteRequest\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.edgeflux.router.v1.Task\"\x8c\x01\n\x0f\x45xecuteResponse\x12\x0e\n\x06\x61\x63tion\x18\x01 \x03(\x02\x12\x0e\n\x06result\x18\x02 \x01(\x0c\x12\x12\n\nwork_units\x18\x03 \x01(\x01\x12\x12\n\noverloaded\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\x12\x13\n\x0bgpu_seconds\x18\x07 \x01(\x01*k\n\x08QosClass\x12\x19\n\x15QOS_CLASS_UNSPECIFIED\x10\x00\x12\x14\n\x10QOS_CLASS_SAFETY\x10\x01\x12\x19\n\x15QOS_CLASS_INTERACTIVE\x10\x02\x12\x13\n\x0fQOS_CLASS_BATCH\x10\x03*\xbd\x01\n\x0cRouteOutcome\x12\x1d\n\x19ROUTE_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUTE_OUTCOME_OK\x10\x01\x12\x1a\n\x16ROUTE_OUTCOME_REJECTED\x10\x02\x12\x1e\n\x1aROUTE_OUTCOME_NO_CONSENSUS\x10\x03\x12\x18\n\x14ROUTE_OUTCOME_FAILED\x10\x04\x12\"\n\x1eROUTE_OUTCOME_BUDGET_EXHAUSTED\x10\x05\x32\xbd\x01\n\rRouterService\x12L\n\x05Route\x12 .edgeflux.router.v1.RouteRequest\x1a!.edgeflux.router.v1.RouteResponse\x12^\n\x0bRouterStats\x12&.edgeflux.router.v1.RouterStatsRequest\x1a\'.edgeflux.router.v1.RouterStatsResponse2b\n\x0c\x41gentService\x12R\n\x07\x45xecute\x12\".edgeflux.router.v1.ExecuteRequest\x1a#.edgeflux.router.v1.ExecuteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QOSCLASS']._serialized_start=1656
-  _globals['_QOSCLASS']._serialized_end=1763
-  _globals['_ROUTEOUTCOME']._serialized_start=1766
-  _globals['_ROUTEOUTCOME']._serialized_end=1955
+  _globals['_QOSCLASS']._serialized_start=1770
+  _globals['_QOSCLASS']._serialized_end=1877
+  _globals['_ROUTEOUTCOME']._serialized_start=1880
+  _globals['_ROUTEOUTCOME']._serialized_end=2069
   _globals['_TASK']._serialized_start=44
-  _globals['_TASK']._serialized_end=216
-  _globals['_ROUTEREQUEST']._serialized_start=218
-  _globals['_ROUTEREQUEST']._serialized_end=272
-  _globals['_ROUTERESPONSE']._serialized_start=275
-  _globals['_ROUTERESPONSE']._serialized_end=493
-  _globals['_ROUTERSTATSREQUEST']._serialized_start=495
-  _globals['_ROUTERSTATSREQUEST']._serialized_end=515
-  _globals['_BACKENDSTATS']._serialized_start=518
-  _globals['_BACKENDSTATS']._serialized_end=722
-  _globals['_BUDGETSTATS']._serialized_start=724
-  _globals['_BUDGETSTATS']._serialized_end=811
-  _globals['_ROUTERSTATSRESPONSE']._serialized_start=814
-  _globals['_ROUTERSTATSRESPONSE']._serialized_end=1113
-  _globals['_ROUTEDECISION']._serialized_start=1116
-  _globals['_ROUTEDECISION']._serialized_end=1371
-  _globals['_AUDITVERIFICATION']._serialized_start=1373
-  _globals['_AUDITVERIFICATION']._serialized_end=1490
-  _globals['_EXECUTEREQUEST']._serialized_start=1492
-  _globals['_EXECUTEREQUEST']._serialized_end=1548
-  _globals['_EXECUTERESPONSE']._serialized_start=1550
-  _globals['_EXECUTERESPONSE']._serialized_end=1654
-  _globals['_ROUTERSERVICE']._serialized_start=1958
-  _globals['_ROUTERSERVICE']._serialized_end=2147
-  _globals['_AGENTSERVICE']._serialized_start=2149
-  _globals['_AGENTSERVICE']._serialized_end=2247
+  _globals['_TASK']._serialized_end=257
+  _globals['_ROUTEREQUEST']._serialized_start=259
+  _globals['_ROUTEREQUEST']._serialized_end=313
+  _globals['_ROUTERESPONSE']._serialized_start=316
+  _globals['_ROUTERESPONSE']._serialized_end=570
+  _globals['_ROUTERSTATSREQUEST']._serialized_start=572
+  _globals['_ROUTERSTATSREQUEST']._serialized_end=592
+  _globals['_BACKENDSTATS']._serialized_start=595
+  _globals['_BACKENDSTATS']._serialized_end=799
+  _globals['_BUDGETSTATS']._serialized_start=801
+  _globals['_BUDGETSTATS']._serialized_end=888
+  _globals['_ROUTERSTATSRESPONSE']._serialized_start=891
+  _globals['_ROUTERSTATSRESPONSE']._serialized_end=1190
+  _globals['_ROUTEDECISION']._serialized_start=1193
+  _globals['_ROUTEDECISION']._serialized_end=1448
+  _globals['_AUDITVERIFICATION']._serialized_start=1450
+  _globals['_AUDITVERIFICATION']._serialized_end=1567
+  _globals['_EXECUTEREQUEST']._serialized_start=1569
+  _globals['_EXECUTEREQUEST']._serialized_end=1625
+  _globals['_EXECUTERESPONSE']._serialized_start=1628
+  _globals['_EXECUTERESPONSE']._serialized_end=1768
+  _globals['_ROUTERSERVICE']._serialized_start=2072
+  _globals['_ROUTERSERVICE']._serialized_end=2261
+  _globals['_AGENTSERVICE']._serialized_start=2263
+  _globals['_AGENTSERVICE']._serialized_end=2361
 # @@protoc_insertion_point(module_scope)

@@ -34,7 +34,7 @@ ROUTE_OUTCOME_FAILED: RouteOutcome
 ROUTE_OUTCOME_BUDGET_EXHAUSTED: RouteOutcome
 
 class Task(_message.Message):
-    __slots__ = ("task_type", "qos", "deadline_ms", "observation", "payload", "idempotency_key", "work_units")
+    __slots__ = ("task_type", "qos", "deadline_ms", "observation", "payload", "idempotency_key", "work_units", "action_low", "action_high")
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     QOS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,8 @@ class Task(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     WORK_UNITS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_LOW_FIELD_NUMBER: _ClassVar[int]
+    ACTION_HIGH_FIELD_NUMBER: _ClassVar[int]
     task_type: str
     qos: QosClass
     deadline_ms: int
@@ -49,7 +51,9 @@ class Task(_message.Message):
     payload: bytes
     idempotency_key: str
     work_units: float
-    def __init__(self, task_type: _Optional[str] = ..., qos: _Optional[_Union[QosClass, str]] = ..., deadline_ms: _Optional[int] = ..., observation: _Optional[_Iterable[float]] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., work_units: _Optional[float] = ...) -> None: ...
+    action_low: _containers.RepeatedScalarFieldContainer[float]
+    action_high: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, task_type: _Optional[str] = ..., qos: _Optional[_Union[QosClass, str]] = ..., deadline_ms: _Optional[int] = ..., observation: _Optional[_Iterable[float]] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., work_units: _Optional[float] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
     __slots__ = ("task",)
@@ -58,7 +62,7 @@ class RouteRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("outcome", "action", "result", "backend", "cost_usd", "retry_after_ms", "reason", "verifier_score", "decision_id")
+    __slots__ = ("outcome", "action", "result", "backend", "cost_usd", "retry_after_ms", "reason", "verifier_score", "decision_id", "label", "escalations")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +72,8 @@ class RouteResponse(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_SCORE_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
     outcome: RouteOutcome
     action: _containers.RepeatedScalarFieldContainer[float]
     result: bytes
@@ -77,7 +83,9 @@ class RouteResponse(_message.Message):
     reason: str
     verifier_score: float
     decision_id: str
-    def __init__(self, outcome: _Optional[_Union[RouteOutcome, str]] = ..., action: _Optional[_Iterable[float]] = ..., result: _Optional[bytes] = ..., backend: _Optional[str] = ..., cost_usd: _Optional[float] = ..., retry_after_ms: _Optional[int] = ..., reason: _Optional[str] = ..., verifier_score: _Optional[float] = ..., decision_id: _Optional[str] = ...) -> None: ...
+    label: str
+    escalations: int
+    def __init__(self, outcome: _Optional[_Union[RouteOutcome, str]] = ..., action: _Optional[_Iterable[float]] = ..., result: _Optional[bytes] = ..., backend: _Optional[str] = ..., cost_usd: _Optional[float] = ..., retry_after_ms: _Optional[int] = ..., reason: _Optional[str] = ..., verifier_score: _Optional[float] = ..., decision_id: _Optional[str] = ..., label: _Optional[str] = ..., escalations: _Optional[int] = ...) -> None: ...
 
 class RouterStatsRequest(_message.Message):
     __slots__ = ()
@@ -178,15 +186,19 @@ class ExecuteRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("action", "result", "work_units", "overloaded", "error")
+    __slots__ = ("action", "result", "work_units", "overloaded", "error", "label", "gpu_seconds")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     WORK_UNITS_FIELD_NUMBER: _ClassVar[int]
     OVERLOADED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     action: _containers.RepeatedScalarFieldContainer[float]
     result: bytes
     work_units: float
     overloaded: bool
     error: str
-    def __init__(self, action: _Optional[_Iterable[float]] = ..., result: _Optional[bytes] = ..., work_units: _Optional[float] = ..., overloaded: bool = ..., error: _Optional[str] = ...) -> None: ...
+    label: str
+    gpu_seconds: float
+    def __init__(self, action: _Optional[_Iterable[float]] = ..., result: _Optional[bytes] = ..., work_units: _Optional[float] = ..., overloaded: bool = ..., error: _Optional[str] = ..., label: _Optional[str] = ..., gpu_seconds: _Optional[float] = ...) -> None: ...
