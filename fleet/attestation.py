@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,10 +34,10 @@ from typing import Any, Literal
 
 import grpc
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from protos import attestation_pb2, attestation_pb2_grpc
+from runtime.trust import key_id
 
 __all__ = [
     "PAYLOAD_TYPE",
@@ -92,13 +91,6 @@ class VerifiedAttestation:
     issued_at: datetime
     expires_at: datetime
     predicate: dict[str, Any]
-
-
-def _key_id(public_key: ed25519.Ed25519PublicKey) -> str:
-    pem = public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(pem).hexdigest()
 
 
 def _pae(payload_type: str, body: bytes) -> bytes:
@@ -159,7 +151,7 @@ def verify_attestation(
     if not isinstance(sigs, list) or not sigs or not all(isinstance(s, dict) for s in sigs):
         raise AttestationRefused("malformed", "the envelope carries no signatures")
     # Ids are recomputed from the key material, never taken from a file name.
-    keys = {_key_id(k): k for k in trusted_keys.values()}
+    keys = {key_id(k): k for k in trusted_keys.values()}
     candidates = [s for s in sigs if s.get("keyid") in keys]
     if not candidates:
         signed = ", ".join(str(s.get("keyid", ""))[:16] or "<none>" for s in sigs)

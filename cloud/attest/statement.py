@@ -22,7 +22,6 @@ the same refusal matrix against both.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from runtime.atomicio import atomic_write_bytes
+from runtime.trust import key_id as trust_key_id
 
 __all__ = [
     "PAYLOAD_TYPE",
@@ -77,11 +77,8 @@ class StatementError(ValueError):
 
 
 def key_id(public_key: ed25519.Ed25519PublicKey) -> str:
-    """Hex sha256 of the SubjectPublicKeyInfo PEM (same as `runtime.trust.key_id`)."""
-    pem = public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(pem).hexdigest()
+    """Hex sha256 of the SubjectPublicKeyInfo PEM: the trust store's id for the key."""
+    return trust_key_id(public_key)
 
 
 def _sslib_key(public_key: ed25519.Ed25519PublicKey) -> SSlibKey:
