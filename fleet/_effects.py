@@ -314,8 +314,13 @@ class RobotEffects:
             raise UpdateError(Reason.HEALTH_CRASH, "no activation result in this process")
         m = status.metrics
         if status.state != "switched":
-            # The runtime judged the window itself and already rolled back.
-            return HealthReport(ticks=1, deadline_misses=0, interventions=0, crashed=True)
+            # The runtime judged the window itself and already switched back.
+            active = status.active.bundle
+            raise UpdateError(
+                Reason.HEALTH_WINDOW_FAILED,
+                f"the runtime's health window failed; it rolled back to {active.name} "
+                f"{active.version} (state {status.state})",
+            )
         b_ticks, b_miss, b_int = self._baseline
         # Loop counters are cumulative: the window is what was added since staging.
         window = int(m.ticks) - b_ticks
