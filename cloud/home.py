@@ -82,6 +82,9 @@ class CloudConfig(BaseModel):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, gt=1024, description="largest gRPC request accepted (bytes)"
     )
+    watch_poll_s: float = Field(
+        0.5, gt=0, le=60, description="how often WatchFleet polls the store for changes"
+    )
     fetch_chunk_bytes: int = Field(256 * 1024, gt=0, description="default FetchFile chunk size")
     max_fetch_chunk_bytes: int = Field(1024 * 1024, gt=0, description="largest chunk served")
 

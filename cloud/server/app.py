@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import importlib
 import logging
 from collections.abc import Callable
@@ -88,7 +89,6 @@ class ControlPlane:
         self._health: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
-        self._unsubscribe: Callable[[], None] | None = None
 
     @property
     def address(self) -> str:
@@ -118,7 +118,6 @@ class ControlPlane:
         cfg = self.config
         plane = Plane.load(self.home, cfg, store, self.metrics)
         self.plane = plane
-        self._unsubscribe = store.subscribe(plane.watch.publish)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -161,6 +160,7 @@ class ControlPlane:
         elif cfg.broker_url:
             log.info("fleet broker: %s", cfg.broker_url)
         self._tasks.append(asyncio.create_task(self._refresh_timestamp()))
+        self._tasks.append(asyncio.create_task(self._poll_changes()))
         log.info(
             "control plane %s serving on %s (mTLS; %s)",
             self.home.root,
@@ -192,6 +192,39 @@ class ControlPlane:
                 delay = min(delay, 30.0)
             await asyncio.sleep(delay)
 
+    async def _poll_changes(self) -> None:
+        """Feed WatchFleet with device changes written by any process (ingest, CLI, replicas).
+
+        One mechanism for every writer, so each change is announced once. Rows are
+        re-read with a small overlap, because a transaction can commit after a later one
+        that stamped a newer `updated_at`; (id, updated_at) pairs already announced are
+        skipped.
+        """
+        assert self.plane is not None
+        plane = self.plane
+        overlap = dt.timedelta(seconds=5)
+        mark = _utcnow()
+        announced: dict[tuple[str, dt.datetime], None] = {}
+        while True:
+            await asyncio.sleep(self.config.watch_poll_s)
+            if not len(plane.watch):
+                mark = _utcnow()
+                announced.clear()
+                continue
+            try:
+                rows = await plane.db(plane.store.devices_changed_since, mark - overlap)
+            except Exception as exc:  # the store may be down: WatchFleet just waits
+                log.debug("change poll failed: %s", exc)
+                continue
+            for device_id, updated in rows:
+                if (device_id, updated) not in announced:
+                    announced[(device_id, updated)] = None
+                    plane.watch.publish(device_id)
+                mark = max(mark, updated)
+            horizon = mark - overlap
+            for key in [k for k in announced if k[1] < horizon]:
+                del announced[key]
+
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful shutdown: NOT_SERVING, end watch streams, finish in-flight calls."""
         for task in self._tasks:
@@ -212,9 +245,6 @@ class ControlPlane:
             await self.broker.stop()
             self.broker = None
         self.metrics.close()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
         if self.plane is not None:
             self.plane.store.close()
             self.plane = None
@@ -224,7 +254,5 @@ class ControlPlane:
         await self._closed.wait()
 
 
-def _utcnow() -> Any:
-    import datetime as dt
-
+def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)

@@ -611,6 +611,17 @@ class Store:
         next_after = devices[-1].id if len(rows) > limit else ""
         return DevicePage(devices, next_after, total)
 
+    def devices_changed_since(self, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
+        """(id, updated_at) of devices whose visible state changed after `since`.
+
+        Any process may write the store (ingest, CLI, other replicas); the server polls
+        this to feed WatchFleet. Presence heartbeats (`touch`) do not count as changes.
+        """
+        q = sa.select(D.c.id, D.c.updated_at).where(D.c.updated_at > since)
+        with self._connect() as conn:
+            rows = conn.execute(q.order_by(D.c.updated_at)).fetchall()
+        return [(r[0], _utc(r[1])) for r in rows]  # type: ignore[misc]
+
     def revoke_device(self, device_id: str, actor: str = "") -> DeviceRecord:
         """Mark the device revoked and its certificate fingerprint refused; idempotent."""
         now = _now()
@@ -792,7 +803,7 @@ class Store:
                             for p in points
                         ],
                     )
-                values: dict[str, Any] = {"last_seen": received_at, "updated_at": received_at}
+                values: dict[str, Any] = {"last_seen": received_at, "updated_at": _now()}
                 last = max(points, key=lambda p: p.at) if points else None
                 current = conn.execute(sa.select(D.c.health).where(D.c.id == device_id)).scalar()
                 # Batches can arrive out of order (spool replay): health is the newest point.

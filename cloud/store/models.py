@@ -56,7 +56,7 @@ class Device(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     hardware_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(Stamp)
-    updated_at: Mapped[dt.datetime] = mapped_column(Stamp)
+    updated_at: Mapped[dt.datetime] = mapped_column(Stamp, index=True)  # plane_0002
     last_seen: Mapped[dt.datetime | None] = mapped_column(Stamp, nullable=True)
     online: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)

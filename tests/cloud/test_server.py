@@ -22,6 +22,7 @@ from tuf.ngclient import FetcherInterface, Updater
 from cloud.cli import cloud
 from cloud.pki import FleetCA
 from cloud.server.plane import DESIRED_STATE_PAYLOAD_TYPE
+from cloud.store import Store
 from cloud.testing import ClientCredentials, RunningPlane, running_plane
 from protos import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 from runtime.bundle import pack_bundle
@@ -334,7 +335,12 @@ def test_watch_fleet_sends_snapshot_then_changes(plane: RunningPlane) -> None:
         "snapshot",
     )
     plane.device("other-1", {"fleet": "elsewhere"})  # filtered out
-    plane.store.set_online("watch-1", True)
+    # Written through another Store, as `cloud ingest` in its own process would.
+    other = Store.open(plane.home.database_url())
+    try:
+        other.set_online("watch-1", True)
+    finally:
+        other.close()
     assert done.wait(10)
     call.cancel()
     t.join(5)

@@ -187,3 +187,13 @@ def test_rollouts_round_trip(store: Store) -> None:
     got = store.get_rollout("r1")
     assert got is not None and got.state == "paused" and got.status == {"w": 1}
     assert [r.id for r in store.list_rollouts()] == ["r1"]
+
+
+def test_devices_changed_since_sees_changes_but_not_heartbeats(store: Store) -> None:
+    store.add_device("d1", "fp1")
+    store.add_device("d2", "fp2")
+    mark = max(u for _, u in store.devices_changed_since(NOW))
+    store.touch("d1")  # presence heartbeat: not a change
+    assert store.devices_changed_since(mark) == []
+    store.set_online("d2", True)
+    assert [i for i, _ in store.devices_changed_since(mark)] == ["d2"]
