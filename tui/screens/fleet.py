@@ -187,9 +187,9 @@ class FleetScreen(Screen[None]):
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
-        box.add_class("-visible")
+        box.display = True
         box.value = fleet_app(self).store.query.text
-        box.focus()
+        self.set_focus(box)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "filter":
@@ -197,9 +197,9 @@ class FleetScreen(Screen[None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter" and self._apply_filter(event.value, quiet=False):
-            self.table.focus()
+            self.set_focus(self.table)
             if not event.value.strip():
-                event.input.remove_class("-visible")
+                event.input.display = False
 
     def _apply_filter(self, text: str, quiet: bool) -> bool:
         store = fleet_app(self).store
@@ -218,13 +218,13 @@ class FleetScreen(Screen[None]):
         """Escape: leave the filter box (keeping the filter); from the table, clear it."""
         box = self.query_one("#filter", Input)
         if box.has_focus:
-            self.table.focus()
+            self.set_focus(self.table)
             if not box.value.strip():
-                box.remove_class("-visible")
+                box.display = False
             return
         if fleet_app(self).store.query.text:
             box.value = ""
-            box.remove_class("-visible")
+            box.display = False
             self._apply_filter("", quiet=False)
 
     def action_sort(self, key: str) -> None:
