@@ -268,7 +268,7 @@ class PolicySession:
     def step(self, obs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """One observation vector in, one action vector out (a reused buffer)."""
         try:
-            self._in_flat[:] = obs
+            np.copyto(self._in_flat, obs)
             if self._on_gpu:
                 self._in_ov.update_inplace(self._in_host)
                 self._session.run_with_iobinding(self._binding)

@@ -23,6 +23,7 @@ def _f(*v: float) -> np.ndarray:
         (np.zeros(4, np.float32), Reason.OBS_SHAPE),
         (np.zeros((1, 3), np.float32), Reason.OBS_SHAPE),
         (np.zeros(3, np.float64), Reason.OBS_DTYPE),
+        (np.zeros(3, ">f4"), Reason.OBS_DTYPE),  # float32, but not in native byte order
         (_f(np.nan, 0, 0), Reason.OBS_NONFINITE),
         (_f(0, np.inf, 0), Reason.OBS_NONFINITE),
         (_f(0, 0, 9.0), Reason.OBS_OUT_OF_BOUNDS),  # |θ̇| <= 8 plus 5 % of 16 = 8.8
