@@ -164,11 +164,17 @@ class RuntimeService:
             engine_cache_dir=self.config.engine_cache_dir or (self.layout.var / "engine-cache"),
             warmup_runs=self.config.warmup_runs,
         )
-        if session.obs_size != verified.manifest.io.obs_dim:
-            raise SessionError(
-                f"{policy_path}: the graph takes {session.obs_size} values, the manifest's "
-                f"observation bounds declare {verified.manifest.io.obs_dim}"
-            )
+        io = verified.manifest.io
+        for what, graph, declared in (
+            ("takes", session.obs_size, io.obs_dim),
+            ("returns", session.action_size, io.action_dim),
+        ):
+            if graph != declared:
+                kind = "observation" if what == "takes" else "action"
+                raise SessionError(
+                    f"{policy_path}: the graph {what} {graph} values per tick, the manifest's "
+                    f"{kind} bounds declare {declared}; rebuild the bundle with matching bounds"
+                )
         return LoadedPolicy(
             manifest=verified.manifest,
             session=session,
