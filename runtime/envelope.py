@@ -108,13 +108,24 @@ class SafetyEnvelope:
         self._obuf = np.empty(2 * n, bool)
         self._ob_lo, self._ob_hi = self._obuf[:n], self._obuf[n:]
         self._o_true = np.ones(2 * n, bool).tobytes()
-        self._abuf = np.empty(4 * m if self.max_delta is not None else 2 * m, bool)
-        self._ab = [self._abuf[i * m : (i + 1) * m] for i in range(len(self._abuf) // m)]
-        self._a_true = np.ones(len(self._abuf), bool).tobytes()
+        self._abuf = np.empty(2 * m, bool)
+        self._ab_hi, self._ab_lo = self._abuf[:m], self._abuf[m:]
+        self._a_true = np.ones(2 * m, bool).tobytes()
         self._act_shape = (m,)
-        self._delta = np.empty(m, np.float32)
-        self._md = np.float32(self.max_delta or 0.0)
-        self._neg_md = -self._md
+        # With a rate limit, one subtract yields both [raw - 0, raw - previous], checked
+        # against [[action bounds], [±max_action_delta]]: 3 ufunc calls instead of 5.
+        # Row 1 of `_z` is `prev`, the previous-action buffer the loop writes each tick.
+        self._z = np.zeros((2, m), np.float32)
+        self.prev: F32 = self._z[1]
+        """The loop's previous action lives here (no copy before the rate-limit check)."""
+        np.copyto(self.prev, self.initial_action)
+        md = np.float32(self.max_delta or 0.0)
+        self._d2 = np.empty((2, m), np.float32)
+        self._hi2 = np.stack([self.action_high, np.full(m, md, np.float32)])
+        self._lo2 = np.stack([self.action_low, np.full(m, -md, np.float32)])
+        self._b2 = np.empty((2, 2, m), bool)
+        self._b2_hi, self._b2_lo = self._b2[0], self._b2[1]
+        self._b2_true = np.ones(4 * m, bool).tobytes()
 
     @property
     def initial_action(self) -> F32:
@@ -148,15 +159,19 @@ class SafetyEnvelope:
         if raw.shape != self._act_shape:
             self._count(Reason.ACTION_NONFINITE)
             return None
-        ab = self._ab
-        np.less_equal(raw, self.action_high, out=ab[0])
-        np.greater_equal(raw, self.action_low, out=ab[1])
-        if self.max_delta is not None:
-            d = np.subtract(raw, previous, out=self._delta)
-            np.less_equal(d, self._md, out=ab[2])
-            np.greater_equal(d, self._neg_md, out=ab[3])
-        if self._abuf.tobytes() == self._a_true:
-            return raw
+        if self.max_delta is None:
+            np.less_equal(raw, self.action_high, out=self._ab_hi)
+            np.greater_equal(raw, self.action_low, out=self._ab_lo)
+            if self._abuf.tobytes() == self._a_true:
+                return raw
+        else:
+            if previous is not self.prev:
+                np.copyto(self.prev, previous)
+            d = np.subtract(raw, self._z, out=self._d2)
+            np.less_equal(d, self._hi2, out=self._b2_hi)
+            np.greater_equal(d, self._lo2, out=self._b2_lo)
+            if self._b2.tobytes() == self._b2_true:
+                return raw
         return self._repair(raw, previous, out)
 
     def _repair(self, raw: F32, previous: F32, out: F32) -> F32 | None:

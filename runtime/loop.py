@@ -92,7 +92,7 @@ class _Shadow:
         self.wanted = ticks
         self.envelope = SafetyEnvelope(candidate.manifest.io, candidate.manifest.control)
         self.out = np.zeros(self.envelope.action_dim, np.float32)
-        self.prev = self.envelope.initial_action
+        self.prev = self.envelope.prev
         self.latency = LatencyHistogram()
         self.ticks = 0
         self.compared = 0
@@ -229,9 +229,12 @@ class ControlLoop:
         self._envelope = plan.envelope
         self._out = plan.out
         self._norm = plan.norm
+        # Carry the previous action over into the new envelope's buffer (hold / rate
+        # limit continue across a swap); a different action size starts afresh.
         prev = getattr(self, "_prev", None)
-        if prev is None or prev.shape != plan.initial.shape:
-            self._prev = plan.initial
+        if prev is not None and prev.shape == plan.initial.shape:
+            np.copyto(plan.envelope.prev, prev)
+        self._prev = plan.envelope.prev
 
     @property
     def envelope(self) -> SafetyEnvelope:
