@@ -94,11 +94,14 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
         self.store = AttestationStore(plane.store.engine)
         self._cache: dict[str, tuple[float, attestation_pb2.Attestation]] = {}
 
+    def _cached(self, digest: str) -> attestation_pb2.Attestation | None:
+        hit = self._cache.get(digest)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
+            return hit[1]
+        return None
+
     def _lookup(self, digest: str) -> attestation_pb2.Attestation | None:
         now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and now - hit[0] < CACHE_TTL_S:
-            return hit[1]
         rec = self.store.for_policy(digest)
         if rec is None:
             return None
@@ -120,7 +123,8 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
                 f"subject_sha256 must be 64 hex characters (sha256 of policy.onnx), "
                 f"got {request.subject_sha256[:80]!r}",
             )
-        msg = await self.plane.db(self._lookup, digest)
+        # A hit is answered on the event loop: no thread hop on the hot path.
+        msg = self._cached(digest) or await self.plane.db(self._lookup, digest)
         if msg is None:
             raise RpcError(
                 grpc.StatusCode.NOT_FOUND, f"no parity attestation for policy.onnx {digest}"
