@@ -49,14 +49,18 @@ GROUPS: dict[str, GroupSpec] = {
     "cloud": GroupSpec(
         "The cloud control plane (init, up, publish, devices).", "cloud.cli:cloud", "control plane"
     ),
-    "distill": GroupSpec("Distil a world model into a signed ONNX policy.", None, "cloud trainers"),
+    "distill": GroupSpec(
+        "Distil a world model into a signed ONNX policy.", "distill.cli:distill", "cloud trainers"
+    ),
     "attest": GroupSpec(
         "Parity attestations: run, get, verify, show.",
         "cloud.attest.cli:attest",
         "parity attestation",
     ),
     "rollout": GroupSpec("Staged rollouts of bundles to the fleet.", None, "staged rollouts"),
-    "flash": GroupSpec("Provision a robot: runtime, identity, trust, first bundle.", None, "flash"),
+    "flash": GroupSpec(
+        "Provision a robot: runtime, identity, trust, first bundle.", "edgeflux.flash:flash_cmd"
+    ),
     "tui": GroupSpec("The operator console (Textual).", "tui.cli:tui", "TUI"),
     "demo": GroupSpec(
         "Run the whole pipeline end to end on this machine.", "edgeflux.demo:demo", ""

@@ -251,3 +251,65 @@ def run_mosquitto(config_text: str | None = None, port: int | None = None) -> It
     finally:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- OpenSSH
+
+
+@dataclass
+class Sshd:
+    host: str
+    port: int
+    user: str
+    client_key: Path
+    known_hosts: Path
+
+
+@contextlib.contextmanager
+def run_sshd() -> Iterator[Sshd]:
+    """Start OpenSSH's sshd on a free loopback port with throwaway host and user keys.
+
+    Logs in as the current user with a key only; nothing outside a temporary directory
+    is touched except `/run/sshd` (privilege separation), created when missing.
+    """
+    sshd = _find_binary("sshd", ["/usr/sbin"])
+    keygen = shutil.which("ssh-keygen")
+    if sshd is None or keygen is None or shutil.which("ssh") is None:
+        missing_service("OpenSSH server/client not installed (Debian 'openssh-server')")
+        raise AssertionError("unreachable")
+    tmp = Path(tempfile.mkdtemp(prefix="edgeflux-sshd-"))
+    tmp.chmod(0o700)
+    for name in ("host", "client"):
+        subprocess.run(
+            [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / name)],
+            check=True,
+            capture_output=True,
+        )
+    (tmp / "authorized_keys").write_bytes((tmp / "client.pub").read_bytes())
+    (tmp / "authorized_keys").chmod(0o600)
+    port = free_port()
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    config = tmp / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'host'}\n"
+        f"PidFile {tmp / 'sshd.pid'}\nAuthorizedKeysFile {tmp / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\n"
+        "UsePAM no\nAllowUsers " + user + "\n"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    known = tmp / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} " + (tmp / "host.pub").read_text())
+    log = tmp / "sshd.log"
+    proc = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log.open("wb")
+    )
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 15, "sshd to listen")
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited at start:\n{log.read_text(errors='replace')}")
+        yield Sshd("127.0.0.1", port, user, tmp / "client", known)
+    finally:
+        _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)

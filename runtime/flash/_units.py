@@ -1,0 +1,134 @@
+"""Text of the files a flash writes besides data: systemd units and the first-boot installer.
+
+Units reference robot paths (`/opt/edgeflux`, `/etc/edgeflux`): the flash target is
+the robot's root filesystem (a mounted SD card, an SSH prefix, an image).
+"""
+
+from __future__ import annotations
+
+__all__ = ["agent_unit", "install_script", "install_unit", "runtime_unit"]
+
+# A hardening baseline that still lets the runtime reach robot I/O (UDP, serial via
+# DeviceAllow in a drop-in) and write only its own state.
+_HARDENING = """\
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RestrictNamespaces=yes
+SystemCallArchitectures=native
+UMask=0077
+"""
+
+
+def install_unit() -> bytes:
+    return b"""\
+[Unit]
+Description=EdgeFlux first-boot install (offline, from /opt/edgeflux/wheelhouse)
+ConditionPathExists=!/opt/edgeflux/venv/.edgeflux-installed
+Before=edgeflux-runtime.service edgeflux-agent.service
+
+[Service]
+Type=oneshot
+ExecStart=/opt/edgeflux/install.sh
+RemainAfterExit=yes
+TimeoutStartSec=15min
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def runtime_unit() -> bytes:
+    return (
+        """\
+[Unit]
+Description=EdgeFlux runtime (signed policy control loop)
+After=edgeflux-install.service
+Requires=edgeflux-install.service
+StartLimitIntervalSec=60
+StartLimitBurst=5
+
+[Service]
+Type=simple
+ExecStart=/opt/edgeflux/venv/bin/edgeflux --log-format json runtime run --root /
+Restart=always
+RestartSec=2
+TimeoutStopSec=10
+KillSignal=SIGTERM
+RuntimeDirectory=edgeflux
+RuntimeDirectoryPreserve=yes
+StateDirectory=edgeflux
+ReadWritePaths=/var/lib/edgeflux /run/edgeflux
+Nice=-10
+LimitMEMLOCK=infinity
+"""
+        + _HARDENING
+        + """
+[Install]
+WantedBy=multi-user.target
+"""
+    ).encode()
+
+
+def agent_unit() -> bytes:
+    return (
+        """\
+[Unit]
+Description=EdgeFlux fleet agent (telemetry, updates)
+After=edgeflux-runtime.service network-online.target
+Wants=network-online.target
+BindsTo=edgeflux-runtime.service
+
+[Service]
+Type=simple
+ExecStart=/opt/edgeflux/venv/bin/edgeflux --log-format json agent run --root /
+Restart=always
+RestartSec=5
+TimeoutStopSec=10
+StateDirectory=edgeflux
+ReadWritePaths=/var/lib/edgeflux /run/edgeflux
+"""
+        + _HARDENING
+        + """
+[Install]
+WantedBy=multi-user.target
+"""
+    ).encode()
+
+
+def install_script(extras: str, version: str) -> bytes:
+    """First-boot installer: builds /opt/edgeflux/venv from the wheelhouse with no network.
+
+    It derives the root from its own location, so simulated robots (a directory as
+    root) install the same way as real ones. A venv without the completion marker is
+    discarded and rebuilt, so an interrupted install heals on the next boot.
+    """
+    return f"""#!/bin/sh
+# EdgeFlux offline installer (written by `edgeflux flash`).
+set -eu
+OPT="$(cd "$(dirname "$0")" && pwd)"
+VENV="$OPT/venv"
+PY="${{EDGEFLUX_PYTHON:-}}"
+if [ -z "$PY" ]; then
+  for candidate in python3.13 python3.12 python3.11 python3.10 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then PY="$candidate"; break; fi
+  done
+fi
+[ -n "$PY" ] || {{ echo "edgeflux install: no python3 found" >&2; exit 1; }}
+if [ -f "$VENV/.edgeflux-installed" ]; then
+  echo "edgeflux install: already installed in $VENV"
+  exit 0
+fi
+rm -rf "$VENV"
+"$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --no-index --find-links "$OPT/wheelhouse" \\
+  "edgeflux[{extras}]=={version}"
+touch "$VENV/.edgeflux-installed"
+echo "edgeflux install: installed edgeflux[{extras}]=={version} into $VENV"
+""".encode()
