@@ -78,6 +78,10 @@ PROTOCOL_VERSION = "edgeflux.parity/v1"
 # Known-good returns (REFERENCES.md: oracle MPPI ≈ −155, SAC ≈ −157 on Pendulum-v1).
 # The teacher must close at least `min_teacher_gain` of the gap random → reference.
 REFERENCE_RETURNS = {"Pendulum-v1": -150.0}
+# Environments whose episodes may end before max_episode_steps (then the length gate
+# accepts 1..max). Pendulum, Reacher and HalfCheetah only truncate: every episode of
+# both arms must run exactly max_episode_steps.
+TERMINATING_ENVS: frozenset[str] = frozenset()
 Progress = Callable[[int, int, str], None]
 
 
@@ -593,7 +597,7 @@ def _conclude(
                 if task.reference_return is not None
                 else REFERENCE_RETURNS.get(task.env_id),
                 calibration_seeds=tuple(seeds[i][1]),
-                terminates=task.env_id not in REFERENCE_RETURNS,
+                terminates=task.env_id in TERMINATING_ENVS,
             )
         )
     one_digest = onnx_digests.pop() if len(onnx_digests) == 1 else "mixed"
