@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cloud.cli:init_cmd",
     ),
     "push": ("Push a bundle to devices now (desired state + MQTT hint).", "cloud.push:push_cmd"),
+    "router": ("ATP routing: audit log verify, stats.", "cloud.router.cli:router_group"),
+    "agent": ("Serve a routing backend (--kind planner|policy).", "cloud.router.worker:agent_cmd"),
     "ingest": ("Run MQTT ingest (telemetry, events, presence).", "cloud.ingest:ingest_cmd"),
     "broker-config": (
         "Write a Mosquitto config (mTLS, certificate identity, ACLs).",
@@ -331,6 +333,32 @@ def operator_add_cmd(name: str, home_dir: Path, role: str) -> None:
         raise click.ClickException(str(exc)) from exc
     crt, key = creds.write(home.operators, name)
     click.echo(f"operator {name} ({role}): certificate {crt}, key {key}")
+
+
+@operator_group.command("revoke")
+@click.argument("name")
+@home_option
+def operator_revoke_cmd(name: str, home_dir: Path) -> None:
+    """Revoke operator NAME's certificate: refused by the plane from the next call on."""
+    from cloud.pki import PKIError, fingerprint
+    from cloud.store import StoreError
+
+    home = _home(home_dir)
+    crt, _ = home.operator_paths(name)
+    try:
+        fp = fingerprint(crt.read_bytes())
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"no operator {name!r} in {home.operators}") from exc
+    except (ValueError, PKIError) as exc:
+        raise click.ClickException(f"{crt} is not a certificate: {exc}") from exc
+    store = _store(home)
+    try:
+        store.revoke_certificate(fp, f"operator:{name}", actor="cli")
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    click.echo(f"revoked operator {name} (certificate {fp[:16]}…)")
 
 
 # ------------------------------------------------------------------------- up

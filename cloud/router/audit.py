@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -230,13 +230,14 @@ class AuditLog:
         self._last_head_at = self._clock()
         self.last_head: dict[str, Any] | None = None
         self._memory: list[bytes] | None = [] if path is None else None
-        self._fh: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._buf: list[bytes] = []
         if path is not None:
             p = Path(path)
             if p.exists() and p.stat().st_size:
                 self._resume(p)
             p.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = p.open("ab")
+            self._path = p
 
     def _resume(self, p: Path) -> None:
         for i, raw in enumerate(p.read_bytes().splitlines(), 1):
@@ -264,8 +265,21 @@ class AuditLog:
         if self._memory is not None:
             self._memory.append(data)
         else:
-            assert self._fh is not None
-            self._fh.write(data + b"\n")
+            self._buf.append(data + b"\n")
+
+    def flush(self, sync: bool = False) -> None:
+        """Write the lines appended since the last flush.
+
+        One unbuffered write(2) of whole lines per batch, so a reader (RouterStats, the
+        CLI) never sees half a line; the file is open only while writing.
+        """
+        if self._path is None or not self._buf:
+            return
+        data, self._buf = b"".join(self._buf), []
+        with self._path.open("ab", buffering=0) as fh:
+            fh.write(data)
+            if sync:
+                os.fsync(fh.fileno())
 
     def append(self, body: dict[str, Any]) -> str:
         """Append one record; return its hash (hex). May also emit a signed tree head."""
@@ -297,9 +311,7 @@ class AuditLog:
         self._since_head = 0
         self._last_head_at = now
         self.last_head = head
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+        self.flush(sync=True)
         return head
 
     def lines(self) -> list[bytes]:
@@ -308,11 +320,10 @@ class AuditLog:
         return list(self._memory)
 
     def close(self) -> None:
-        if self._fh is not None:
-            if self._since_head:
-                self.sign_head()
-            self._fh.close()
-            self._fh = None
+        """Sign a final tree head over any unsigned records and write everything."""
+        if self._since_head:
+            self.sign_head()
+        self.flush(sync=True)
 
 
 @dataclass(frozen=True)

@@ -329,6 +329,7 @@ class Router:
                 self.audit.append(body)
             except ValueError:  # a NaN/Infinity somewhere: audit it as a string
                 self.audit.append(_finite(body))
+        self.audit.flush()
         return len(pending)
 
     # ------------------------------------------------------------------ submit
