@@ -58,7 +58,9 @@ def running(
     layout: RobotLayout, make_bundle: BundleFactory
 ) -> Iterator[tuple[subprocess.Popen[str], RuntimeControlClient]]:
     # Config from the robot's TOML file; the machine is shared, so misses do not fail health.
-    layout.runtime_config.write_text("[runtime]\nhealth_max_miss_rate = 0.5\nwarmup_runs = 2\n")
+    layout.runtime_config.write_text(
+        "[runtime]\nhealth_max_miss_rate = 0.5\nhealth_max_fallback_rate = 0.5\nwarmup_runs = 2\n"
+    )
     proc = _start(
         layout.root, "--bundle", str(make_bundle(control=FAST)), "--adapter", "gym",
         "--adapter-option", "env=Pendulum-v1", "--json",
