@@ -82,6 +82,9 @@ class CloudConfig(BaseModel):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, gt=1024, description="largest gRPC request accepted (bytes)"
     )
+    telemetry_retention_days: float = Field(
+        30.0, gt=0, description="telemetry older than this is deleted (checked hourly)"
+    )
     watch_poll_s: float = Field(
         0.5, gt=0, le=60, description="how often WatchFleet polls the store for changes"
     )

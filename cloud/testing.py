@@ -24,6 +24,7 @@ The plane's home is a real one (``cloud.home.init_home``): its model-signing key
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Coroutine, Iterator, Mapping
@@ -85,6 +86,11 @@ class RunningPlane:
     def store(self) -> Store:
         assert self.control.plane is not None
         return self.control.plane.store
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Graceful shutdown now (as SIGTERM does); leaving the `with` block is then a no-op."""
+        if not self.control.closed and self.loop.is_running():
+            self.run(self.control.stop(grace), timeout=grace + 30)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         """Run a coroutine on the plane's event loop and wait for its result."""
@@ -175,12 +181,15 @@ def running_plane(
         thread.join(10)
         loop.close()
         raise failure[0]
+    running = RunningPlane(control, loop)
     try:
-        yield RunningPlane(control, loop)
+        yield running
     finally:
-        asyncio.run_coroutine_threadsafe(control.stop(1.0), loop).result(30)
+        with contextlib.suppress(TimeoutError, concurrent.futures.CancelledError):
+            running.stop(1.0)
         thread.join(30)
-        loop.close()
+        if not thread.is_alive():
+            loop.close()
 
 
 def _free_port() -> int:

@@ -161,6 +161,7 @@ class ControlPlane:
             log.info("fleet broker: %s", cfg.broker_url)
         self._tasks.append(asyncio.create_task(self._refresh_timestamp()))
         self._tasks.append(asyncio.create_task(self._poll_changes()))
+        self._tasks.append(asyncio.create_task(self._retention()))
         log.info(
             "control plane %s serving on %s (mTLS; %s)",
             self.home.root,
@@ -191,6 +192,20 @@ class ControlPlane:
                 log.exception("TUF timestamp refresh failed; retrying")
                 delay = min(delay, 30.0)
             await asyncio.sleep(delay)
+
+    async def _retention(self, every_s: float = 3600.0) -> None:
+        """Delete telemetry older than `telemetry_retention_days` (at start, then hourly)."""
+        assert self.plane is not None
+        plane = self.plane
+        while True:
+            cutoff = _utcnow() - dt.timedelta(days=self.config.telemetry_retention_days)
+            try:
+                n = await plane.db(plane.store.prune_telemetry, cutoff)
+                if n:
+                    log.info("retention: deleted %d telemetry points older than %s", n, cutoff)
+            except Exception as exc:
+                log.warning("telemetry retention failed (retrying later): %s", exc)
+            await asyncio.sleep(every_s)
 
     async def _poll_changes(self) -> None:
         """Feed WatchFleet with device changes written by any process (ingest, CLI, replicas).
@@ -249,6 +264,11 @@ class ControlPlane:
             self.plane.store.close()
             self.plane = None
         self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        """True once `stop` has finished."""
+        return self._closed.is_set()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()

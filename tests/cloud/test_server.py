@@ -509,3 +509,57 @@ def test_timestamp_is_resigned_on_schedule(tmp_path: Path) -> None:
         left = (repo.timestamp_expires() - dt.datetime.now(dt.UTC)).total_seconds()
         assert 60 < left <= 121, "re-signed with the configured 120 s lifetime"
         assert first != repo.timestamp_expires()
+
+
+def test_revoked_operator_is_refused(plane: RunningPlane) -> None:
+    stub = _admin_stub(plane, plane.operator("olga", "viewer"))
+    stub.ListBundles(admin_pb2.ListBundlesRequest())
+    result = CliRunner().invoke(
+        cloud, ["operator", "revoke", "olga", "--home", str(plane.home.root)]
+    )
+    assert result.exit_code == 0, result.output
+    code = _code(lambda: stub.ListBundles(admin_pb2.ListBundlesRequest()))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_embedded_broker_carries_mqtt_in_dev_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    caplog.set_level("WARNING", logger="cloud.broker")
+    with running_plane(tmp_path / "plane", broker=True) as p:
+        assert "DEV MODE" in caplog.text
+        got: list[bytes] = []
+        sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sub")
+        sub.on_message = lambda c, u, m: got.append(m.payload)
+        sub.connect("127.0.0.1", p.broker_port)
+        sub.subscribe("edgeflux/v1/devices/+/telemetry", qos=1)
+        sub.loop_start()
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pub")
+        pub.connect("127.0.0.1", p.broker_port)
+        pub.loop_start()
+        try:
+
+            def delivered() -> bool:
+                pub.publish("edgeflux/v1/devices/r1/telemetry", b"hello", qos=1)
+                return bool(got)
+
+            wait_until(delivered, 15, "a message through the embedded broker")
+            assert got[0] == b"hello"
+        finally:
+            for c in (pub, sub):
+                c.loop_stop()
+                c.disconnect()
+
+
+def test_shutdown_ends_watch_streams_cleanly(tmp_path: Path) -> None:
+    with running_plane(tmp_path / "plane") as p:
+        stub = _admin_stub(p, p.operator())
+        call = stub.WatchFleet(admin_pb2.WatchFleetRequest(), timeout=30)
+        first = next(call)
+        assert first.kind == admin_pb2.FleetEvent.KIND_SNAPSHOT_DONE
+        p.stop(5.0)
+        assert list(call) == []  # the stream ended with OK, not an error
+        assert call.code() == grpc.StatusCode.OK
