@@ -116,11 +116,17 @@ OPT="$(cd "$(dirname "$0")" && pwd)"
 VENV="$OPT/venv"
 PY="${{EDGEFLUX_PYTHON:-}}"
 if [ -z "$PY" ]; then
-  for candidate in python3.13 python3.12 python3.11 python3.10 python3; do
-    if command -v "$candidate" >/dev/null 2>&1; then PY="$candidate"; break; fi
+  # The first interpreter that actually runs and is new enough (shims may exist but fail).
+  for candidate in python3 python3.13 python3.12 python3.11; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+      PY="$candidate"; break
+    fi
   done
 fi
-[ -n "$PY" ] || {{ echo "edgeflux install: no python3 found" >&2; exit 1; }}
+if [ -z "$PY" ]; then
+  echo "edgeflux install: no Python >= 3.11 found (set EDGEFLUX_PYTHON)" >&2
+  exit 1
+fi
 if [ -f "$VENV/.edgeflux-installed" ]; then
   echo "edgeflux install: already installed in $VENV"
   exit 0
