@@ -32,11 +32,19 @@ from tests.servers import wait_until
 META, TARGET = device_pb2.FILE_KIND_METADATA, device_pb2.FILE_KIND_TARGET
 
 
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlane]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPlane]:
+    """One plane per database backend; the same tests run against both."""
     home = tmp_path_factory.mktemp("cloud") / "plane"
     assert CliRunner().invoke(cloud, ["init", str(home)]).exit_code == 0
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").create_database("server_tests")
+        config = home / "cloud.toml"
+        config.write_text(config.read_text() + f'database_url = "{url}"\n')
     with running_plane(home, overrides={"max_message_bytes": 200_000}) as p:
+        assert p.store.url.startswith(request.param)
         yield p
 
 
