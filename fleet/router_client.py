@@ -185,16 +185,14 @@ class RouterClient:
     def ask(self, task: router_pb2.Task, timeout_s: float) -> Ticket | None:
         """Send `task` without blocking; None means "throttled locally: use the fallback".
 
-        `task.deadline_ms` is set from `timeout_s` if it is 0.
+        The deadline sent is what is left of `timeout_s` at each attempt.
         """
         if not self.throttle.allow():
             self.throttled += 1
             return None
         self.retry_budget.note_request()
-        if not task.deadline_ms:
-            task.deadline_ms = max(1, int(timeout_s * 1000))
         ticket = Ticket(self.clock() + timeout_s, self.clock)
-        self._send(ticket, router_pb2.RouteRequest(task=task))
+        self._send(ticket, router_pb2.RouteRequest(task=task))  # a copy: the caller's stays
         return ticket
 
     def _send(self, ticket: Ticket, request: router_pb2.RouteRequest) -> None:

@@ -4,11 +4,13 @@ task through the real control plane (mTLS) to a real planner worker started with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +19,13 @@ import pytest
 from click.testing import CliRunner
 
 from cloud.home import init_home
+from cloud.router import Answer, Budget, MemoryLedger, Outcome, Qos, Registry, Router, Scope, Task
+from cloud.router.service import RouterRunner
 from cloud.testing import running_plane
 from edgeflux.cli import root
 from fleet.router_client import RouterClient
 from protos import router_pb2, router_pb2_grpc
+from tests.router._fixtures import spec
 from tests.servers import free_port, port_open, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,3 +167,49 @@ def test_a_robot_routes_a_planning_task_to_a_real_planner_with_budget_and_audit(
     log.write_bytes(log.read_bytes().replace(b'"planner-1"', b'"planner-9"', 1))
     res = CliRunner().invoke(root, ["cloud", "router", "audit", "verify", "--home", str(root_dir)])
     assert res.exit_code == 1 and "FAILED verification" in res.output
+
+
+class _Hung:
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def execute(self, task: Task, timeout_s: float) -> Answer:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return Answer()
+
+
+class _Echo:
+    async def execute(self, task: Task, timeout_s: float) -> Answer:
+        await asyncio.sleep(0.01)
+        return Answer(action=(0.25,))
+
+
+def test_runner_times_out_a_hung_backend_and_serves_from_a_working_one() -> None:
+    async def main() -> None:
+        ledger = MemoryLedger()
+        ledger.set_budget(Budget("acme", 10.0))
+        registry = Registry([spec("hung", 0), spec("echo", 1)])
+        router = Router(registry, ledger, clock=time.monotonic)
+        hung = _Hung()
+        runner = RouterRunner(router, {"hung": hung, "echo": _Echo()})
+        scope = Scope("acme", "lab", "r1")
+        now = time.monotonic()
+        res = await runner.route(Task("a", "plan", Qos.INTERACTIVE, now + 0.3, scope))
+        assert (res.outcome, res.reason) == (Outcome.FAILED, "deadline_exceeded")
+        for _ in range(100):  # the cancellation lands on a later loop iteration
+            if hung.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        assert hung.cancelled == 1
+        # The hung backend's limit backed off; the next task goes there only if admitted,
+        # and a task with time to escalate is answered by the working tier.
+        router.backends["hung"].health.on_failure(time.monotonic(), pushback=True)
+        res = await runner.route(Task("b", "plan", Qos.INTERACTIVE, now + 5.0, scope))
+        assert (res.outcome, res.backend) == (Outcome.OK, "echo")
+        await runner.close()
+
+    asyncio.run(main())
