@@ -451,7 +451,8 @@ class Store:
             raise ConflictError(str(e.orig).splitlines()[0]) from e
         except (exc.OperationalError, exc.InterfaceError) as e:
             if "database is locked" in str(e.orig):
-                raise ConflictError(f"database busy: {e.orig}") from e
+                # SQLite's writer lock outlasted busy_timeout: transient, so retryable.
+                raise StoreUnavailable(f"database {self.url} is busy: {e.orig}") from e
             raise StoreUnavailable(f"database {self.url} is unavailable: {e.orig}") from e
         except exc.DBAPIError as e:
             if e.connection_invalidated:
@@ -771,13 +772,15 @@ class Store:
     ) -> bool:
         """Store one MQTT telemetry batch exactly once per (device, sequence).
 
-        Returns False (and writes nothing) for a batch already stored: QoS 1 redelivery.
-        Also updates the device's last seen, health summary and, if reported, its
-        active bundle and update state.
+        Returns False (and writes nothing) for a batch already stored (QoS 1 redelivery)
+        and for a device that is not registered or was revoked. Also updates the device's
+        last seen, health summary and, if reported, its active bundle and update state.
         """
         received_at = received_at or _now()
         try:
             with self._tx() as conn:
+                if not self._accepts_data(conn, device_id):
+                    return False
                 conn.execute(
                     TB.insert().values(
                         device_id=device_id, sequence=sequence, received_at=received_at
@@ -830,10 +833,20 @@ class Store:
         self._notify([device_id])
         return True
 
+    @staticmethod
+    def _accepts_data(conn: Connection, device_id: str) -> bool:
+        revoked = conn.execute(sa.select(D.c.revoked).where(D.c.id == device_id)).scalar()
+        return revoked is not None and not revoked
+
     def record_event(self, ev: EventRecord) -> bool:
-        """Store an event once per (device, sequence); update events move the device's state."""
+        """Store an event once per (device, sequence); update events move the device's state.
+
+        False (nothing written) for a duplicate, or a device unknown or revoked.
+        """
         try:
             with self._tx() as conn:
+                if not self._accepts_data(conn, ev.device_id):
+                    return False
                 conn.execute(
                     E.insert().values(
                         device_id=ev.device_id,

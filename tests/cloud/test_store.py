@@ -197,3 +197,14 @@ def test_devices_changed_since_sees_changes_but_not_heartbeats(store: Store) -> 
     assert store.devices_changed_since(mark) == []
     store.set_online("d2", True)
     assert [i for i, _ in store.devices_changed_since(mark)] == ["d2"]
+
+
+def test_data_from_unknown_or_revoked_devices_is_not_stored(store: Store) -> None:
+    store.add_device("d1", "fp1")
+    store.revoke_device("d1")
+    point = [TelemetryRecord(at=NOW, loop_p99_ms=1.0)]
+    assert not store.record_telemetry("d1", 1, point)
+    assert not store.record_telemetry("ghost", 1, point)
+    assert not store.record_event(EventRecord("ghost", 1, NOW, "update", "IDLE"))
+    assert store.telemetry("d1") == [] and store.telemetry("ghost") == []
+    assert store.events() == []
