@@ -116,14 +116,34 @@ def test_small_campaign_signs_a_verifiable_attestation_and_resumes(
     assert json.loads((tmp_path / "run" / "state.json").read_text()) == state_before
     assert again.statement["predicate"]["tasks"][0]["p_tost"] == nominal["p_tost"]
 
+    # A run killed mid-way: one evaluation unit missing. Only that unit is recomputed.
+    lost = tmp_path / "run" / "units" / "heavy.0000.json"
+    lost.unlink()
+    kept = [p for p in units if p != lost]
+    kept_stamps = [p.stat().st_mtime_ns for p in kept]
+    resumed = campaign.run_campaign(
+        bundle, spec, workdir=tmp_path / "run", trust_dir=keys.trust_dir, key=keys.attest
+    )
+    assert lost.exists() and [p.stat().st_mtime_ns for p in kept] == kept_stamps
+    assert resumed.statement["predicate"]["tasks"][1]["p_tost"] == pred["tasks"][1]["p_tost"]
+
 
 def test_workdir_of_another_bundle_is_refused(tmp_path: Path, keys, make_bundle) -> None:
     spec = campaign.parse_campaign(
-        '[campaign]\nname = "tiny"\nworkers = 1\n[[task]]\nname = "a"\n'
+        # Two one-episode units over two spawn workers: the parallel path.
+        '[campaign]\nname = "tiny"\nworkers = 2\nchunk = 1\n[[task]]\nname = "a"\n'
         "episodes = 2\ncalibration_episodes = 2\n"
     )
     first, second = make_bundle(), make_bundle(gain=0.5)
     run = tmp_path / "run"
-    campaign.run_campaign(first, spec, workdir=run, trust_dir=keys.trust_dir, key=keys.attest)
+    done = campaign.run_campaign(
+        first, spec, workdir=run, trust_dir=keys.trust_dir, key=keys.attest
+    )
+    assert done.statement["predicate"]["tasks"][0]["n_pairs"] == 2
+    assert sorted(p.name for p in (run / "units").glob("*.json")) == [
+        "a.0000.json",
+        "a.0001.json",
+        "a.cal.json",
+    ]
     with pytest.raises(campaign.CampaignError, match="different campaign or bundle"):
         campaign.run_campaign(second, spec, workdir=run, trust_dir=keys.trust_dir, key=keys.attest)
