@@ -419,17 +419,23 @@ def _run_units(
         return results
     # spawn, not fork: torch and onnxruntime thread pools do not survive a fork.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
+    try:
         pending: set[Future[dict[str, Any]]] = {pool.submit(_run_unit, u) for u in todo}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 r = fut.result()
-                work.save_unit(r)
+                work.save_unit(r)  # persisted at once: a kill loses at most running units
                 results[r["id"]] = r
                 done += 1
                 if progress:
                     progress(done, total, stage)
+    except BaseException:
+        # Ctrl-C or a failed unit: drop queued units instead of waiting for them all.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return results
 
 

@@ -149,6 +149,9 @@ def run_cmd(
             )
         except campaign.CampaignError as exc:
             raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            click.echo(f"stopped; rerun the same command to resume from {workdir}", err=True)
+            raise
     if out is not None:
         shutil.copyfile(result.attestation_path, out)
     stored = False
