@@ -62,12 +62,13 @@ def _parse_broker(value: str) -> tuple[str, int, bool]:
     return host, port, tls
 
 
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; VALUE is JSON when it parses (numbers, booleans), else a string."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--adapter-option")
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=flag)
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -206,6 +207,20 @@ def _read(path: Path | None, flag: str) -> bytes:
 )
 @click.option("--adapter", default="gym", show_default=True, help="Runtime robot I/O adapter.")
 @click.option("--adapter-option", "adapter_options", multiple=True, metavar="KEY=VALUE")
+@click.option(
+    "--runtime-option",
+    "runtime_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any [runtime] setting for runtime.toml (validated), e.g. warmup_runs=5.",
+)
+@click.option(
+    "--agent-option",
+    "agent_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any [agent] setting for agent.toml (validated), e.g. shadow_ticks=100.",
+)
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Recorded on the robot.")
 @click.option("--ssh-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path))
@@ -233,6 +248,8 @@ def flash_cmd(
     wheel_cache: Path,
     adapter: str,
     adapter_options: tuple[str, ...],
+    runtime_options: tuple[str, ...],
+    agent_options: tuple[str, ...],
     labels: tuple[str, ...],
     ssh_key: Path | None,
     known_hosts: Path | None,
@@ -279,24 +296,26 @@ def flash_cmd(
             raise click.UsageError("--trust-dir is required without --home")
 
     try:
-        agent = AgentConfig.model_validate(
-            {
-                "device_id": device_id,
-                "mqtt_host": mqtt_host,
-                "mqtt_port": mqtt_port,
-                "mqtt_tls": mqtt_tls,
-                "grpc_target": f"{grpc_host}:{grpc_port}",
-            }
-        )
-        runtime_cfg = RuntimeConfig.model_validate(
-            {"adapter": adapter, "adapter_options": _parse_options(adapter_options)}
-        )
+        agent_given = {
+            **_parse_options(agent_options, "--agent-option"),
+            "device_id": device_id,
+            "mqtt_host": mqtt_host,
+            "mqtt_port": mqtt_port,
+            "mqtt_tls": mqtt_tls,
+            "grpc_target": f"{grpc_host}:{grpc_port}",
+        }
+        runtime_given = {
+            **_parse_options(runtime_options, "--runtime-option"),
+            "adapter": adapter,
+            "adapter_options": _parse_options(adapter_options, "--adapter-option"),
+        }
+        agent = AgentConfig.model_validate(agent_given)
+        runtime_cfg = RuntimeConfig.model_validate(runtime_given)
     except ValidationError as exc:
         raise click.ClickException(f"invalid robot configuration: {exc}") from exc
-    agent_values = agent.model_dump(
-        mode="json", include={"device_id", "mqtt_host", "mqtt_port", "mqtt_tls", "grpc_target"}
-    )
-    runtime_values = runtime_cfg.model_dump(mode="json", include={"adapter", "adapter_options"})
+    # Write only what was chosen here; everything else keeps the robot's defaults.
+    agent_values = agent.model_dump(mode="json", include=set(agent_given))
+    runtime_values = runtime_cfg.model_dump(mode="json", include=set(runtime_given))
 
     try:
         target = parse_target(target_spec, ssh_identity=ssh_key, known_hosts=known_hosts)

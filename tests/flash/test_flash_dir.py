@@ -181,3 +181,32 @@ def test_image_contents_equal_the_dir_result(plane: Plane, bundle: Path, tmp_pat
     assert from_image == from_dir
     assert rec_img["plan_digest"] == rec_dir["plan_digest"]
     assert not list(tmp_path.glob(".edgeflux-image-*"))  # staging cleaned up
+
+
+def test_robot_settings_are_validated_and_written(
+    plane: Plane, bundle: Path, tmp_path: Path
+) -> None:
+    robot = tmp_path / "robot"
+    code, out = _flash(
+        *flash_args(plane, bundle, f"dir:{robot}", "--agent-option", "shadow_ticks=-1")
+    )
+    assert code != 0 and "shadow_ticks" in out
+    assert not robot.exists()
+    code, out = _flash(
+        *flash_args(
+            plane,
+            bundle,
+            f"dir:{robot}",
+            "--agent-option",
+            "shadow_ticks=40",
+            "--runtime-option",
+            "warmup_runs=3",
+        )
+    )
+    assert code == 0, out
+    from fleet.config import load_agent_config
+    from runtime.service import load_runtime_config
+
+    layout = RobotLayout.at(robot)
+    assert load_agent_config(layout).shadow_ticks == 40
+    assert load_runtime_config(layout).warmup_runs == 3
