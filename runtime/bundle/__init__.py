@@ -23,6 +23,7 @@ Robot side::
 Verification imports only `cryptography` (never the sigstore stack).
 """
 
+from runtime.bundle._oms import SIGNATURE_NAME
 from runtime.bundle.archive import pack_bundle, unpack_bundle
 from runtime.bundle.compat import DeviceProfile
 from runtime.bundle.create import POLICY_NAME, create_bundle
@@ -41,8 +42,6 @@ from runtime.bundle.errors import (
 from runtime.bundle.onnx_checks import io_spec_from_onnx
 from runtime.bundle.sign import generate_signing_key, sign_bundle
 from runtime.bundle.verify import VerifiedBundle, verify_bundle
-
-SIGNATURE_NAME = "model.sig"
 
 __all__ = [
     "POLICY_NAME",

@@ -86,7 +86,10 @@ def open_regular(path: Path, where: str) -> BinaryIO:
     and the read in which the file could be swapped.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: opening a FIFO planted under a signed name must not hang the
+        # verifier waiting for a writer (it has no effect on regular files).
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise BundleFileSetError(f"{where}: {path.name} is missing") from None
     except OSError as exc:

@@ -56,6 +56,26 @@ class OmsFormatError(ValueError):
     """The signature file or its verified payload does not have the OMS v1.0 shape."""
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two "payload" or "digest" keys would let two parsers read two different
+    # documents out of the same bytes; refuse instead of picking one.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise OmsFormatError(f"duplicate JSON key {key!r}")
+        out[key] = value
+    return out
+
+
+def _loads(raw: bytes, what: str) -> Any:
+    try:
+        return json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OmsFormatError(f"{what} not JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise OmsFormatError(f"{what} nested too deeply") from exc
+
+
 def root_digest(resources: Mapping[str, str]) -> str:
     """sha256 over the concatenated raw per-file digests, in name order (OMS v1.0)."""
     h = hashlib.sha256()
@@ -104,10 +124,7 @@ class SigstoreBundle:
 
 def parse_sigstore_bundle(raw: bytes) -> SigstoreBundle:
     """Parse `model.sig` (nothing in it is trusted yet)."""
-    try:
-        obj: Any = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OmsFormatError(f"not JSON ({exc})") from exc
+    obj = _loads(raw, "the file is")
     if not isinstance(obj, dict):
         raise OmsFormatError(f"expected a JSON object, got {type(obj).__name__}")
     if obj.get("mediaType") != BUNDLE_MEDIA_TYPE:
@@ -164,10 +181,7 @@ def _check_resource_name(name: Any) -> str:
 
 def parse_statement(payload: bytes) -> SignedManifest:
     """Parse the verified DSSE payload as an OMS v1.0 statement and check it is consistent."""
-    try:
-        obj: Any = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OmsFormatError(f"signed payload is not JSON ({exc})") from exc
+    obj = _loads(payload, "signed payload is")
     if not isinstance(obj, dict):
         raise OmsFormatError("signed payload is not a JSON object")
     if obj.get("_type") != STATEMENT_TYPE:

@@ -334,7 +334,10 @@ def _function(r: _Reader, end: int, info: OnnxInfo) -> None:
 
 def read_onnx_info(fh: BinaryIO) -> OnnxInfo:
     """Read the checkable metadata of the ModelProto in `fh` (a seekable binary file)."""
-    size = os.fstat(fh.fileno()).st_size if hasattr(fh, "fileno") else _size(fh)
+    try:
+        size = os.fstat(fh.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        size = _size(fh)  # in-memory streams (tests, bytes from the network)
     if size == 0:
         raise OnnxWireError("empty file")
     r = _Reader(fh, size)

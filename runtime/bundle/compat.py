@@ -17,7 +17,10 @@ __all__ = ["DeviceProfile", "check_compatibility", "version_tuple"]
 _ORT_MAX_OPSET = ((1, 14, 18), (1, 15, 19), (1, 17, 20), (1, 18, 21), (1, 21, 22), (1, 23, 23))
 _CONSERVATIVE_OPSET = 17
 
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+.*)?$")
+# Semver ("1.2.3-rc.1+build") and PEP 440 ("1.2.3.dev4", "1.2rc1", "1.2.3+local") alike:
+# the numeric release, then anything that marks a pre-release.
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(.*)$")
+_PRE = re.compile(r"^(?:[-.]?(?:a|alpha|b|beta|c|rc|pre|preview|dev)\.?\d*|-[0-9A-Za-z.-]+)")
 
 
 def version_tuple(version: str) -> tuple[int, int, int, int]:
@@ -25,7 +28,11 @@ def version_tuple(version: str) -> tuple[int, int, int, int]:
     m = _VERSION.match(version.strip())
     if not m:
         raise ValueError(f"{version!r} is not a MAJOR.MINOR.PATCH version")
-    return int(m[1]), int(m[2]), int(m[3]), 0 if m[4] else 1
+    rest = m[4].split("+", 1)[0]
+    if rest and not _PRE.match(rest) and not rest.startswith(".post"):
+        raise ValueError(f"{version!r} is not a MAJOR.MINOR.PATCH version")
+    pre = bool(rest) and not rest.startswith(".post")
+    return int(m[1]), int(m[2]), int(m[3] or 0), 0 if pre else 1
 
 
 def _arch_tags() -> list[str]:
@@ -88,7 +95,11 @@ def check_compatibility(manifest: BundleManifest, device: DeviceProfile, where: 
         needed = version_tuple(compat.min_runtime_version)
     except ValueError as exc:
         raise BundleCompatibilityError(f"{where}: compatibility.min_runtime_version {exc}") from exc
-    if version_tuple(device.runtime_version) < needed:
+    try:
+        have = version_tuple(device.runtime_version)
+    except ValueError as exc:
+        raise BundleCompatibilityError(f"{where}: this device's runtime version {exc}") from exc
+    if have < needed:
         raise BundleCompatibilityError(
             f"{where}: needs runtime >= {compat.min_runtime_version}, "
             f"this device runs {device.runtime_version}; update the runtime first"

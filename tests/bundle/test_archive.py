@@ -10,6 +10,7 @@ import pytest
 
 from runtime.bundle import BundleArchiveError, pack_bundle, unpack_bundle, verify_bundle
 from runtime.trust import TrustStore
+from tests.bundle.conftest import BundleFactory
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
@@ -61,7 +62,7 @@ def test_pack_is_deterministic(bundle: Path, tmp_path: Path) -> None:
     assert a == b
 
 
-def test_pack_refuses_unsigned_bundle(make_bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_pack_refuses_unsigned_bundle(make_bundle: BundleFactory, tmp_path: Path) -> None:
     with pytest.raises(BundleArchiveError, match="not signed"):
         pack_bundle(make_bundle(sign=False), tmp_path / "x.efb")
     assert not (tmp_path / "x.efb").exists()
