@@ -165,7 +165,8 @@ def analyse(tasks: Sequence[TaskEvidence], gates: Sequence[Gate], alpha: float =
         verdict = "underpowered"
 
     aggregate: dict[str, Any] = {"intersection_union_all_raw_p_le_alpha": iut}
-    strata_s, strata_t = [], []
+    strata_s: list[list[float]] = []
+    strata_t: list[list[float]] = []
     for t in tasks:
         span = t.teacher_reference_mean - t.random_reference_mean
         if not (math.isfinite(span) and span > 0):

@@ -244,7 +244,9 @@ class _SessionPolicy:
         return self.session.run(np.ascontiguousarray(x))
 
 
-def _episodes(env_id: str, policy: Any, seeds: list[int], variant: Mapping[str, float]) -> list:
+def _episodes(
+    env_id: str, policy: Any, seeds: list[int], variant: Mapping[str, float]
+) -> list[dict[str, Any]]:
     from distill.evaluate import rollout_batch
 
     returns, records = rollout_batch(env_id, policy, seeds, variant, record=True)
@@ -291,7 +293,9 @@ def _run_unit(unit: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- numeric parity
 
 
-def numeric_parity(onnx_bytes: bytes, obs_low: np.ndarray, obs_high: np.ndarray, n: int) -> dict:
+def numeric_parity(
+    onnx_bytes: bytes, obs_low: np.ndarray, obs_high: np.ndarray, n: int
+) -> dict[str, Any]:
     """Max |difference| of every available execution provider against a reference.
 
     The reference is onnx's own evaluator (`onnx.reference`, numpy, independent of
@@ -315,7 +319,7 @@ def numeric_parity(onnx_bytes: bytes, obs_low: np.ndarray, obs_high: np.ndarray,
     ref_eval = ReferenceEvaluator(model)
     input_name = model.graph.input[0].name
     reference = np.asarray(ref_eval.run(None, {input_name: inputs})[0], dtype=np.float64)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for provider in available_providers():
         if provider not in DEFAULT_PROVIDER_ORDER:
             rows.append({"provider": provider, "skipped": "not a policy provider of the runtime"})

@@ -248,9 +248,7 @@ def get_cmd(
                 attestation_pb2.GetAttestationRequest(subject_sha256=digest), timeout=10
             )
         except grpc.RpcError as exc:
-            raise click.ClickException(
-                f"{server}: {exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
-            ) from exc
+            raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from exc
     raw = bytes(reply.envelope.dsse_json)
     if out is not None:
         from runtime.atomicio import atomic_write_bytes
