@@ -47,10 +47,7 @@ class Admission:
         self.cfg = (cfg or AdmissionConfig()).validate()
         self.in_flight: dict[Qos, int] = {q: 0 for q in Qos}
         self.last_demand: dict[Qos, float] = {q: float("-inf") for q in Qos}
-
-    @property
-    def total(self) -> int:
-        return sum(self.in_flight.values())
+        self.total = 0
 
     def note_demand(self, qos: Qos, now: float) -> None:
         self.last_demand[qos] = now
@@ -75,6 +72,9 @@ class Admission:
 
     def acquire(self, qos: Qos) -> None:
         self.in_flight[qos] += 1
+        self.total += 1
 
     def release(self, qos: Qos) -> None:
-        self.in_flight[qos] = max(0, self.in_flight[qos] - 1)
+        if self.in_flight[qos] > 0:
+            self.in_flight[qos] -= 1
+            self.total -= 1

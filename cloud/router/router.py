@@ -349,43 +349,34 @@ class Router:
             return self._finish(ts, Outcome.FAILED, "duplicate_task_id")
         eligible, admitted, wait = [], [], math.inf
         floor = self.cfg.quality_floor.get(task.qos, 0.0)
+        qos, work, tt = task.qos, task.work_units, task.task_type
+        remaining = task.deadline_at - now
         for spec in capable:
             st = self.backends[spec.name]
-            st.admission.note_demand(task.qos, now)
+            st.admission.note_demand(qos, now)
+            quality = spec.quality.get(tt, 0.0)
+            predicted = st.per_unit_s() * work
+            limit = st.effective_limit(now)
             # One compact row per candidate (CANDIDATE_FIELDS), cheap to audit.
-            cand: list[Any] = [
-                spec.name,
-                spec.tier,
-                self._quality(spec, task.task_type),
-                st.predicted_latency(task.work_units),
-                st.limiter.limit,
-                st.in_flight,
-                "",
-            ]
+            cand: list[Any] = [spec.name, spec.tier, quality, predicted, limit, st.in_flight, ""]
             ts.candidates.append(cand)
             if not st.health.available(now):
                 cand[6] = "unhealthy"
                 wait = min(wait, max(st.health.cooldown_remaining(now), 0.05))
                 continue
-            if self._quality(spec, task.task_type) < floor:
+            if quality < floor:
                 cand[6] = "quality_floor"
                 continue
-            if not self._fits(st, task, now):
+            if predicted > remaining:
                 cand[6] = "too_slow"
                 continue
             eligible.append(st)
-            if self._admits(st, task, now):
+            worst = spec.worst_case_usd(work, remaining)
+            if st.admission.allows(qos, limit, now) and st.windows.admits(work, worst, now):
                 admitted.append(st)
             else:
                 cand[6] = "at_limit"
-                worst = spec.worst_case_usd(task.work_units, task.deadline_at - now)
-                wait = min(
-                    wait,
-                    max(
-                        st.predicted_latency(task.work_units) / st.effective_limit(now),
-                        st.windows.wait_s(task.work_units, worst, now),
-                    ),
-                )
+                wait = min(wait, max(predicted / limit, st.windows.wait_s(work, worst, now)))
         if not eligible:
             if all(c[6] == "unhealthy" for c in ts.candidates):
                 return self._finish(
