@@ -551,6 +551,22 @@ def run_campaign(
     return _conclude(spec, verified, state, seeds, ev, parity, work, key, clock)
 
 
+# Provenance fields (besides `seeds`) that may list environment seeds used in training;
+# the manifest keeps unknown fields, so a trainer can record them without a schema change.
+TRAINING_SEED_FIELDS = ("seeds", "dagger_seeds", "training_seeds", "env_seeds")
+
+
+def training_seeds(provenance: Any) -> frozenset[int]:
+    """Every seed the bundle's provenance says was used for training or DAgger."""
+    extra = getattr(provenance, "model_extra", None) or {}
+    found: set[int] = set()
+    for name in TRAINING_SEED_FIELDS:
+        values = getattr(provenance, name, None) if name == "seeds" else extra.get(name)
+        if isinstance(values, list):
+            found.update(int(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
+    return frozenset(found)
+
+
 def _episode(e: dict[str, Any], hashes: dict[str, str]) -> gates.Episode:
     return gates.Episode(
         seed=int(e["seed"]),
@@ -624,7 +640,7 @@ def _conclude(
         config=gates.GateConfig(
             min_pairs=spec.min_pairs,
             min_teacher_gain=spec.min_teacher_gain,
-            training_seeds=frozenset(int(s) for s in manifest.provenance.seeds),
+            training_seeds=training_seeds(manifest.provenance),
         ),
     )
     result = analysis.analyse(evidence, gate_list, spec.alpha)

@@ -147,3 +147,12 @@ def test_workdir_of_another_bundle_is_refused(tmp_path: Path, keys, make_bundle)
     ]
     with pytest.raises(campaign.CampaignError, match="different campaign or bundle"):
         campaign.run_campaign(second, spec, workdir=run, trust_dir=keys.trust_dir, key=keys.attest)
+
+
+def test_training_seeds_come_from_every_provenance_seed_field() -> None:
+    from runtime.manifest import Provenance
+
+    prov = Provenance.model_validate(
+        {"seeds": [0], "dagger_seeds": [2_000_000_005, 7], "env_seeds": [True, "x", 9]}
+    )
+    assert campaign.training_seeds(prov) == frozenset({0, 7, 9, 2_000_000_005})
