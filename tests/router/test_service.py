@@ -148,6 +148,22 @@ def test_a_robot_routes_a_planning_task_to_a_real_planner_with_budget_and_audit(
             router_pb2.ROUTE_OUTCOME_OK,
             router_pb2.ROUTE_OUTCOME_BUDGET_EXHAUSTED,
         }
+        # The operator CLI reads the same statistics.
+        res = CliRunner().invoke(
+            root,
+            [
+                "cloud",
+                "router",
+                "stats",
+                "--home",
+                str(root_dir),
+                "--address",
+                plane.address,
+                "--json",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["backends"][0]["name"] == "planner-1"
         # A device may not read operator statistics.
         with plane.channel(dev) as ch, pytest.raises(grpc.RpcError) as err:
             router_pb2_grpc.RouterServiceStub(ch).RouterStats(
@@ -213,3 +229,14 @@ def test_runner_times_out_a_hung_backend_and_serves_from_a_working_one() -> None
         await runner.close()
 
     asyncio.run(main())
+
+
+def test_bad_router_settings_name_the_backend_and_field() -> None:
+    from cloud.router.errors import RouterConfigError
+    from cloud.router.service import BackendSettings
+
+    bad = BackendSettings(
+        name="gpu", address="127.0.0.1:1", task_types=["plan"], per_gpu_second_usd=-1.0
+    )
+    with pytest.raises(RouterConfigError, match=r"'gpu'.*per_gpu_second_usd"):
+        bad.spec()
