@@ -372,12 +372,19 @@ def operator_revoke_cmd(name: str, home_dir: Path) -> None:
     default=None,
     help="Force the embedded dev broker on or off (default: on unless broker_url is set).",
 )
+@click.option(
+    "--ingest/--no-ingest",
+    default=None,
+    help="Run MQTT ingest (telemetry, events, presence) in this process "
+    "(default: on whenever there is a broker).",
+)
 def up_cmd(
     home_dir: Path,
     listen_host: str | None,
     grpc_port: int | None,
     metrics_port: int | None,
     broker: bool | None,
+    ingest: bool | None,
 ) -> None:
     """Run the control plane until SIGINT/SIGTERM (graceful shutdown)."""
     import asyncio
@@ -389,17 +396,21 @@ def up_cmd(
     home = _home(home_dir)
     overrides = {"listen_host": listen_host, "grpc_port": grpc_port, "metrics_port": metrics_port}
     try:
-        control = ControlPlane(home, overrides, broker=broker)
+        control = ControlPlane(home, overrides, broker=broker, ingest=ingest)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
     async def main() -> None:
-        await control.start()
+        # Handlers first: a signal during start-up stops the plane as soon as it is up.
+        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(control.stop(5.0)))
+            loop.add_signal_handler(sig, stop.set)
+        await control.start()
         click.echo(f"control plane serving on {control.address} (Ctrl-C to stop)", err=True)
-        await control.wait_closed()
+        await stop.wait()
+        click.echo("stopping (finishing in-flight calls) ...", err=True)
+        await control.stop(5.0)
         click.echo("control plane stopped", err=True)
 
     try:

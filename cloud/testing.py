@@ -16,7 +16,9 @@ Usage (sync test; the plane runs its own event loop in a background thread)::
 
 `plane.address` is ``127.0.0.1:<port>``; credential objects carry the paths of the
 PEM files (``cert``, ``key``, ``ca``) for clients that take files (agent config, MQTT).
-The embedded broker is off unless ``broker=True`` (then ``plane.broker_port``).
+The embedded broker is off unless ``broker=True`` (then ``plane.broker_port``);
+``ingest=True`` also runs MQTT ingest in the plane (against that broker or the
+configured ``broker_url``).
 The plane's home is a real one (``cloud.home.init_home``): its model-signing key is
 ``plane.home.key_path("model-signing", private=True)``.
 """
@@ -141,6 +143,7 @@ def running_plane(
     broker: bool = False,
     factories: list[str] | None = None,
     metrics: bool = False,
+    ingest: bool = False,
 ) -> Iterator[RunningPlane]:
     """Create a home at `home_dir` (unless one is there) and run a plane on free ports."""
     home = CloudHome.at(home_dir)
@@ -152,7 +155,7 @@ def running_plane(
         cfg["metrics_port"] = _free_port()
     if broker and "embedded_broker_port" not in cfg:
         cfg["embedded_broker_port"] = _free_port()
-    control = ControlPlane(home, cfg, broker=broker, factories=factories)
+    control = ControlPlane(home, cfg, broker=broker, factories=factories, ingest=ingest)
 
     loop = asyncio.new_event_loop()
     started = threading.Event()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib
 import logging
@@ -75,10 +76,13 @@ class ControlPlane:
         *,
         broker: bool | None = None,
         factories: list[str] | None = None,
+        ingest: bool | None = False,
     ) -> None:
         self.home = home
         self.config: CloudConfig = home.config(overrides)
         self._want_broker = broker
+        self._want_ingest = ingest
+        self.ingest: Any = None
         self._factories = SERVICE_FACTORIES if factories is None else factories
         self.metrics = Metrics()
         self.plane: Plane | None = None
@@ -159,6 +163,11 @@ class ControlPlane:
             await self.broker.start()
         elif cfg.broker_url:
             log.info("fleet broker: %s", cfg.broker_url)
+        want_ingest = self._want_ingest
+        if want_ingest is None:  # auto: whenever there is a broker to ingest from
+            want_ingest = self.broker is not None or bool(cfg.broker_url)
+        if want_ingest:
+            await asyncio.to_thread(self._start_ingest, store)
         self._tasks.append(asyncio.create_task(self._refresh_timestamp()))
         self._tasks.append(asyncio.create_task(self._poll_changes()))
         self._tasks.append(asyncio.create_task(self._retention()))
@@ -168,6 +177,30 @@ class ControlPlane:
             self.address,
             store.url,
         )
+
+    def _start_ingest(self, store: Store) -> None:
+        """MQTT ingest (cloud.ingest, the fleet package's) in this process, as the plane."""
+        from cloud.ingest import Ingest
+        from cloud.mqtt import CloudMqttError, CloudMqttSettings
+        from cloud.push import PushError, broker_settings
+
+        if self.broker is not None:  # our own dev broker: plain MQTT on loopback
+            settings = CloudMqttSettings(host=self.broker.host, port=self.broker.port)
+        else:
+            try:
+                settings = broker_settings(self.home, self.config.broker_url)
+            except PushError as exc:
+                raise PlaneStartError(str(exc)) from exc
+        settings = dataclasses.replace(settings, client_id="edgeflux-plane-ingest")
+        ingest = Ingest(store, settings)
+        try:
+            ingest.start()
+        except CloudMqttError as exc:
+            raise PlaneStartError(
+                f"cannot start MQTT ingest against {settings.host}:{settings.port}: {exc}"
+            ) from exc
+        self.ingest = ingest
+        log.info("MQTT ingest connected to %s:%d", settings.host, settings.port)
 
     async def _refresh_timestamp(self) -> None:
         """Re-sign the TUF timestamp so it never expires while the plane runs."""
@@ -256,6 +289,9 @@ class ControlPlane:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        if self.ingest is not None:
+            await asyncio.to_thread(self.ingest.stop)
+            self.ingest = None
         if self.broker is not None:
             await self.broker.stop()
             self.broker = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -72,14 +73,16 @@ def test_publish_refusals_are_clear_and_change_nothing(home: Path, tmp_path: Pat
     assert [b["version"] for b in json.loads(out)["bundles"]] == ["1.0.0"]
 
 
-def test_up_serves_health_and_metrics_and_stops_on_sigterm(home: Path) -> None:
-    port, metrics = free_port(), free_port()
-    args = ["--port", str(port), "--metrics-port", str(metrics), "--no-broker"]
+def test_up_serves_health_metrics_and_dev_broker_and_stops_on_sigterm(home: Path) -> None:
+    port, metrics, mqtt_port = free_port(), free_port(), free_port()
+    args = ["--port", str(port), "--metrics-port", str(metrics)]
+    env = {**os.environ, "EDGEFLUX_CLOUD_EMBEDDED_BROKER_PORT": str(mqtt_port)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgeflux.cli", "cloud", "up", "--home", str(home), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     try:
         wait_until(lambda: port_open(port) or proc.poll() is not None, 30, "cloud up to listen")
@@ -95,9 +98,11 @@ def test_up_serves_health_and_metrics_and_stops_on_sigterm(home: Path) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read()
         assert b"edgeflux_cloud_tuf_timestamp_expiry_seconds" in body
+        assert port_open(mqtt_port), "the embedded dev broker listens"
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
+        assert "DEV MODE" in out and "MQTT ingest connected" in out
         assert "control plane stopped" in out
     finally:
         if proc.poll() is None:

@@ -571,3 +571,31 @@ def test_shutdown_ends_watch_streams_cleanly(tmp_path: Path) -> None:
         p.stop(5.0)
         assert list(call) == []  # the stream ended with OK, not an error
         assert call.code() == grpc.StatusCode.OK
+
+
+def test_plane_ingests_telemetry_from_its_embedded_broker(tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from protos import telemetry_pb2
+
+    with running_plane(tmp_path / "plane", broker=True, ingest=True) as p:
+        p.device("robot-7")
+        batch = telemetry_pb2.TelemetryBatch(device_id="robot-7", sequence=1)
+        at = Timestamp()
+        at.GetCurrentTime()
+        batch.points.add(at=at, loop_p99_ms=4.5, ticks=10)
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="robot-7")
+        pub.connect("127.0.0.1", p.broker_port)
+        pub.loop_start()
+        try:
+            info = pub.publish(
+                "edgeflux/v1/devices/robot-7/telemetry", batch.SerializeToString(), qos=1
+            )
+            info.wait_for_publish(10)
+            wait_until(lambda: bool(p.store.telemetry("robot-7")), 15, "ingested telemetry")
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        assert p.store.telemetry("robot-7")[0].loop_p99_ms == 4.5
