@@ -231,7 +231,9 @@ class _SessionPolicy:
     def __init__(self, onnx_bytes: bytes, manifest: Mapping[str, Any]) -> None:
         from runtime.session import PolicySession
 
-        self.session = PolicySession(onnx_bytes)
+        # The providers the bundle allows, as on a robot (TensorRT → CUDA → CPU order).
+        allowed = manifest.get("compatibility", {}).get("execution_providers")
+        self.session = PolicySession(onnx_bytes, allowed_providers=allowed)
         io = manifest.get("io", {})
         mean, std = io.get("obs_mean"), io.get("obs_std")
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)
