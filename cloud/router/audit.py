@@ -216,7 +216,10 @@ class AuditLog:
         every_n: int = 256,
         every_s: float = 10.0,
         clock: Callable[[], float] | None = None,
+        keep_leaves: bool = True,
     ) -> None:
+        """`keep_leaves=False` keeps only the O(log n) running tree (a long-running
+        service); proofs are then computed from the file (`leaf_hash` per record line)."""
         import time as _time
 
         self._key = signing_key
@@ -225,6 +228,7 @@ class AuditLog:
         self._clock = clock or _time.time
         self._tree = _CompactTree()
         self.leaves: list[bytes] = []
+        self._keep_leaves = keep_leaves
         self._prev = "0" * 64
         self._since_head = 0
         self._last_head_at = self._clock()
@@ -249,8 +253,10 @@ class AuditLog:
                 ) from exc
             if obj.get("kind") == "record":
                 data = canonical_json(obj)
-                self.leaves.append(leaf_hash(data))
-                self._tree.append(self.leaves[-1])
+                leaf = leaf_hash(data)
+                if self._keep_leaves:
+                    self.leaves.append(leaf)
+                self._tree.append(leaf)
                 self._prev = hashlib.sha256(data).hexdigest()
                 self._since_head += 1
             elif obj.get("kind") == "tree_head":
@@ -287,7 +293,8 @@ class AuditLog:
         data = canonical_json(record)
         self._write(data)
         leaf = leaf_hash(data)
-        self.leaves.append(leaf)
+        if self._keep_leaves:
+            self.leaves.append(leaf)
         self._tree.append(leaf)
         self._prev = hashlib.sha256(data).hexdigest()
         self._since_head += 1

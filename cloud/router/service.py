@@ -531,7 +531,11 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
     key = load_audit_key(plane.home.keys)
     audit_path = plane.home.state / "router-audit.jsonl"
     audit = AuditLog(
-        key, audit_path, every_n=settings.audit_every_n, every_s=settings.audit_every_s
+        key,
+        audit_path,
+        every_n=settings.audit_every_n,
+        every_s=settings.audit_every_s,
+        keep_leaves=False,
     )
     router = Router(
         registry, ledger, config=RouterConfig(), clock=time.monotonic, wall=time.time, audit=audit
