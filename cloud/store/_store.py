@@ -260,8 +260,12 @@ def _json_value(value: Any) -> Any:
         return value
     out = _json_cached(value) if len(value) <= 1024 else json.loads(value)
     if isinstance(out, dict):
+        if any(isinstance(v, (dict, list)) for v in out.values()):
+            return json.loads(value)  # nested: a shallow copy would share the cached parts
         return dict(out)
     if isinstance(out, list):
+        if any(isinstance(v, (dict, list)) for v in out):
+            return json.loads(value)
         return list(out)
     return out
 

@@ -208,3 +208,15 @@ def test_data_from_unknown_or_revoked_devices_is_not_stored(store: Store) -> Non
     assert not store.record_event(EventRecord("ghost", 1, NOW, "update", "IDLE"))
     assert store.telemetry("d1") == [] and store.telemetry("ghost") == []
     assert store.events() == []
+
+
+def test_records_do_not_share_mutable_state(store: Store) -> None:
+    store.add_device("d1", "fp1", {"site": "lab"})
+    store.set_desired(["d1"], {"name": "p", "nested": {"k": [1]}})
+    first = store.require_device("d1")
+    first.labels["site"] = "changed"
+    assert first.desired_bundle is not None
+    first.desired_bundle["nested"]["k"].append(2)
+    again = store.require_device("d1")
+    assert again.labels == {"site": "lab"}
+    assert again.desired_bundle == {"name": "p", "nested": {"k": [1]}}
