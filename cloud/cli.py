@@ -27,6 +27,10 @@ __all__ = ["COMMANDS", "cloud"]
 
 # name -> (short help, "module:attribute" of a click command)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "init": (
+        "Create a control-plane home (CA, certificates, TUF repository, keys).",
+        "cloud.cli:init_cmd",
+    ),
     "up": ("Run the control plane (gRPC with mTLS, metrics, broker).", "cloud.cli:up_cmd"),
     "publish": ("Verify a bundle and publish it into the TUF repository.", "cloud.cli:publish_cmd"),
     "bundles": ("List published bundles.", "cloud.cli:bundles_cmd"),
@@ -35,10 +39,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": (
         "Issue an operator certificate (role admin | viewer).",
         "cloud.cli:operator_group",
-    ),
-    "init": (
-        "Create a control-plane home (CA, certificates, TUF repository, keys).",
-        "cloud.cli:init_cmd",
     ),
     "push": ("Push a bundle to devices now (desired state + MQTT hint).", "cloud.push:push_cmd"),
     "router": ("ATP routing: audit log verify, stats.", "cloud.router.cli:router_group"),
