@@ -150,6 +150,10 @@ def _last_dim(shape: list[int | str]) -> int | None:
 @click.option("--deadline-ms", type=float, help="Per-tick inference deadline in ms.")
 @click.option("--fallback", type=click.Choice(["hold", "zero", "safe"]))
 @click.option(
+    "--safe-action", help="The action the 'safe' fallback writes (one value per element)."
+)
+@click.option("--max-action-delta", type=float, help="Largest per-tick change of any action.")
+@click.option(
     "--allow-op", multiple=True, help="Allow a custom-domain op, as domain:OpType or domain:*."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -167,6 +171,8 @@ def create(
     rate_hz: float | None,
     deadline_ms: float | None,
     fallback: str | None,
+    safe_action: str | None,
+    max_action_delta: float | None,
     allow_op: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -211,6 +217,11 @@ def create(
                 )
         if fallback is not None:
             control["fallback"] = fallback
+        if max_action_delta is not None:
+            control["max_action_delta"] = max_action_delta
+        if safe_action is not None:
+            n = act_n if act_n is not None else len(io.get("action_low", []))
+            control["safe_action"] = _floats(safe_action, n, "--safe-action")
         data.update(schema="edgeflux.bundle/v1", name=name, version=version)
         if sequence is not None:
             data["sequence"] = sequence
@@ -363,8 +374,9 @@ def _inspect_dir(bdir: Path, trust: TrustStore | None) -> dict[str, Any]:
             report["signature_error"] = str(exc)
     else:
         report["signer_key_id"] = None
-    raw = (bdir / MANIFEST_NAME).read_bytes() if MANIFEST_NAME in digests else b""
-    manifest = parse_manifest(raw, str(bdir / MANIFEST_NAME))
+    if MANIFEST_NAME not in digests:
+        raise ManifestError(f"{bdir / MANIFEST_NAME}: missing; is {bdir} a bundle?")
+    manifest = parse_manifest((bdir / MANIFEST_NAME).read_bytes(), str(bdir / MANIFEST_NAME))
     report["manifest"] = json.loads(manifest.to_json())
     profile = DeviceProfile.local()
     try:

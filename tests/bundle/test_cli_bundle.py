@@ -169,3 +169,30 @@ def test_trust_add_rejects_a_non_key_and_wrong_role_kind(tmp_path: Path) -> None
     ok("keygen", "--private", tmp_path / "k.pem", "--public", tmp_path / "k.pub")
     refused("trust", "add", tmp_path / "k.pub", "--role", "attestation", "--trust-dir",
             tmp_path / "t", fragment="takes Ed25519 public keys")  # fmt: skip
+
+
+def test_create_sets_safe_fallback_and_action_delta_from_flags(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    ok("create", "--onnx", make_policy(tmp_path / "p.onnx"), "--name", "p", "--version",
+       "1.0.0", "--out", out, *BOUNDS, *CONTROL, "--fallback", "safe",
+       "--safe-action", "0.5,-0.5", "--max-action-delta", "0.1")  # fmt: skip
+    control = json.loads((out / "edgeflux.json").read_text())["control"]
+    assert control["fallback"] == "safe" and control["safe_action"] == [0.5, -0.5]
+    assert control["max_action_delta"] == 0.1
+
+
+def test_keygen_encrypt_prompts_twice_for_the_passphrase(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        root,
+        ["bundle", "keygen", "--private", str(tmp_path / "k.pem"), "--public",
+         str(tmp_path / "k.pub"), "--encrypt"],
+        input="s3cret\ns3cret\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert b"ENCRYPTED" in (tmp_path / "k.pem").read_bytes()
+
+
+def test_inspect_of_a_directory_that_is_not_a_bundle_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "readme.txt").write_text("hi")
+    refused("inspect", tmp_path / "d", fragment="edgeflux.json: missing")

@@ -452,3 +452,25 @@ def test_corrupt_counter_file_fails_closed(bundle: Path, trust: TrustStore, tmp_
     with pytest.raises(AntiRollbackError, match="refusing to guess"):
         verify_bundle(bundle, trust, counters=AntiRollbackStore(path))
     assert path.read_text() == "{ truncated"
+
+
+def test_oversized_signature_file_is_refused(bundle: Path, trust: TrustStore) -> None:
+    with (bundle / "model.sig").open("ab") as fh:
+        fh.write(b" " * (16 << 20))
+    assert_refused(bundle, trust, BundleSignatureError, "larger than 16777216 bytes")
+
+
+def test_signature_without_key_hint_is_matched_against_trusted_keys(
+    bundle: Path, trust: TrustStore, keys: Keys, tmp_path: Path
+) -> None:
+    force_sign(bundle, keys.private, hint="")
+    assert verify_bundle(bundle, trust).signer_key_id == keys.key_id
+    generate_signing_key(tmp_path / "o.pem", tmp_path / "o.pub")
+    force_sign(bundle, tmp_path / "o.pem", hint="")
+    assert_refused(bundle, trust, BundleSignatureError, "verifies with none of the trusted keys")
+
+
+def test_signature_file_that_is_a_fifo_does_not_hang(bundle: Path, trust: TrustStore) -> None:
+    (bundle / "model.sig").unlink()
+    os.mkfifo(bundle / "model.sig")
+    assert_refused(bundle, trust, BundleSignatureError, "missing or not a regular file")
