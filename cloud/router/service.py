@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.router.audit import AuditLog, verify_log
 from cloud.router.backends import BackendSpec, PriceModel, Registry
 from cloud.router.budgets import Budget, BudgetLedger
+from cloud.router.champion import ChampionChallenger
 from cloud.router.errors import AuditVerificationError, RouterConfigError
 from cloud.router.router import Dispatch, Router, RouterConfig, Step
 from cloud.router.task import Answer, Constraints, Outcome, Qos, Result, Scope, Task
@@ -54,6 +55,7 @@ from protos import router_pb2, router_pb2_grpc
 __all__ = [
     "AgentClient",
     "BackendSettings",
+    "ChallengerSettings",
     "Executor",
     "RouterRunner",
     "RouterServicer",
@@ -129,6 +131,18 @@ class BudgetSettings(BaseModel):
         ).validate()
 
 
+class ChallengerSettings(BaseModel):
+    """Mirror a share of one task type's traffic to a challenger backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_type: str
+    champion: str
+    challenger: str
+    mirror_share: float = Field(0.05, ge=0, le=1)
+    min_pairs: int = Field(30, ge=1)
+
+
 class RouterSettings(BaseModel):
     """`[router]` settings of a control plane (env: ``EDGEFLUX_ROUTER_<FIELD>``)."""
 
@@ -139,6 +153,9 @@ class RouterSettings(BaseModel):
     tenant_label: str = Field("tenant", description="device label naming its tenant")
     site_label: str = Field("site", description="device label naming its site")
     default_tenant: str = Field("default", description="tenant of a device without the label")
+    challengers: list[ChallengerSettings] = Field(default_factory=list)
+    accept_score: float = Field(0.6, ge=0, le=1, description="verifier score that accepts")
+    max_escalations: int = Field(2, ge=0, le=5)
     audit_every_n: int = Field(256, gt=0, description="sign a tree head every N records")
     audit_every_s: float = Field(10.0, gt=0, description="... or every T seconds")
 
@@ -537,8 +554,27 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         every_s=settings.audit_every_s,
         keep_leaves=False,
     )
+    names = {b.name for b in settings.backends}
+    for c in settings.challengers:
+        for role, name in (("champion", c.champion), ("challenger", c.challenger)):
+            if name not in names:
+                raise RouterConfigError(
+                    f"[router] challengers: {role} {name!r} for {c.task_type!r} is not a "
+                    f"configured backend (known: {sorted(names)})"
+                )
     router = Router(
-        registry, ledger, config=RouterConfig(), clock=time.monotonic, wall=time.time, audit=audit
+        registry,
+        ledger,
+        config=RouterConfig(
+            accept_score=settings.accept_score, max_escalations=settings.max_escalations
+        ),
+        clock=time.monotonic,
+        wall=time.time,
+        audit=audit,
+        challengers=[
+            ChampionChallenger(c.task_type, c.champion, c.challenger, c.mirror_share, c.min_pairs)
+            for c in settings.challengers
+        ],
     )
     runner = RouterRunner(router, {b.name: AgentClient(b.address) for b in settings.backends})
     auth = plane.auth

@@ -73,8 +73,7 @@ class Sim:
             self.ledger,
             config=config or RouterConfig(seed=seed),
             clock=self.loop.clock,
-            verifier=SimVerifier(self.truth, seed + 1),
-            **router_kw,  # type: ignore[arg-type]
+            **{"verifier": SimVerifier(self.truth, seed + 1), **router_kw},  # type: ignore[arg-type]
         )
         self.sims = {
             b.spec.name: SimBackend(b, self.loop, self.truth, seed + 10 + i)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud.router import BackendSpec, Outcome, PriceModel, Qos, RouterConfig, Scope
+from cloud.router import Answer, BackendSpec, Outcome, PriceModel, Qos, RouterConfig, Scope
 from cloud.router.audit import AuditLog, verify_log
 from cloud.router.champion import ChampionChallenger, wilson_lower_bound
 from cloud.router.errors import RouterConfigError
 from cloud.router.simulation import SimBackendSpec
+from cloud.router.verifier import Verdict
 from tests.router._fixtures import Sim, spec
 
 
@@ -237,3 +238,21 @@ def test_every_decision_is_audited_and_the_log_verifies() -> None:
     log.sign_head()
     report = verify_log(log.lines(), key.public_key())
     assert report.records == len(sim.results)
+
+
+class _GreyVerifier:
+    """Every answer passes the hard checks but scores in the grey zone."""
+
+    def verify(self, task: object, answer: Answer) -> Verdict:
+        return Verdict(True, 0.45)
+
+
+def test_a_grey_zone_score_asks_other_backends_and_accepts_their_agreement() -> None:
+    bs = [_b("small", 0), _b("mid", 1), _b("large", 2)]
+    sim = Sim(bs, verifier=_GreyVerifier())
+    tid = sim.submit(deadline_s=2.0)
+    sim.loop.run_until(2.0)
+    r = sim.result(tid)
+    assert (r.outcome, r.reason) == (Outcome.OK, "consensus")
+    assert all(s.calls == 1 for s in sim.sims.values())
+    assert sim.router.counters.get("dispatch:consensus") == 2
