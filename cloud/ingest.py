@@ -41,7 +41,8 @@ import click
 from google.protobuf.message import DecodeError
 
 from cloud.mqtt import PREFIX, SHARE_GROUP, CloudMqtt, CloudMqttSettings, Delivery, parse_topic
-from cloud.store import EventRecord, Store, StoreUnavailable, TelemetryRecord
+from cloud.store import ConflictError, EventRecord, Store, StoreUnavailable, TelemetryRecord
+from cloud.store.ingest_batch import record_telemetry_many
 from protos import telemetry_pb2
 
 __all__ = [
@@ -279,9 +280,16 @@ class Ingest:
                     self.counters["store_unavailable"] += 1
                     log.warning("store unavailable, retrying %d messages: %s", len(batch), exc)
                     self._stop.wait(s.retry_s)
+                except Exception:
+                    # Not acknowledged: the broker redelivers after a reconnect. The loop
+                    # itself must survive whatever one batch does.
+                    self.counters["errors"] += 1
+                    log.exception("ingest failed on a batch of %d messages", len(batch))
+                    break
 
     def _process(self, batch: list[tuple[Delivery, dt.datetime]]) -> None:
         done: list[Decoded] = []
+        telemetry: list[tuple[Decoded, dt.datetime]] = []
         for delivery, received in batch:
             result = decode(
                 delivery.topic, delivery.payload, received, self.settings.max_payload_bytes
@@ -290,13 +298,48 @@ class Ingest:
                 self.counters[f"dropped.{result.reason}"] += 1
                 log.warning("ingest dropped a message (%s): %s", result.reason, result.detail)
                 continue
-            if self._write(result, received):
+            if result.kind == "telemetry":
+                key = (result.device_id, result.kind, result.sequence)
+                if key in self._seen:
+                    self.counters["skipped"] += 1
+                else:
+                    telemetry.append((result, received))
+            elif self._write(result, received):
                 done.append(result)
+        done += self._write_telemetry(telemetry)
         # Every write of this batch committed: only now may the broker forget them.
         for delivery, _ in batch:
             delivery.ack()
         if done and self._on_committed is not None:
             self._on_committed(done, time.time())
+
+    def _remember(self, key: tuple[str, str, int]) -> None:
+        self._seen[key] = None
+        if len(self._seen) > self.settings.dedup_cache:
+            self._seen.popitem(last=False)
+
+    def _write_telemetry(self, items: list[tuple[Decoded, dt.datetime]]) -> list[Decoded]:
+        """One transaction for all telemetry of the batch; per batch if replicas collide."""
+        if not items:
+            return []
+        writes = [(m.device_id, m.sequence, m.telemetry or [], r) for m, r in items]
+        try:
+            stored = record_telemetry_many(self.store, writes)
+        except ConflictError:
+            self.counters["batch_conflicts"] += 1
+            stored = [
+                self.store.record_telemetry(m.device_id, m.sequence, m.telemetry or [], r)
+                for m, r in items
+            ]
+        out = []
+        for (m, _), ok in zip(items, stored, strict=True):
+            self._remember((m.device_id, m.kind, m.sequence))
+            # False: a duplicate (device, sequence), or a device unknown to / revoked by
+            # the store.
+            self.counters["stored" if ok else "skipped"] += 1
+            if ok:
+                out.append(m)
+        return out
 
     def _write(self, m: Decoded, received: dt.datetime) -> bool:
         if m.kind == "state":
@@ -306,18 +349,12 @@ class Ingest:
             return True
         key = (m.device_id, m.kind, m.sequence)
         if key in self._seen:
-            self.counters["duplicates"] += 1
+            self.counters["skipped"] += 1
             return False
-        if m.kind == "telemetry":
-            assert m.telemetry is not None
-            stored = self.store.record_telemetry(m.device_id, m.sequence, m.telemetry, received)
-        else:
-            assert m.event is not None
-            stored = self.store.record_event(m.event)
-        self._seen[key] = None
-        if len(self._seen) > self.settings.dedup_cache:
-            self._seen.popitem(last=False)
-        self.counters["stored" if stored else "duplicates"] += 1
+        assert m.event is not None
+        stored = self.store.record_event(m.event)
+        self._remember(key)
+        self.counters["stored" if stored else "skipped"] += 1
         return stored
 
 

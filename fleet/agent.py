@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,22 @@ __all__ = ["Agent", "EffectsFactory"]
 log = logging.getLogger(__name__)
 
 EffectsFactory = Callable[["Agent"], UpdateEffects]
+
+
+def _fault_pause_hook() -> Callable[[State], None] | None:
+    """Fault injection for the kill -9 tests: with ``EDGEFLUX_FAULT_AGENT_PAUSE_AT=STATE``
+    the update worker stops for good right after persisting STATE (the test then
+    SIGKILLs the process). Unset in production: no hook at all."""
+    target = os.environ.get("EDGEFLUX_FAULT_AGENT_PAUSE_AT")
+    if not target:
+        return None
+
+    def pause(state: State) -> None:
+        if state.value == target:
+            log.warning("fault injection: update worker paused in %s", state.value)
+            threading.Event().wait()
+
+    return pause
 
 
 class Agent:
@@ -119,6 +136,7 @@ class Agent:
                     c.health_miss_rate_max_increase, c.health_intervention_rate_max_increase
                 ),
                 on_event=self._on_update_event,
+                on_persisted=_fault_pause_hook(),
             )
         self.transport.subscribe(topic(self.device_id, "updates"), self._on_hint)
 

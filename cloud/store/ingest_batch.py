@@ -107,9 +107,10 @@ def record_telemetry_many(store: Store, writes: Sequence[TelemetryWrite]) -> lis
         if points:
             conn.execute(T.insert(), points)
         now = dt.datetime.now(dt.UTC)
-        healths = dict(
-            conn.execute(sa.select(D.c.id, D.c.health).where(D.c.id.in_(list(last_seen))))
-        )
+        healths = {
+            str(r[0]): r[1]
+            for r in conn.execute(sa.select(D.c.id, D.c.health).where(D.c.id.in_(list(last_seen))))
+        }
         for device, seen in last_seen.items():
             values: dict[str, Any] = {"last_seen": seen, "updated_at": now}
             if device in newest:

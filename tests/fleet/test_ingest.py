@@ -138,7 +138,7 @@ def test_ingest_stores_each_batch_once_and_drops_bad_ones(
         wait_until(
             lambda: (
                 ing.counters["stored"]
-                + ing.counters["duplicates"]
+                + ing.counters["skipped"]
                 + ing.counters["dropped.malformed"]
                 + ing.counters["dropped.device_mismatch"]
                 >= 5
@@ -146,7 +146,7 @@ def test_ingest_stores_each_batch_once_and_drops_bad_ones(
             10,
             "all five processed",
         )
-        assert ing.counters["stored"] == 2 and ing.counters["duplicates"] == 1
+        assert ing.counters["stored"] == 2 and ing.counters["skipped"] == 1
         assert ing.counters["dropped.malformed"] == 1
         assert ing.counters["dropped.device_mismatch"] == 1
     assert len(store.telemetry("robot-1")) == 2
@@ -196,7 +196,7 @@ def test_two_exclusive_replicas_both_see_everything_and_store_it_once(
         n = 20
         for seq in range(1, n + 1):
             assert dev.publish(topic("robot-1", "telemetry"), _batch(seq=seq))
-        done = lambda: a.counters["stored"] + a.counters["duplicates"] >= n  # noqa: E731
-        wait_until(lambda: done() and b.counters["stored"] + b.counters["duplicates"] >= n, 15)
+        done = lambda: a.counters["stored"] + a.counters["skipped"] >= n  # noqa: E731
+        wait_until(lambda: done() and b.counters["stored"] + b.counters["skipped"] >= n, 15)
         assert a.counters["stored"] + b.counters["stored"] == n
     assert len(store.telemetry("robot-1", limit=1000)) == n
