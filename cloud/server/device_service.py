@@ -62,16 +62,14 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
 
-    def _desired_sync(self, pem: bytes | None) -> bytes:
-        device = self.plane.auth.device_record(pem)
-        self.plane.touch(device.id)
-        return self.plane.desired_state(device)
-
     @unary
     async def GetDesiredState(
         self, request: device_pb2.GetDesiredStateRequest, context: Any
     ) -> device_pb2.DesiredState:
-        envelope = await self.plane.db(self._desired_sync, peer_certificate(context))
+        plane = self.plane
+        device = await plane.db_read(plane.auth.device_record, peer_certificate(context))
+        plane.touch_later(device.id)
+        envelope = plane.desired_state(device)
         return device_pb2.DesiredState(envelope=common_pb2.SignedEnvelope(dsse_json=envelope))
 
     @stream

@@ -100,6 +100,7 @@ class Plane:
     extensions: dict[str, Any] = field(default_factory=dict)
     _desired_cache: dict[tuple[str, int], tuple[float, bytes]] = field(default_factory=dict)
     _touched: dict[str, float] = field(default_factory=dict)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def load(cls, home: CloudHome, config: CloudConfig, store: Store, metrics: Metrics) -> Plane:
@@ -119,6 +120,33 @@ class Plane:
     async def db(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Run blocking store work off the event loop."""
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def db_read(self, fn: Callable[..., R], *args: Any) -> R:
+        """A small indexed read on the hot path (per-call auth, the caller's device row).
+
+        On SQLite (WAL: readers never wait for the writer) such a read costs less than
+        the hop to a worker thread and back, so it runs inline; a networked database
+        may stall, so it goes to a thread like every other store call.
+        """
+        if self.store.is_sqlite:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    def touch_later(self, device_id: str, every_s: float = 30.0) -> None:
+        """Record last seen at most every `every_s` per device, off the request path."""
+        now = time.monotonic()
+        if now - self._touched.get(device_id, -1e9) < every_s:
+            return
+        self._touched[device_id] = now
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._touch, device_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _touch(self, device_id: str) -> None:
+        try:
+            self.store.touch(device_id)
+        except Exception as exc:  # best effort: presence also comes from MQTT
+            log.debug("last-seen update for %s failed: %s", device_id, exc)
 
     # ------------------------------------------------------------------ desired state
     def desired_state(self, device: DeviceRecord) -> bytes:
@@ -151,10 +179,3 @@ class Plane:
             self._desired_cache.clear()
         self._desired_cache[key] = (now, out)
         return out
-
-    def touch(self, device_id: str, every_s: float = 30.0) -> None:
-        """Record last seen at most every `every_s` per device (keeps reads read-only)."""
-        now = time.monotonic()
-        if now - self._touched.get(device_id, -1e9) >= every_s:
-            self._touched[device_id] = now
-            self.store.touch(device_id)

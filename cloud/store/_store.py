@@ -415,6 +415,10 @@ class Store:
         self.engine.dispose()
 
     @property
+    def is_sqlite(self) -> bool:
+        return self.engine.url.get_backend_name() == "sqlite"
+
+    @property
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
