@@ -35,7 +35,6 @@ from protos import admin_pb2, admin_pb2_grpc
 from runtime.control_client import RuntimeControlClient
 from runtime.layout import RobotLayout
 from runtime.trust import TrustStore
-from tests.cloud.conftest import make_bundle
 from tests.servers import Mosquitto, free_port, run_mosquitto, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -85,28 +84,21 @@ class Fleet:
         return "\n".join(f"--- {r.id}\n{r.log.read_text()[-2500:]}" for r in self.robots)
 
 
-def _bundle(fleet_tmp: Path, plane: RunningPlane, version: str, seq: int, **kw: object) -> Path:
-    key = plane.home.key_path("model-signing", private=True)
-    out = make_bundle(
-        fleet_tmp / f"pendulum-{version}",
-        key,
-        version=version,
-        sequence=seq,
-        seed=int(kw.pop("seed", 0)),
-    )  # type: ignore[arg-type]
-    deadline_ms = kw.pop("deadline_ms", None)
-    if deadline_ms is not None:
-        # Re-create with a deadline no tick can meet (the health window must fail).
-        shutil.rmtree(out)
-        from runtime.bundle import create_bundle, sign_bundle
-        from runtime.manifest import BundleManifest
-        from tests.cloud.conftest import make_policy
+def _bundle(
+    tmp: Path, plane: RunningPlane, version: str, seq: int, seed: int = 0, deadline_ms: float = 45
+) -> Path:
+    """A signed bundle at 20 Hz; the generous deadline keeps good bundles healthy on a
+    loaded machine, while deadline_ms=0.0001 makes every tick miss (a bad bundle)."""
+    from runtime.bundle import create_bundle, sign_bundle
+    from runtime.manifest import BundleManifest
+    from tests.cloud.conftest import make_policy
 
-        m = json.loads(BundleManifest.model_validate(_manifest(version, seq)).model_dump_json())
-        m["control"]["deadline_ms"] = deadline_ms
-        policy = make_policy(fleet_tmp / f".{version}.onnx")
-        create_bundle(policy, BundleManifest.model_validate(m), out)
-        sign_bundle(out, key)
+    m = _manifest(version, seq)
+    m["control"]["deadline_ms"] = deadline_ms
+    out = tmp / f"pendulum-{version}"
+    policy = make_policy(tmp / f".{version}.onnx", seed=seed)
+    create_bundle(policy, BundleManifest.model_validate(m), out)
+    sign_bundle(out, plane.home.key_path("model-signing", private=True))
     return out
 
 
@@ -124,7 +116,7 @@ def _manifest(version: str, seq: int) -> dict:  # type: ignore[type-arg]
             "action_low": [-2.0] * 2,
             "action_high": [2.0] * 2,
         },
-        "control": {"rate_hz": 50, "deadline_ms": 5},
+        "control": {"rate_hz": 20, "deadline_ms": 45},
     }
 
 
@@ -152,8 +144,9 @@ def _make_root(plane: RunningPlane, root: Path, device: str, broker_port: int) -
         f'device_id = "{device}"\nmqtt_port = {broker_port}\n'
         f'grpc_target = "{plane.address}"\n'
         "telemetry_period_s = 0.3\nsample_period_s = 0.1\nhint_min_interval_s = 0.0\n"
-        "shadow_ticks = 25\nhealth_window_ticks = 50\nreconnect_base_s = 0.1\n"
+        "shadow_ticks = 20\nhealth_window_ticks = 30\nreconnect_base_s = 0.1\n"
         "reconnect_cap_s = 1.0\n"
+        "health_miss_rate_max_increase = 0.5\nhealth_intervention_rate_max_increase = 0.5\n"
         f"download_free_margin_bytes = {margin}\n"
     )
 
@@ -299,3 +292,95 @@ def test_divergent_candidate_is_never_actuated(fleet: Fleet) -> None:
     assert "SWITCHED" not in states[last_push:]
     assert r.active_version() == "1.1.0" and r.counter() == 2
     assert r.status().metrics.ticks > swaps_before  # type: ignore[attr-defined]
+
+
+def _restart_agent(fleet: Fleet, r: Robot, pause_at: str | None = None, **env: str) -> None:
+    if r.agent.poll() is None:
+        r.agent.terminate()
+        r.agent.wait(20)
+    extra = {**env}
+    if pause_at:
+        extra["EDGEFLUX_FAULT_AGENT_PAUSE_AT"] = pause_at
+    envs = {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    for k in ("EDGEFLUX_FAULT_AGENT_PAUSE_AT", "EDGEFLUX_AGENT_DOWNLOAD_FREE_MARGIN_BYTES"):
+        if k not in extra:
+            envs.pop(k, None)
+    r.agent = subprocess.Popen(
+        [sys.executable, "-m", "edgeflux.cli", "agent", "run", "--root", str(r.root)],
+        cwd=REPO,
+        env=envs,
+        stdout=r.log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _update_state(r: Robot) -> str:
+    path = RobotLayout.at(r.root).agent_state / "update.json"
+    try:
+        return str(json.loads(path.read_text())["state"])
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def test_download_that_does_not_fit_fails_cleanly_and_the_old_bundle_keeps_running(
+    fleet: Fleet,
+) -> None:
+    r = fleet.robots[2]
+    before = (r.active_version(), r.counter())
+    _restart_agent(fleet, r, EDGEFLUX_AGENT_DOWNLOAD_FREE_MARGIN_BYTES=str(10**15))
+    big = _bundle(fleet.tmp, fleet.plane, "1.4.0", 5)
+    fleet.push(big, r.id)
+    try:
+        wait_until(
+            lambda: ("FAILED", "DISK_FULL") in fleet.update_events(r.id), 60, "DISK_FULL failure"
+        )
+    except TimeoutError:
+        pytest.fail(f"{fleet.update_events(r.id)}\n{fleet.logs()}")
+    assert (r.active_version(), r.counter()) == before
+    assert r.status().state == "running"  # type: ignore[attr-defined]
+    downloads = RobotLayout.at(r.root).agent_state / "downloads"
+    assert not list(downloads.glob("*.part")) if downloads.exists() else True
+    _restart_agent(fleet, r)
+
+
+def test_kill_9_in_every_update_state_ends_on_a_verified_bundle(fleet: Fleet) -> None:
+    """SIGKILL the agent right after it persisted each state (fault-injection pause),
+    restart it, and check where the robot ends; three robots take a state each per round."""
+    from fleet.update import ACTUATED, PATH
+
+    states = list(PATH)
+    seq = 6
+    results: dict[str, tuple[str, str, int]] = {}
+    for start in range(0, len(states), len(fleet.robots)):
+        batch = list(zip(fleet.robots, states[start : start + len(fleet.robots)], strict=False))
+        for r, state in batch:
+            _restart_agent(fleet, r, pause_at=state.value)
+        old = {r.id: (r.active_version(), r.counter()) for r, _ in batch}
+        version = f"2.{seq}.0"
+        fleet.push(_bundle(fleet.tmp, fleet.plane, version, seq), *(r.id for r, _ in batch))
+        for r, state in batch:
+            try:
+                wait_until(lambda r=r, s=state: _update_state(r) == s.value, 90, f"{r.id} {state}")  # type: ignore[misc]
+            except TimeoutError:
+                pytest.fail(f"{state}: {fleet.update_events(r.id)}\n{fleet.logs()}")
+            r.agent.kill()  # SIGKILL mid-update
+            r.agent.wait(10)
+            assert r.counter() == old[r.id][1], f"counter advanced before commit in {state}"
+            _restart_agent(fleet, r)
+        for r, state in batch:
+            wait_until(
+                lambda r=r: _update_state(r) in ("IDLE", "ROLLED_BACK", "FAILED"),  # type: ignore[misc]
+                90,
+                f"{r.id} to finish after the restart from {state}",
+            )
+            results[state.value] = (_update_state(r), r.active_version(), r.counter())
+            if state in ACTUATED:
+                assert results[state.value] == ("ROLLED_BACK", *old[r.id]), (state, results)
+            else:
+                if results[state.value] != ("IDLE", version, seq):
+                    Path("/tmp/e2e_debug.txt").write_text(
+                        f"{state} {results}\n{fleet.update_events(r.id)[-14:]}\n{fleet.logs()}"
+                    )
+                assert results[state.value] == ("IDLE", version, seq), (state, results)
+        seq += 1
+    assert len(results) == len(PATH)
