@@ -13,10 +13,10 @@ Cloud side::
 
 Robot side::
 
-    staging = unpack_bundle("pendulum-1.0.0.efb", slot_dir / "staging")
-    verified = verify_bundle(staging, TrustStore(layout.trust),
-                             counters=AntiRollbackStore(layout.antirollback),
-                             device=DeviceProfile.local())
+    verified = unpack_and_verify("pendulum-1.0.0.efb", slot_dir / "staging",
+                                 TrustStore(layout.trust),
+                                 counters=AntiRollbackStore(layout.antirollback),
+                                 device=DeviceProfile.local())
     ...  # stage, warm, switch, health window, then:
     counters.commit(verified.manifest.name, verified.manifest.sequence, verified.root_digest)
 
@@ -41,7 +41,7 @@ from runtime.bundle.errors import (
 )
 from runtime.bundle.onnx_checks import io_spec_from_onnx
 from runtime.bundle.sign import generate_signing_key, sign_bundle
-from runtime.bundle.verify import VerifiedBundle, verify_bundle
+from runtime.bundle.verify import VerifiedBundle, unpack_and_verify, verify_bundle
 
 __all__ = [
     "POLICY_NAME",
@@ -63,6 +63,7 @@ __all__ = [
     "io_spec_from_onnx",
     "pack_bundle",
     "sign_bundle",
+    "unpack_and_verify",
     "unpack_bundle",
     "verify_bundle",
 ]

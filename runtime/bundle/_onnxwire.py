@@ -69,7 +69,7 @@ class OnnxInfo:
     outputs: list[GraphIO] = field(default_factory=list)
     initializer_names: set[str] = field(default_factory=set)
     ops: set[tuple[str, str]] = field(default_factory=set)
-    """(domain, op_type) of every node in the main graph, subgraphs and functions."""
+    """(domain, op_type) of every node: main graph, subgraphs, functions, training graphs."""
     function_ids: set[tuple[str, str]] = field(default_factory=set)
     """(domain, name) of model-local functions (they may be called as ops)."""
     external_locations: list[tuple[str, str]] = field(default_factory=list)
@@ -356,6 +356,15 @@ def read_onnx_info(fh: BinaryIO) -> OnnxInfo:
             _graph(r, r.sub_end(size), info, 0, main=True)
         elif number == 25 and wire == _LEN:
             _function(r, r.sub_end(size), info)
+        elif number == 20 and wire == _LEN:
+            # TrainingInfoProto: initialization (1) and algorithm (2) are graphs too;
+            # their operators must pass the same allow list.
+            t_end = r.sub_end(size)
+            for n2, w2 in _loop(r, t_end):
+                if n2 in (1, 2) and w2 == _LEN:
+                    _graph(r, r.sub_end(t_end), info, 1, main=False)
+                else:
+                    r.skip(w2, t_end)
         else:
             r.skip(wire, size)
     if not info.has_graph:

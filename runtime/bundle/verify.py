@@ -22,6 +22,7 @@ Nothing here imports the sigstore stack (a test checks `sys.modules`).
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from runtime.bundle._oms import (
     parse_statement,
 )
 from runtime.bundle._onnxwire import OnnxWireError, read_onnx_info
+from runtime.bundle.archive import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_TOTAL_BYTES, unpack_bundle
 from runtime.bundle.compat import DeviceProfile, check_compatibility
 from runtime.bundle.create import POLICY_NAME
 from runtime.bundle.errors import (
@@ -58,7 +60,7 @@ from runtime.trust import PublicKey, TrustStore
 if TYPE_CHECKING:  # runtime.antirollback imports this package's errors
     from runtime.antirollback import AntiRollbackStore
 
-__all__ = ["VerifiedBundle", "verify_bundle", "verify_signature"]
+__all__ = ["VerifiedBundle", "unpack_and_verify", "verify_bundle", "verify_signature"]
 
 _MAX_SIG_BYTES = 16 << 20
 _MAX_MANIFEST_BYTES = 1 << 20
@@ -248,3 +250,29 @@ def verify_bundle(
         signer_key_id=signer,
         files=files,
     )
+
+
+def unpack_and_verify(
+    efb_path: str | os.PathLike[str],
+    staging_dir: str | os.PathLike[str],
+    trust: TrustStore,
+    *,
+    counters: AntiRollbackStore | None = None,
+    device: DeviceProfile | None = None,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+) -> VerifiedBundle:
+    """Unpack an `.efb` into the new `staging_dir` and verify it there, in place.
+
+    The returned bundle's path *is* `staging_dir`: use it where it is (or rename the
+    directory as a whole), so nothing can change between verification and use. If
+    unpacking or verification fails, `staging_dir` is removed again.
+    """
+    staging = unpack_bundle(
+        efb_path, staging_dir, max_members=max_members, max_total_bytes=max_total_bytes
+    )
+    try:
+        return verify_bundle(staging, trust, counters=counters, device=device)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -141,3 +141,25 @@ def test_unpack_into_existing_directory_is_refused(bundle: Path, tmp_path: Path)
 def test_archive_over_the_size_cap_is_refused_before_reading(tmp_path: Path) -> None:
     efb = _tar(tmp_path / "a.efb", [_file("policy.onnx", b"\x00" * 200_000)])
     assert_unpack_refused(efb, tmp_path, "exceeds the cap", max_total_bytes=1000)
+
+
+def test_unpack_and_verify_returns_the_staging_dir_verified(
+    bundle: Path, trust: TrustStore, tmp_path: Path
+) -> None:
+    from runtime.bundle import unpack_and_verify
+
+    efb = pack_bundle(bundle, tmp_path / "b.efb")
+    verified = unpack_and_verify(efb, tmp_path / "staging", trust)
+    assert verified.path == tmp_path / "staging"
+    assert (verified.path / "policy.onnx").is_file()
+
+
+def test_unpack_and_verify_removes_staging_when_verification_fails(
+    bundle: Path, tmp_path: Path
+) -> None:
+    from runtime.bundle import BundleSignatureError, unpack_and_verify
+
+    efb = pack_bundle(bundle, tmp_path / "b.efb")
+    with pytest.raises(BundleSignatureError, match="no model-signing keys"):
+        unpack_and_verify(efb, tmp_path / "staging", TrustStore(tmp_path / "empty-trust"))
+    assert not (tmp_path / "staging").exists()

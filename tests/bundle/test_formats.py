@@ -228,3 +228,14 @@ def test_version_order_puts_pre_releases_below_releases() -> None:
     assert version_tuple("1.0.0-rc.1") < version_tuple("1.0.0") == version_tuple("1.0.0+build")
     with pytest.raises(ValueError, match=r"not a MAJOR\.MINOR\.PATCH"):
         version_tuple("latest")
+
+
+def test_reader_checks_operators_of_training_graphs_too() -> None:
+    hidden = helper.make_graph(
+        [helper.make_node("Backdoor", [], ["q"], domain="com.hidden")], "init", [], []
+    )
+    model = _model_with_subgraph_custom_op()
+    training = model.training_info.add()
+    training.initialization.CopyFrom(hidden)
+    info = read_onnx_info(io.BytesIO(model.SerializeToString()))
+    assert ("com.hidden", "Backdoor") in info.ops
