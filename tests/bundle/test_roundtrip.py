@@ -84,3 +84,47 @@ def test_verify_of_unsigned_bundle_is_a_bundle_error(
 def test_keygen_writes_private_key_mode_0600(keys: Keys) -> None:
     assert stat.S_IMODE(keys.private.stat().st_mode) == 0o600
     assert b"BEGIN PRIVATE KEY" in keys.private.read_bytes()
+
+
+def test_sign_refuses_a_bundle_the_robot_would_refuse_and_writes_nothing(
+    make_bundle: BundleFactory, keys: Keys
+) -> None:
+    import json as _json
+
+    from runtime.bundle import BundleOnnxError, sign_bundle
+
+    bdir = make_bundle(sign=False)
+    data = _json.loads((bdir / "edgeflux.json").read_text())
+    data["io"]["inputs"][0]["shape"] = [-1, 4]
+    (bdir / "edgeflux.json").write_text(_json.dumps(data))
+    with pytest.raises(BundleOnnxError, match=r"has shape \['batch', 3\] in the graph"):
+        sign_bundle(bdir, keys.private)
+    assert sorted(p.name for p in bdir.iterdir()) == ["edgeflux.json", "policy.onnx"]
+
+
+def test_resigning_with_another_key_replaces_the_signature(
+    bundle: Path, trust: TrustStore, tmp_path: Path
+) -> None:
+    from runtime.bundle import generate_signing_key, sign_bundle
+
+    other = generate_signing_key(tmp_path / "o.pem", tmp_path / "o.pub")
+    sign_bundle(bundle, tmp_path / "o.pem")
+    trust.add("models", (tmp_path / "o.pub").read_bytes())
+    assert verify_bundle(bundle, trust).signer_key_id == other
+    assert sorted(p.name for p in bundle.iterdir()) == ["edgeflux.json", "model.sig", "policy.onnx"]
+
+
+def test_create_refuses_an_existing_non_empty_directory(bundle: Path, tmp_path: Path) -> None:
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    with pytest.raises(BundleError, match="already exists"):
+        create_bundle(make_policy(tmp_path / "q.onnx"), make_manifest(), bundle)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_create_refuses_a_file_that_is_not_onnx(tmp_path: Path) -> None:
+    from runtime.bundle import BundleOnnxError
+
+    (tmp_path / "x.onnx").write_bytes(b"PK\x03\x04 this is a zip")
+    with pytest.raises(BundleOnnxError, match="not a valid ONNX model"):
+        create_bundle(tmp_path / "x.onnx", make_manifest(), tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.onnx"]
