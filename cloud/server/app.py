@@ -156,11 +156,24 @@ class ControlPlane:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port:
-            self.metrics.serve(cfg.listen_host, cfg.metrics_port)
+            try:
+                self.metrics.serve(cfg.listen_host, cfg.metrics_port)
+            except OSError as exc:
+                raise PlaneStartError(
+                    f"cannot serve metrics on {cfg.listen_host}:{cfg.metrics_port}: {exc}"
+                ) from exc
         want_broker = cfg.broker_url is None if self._want_broker is None else self._want_broker
         if want_broker:
-            self.broker = EmbeddedBroker(cfg.listen_host, cfg.embedded_broker_port)
-            await self.broker.start()
+            broker = EmbeddedBroker(cfg.listen_host, cfg.embedded_broker_port)
+            try:
+                await broker.start()
+            except Exception as exc:  # amqtt raises its own types for a taken port
+                raise PlaneStartError(
+                    f"cannot start the embedded MQTT broker on {cfg.listen_host}:"
+                    f"{cfg.embedded_broker_port}: {exc} (set embedded_broker_port, or "
+                    "broker_url for a real broker)"
+                ) from exc
+            self.broker = broker
         elif cfg.broker_url:
             log.info("fleet broker: %s", cfg.broker_url)
         want_ingest = self._want_ingest

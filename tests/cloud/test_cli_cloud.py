@@ -108,3 +108,18 @@ def test_up_serves_health_metrics_and_dev_broker_and_stops_on_sigterm(home: Path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_up_with_a_taken_port_says_so(home: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        code, out = _run("up", "--home", str(home), "--no-broker", "--metrics-port", str(taken))
+        assert code == 1
+        assert f"cannot serve metrics on 127.0.0.1:{taken}" in out
+        code, out = _run("up", "--home", str(home), "--no-broker", "--port", str(taken))
+        assert code == 1
+        assert f"cannot listen on 127.0.0.1:{taken}" in out
