@@ -700,7 +700,8 @@ class Router:
     ) -> tuple[float, bool]:
         """Commit the actual cost (bounded by the reservation) or refund on failure."""
         if not answer.ok:
-            self.ledger.release(o.d.dispatch_id)
+            self.ledger.release(o.d.dispatch_id)  # refund on failure
+            st.windows.usd.refund(o.worst_usd)
             return 0.0, False
         declared = o.d.task.work_units
         work = declared if answer.work_units is None else answer.work_units
@@ -718,6 +719,8 @@ class Router:
             work = declared
         else:
             cost = min(st.spec.price.cost(work, gpu_s), o.worst_usd)
+        # The USD window was charged the worst case at dispatch: give back the rest.
+        st.windows.usd.refund(o.worst_usd - cost)
         self.ledger.commit(o.d.dispatch_id, cost, min(work, declared))
         return cost, bad
 

@@ -291,6 +291,9 @@ class RouterRunner:
 
     async def route(self, task: Task) -> Result:
         self.start()
+        if task.task_id in self._waiting:
+            # Same device, same idempotency key, still in flight: one answer per key.
+            return Result(task.task_id, Outcome.FAILED, "duplicate_task_id")
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting[task.task_id] = fut
         step: Step = await self._call(lambda: self.router.submit(task))

@@ -240,3 +240,18 @@ def test_bad_router_settings_name_the_backend_and_field() -> None:
     )
     with pytest.raises(RouterConfigError, match=r"'gpu'.*per_gpu_second_usd"):
         bad.spec()
+
+
+def test_a_second_request_with_the_same_key_in_flight_is_refused_not_lost() -> None:
+    async def main() -> None:
+        ledger = MemoryLedger()
+        ledger.set_budget(Budget("acme", 10.0))
+        router = Router(Registry([spec("echo", 0)]), ledger, clock=time.monotonic)
+        runner = RouterRunner(router, {"echo": _Echo()})
+        task = Task("k", "plan", Qos.INTERACTIVE, time.monotonic() + 5, Scope("acme"))
+        first, second = await asyncio.gather(runner.route(task), runner.route(task))
+        assert first.outcome is Outcome.OK
+        assert (second.outcome, second.reason) == (Outcome.FAILED, "duplicate_task_id")
+        await runner.close()
+
+    asyncio.run(main())
