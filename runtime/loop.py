@@ -354,7 +354,7 @@ class ControlLoop:
                     self._switch()
                     start, k = due, 0  # the new policy's period counts from this tick
                 t0 = clock()
-                counters.jitter.record_ns(t0 - due if t0 > due else 0)
+                counters.pending_jitter.append(t0 - due if t0 > due else 0)
                 self._tick_due_ns = due + self.deadline_ns
                 self._tick_written = False
                 self._tick(due, t0)
@@ -363,7 +363,14 @@ class ControlLoop:
                 done += 1
                 if self._on_tick is not None:
                     self._on_tick(done)
-                if (ticks is not None and done >= ticks) or (end is not None and clock() >= end):
+                if ticks is not None and done >= ticks:
+                    break
+                if end is not None and clock() >= end:
+                    # Slots before `end` that a final stall swallowed were missed too.
+                    swallowed = (end - 1 - start) // self.period_ns - k
+                    if swallowed > 0:
+                        counters.deadline_misses += swallowed
+                        counters.skipped += swallowed
                     break
                 k += 1
                 # Skip slots that already passed: a late loop must not run a burst of ticks.
@@ -373,6 +380,7 @@ class ControlLoop:
                     counters.skipped += behind
                     k += behind
         finally:
+            counters.flush()
             self._tick_due_ns = 0
             self._stop.set()
             if self._watchdog is not None:
@@ -433,10 +441,13 @@ class ControlLoop:
                 counters.interventions[Reason.ADAPTER_ERROR.value] += 1
                 log.debug("adapter write failed: %s", exc)
         t1 = time.perf_counter_ns()
-        counters.latency.record_ns(t1 - t0)
+        pending = counters.pending_latency
+        pending.append(t1 - t0)
         counters.ticks += 1
         if late or t1 > deadline:
             counters.deadline_misses += 1
+        if len(pending) >= counters.FLUSH_EVERY:
+            counters.flush()
         shadow = self._shadow
         if shadow is not None and not shadow.done.is_set():
             shadow.step(obs, prev)

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 __all__ = ["LatencyHistogram", "LoopCounters", "MetricsSnapshot"]
 
@@ -48,6 +51,23 @@ class LatencyHistogram:
         self.sum_ns += ns
         if ns > self.max_ns:
             self.max_ns = ns
+
+    def record_many(self, samples_ns: Sequence[int]) -> None:
+        """Record a batch at once (vectorised: ~40x cheaper per sample than `record_ns`)."""
+        if not samples_ns:
+            return
+        arr = np.asarray(samples_ns, dtype=np.int64)
+        idx = np.zeros(arr.size, np.int64)
+        big = arr > _MIN_NS
+        if big.any():
+            pos = ((np.log(arr[big]) - _LOG_MIN) * _INV_LOG_GROWTH).astype(np.int64) + 1
+            idx[big] = np.minimum(pos, _N_BUCKETS - 1)
+        counts = np.bincount(idx, minlength=_N_BUCKETS)
+        for i in np.flatnonzero(counts).tolist():
+            self._buckets[i] += int(counts[i])
+        self.count += int(arr.size)
+        self.sum_ns += int(arr.sum())
+        self.max_ns = max(self.max_ns, int(arr.max()))
 
     def quantile_ms(self, q: float) -> float:
         """The q-quantile (0 < q <= 1) in ms: the geometric middle of its bucket."""
@@ -122,6 +142,19 @@ class LoopCounters:
         """Misses of the tick on which a policy swap happened (the swap's own cost)."""
         """Tick slots that passed while an earlier tick overran (also counted as misses)."""
         self.interventions: Counter[str] = Counter()
+        # The loop appends raw samples here (~50 ns) and `flush()` bins them in batches;
+        # the histograms may lag the tick counter by up to FLUSH_EVERY samples.
+        self.pending_latency: list[int] = []
+        self.pending_jitter: list[int] = []
+
+    FLUSH_EVERY = 128
+
+    def flush(self) -> None:
+        """Move pending samples into the histograms (loop thread only)."""
+        self.latency.record_many(self.pending_latency)
+        self.pending_latency.clear()
+        self.jitter.record_many(self.pending_jitter)
+        self.pending_jitter.clear()
 
     def intervene(self, reason: str) -> None:
         self.interventions[reason] += 1

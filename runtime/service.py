@@ -74,7 +74,7 @@ class RuntimeConfig(BaseModel):
     health_max_fallback_rate: float = Field(default=0.02, ge=0, le=1)
     """Health window fails when more than this fraction of ticks got the fallback action."""
     health_max_miss_rate: float = Field(default=0.05, ge=0, le=1)
-    """Health window fails when more than this fraction of ticks missed their deadline."""
+    """Health window fails when more than this fraction of tick slots missed their deadline."""
     watchdog: bool = True
     spin_us: float = Field(default=0.0, ge=0)
     """Busy-wait this long before each tick for lower jitter (costs CPU)."""
@@ -389,7 +389,7 @@ class RuntimeService:
         if ticks <= 0:
             return ""
         c = loop.counters
-        start_ticks, start_misses = c.ticks, c.deadline_misses
+        start_ticks, start_misses, start_skipped = c.ticks, c.deadline_misses, c.skipped
         start_fb = _fallbacks(c.interventions)
         deadline = time.monotonic() + 10.0 + 3.0 * ticks / loop.rate_hz
         while c.ticks - start_ticks < ticks:
@@ -401,13 +401,14 @@ class RuntimeService:
         n = c.ticks - start_ticks
         fb = _fallbacks(c.interventions) - start_fb
         misses = c.deadline_misses - start_misses
+        slots = n + c.skipped - start_skipped  # ticks run plus slots a stall swallowed
         if fb / n > self.config.health_max_fallback_rate:
             return (
                 f"{fb}/{n} ticks got the fallback action (limit "
                 f"{self.config.health_max_fallback_rate:.1%}): {dict(c.interventions)}"
             )
-        if misses / n > self.config.health_max_miss_rate:
-            return f"{misses}/{n} ticks missed their deadline"
+        if misses / slots > self.config.health_max_miss_rate:
+            return f"{misses}/{slots} tick slots missed their deadline"
         return ""
 
     def _rollback_to(self, target: LoadedPolicy | None, reason: str) -> None:

@@ -41,3 +41,27 @@ def test_snapshot_reports_counts_and_miss_rate() -> None:
     assert snap.miss_rate == 0.1
     assert snap.interventions == {"obs_shape": 1}
     assert snap.latency_p50_ms == pytest.approx(0.1, rel=0.02)
+
+
+def test_batched_recording_matches_one_by_one() -> None:
+    rng = np.random.default_rng(2)
+    samples = [int(s) for s in rng.lognormal(np.log(80_000), 1.0, 5_000)] + [0, 500, 10**13]
+    one, many = LatencyHistogram(), LatencyHistogram()
+    for s in samples:
+        one.record_ns(s)
+    many.record_many(samples[:1000])
+    many.record_many(samples[1000:])
+    many.record_many([])
+    assert (many.count, many.sum_ns, many.max_ns) == (one.count, one.sum_ns, one.max_ns)
+    for q in (0.01, 0.5, 0.9, 0.99, 0.999, 1.0):
+        assert many.quantile_ms(q) == pytest.approx(one.quantile_ms(q), rel=0.021)
+
+
+def test_counters_flush_pending_samples() -> None:
+    c = LoopCounters()
+    c.pending_latency.extend([100_000] * 3)
+    c.pending_jitter.append(50_000)
+    assert c.latency.count == 0
+    c.flush()
+    assert (c.latency.count, c.jitter.count) == (3, 1)
+    assert not c.pending_latency and not c.pending_jitter

