@@ -165,6 +165,11 @@ class PolicySession:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise SessionError(f"onnxruntime could not load {label}: {exc}") from exc
         self.providers: list[str] = list(self._session.get_providers())
+        if allowed_providers is not None and self.providers[0] not in allowed_providers:
+            raise SessionError(
+                f"onnxruntime runs {label} on {self.providers[0]} (GPU libraries missing?), "
+                f"which is not among the allowed providers {list(allowed_providers)}"
+            )
         if wanted[0] != self.providers[0]:
             log.warning(
                 "execution provider fell back from %s to %s (missing GPU libraries?)",
@@ -190,6 +195,7 @@ class PolicySession:
         self.output_name: str = outputs[0].name
         self.input_shape: list[int | str | None] = list(inputs[0].shape)
         self.output_shape: list[int | str | None] = list(outputs[0].shape)
+        self._device_id = device_id
         self._bind()
         for _ in range(warmup_runs):
             self.step(np.zeros(self.obs_size, np.float32))
@@ -237,9 +243,13 @@ class PolicySession:
         self._on_gpu = self.providers[0] in _GPU_PROVIDERS
         self._binding = self._session.io_binding()
         if self._on_gpu:
-            dev = "cuda"
-            self._in_ov = ort.OrtValue.ortvalue_from_shape_and_type(in_shape, np.float32, dev, 0)
-            self._out_ov = ort.OrtValue.ortvalue_from_shape_and_type(out_shape, np.float32, dev, 0)
+            dev, dev_id = "cuda", self._device_id
+            self._in_ov = ort.OrtValue.ortvalue_from_shape_and_type(
+                in_shape, np.float32, dev, dev_id
+            )
+            self._out_ov = ort.OrtValue.ortvalue_from_shape_and_type(
+                out_shape, np.float32, dev, dev_id
+            )
             self._in_host = np.zeros(in_shape, np.float32)
             self._out_host = np.zeros(self.action_size, np.float32)
         else:
