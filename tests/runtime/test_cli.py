@@ -105,6 +105,11 @@ def test_runtime_run_drives_pendulum_swaps_rolls_back_and_stops_on_sigterm(
     status = json.loads(result.output)
     assert status["active"]["bundle"]["version"] == "1.1.0"
     assert status["anti_rollback"] == {"pendulum": "2"}
+    text = CliRunner().invoke(cli_root, ["runtime", "status", "--root", str(layout.root)])
+    assert text.exit_code == 0, text.output
+    assert "state      rolled_back" in text.output
+    assert "active     slot b: pendulum 1.1.0 (sequence 2)" in text.output
+    assert "last failure  health window failed" in text.output
 
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)
@@ -160,9 +165,10 @@ def test_kill_9_during_activate_restarts_on_a_verified_bundle(
             assert st.state == "switched" and st.tries_left == 2
         c2.close()
     finally:
-        again.send_signal(signal.SIGTERM)
-        again.communicate(timeout=20)
-    assert again.returncode == 0
+        again.send_signal(signal.SIGINT)  # Ctrl-C stops it as cleanly as SIGTERM
+        _, err = again.communicate(timeout=20)
+    assert again.returncode == 0, err
+    assert "Traceback" not in err
 
 
 def test_second_runtime_on_the_same_root_exits_with_a_clear_error(
