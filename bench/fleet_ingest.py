@@ -178,7 +178,7 @@ def ingest(port: int, lags: Lags, url: str, devices: int = 0) -> Iterator[None]:
     ing = Ingest(
         store,
         CloudMqttSettings(port=port, client_id=f"bench-ingest-{time.time_ns()}"),
-        IngestSettings(batch_max=1000, flush_ms=20),
+        IngestSettings(batch_max=1000, flush_ms=50),
         on_committed=committed,
     )
     ing.start()

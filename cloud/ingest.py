@@ -65,7 +65,7 @@ MAX_POINTS = 10_000
 class IngestSettings:
     batch_max: int = 500
     """Most messages written per store round."""
-    flush_ms: float = 20.0
+    flush_ms: float = 50.0
     """Longest a message waits for its batch to fill."""
     max_payload_bytes: int = 256 * 1024
     dedup_cache: int = 200_000

@@ -106,23 +106,47 @@ def record_telemetry_many(store: Store, writes: Sequence[TelemetryWrite]) -> lis
             conn.execute(TB.insert(), batches)
         if points:
             conn.execute(T.insert(), points)
-        now = dt.datetime.now(dt.UTC)
-        healths = {
-            str(r[0]): r[1]
-            for r in conn.execute(sa.select(D.c.id, D.c.health).where(D.c.id.in_(list(last_seen))))
-        }
-        for device, seen in last_seen.items():
-            values: dict[str, Any] = {"last_seen": seen, "updated_at": now}
-            if device in newest:
-                p = newest[device][0]
-                current = healths.get(device)
-                # Spool replays arrive out of order: health is the newest point.
-                if not (current and str(current.get("at", "")) > p.at.isoformat()):
-                    values["health"] = _health(p)
-                    if p.update_state:
-                        values["update_state"] = p.update_state
-                    if p.active_bundle:
-                        values["active_bundle"] = dict(p.active_bundle)
-            conn.execute(D.update().where(D.c.id == device).values(**values))
+        if last_seen:
+            now = dt.datetime.now(dt.UTC)
+            current = {
+                str(r[0]): (r[1], r[2], r[3])
+                for r in conn.execute(
+                    sa.select(D.c.id, D.c.health, D.c.update_state, D.c.active_bundle).where(
+                        D.c.id.in_(list(last_seen))
+                    )
+                )
+            }
+            rows = []
+            for device, seen in last_seen.items():
+                health, update_state, active = current.get(device, (None, "", None))
+                if device in newest:
+                    p = newest[device][0]
+                    # Spool replays arrive out of order: health is the newest point.
+                    if not (health and str(health.get("at", "")) > p.at.isoformat()):
+                        health = _health(p)
+                        update_state = p.update_state or update_state
+                        active = dict(p.active_bundle) if p.active_bundle else active
+                rows.append(
+                    {
+                        "b_id": device,
+                        "b_seen": seen,
+                        "b_health": health,
+                        "b_state": update_state,
+                        "b_active": active,
+                    }
+                )
+            # One executemany for every device of the batch, not one UPDATE each.
+            conn.execute(
+                D.update()
+                .where(D.c.id == sa.bindparam("b_id"))
+                .values(
+                    last_seen=sa.bindparam("b_seen"),
+                    updated_at=now,
+                    health=sa.bindparam("b_health", type_=D.c.health.type),
+                    update_state=sa.bindparam("b_state"),
+                    active_bundle=sa.bindparam("b_active", type_=D.c.active_bundle.type),
+                ),
+                rows,
+            )
     store._notify(list(last_seen))
     return result
