@@ -51,11 +51,12 @@ from runtime.bundle.errors import (
     BundleFileSetError,
     BundleManifestError,
     BundleOnnxError,
+    BundleRollbackError,
     BundleSignatureError,
 )
 from runtime.bundle.onnx_checks import check_external_data, check_io_matches, check_operators
 from runtime.manifest import MANIFEST_NAME, BundleManifest, ManifestError, parse_manifest
-from runtime.trust import PublicKey, TrustStore
+from runtime.trust import PublicKey, TrustStore, TrustStoreError
 
 if TYPE_CHECKING:  # runtime.antirollback imports this package's errors
     from runtime.antirollback import AntiRollbackStore
@@ -121,8 +122,12 @@ def verify_signature(bundle_dir: Path, trust: TrustStore) -> tuple[SignedManifes
     except OmsFormatError as exc:
         raise BundleSignatureError(f"{where}: not an OMS key-mode signature: {exc}") from exc
 
-    keys = trust.public_keys("models")
     store = trust.role_dir("models")
+    try:
+        keys = trust.public_keys("models")
+    except (TrustStoreError, OSError) as exc:
+        # A damaged trust store must refuse (fail closed) as a bundle error callers expect.
+        raise BundleSignatureError(f"{where}: cannot read the trust store {store}: {exc}") from exc
     if not keys:
         raise BundleSignatureError(
             f"{where}: no model-signing keys are trusted in {store}; "
@@ -240,7 +245,14 @@ def verify_bundle(
     if device is not None:
         check_compatibility(manifest, device, str(bdir))
     if counters is not None:
-        counters.check(manifest.name, manifest.sequence, signed.root_digest)
+        from runtime.antirollback import AntiRollbackError  # not at import: a cycle
+
+        try:
+            counters.check(manifest.name, manifest.sequence, signed.root_digest)
+        except AntiRollbackError as exc:
+            raise BundleRollbackError(
+                f"{bdir}: cannot check anti-rollback for {manifest.name!r}: {exc}"
+            ) from exc
 
     return VerifiedBundle(
         path=bdir,

@@ -449,8 +449,10 @@ def test_same_sequence_with_different_content_is_a_rollback(
 def test_corrupt_counter_file_fails_closed(bundle: Path, trust: TrustStore, tmp_path: Path) -> None:
     path = tmp_path / "antirollback.json"
     path.write_text("{ truncated")
-    with pytest.raises(AntiRollbackError, match="refusing to guess"):
+    with pytest.raises(BundleRollbackError, match="cannot check anti-rollback") as info:
         verify_bundle(bundle, trust, counters=AntiRollbackStore(path))
+    assert isinstance(info.value.__cause__, AntiRollbackError)
+    assert "refusing to guess" in str(info.value)
     assert path.read_text() == "{ truncated"
 
 
@@ -474,3 +476,8 @@ def test_signature_file_that_is_a_fifo_does_not_hang(bundle: Path, trust: TrustS
     (bundle / "model.sig").unlink()
     os.mkfifo(bundle / "model.sig")
     assert_refused(bundle, trust, BundleSignatureError, "missing or not a regular file")
+
+
+def test_damaged_trust_store_refuses_as_a_signature_error(bundle: Path, trust: TrustStore) -> None:
+    (trust.role_dir("models") / "broken.pem").write_text("-----BEGIN PUBLIC KEY-----\nxx\n")
+    assert_refused(bundle, trust, BundleSignatureError, "cannot read the trust store")
