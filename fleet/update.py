@@ -488,7 +488,8 @@ class UpdateRunner:
             if state is State.COMMITTED:
                 return self._enter(record.model_copy(update=update), State.IDLE, Reason.OK, "")
             nxt = PATH[PATH.index(state) + 1]
-            record = self._enter(record.model_copy(update=update), nxt, Reason.OK, "")
+            detail = str(update.pop("detail", ""))
+            record = self._enter(record.model_copy(update=update), nxt, Reason.OK, detail)
         return record
 
     def _act(self, record: UpdateRecord, budget: float) -> dict[str, object]:
@@ -516,9 +517,18 @@ class UpdateRunner:
         elif s is State.STAGED:
             e.warm(budget)
         elif s is State.WARMED:
-            verdict = judge_shadow(e.shadow(budget), self.shadow_thresholds)
+            result = e.shadow(budget)
+            verdict = judge_shadow(result, self.shadow_thresholds)
             if verdict is not None:
                 raise UpdateError(*verdict)
+            # The shadow evidence travels with the SHADOW event (and so into the store).
+            return {
+                "detail": (
+                    f"shadow {result.ticks} ticks: max divergence {result.divergence_max:.4g}, "
+                    f"NaN rate {result.nan_rate:.4g}, p99 {result.latency_p99_ms:.3f} ms, "
+                    f"envelope violations {result.envelope_violations}"
+                )
+            }
         elif s is State.SHADOW:
             # Shadow passed; nothing is actuated until the integrator's gate says so.
             if not e.wait_safe_to_switch(budget):

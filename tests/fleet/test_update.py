@@ -132,6 +132,18 @@ def test_happy_path_visits_every_state_in_order_and_commits(tmp_path: Path) -> N
     assert sim.calls[-1] == "commit"
 
 
+def test_shadow_results_travel_with_the_shadow_event(tmp_path: Path) -> None:
+    details: dict[State, str] = {}
+    runner = UpdateRunner(
+        UpdateStateFile(tmp_path / "update.json"),
+        SimRuntime(),
+        on_event=lambda rec, st, reason, detail: details.setdefault(st, detail),
+    )
+    runner.start("pendulum", 2)
+    assert "max divergence 0.01" in details[State.SHADOW]
+    assert "100 ticks" in details[State.SHADOW]
+
+
 def test_each_state_is_on_disk_before_its_effect_runs(tmp_path: Path) -> None:
     seen: dict[str, str] = {}
     store = UpdateStateFile(tmp_path / "update.json")
