@@ -372,6 +372,7 @@ class RuntimeService:
                 loop.swap(candidate, timeout_s=self.config.swap_timeout_s)
             except LoopError as exc:
                 self.slots.rollback(f"switch failed: {exc}")
+                self._staged = None  # stage again when the robot allows a switch
                 self._reason = str(exc)
                 self._state = "running"
                 raise ControlError(str(exc)) from exc

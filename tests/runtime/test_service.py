@@ -192,3 +192,29 @@ def test_runtime_drives_a_robot_controller_over_udp(
     # The policy's action; 0.0 only for a tick that overran on a busy machine (fallback).
     assert set(values) <= {0.0, 0.75} and values.count(0.75) >= len(values) // 2
     assert all(seq > 0 for seq in answers)  # actions answer real observation sequence numbers
+
+
+def test_activation_refused_while_the_robot_is_unsafe_to_switch_keeps_the_old_bundle(
+    layout: RobotLayout, device: DeviceProfile, make_bundle: BundleFactory
+) -> None:
+    from runtime.adapters.null import NullAdapter
+    from runtime.service import ControlError
+
+    class Moving(NullAdapter):  # an integrator's gate: never safe (e.g. the arm is moving)
+        def is_safe_to_switch(self) -> bool:
+            return False
+
+    config = RuntimeConfig(adapter="null", warmup_runs=2, swap_timeout_s=0.3)
+    svc = RuntimeService(layout, config, adapter=Moving(OBS), device=device, serve=False)
+    svc.start(first_bundle=make_bundle(control=FAST))
+    try:
+        svc.stage(make_bundle(version="1.1.0", sequence=2, control=FAST))
+        with pytest.raises(ControlError, match="not safe to switch"):
+            svc.activate(health_window_ticks=5)
+        st = svc.status()
+        assert st.active is not None and st.active.manifest.version == "1.0.0"
+        assert st.state == "running" and st.slots.pending is None and st.pending is None
+        assert st.slots.active == "a" and "switch failed" in st.slots.last_failure
+        assert svc.loop is not None and svc.loop.running
+    finally:
+        svc.stop()
