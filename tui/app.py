@@ -64,7 +64,8 @@ RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
 class EdgeFluxApp(App[None]):
     """The operator console. `client` is the only way it reaches the plane."""
 
-    CSS_PATH = "edgeflux.tcss"
+    # absolute, so subclasses defined elsewhere (tests, bench) find it too
+    CSS_PATH = Path(__file__).with_name("edgeflux.tcss")
     TITLE = "EdgeFlux"
     MODES: ClassVar[dict[str, str | Callable[[], Screen[Any]]]] = {
         "fleet": FleetScreen,

@@ -290,6 +290,7 @@ class FleetStore:
         self.sort_reverse = False
         self._visible: list[str] = []
         self._visible_set: set[str] = set()
+        self._rank: dict[str, int] | None = None
         self.marks: set[str] = set()
         self.paused = False
         self._pending: list[DeviceRow | str] = []
@@ -316,6 +317,14 @@ class FleetStore:
 
     def all_rows(self) -> list[DeviceRow]:
         return list(self._rows.values())
+
+    def index_of(self, device_id: str) -> int | None:
+        """Position of a device in the visible order, or None if it is not shown."""
+        if device_id not in self._visible_set:
+            return None
+        if self._rank is None:
+            self._rank = {i: n for n, i in enumerate(self._visible)}
+        return self._rank.get(device_id)
 
     def visible_rows(self) -> list[DeviceRow]:
         return [self._rows[i] for i in self._visible]
@@ -485,6 +494,7 @@ class FleetStore:
     def _reorder(self) -> None:
         col = COLUMN_BY_KEY[self.sort_key]
         rows = self._rows
+        self._rank = None
         # id as the tie-break keeps the order stable between updates
         self._visible = sorted(
             self._visible_set,

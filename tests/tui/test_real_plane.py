@@ -15,6 +15,7 @@ from cloud.testing import RunningPlane, running_plane
 from tests.tui.conftest import until
 from tui.app import EdgeFluxApp
 from tui.client import AdminClient, TlsFiles, certificate_role
+from tui.screens._fleet_table import FleetTable
 from tui.screens.bundles import BundlesScreen, PushScreen
 from tui.screens.device import DeviceScreen
 
@@ -49,9 +50,9 @@ def client_for(plane: RunningPlane, name: str, role: str) -> tuple[AdminClient, 
     return AdminClient(plane.address, tls), certificate_role(creds.cert.read_bytes())
 
 
-def rows(app: EdgeFluxApp) -> DataTable[object]:
+def rows(app: EdgeFluxApp) -> FleetTable:
     assert app.fleet_screen is not None
-    return app.fleet_screen.query_one("#fleet", DataTable)
+    return app.fleet_screen.query_one("#fleet", FleetTable)
 
 
 async def test_live_fleet_filter_and_device_history_over_mtls(plane: RunningPlane) -> None:
@@ -61,21 +62,21 @@ async def test_live_fleet_filter_and_device_history_over_mtls(plane: RunningPlan
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: rows(app).row_count == 3, timeout=20)
         assert app.connected and not app.read_only
-        assert rows(app).get_cell("robot-0", "status") == "● online"
+        assert rows(app).cell_text("robot-0", "status") == "● online"
         # telemetry and an update event reach the table through the real watch stream
         assert plane.store.record_telemetry(
             "robot-1",
             1,
             [TelemetryRecord(at=NOW, loop_p99_ms=7.25, cpu_percent=55, update_state="STAGED")],
         )
-        await until(pilot, lambda: rows(app).get_cell("robot-1", "p99") == "7.25")
+        await until(pilot, lambda: rows(app).cell_text("robot-1", "p99") == "7.25")
         plane.store.record_event(
             EventRecord(
                 "robot-1", 1, NOW, "update", state="ROLLED_BACK", reason_code="health_window"
             )
         )
         await until(
-            pilot, lambda: rows(app).get_cell("robot-1", "update") == "ROLLED_BACK (health_window)"
+            pilot, lambda: rows(app).cell_text("robot-1", "update") == "ROLLED_BACK (health_window)"
         )
         await pilot.press("slash", *"site=yard", "enter")
         assert app.store.visible == ["robot-2"]

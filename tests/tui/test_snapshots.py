@@ -18,6 +18,7 @@ from tests.tui.conftest import until
 from tests.tui.sim import SimPlane, write_attestation_key
 from tui.app import EdgeFluxApp
 from tui.client import AdminClient
+from tui.screens._fleet_table import FleetTable
 from tui.verify import load_trusted_keys
 
 SIZES = [pytest.param((120, 36), id="120x36"), pytest.param((80, 24), id="80x24")]
@@ -33,7 +34,7 @@ def _app(sim: SimPlane, tmp_path: Path, **kw: Any) -> EdgeFluxApp:
 async def _fleet_loaded(pilot: Pilot[Any]) -> None:
     app = pilot.app
     await until(pilot, lambda: app.fleet_screen is not None and len(app.store) == 12)  # type: ignore[attr-defined]
-    await until(pilot, lambda: app.screen.query_one("#fleet", DataTable).row_count == 12)
+    await until(pilot, lambda: app.screen.query_one("#fleet", FleetTable).row_count == 12)
 
 
 def _steady_inputs(pilot: Pilot[Any]) -> None:

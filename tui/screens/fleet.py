@@ -7,23 +7,18 @@ from typing import ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.coordinate import Coordinate
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
-from textual.widgets.data_table import ColumnKey, RowDoesNotExist
+from textual.widgets import Footer, Input
 
 from tui.screens._chrome import ConnectionBar, fleet_app
-from tui.store import COLUMNS, DeviceRow, Diff, QueryError, rank
-
-MARK = "●"
-# Past this many removals one rebuild beats DataTable.remove_row (O(rows) each).
-REBUILD_REMOVALS = 64
+from tui.screens._fleet_table import FleetTable
+from tui.store import COLUMNS, Diff, QueryError
 
 _SORT_KEYS = "1234567890"
 
 
 class FleetScreen(Screen[None]):
-    """Live fleet table. Rows are keyed by device id and updated cell by cell."""
+    """Live fleet table: a virtual view of the store's filtered, sorted devices."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "filter", "Filter"),
@@ -41,10 +36,6 @@ class FleetScreen(Screen[None]):
         ],
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._cells: dict[str, tuple[str, ...]] = {}
-
     def compose(self) -> ComposeResult:
         yield ConnectionBar(id="conn")
         yield Input(
@@ -52,28 +43,24 @@ class FleetScreen(Screen[None]):
             "online|offline   (enter keeps it, escape hides)",
             id="filter",
         )
-        table: DataTable[str | Text] = DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
-        yield table
+        yield FleetTable(fleet_app(self).store, id="fleet")
         yield Footer()
 
     @property
-    def table(self) -> DataTable[str | Text]:
-        return self.query_one("#fleet", DataTable)
+    def table(self) -> FleetTable:
+        return self.query_one("#fleet", FleetTable)
 
     def on_mount(self) -> None:
         app = fleet_app(self)
         app.fleet_screen = self
-        t = self.table
-        t.add_column(" ", key="mark", width=1)
-        for n, col in enumerate(COLUMNS):
-            key = _SORT_KEYS[n] if n < len(_SORT_KEYS) else ""
-            t.add_column(
-                self._header(col.key, col.title, key),
-                key=col.key,
-                width=max(col.width, len(col.title) + 4),
-            )
+        self._refresh_headers()
         self.rebuild()
-        t.focus()
+        self.set_focus(self.table)
+
+    def on_unmount(self) -> None:
+        app = fleet_app(self)
+        if app.fleet_screen is self:
+            app.fleet_screen = None
 
     # ---- rendering -----------------------------------------------------------
     def _header(self, key: str, title: str, shortcut: str) -> Text:
@@ -89,97 +76,26 @@ class FleetScreen(Screen[None]):
         t = self.table
         for n, col in enumerate(COLUMNS):
             key = _SORT_KEYS[n] if n < len(_SORT_KEYS) else ""
-            t.columns[ColumnKey(col.key)].label = self._header(col.key, col.title, key)
-        t.refresh()
-
-    def _row_cells(self, row: DeviceRow) -> tuple[str, ...]:
-        marked = MARK if row.id in fleet_app(self).store.marks else ""
-        return (marked, *(col.text(row) for col in COLUMNS))
-
-    def _cursor_id(self) -> str | None:
-        t = self.table
-        if t.row_count == 0:
-            return None
-        try:
-            key = t.coordinate_to_cell_key(Coordinate(t.cursor_row, 0)).row_key
-        except Exception:  # cursor outside the table after a rebuild
-            return None
-        return key.value
-
-    def _restore_cursor(self, device_id: str | None) -> None:
-        if device_id is None:
-            return
-        t = self.table
-        try:
-            index = t.get_row_index(device_id)
-        except RowDoesNotExist:
-            return
-        if index != t.cursor_row:
-            t.move_cursor(row=index, animate=False)
+            t.set_header(col.key, self._header(col.key, col.title, key))
 
     def rebuild(self) -> None:
-        """Refill the table from the store's visible order (filter change, snapshot)."""
-        store = fleet_app(self).store
-        t = self.table
-        keep = self._cursor_id()
-        t.clear()
-        self._refresh_headers()
-        self._cells = {}
-        for row in store.visible_rows():
-            cells = self._row_cells(row)
-            self._cells[row.id] = cells
-            t.add_row(*cells, key=row.id)
-        self._restore_cursor(keep)
+        """The visible rows changed wholesale (filter, snapshot): redraw, keep the cursor."""
+        if not self.is_mounted:
+            return
+        self.table.rows_changed()
         fleet_app(self).refresh_status()
 
     def show_diff(self, diff: Diff) -> None:
-        """Apply a store diff: touch only the rows and cells that changed."""
-        if diff.empty:
-            fleet_app(self).refresh_status()
+        """Apply a store diff. The table holds no rows, so this is a redraw decision."""
+        if not self.is_mounted:
             return
-        if diff.reset or len(diff.removed) > REBUILD_REMOVALS:
-            self.rebuild()
-            return
-        store = fleet_app(self).store
-        t = self.table
-        keep = self._cursor_id()
-        for device_id in diff.removed:
-            if device_id in self._cells:
-                t.remove_row(device_id)
-                del self._cells[device_id]
-        for device_id in diff.added:
-            row = store.get(device_id)
-            if row is None or device_id in self._cells:
-                continue
-            cells = self._row_cells(row)
-            self._cells[device_id] = cells
-            t.add_row(*cells, key=device_id)
-        for device_id in diff.updated:
-            self._update_row(device_id)
-        if diff.added or diff.reordered:
-            self._sort_table()
-            self._restore_cursor(keep)
+        if not diff.empty:
+            t = self.table
+            if diff.reset or diff.added or diff.removed or diff.reordered:
+                t.rows_changed()
+            else:
+                t.rows_updated(diff.updated)
         fleet_app(self).refresh_status()
-
-    def _update_row(self, device_id: str) -> None:
-        row = fleet_app(self).store.get(device_id)
-        old = self._cells.get(device_id)
-        if row is None or old is None:
-            return
-        new = self._row_cells(row)
-        if new == old:
-            return
-        self._cells[device_id] = new
-        t = self.table
-        keys = ["mark", *(c.key for c in COLUMNS)]
-        for key, a, b in zip(keys, old, new, strict=True):
-            if a != b:
-                t.update_cell(device_id, key, b)
-
-    def _sort_table(self) -> None:
-        order = rank(fleet_app(self).store.visible)
-        last = len(order)
-        self.table.sort("id", key=lambda device_id: order.get(str(device_id), last))
 
     # ---- actions -------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -228,13 +144,9 @@ class FleetScreen(Screen[None]):
             self._apply_filter("", quiet=False)
 
     def action_sort(self, key: str) -> None:
-        keep = self._cursor_id()
         fleet_app(self).store.set_sort(key)
-        # Labels before the sort: the table caches rendered lines per update count,
-        # and sort() is what bumps it.
         self._refresh_headers()
-        self._sort_table()
-        self._restore_cursor(keep)
+        self.table.rows_changed()
 
     def action_pause(self) -> None:
         app = fleet_app(self)
@@ -245,28 +157,22 @@ class FleetScreen(Screen[None]):
         app.refresh_status()
 
     def action_mark(self) -> None:
-        device_id = self._cursor_id()
+        t = self.table
+        device_id = t.cursor_id
         if device_id is None:
             return
         fleet_app(self).store.toggle_mark(device_id)
-        self._update_row(device_id)
-        t = self.table
-        if t.cursor_row < t.row_count - 1:
-            t.move_cursor(row=t.cursor_row + 1, animate=False)
+        t.move_cursor(t.cursor_row + 1)
         fleet_app(self).refresh_status()
 
     def action_mark_all(self) -> None:
         fleet_app(self).store.mark_visible()
-        for device_id in list(self._cells):
-            self._update_row(device_id)
+        self.table.refresh()
         fleet_app(self).refresh_status()
 
     def action_unmark_all(self) -> None:
-        store = fleet_app(self).store
-        marked = list(store.marks)
-        store.clear_marks()
-        for device_id in marked:
-            self._update_row(device_id)
+        fleet_app(self).store.clear_marks()
+        self.table.refresh()
         fleet_app(self).refresh_status()
 
     def action_push(self) -> None:
@@ -279,6 +185,5 @@ class FleetScreen(Screen[None]):
     def action_export(self, fmt: str) -> None:
         fleet_app(self).export_view("json" if fmt == "json" else "csv")
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            fleet_app(self).open_device(event.row_key.value)
+    def on_fleet_table_selected(self, event: FleetTable.Selected) -> None:
+        fleet_app(self).open_device(event.device_id)
