@@ -91,6 +91,7 @@ class Spool:
         self.budgets = budgets or {}
         self._clock = clock
         self._lock = threading.Lock()
+        self._last_expiry = float("-inf")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -203,9 +204,12 @@ class Spool:
     ) -> list[SpooledMessage]:
         """The next `limit` messages in send order (priority, then age), skipping `exclude`."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._expire_locked(self._clock())
-            self._db.execute("COMMIT")
+            now = self._clock()
+            if now - self._last_expiry >= 1.0:  # the pump peeks every few ms; expiry is coarse
+                self._last_expiry = now
+                self._db.execute("BEGIN IMMEDIATE")
+                self._expire_locked(now)
+                self._db.execute("COMMIT")
             rows = self._db.execute(
                 "SELECT id, klass, topic, sequence, payload, created_at FROM messages "
                 "ORDER BY priority, id LIMIT ?",
