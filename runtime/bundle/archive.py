@@ -45,6 +45,10 @@ def pack_bundle(bundle_dir: str | os.PathLike[str], out_efb: str | os.PathLike[s
             raise BundleArchiveError(f"cannot pack {bdir}: {required} is missing")
     if not (bdir / SIGNATURE_NAME).is_file():
         raise BundleArchiveError(f"cannot pack {bdir}: it is not signed (no {SIGNATURE_NAME})")
+    if out.resolve().is_relative_to(bdir.resolve()):
+        raise BundleArchiveError(
+            f"cannot pack {bdir} into {out}: the archive would land inside the bundle"
+        )
     names = sorted([*dirs, *files, SIGNATURE_NAME])
     out.parent.mkdir(parents=True, exist_ok=True)
     with (

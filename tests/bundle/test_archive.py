@@ -163,3 +163,16 @@ def test_unpack_and_verify_removes_staging_when_verification_fails(
     with pytest.raises(BundleSignatureError, match="no model-signing keys"):
         unpack_and_verify(efb, tmp_path / "staging", TrustStore(tmp_path / "empty-trust"))
     assert not (tmp_path / "staging").exists()
+
+
+def test_pack_refuses_to_write_the_archive_inside_the_bundle(bundle: Path) -> None:
+    with pytest.raises(BundleArchiveError, match="would land inside the bundle"):
+        pack_bundle(bundle, bundle / "self.efb")
+    assert sorted(p.name for p in bundle.iterdir()) == ["edgeflux.json", "model.sig", "policy.onnx"]
+
+
+def test_truncated_archive_is_refused_and_cleaned_up(bundle: Path, tmp_path: Path) -> None:
+    efb = pack_bundle(bundle, tmp_path / "b.efb")
+    data = efb.read_bytes()
+    efb.write_bytes(data[: len(data) // 2])
+    assert_unpack_refused(efb, tmp_path, "corrupt tar archive|cannot extract|unexpected end")
