@@ -26,8 +26,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -65,7 +65,6 @@ class LoadedPolicy:
     slot: str | None = None
     policy_sha256: str = ""
     root_digest: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -86,6 +85,18 @@ class ShadowResult:
     errors: int
 
 
+def _normaliser(manifest: BundleManifest) -> tuple[F32, F32, F32] | None:
+    """(mean, 1/std, scratch buffer) when normalisation is outside the graph, else None."""
+    io = manifest.io
+    if io.obs_mean is None or io.obs_std is None:
+        return None
+    return (
+        np.asarray(io.obs_mean, np.float32),
+        (1.0 / np.asarray(io.obs_std, np.float64)).astype(np.float32),
+        np.zeros(io.obs_dim, np.float32),
+    )
+
+
 class _Shadow:
     def __init__(self, candidate: LoadedPolicy, ticks: int) -> None:
         self.candidate = candidate
@@ -93,6 +104,7 @@ class _Shadow:
         self.envelope = SafetyEnvelope(candidate.manifest.io, candidate.manifest.control)
         self.out = np.zeros(self.envelope.action_dim, np.float32)
         self.prev = self.envelope.prev
+        self.norm = _normaliser(candidate.manifest)
         self.latency = LatencyHistogram()
         self.ticks = 0
         self.compared = 0
@@ -108,8 +120,12 @@ class _Shadow:
         if env.check_observation(obs) is None:
             assert isinstance(obs, np.ndarray)
             t0 = time.perf_counter_ns()
+            x = obs
+            if self.norm is not None:  # the candidate's own normalisation, if outside its graph
+                mean, inv_std, buf = self.norm
+                x = np.multiply(np.subtract(obs, mean, out=buf), inv_std, out=buf)
             try:
-                raw = self.candidate.session.step(obs)
+                raw = self.candidate.session.step(x)
             except Exception:
                 self.errors += 1
                 raw = None
@@ -202,14 +218,7 @@ class ControlLoop:
         rate = self._rate_override or ctl.rate_hz
         period_ns = round(1e9 / rate)
         envelope = SafetyEnvelope(policy.manifest.io, ctl, self.counters.interventions)
-        io = policy.manifest.io
-        norm: tuple[F32, F32, F32] | None = None
-        if io.obs_mean is not None and io.obs_std is not None:
-            norm = (
-                np.asarray(io.obs_mean, np.float32),
-                (1.0 / np.asarray(io.obs_std, np.float64)).astype(np.float32),
-                np.zeros(io.obs_dim, np.float32),
-            )
+        norm = _normaliser(policy.manifest)
         return _Plan(
             policy=policy,
             rate_hz=rate,

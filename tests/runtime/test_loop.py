@@ -254,3 +254,24 @@ def test_adapter_raising_foreign_exceptions_does_not_kill_the_loop() -> None:
     assert snap.ticks == 3
     assert snap.interventions["adapter_error"] == 6  # 3 failed reads + 3 failed writes
     assert [float(a[0]) for _, a in robot.writes] == [0.0] * 3
+
+
+def test_shadow_applies_the_candidates_own_normalisation() -> None:
+    robot = Robot(obs=np.asarray([1.0, 0.0, 2.0], np.float32))
+    ctl = {"rate_hz": 100, "deadline_ms": 10, "fallback": "hold"}
+    model = _models.mlp(bias=0.0)
+    active = loaded(model, control=ctl)
+    io = manifest().io.model_dump()
+    io.update(obs_mean=[1.0, 0.0, 2.0], obs_std=[1.0, 1.0, 1.0])
+    candidate = LoadedPolicy(manifest(io=io), PolicySession(model))
+    loop = ControlLoop(robot, active)
+    loop.start()
+    try:
+        wait_until(lambda: loop.counters.ticks >= 3, 5, "the loop to run")
+        report = loop.shadow(candidate, 10)
+    finally:
+        loop.stop()
+    raw_action = PolicySession(model).step(np.asarray([1.0, 0.0, 2.0], np.float32))[0]
+    normalised_action = PolicySession(model).step(np.zeros(3, np.float32))[0]
+    assert report.compared == 10
+    assert report.divergence_max == pytest.approx(abs(raw_action - normalised_action), abs=1e-5)
