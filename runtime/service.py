@@ -339,6 +339,10 @@ class RuntimeService:
                 )
             t0 = time.perf_counter()
             rt = self.config.realtime_priority
+            # A new stage replaces (and first forgets) whatever was staged before.
+            self._staged = None
+            if self._state == "staged":
+                self._state = "running"
             with realtime_thread(max(1, rt - 1) if rt is not None else None):
                 slot, verified = self.slots.stage(Path(bundle_dir))
                 self._staged = self.load(verified, slot)

@@ -218,3 +218,18 @@ def test_activation_refused_while_the_robot_is_unsafe_to_switch_keeps_the_old_bu
         assert svc.loop is not None and svc.loop.running
     finally:
         svc.stop()
+
+
+def test_failed_restage_forgets_the_previous_staged_bundle(
+    client: RuntimeControlClient, service: RuntimeService, make_bundle: BundleFactory
+) -> None:
+    client.stage(make_bundle(version="1.1.0", sequence=2, control=FAST))
+    bad = make_bundle(version="1.2.0", sequence=3, control=FAST)
+    (bad / "policy.onnx").write_bytes(b"tampered")
+    with pytest.raises(RuntimeControlError, match="INVALID_ARGUMENT"):
+        client.stage(bad)
+    st = client.status()
+    assert st.state == "running" and not st.HasField("pending")
+    with pytest.raises(RuntimeControlError, match="nothing staged"):
+        client.activate(5)
+    assert st.active.bundle.version == "1.0.0"
