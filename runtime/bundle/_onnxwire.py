@@ -217,21 +217,36 @@ def _sparse_tensor(r: _Reader, end: int, info: OnnxInfo) -> None:
 
 
 def _value_info(r: _Reader, end: int) -> GraphIO:
-    """ValueInfoProto -> TypeProto(1: tensor_type) -> Tensor(1: elem_type, 2: shape)."""
+    """ValueInfoProto -> TypeProto(1: tensor_type) -> Tensor(1: elem_type, 2: shape).
+
+    A repeated occurrence of one of these singular messages is *merged* by protobuf
+    (the shape's dims would be concatenated), so a second copy is refused rather
+    than read differently from the runtime that will load the model.
+    """
     name, dtype, shape = "", "", None
+    seen: set[str] = set()
+
+    def once(what: str) -> None:
+        if what in seen:
+            raise OnnxWireError(f"value {name or '?'!r} repeats its {what} field")
+        seen.add(what)
+
     for number, wire in _loop(r, end):
         if number == 1 and wire == _LEN:
             name = r.string(end)
         elif number == 2 and wire == _LEN:
+            once("type")
             t_end = r.sub_end(end)
             for n2, w2 in _loop(r, t_end):
                 if n2 == 1 and w2 == _LEN:
+                    once("tensor_type")
                     tt_end = r.sub_end(t_end)
                     for n3, w3 in _loop(r, tt_end):
                         if n3 == 1 and w3 == _VARINT:
                             code = r.varint()
                             dtype = ELEM_TYPES.get(code, f"elem_type {code}")
                         elif n3 == 2 and w3 == _LEN:
+                            once("shape")
                             shape = _shape(r, r.sub_end(tt_end))
                         else:
                             r.skip(w3, tt_end)

@@ -239,3 +239,29 @@ def test_reader_checks_operators_of_training_graphs_too() -> None:
     training.initialization.CopyFrom(hidden)
     info = read_onnx_info(io.BytesIO(model.SerializeToString()))
     assert ("com.hidden", "Backdoor") in info.ops
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    length, prefix = len(payload), bytearray()
+    while True:
+        byte = length & 0x7F
+        length >>= 7
+        prefix.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return bytes([(number << 3) | 2]) + bytes(prefix) + payload
+
+
+def test_reader_refuses_a_repeated_shape_that_protobuf_would_merge() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    # ValueInfo x with its `type` field twice: protobuf merges them into dims [1, 3, 1, 3].
+    vi = x.SerializeToString() + _field(2, x.type.SerializeToString())
+    merged = onnx.ValueInfoProto()
+    merged.ParseFromString(vi)
+    assert len(merged.type.tensor_type.shape.dim) == 4
+    body = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [], [y])
+    model_bytes = _field(7, body.SerializeToString() + _field(11, vi))  # ModelProto.graph
+    with pytest.raises(OnnxWireError, match="repeats its type field"):
+        read_onnx_info(io.BytesIO(model_bytes))
