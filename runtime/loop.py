@@ -455,7 +455,7 @@ class ControlLoop:
         counters.ticks += 1
         if late or t1 > deadline:
             counters.deadline_misses += 1
-        if len(pending) >= counters.FLUSH_EVERY:
+        if len(pending) >= counters.FLUSH_EVERY or t1 > counters.next_flush_ns:
             counters.flush()
         shadow = self._shadow
         if shadow is not None and not shadow.done.is_set():
