@@ -60,7 +60,9 @@ RATE_HZ = 5.0
 # --------------------------------------------------------------------------- publishers
 
 
-def _publisher(port: int, first: int, count: int, seconds: float, start_at: float, q: Any) -> None:
+def _publisher(
+    port: int, first: int, count: int, seconds: float, start_at: float, q: Any, seq0: int
+) -> None:
     from fleet.mqtt import MqttSettings, MqttTransport, topic
 
     t = MqttTransport(MqttSettings(port=port, max_inflight=1000), f"bench-pub-{first}")
@@ -68,7 +70,8 @@ def _publisher(port: int, first: int, count: int, seconds: float, start_at: floa
     if not t.wait_connected(10):
         q.put(0)
         return
-    seqs = [0] * count
+    # Sequences continue across steps: the store keeps earlier steps' (device, sequence).
+    seqs = [seq0] * count
     sent = 0
     period = 1.0 / RATE_HZ
     while time.time() < start_at:
@@ -111,7 +114,9 @@ def run_load(port: int, devices: int, seconds: float, procs: int) -> int:
         n = min(per, devices - first)
         if n <= 0:
             break
-        p = ctx.Process(target=_publisher, args=(port, first, n, seconds, start_at, q))
+        p = ctx.Process(
+            target=_publisher, args=(port, first, n, seconds, start_at, q, int(start_at * 1000))
+        )
         p.start()
         ps.append(p)
     total = sum(q.get(timeout=seconds + 60) for _ in ps)
