@@ -211,19 +211,25 @@ def verify_bundle(
         policy_fh: BinaryIO | None = None
         manifest_bytes: bytes | None = None
         for name, expected in sorted(signed.resources.items()):
-            fh = stack.enter_context(open_regular(bdir / name, str(bdir)))
-            keep = _MAX_MANIFEST_BYTES if name == MANIFEST_NAME else 0
-            actual, data = hash_open_file(fh, keep_bytes=keep)
+            fh = open_regular(bdir / name, str(bdir))
+            if name == POLICY_NAME:
+                # Kept open: the ONNX checks read the very bytes just hashed.
+                policy_fh = stack.enter_context(fh)
+            try:
+                keep = _MAX_MANIFEST_BYTES if name == MANIFEST_NAME else 0
+                actual, data = hash_open_file(fh, keep_bytes=keep)
+            finally:
+                if name != POLICY_NAME:
+                    fh.close()
             if actual != expected:
                 raise BundleDigestError(
                     f"{bdir}: {name} has sha256 {actual[:16]}…, the signature says "
-                    f"{expected[:16]}…; the file was modified after signing"
+                    f"{expected[:16]}…; the file was modified after signing, or "
+                    f"{SIGNATURE_NAME} belongs to another bundle"
                 )
             files[name] = actual
             if name == MANIFEST_NAME:
                 manifest_bytes = data
-            elif name == POLICY_NAME:
-                policy_fh = fh
 
         if manifest_bytes is None:
             raise BundleManifestError(f"{bdir / MANIFEST_NAME}: larger than {_MAX_MANIFEST_BYTES}")
