@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import functools
 import json
 import logging
@@ -429,10 +430,27 @@ class Store:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self._connect() as conn:
+        # Several processes may open a fresh database at once (replicas, CLI + server):
+        # one migrates, the others wait and then find nothing to do.
+        with self._migration_lock(), self._connect() as conn:
+            if self.engine.url.get_backend_name() == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7242025)"))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "heads")
             conn.commit()
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        database = self.engine.url.database
+        if not self.is_sqlite or not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def ping(self) -> None:
         with self._connect() as conn:

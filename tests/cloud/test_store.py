@@ -220,3 +220,23 @@ def test_records_do_not_share_mutable_state(store: Store) -> None:
     again = store.require_device("d1")
     assert again.labels == {"site": "lab"}
     assert again.desired_bundle == {"name": "p", "nested": {"k": [1]}}
+
+
+def test_concurrent_first_opens_migrate_once(store_url: str) -> None:
+    """Several plane processes starting at once on a fresh database all come up."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def open_store() -> None:
+        barrier.wait()
+        try:
+            Store.open(store_url).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
