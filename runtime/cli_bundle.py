@@ -111,7 +111,17 @@ def _passphrase(env_name: str | None, prompt: bool, confirm: bool = False) -> by
 
 @click.group(name="bundle")
 def bundle() -> None:
-    """Create, sign, verify, inspect and pack model bundles."""
+    """Create, sign, verify, inspect and pack model bundles.
+
+    \b
+    edgeflux bundle keygen --private k.pem --public k.pub
+    edgeflux bundle create --onnx policy.onnx --name pendulum --version 1.0.0 \\
+        --spec pendulum.toml --out pendulum-1.0.0
+    edgeflux bundle sign pendulum-1.0.0 --key k.pem
+    edgeflux bundle trust add k.pub --trust-dir ./trust
+    edgeflux bundle verify pendulum-1.0.0 --trust-dir ./trust
+    edgeflux bundle pack pendulum-1.0.0 --out pendulum-1.0.0.efb
+    """
 
 
 # --------------------------------------------------------------------- create
@@ -176,7 +186,12 @@ def create(
     allow_op: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Make a bundle directory from any ONNX policy (I/O read from the graph)."""
+    """Make a bundle directory from an ONNX policy.
+
+    The I/O tensors are read from the graph; bounds, rate, deadline and fallback come
+    from flags or a manifest TOML (--spec), flags winning. A spec that contradicts
+    the graph is refused and nothing is written.
+    """
     with _user_errors():
         data: dict[str, Any] = {}
         if spec is not None:
@@ -248,7 +263,7 @@ def create(
 @click.option("--public", "public_path", required=True, type=click.Path(path_type=Path))
 @click.option("--encrypt", is_flag=True, help="Ask for a passphrase to encrypt the private key.")
 @click.option("--passphrase-env", help="Read the passphrase from this environment variable.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def keygen(
     private_path: Path,
     public_path: Path,
@@ -256,7 +271,7 @@ def keygen(
     passphrase_env: str | None,
     as_json: bool,
 ) -> None:
-    """Generate an ECDSA P-256 signing key pair (private key file mode 0600)."""
+    """Generate an ECDSA P-256 signing key pair (private key mode 0600)."""
     with _user_errors():
         passphrase = _passphrase(passphrase_env, encrypt, confirm=True)
         kid = generate_signing_key(private_path, public_path, passphrase)
@@ -277,7 +292,7 @@ def keygen(
 def sign(
     bundle_dir: Path, key_path: Path, passphrase_env: str | None, ask_passphrase: bool
 ) -> None:
-    """Sign every file of a bundle (OpenSSF Model Signing v1.0, key mode) into model.sig."""
+    """Sign every file of a bundle into model.sig (OMS v1.0, key mode)."""
     with _user_errors():
         passphrase = _passphrase(passphrase_env, ask_passphrase)
         with _err.status(f"hashing and signing {bundle_dir}"):
@@ -316,7 +331,7 @@ def _as_directory(target: Path, max_bytes: int | None = None) -> Iterator[Path]:
     default=False,
     help="Also check compatibility with this machine (and <root>'s counters).",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify(
     target: Path,
     root: Path,
@@ -325,7 +340,12 @@ def verify(
     device: bool,
     as_json: bool,
 ) -> None:
-    """Verify a bundle directory or .efb: signature, files, digests, manifest, compat, rollback."""
+    """Verify a bundle directory or .efb.
+
+    Checks, in order: signature by a trusted key, the exact file set, every digest,
+    the manifest, the ONNX graph, and with --device this machine's compatibility and
+    the anti-rollback counter (read only). Exit 0 only if everything holds.
+    """
     with _user_errors():
         trust = _trust(root, trust_dir)
         if counters is None and device:
@@ -402,9 +422,13 @@ def _inspect_dir(bdir: Path, trust: TrustStore | None) -> dict[str, Any]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Also verify against this trust store.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def inspect(target: Path, trust_dir: Path | None, as_json: bool) -> None:
-    """Show a bundle's manifest, signer key id, file digests, I/O spec and compatibility."""
+    """Show manifest, signer, digests, I/O spec, compatibility.
+
+    TARGET is a bundle directory or an .efb. The signer key id shown is the one the
+    signature claims; pass --trust-dir to also verify it.
+    """
     with _user_errors(), _as_directory(target) as bdir:
         report = _inspect_dir(bdir, TrustStore(trust_dir) if trust_dir else None)
     report["bundle"] = str(target)
@@ -459,9 +483,9 @@ def inspect(target: Path, trust_dir: Path | None, as_json: bool) -> None:
 @bundle.command()
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_efb", required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def pack(bundle_dir: Path, out_efb: Path, as_json: bool) -> None:
-    """Pack a signed bundle directory into one .efb (uncompressed, deterministic tar)."""
+    """Pack a signed bundle into one .efb (deterministic tar)."""
     with _user_errors():
         out = pack_bundle(bundle_dir, out_efb)
     h = hashlib.sha256()
@@ -481,7 +505,7 @@ def pack(bundle_dir: Path, out_efb: Path, as_json: bool) -> None:
 @click.option("--max-members", type=int, default=DEFAULT_MAX_MEMBERS, show_default=True)
 @click.option("--max-bytes", type=int, default=DEFAULT_MAX_TOTAL_BYTES, show_default=True)
 def unpack(efb: Path, out_dir: Path, max_members: int, max_bytes: int) -> None:
-    """Unpack an .efb into a new directory (safe extraction; verify it afterwards)."""
+    """Unpack an .efb into a new directory (verify it afterwards)."""
     with _user_errors():
         out = unpack_bundle(efb, out_dir, max_members=max_members, max_total_bytes=max_bytes)
     _err.print(f"unpacked into {out}; next: edgeflux bundle verify {out}")
@@ -501,7 +525,7 @@ _role = click.option("--role", type=click.Choice(ROLES), default="models", show_
 @trust_group.command("list")
 @_trust_option
 @click.option("--role", type=click.Choice(ROLES), help="Only this role [default: all].")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def trust_list(root: Path, trust_dir: Path | None, role: str | None, as_json: bool) -> None:
     """List trusted key ids."""
     with _user_errors():
@@ -539,7 +563,7 @@ def trust_add(public_key: Path, root: Path, trust_dir: Path | None, role: str) -
 @_trust_option
 @_role
 def trust_remove(key_id: str, root: Path, trust_dir: Path | None, role: str) -> None:
-    """Stop trusting a key (full id or a unique prefix of >= 8 characters)."""
+    """Stop trusting a key (full id, or a unique prefix of 8+ chars)."""
     with _user_errors():
         store = _trust(root, trust_dir)
         kid = store.resolve(role, key_id)
