@@ -67,6 +67,15 @@ class DeviceRow:
     temperature_c: float = 0.0
     revoked: bool = False
     runtime_version: str = ""
+    # Derived once per row (in the watch reader thread, off the UI thread) so filtering
+    # and sorting 10,000 rows does no per-row string or tuple work on the UI thread.
+    search: str = field(init=False, repr=False, compare=False)
+    sort_values: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        text = "\x00".join([self.id, *(v for _, v in self.labels)]).lower()
+        object.__setattr__(self, "search", text)
+        object.__setattr__(self, "sort_values", tuple(c.sort_key(self) for c in COLUMNS))
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -74,6 +83,7 @@ class DeviceRow:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["search"], data["sort_values"]
         data["labels"] = dict(self.labels)
         return data
 
@@ -180,6 +190,7 @@ COLUMNS: tuple[Column, ...] = (
     ),
 )
 COLUMN_BY_KEY: dict[str, Column] = {c.key: c for c in COLUMNS}
+COLUMN_INDEX: dict[str, int] = {c.key: n for n, c in enumerate(COLUMNS)}
 
 
 @dataclass(frozen=True)
@@ -203,10 +214,9 @@ class Query:
 
 def _term_matches(term: _Term, row: DeviceRow) -> bool:
     if term.kind == "text":
-        needle = term.value
-        hit = needle in row.id.lower() or any(needle in v.lower() for _, v in row.labels)
+        hit = term.value in row.search
     elif term.kind == "label":
-        hit = row.label_map.get(term.key) == term.value
+        hit = any(k == term.key and v == term.value for k, v in row.labels)
     elif term.kind == "state":
         hit = row.update_state.lower() == term.value
     elif term.kind == "status":
@@ -291,6 +301,7 @@ class FleetStore:
         self._visible: list[str] = []
         self._visible_set: set[str] = set()
         self._rank: dict[str, int] | None = None
+        self._snapshot_at = 0.0
         self.marks: set[str] = set()
         self.paused = False
         self._pending: list[DeviceRow | str] = []
@@ -348,9 +359,13 @@ class FleetStore:
     # ---- writing -------------------------------------------------------------
     def replace_all(self, rows: Iterable[DeviceRow]) -> Diff:
         """A fresh snapshot (first connect or reconnect): drop devices not in it."""
-        self._rows = {}
+        self._snapshot_at = self._clock()
+        old_rows, self._rows = self._rows, {}
         for row in rows:
-            self._record(row)
+            # History starts with the first change seen (or continues across a
+            # reconnect): recording 10,000 snapshot points up front costs the UI thread.
+            if row.id in self.history:
+                self._record(row, old_rows.get(row.id))
             self._rows[row.id] = row
         self.marks &= set(self._rows)
         self._pending.clear()
@@ -365,7 +380,7 @@ class FleetStore:
         if self.paused:
             self._pending.extend(changes)
             return Diff()
-        sort_col = COLUMN_BY_KEY[self.sort_key]
+        sort_index = COLUMN_INDEX[self.sort_key]
         updated: dict[str, None] = {}
         added: dict[str, None] = {}
         removed: dict[str, None] = {}
@@ -388,7 +403,7 @@ class FleetStore:
             if was and now:
                 if row.id not in added:
                     updated[row.id] = None
-                if old is not None and sort_col.sort_key(old) != sort_col.sort_key(row):
+                if old is not None and old.sort_values[sort_index] != row.sort_values[sort_index]:
                     reordered = True
             elif now:
                 self._visible_set.add(row.id)
@@ -473,9 +488,15 @@ class FleetStore:
     # ---- internals -----------------------------------------------------------
     def _record(self, row: DeviceRow, old: DeviceRow | None = None) -> None:
         now = self._clock()
+        if row.id not in self.history and old is not None:
+            # first change of a device known from the snapshot: its snapshot state first
+            self._append_history(old, self._snapshot_at, None)
+        self._append_history(row, now, old)
+
+    def _append_history(self, row: DeviceRow, at: float, old: DeviceRow | None) -> None:
         hist = self.history.setdefault(row.id, deque(maxlen=HISTORY_POINTS))
         hist.append(
-            HistoryPoint(now, row.loop_p99_ms, row.deadline_miss_rate, row.safety_interventions)
+            HistoryPoint(at, row.loop_p99_ms, row.deadline_miss_rate, row.safety_interventions)
         )
         changed = old is None or (old.update_state, old.update_reason) != (
             row.update_state,
@@ -484,23 +505,25 @@ class FleetStore:
         if changed and row.update_state:
             ups = self.updates.setdefault(row.id, deque(maxlen=HISTORY_POINTS))
             bundle = f"{row.bundle_name}@{row.bundle_version}" if row.bundle_name else ""
-            ups.append(UpdateEvent(now, row.update_state, row.update_reason, bundle))
+            ups.append(UpdateEvent(at, row.update_state, row.update_reason, bundle))
 
     def _recompute(self) -> None:
-        match = self._query.matches
-        self._visible_set = {i for i, r in self._rows.items() if match(r)}
+        if not self._query.terms:
+            self._visible_set = set(self._rows)
+        else:
+            match = self._query.matches
+            self._visible_set = {i for i, r in self._rows.items() if match(r)}
         self._reorder()
 
     def _reorder(self) -> None:
-        col = COLUMN_BY_KEY[self.sort_key]
+        index = COLUMN_INDEX[self.sort_key]
         rows = self._rows
         self._rank = None
-        # id as the tie-break keeps the order stable between updates
-        self._visible = sorted(
-            self._visible_set,
-            key=lambda i: (col.sort_key(rows[i]), i),
-            reverse=self.sort_reverse,
-        )
+        # Sort by id, then (stable) by the column: equal values stay in id order.
+        ids = sorted(self._visible_set, reverse=self.sort_reverse and index == 0)
+        if index != 0:  # column 0 is the id itself
+            ids.sort(key=lambda i: rows[i].sort_values[index], reverse=self.sort_reverse)
+        self._visible = ids
 
 
 def rank(ids: Iterable[str]) -> Mapping[str, int]:
