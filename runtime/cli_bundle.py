@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from runtime.antirollback import AntiRollbackError, AntiRollbackStore
@@ -107,6 +108,27 @@ def _passphrase(env_name: str | None, prompt: bool, confirm: bool = False) -> by
         )
         return str(text).encode()
     return None
+
+
+@contextlib.contextmanager
+def _hashing(bundle_dir: Path, verb: str) -> Iterator[Callable[[int], None]]:
+    """A byte-count progress bar on stderr (only for bundles big enough to wait for)."""
+    try:
+        total = sum(p.stat().st_size for p in Path(bundle_dir).rglob("*") if p.is_file())
+    except OSError:
+        total = 0
+    if total < 64 << 20 or not _err.is_terminal:
+        yield lambda n: None
+        return
+    columns = (
+        TextColumn(f"{verb} {bundle_dir}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
+    with Progress(*columns, console=_err, transient=True) as bar:
+        task = bar.add_task(verb, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 @click.group(name="bundle")
@@ -295,8 +317,8 @@ def sign(
     """Sign every file of a bundle into model.sig (OMS v1.0, key mode)."""
     with _user_errors():
         passphrase = _passphrase(passphrase_env, ask_passphrase)
-        with _err.status(f"hashing and signing {bundle_dir}"):
-            out = sign_bundle(bundle_dir, key_path, passphrase)
+        with _hashing(bundle_dir, "signing") as advance:
+            out = sign_bundle(bundle_dir, key_path, passphrase, progress=advance)
     _err.print(f"signed: {out}")
 
 
@@ -352,8 +374,8 @@ def verify(
             counters = RobotLayout.at(root).antirollback
         store = AntiRollbackStore(counters) if counters else None
         profile = DeviceProfile.local() if device else None
-        with _as_directory(target) as bdir, _err.status(f"verifying {target}"):
-            verified = verify_bundle(bdir, trust, counters=store, device=profile)
+        with _as_directory(target) as bdir, _hashing(bdir, "verifying") as advance:
+            verified = verify_bundle(bdir, trust, counters=store, device=profile, progress=advance)
     m = verified.manifest
     result = {
         "ok": True,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from runtime.bundle._oms import SIGNATURE_NAME
 from runtime.bundle.errors import BundleFileSetError
 
-__all__ = ["CHUNK", "hash_open_file", "open_regular", "walk_bundle"]
+__all__ = ["CHUNK", "ProgressFn", "hash_open_file", "open_regular", "walk_bundle"]
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough to amortise syscalls, small enough for a robot
 # Reads of CHUNK go straight into the caller's buffer; this one only serves the small
@@ -101,7 +102,13 @@ def open_regular(path: Path, where: str) -> BinaryIO:
     return os.fdopen(fd, "rb", buffering=_FILE_BUFFER)
 
 
-def hash_open_file(fh: BinaryIO, keep_bytes: int = 0) -> tuple[str, bytes | None]:
+ProgressFn = Callable[[int], None]
+"""Called with the number of bytes just hashed (drives a progress bar)."""
+
+
+def hash_open_file(
+    fh: BinaryIO, keep_bytes: int = 0, progress: ProgressFn | None = None
+) -> tuple[str, bytes | None]:
     """Stream sha256 of `fh` from the start; also return its bytes if size <= keep_bytes."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
@@ -113,6 +120,8 @@ def hash_open_file(fh: BinaryIO, keep_bytes: int = 0) -> tuple[str, bytes | None
         if not n:
             break
         h.update(view[:n])
+        if progress is not None:
+            progress(n)
         if kept is not None:
             if len(kept) + n > keep_bytes:
                 kept = None

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from runtime.atomicio import atomic_write_bytes, atomic_write_text
 from runtime.bundle._dsse import Envelope, pae
-from runtime.bundle._files import hash_open_file, open_regular, walk_bundle
+from runtime.bundle._files import ProgressFn, hash_open_file, open_regular, walk_bundle
 from runtime.bundle._oms import (
     IN_TOTO_PAYLOAD_TYPE,
     SIGNATURE_NAME,
@@ -89,6 +89,8 @@ def sign_bundle(
     bundle_dir: str | os.PathLike[str],
     private_key_path: str | os.PathLike[str],
     passphrase: bytes | None = None,
+    *,
+    progress: ProgressFn | None = None,
 ) -> Path:
     """Sign every file of `bundle_dir` and write `model.sig`; return its path.
 
@@ -106,7 +108,7 @@ def sign_bundle(
     manifest_bytes: bytes | None = None
     for name in files:
         with open_regular(bdir / name, str(bdir)) as fh:
-            digests[name], data = hash_open_file(fh, keep_bytes=1 << 20)
+            digests[name], data = hash_open_file(fh, keep_bytes=1 << 20, progress=progress)
         if name == MANIFEST_NAME:
             manifest_bytes = data
     try:

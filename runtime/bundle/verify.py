@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from runtime.bundle._dsse import pae
-from runtime.bundle._files import hash_open_file, open_regular, walk_bundle
+from runtime.bundle._files import ProgressFn, hash_open_file, open_regular, walk_bundle
 from runtime.bundle._oms import (
     IN_TOTO_PAYLOAD_TYPE,
     SIGNATURE_NAME,
@@ -195,12 +195,14 @@ def verify_bundle(
     *,
     counters: AntiRollbackStore | None = None,
     device: DeviceProfile | None = None,
+    progress: ProgressFn | None = None,
 ) -> VerifiedBundle:
     """Verify a bundle directory in place; raise a `BundleError` subclass at the first failure.
 
     `device` None skips the compatibility step and `counters` None the anti-rollback
     step (cloud-side checks); a robot passes both. The counter is only read here:
     advancing it is `AntiRollbackStore.commit`, after the new bundle proved healthy.
+    `progress`, if given, is called with each number of bytes hashed.
     """
     bdir = Path(bundle_dir)
     signed, signer = verify_signature(bdir, trust)
@@ -217,7 +219,7 @@ def verify_bundle(
                 policy_fh = stack.enter_context(fh)
             try:
                 keep = _MAX_MANIFEST_BYTES if name == MANIFEST_NAME else 0
-                actual, data = hash_open_file(fh, keep_bytes=keep)
+                actual, data = hash_open_file(fh, keep_bytes=keep, progress=progress)
             finally:
                 if name != POLICY_NAME:
                     fh.close()

@@ -128,3 +128,10 @@ def test_create_refuses_a_file_that_is_not_onnx(tmp_path: Path) -> None:
     with pytest.raises(BundleOnnxError, match="not a valid ONNX model"):
         create_bundle(tmp_path / "x.onnx", make_manifest(), tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.onnx"]
+
+
+def test_progress_callback_counts_every_hashed_byte(bundle: Path, trust: TrustStore) -> None:
+    seen: list[int] = []
+    verify_bundle(bundle, trust, progress=seen.append)
+    signed = sum((bundle / n).stat().st_size for n in ("policy.onnx", "edgeflux.json"))
+    assert sum(seen) == signed
