@@ -374,8 +374,24 @@ def verify(
             counters = RobotLayout.at(root).antirollback
         store = AntiRollbackStore(counters) if counters else None
         profile = DeviceProfile.local() if device else None
-        with _as_directory(target) as bdir, _hashing(bdir, "verifying") as advance:
-            verified = verify_bundle(bdir, trust, counters=store, device=profile, progress=advance)
+        try:
+            with _as_directory(target) as bdir, _hashing(bdir, "verifying") as advance:
+                verified = verify_bundle(
+                    bdir, trust, counters=store, device=profile, progress=advance
+                )
+        except BundleError as exc:
+            if as_json:
+                # Scripts reading --json get the refusal as data too (and exit 1).
+                failure = {
+                    "ok": False,
+                    "bundle": str(target),
+                    "error": type(exc).__name__,
+                    "reason": exc.reason,
+                    "message": str(exc),
+                }
+                click.echo(json.dumps(failure))
+                raise SystemExit(1) from exc
+            raise
     m = verified.manifest
     result = {
         "ok": True,

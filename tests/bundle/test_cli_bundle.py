@@ -196,3 +196,19 @@ def test_inspect_of_a_directory_that_is_not_a_bundle_is_a_clear_error(tmp_path: 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "readme.txt").write_text("hi")
     refused("inspect", tmp_path / "d", fragment="edgeflux.json: missing")
+
+
+def test_verify_json_reports_a_refusal_as_data(tmp_path: Path) -> None:
+    bdir = tmp_path / "b"
+    ok("keygen", "--private", tmp_path / "k.pem", "--public", tmp_path / "k.pub")
+    ok("create", "--onnx", make_policy(tmp_path / "p.onnx"), "--name", "p", "--version",
+       "1.0.0", "--out", bdir, *BOUNDS, *CONTROL)  # fmt: skip
+    ok("sign", bdir, "--key", tmp_path / "k.pem")
+    ok("trust", "add", tmp_path / "k.pub", "--trust-dir", tmp_path / "t")
+    with (bdir / "policy.onnx").open("ab") as fh:
+        fh.write(b"\x00")
+    result = run("verify", bdir, "--trust-dir", tmp_path / "t", "--json")
+    assert result.exit_code == 1
+    failure = json.loads(result.stdout)
+    assert failure["ok"] is False and failure["reason"] == "digest"
+    assert failure["error"] == "BundleDigestError" and "policy.onnx" in failure["message"]
