@@ -16,12 +16,17 @@ Documented outcomes for bad input (tests/router/test_router.py):
 - no backend registered for the task type → FAILED `unknown_task_type`;
 - deadline already past on arrival → REJECTED `deadline_passed` (retry_after 0);
 - no backend can finish before the deadline → REJECTED `deadline_unreachable`;
-- every fitting backend at its limit or window → REJECTED `overloaded`, retry_after > 0;
+- every fitting backend at its limit or window → the task waits for a slot if the
+  predicted wait (tasks ahead of it / the backends' completion rate) plus service fits
+  its deadline (SAFETY first, then earliest deadline; at most `queue_limit` waiting),
+  else REJECTED `overloaded` with retry_after > 0; a waiting task that can no longer
+  start in time → REJECTED `queue_timeout`;
 - a backend reports a negative, non-finite or absurd cost → its answer is used, the
   reserved worst case is charged, the backend gets a health failure, and the audit
   record says `bad_cost_report`;
 - a backend never answers → timeout at the dispatch deadline: limit ×0.9, health
-  failure, refund, then escalation if time is left, else FAILED `deadline_exceeded`;
+  failure, the elapsed time is charged (bounded by the reservation: GPU time was
+  spent), then escalation if time is left, else FAILED `deadline_exceeded`;
 - a tenant without a budget → BUDGET_EXHAUSTED `budget:no_budget`.
 """
 
@@ -62,6 +67,9 @@ CANDIDATE_FIELDS = (
     "skip_reason",
 )
 
+# Errors after which the backend has worked (and billed) until the deadline.
+TIMEOUT_ERRORS = frozenset({"timeout", "deadline exceeded"})
+
 # A reported cost more than this many times the task's declared work is taken as absurd.
 ABSURD_WORK_FACTOR = 100.0
 
@@ -84,6 +92,9 @@ class RouterConfig:
     """Hedges allowed per routed task (a retry budget)."""
     hedge_min_samples: int = 20
     reservation_ttl_s: float = 120.0
+    queue_limit: int = 256
+    """Tasks that may wait for a slot (deadline permitting) before new ones are shed."""
+    drain_interval_s: float = 0.02
     slo_factor: float = 2.0
     """A response slower than this × its predicted latency breaches the latency SLO."""
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -220,6 +231,10 @@ class Router:
         self._ids = itertools.count()
         self._decisions = itertools.count()
         self._pending_audit: list[dict[str, Any]] = []
+        self._queue: list[tuple[int, float, int, str]] = []
+        self._queued: dict[str, _TaskState] = {}
+        self._queued_by_qos: dict[Qos, int] = {q: 0 for q in Qos}
+        self._next_drain = now
         self._open: dict[str, _Open] = {}
         self._tasks: dict[str, _TaskState] = {}
         self._timers: list[tuple[float, int, str, str]] = []
@@ -338,16 +353,26 @@ class Router:
         now = self.clock()
         ts = _TaskState(task, now, [])
         self._hedge_tokens = min(10.0, self._hedge_tokens + self.cfg.hedge_ratio)
-        capable = self.registry.capable(task.task_type)
-        if not capable:
+        if not self.registry.capable(task.task_type):
             known = ", ".join(self.registry.task_types())
             ts.candidates = [["known task types: " + known]]
             return self._finish(ts, Outcome.FAILED, "unknown_task_type")
         if task.deadline_at <= now:
             return self._finish(ts, Outcome.REJECTED, "deadline_passed")
-        if task.task_id in self._tasks:
+        if task.task_id in self._tasks or task.task_id in self._queued:
             return self._finish(ts, Outcome.FAILED, "duplicate_task_id")
+        step = self._route(ts, now, queued=False)
+        assert step is not None
+        return step
+
+    def _route(self, ts: _TaskState, now: float, queued: bool) -> Step | None:
+        """Admit and dispatch `ts`, queue it, or finish it. None: still waiting (queued)."""
+        task = ts.task
+        capable = self.registry.capable(task.task_type)
+        ts.candidates = []
         eligible, admitted, wait = [], [], math.inf
+        rate = 0.0  # tasks/s the eligible backends complete at their limits
+        fastest = math.inf
         floor = self.cfg.quality_floor.get(task.qos, 0.0)
         qos, work, tt = task.qos, task.work_units, task.task_type
         remaining = task.deadline_at - now
@@ -371,6 +396,8 @@ class Router:
                 cand[6] = "too_slow"
                 continue
             eligible.append(st)
+            fastest = min(fastest, predicted)
+            rate += limit / max(predicted, 1e-6)
             worst = spec.worst_case_usd(work, remaining)
             if st.admission.allows(qos, limit, now) and st.windows.admits(work, worst, now):
                 admitted.append(st)
@@ -378,25 +405,33 @@ class Router:
                 cand[6] = "at_limit"
                 wait = min(wait, max(predicted / limit, st.windows.wait_s(work, worst, now)))
         if not eligible:
+            self._unqueue(ts)
             if all(c[6] == "unhealthy" for c in ts.candidates):
                 return self._finish(
                     ts, Outcome.REJECTED, "no_healthy_backend", retry_after_s=_finite_or(wait, 1.0)
                 )
             return self._finish(ts, Outcome.REJECTED, "deadline_unreachable")
-        if not admitted:
+        # A vote needs two voices; one backend alone is no better than the robot's own
+        # fallback, so a SAFETY task waits (or is rejected) rather than go to one.
+        short = task.qos is Qos.SAFETY and len(eligible) >= 2 and len(admitted) < 2
+        if not admitted or short:
+            # Deadline-aware early rejection: wait only if a slot can free up in time.
+            ahead = sum(n for q, n in self._queued_by_qos.items() if q <= qos) + (not queued)
+            predicted_wait = ahead / rate if rate > 0 else math.inf
+            fits = now + predicted_wait + fastest <= task.deadline_at
+            if fits and (queued or len(self._queued) < self.cfg.queue_limit):
+                if not queued:
+                    self._enqueue(ts, task.deadline_at - fastest)
+                    return Step()
+                return None
+            self._unqueue(ts)
             return self._finish(
                 ts, Outcome.REJECTED, "overloaded", retry_after_s=_finite_or(wait, 0.1)
             )
+        self._unqueue(ts)
         self._tasks[task.task_id] = ts
         self._timer(task.deadline_at, "deadline", task.task_id)
         if task.qos is Qos.SAFETY and len(eligible) >= 2:
-            if len(admitted) < 2:
-                # A vote needs two voices; one backend alone is no better than the
-                # robot's own fallback, so say so now rather than spend on it.
-                self._tasks.pop(task.task_id, None)
-                return self._finish(
-                    ts, Outcome.REJECTED, "overloaded", retry_after_s=_finite_or(wait, 0.1)
-                )
             return self._start_consensus(ts, admitted, now)
         min_tier = admitted[0].spec.tier
         first_tier = [s for s in admitted if s.spec.tier == min_tier]
@@ -414,6 +449,40 @@ class Router:
                 self._timer(now + p95, "hedge", task.task_id)
             return step
         return self._budget_failure(ts, denial)
+
+    # ------------------------------------------------------------------ waiting queue
+
+    def _enqueue(self, ts: _TaskState, latest_start: float) -> None:
+        self._queued[ts.task.task_id] = ts
+        self._queued_by_qos[ts.task.qos] += 1
+        heapq.heappush(
+            self._queue, (int(ts.task.qos), ts.task.deadline_at, next(self._ids), ts.task.task_id)
+        )
+        self._timer(latest_start, "queue_expire", ts.task.task_id)
+        self._count("queued")
+
+    def _unqueue(self, ts: _TaskState) -> None:
+        if self._queued.pop(ts.task.task_id, None) is not None:
+            self._queued_by_qos[ts.task.qos] -= 1  # its heap entry is skipped lazily
+
+    def _drain(self, now: float, budget: int = 4) -> Step:
+        """Try the first queued tasks (SAFETY first, then earliest deadline)."""
+        step = Step()
+        keep = []
+        while self._queue and budget > 0:
+            item = heapq.heappop(self._queue)
+            ts = self._queued.get(item[3])
+            if ts is None:
+                continue
+            budget -= 1
+            out = self._route(ts, now, queued=True)
+            if out is None:
+                keep.append(item)
+            else:
+                step.extend(out)
+        for item in keep:
+            heapq.heappush(self._queue, item)
+        return step
 
     def _budget_failure(self, ts: _TaskState, denial: tuple[Denial, str]) -> Step:
         kind, scope = denial
@@ -507,6 +576,12 @@ class Router:
     # ------------------------------------------------------------------ answers
 
     def on_answer(self, dispatch_id: str, answer: Answer) -> Step:
+        step = self._on_answer(dispatch_id, answer)
+        if self._queued:  # a slot may have freed up for a waiting task
+            step.extend(self._drain(self.clock(), budget=1))
+        return step
+
+    def _on_answer(self, dispatch_id: str, answer: Answer) -> Step:
         now = self.clock()
         o = self._open.pop(dispatch_id, None)
         if o is None:
@@ -699,6 +774,14 @@ class Router:
         self, o: _Open, st: BackendState, answer: Answer, latency: float
     ) -> tuple[float, bool]:
         """Commit the actual cost (bounded by the reservation) or refund on failure."""
+        if answer.error in TIMEOUT_ERRORS:
+            # The backend worked until the deadline and bills for it (GPU time is
+            # spent whether or not we waited): charge the elapsed time, never more than
+            # the reservation.
+            cost = min(st.spec.price.cost(o.d.task.work_units, latency), o.worst_usd)
+            st.windows.usd.refund(o.worst_usd - cost)
+            self.ledger.commit(o.d.dispatch_id, cost, o.d.task.work_units)
+            return cost, False
         if not answer.ok:
             self.ledger.release(o.d.dispatch_id)  # refund on failure
             st.windows.usd.refund(o.worst_usd)
@@ -792,6 +875,16 @@ class Router:
                         step.extend(self._finish(ts, Outcome.FAILED, "deadline_exceeded"))
             elif kind == "hedge":
                 step.extend(self._on_hedge(ref, now))
+            elif kind == "queue_expire":
+                ts = self._queued.get(ref)
+                if ts is not None:
+                    self._unqueue(ts)
+                    step.extend(self._finish(ts, Outcome.REJECTED, "queue_timeout"))
+        if self._queued and now >= self._next_drain:
+            # Slots free on answers (drained there); here only what time frees: windows
+            # refilling, cool-downs ending. At most every `drain_interval_s`.
+            self._next_drain = now + self.cfg.drain_interval_s
+            step.extend(self._drain(now))
         if now >= self._next_expire:
             self._next_expire = now + 1.0
             self.ledger.expire(self.wall())

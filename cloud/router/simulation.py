@@ -110,11 +110,18 @@ class SimBackend:
         self.truth = truth
         self.rng = random.Random(seed)
         self.busy = 0
-        self.queue: deque[tuple[Task, Callable[[Answer], None]]] = deque()
+        self.queue: deque[tuple[Task, Callable[[Answer], None], float | None]] = deque()
         self.brownouts: list[tuple[float, float, float]] = []
         self.fail_windows: list[tuple[float, float, float]] = []
         self.calls = 0
         self.usd = 0.0
+        self.usd_by_site: dict[str, float] = {}
+
+    def _bill(self, task: Task, service: float) -> None:
+        usd = self.sim.spec.price.cost(task.work_units, service)
+        self.usd += usd
+        site = task.scope.site
+        self.usd_by_site[site] = self.usd_by_site.get(site, 0.0) + usd
 
     def _factor(self) -> float:
         f = 1.0
@@ -130,7 +137,11 @@ class SimBackend:
                 p = max(p, q)
         return p
 
-    def call(self, task: Task, reply: Callable[[Answer], None]) -> None:
+    def call(
+        self, task: Task, reply: Callable[[Answer], None], deadline_at: float | None = None
+    ) -> None:
+        """`deadline_at`: the caller's propagated deadline (as a gRPC deadline is); the
+        backend stops there and bills only the time it worked. None: no deadline."""
         self.calls += 1
         if self.sim.silent:
             return
@@ -139,11 +150,20 @@ class SimBackend:
             self.loop.at(self.loop.now + 0.001, lambda: reply(Answer(overloaded=True)))
             return
         if self.busy < self.sim.servers:
-            self._start(task, reply)
+            self._start(task, reply, deadline_at)
         else:
-            self.queue.append((task, reply))
+            self.queue.append((task, reply, deadline_at))
 
-    def _start(self, task: Task, reply: Callable[[Answer], None]) -> None:
+    def _start(
+        self, task: Task, reply: Callable[[Answer], None], deadline_at: float | None
+    ) -> None:
+        now = self.loop.now
+        if deadline_at is not None and now >= deadline_at:
+            # Expired while queued: a deadline-propagating server drops it unbilled.
+            reply(Answer(error="deadline exceeded"))
+            if self.queue and self.busy < self.sim.servers:
+                self._start(*self.queue.popleft())
+            return
         self.busy += 1
         s = self.sim
         base = s.service_s_per_work_unit * task.work_units * self._factor()
@@ -152,8 +172,12 @@ class SimBackend:
         service = base * math.exp(self.rng.gauss(0.0, s.jitter_sigma))
         fail = self.rng.random() < self._fail_prob()
         answer = Answer(error="internal error") if fail else self._answer(task, service)
-        if answer.ok:
-            self.usd += s.spec.price.cost(task.work_units, service)
+        if deadline_at is not None and now + service > deadline_at:
+            service = deadline_at - now  # stopped at the deadline: billed until then
+            answer = Answer(error="deadline exceeded")
+            self._bill(task, service)
+        elif answer.ok:
+            self._bill(task, service)
 
         def done() -> None:
             self.busy -= 1
@@ -161,7 +185,7 @@ class SimBackend:
                 self._start(*self.queue.popleft())
             reply(answer)
 
-        self.loop.at(self.loop.now + service, done)
+        self.loop.at(now + service, done)
 
     def _answer(self, task: Task, service: float) -> Answer:
         right = self.rng.random() < self.sim.accuracy.get(task.task_type, 0.0)
@@ -259,7 +283,7 @@ class RouterPolicy:
 
     def _apply(self, step: Step) -> None:
         for d in step.dispatches:
-            self.backends[d.backend].call(d.task, self._replier(d.dispatch_id))
+            self.backends[d.backend].call(d.task, self._replier(d.dispatch_id), d.deadline_at)
         for r in step.results:
             cb = self._waiting.pop(r.task_id, None)
             if cb is not None:

@@ -73,19 +73,48 @@ def test_a_tenant_without_a_budget_is_told_so() -> None:
     assert sim.sims["small"].calls == 0
 
 
-def test_overload_rejects_early_with_a_retry_after() -> None:
+def test_overload_rejects_early_when_the_wait_cannot_fit_the_deadline() -> None:
     sim = Sim([_b("small", servers=1, service=0.2)])
     sim.router.backends["small"].limiter.limit = 1.0
     first = sim.submit(deadline_s=5.0)
-    second = sim.submit(deadline_s=5.0)
+    second = sim.submit(deadline_s=0.3)  # 0.2 s wait + 0.2 s service > 0.3 s
     r = sim.result(second)
     assert (r.outcome, r.reason) == (Outcome.REJECTED, "overloaded")
     assert r.retry_after_s > 0
+    assert sim.sims["small"].calls == 1
     sim.loop.run_until(1.0)
     assert sim.result(first).outcome is Outcome.OK
 
 
-def test_a_backend_that_never_answers_times_out_refunds_and_backs_off() -> None:
+def test_a_task_whose_deadline_allows_waits_for_a_slot_in_priority_order() -> None:
+    sim = Sim([_b("small", servers=1, service=0.2)])
+    sim.router.backends["small"].limiter.limit = 1.0
+    sim.submit(deadline_s=5.0)
+    batch = sim.submit(qos=Qos.BATCH, deadline_s=5.0)
+    interactive = sim.submit(deadline_s=5.0)
+    assert sim.results == []  # nothing rejected: both wait
+    sim.loop.run_until(2.0)
+    ri, rb = sim.result(interactive), sim.result(batch)
+    assert ri.outcome is Outcome.OK and rb.outcome is Outcome.OK
+    assert ri.latency_s < rb.latency_s  # INTERACTIVE went before the older BATCH task
+
+
+def test_a_waiting_task_is_rejected_once_it_could_no_longer_finish_in_time() -> None:
+    sim = Sim([_b("small", servers=1, service=0.2)])
+    sim.router.backends["small"].limiter.limit = 1.0
+    sim.sims["small"].brownouts.append((0.0, 0.01, 10.0))  # the first call takes 2 s
+    first = sim.submit(deadline_s=5.0)
+    waiting = sim.submit(deadline_s=0.45)  # fits on the router's estimate: it waits
+    assert sim.results == []
+    sim.loop.run_until(1.0)
+    r = sim.result(waiting)
+    assert (r.outcome, r.reason) == (Outcome.REJECTED, "queue_timeout")
+    assert r.latency_s == pytest.approx(0.25)  # at the latest start: deadline − service
+    sim.loop.run_until(3.0)
+    assert sim.result(first).outcome is Outcome.OK
+
+
+def test_a_backend_that_never_answers_times_out_is_charged_its_time_and_backs_off() -> None:
     sim = Sim([_b("hung", silent=True)])
     st = sim.router.backends["hung"]
     limit0 = st.limiter.limit
@@ -96,7 +125,10 @@ def test_a_backend_that_never_answers_times_out_refunds_and_backs_off() -> None:
     assert st.limiter.limit < limit0
     assert sim.ledger.open_reservations() == 0
     usage = sim.ledger.usage("acme", 0.0)
-    assert usage is not None and usage.used_usd == 0.0 and usage.reserved_usd == 0.0
+    # Its time until the deadline is billed (here: the per-call price), never more than
+    # the reservation, and nothing stays reserved.
+    assert usage is not None and usage.used_usd == pytest.approx(0.001)
+    assert usage.reserved_usd == 0.0
 
 
 def test_negative_or_absurd_cost_reports_are_charged_at_worst_case_and_flagged() -> None:
