@@ -135,3 +135,29 @@ def test_progress_callback_counts_every_hashed_byte(bundle: Path, trust: TrustSt
     verify_bundle(bundle, trust, progress=seen.append)
     signed = sum((bundle / n).stat().st_size for n in ("policy.onnx", "edgeflux.json"))
     assert sum(seen) == signed
+
+
+def test_public_api_other_components_build_on_is_exported() -> None:
+    import runtime.antirollback
+    import runtime.bundle
+    import runtime.trust
+
+    agreed = {
+        "create_bundle", "io_spec_from_onnx", "generate_signing_key", "sign_bundle",
+        "verify_bundle", "VerifiedBundle", "DeviceProfile", "pack_bundle", "unpack_bundle",
+        "unpack_and_verify", "BundleError", "BundleSignatureError", "BundleFileSetError",
+        "BundleDigestError", "BundleManifestError", "BundleCompatibilityError",
+        "BundleRollbackError", "BundleArchiveError", "BundleOnnxError", "POLICY_NAME",
+    }  # fmt: skip
+    assert agreed <= set(runtime.bundle.__all__)
+    for name in runtime.bundle.__all__:
+        assert getattr(runtime.bundle, name) is not None
+    assert {"TrustStore", "key_id"} <= set(runtime.trust.__all__)
+    assert "AntiRollbackStore" in runtime.antirollback.__all__
+    fields = set(VerifiedBundle.__dataclass_fields__)
+    assert fields == {
+        "path", "manifest", "policy_sha256", "root_digest", "signer_key_id", "files",
+    }  # fmt: skip
+    for cls in vars(runtime.bundle).values():
+        if isinstance(cls, type) and issubclass(cls, BundleError):
+            assert isinstance(cls.reason, str) and cls.reason
