@@ -37,7 +37,15 @@ from runtime.envelope import Reason, SafetyEnvelope
 from runtime.manifest import BundleManifest
 from runtime.metrics import LatencyHistogram, LoopCounters, MetricsSnapshot
 
-__all__ = ["ControlLoop", "LoadedPolicy", "LoopError", "Policy", "ShadowResult", "realtime_thread"]
+__all__ = [
+    "ControlLoop",
+    "LoadedPolicy",
+    "LoopError",
+    "Policy",
+    "ShadowResult",
+    "make_thread_realtime",
+    "realtime_thread",
+]
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -488,6 +496,12 @@ class ControlLoop:
                     self._write_lock.release()
             # Check twice a period, but not more often than every 2 ms (2 shared cores).
             self._stop.wait(max(period_s / 2, 0.002))
+
+
+def make_thread_realtime(priority: int) -> None:
+    """SCHED_FIFO for the calling thread and the threads it starts later (Linux threads
+    inherit their creator's policy); logs and carries on where not permitted."""
+    _make_realtime(priority)
 
 
 def _make_realtime(priority: int) -> None:

@@ -39,7 +39,14 @@ from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bu
 from runtime.config import load_config
 from runtime.envelope import FALLBACK_REASONS
 from runtime.layout import RobotLayout
-from runtime.loop import ControlLoop, LoadedPolicy, LoopError, ShadowResult, realtime_thread
+from runtime.loop import (
+    ControlLoop,
+    LoadedPolicy,
+    LoopError,
+    ShadowResult,
+    make_thread_realtime,
+    realtime_thread,
+)
 from runtime.metrics import MetricsSnapshot
 from runtime.session import PolicySession, SessionError
 from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
@@ -196,6 +203,13 @@ class RuntimeService:
 
     def start(self, *, first_bundle: Path | None = None) -> None:
         sys.setswitchinterval(self.config.gil_switch_interval_ms / 1000.0)
+        rt = self.config.realtime_priority
+        if rt is not None:
+            # Every thread of this process takes the GIL, so every one must be real-time:
+            # a normal-priority thread preempted while holding the GIL would stall the
+            # loop. Threads started from here on (gRPC workers) inherit this policy; the
+            # loop and its watchdog run one level higher.
+            make_thread_realtime(max(1, rt - 1))
         self.layout.ensure()
         self._lock.acquire()
         own_adapter = self._adapter is None
