@@ -23,6 +23,7 @@ import fcntl
 import functools
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -377,6 +378,14 @@ class Store:
         self.engine = engine
         self._listeners: list[Callable[[str], None]] = []
         self._lock = threading.Lock()
+        # SQLite hot-path reads (per-call auth) skip SQLAlchemy: one raw read-only
+        # connection per thread, statements compiled once from the Core ones.
+        self._raw = threading.local()
+        self._raw_conns: list[sqlite3.Connection] = []
+        self._raw_sql: dict[str, str] = {}
+        if engine.url.get_backend_name() == "sqlite":
+            for name, stmt in (("device", _GET_DEVICE), ("revoked", _IS_REVOKED)):
+                self._raw_sql[name] = str(stmt.compile(dialect=engine.dialect))
 
     # ---------------------------------------------------------------- lifecycle
     @classmethod
@@ -413,7 +422,26 @@ class Store:
         return store
 
     def close(self) -> None:
+        with self._lock:
+            conns, self._raw_conns = self._raw_conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
         self.engine.dispose()
+
+    def _raw_read(self, name: str, params: tuple[Any, ...]) -> Any:
+        """One row of a precompiled read on this thread's raw SQLite connection."""
+        conn: sqlite3.Connection | None = getattr(self._raw, "conn", None)
+        try:
+            if conn is None:
+                uri = Path(self.engine.url.database or "").resolve().as_uri() + "?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
+                with self._lock:
+                    self._raw_conns.append(conn)
+                self._raw.conn = conn
+            return conn.execute(self._raw_sql[name], params).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"database {self.url} is unavailable: {e}") from e
 
     @property
     def is_sqlite(self) -> bool:
@@ -577,8 +605,11 @@ class Store:
                 conn.execute(L.insert(), labels)
 
     def get_device(self, device_id: str) -> DeviceRecord | None:
-        with self._connect() as conn:
-            row = conn.execute(_GET_DEVICE, {"device_id": device_id}).first()
+        if self._raw_sql:
+            row = self._raw_read("device", (device_id,))
+        else:
+            with self._connect() as conn:
+                row = conn.execute(_GET_DEVICE, {"device_id": device_id}).first()
         return _device_fast(row) if row else None
 
     def require_device(self, device_id: str) -> DeviceRecord:
@@ -683,6 +714,8 @@ class Store:
             self._audit(conn, actor, "certificate.revoke", subject, {"fingerprint": fingerprint})
 
     def is_revoked(self, fingerprint: str) -> bool:
+        if self._raw_sql:
+            return self._raw_read("revoked", (fingerprint,)) is not None
         with self._connect() as conn:
             return conn.execute(_IS_REVOKED, {"fp": fingerprint}).first() is not None
 
