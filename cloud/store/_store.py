@@ -429,17 +429,29 @@ class Store:
                 conn.close()
         self.engine.dispose()
 
+    def _raw_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._raw, "conn", None)
+        if conn is None:
+            uri = Path(self.engine.url.database or "").resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
+            with self._lock:
+                self._raw_conns.append(conn)
+            self._raw.conn = conn
+        return conn
+
     def _raw_read(self, name: str, params: tuple[Any, ...]) -> Any:
         """One row of a precompiled read on this thread's raw SQLite connection."""
-        conn: sqlite3.Connection | None = getattr(self._raw, "conn", None)
         try:
-            if conn is None:
-                uri = Path(self.engine.url.database or "").resolve().as_uri() + "?mode=ro"
-                conn = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
-                with self._lock:
-                    self._raw_conns.append(conn)
-                self._raw.conn = conn
-            return conn.execute(self._raw_sql[name], params).fetchone()
+            return self._raw_conn().execute(self._raw_sql[name], params).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"database {self.url} is unavailable: {e}") from e
+
+    def _raw_all(self, stmt: Any) -> list[Any]:
+        """All rows of a Core SELECT, compiled for SQLite and run on the raw connection."""
+        compiled = stmt.compile(dialect=self.engine.dialect)
+        params = [compiled.params[k] for k in compiled.positiontup or ()]
+        try:
+            return self._raw_conn().execute(str(compiled), params).fetchall()
         except sqlite3.Error as e:
             raise StoreUnavailable(f"database {self.url} is unavailable: {e}") from e
 
@@ -656,15 +668,24 @@ class Store:
         if after:
             query = query.where(D.c.id > after)
         query = query.order_by(D.c.id).limit(limit + 1)
-        with self._connect() as conn:
-            rows = conn.execute(query).fetchall()
+        count = sa.select(sa.func.count()).select_from(D).where(*conds)
+        if self._raw_sql:  # SQLite: skip SQLAlchemy's per-row result machinery
+            rows = self._raw_all(query)
             if not with_total:
                 total = -1
             elif not after and len(rows) <= limit:
                 total = len(rows)  # the first page holds every match: no count query
             else:
-                count = sa.select(sa.func.count()).select_from(D).where(*conds)
-                total = int(conn.execute(count).scalar_one())
+                total = int(self._raw_all(count)[0][0])
+        else:
+            with self._connect() as conn:
+                rows = conn.execute(query).fetchall()
+                if not with_total:
+                    total = -1
+                elif not after and len(rows) <= limit:
+                    total = len(rows)
+                else:
+                    total = int(conn.execute(count).scalar_one())
         devices = [_device_fast(r) for r in rows[:limit]]
         next_after = devices[-1].id if len(rows) > limit else ""
         return DevicePage(devices, next_after, total)
