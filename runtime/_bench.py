@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.adapters.null import NullAdapter
-from runtime.loop import ControlLoop, LoadedPolicy
+from runtime.loop import ControlLoop, LoadedPolicy, realtime_thread
 from runtime.metrics import MetricsSnapshot
 from runtime.session import PolicySession
 
@@ -60,9 +60,16 @@ def bare_run(session: PolicySession, obs: np.ndarray, n: int, warmup: int = 500)
     return StepStats.of(samples)
 
 
-def loop_run(policy: LoadedPolicy, rate_hz: float, seconds: float) -> MetricsSnapshot:
+def loop_run(
+    policy: LoadedPolicy, rate_hz: float, seconds: float, rt_priority: int | None = None
+) -> MetricsSnapshot:
+    """The loop in a thread of its own (as the service runs it) for `seconds`."""
     obs = observation_inside(policy)
     adapter = NullAdapter(obs.size)
     adapter._obs[:] = obs
-    loop = ControlLoop(adapter, policy, rate_hz=rate_hz)
-    return loop.run(duration_s=seconds)
+    loop = ControlLoop(adapter, policy, rate_hz=rate_hz, realtime_priority=rt_priority)
+    with realtime_thread(max(1, rt_priority - 1) if rt_priority else None):
+        loop.start()
+        time.sleep(seconds)
+        loop.stop()
+    return loop.snapshot()

@@ -186,6 +186,11 @@ def status_cmd(root: Path, as_json: bool) -> None:
 )
 @click.option("--rate-hz", type=float, help="Loop rate (default: the manifest's).")
 @click.option("--steps", type=int, default=20000, show_default=True)
+@click.option(
+    "--rt-priority",
+    type=click.IntRange(1, 99),
+    help="Run the loop SCHED_FIFO at this priority (needs CAP_SYS_NICE).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench_cmd(
     bundle: Path,
@@ -193,6 +198,7 @@ def bench_cmd(
     seconds: float,
     rate_hz: float | None,
     steps: int,
+    rt_priority: int | None,
     as_json: bool,
 ) -> None:
     """Per-tick cost against a bare InferenceSession.run, and a loop's deadline-miss rate."""
@@ -224,7 +230,7 @@ def bench_cmd(
         ours = _bench.tick_path(policy, steps)
         progress.advance(task)
         t0 = time.perf_counter()
-        snap = _bench.loop_run(policy, rate, seconds)
+        snap = _bench.loop_run(policy, rate, seconds, rt_priority)
         progress.advance(task)
     result = {
         "bundle": f"{manifest.name}@{manifest.version}",

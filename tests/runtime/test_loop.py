@@ -275,3 +275,27 @@ def test_shadow_applies_the_candidates_own_normalisation() -> None:
     normalised_action = PolicySession(model).step(np.zeros(3, np.float32))[0]
     assert report.compared == 10
     assert report.divergence_max == pytest.approx(abs(raw_action - normalised_action), abs=1e-5)
+
+
+def test_realtime_thread_sets_fifo_and_restores_the_previous_policy() -> None:
+    import os
+    import threading
+
+    from runtime.loop import realtime_thread
+
+    seen: dict[str, int] = {}
+
+    def body() -> None:  # a fresh thread, so the test process keeps its own policy
+        seen["before"] = os.sched_getscheduler(0)
+        with realtime_thread(3):
+            seen["inside"] = os.sched_getscheduler(0)
+        seen["after"] = os.sched_getscheduler(0)
+        with realtime_thread(None):
+            seen["none"] = os.sched_getscheduler(0)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(5)
+    if seen["inside"] != os.SCHED_FIFO:
+        pytest.skip("this machine does not allow SCHED_FIFO (no CAP_SYS_NICE)")
+    assert seen["before"] == seen["after"] == seen["none"] == os.SCHED_OTHER
