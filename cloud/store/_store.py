@@ -442,7 +442,10 @@ class Store:
     def _raw_read(self, name: str, params: tuple[Any, ...]) -> Any:
         """One row of a precompiled read on this thread's raw SQLite connection."""
         try:
-            return self._raw_conn().execute(self._raw_sql[name], params).fetchone()
+            # fetchall, not fetchone: a statement left mid-step would keep this
+            # connection's read snapshot open, and later reads would miss new commits.
+            rows = self._raw_conn().execute(self._raw_sql[name], params).fetchall()
+            return rows[0] if rows else None
         except sqlite3.Error as e:
             raise StoreUnavailable(f"database {self.url} is unavailable: {e}") from e
 
