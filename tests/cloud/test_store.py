@@ -240,3 +240,16 @@ def test_concurrent_first_opens_migrate_once(store_url: str) -> None:
     for t in threads:
         t.join(60)
     assert errors == []
+
+
+def test_reads_see_commits_from_another_store_at_once(store: Store, store_url: str) -> None:
+    store.add_device("d1", "fp1")
+    assert not store.require_device("d1").revoked  # primes this thread's read path
+    other = Store.open(store_url)
+    try:
+        other.revoke_device("d1")
+        other.revoke_certificate("fp-op", "operator:olga")
+    finally:
+        other.close()
+    assert store.require_device("d1").revoked
+    assert store.is_revoked("fp-op")
