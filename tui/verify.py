@@ -59,6 +59,15 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
+def _pem_keyid(key: Ed25519PublicKey) -> str:
+    # the project's trust-store key id (runtime.trust.key_id, DESIGN.md §4): hex sha256 of
+    # the SubjectPublicKeyInfo PEM; the plane signs with it as the DSSE keyid
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(pem).hexdigest()
+
+
 def _keyid(public_raw: bytes) -> str:
     # securesystemslib's keyid: sha256 of the canonical JSON of the public key dict
     key = {
@@ -89,8 +98,7 @@ def _load_one(path: Path) -> TrustedKey:
         raise TrustedKeyError(f"{path}: not a PEM public key: {exc}") from exc
     if not isinstance(loaded, Ed25519PublicKey):
         raise TrustedKeyError(f"{path}: attestation keys are Ed25519, got {type(loaded).__name__}")
-    raw = loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return TrustedKey(_keyid(raw), loaded, str(path))
+    return TrustedKey(_pem_keyid(loaded), loaded, str(path))
 
 
 def load_trusted_keys(path: Path | None) -> list[TrustedKey]:

@@ -127,7 +127,12 @@ def test_keys_load_from_a_directory_of_pem_and_json(tmp_path: Path) -> None:
     (tmp_path / "README.txt").write_text("ignored")
     keys = load_trusted_keys(tmp_path)
     assert len(keys) == 2
-    assert keys[0].keyid == keys[1].keyid  # same key, same securesystemslib keyid
+    raw_of = [
+        k.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) for k in keys
+    ]
+    assert raw_of == [raw, raw]  # the same key from both formats
+    env = _envelope_with(b'{"a": 1}', ATTESTATION_KEY)
+    assert verify_envelope(env, keys[1:]).ok  # the JSON-format key alone verifies
 
 
 def test_wrong_key_types_are_refused_with_the_file_named(tmp_path: Path) -> None:
@@ -146,3 +151,29 @@ def test_wrong_key_types_are_refused_with_the_file_named(tmp_path: Path) -> None
         load_trusted_keys(junk)
     with pytest.raises(TrustedKeyError, match="does not exist"):
         load_trusted_keys(tmp_path / "missing")
+
+
+def test_envelopes_signed_by_the_plane_verify_with_its_public_key_file(tmp_path: Path) -> None:
+    """Interop: the plane's signer (securesystemslib DSSE, trust-store key ids) against ours."""
+    import datetime as dt
+
+    from cloud.attest import statement
+
+    key = statement.generate_key(tmp_path / "keys" / "attestation.key")
+    now = dt.datetime.now(dt.UTC)
+    st = statement.build_statement(
+        policy_sha256="ab" * 32,
+        root_digest="cd" * 32,
+        bundle_name="pendulum",
+        predicate={"verdict": "attested", "tasks": [{"task": "swingup", "p_holm": 0.01}]},
+        issued_at=now,
+        expires_at=now + dt.timedelta(days=30),
+    )
+    raw = statement.envelope_bytes(statement.sign_statement(st, key))
+    (tmp_path / "keys" / "attestation.key").unlink()  # only the .pub is trusted material
+    keys = load_trusted_keys(tmp_path / "keys")
+    assert [k.keyid for k in keys] == [key.key_id]  # same id the plane signs with
+    check = verify_envelope(raw, keys)
+    assert check.ok, check.detail
+    assert check.keyid == key.key_id
+    assert check.statement is not None and check.statement["predicate"]["verdict"] == "attested"

@@ -4,10 +4,12 @@ the real WatchFleet stream fed by the real Store, and a plane restart."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from textual.widgets import DataTable, Static
 
 from cloud.store import BundleRecord, EventRecord, TelemetryRecord
@@ -149,3 +151,53 @@ async def test_plane_restart_shows_retrying_then_recovers(tmp_path: Path) -> Non
     finally:
         if first_cm is not None:
             first_cm.__exit__(None, None, None)
+
+
+async def test_attestation_from_the_real_service_is_verified_locally(tmp_path: Path) -> None:
+    from cloud.attest import statement
+    from cloud.attest.service import record_from_envelope
+    from cloud.store.attestations import AttestationStore
+    from tui.verify import load_trusted_keys
+
+    key = statement.generate_key(tmp_path / "keys" / "attestation.key")
+    now = dt.datetime.now(dt.UTC)
+    st = statement.build_statement(
+        policy_sha256="ab" * 32,
+        root_digest="cd" * 32,
+        bundle_name="pendulum",
+        predicate={
+            "verdict": "attested",
+            "bundle": {"name": "pendulum", "version": "1.1.0", "sequence": 2},
+            "tasks": [{"task": "swingup", "episodes": 40, "p_holm": 0.004}],
+            "gates": [{"gate": "numeric_parity", "passed": True}],
+        },
+        issued_at=now,
+        expires_at=now + dt.timedelta(days=30),
+    )
+    raw = statement.envelope_bytes(statement.sign_statement(st, key))
+    (tmp_path / "keys" / "attestation.key").unlink()
+    with running_plane(tmp_path / "plane", factories=["cloud.attest.service:register"]) as p:
+        AttestationStore(p.store.engine).put(record_from_envelope(raw, [key.public_key]))
+        creds = p.operator()
+        app = EdgeFluxApp(
+            AdminClient(p.address, TlsFiles(creds.cert, creds.key, creds.ca)),
+            trusted_keys=load_trusted_keys(tmp_path / "keys"),
+        )
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("f4")
+            table = app.screen.query_one("#attestations", DataTable)
+            await until(pilot, lambda: table.row_count == 1, timeout=20)
+            assert [str(c) for c in table.get_row_at(0)][:5] == [
+                "pendulum",
+                "1.1.0",
+                "ab" * 8,
+                "attested",
+                "verified",
+            ]
+            report = app.screen.query_one("#att-report", Static)
+            await until(pilot, lambda: bool(report.content))
+            console = Console(width=150, record=True, file=io.StringIO())
+            console.print(report.content)
+            text = console.export_text()
+            assert f"signature verified with trusted key {key.key_id[:16]}" in text
+            assert "swingup" in text and "numeric_parity" in text
