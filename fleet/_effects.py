@@ -124,6 +124,8 @@ class RobotEffects:
         )
         self.director_path = layout.etc / c.director_key_file
         self.runtime = RuntimeControlClient(layout.runtime_socket, timeout_s=60.0)
+        # Status is also asked from the MQTT thread (hint checks): never block it long.
+        self.runtime_status = RuntimeControlClient(layout.runtime_socket, timeout_s=2.0)
         self.staging = layout.agent_state / "staging"
         self._view: TufView | None = None
         self._target_custom: dict[str, Any] = {}
@@ -158,7 +160,7 @@ class RobotEffects:
 
     def installed_sequence(self, bundle_name: str) -> int:
         try:
-            status = self.runtime.status()
+            status = self.runtime_status.status()
         except Exception:
             return 0
         return int(status.anti_rollback.get(bundle_name, 0))

@@ -6,8 +6,9 @@ PostgreSQL). :func:`record_telemetry_many` writes many batches in one transactio
 the same rules: exactly once per (device, sequence), only from registered, unrevoked
 devices, health = the newest point, ``updated_at`` stamped so `WatchFleet` sees it.
 
-If two ingest replicas race on the same (device, sequence) the unique key refuses
-the whole transaction; the caller then falls back to per-batch writes.
+Two ingest replicas racing on the same (device, sequence) are safe: the key is
+inserted with ON CONFLICT DO NOTHING and only the rows that were really added get
+their points written.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from cloud.store._store import Store, TelemetryRecord
 from cloud.store.models import Device, TelemetryBatch, TelemetryPoint
@@ -45,44 +48,50 @@ def _health(p: TelemetryRecord) -> dict[str, Any]:
 
 
 def record_telemetry_many(store: Store, writes: Sequence[TelemetryWrite]) -> list[bool]:
-    """Store each batch once; result[i] is False for a duplicate or an unaccepted device.
-
-    Raises the store's errors (ConflictError on a concurrent duplicate: retry per batch).
-    """
+    """Store each batch once; result[i] is False for a duplicate or an unaccepted device."""
     if not writes:
         return []
     devices = sorted({w[0] for w in writes})
     result = [False] * len(writes)
     with store._tx() as conn:
-        accepted = {
-            r[0]
+        # One read for acceptance and the current health/state of every device.
+        current = {
+            str(r[0]): (r[1], r[2], r[3])
             for r in conn.execute(
-                sa.select(D.c.id).where(D.c.id.in_(devices), D.c.revoked.is_(False))
+                sa.select(D.c.id, D.c.health, D.c.update_state, D.c.active_bundle).where(
+                    D.c.id.in_(devices), D.c.revoked.is_(False)
+                )
             )
         }
-        pairs = [(w[0], w[1]) for w in writes if w[0] in accepted]
-        existing: set[tuple[str, int]] = set()
-        for i in range(0, len(pairs), 500):
-            chunk = pairs[i : i + 500]
-            existing |= {
-                (str(a), int(b))
-                for a, b in conn.execute(
-                    sa.select(TB.c.device_id, TB.c.sequence).where(
-                        sa.tuple_(TB.c.device_id, TB.c.sequence).in_(chunk)
-                    )
-                )
-            }
-        batches: list[dict[str, Any]] = []
+        candidates: dict[tuple[str, int], int] = {}
+        for i, (device, seq, _pts, _rcv) in enumerate(writes):
+            if device in current and (device, seq) not in candidates:
+                candidates[(device, seq)] = i  # first of duplicates inside this batch
+        if not candidates:
+            return result
+        # ON CONFLICT DO NOTHING ... RETURNING: the keys this transaction really added,
+        # so a replica racing on the same (device, sequence) just skips it.
+        insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(TB)
+        added = {
+            (str(r[0]), int(r[1]))
+            for r in conn.execute(
+                insert.on_conflict_do_nothing(
+                    index_elements=[TB.c.device_id, TB.c.sequence]
+                ).returning(TB.c.device_id, TB.c.sequence),
+                [
+                    {"device_id": d, "sequence": q, "received_at": writes[i][3]}
+                    for (d, q), i in candidates.items()
+                ],
+            )
+        }
         points: list[dict[str, Any]] = []
-        newest: dict[str, tuple[TelemetryRecord, dt.datetime]] = {}
+        newest: dict[str, TelemetryRecord] = {}
         last_seen: dict[str, dt.datetime] = {}
-        for i, (device, seq, pts, received) in enumerate(writes):
-            key = (device, seq)
-            if device not in accepted or key in existing:
+        for key, i in candidates.items():
+            if key not in added:
                 continue
-            existing.add(key)  # a duplicate inside this same batch
             result[i] = True
-            batches.append({"device_id": device, "sequence": seq, "received_at": received})
+            device, seq, pts, received = writes[i]
             for p in pts:
                 points.append(
                     {
@@ -99,28 +108,18 @@ def record_telemetry_many(store: Store, writes: Sequence[TelemetryWrite]) -> lis
                         "extra": p.extra,
                     }
                 )
-                if device not in newest or p.at > newest[device][0].at:
-                    newest[device] = (p, received)
+                if device not in newest or p.at > newest[device].at:
+                    newest[device] = p
             last_seen[device] = max(received, last_seen.get(device, received))
-        if batches:
-            conn.execute(TB.insert(), batches)
         if points:
             conn.execute(T.insert(), points)
         if last_seen:
             now = dt.datetime.now(dt.UTC)
-            current = {
-                str(r[0]): (r[1], r[2], r[3])
-                for r in conn.execute(
-                    sa.select(D.c.id, D.c.health, D.c.update_state, D.c.active_bundle).where(
-                        D.c.id.in_(list(last_seen))
-                    )
-                )
-            }
             rows = []
             for device, seen in last_seen.items():
-                health, update_state, active = current.get(device, (None, "", None))
+                health, update_state, active = current[device]
                 if device in newest:
-                    p = newest[device][0]
+                    p = newest[device]
                     # Spool replays arrive out of order: health is the newest point.
                     if not (health and str(health.get("at", "")) > p.at.isoformat()):
                         health = _health(p)
