@@ -88,6 +88,9 @@ class CloudConfig(BaseModel):
     watch_poll_s: float = Field(
         0.5, gt=0, le=60, description="how often WatchFleet polls the store for changes"
     )
+    max_concurrent_rpcs: int = Field(
+        10_000, gt=0, description="calls in flight before new ones get RESOURCE_EXHAUSTED"
+    )
     fetch_chunk_bytes: int = Field(256 * 1024, gt=0, description="default FetchFile chunk size")
     max_fetch_chunk_bytes: int = Field(1024 * 1024, gt=0, description="largest chunk served")
 

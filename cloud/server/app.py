@@ -123,13 +123,14 @@ class ControlPlane:
         plane = Plane.load(self.home, cfg, store, self.metrics)
         self.plane = plane
         server = grpc.aio.server(
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
+            ],
         )
         self.server = server
         names = device_service.register(server, plane) + admin_service.register(server, plane)

@@ -599,3 +599,26 @@ def test_plane_ingests_telemetry_from_its_embedded_broker(tmp_path: Path) -> Non
             pub.loop_stop()
             pub.disconnect()
         assert p.store.telemetry("robot-7")[0].loop_p99_ms == 4.5
+
+
+def test_calls_beyond_the_concurrency_cap_are_refused(tmp_path: Path) -> None:
+    with running_plane(tmp_path / "plane", overrides={"max_concurrent_rpcs": 1}) as p:
+        stub = _admin_stub(p, p.operator())
+        watch = stub.WatchFleet(admin_pb2.WatchFleetRequest(), timeout=30)
+        assert next(watch).kind == admin_pb2.FleetEvent.KIND_SNAPSHOT_DONE  # holds the slot
+        code = _code(lambda: stub.ListBundles(admin_pb2.ListBundlesRequest(), timeout=10))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        watch.cancel()
+        wait_until(
+            lambda: _ok(lambda: stub.ListBundles(admin_pb2.ListBundlesRequest(), timeout=10)),
+            15,
+            "the slot to free up",
+        )
+
+
+def _ok(call: object) -> bool:
+    try:
+        call()  # type: ignore[operator]
+        return True
+    except grpc.RpcError:
+        return False
