@@ -14,10 +14,17 @@ The public modules (import them directly; this file stays light, importing no to
 """
 
 __all__ = [
+    "dagger",
     "envs",
     "errors",
     "evaluate",
+    "export",
     "mppi",
+    "package",
+    "pipeline",
     "replay",
+    "student",
     "teachers",
+    "train_wm",
+    "world_model",
 ]

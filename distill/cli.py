@@ -1,0 +1,330 @@
+"""`edgeflux distill ...`: distil a teacher into a signed ONNX policy, and evaluate bundles.
+
+edgeflux distill run --env Pendulum-v1 --teacher oracle --out out/ --sign-key keys/signing.pem
+edgeflux distill eval out/pendulum-v1-0.1.0 --episodes 100
+edgeflux distill envs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["distill"]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    from distill.errors import DistillError
+    from runtime.bundle import BundleError
+    from runtime.manifest import ManifestError
+    from runtime.session import SessionError
+
+    try:
+        yield
+    except (DistillError, BundleError, ManifestError, SessionError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _variant(pairs: tuple[str, ...]) -> dict[str, float] | None:
+    out: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[key.strip()] = float(value)
+        except ValueError:
+            msg = f"{pair!r} is not KEY=NUMBER"
+            raise click.BadParameter(msg, param_hint="--variant") from None
+    return out or None
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        msg = f"{text!r} is not comma-separated widths"
+        raise click.BadParameter(msg, param_hint="--hidden") from None
+
+
+@click.group(name="distill")
+def distill() -> None:
+    """Distil a world model (or an oracle planner) into a signed ONNX policy."""
+
+
+@distill.command("envs")
+@click.option("--json", "as_json", is_flag=True)
+def envs_cmd(as_json: bool) -> None:
+    """List the environments distill knows, with their bounds and control rates."""
+    from distill.envs import KNOWN_ENVS, env_spec
+
+    rows = []
+    with _user_errors():
+        for env_id in sorted(KNOWN_ENVS):
+            spec = env_spec(env_id)
+            rows.append(
+                {
+                    "env_id": env_id,
+                    "obs_dim": spec.obs_dim,
+                    "act_dim": spec.act_dim,
+                    "rate_hz": spec.rate_hz,
+                    "variants": sorted(KNOWN_ENVS[env_id].variants),
+                }
+            )
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(
+            f"{r['env_id']:<16} obs {r['obs_dim']:>3}  act {r['act_dim']:>2}  "
+            f"{r['rate_hz']:g} Hz  variants: {', '.join(r['variants']) or '-'}"
+        )
+
+
+@distill.command("run")
+@click.option("--env", "env_id", default="Pendulum-v1", show_default=True)
+@click.option(
+    "--teacher",
+    type=click.Choice(["oracle", "world-model"]),
+    default="oracle",
+    show_default=True,
+    help="oracle: MPPI over Pendulum's known dynamics; world-model: TD-MPC2 trained online.",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="ECDSA P-256 private key (PEM) to sign the bundle (edgeflux bundle keygen).",
+)
+@click.option("--passphrase-env", help="Read the signing key's passphrase from this env var.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Fixes every random choice.")
+@click.option("--name", help="Bundle name [default: from the env id].")
+@click.option("--version", "version", default="0.1.0", show_default=True)
+@click.option("--sequence", type=int, default=1, show_default=True)
+@click.option("--variant", "variant", multiple=True, metavar="KEY=VALUE", help="e.g. g=12.0")
+@click.option("--eval-episodes", type=int, default=100, show_default=True)
+@click.option("--rounds", type=int, default=5, show_default=True, help="DAgger rounds.")
+@click.option("--envs-per-round", type=int, default=16, show_default=True)
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--hidden", default="64,64", show_default=True, help="Student hidden widths.")
+@click.option("--activation", type=click.Choice(["relu", "elu", "silu"]), default="elu")
+@click.option("--wm-steps", type=int, default=12_000, show_default=True,
+              help="World-model training: environment steps.")  # fmt: skip
+@click.option("--wm-seed-steps", type=int, default=1_000, show_default=True,
+              help="World-model training: random-action steps before planning.")  # fmt: skip
+@click.option("--wm-envs", type=int, default=4, show_default=True,
+              help="World-model training: environments stepped together.")  # fmt: skip
+@click.option("--wm-utd", type=float, default=0.5, show_default=True,
+              help="World-model training: gradient updates per environment step.")  # fmt: skip
+@click.option("--wm-checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Use this world-model checkpoint instead of training one.")  # fmt: skip
+@click.option("--mppi-samples", type=int, default=512, show_default=True,
+              help="World-model teacher: MPPI samples per iteration.")  # fmt: skip
+@click.option("--mppi-iterations", type=int, default=6, show_default=True,
+              help="World-model teacher: MPPI iterations per step.")  # fmt: skip
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def run_cmd(
+    env_id: str,
+    teacher: str,
+    out_dir: Path,
+    sign_key: Path | None,
+    passphrase_env: str | None,
+    seed: int,
+    name: str | None,
+    version: str,
+    sequence: int,
+    variant: tuple[str, ...],
+    eval_episodes: int,
+    rounds: int,
+    envs_per_round: int,
+    epochs: int,
+    hidden: str,
+    activation: str,
+    wm_steps: int,
+    wm_seed_steps: int,
+    wm_envs: int,
+    wm_utd: float,
+    wm_checkpoint: Path | None,
+    mppi_samples: int,
+    mppi_iterations: int,
+    threads: int,
+    as_json: bool,
+) -> None:
+    """Teacher → DAgger student → ONNX (parity-checked) → signed bundle in OUT."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from distill.dagger import DaggerConfig
+    from distill.mppi import MPPIConfig
+    from distill.pipeline import STAGES, DistillConfig, run_pipeline
+    from distill.student import StudentConfig
+    from distill.train_wm import TrainConfig
+
+    passphrase = None
+    if passphrase_env:
+        if passphrase_env not in os.environ:
+            raise click.ClickException(f"--passphrase-env: ${passphrase_env} is not set")
+        passphrase = os.environ[passphrase_env].encode()
+    if sign_key is not None and not sign_key.is_file():
+        raise click.ClickException(f"--sign-key {sign_key}: no such file")
+    with _user_errors():
+        cfg = DistillConfig(
+            out_dir=out_dir,
+            env_id=env_id,
+            teacher=teacher,  # type: ignore[arg-type]
+            sign_key=sign_key,
+            passphrase=passphrase,
+            seed=seed,
+            name=name,
+            version=version,
+            sequence=sequence,
+            variant=_variant(variant),
+            eval_episodes=eval_episodes,
+            dagger=DaggerConfig(rounds=rounds, envs_per_round=envs_per_round, epochs=epochs),
+            student=StudentConfig(hidden=_hidden(hidden), activation=activation),
+            train=TrainConfig(
+                total_steps=wm_steps,
+                seed_steps=wm_seed_steps,
+                num_envs=wm_envs,
+                updates_per_step=wm_utd,
+            ),
+            checkpoint=wm_checkpoint,
+            teacher_mppi=MPPIConfig(
+                num_samples=mppi_samples,
+                iterations=mppi_iterations,
+                num_elites=max(1, min(64, mppi_samples // 8)),
+                num_pi_trajs=min(24, mppi_samples // 4),
+            ),
+            threads=threads,
+        )
+    with _user_errors():
+        from distill.envs import env_spec
+
+        env_spec(env_id)  # an unknown id fails here, before any progress bar or file
+    err = Console(stderr=True)
+    progress = Progress(
+        TextColumn("{task.description:<13}"),
+        BarColumn(),
+        TextColumn("{task.completed:>7.0f}/{task.total:<7.0f}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+        transient=False,
+        disable=as_json and not err.is_terminal,
+    )
+    tasks = {s: progress.add_task(s, total=1, start=False, info="") for s in STAGES}
+
+    def report(stage: str, done: float, total: float, info: dict[str, Any]) -> None:
+        task = tasks[stage]
+        progress.start_task(task)
+        text = "  ".join(
+            f"{k} {v:.3g}" for k, v in info.items() if isinstance(v, float) and k != "seconds"
+        )
+        progress.update(task, completed=done, total=total, info=text[:60])
+
+    with progress, _user_errors():
+        result = run_pipeline(cfg, report)
+    s = result.summary
+    if as_json:
+        click.echo(json.dumps(s, sort_keys=True))
+        return
+    _print_summary(s, Console())
+
+
+def _print_summary(s: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"distill {s['env_id']} ({s['teacher']} teacher, seed {s['seed']})")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    n = s["eval_episodes"]
+    table.add_row(f"teacher return ({n} shared states)", f"{s['teacher_return']:.1f}")
+    table.add_row("student return (onnxruntime)", f"{s['student_return']:.1f}")
+    table.add_row("random return", f"{s['random_return']:.1f}")
+    table.add_row("gap / (teacher - random)", f"{100 * s['gap_fraction_of_range']:.2f} %")
+    p = s["numeric_parity"]
+    table.add_row(
+        "numeric parity torch vs onnx",
+        f"{'PASS' if p['passed'] else 'FAIL'} n={p['n']} max|Δ|={p['max_abs']:.2e}",
+    )
+    for stage, secs in s["seconds"].items():
+        table.add_row(f"time: {stage}", f"{secs:.1f} s")
+    table.add_row("bundle", s["bundle_dir"] + ("" if s["signed"] else " (UNSIGNED)"))
+    console.print(table)
+
+
+@distill.command("eval")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--env", "env_id", help="Environment [default: the bundle's provenance env_id].")
+@click.option("--episodes", type=int, default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Selects the shared initial states (same as `distill run --seed`).")  # fmt: skip
+@click.option("--variant", "variant", multiple=True, metavar="KEY=VALUE")
+@click.option(
+    "--trust-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Verify the bundle's signature against this trust store first.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(
+    bundle: Path,
+    env_id: str | None,
+    episodes: int,
+    seed: int,
+    variant: tuple[str, ...],
+    trust_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Run BUNDLE's policy.onnx through the runtime's session (not torch) and report returns."""
+    from distill.envs import env_spec
+    from distill.errors import DistillError
+    from distill.evaluate import OnnxPolicy, episode_returns
+    from distill.pipeline import _eval_seeds
+    from runtime.manifest import load_manifest
+
+    with _user_errors():
+        if trust_dir is not None:
+            from runtime.bundle import verify_bundle
+            from runtime.trust import TrustStore
+
+            verify_bundle(bundle, TrustStore(trust_dir))
+        manifest = load_manifest(bundle)
+        env_id = env_id or manifest.provenance.env_id
+        if not env_id:
+            raise DistillError(f"{bundle}: the manifest names no env_id; pass --env")
+        spec = env_spec(env_id)
+        if (manifest.io.obs_dim, manifest.io.action_dim) != (spec.obs_dim, spec.act_dim):
+            raise DistillError(
+                f"{bundle}: policy maps {manifest.io.obs_dim} observations to "
+                f"{manifest.io.action_dim} actions, but {env_id} has {spec.obs_dim} and "
+                f"{spec.act_dim}"
+            )
+        seeds = _eval_seeds(seed, episodes)
+        returns = episode_returns(
+            env_id, OnnxPolicy(bundle / "policy.onnx"), seeds, _variant(variant)
+        )
+    result = {
+        "bundle": str(bundle),
+        "env_id": env_id,
+        "episodes": episodes,
+        "mean_return": float(returns.mean()),
+        "std_return": float(returns.std()),
+        "min_return": float(returns.min()),
+        "max_return": float(returns.max()),
+        "verified": trust_dir is not None,
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(
+            f"{manifest.name} {manifest.version} on {env_id}: mean return "
+            f"{result['mean_return']:.1f} ± {result['std_return']:.1f} over {episodes} episodes"
+        )
