@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundles": ("List published bundles.", "cloud.cli:bundles_cmd"),
     "device": ("Add or revoke a device identity.", "cloud.cli:device_group"),
     "devices": ("List devices.", "cloud.cli:devices_cmd"),
+    "tuf": ("TUF repository: rotate a role's key, show status.", "cloud.cli:tuf_group"),
     "operator": (
         "Issue an operator certificate (role admin | viewer).",
         "cloud.cli:operator_group",
@@ -490,3 +491,61 @@ def bundles_cmd(home_dir: Path, name: str | None, as_json: bool) -> None:
         return
     for b in data:
         click.echo(f"{b['name']:<20} {b['version']:<12} seq {b['sequence']:<6} {b['target']}")
+
+
+# ------------------------------------------------------------------------- tuf
+@click.group("tuf")
+def tuf_group() -> None:
+    """The TUF repository (DESIGN.md §4: every key but the CA's rotates through TUF)."""
+
+
+@tuf_group.command("rotate")
+@click.argument("role", type=click.Choice(["root", "targets", "snapshot", "timestamp"]))
+@home_option
+@click.option("--json", "as_json", is_flag=True)
+def tuf_rotate_cmd(role: str, home_dir: Path, as_json: bool) -> None:
+    """Replace ROLE's key; robots follow on their next TUF refresh (root chain walk)."""
+    from cloud.tuf_repo import TufError, TufRepository
+
+    home = _home(home_dir)
+    cfg = home.config()
+    try:
+        keyid = TufRepository(home.tuf).rotate_key(
+            role,
+            expiry_days=cfg.metadata_expiry_days,
+            timestamp_expiry_s=cfg.timestamp_expiry_s,
+        )
+    except TufError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"role": role, "keyid": keyid}))
+    else:
+        click.echo(f"rotated the {role} key: new key id {keyid}")
+
+
+@tuf_group.command("status")
+@home_option
+@click.option("--json", "as_json", is_flag=True)
+def tuf_status_cmd(home_dir: Path, as_json: bool) -> None:
+    """Versions and expiry of the top-level metadata, and the number of targets."""
+    from tuf.api.metadata import Metadata
+
+    from cloud.tuf_repo import TufRepository
+
+    home = _home(home_dir)
+    repo = TufRepository(home.tuf)
+    root = Metadata.from_bytes(repo.root_json())
+    ts = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
+    info = {
+        "root_version": root.signed.version,
+        "root_expires": root.signed.expires.isoformat(),
+        "timestamp_version": ts.signed.version,
+        "timestamp_expires": ts.signed.expires.isoformat(),
+        "snapshot_version": ts.signed.snapshot_meta.version,
+        "targets": len(repo.targets()),
+    }
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        for k, v in info.items():
+            click.echo(f"{k:<18} {v}")

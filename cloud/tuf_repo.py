@@ -252,6 +252,62 @@ class TufRepository:
             self._write_chain(targets_md, expiry_days, timestamp_expiry_s)
         return True
 
+    def _root(self) -> tuple[int, Metadata[Root]]:
+        versions = [
+            int(p.name.split(".", 1)[0])
+            for p in self.metadata_dir.glob("*.root.json")
+            if p.name.split(".", 1)[0].isdigit()
+        ]
+        if not versions:
+            raise TufError(f"no <N>.root.json in {self.metadata_dir}")
+        newest = max(versions)
+        return newest, self._load(f"{newest}.root.json")
+
+    def rotate_key(
+        self,
+        role: str,
+        *,
+        root_expiry_days: int = 365,
+        expiry_days: int = 365,
+        timestamp_expiry_s: int = 86_400,
+    ) -> str:
+        """Replace `role`'s signing key with a new one; return the new key id.
+
+        Writes root version N+1 (signed by the old root key and, when the root key
+        itself rotates, the new one too, so clients can walk the chain from any older
+        root) and, for targets/snapshot/timestamp, re-signs that role's metadata and
+        everything above it. The old private key is kept as ``<role>.key.<old keyid>``.
+        """
+        if role not in TOP_LEVEL_ROLE_NAMES:
+            raise TufError(f"role must be one of {sorted(TOP_LEVEL_ROLE_NAMES)}, not {role!r}")
+        with self.lock():
+            version, root_md = self._root()
+            old_root_signer = self._signer(Root.type)
+            new_signer = CryptoSigner.generate_ed25519()
+            for keyid in list(root_md.signed.roles[role].keyids):
+                root_md.signed.revoke_key(keyid, role)
+            root_md.signed.add_key(new_signer.public_key, role)
+            root_md.signed.version = version + 1
+            root_md.signed.expires = _now() + dt.timedelta(days=root_expiry_days)
+            root_md.signatures.clear()
+            root_md.sign(old_root_signer, append=True)
+            if role == Root.type:
+                root_md.sign(new_signer, append=True)
+            key_path = self.keys_dir / f"{role}.key"
+            old_keyid = self._signer(role).public_key.keyid
+            # The new key goes in place before the metadata that names it.
+            atomic_write_bytes(
+                self.keys_dir / f"{role}.key.{old_keyid[:16]}", key_path.read_bytes(), mode=0o600
+            )
+            atomic_write_bytes(key_path, new_signer.private_bytes, mode=0o600)
+            atomic_write_bytes(self.metadata_dir / f"{version + 1}.root.json", root_md.to_bytes())
+            atomic_write_bytes(self.metadata_dir / "root.json", root_md.to_bytes())
+            if role in (Targets.type, Snapshot.type, Timestamp.type):
+                # Re-sign from targets up: bumping versions keeps clients' rollback
+                # checks happy and the new key's signatures are what they now expect.
+                self._write_chain(self._targets(), expiry_days, timestamp_expiry_s)
+            return str(new_signer.public_key.keyid)
+
     def refresh_timestamp(self, timestamp_expiry_s: int = 86_400) -> dt.datetime:
         """Re-sign the timestamp with a new expiry (the plane does this on a schedule)."""
         with self.lock():

@@ -123,3 +123,15 @@ def test_up_with_a_taken_port_says_so(home: Path) -> None:
         code, out = _run("up", "--home", str(home), "--no-broker", "--port", str(taken))
         assert code == 1
         assert f"cannot listen on 127.0.0.1:{taken}" in out
+
+
+def test_tuf_rotate_and_status(home: Path) -> None:
+    code, out = _run("tuf", "status", "--home", str(home), "--json")
+    assert code == 0 and json.loads(out)["root_version"] == 1
+    code, out = _run("tuf", "rotate", "timestamp", "--home", str(home), "--json")
+    assert code == 0, out
+    code, out = _run("tuf", "status", "--home", str(home), "--json")
+    status = json.loads(out)
+    assert status["root_version"] == 2 and status["timestamp_version"] >= 2
+    code, out = _run("tuf", "rotate", "nonsense", "--home", str(home))
+    assert code == 2
