@@ -123,10 +123,14 @@ class MetricsSnapshot:
     jitter_max_ms: float
     rate_hz: float
     interventions: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    """Tick slots that never ran (a stall swallowed them); they are misses too."""
 
     @property
     def miss_rate(self) -> float:
-        return self.deadline_misses / self.ticks if self.ticks else 0.0
+        """Missed deadlines per tick slot (ticks run plus slots skipped), in [0, 1]."""
+        slots = self.ticks + self.skipped
+        return self.deadline_misses / slots if slots else 0.0
 
 
 class LoopCounters:
@@ -176,4 +180,5 @@ class LoopCounters:
             jitter_max_ms=self.jitter.max_ms,
             rate_hz=rate_hz,
             interventions=dict(self.interventions),
+            skipped=self.skipped,
         )

@@ -65,3 +65,9 @@ def test_counters_flush_pending_samples() -> None:
     c.flush()
     assert (c.latency.count, c.jitter.count) == (3, 1)
     assert not c.pending_latency and not c.pending_jitter
+
+
+def test_miss_rate_is_per_tick_slot_including_skipped_ones() -> None:
+    c = LoopCounters()
+    c.ticks, c.skipped, c.deadline_misses = 10, 30, 31  # one late tick, then a 30-slot stall
+    assert c.snapshot(rate_hz=100.0).miss_rate == pytest.approx(31 / 40)
