@@ -22,7 +22,7 @@ import io
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -36,7 +36,6 @@ __all__ = [
     "Query",
     "QueryError",
     "parse_query",
-    "rank",
 ]
 
 HISTORY_POINTS = 120
@@ -524,8 +523,3 @@ class FleetStore:
         if index != 0:  # column 0 is the id itself
             ids.sort(key=lambda i: rows[i].sort_values[index], reverse=self.sort_reverse)
         self._visible = ids
-
-
-def rank(ids: Iterable[str]) -> Mapping[str, int]:
-    """Position of each id, for sorting the table's rows into the store's order."""
-    return {i: n for n, i in enumerate(ids)}

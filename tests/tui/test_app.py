@@ -246,6 +246,10 @@ async def test_device_screen_shows_history_and_verified_attestation(
         updates = app.screen.query_one("#device-updates", DataTable)
         await until(pilot, lambda: updates.row_count == 4)
         assert "control plane" in str(app.screen.query_one("#spark-p99-title").render())
+        await until(pilot, lambda: "signer key" in static_text(app, "#device-published"))
+        assert "signer key 0202020202020202 · 49 KiB · target pendulum/1.1.0.efb" in static_text(
+            app, "#device-published"
+        )
         await pilot.press("escape")
         assert isinstance(app.screen, FleetScreen)
 

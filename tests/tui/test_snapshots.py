@@ -77,10 +77,16 @@ def _rows(selector: str, n: int) -> Callable[[Pilot[Any]], Awaitable[None]]:
     return wait
 
 
+async def _device_loaded(pilot: Pilot[Any]) -> None:
+    await _static_has("#device-bundle", "signature verified")(pilot)
+    await _static_has("#device-published", "signer key")(pilot)
+    await _static_has("#spark-p99-title", "control plane")(pilot)
+
+
 FLOWS = {
     "fleet": _flow(),
     "fleet_filtered_sorted_marked": _flow("slash", *"site=lab", "enter", "6", "m", "m"),
-    "device": _flow("down", "enter", wait=_static_has("#device-bundle", "signature verified")),
+    "device": _flow("down", "enter", wait=_device_loaded),
     "bundles": _flow("f3", wait=_rows("#bundles", 3)),
     "push_confirmation": _flow("m", "m", "f3", wait=None),
     "attestations": _flow("f4", wait=_static_has("#att-state", "2 attestation(s)")),

@@ -55,6 +55,7 @@ class DeviceScreen(Screen[None]):
             yield history
             yield Label("Active bundle", classes="section")
             yield Static("", id="device-bundle")
+            yield Static("", id="device-published")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -65,20 +66,32 @@ class DeviceScreen(Screen[None]):
         self.app.pop_screen()
 
     def action_reload(self) -> None:
-        self._fetch()
+        # read the store here, on the UI thread; the worker only talks to the plane
+        row = fleet_app(self).store.get(self.device_id)
+        ref = (row.bundle_name, row.bundle_version, row.policy_sha256) if row else ("", "", "")
+        self._fetch(*ref)
 
     @work(thread=True, exclusive=True, group="device", exit_on_error=False)
-    def _fetch(self) -> None:
+    def _fetch(self, bundle_name: str, bundle_version: str, policy_sha256: str) -> None:
         app = fleet_app(self)
         try:
             self.post_message(Fetched("history", app.client.device_history(self.device_id)))
         except AdminError as exc:
             self.post_message(FetchFailed("history", exc))
-        row = app.store.get(self.device_id)
-        if row is None or not row.policy_sha256:
+        if bundle_name:
+            try:
+                published = [
+                    b
+                    for b in app.client.list_bundles()
+                    if (b.ref.name, b.ref.version) == (bundle_name, bundle_version)
+                ]
+            except AdminError:
+                published = []
+            self.post_message(Fetched("published", published[0] if published else None))
+        if not policy_sha256:
             return
         try:
-            att = app.client.get_attestation(row.policy_sha256)
+            att = app.client.get_attestation(policy_sha256)
         except AdminError as exc:
             self.post_message(FetchFailed("attestation", exc))
             return
@@ -163,6 +176,16 @@ class DeviceScreen(Screen[None]):
                     for u in h.updates
                 ]
             )
+        elif msg.what == "published":
+            b = msg.value
+            text = (
+                "not in the plane's published bundles"
+                if b is None
+                else f"published {_clock(b.published_at.seconds)} · signer key "
+                f"{b.signer_key_id[:16] or '—'} · {b.size_bytes / 1024:.0f} KiB · "
+                f"target {b.target_path or '—'}"
+            )
+            self.query_one("#device-published", Static).update(text)
         elif msg.what == "attestation":
             att, verification = msg.value
             row = fleet_app(self).store.get(self.device_id)
