@@ -597,6 +597,12 @@ class Router:
             st.health.on_failure(now, pushback=True)
         elif answer.error == "cancelled":
             pass  # we gave up on it; says nothing about the backend
+        elif answer.error in TIMEOUT_ERRORS:
+            # Gradient2's drop: multiplicative back-off; the latency SLO was breached.
+            st.limiter.on_drop()
+            st.windows.on_slo_breach()
+            st.failures += 1
+            st.health.on_failure(now)
         elif answer.error:
             st.failures += 1
             st.health.on_failure(now)
@@ -607,9 +613,7 @@ class Router:
             if latency > self.cfg.slo_factor * o.predicted_s:
                 st.windows.on_slo_breach()
         cost, bad = self._settle(o, st, answer, latency)
-        if not answer.ok or bad:
-            pass
-        elif o.d.purpose != "mirror":
+        if answer.ok and not bad and o.d.purpose != "mirror":
             st.health.on_success(now)
         # A late answer (after the decision) must not alter the sealed audit record.
         attempt = (
@@ -894,11 +898,7 @@ class Router:
         o = self._open.get(dispatch_id)
         if o is None:
             return Step()
-        st = self.backends[o.d.backend]
-        st.limiter.on_drop()
-        st.windows.on_slo_breach()
-        step = self.on_answer(dispatch_id, Answer(error="timeout"))
-        return step
+        return self.on_answer(dispatch_id, Answer(error="timeout"))
 
     def _on_hedge(self, task_id: str, now: float) -> Step:
         ts = self._tasks.get(task_id)
