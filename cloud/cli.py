@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundles": ("List published bundles.", "cloud.cli:bundles_cmd"),
     "device": ("Add or revoke a device identity.", "cloud.cli:device_group"),
     "devices": ("List devices.", "cloud.cli:devices_cmd"),
+    "crl": ("Rewrite the fleet CRL (pki/crl.pem) for the broker.", "cloud.cli:crl_cmd"),
     "tuf": ("TUF repository: rotate a role's key, show status.", "cloud.cli:tuf_group"),
     "operator": (
         "Issue an operator certificate (role admin | viewer).",
@@ -246,6 +247,7 @@ def device_revoke_cmd(device_id: str, home_dir: Path) -> None:
     store = _store(home)
     try:
         store.revoke_device(device_id, actor="cli")
+        revoked = store.revoked_fingerprints()
     except NotFoundError as exc:
         raise click.ClickException(f"no device {device_id!r} in {home.root}") from exc
     except StoreError as exc:
@@ -253,6 +255,24 @@ def device_revoke_cmd(device_id: str, home_dir: Path) -> None:
     finally:
         store.close()
     click.echo(f"revoked {device_id}")
+    _refresh_crl(home, revoked)
+
+
+def _refresh_crl(home: Any, revoked: set[str]) -> None:
+    """The control plane refuses revoked certificates already; the CRL tells the broker."""
+    from cloud.home import HomeError
+    from cloud.pki import PKIError
+
+    try:
+        home.write_crl(revoked)
+    except (HomeError, PKIError) as exc:
+        click.echo(
+            f"warning: {home.crl} was not updated ({exc}); run `edgeflux cloud crl` with "
+            "the CA passphrase so the broker refuses the certificate too",
+            err=True,
+        )
+        return
+    click.echo(f"CRL updated: {home.crl}")
 
 
 @click.command("devices")
@@ -355,11 +375,40 @@ def operator_revoke_cmd(name: str, home_dir: Path) -> None:
     store = _store(home)
     try:
         store.revoke_certificate(fp, f"operator:{name}", actor="cli")
+        revoked = store.revoked_fingerprints()
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         store.close()
     click.echo(f"revoked operator {name} (certificate {fp[:16]}…)")
+    _refresh_crl(home, revoked)
+
+
+@click.command("crl")
+@home_option
+@click.option("--json", "as_json", is_flag=True)
+def crl_cmd(home_dir: Path, as_json: bool) -> None:
+    """Rewrite pki/crl.pem from the revocations in the store (for the broker's crlfile)."""
+    from cloud.home import HomeError
+    from cloud.pki import PKIError
+    from cloud.store import StoreError
+
+    home = _home(home_dir)
+    store = _store(home)
+    try:
+        revoked = store.revoked_fingerprints()
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    try:
+        names = home.write_crl(revoked)
+    except (HomeError, PKIError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"crl": str(home.crl), "revoked": names}))
+    else:
+        click.echo(f"wrote {home.crl}: {len(names)} revoked certificate(s)")
 
 
 # ------------------------------------------------------------------------- up

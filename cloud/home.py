@@ -136,6 +136,11 @@ class CloudHome:
         return self.root / "private" / "ca-passphrase"
 
     @property
+    def crl(self) -> Path:
+        """The fleet CRL (PEM) for brokers: rewritten on every revocation."""
+        return self.pki / "crl.pem"
+
+    @property
     def server_cert(self) -> Path:
         return self.pki / "server.crt"
 
@@ -216,6 +221,26 @@ class CloudHome:
     def ca_pem(self) -> bytes:
         return self.ca_cert.read_bytes()
 
+    def write_crl(self, revoked_fingerprints: set[str]) -> list[str]:
+        """Rewrite `pki/crl.pem` listing every issued certificate whose fingerprint is
+        revoked (certificates are found under pki/devices and pki/operators); returns
+        the subjects listed."""
+        import datetime as dt
+
+        from cryptography import x509
+
+        from cloud.pki import fingerprint
+
+        entries: list[tuple[int, dt.datetime]] = []
+        names: list[str] = []
+        for path in sorted([*self.devices.glob("*.crt"), *self.operators.glob("*.crt")]):
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            if fingerprint(cert) in revoked_fingerprints:
+                entries.append((cert.serial_number, dt.datetime.now(dt.UTC)))
+                names.append(f"{path.parent.name[:-1]}:{path.stem}")
+        atomic_write_bytes(self.crl, self.load_ca().make_crl(entries))
+        return names
+
 
 def _write_ed25519(home: CloudHome, name: str) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
@@ -293,6 +318,7 @@ def init_home(
         passphrase = ca_passphrase or secrets.token_urlsafe(32).encode()
         ca = FleetCA.create()
         ca.save(home.ca_cert, home.ca_key, passphrase)
+        atomic_write_bytes(home.crl, ca.make_crl([]))
         if ca_passphrase is None:
             atomic_write_bytes(home.ca_passphrase_file, passphrase + b"\n", mode=0o600)
         server: Credentials = ca.issue_server(hosts=server_hosts)

@@ -241,6 +241,26 @@ class FleetCA:
             cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), self.cert_pem
         )
 
+    def make_crl(self, revoked: list[tuple[int, dt.datetime]], valid_days: float = 365) -> bytes:
+        """A PEM CRL of (serial, revoked at), for brokers that check it (Mosquitto crlfile).
+
+        `valid_days` is long on purpose: OpenSSL refuses every client once a CRL's
+        next update has passed, so a stale CRL must not lock the fleet out.
+        """
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=valid_days))
+        )
+        for serial, at in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at).build()
+            )
+        crl = builder.sign(self._key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.PEM)
+
     def issue_device(
         self, device_id: str, valid_days: float = 825, not_before: dt.datetime | None = None
     ) -> Credentials:

@@ -737,6 +737,10 @@ class Store:
                 )
             self._audit(conn, actor, "certificate.revoke", subject, {"fingerprint": fingerprint})
 
+    def revoked_fingerprints(self) -> set[str]:
+        with self._connect() as conn:
+            return {r[0] for r in conn.execute(sa.select(R.c.fingerprint)).fetchall()}
+
     def is_revoked(self, fingerprint: str) -> bool:
         if self._raw_sql:
             return self._raw_read("revoked", (fingerprint,)) is not None

@@ -135,3 +135,24 @@ def test_tuf_rotate_and_status(home: Path) -> None:
     assert status["root_version"] == 2 and status["timestamp_version"] >= 2
     code, out = _run("tuf", "rotate", "nonsense", "--home", str(home))
     assert code == 2
+
+
+def test_revocation_rewrites_the_crl_signed_by_the_fleet_ca(home: Path) -> None:
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate((home / "pki" / "ca.crt").read_bytes())
+    crl_path = home / "pki" / "crl.pem"
+    empty = x509.load_pem_x509_crl(crl_path.read_bytes())
+    assert len(list(empty)) == 0 and empty.is_signature_valid(ca.public_key())
+    assert _run("device", "add", "r1", "--home", str(home))[0] == 0
+    assert _run("device", "add", "r2", "--home", str(home))[0] == 0
+    code, out = _run("device", "revoke", "r1", "--home", str(home))
+    assert code == 0 and "CRL updated" in out
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    assert crl.is_signature_valid(ca.public_key())
+    r1 = x509.load_pem_x509_certificate((home / "pki" / "devices" / "r1.crt").read_bytes())
+    r2 = x509.load_pem_x509_certificate((home / "pki" / "devices" / "r2.crt").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(r1.serial_number) is not None
+    assert crl.get_revoked_certificate_by_serial_number(r2.serial_number) is None
+    code, out = _run("crl", "--home", str(home), "--json")
+    assert code == 0 and json.loads(out)["revoked"] == ["device:r1"]
