@@ -107,7 +107,7 @@ class MetricsRequest(_message.Message):
     def __init__(self, period_ms: _Optional[int] = ...) -> None: ...
 
 class LoopMetrics(_message.Message):
-    __slots__ = ("ticks", "deadline_misses", "latency_p50_ms", "latency_p99_ms", "latency_p999_ms", "latency_max_ms", "interventions", "rate_hz", "jitter_p99_ms")
+    __slots__ = ("ticks", "deadline_misses", "latency_p50_ms", "latency_p99_ms", "latency_p999_ms", "latency_max_ms", "interventions", "rate_hz", "jitter_p99_ms", "skipped_slots")
     class InterventionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class LoopMetrics(_message.Message):
     INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
     RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     JITTER_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_SLOTS_FIELD_NUMBER: _ClassVar[int]
     ticks: int
     deadline_misses: int
     latency_p50_ms: float
@@ -133,4 +134,5 @@ class LoopMetrics(_message.Message):
     interventions: _containers.ScalarMap[str, int]
     rate_hz: float
     jitter_p99_ms: float
-    def __init__(self, ticks: _Optional[int] = ..., deadline_misses: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., latency_p999_ms: _Optional[float] = ..., latency_max_ms: _Optional[float] = ..., interventions: _Optional[_Mapping[str, int]] = ..., rate_hz: _Optional[float] = ..., jitter_p99_ms: _Optional[float] = ...) -> None: ...
+    skipped_slots: int
+    def __init__(self, ticks: _Optional[int] = ..., deadline_misses: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., latency_p999_ms: _Optional[float] = ..., latency_max_ms: _Optional[float] = ..., interventions: _Optional[_Mapping[str, int]] = ..., rate_hz: _Optional[float] = ..., jitter_p99_ms: _Optional[float] = ..., skipped_slots: _Optional[int] = ...) -> None: ...

@@ -63,6 +63,7 @@ def metrics_to_proto(m: MetricsSnapshot) -> runtime_control_pb2.LoopMetrics:
         interventions=m.interventions,
         rate_hz=m.rate_hz,
         jitter_p99_ms=m.jitter_p99_ms,
+        skipped_slots=m.skipped,
     )
 
 

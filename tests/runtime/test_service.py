@@ -233,3 +233,12 @@ def test_failed_restage_forgets_the_previous_staged_bundle(
     with pytest.raises(RuntimeControlError, match="nothing staged"):
         client.activate(5)
     assert st.active.bundle.version == "1.0.0"
+
+
+def test_status_metrics_carry_skipped_slots_so_miss_rates_stay_per_slot(
+    client: RuntimeControlClient, service: RuntimeService
+) -> None:
+    assert service.loop is not None
+    service.loop.counters.skipped += 7  # as if a stall had swallowed 7 slots
+    m = client.status().metrics
+    assert m.skipped_slots == 7
