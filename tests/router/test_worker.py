@@ -72,10 +72,18 @@ def test_a_full_worker_pushes_back_instead_of_queueing() -> None:
 
     servicer = AgentServicer("policy", slow, max_concurrency=1)
 
+    async def release_when_all_arrived() -> None:
+        for _ in range(1000):  # the first call holds the only slot until all 3 came
+            if servicer.calls >= 3:
+                break
+            await asyncio.sleep(0.01)
+        gate.set()
+
     async def main() -> list[router_pb2.ExecuteResponse]:
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.5, gate.set)
-        return await _call(servicer, [0.0, 0.0, 0.0], n=3)
+        releaser = asyncio.create_task(release_when_all_arrived())
+        out = await _call(servicer, [0.0, 0.0, 0.0], n=3)
+        await releaser
+        return out
 
     responses = asyncio.run(main())
     assert sum(r.overloaded for r in responses) == 2
