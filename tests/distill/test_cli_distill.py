@@ -126,3 +126,11 @@ def test_bad_variant_and_bad_checkpoint_are_user_errors(tmp_path: Path) -> None:
               "--wm-checkpoint", tmp_path / "wm.pt", *TINY)  # fmt: skip
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "not a readable world-model checkpoint" in res.output
+
+
+def test_rerun_into_an_existing_bundle_is_refused_before_any_work(distilled: dict) -> None:
+    bundle = Path(distilled["bundle_dir"])
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in bundle.parent.iterdir())
+    res = cli("distill", "run", "--out", bundle.parent, *TINY)
+    assert res.exit_code == 1 and "already exists" in res.output
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in bundle.parent.iterdir()) == before
