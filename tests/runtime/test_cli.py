@@ -243,3 +243,27 @@ def test_run_reports_bad_settings_without_a_traceback(
 
     with RuntimeLock(layout):
         pass
+
+
+def test_run_on_an_empty_robot_without_a_bundle_says_how_to_install_one(
+    layout: RobotLayout,
+) -> None:
+    result = CliRunner().invoke(
+        cli_root, ["runtime", "run", "--root", str(layout.root), "--adapter", "null",
+                   "--adapter-option", f"obs_dim={OBS}"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "no bundle to run" in result.output and "--bundle DIR" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_status_with_a_stale_socket_names_it(layout: RobotLayout) -> None:
+    import socket as _socket
+
+    layout.run.mkdir(parents=True, exist_ok=True)
+    stale = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    stale.bind(str(layout.runtime_socket))  # bound, never listening: a dead runtime's socket
+    stale.close()
+    result = CliRunner().invoke(cli_root, ["runtime", "status", "--root", str(layout.root)])
+    assert result.exit_code == 1
+    assert "no runtime answering on" in result.output and "Traceback" not in result.output
