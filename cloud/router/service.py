@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud.router.admission import AdmissionConfig
 from cloud.router.audit import AuditLog, verify_log
 from cloud.router.backends import BackendSpec, PriceModel, Registry
 from cloud.router.budgets import Budget, BudgetLedger
@@ -154,6 +155,14 @@ class RouterSettings(BaseModel):
     site_label: str = Field("site", description="device label naming its site")
     default_tenant: str = Field("default", description="tenant of a device without the label")
     challengers: list[ChallengerSettings] = Field(default_factory=list)
+    qos_shares: dict[str, float] = Field(
+        default_factory=lambda: {"SAFETY": 0.3, "INTERACTIVE": 0.5, "BATCH": 0.2},
+        description="guaranteed share of each backend's concurrency limit per class",
+    )
+    quality_floor: dict[str, float] = Field(
+        default_factory=lambda: {"SAFETY": 0.9, "INTERACTIVE": 0.7, "BATCH": 0.5},
+        description="least predicted quality a backend needs to serve a class",
+    )
     accept_score: float = Field(0.6, ge=0, le=1, description="verifier score that accepts")
     max_escalations: int = Field(2, ge=0, le=5)
     audit_every_n: int = Field(256, gt=0, description="sign a tree head every N records")
@@ -537,6 +546,18 @@ def load_audit_key(keys_dir: Path) -> Any:
     return key
 
 
+def _by_qos(values: Mapping[str, float], field: str) -> dict[Qos, float]:
+    out: dict[Qos, float] = {}
+    for name, v in values.items():
+        try:
+            out[Qos[name.upper()]] = float(v)
+        except KeyError:
+            raise RouterConfigError(
+                f"[router] {field}: unknown class {name!r}; expected SAFETY, INTERACTIVE, BATCH"
+            ) from None
+    return out
+
+
 def register(server: grpc.aio.Server, plane: Any) -> list[str]:
     """Mount RouterService on the control plane (see the module docstring)."""
     from runtime.config import load_config
@@ -569,7 +590,10 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         registry,
         ledger,
         config=RouterConfig(
-            accept_score=settings.accept_score, max_escalations=settings.max_escalations
+            accept_score=settings.accept_score,
+            max_escalations=settings.max_escalations,
+            admission=AdmissionConfig(_by_qos(settings.qos_shares, "qos_shares")),
+            quality_floor=_by_qos(settings.quality_floor, "quality_floor"),
         ),
         clock=time.monotonic,
         wall=time.time,
