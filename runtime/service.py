@@ -48,6 +48,7 @@ from runtime.loop import (
     realtime_thread,
 )
 from runtime.metrics import MetricsSnapshot
+from runtime.sdnotify import SystemdNotifier
 from runtime.session import PolicySession, SessionError
 from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
 from runtime.trust import TrustStore
@@ -284,12 +285,25 @@ class RuntimeService:
         After it returns, `loop_error` says whether the loop died (the caller stops
         the service either way)."""
         end = None if timeout_s is None else time.monotonic() + timeout_s
+        notifier = SystemdNotifier()
+        active = self.status().active
+        notifier.ready(f"running {active.label}" if active is not None else "running")
+        last_ticks, next_pet = -1, 0.0
         while True:
             step = 0.25 if end is None else min(0.25, max(0.0, end - time.monotonic()))
             if self._stop_requested.wait(step) or self.loop_error is not None:
+                notifier.stopping()
                 return True
             if end is not None and time.monotonic() >= end:
+                notifier.stopping()
                 return False
+            interval = notifier.watchdog_interval_s
+            if interval is not None and time.monotonic() >= next_pet and self.loop is not None:
+                # Pet systemd's watchdog only while the control loop makes progress.
+                ticks = self.loop.snapshot().ticks
+                if ticks != last_ticks:
+                    notifier.watchdog()
+                    last_ticks, next_pet = ticks, time.monotonic() + interval
 
     @property
     def loop_error(self) -> BaseException | None:

@@ -55,7 +55,10 @@ StartLimitIntervalSec=60
 StartLimitBurst=5
 
 [Service]
-Type=simple
+# READY=1 once the loop runs; WATCHDOG=1 only while it keeps ticking (runtime.sdnotify).
+Type=notify
+NotifyAccess=main
+WatchdogSec=10s
 ExecStart=/opt/edgeflux/venv/bin/edgeflux --log-format json runtime run --root /
 Restart=always
 RestartSec=2
