@@ -9,11 +9,13 @@ real control plane, and a robot requiring parity attestation fetches each over g
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
 from cloud.attest import campaign
@@ -21,6 +23,7 @@ from cloud.attest.service import record_from_envelope
 from cloud.attest.statement import load_key, verify_envelope
 from cloud.store.attestations import AttestationStore
 from cloud.testing import running_plane
+from edgeflux.cli import root
 from fleet import attestation as fa
 from runtime.bundle import create_bundle, sign_bundle
 from runtime.manifest import load_manifest
@@ -103,20 +106,37 @@ def _robot_decision(plane, result: campaign.CampaignResult) -> fa.ActivationDeci
 
 
 def test_correctly_distilled_student_is_attested(distilled) -> None:
-    result = _run(distilled, distilled["bundle"], "good")
-    task = result.statement["predicate"]["tasks"][0]
-    assert result.verdict == "attested", (task["mean_diff"], task["ci"], task["margin"])
-    assert task["n_pairs"] == 100
-    raw = result.attestation_path.read_bytes()
+    # Through the CLI a user types: `edgeflux attest run BUNDLE --campaign C --home PLANE`
+    # signs with the plane's attestation key and stores the result for the plane to serve.
+    plane = distilled["plane"]
+    (distilled["tmp"] / "campaign.toml").write_text(CAMPAIGN)
+    res = CliRunner().invoke(
+        root,
+        ["attest", "run", str(distilled["bundle"]),
+         "--campaign", str(distilled["tmp"] / "campaign.toml"),
+         "--home", str(plane.home.root), "--workdir", str(distilled["tmp"] / "good"),
+         "--out", str(distilled["tmp"] / "good.att.json"), "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    task = summary["tasks"][0]
+    assert summary["verdict"] == "attested", task
+    assert summary["stored_in_control_plane"] and task["n_pairs"] == 100
+    raw = (distilled["tmp"] / "good.att.json").read_bytes()
     keys = TrustStore(distilled["trust"]).public_keys("attestation")
     checked = verify_envelope(
-        raw,
-        keys,
-        policy_sha256=result.bundle.policy_sha256,
-        root_digest=result.bundle.root_digest,
+        raw, keys, policy_sha256=summary["policy_sha256"], root_digest=summary["root_digest"]
     )
     assert checked.verdict == "attested"
-    decision = _robot_decision(distilled["plane"], result)
+    # The robot fetches what the plane serves (nothing stored by the test itself).
+    with plane.channel(plane.device("robot-power-good")) as ch:
+        decision = fa.check_activation(
+            fa.AttestationPolicy(require_parity_attestation=True),
+            policy_sha256=summary["policy_sha256"],
+            root_digest=summary["root_digest"],
+            fetch=fa.grpc_fetcher(ch),
+            trusted_keys=keys,
+        )
     assert (decision.allowed, decision.reason) == (True, "attested"), decision.message
 
 
