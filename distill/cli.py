@@ -54,6 +54,21 @@ def _hidden(text: str) -> tuple[int, ...]:
         raise click.BadParameter(msg, param_hint="--hidden") from None
 
 
+def _planner(samples: int | None, iterations: int | None) -> Any:
+    """The world-model teacher's MPPI settings; None keeps the pipeline's device default."""
+    from distill.mppi import MPPIConfig
+
+    if samples is None and iterations is None:
+        return None
+    n = samples or 512
+    return MPPIConfig(
+        num_samples=n,
+        iterations=iterations or 6,
+        num_elites=max(1, min(64, n // 8)),
+        num_pi_trajs=min(24, n // 4),
+    )
+
+
 @click.group(name="distill")
 def distill() -> None:
     """Distil a world model (or an oracle planner) into a signed ONNX policy."""
@@ -125,10 +140,10 @@ def envs_cmd(as_json: bool) -> None:
               help="World-model training: gradient updates per environment step.")  # fmt: skip
 @click.option("--wm-checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Use this world-model checkpoint instead of training one.")  # fmt: skip
-@click.option("--mppi-samples", type=int, default=512, show_default=True,
-              help="World-model teacher: MPPI samples per iteration.")  # fmt: skip
-@click.option("--mppi-iterations", type=int, default=6, show_default=True,
-              help="World-model teacher: MPPI iterations per step.")  # fmt: skip
+@click.option("--mppi-samples", type=int,
+              help="World-model teacher: MPPI samples [CPU 256, GPU 512].")  # fmt: skip
+@click.option("--mppi-iterations", type=int,
+              help="World-model teacher: MPPI iterations per step [CPU 4, GPU 6].")  # fmt: skip
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def run_cmd(
@@ -153,8 +168,8 @@ def run_cmd(
     wm_envs: int,
     wm_utd: float,
     wm_checkpoint: Path | None,
-    mppi_samples: int,
-    mppi_iterations: int,
+    mppi_samples: int | None,
+    mppi_iterations: int | None,
     threads: int,
     as_json: bool,
 ) -> None:
@@ -163,7 +178,6 @@ def run_cmd(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from distill.dagger import DaggerConfig
-    from distill.mppi import MPPIConfig
     from distill.pipeline import STAGES, DistillConfig, run_pipeline
     from distill.student import StudentConfig
     from distill.train_wm import TrainConfig
@@ -197,12 +211,7 @@ def run_cmd(
                 updates_per_step=wm_utd,
             ),
             checkpoint=wm_checkpoint,
-            teacher_mppi=MPPIConfig(
-                num_samples=mppi_samples,
-                iterations=mppi_iterations,
-                num_elites=max(1, min(64, mppi_samples // 8)),
-                num_pi_trajs=min(24, mppi_samples // 4),
-            ),
+            teacher_mppi=_planner(mppi_samples, mppi_iterations),
             threads=threads,
         )
     with _user_errors():
