@@ -141,8 +141,10 @@ class CampaignSpec(BaseModel):
         return v
 
     def digest(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(canonical).hexdigest()
+        """Identity of what is measured; `workers` changes only speed, so it is left out
+        (a run may be resumed with another `--workers`)."""
+        body = self.model_dump(mode="json", exclude={"workers"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def parse_campaign(text: str, source: str = "campaign") -> CampaignSpec:

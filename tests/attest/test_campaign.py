@@ -156,3 +156,10 @@ def test_training_seeds_come_from_every_provenance_seed_field() -> None:
         {"seeds": [0], "dagger_seeds": [2_000_000_005, 7], "env_seeds": [True, "x", 9]}
     )
     assert campaign.training_seeds(prov) == frozenset({0, 7, 9, 2_000_000_005})
+
+
+def test_campaign_identity_ignores_workers_but_not_what_is_measured() -> None:
+    base = campaign.parse_campaign(SMALL)
+    assert base.model_copy(update={"workers": 8}).digest() == base.digest()
+    assert base.model_copy(update={"chunk": 7}).digest() != base.digest()
+    assert campaign.parse_campaign(SMALL.replace("m = 1.2", "m = 1.3")).digest() != base.digest()
