@@ -224,9 +224,9 @@ class AdminClient:
             self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
-        self.admin = admin_pb2_grpc.FleetAdminServiceStub(self._channel)
-        self.attestation = attestation_pb2_grpc.AttestationServiceStub(self._channel)
-        self.router = router_pb2_grpc.RouterServiceStub(self._channel)
+        self.admin = admin_pb2_grpc.FleetAdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.attestation = attestation_pb2_grpc.AttestationServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.router = router_pb2_grpc.RouterServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         self._channel.close()

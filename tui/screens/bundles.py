@@ -18,7 +18,7 @@ from tui.client import AdminError
 from tui.messages import Fetched, FetchFailed
 from tui.push import PushPlan, plan_push, selector_devices
 from tui.screens._chrome import ConnectionBar, fleet_app
-from tui.store import QueryError
+from tui.store import DeviceRow, QueryError
 
 
 def _ts(seconds: int) -> str:
@@ -157,7 +157,7 @@ class PushScreen(ModalScreen[PushPlan | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, bundle: admin_pb2.Bundle, marked: list[object], selector: str) -> None:
+    def __init__(self, bundle: admin_pb2.Bundle, marked: list[DeviceRow], selector: str) -> None:
         super().__init__()
         self.bundle = bundle
         self.marked = marked
@@ -197,7 +197,7 @@ class PushScreen(ModalScreen[PushPlan | None]):
             except QueryError as exc:
                 rows, error = [], str(exc)
             target = f"selector {text.strip()}"
-        self.plan = plan_push(b.name, b.version, b.sequence, rows, target)  # type: ignore[arg-type]
+        self.plan = plan_push(b.name, b.version, b.sequence, rows, target)
         lines = [error] if error else self.plan.describe()
         self.query_one("#push-plan", Static).update("\n".join(lines))
         ask = self.query_one("#push-ask", Label)

@@ -157,8 +157,8 @@ class DeviceScreen(Screen[None]):
             h: admin_pb2.DeviceHistory = msg.value
             self.history_source = "control plane"
 
-            def ts(s: object) -> float:
-                return s.at.seconds + s.at.nanos / 1e9  # type: ignore[attr-defined]
+            def ts(entry: admin_pb2.UpdateHistoryEntry) -> float:
+                return float(entry.at.seconds + entry.at.nanos / 1e9)
 
             self._sparks(
                 [s.value for s in h.loop_p99_ms],
