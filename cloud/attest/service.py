@@ -93,6 +93,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
         self.plane = plane
         self.store = AttestationStore(plane.store.engine)
         self._cache: dict[str, tuple[float, attestation_pb2.Attestation]] = {}
+        self._running: set[str] = set()  # campaign workdirs in use by this replica
 
     def _cached(self, digest: str) -> attestation_pb2.Attestation | None:
         hit = self._cache.get(digest)
@@ -176,12 +177,18 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
             loop.call_soon_threadsafe(queue.put_nowait, (done, total, stage))
 
         home = self.plane.home
+        workdir = home.state / "campaigns" / f"{spec.name}-{bundle.policy_sha256[:16]}"
+        if workdir.name in self._running:
+            raise RpcError(
+                grpc.StatusCode.ABORTED,
+                f"campaign {spec.name} on {ref.name} {ref.version} is already running; "
+                "retry later to get its result (finished work is kept)",
+            )
 
         def work() -> AttestationRecord:
             from runtime.bundle import unpack_bundle
 
             efb = self.plane.tuf.target_file_path(bundle.target_path, bundle.efb_sha256)
-            workdir = home.state / "campaigns" / f"{spec.name}-{bundle.policy_sha256[:16]}"
             with tempfile.TemporaryDirectory(prefix="campaign-") as tmp:
                 bdir = unpack_bundle(efb, Path(tmp) / "bundle")
                 result = campaign.run_campaign(
@@ -196,7 +203,9 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
             rec = record_from_envelope(raw, _trusted(home.trust), created_by=ident.actor)
             return self.store.put(rec)
 
+        self._running.add(workdir.name)
         task = asyncio.ensure_future(asyncio.to_thread(work))
+        task.add_done_callback(lambda _: self._running.discard(workdir.name))
         while not task.done():
             getter = asyncio.ensure_future(queue.get())
             finished, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)

@@ -195,3 +195,22 @@ def test_run_parity_campaign_streams_progress_and_stores_the_result(plane, tmp_p
             )
         )
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_second_run_of_a_running_campaign_is_refused(plane, tmp_path) -> None:
+    rec = plane.publish(_bundle(tmp_path, plane.home, "busy", 1.4))
+    request = attestation_pb2.RunParityCampaignRequest(
+        bundle=common_pb2.BundleRef(name=rec.name, version=rec.version),
+        campaign_toml=(
+            '[campaign]\nname = "busy"\nworkers = 1\nparity_inputs = 16\n'
+            '[[task]]\nname = "t"\nepisodes = 4\ncalibration_episodes = 4\n'
+        ),
+    )
+    with plane.channel(plane.operator()) as ch:
+        stub = attestation_pb2_grpc.AttestationServiceStub(ch)
+        first = stub.RunParityCampaign(request, timeout=120)
+        assert next(first).stage  # the first run has started
+        with pytest.raises(grpc.RpcError) as busy:
+            list(stub.RunParityCampaign(request, timeout=30))
+        assert busy.value.code() == grpc.StatusCode.ABORTED
+        assert list(first)[-1].result.subject_sha256 == rec.policy_sha256
