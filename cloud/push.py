@@ -5,7 +5,9 @@
 2. the chosen devices' signed desired state is pointed at it (each device's
    generation advances; that is what the agent trusts, together with TUF);
 3. an MQTT hint goes to each device's ``updates`` topic (QoS 1). A hint is only a
-   nudge: a device that misses it still converges from its desired state.
+   nudge and carries nothing trusted. The desired state stays set for a device that
+   missed its hint; the agent acts on the next hint (a re-push) — it does not poll
+   GetDesiredState on its own yet.
 
 Staged waves and health gates are the rollout engine's job; this is the direct path.
 
@@ -159,7 +161,7 @@ def push(
         )
         try:
             ok = hint(topic(device_id, "updates"), msg.SerializeToString())
-        except Exception as exc:  # the desired state stands; the device converges later
+        except Exception as exc:  # the desired state stands; a re-push hints again
             ok = False
             result.hint_failed[device_id] = str(exc)
         if ok:
@@ -241,7 +243,10 @@ def push_cmd(
                     return mqtt.publish(t, payload, wait_s=10)
 
             except CloudMqttError as exc:
-                click.echo(f"warning: {exc}; devices converge from their desired state", err=True)
+                click.echo(
+                    f"warning: {exc}; desired state is set, re-push to hint the devices",
+                    err=True,
+                )
         result = push(home, store, bundle, device_ids=devices, labels=selector, hint=hint)
     except PushError as exc:
         raise click.ClickException(f"{exc}") from exc
