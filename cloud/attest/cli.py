@@ -10,6 +10,9 @@ Usage::
     edgeflux attest run ./bundles/pendulum-1.0.0 --campaign campaign.toml \\
         --trust ./trust --key ./keys/attestation.key --out pendulum.att.json
 
+    # or on the control plane itself, against a published bundle (RunParityCampaign)
+    edgeflux attest run --remote pendulum@1.0.0 --campaign campaign.toml --home ./plane
+
     edgeflux attest get <policy sha256> --home ./plane --out pendulum.att.json
     edgeflux attest verify pendulum.att.json --trust ./trust --bundle ./bundles/pendulum-1.0.0
     edgeflux attest show pendulum.att.json --trust ./trust --png parity.png
@@ -66,6 +69,37 @@ def _trusted(trust_dir: Path) -> dict[str, Any]:
     return dict(keys)
 
 
+def _connection(
+    home_dir: Path | None,
+    server: str | None,
+    operator: str,
+    cert: Path | None,
+    key_file: Path | None,
+    ca: Path | None,
+) -> tuple[str, Any]:
+    """Server address and mTLS credentials, from the home's operator files or flags."""
+    import grpc
+
+    if home_dir is not None:
+        home = _home(home_dir)
+        crt, key = home.operator_paths(operator)
+        cert, key_file, ca = cert or crt, key_file or key, ca or home.ca_cert
+        if server is None:
+            cfg = home.config()
+            server = f"{cfg.listen_host}:{cfg.grpc_port}"
+    if not (server and cert and key_file and ca):
+        raise click.UsageError("give --home, or --server with --cert, --key and --ca")
+    try:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca.read_bytes(),
+            private_key=key_file.read_bytes(),
+            certificate_chain=cert.read_bytes(),
+        )
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the operator credentials: {exc}") from exc
+    return server, creds
+
+
 @click.group()
 def attest() -> None:
     """Parity attestations: run, get, verify, show."""
@@ -73,7 +107,9 @@ def attest() -> None:
 
 # ------------------------------------------------------------------------- run
 @attest.command("run")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "bundle", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
 @click.option(
     "--campaign",
     "campaign_file",
@@ -93,9 +129,16 @@ def attest() -> None:
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Copy of the DSSE.")
 @click.option("--workers", type=click.IntRange(1, 64), help="Override [campaign] workers.")
+@click.option(
+    "--remote",
+    metavar="NAME@VERSION",
+    help="Run on the control plane (RunParityCampaign) against this published bundle.",
+)
+@click.option("--server", help="host:port for --remote (default: from the home).")
+@click.option("--operator", default="admin", show_default=True, help="Operator for --remote.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run_cmd(
-    bundle: Path,
+    bundle: Path | None,
     campaign_file: Path,
     home_dir: Path | None,
     trust_dir: Path | None,
@@ -103,9 +146,19 @@ def run_cmd(
     workdir: Path | None,
     out: Path | None,
     workers: int | None,
+    remote: str | None,
+    server: str | None,
+    operator: str,
     as_json: bool,
 ) -> None:
-    """Run a parity campaign on BUNDLE and sign the attestation."""
+    """Run a parity campaign on BUNDLE (or a published bundle with --remote) and sign it."""
+    if remote is not None:
+        if bundle is not None:
+            raise click.UsageError("give either BUNDLE or --remote NAME@VERSION, not both")
+        _run_remote(remote, campaign_file, home_dir, server, operator, out, as_json)
+        return
+    if bundle is None:
+        raise click.UsageError("give BUNDLE (a signed bundle directory) or --remote NAME@VERSION")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cloud.attest import campaign, statement
@@ -178,6 +231,67 @@ def run_cmd(
     click.echo(f"attestation: {summary['attestation']}" + (" (stored)" if stored else ""))
 
 
+def _run_remote(
+    remote: str,
+    campaign_file: Path,
+    home_dir: Path | None,
+    server: str | None,
+    operator: str,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    import grpc
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from protos import attestation_pb2, attestation_pb2_grpc, common_pb2
+
+    name, sep, version = remote.partition("@")
+    if not (sep and name and version):
+        raise click.UsageError(f"--remote takes NAME@VERSION, got {remote!r}")
+    address, creds = _connection(home_dir, server, operator, None, None, None)
+    request = attestation_pb2.RunParityCampaignRequest(
+        bundle=common_pb2.BundleRef(name=name, version=version),
+        campaign_toml=campaign_file.read_text(),
+    )
+    final = None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with (
+        grpc.secure_channel(address, creds) as channel,
+        Progress(*columns, console=_err_console(), transient=as_json) as bar,
+    ):
+        task_id = bar.add_task(f"campaign on {address}", total=None)
+        try:
+            for update in attestation_pb2_grpc.AttestationServiceStub(channel).RunParityCampaign(
+                request
+            ):
+                if update.HasField("result"):
+                    final = update.result
+                else:
+                    bar.update(
+                        task_id, completed=update.done, total=update.total, description=update.stage
+                    )
+        except grpc.RpcError as exc:
+            raise click.ClickException(f"{address}: {exc.code().name}: {exc.details()}") from exc
+    if final is None:
+        raise click.ClickException(f"{address}: the campaign stream ended without a result")
+    raw = bytes(final.envelope.dsse_json)
+    if out is not None:
+        from runtime.atomicio import atomic_write_bytes
+
+        atomic_write_bytes(out, raw)
+    summary = {
+        "verdict": final.verdict,
+        "policy_sha256": final.subject_sha256,
+        "root_digest": final.bundle.oms_root_digest,
+        "stored_in_control_plane": True,
+        "attestation": str(out) if out else None,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"{final.verdict}: {name} {version} (policy {final.subject_sha256[:16]}…)")
+
+
 def _err_console() -> Any:
     from rich.console import Console
 
@@ -227,20 +341,7 @@ def get_cmd(
 
     from protos import attestation_pb2, attestation_pb2_grpc
 
-    if home_dir is not None:
-        home = _home(home_dir)
-        crt, key = home.operator_paths(operator)
-        cert, key_file, ca = cert or crt, key_file or key, ca or home.ca_cert
-        if server is None:
-            cfg = home.config()
-            server = f"{cfg.listen_host}:{cfg.grpc_port}"
-    if not (server and cert and key_file and ca):
-        raise click.UsageError("give --home, or --server with --cert, --key and --ca")
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=ca.read_bytes(),
-        private_key=key_file.read_bytes(),
-        certificate_chain=cert.read_bytes(),
-    )
+    server, creds = _connection(home_dir, server, operator, cert, key_file, ca)
     with grpc.secure_channel(server, creds) as channel:
         stub = attestation_pb2_grpc.AttestationServiceStub(channel)
         try:

@@ -55,7 +55,14 @@ def ran(tmp_path_factory):
             "attest", "get", summary["policy_sha256"], "--home", str(home.root),
             "--server", plane.address, "--out", str(tmp / "fetched.json"), "--json",
         )  # fmt: skip
-        yield {"tmp": tmp, "home": home, "bundle": bdir, "summary": summary, "get": got}
+        yield {
+            "tmp": tmp,
+            "home": home,
+            "bundle": bdir,
+            "summary": summary,
+            "get": got,
+            "plane": plane,
+        }
 
 
 def test_run_signs_and_stores_an_attestation_that_get_fetches(ran) -> None:
@@ -133,3 +140,28 @@ def test_user_mistakes_get_clear_errors_without_tracebacks(ran, tmp_path: Path) 
     garbage.write_text("{}")
     res = CliRunner().invoke(root, ["attest", "show", str(garbage)])
     assert res.exit_code == 1 and "not a DSSE envelope" in res.output
+
+
+def test_remote_run_executes_on_the_plane_and_is_served(ran, tmp_path: Path) -> None:
+    plane = ran["plane"]
+    src = linear_pendulum_policy(tmp_path / "r.onnx", gain=0.8)
+    bdir = create_bundle(src, pendulum_manifest("remote"), tmp_path / "remote")
+    sign_bundle(bdir, plane.home.key_path("model-signing", private=True))
+    rec = plane.publish(bdir)
+    args = ["attest", "run", "--remote", "remote@1.0.0", "--campaign"]
+    args += [str(ran["tmp"] / "campaign.toml"), "--home", str(plane.home.root)]
+    args += ["--server", plane.address, "--out", str(tmp_path / "r.json"), "--json"]
+    res = _invoke(*args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["policy_sha256"] == rec.policy_sha256
+    assert summary["verdict"] == "not_attested"
+    got = _invoke(
+        "attest", "get", rec.policy_sha256, "--home", str(plane.home.root),
+        "--server", plane.address, "--json",
+    )  # fmt: skip
+    assert json.loads(got.stdout)["verdict"] == "not_attested"
+    res = CliRunner().invoke(
+        root, ["attest", "run", "--remote", "nope", "--campaign", str(ran["tmp"] / "campaign.toml")]
+    )
+    assert res.exit_code == 2 and "NAME@VERSION" in res.output
