@@ -5,9 +5,8 @@
 2. the chosen devices' signed desired state is pointed at it (each device's
    generation advances; that is what the agent trusts, together with TUF);
 3. an MQTT hint goes to each device's ``updates`` topic (QoS 1). A hint is only a
-   nudge and carries nothing trusted. The desired state stays set for a device that
-   missed its hint; the agent acts on the next hint (a re-push) — it does not poll
-   GetDesiredState on its own yet.
+   nudge and carries nothing trusted. A device that missed it converges when its agent
+   next polls GetDesiredState (``desired_state_poll_s``).
 
 Staged waves and health gates are the rollout engine's job; this is the direct path.
 
@@ -161,7 +160,7 @@ def push(
         )
         try:
             ok = hint(topic(device_id, "updates"), msg.SerializeToString())
-        except Exception as exc:  # the desired state stands; a re-push hints again
+        except Exception as exc:  # the desired state stands; agents find it by polling
             ok = False
             result.hint_failed[device_id] = str(exc)
         if ok:
@@ -244,7 +243,7 @@ def push_cmd(
 
             except CloudMqttError as exc:
                 click.echo(
-                    f"warning: {exc}; desired state is set, re-push to hint the devices",
+                    f"warning: {exc}; desired state is set, agents pick it up when they poll",
                     err=True,
                 )
         result = push(home, store, bundle, device_ids=devices, labels=selector, hint=hint)

@@ -165,6 +165,20 @@ class RobotEffects:
             return 0
         return int(status.anti_rollback.get(bundle_name, 0))
 
+    def desired_bundle(self, timeout_s: float) -> tuple[str, int, int] | None:
+        """(name, sequence, generation) of the verified desired state, None if none."""
+        reply = self.stub.GetDesiredState(device_pb2.GetDesiredStateRequest(), timeout=timeout_s)
+        doc = verify_desired_state(
+            bytes(reply.envelope.dsse_json),
+            self._director(),
+            self.agent.device_id,
+            dt.datetime.now(dt.UTC),
+        )
+        bundle = doc.get("bundle")
+        if not isinstance(bundle, dict) or not bundle.get("name"):
+            return None
+        return str(bundle["name"]), int(bundle.get("sequence", 0)), int(doc.get("generation", 0))
+
     def refresh(self, bundle_name: str, timeout_s: float) -> TargetInfo:
         try:
             view = self.tuf.refresh()

@@ -219,6 +219,40 @@ class Agent:
 
     # ---- loops
 
+    def _poll_desired(self) -> None:
+        """Offer the signed desired state as if it were a hint (same gate, same checks),
+        so a robot that missed its hint still converges."""
+        poll = getattr(self._effects, "desired_bundle", None)
+        if poll is None:
+            return
+        try:
+            wanted = poll(10.0)
+        except Exception as exc:  # the plane may be unreachable; try at the next poll
+            log.info("desired-state poll failed: %s", exc)
+            return
+        if wanted is None:
+            return
+        name, sequence, generation = wanted
+        msg = telemetry_pb2.UpdateHint(
+            bundle_name=name, sequence=sequence, generation=generation, rollout_id="poll"
+        )
+        if self.hints.offer(msg.SerializeToString()) is not None:
+            self._hint_ready.set()
+
+    def _failed_before(self, name: str, sequence: int, generation: int) -> bool:
+        """The same desired (bundle, sequence, generation) already failed or rolled back
+        here: do not retry it until the operator pushes again (a new generation)."""
+        try:
+            rec = self._update_state.load()
+        except Exception:
+            return False
+        return (
+            rec.state in (State.FAILED, State.ROLLED_BACK)
+            and rec.bundle_name == name
+            and rec.hint_sequence == sequence
+            and rec.generation == generation
+        )
+
     def _update_worker(self) -> None:
         if self.runner is None:
             return
@@ -226,14 +260,28 @@ class Agent:
             self.runner.resume()
         except Exception:
             log.exception("resuming the persisted update failed")
+        poll_s = self.config.desired_state_poll_s
+        next_poll = time.monotonic() + poll_s
         while not self._stop.is_set():
             self._hint_ready.wait(0.5)
             if self._stop.is_set():
                 return
+            if poll_s > 0 and time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + poll_s
+                self._poll_desired()
             hint = self.hints.take()
             if hint is None:
                 if not self.hints.seconds_until_allowed():
                     self._hint_ready.clear()
+                continue
+            if self._failed_before(hint.bundle_name, hint.sequence, hint.generation):
+                self.hints.counters["dropped.failed_before"] += 1
+                log.info(
+                    "not retrying %s %d (generation %d): it failed here before",
+                    hint.bundle_name,
+                    hint.sequence,
+                    hint.generation,
+                )
                 continue
             try:
                 self.runner.start(hint.bundle_name, hint.sequence, hint.generation, hint.rollout_id)

@@ -60,6 +60,9 @@ class AgentConfig(BaseModel):
     hint_min_interval_s: float = Field(
         30.0, ge=0, description="at most one TUF refresh per interval, however many hints"
     )
+    desired_state_poll_s: float = Field(
+        300.0, ge=0, description="also poll GetDesiredState this often (0 = hints only)"
+    )
     shadow_ticks: int = Field(500, ge=1)
     health_window_ticks: int = Field(500, ge=0)
     shadow_divergence_max: float = Field(0.25, ge=0)
