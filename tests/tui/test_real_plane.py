@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Static
 
 from cloud.store import BundleRecord, EventRecord, TelemetryRecord
 from cloud.testing import RunningPlane, running_plane
+from tests.servers import free_port
 from tests.tui.conftest import until
 from tui.app import EdgeFluxApp
 from tui.client import AdminClient, TlsFiles, certificate_role
@@ -201,3 +202,58 @@ async def test_attestation_from_the_real_service_is_verified_locally(tmp_path: P
             text = console.export_text()
             assert f"signature verified with trusted key {key.key_id[:16]}" in text
             assert "swingup" in text and "numeric_parity" in text
+
+
+async def test_routing_screen_shows_the_real_routers_health(tmp_path: Path) -> None:
+    from cloud.home import init_home
+    from protos import router_pb2, router_pb2_grpc
+
+    home = init_home(tmp_path / "plane")
+    with home.config_file.open("a") as fh:
+        fh.write(
+            "\n[router]\n"
+            'budgets = [{scope = "acme", limit_usd = 2.0}]\n'
+            "audit_every_n = 1\n"
+            "[[router.backends]]\n"
+            'name = "planner-1"\n'
+            f'address = "127.0.0.1:{free_port()}"\n'  # nothing listens: never reached
+            "tier = 2\n"
+            'task_types = ["plan"]\n'
+            "capacity = 2\n"
+            "per_call_usd = 0.001\n"
+        )
+    with running_plane(home.root, factories=["cloud.router.service:register"]) as p:
+        ghost = p.device("robot-g", labels={"tenant": "ghost"})
+        with p.channel(ghost) as ch:
+            resp = router_pb2_grpc.RouterServiceStub(ch).Route(
+                router_pb2.RouteRequest(
+                    task=router_pb2.Task(
+                        task_type="plan",
+                        qos=router_pb2.QOS_CLASS_INTERACTIVE,
+                        deadline_ms=20_000,
+                        observation=[1.0, 0.0, 0.0],
+                        action_low=[-2.0],
+                        action_high=[2.0],
+                        work_units=1.0,
+                    )
+                ),
+                timeout=30,
+            )
+        outcome = router_pb2.RouteOutcome.Name(resp.outcome).removeprefix("ROUTE_OUTCOME_")
+        creds = p.operator()
+        app = EdgeFluxApp(AdminClient(p.address, TlsFiles(creds.cert, creds.key, creds.ca)))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("f5")
+            backends = app.screen.query_one("#route-backends", DataTable)
+            await until(pilot, lambda: backends.row_count == 1, timeout=20)
+            assert str(backends.get_row_at(0)[0]) == "planner-1"
+            budgets = app.screen.query_one("#route-budgets", DataTable)
+            assert str(budgets.get_row_at(0)[0]) == "acme"
+            decisions = app.screen.query_one("#route-decisions", DataTable)
+            await until(pilot, lambda: decisions.row_count >= 1, timeout=20)
+            row = [str(c) for c in decisions.get_row_at(0)]
+            # the router's own decision, as the robot got it
+            assert row[1:4] == ["plan", "interactive", outcome.lower()]
+            assert row[-1] == resp.reason
+            state = app.screen.query_one("#route-state", Static)
+            await until(pilot, lambda: "audit log ✔ verified" in str(state.content), timeout=20)
