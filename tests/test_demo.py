@@ -1,0 +1,61 @@
+"""The README's first command, end to end: `edgeflux demo --exit --quick --json`.
+
+Asserts on the machine-readable summary, as CI does: every robot committed v1.1.0,
+the broken (NaN) bundle was refused on every robot which kept running v1.1.0 with its
+anti-rollback counter unchanged, and the attestation fetched over gRPC verified.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.services]
+
+
+@pytest.mark.timeout(2400)
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeflux.cli",
+            "demo",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--exit",
+            "--quick",
+            "--telemetry-seconds",
+            "2",
+            "--json",
+            str(summary_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=2300,
+    )
+    assert summary_path.is_file(), proc.stdout[-5000:] + proc.stderr[-5000:]
+    summary = json.loads(summary_path.read_text())
+    failed = [s for s in summary["stages"] if s["status"] != "done"]
+    assert not failed, (failed, proc.stdout[-5000:])
+    assert proc.returncode == 0
+    assert summary["ok"] is True
+    assert summary["all_committed_v2"] is True
+    assert set(summary["robots"]) == {"robot-1", "robot-2", "robot-3"}
+    for robot, facts in summary["robots"].items():
+        assert facts["v2_committed"], robot
+        assert facts["broken_outcome"] in ("FAILED", "ROLLED_BACK"), (robot, facts)
+        assert facts["active_after_broken"] == "1.1.0", (robot, facts)
+        assert facts["counter_after_broken"] == 2, (robot, facts)
+    assert summary["broken_refused_everywhere"] is True
+    assert summary["attestation_verified"] is True
+    assert summary["attestation"]["verdict"] == "attested"
+    assert summary["bundles"]["1.1.0"]["attestation"] == "attested"
+    # Every process the demo started is gone.
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True)
+    assert leftover.returncode == 1, leftover.stdout
