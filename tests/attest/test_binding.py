@@ -224,3 +224,15 @@ def test_activation_policy_decisions(key, trusted) -> None:
     assert decide(required, lambda _: _make(key, predicate={"verdict": "underpowered"})) == (
         "verdict"
     )
+
+
+@VERIFIERS
+def test_extra_untrusted_signature_beside_a_trusted_one_is_accepted(
+    verify: Verify, key, trusted
+) -> None:
+    stranger = st.AttestationKey(ed25519.Ed25519PrivateKey.generate())
+    good = json.loads(_make(key))
+    other = json.loads(_make(stranger))
+    assert other["payload"] == good["payload"]  # same canonical statement, two signers
+    good["signatures"] = other["signatures"] + good["signatures"]
+    assert verify(json.dumps(good).encode(), trusted) == "ok"
