@@ -684,7 +684,7 @@ def _conclude(
         "execution": {
             "via": "runtime.session.PolicySession",
             "providers": sorted(providers),
-            "precision": "float32",
+            "precision": manifest.io.inputs[0].dtype,  # the graph's declared input type
             "onnxruntime": ort_version,
         },
         "numeric_parity": parity,
