@@ -19,7 +19,9 @@ component runs as its own process; logs in ``demo/logs/``):
 5. live telemetry through the admin gRPC API;
 6. distil, attest and push v2 over MQTT; watch every robot commit it;
 7. push a properly signed bundle whose policy outputs NaN; watch every robot refuse
-   it and keep running v2;
+   it and keep running v2 (robots 1-2 catch the NaN in shadow; robot-3 runs with
+   ``require_parity_attestation`` and refuses the unattested bundle outright, while it
+   accepted the attested v2);
 8. ``attest get`` the v2 attestation over gRPC (mTLS) and verify it offline.
 
 Distilled policies are cached in ``demo/cache`` (keyed by seed and budget) and
@@ -47,6 +49,8 @@ from edgeflux._processes import ProcessGroup, edgeflux_command
 __all__ = ["DemoOptions", "DemoSummary", "demo", "run_demo"]
 
 ROBOTS = ("robot-1", "robot-2", "robot-3")
+ATTESTED_ONLY = "robot-3"
+"""This robot runs with `require_parity_attestation`: it refuses unattested bundles."""
 BUNDLE_NAME = "pendulum"
 
 
@@ -361,6 +365,9 @@ class Demo:
                 "shadow_divergence_max=2.0",
                 "--agent-option",
                 "shadow_latency_p99_ms_max=20",
+                # robot-3 also refuses any bundle without a valid parity attestation
+                "--agent-option",
+                f"require_parity_attestation={'true' if robot == ATTESTED_ONLY else 'false'}",
                 timeout_s=120,
             )
         for robot in ROBOTS:

@@ -256,7 +256,8 @@ class RobotEffects:
         if dest.exists():
             shutil.rmtree(dest)
         try:
-            unpack_bundle(download, dest)
+            # The signed TUF length caps what extraction may write (DESIGN.md §3).
+            unpack_bundle(download, dest, max_total_bytes=target.length)
             verified = verify_bundle(dest, TrustStore(self.agent.layout.trust))
         except BundleError as exc:
             shutil.rmtree(dest, ignore_errors=True)
@@ -273,13 +274,20 @@ class RobotEffects:
 
     def attest(self, target: TargetInfo, bundle_dir: Path, timeout_s: float) -> None:
         from fleet.attestation import AttestationPolicy, check_activation, grpc_fetcher
+        from runtime.bundle import BundleError, verify_bundle
         from runtime.trust import TrustStore
 
         policy = AttestationPolicy(self.agent.config.require_parity_attestation)
+        # Bind the attestation to the digests of the bytes that will run, recomputed
+        # from the staged bundle, not to what the repository's metadata claims.
+        try:
+            verified = verify_bundle(bundle_dir, TrustStore(self.agent.layout.trust))
+        except BundleError as exc:
+            raise UpdateError(Reason.BUNDLE_INVALID, str(exc)) from exc
         decision = check_activation(
             policy,
-            policy_sha256=str(self._target_custom.get("policy_sha256", "")),
-            root_digest=str(self._target_custom.get("oms_root_digest", "")),
+            policy_sha256=verified.policy_sha256,
+            root_digest=verified.root_digest,
             fetch=grpc_fetcher(self.channel),
             trusted_keys={
                 k: v
