@@ -97,6 +97,23 @@ async def test_sort_keys_reorder_rows_and_mark_the_header(sim: SimPlane) -> None
         assert "▼" in str(fleet_table(app).headers["p99"])
 
 
+async def test_mouse_sorts_by_header_and_opens_a_row(sim: SimPlane) -> None:
+    app = make_app(sim)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: fleet_table(app).row_count == 12)
+        t = fleet_table(app)
+        # the p99 header: past the mark column and five columns before it
+        x = sum(w + 2 for w in t.widths[:6]) + 2
+        assert t.column_at(x) == "p99"
+        await pilot.click("#fleet", offset=(x, 0))
+        assert app.store.sort_key == "p99"
+        await pilot.click("#fleet", offset=(x, 3))  # third row
+        assert t.cursor_id == app.store.visible[2]
+        await pilot.double_click("#fleet", offset=(x, 3))
+        await until(pilot, lambda: isinstance(app.screen, DeviceScreen))
+        assert app.screen.device_id == app.store.visible[2]  # type: ignore[attr-defined]
+
+
 async def test_filter_narrows_the_table_and_survives_screen_changes(sim: SimPlane) -> None:
     app = make_app(sim)
     async with app.run_test(size=SIZE) as pilot:

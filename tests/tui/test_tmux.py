@@ -123,6 +123,8 @@ def test_edgeflux_tui_in_tmux(tmux: Tmux, tmp_path: Path) -> None:
         tmux.keys("-l", "site=yard")
         tmux.keys("Enter")
         tmux.wait_for("showing 1")
+        # enter closes the filter box (its top border goes): only then is the table focused
+        wait_until(lambda: "▔▔▔" not in tmux.screen(), 30, "the filter box to close")
         tmux.keys("e")
         wait_until(lambda: any(tmp_path.glob("edgeflux-fleet-*.csv")), 20, "the CSV export")
         tmux.keys("F3")

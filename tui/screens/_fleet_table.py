@@ -14,6 +14,7 @@ from typing import ClassVar
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.binding import Binding, BindingType
 from textual.geometry import Size
 from textual.message import Message
@@ -74,11 +75,18 @@ class FleetTable(ScrollView, can_focus=True):
     ]
 
     class Selected(Message):
-        """Enter on a row."""
+        """Enter (or a double click) on a row."""
 
         def __init__(self, device_id: str) -> None:
             super().__init__()
             self.device_id = device_id
+
+    class HeaderClicked(Message):
+        """A click on a column header: the screen sorts by it."""
+
+        def __init__(self, column_key: str) -> None:
+            super().__init__()
+            self.column_key = column_key
 
     def __init__(self, store: FleetStore, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -207,3 +215,22 @@ class FleetTable(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         self._scroll_to_cursor()
+
+    def column_at(self, x: int) -> str | None:
+        """The column key under screen column `x` (None for the mark column or past the end)."""
+        edge = 0
+        for n, w in enumerate(self.widths):
+            edge += w + 2 * PAD
+            if x + int(self.scroll_x) < edge:
+                return None if n == 0 else COLUMNS[n - 1].key
+        return None
+
+    def on_click(self, event: events.Click) -> None:
+        if event.y == 0:
+            key = self.column_at(event.x)
+            if key is not None:
+                self.post_message(self.HeaderClicked(key))
+            return
+        self.move_cursor(int(self.scroll_y) + event.y - 1)
+        if event.chain >= 2:
+            self.action_select()

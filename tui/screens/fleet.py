@@ -113,9 +113,9 @@ class FleetScreen(Screen[None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter" and self._apply_filter(event.value, quiet=False):
+            # the box closes; the filter stays in the status line and `/` edits it again
             self.set_focus(self.table)
-            if not event.value.strip():
-                event.input.display = False
+            event.input.display = False
 
     def _apply_filter(self, text: str, quiet: bool) -> bool:
         store = fleet_app(self).store
@@ -187,3 +187,6 @@ class FleetScreen(Screen[None]):
 
     def on_fleet_table_selected(self, event: FleetTable.Selected) -> None:
         fleet_app(self).open_device(event.device_id)
+
+    def on_fleet_table_header_clicked(self, event: FleetTable.HeaderClicked) -> None:
+        self.action_sort(event.column_key)
