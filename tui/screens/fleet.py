@@ -22,6 +22,9 @@ class FleetScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "filter", "Filter"),
+        # priority: handled as the key arrives, so focus is back on the table before the
+        # next key is read (a fast "site=lab⏎e" must export, not type "e" into the box)
+        Binding("enter", "enter", "Open / apply filter", show=False, priority=True),
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("space", "pause", "Pause/live"),
         Binding("m", "mark", "Mark"),
@@ -111,11 +114,14 @@ class FleetScreen(Screen[None]):
         if event.input.id == "filter":
             self._apply_filter(event.value, quiet=True)
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "filter" and self._apply_filter(event.value, quiet=False):
+    def action_enter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if not box.has_focus:
+            self.table.action_select()
+        elif self._apply_filter(box.value, quiet=False):
             # the box closes; the filter stays in the status line and `/` edits it again
             self.set_focus(self.table)
-            event.input.display = False
+            box.display = False
 
     def _apply_filter(self, text: str, quiet: bool) -> bool:
         store = fleet_app(self).store
