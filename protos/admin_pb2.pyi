@@ -195,10 +195,12 @@ class ListBundlesResponse(_message.Message):
     def __init__(self, bundles: _Optional[_Iterable[_Union[Bundle, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RolloutId(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "rollback")
     ID_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    rollback: bool
+    def __init__(self, id: _Optional[str] = ..., rollback: bool = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
     __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s")

@@ -1,0 +1,484 @@
+"""The rollout handler of the control plane's admin API, and the driver that runs waves.
+
+``register(server, plane)`` (listed in ``cloud.server.app.SERVICE_FACTORIES``) puts a
+:class:`RolloutService` in ``plane.extensions["rollouts"]``; the admin service routes
+``CreateRollout`` … ``AbortRollout`` to it after checking the operator (admin for
+changes, any operator for reads). It adds no gRPC service of its own.
+
+The driver (one asyncio task per plane) runs every ``poll_s`` and whenever the fleet
+watch announces a device change:
+
+1. a pending rollout starts; the wave to dispatch gets its devices' desired state
+   pointed at the bundle and an MQTT hint each — through ``cloud.push.push`` exactly as
+   ``edgeflux cloud push`` does (a missed hint is fine: agents poll desired state);
+2. devices of dispatched waves are checked for a terminal outcome: an ``update`` event
+   for this bundle at or after the wave's dispatch (what ingest records from the
+   agents' events: COMMITTED / FAILED / ROLLED_BACK), or the device reporting this
+   bundle active and COMMITTED;
+3. the pure engine (``cloud.rollouts.engine``) decides: advance, complete, or pause.
+
+Every change is persisted (``Store.put_rollout``) before the next pass, so a plane
+restart resumes where it was. One plane process drives rollouts (no leader election).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cloud.rollouts.engine import (
+    ACTIVE_STATES,
+    COMMITTED,
+    DEFAULT_HEALTH_WINDOW_S,
+    FAILURE_OUTCOMES,
+    Rollout,
+    RolloutError,
+    RolloutSpec,
+    TransitionError,
+)
+from cloud.server._rpc import RpcError
+from cloud.server.auth import Identity
+from cloud.store import RolloutRecord, Store, parse_label_selector
+from protos import admin_pb2, common_pb2
+
+__all__ = ["RolloutService", "register", "rollout_to_pb"]
+
+log = logging.getLogger(__name__)
+
+# An agent's clock may lag the plane's: an event stamped this much before the wave's
+# dispatch still counts for that wave.
+CLOCK_SKEW_S = 2.0
+HINT_WAIT_S = 2.0
+MQTT_RETRY_S = 30.0
+MAX_PAGE = 1000
+
+
+def _ts(epoch: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(dt.datetime.fromtimestamp(epoch, dt.UTC))
+    return ts
+
+
+def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
+    b = r.spec.bundle
+    waves = [
+        admin_pb2.RolloutWave(
+            index=w.index,
+            device_ids=w.device_ids,
+            state=w.state,
+            committed=w.count(COMMITTED),
+            failed=w.count("FAILED") + w.count("SILENT"),
+            rolled_back=w.count("ROLLED_BACK"),
+        )
+        for w in r.waves
+    ]
+    return admin_pb2.Rollout(
+        id=r.id,
+        bundle=common_pb2.BundleRef(
+            name=str(b.get("name", "")),
+            version=str(b.get("version", "")),
+            sequence=int(b.get("sequence", 0) or 0),
+        ),
+        state=r.state,
+        waves=waves,
+        created_at=_ts(r.created_at),
+        created_by=r.created_by,
+        reason=r.reason,
+    )
+
+
+def _matches(bundle: Mapping[str, Any] | None, spec_bundle: Mapping[str, Any]) -> bool:
+    if not bundle or bundle.get("name") != spec_bundle.get("name"):
+        return False
+    if bundle.get("version") and bundle.get("version") == spec_bundle.get("version"):
+        return True
+    seq = int(bundle.get("sequence", 0) or 0)
+    return seq != 0 and seq == int(spec_bundle.get("sequence", 0) or 0)
+
+
+def device_outcome(
+    store: Store, device_id: str, spec_bundle: Mapping[str, Any], since: float
+) -> tuple[str, str] | None:
+    """(outcome, reason) for `device_id` on `spec_bundle` since `since`, or None yet."""
+    for ev in reversed(store.events(device_id, kind="update", limit=20)):
+        if ev.at.timestamp() < since - CLOCK_SKEW_S:
+            break
+        if ev.state not in (COMMITTED, *FAILURE_OUTCOMES):
+            continue
+        if ev.bundle is not None and not _matches(ev.bundle, spec_bundle):
+            continue
+        return ev.state, ev.reason_code
+    dev = store.get_device(device_id)
+    if (
+        dev is not None
+        and dev.update_state == COMMITTED
+        and _matches(dev.active_bundle, spec_bundle)
+    ):
+        return COMMITTED, ""
+    return None
+
+
+Hinter = Callable[[str, bytes], bool]
+
+
+class RolloutService:
+    """Handler object for ``plane.extensions["rollouts"]`` plus the driver loop."""
+
+    def __init__(self, plane: Any, *, poll_s: float = 0.5, hints: bool = True) -> None:
+        self.plane = plane
+        self.poll_s = poll_s
+        self.hints = hints
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Queue[str | None] | None = None
+        self._mqtt: Any = None
+        self._mqtt_failed_at = -1e9
+
+    @property
+    def store(self) -> Store:
+        return self.plane.store  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ persistence
+    def _load(self, rollout_id: str) -> Rollout:
+        rec = self.store.get_rollout(rollout_id)
+        if rec is None:
+            raise RpcError(grpc.StatusCode.NOT_FOUND, f"no rollout {rollout_id!r}")
+        return Rollout.from_dicts(rec.id, rec.spec, rec.status)
+
+    def _save(self, r: Rollout) -> None:
+        now = dt.datetime.now(dt.UTC)
+        self.store.put_rollout(
+            RolloutRecord(
+                id=r.id,
+                bundle_name=str(r.spec.bundle["name"]),
+                bundle_version=str(r.spec.bundle["version"]),
+                state=r.state,
+                spec=r.spec.to_dict(),
+                status=r.to_status(),
+                created_at=dt.datetime.fromtimestamp(r.created_at, dt.UTC),
+                updated_at=now,
+                created_by=r.created_by,
+            )
+        )
+
+    # ------------------------------------------------------------------ RPCs
+    def _create(self, request: admin_pb2.CreateRolloutRequest, identity: Identity) -> Rollout:
+        from cloud.push import PushError, resolve_devices
+
+        name, version = request.bundle.name, request.bundle.version
+        if not name:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bundle.name is empty")
+        rec = self.store.get_bundle(name, version) if version else self.store.latest_bundle(name)
+        if rec is None:
+            raise RpcError(
+                grpc.StatusCode.NOT_FOUND,
+                f"bundle {name} {version or '(latest)'} is not published; "
+                "publish it first (`edgeflux cloud publish`)",
+            )
+        if request.bundle.sequence and request.bundle.sequence != rec.sequence:
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"bundle {name} {rec.version} has sequence {rec.sequence}, "
+                f"not {request.bundle.sequence}",
+            )
+        if not request.device_ids and not request.label_selector:
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, "give device_ids and/or a label_selector"
+            )
+        ids: set[str] = set()
+        try:
+            if request.device_ids:
+                ids.update(resolve_devices(self.store, list(request.device_ids), {}))
+            if request.label_selector:
+                selector = parse_label_selector(request.label_selector)
+                ids.update(resolve_devices(self.store, (), selector))
+        except ValueError as exc:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"label_selector: {exc}") from exc
+        except PushError as exc:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        desired = {
+            "name": rec.name,
+            "version": rec.version,
+            "sequence": rec.sequence,
+            "target": rec.target_path,
+            "sha256": rec.efb_sha256,
+            "length": rec.size_bytes,
+        }
+        try:
+            spec = RolloutSpec(
+                bundle=desired,
+                device_ids=tuple(sorted(ids)),
+                wave_fractions=tuple(request.wave_fractions) or (1.0,),
+                max_failure_fraction=request.max_failure_fraction,
+                health_window_s=float(request.health_window_s or DEFAULT_HEALTH_WINDOW_S),
+                label_selector=request.label_selector,
+            )
+        except RolloutError as exc:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        rollout_id = f"ro-{uuid.uuid4().hex[:12]}"
+        r = Rollout.create(rollout_id, spec, now=time.time(), created_by=identity.actor)
+        self._save(r)
+        return r
+
+    async def CreateRollout(
+        self, request: admin_pb2.CreateRolloutRequest, context: Any, identity: Identity
+    ) -> admin_pb2.Rollout:
+        async with self._lock:
+            r = await self.plane.db(self._create, request, identity)
+        self.kick()
+        return rollout_to_pb(r)
+
+    async def GetRollout(
+        self, request: admin_pb2.RolloutId, context: Any, identity: Identity
+    ) -> admin_pb2.Rollout:
+        r = await self.plane.db(self._load, request.id)
+        return rollout_to_pb(r)
+
+    async def ListRollouts(
+        self, request: admin_pb2.ListRolloutsRequest, context: Any, identity: Identity
+    ) -> admin_pb2.ListRolloutsResponse:
+        size = min(request.page.page_size or 100, MAX_PAGE)
+        token = request.page.page_token
+        if token and not token.isdigit():
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "page_token is not valid")
+        offset = int(token or 0)
+        rows = await self.plane.db(self.store.list_rollouts, limit=size + 1, offset=offset)
+        out = [rollout_to_pb(Rollout.from_dicts(x.id, x.spec, x.status)) for x in rows[:size]]
+        nxt = str(offset + size) if len(rows) > size else ""
+        return admin_pb2.ListRolloutsResponse(rollouts=out, next_page_token=nxt)
+
+    async def _change(self, rollout_id: str, fn: Callable[[Rollout], Any]) -> Rollout:
+        async with self._lock:
+            r: Rollout = await self.plane.db(self._load, rollout_id)
+            try:
+                fn(r)
+            except TransitionError as exc:
+                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+            await self.plane.db(self._save, r)
+        self.kick()
+        return r
+
+    async def PauseRollout(
+        self, request: admin_pb2.RolloutId, context: Any, identity: Identity
+    ) -> admin_pb2.Rollout:
+        r = await self._change(
+            request.id, lambda r: r.pause(time.time(), f"paused by {identity.actor}")
+        )
+        return rollout_to_pb(r)
+
+    async def ResumeRollout(
+        self, request: admin_pb2.RolloutId, context: Any, identity: Identity
+    ) -> admin_pb2.Rollout:
+        r = await self._change(request.id, lambda r: r.resume(time.time(), identity.actor))
+        return rollout_to_pb(r)
+
+    async def AbortRollout(
+        self, request: admin_pb2.RolloutId, context: Any, identity: Identity
+    ) -> admin_pb2.Rollout:
+        """Abort: no further wave; with ``request.rollback`` devices already pointed at
+        this bundle get their previous desired bundle back (and a hint)."""
+        rollback = request.rollback
+        async with self._lock:
+            r = await self.plane.db(self._load, request.id)
+            try:
+                restore = r.abort(time.time(), identity.actor, rollback=rollback)
+            except TransitionError as exc:
+                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+            if rollback:
+                note = await self.plane.db(self._restore, r, restore, identity.actor)
+                r.note(time.time(), note)
+            await self.plane.db(self._save, r)
+        return rollout_to_pb(r)
+
+    def _restore(self, r: Rollout, restore: Mapping[str, Any], actor: str) -> str:
+        """Point each device back at its previous desired bundle (grouped per bundle)."""
+        groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        orphans = []
+        for device_id, prev in sorted(restore.items()):
+            if not prev:
+                orphans.append(device_id)
+                continue
+            key = f"{prev.get('name')}@{prev.get('version')}#{prev.get('sequence')}"
+            groups.setdefault(key, (dict(prev), []))[1].append(device_id)
+        done = 0
+        for prev, ids in groups.values():
+            self.store.set_desired(ids, prev, actor=f"{actor} (rollback of {r.id})")
+            done += len(ids)
+            self._hint(ids, str(prev.get("name", "")), int(prev.get("sequence", 0) or 0), r.id)
+        text = f"rolled back {done} device(s) to their previous bundle"
+        if orphans:
+            text += (
+                f"; {len(orphans)} had no previous desired bundle and keep "
+                f"{r.spec.bundle['name']} {r.spec.bundle['version']}: {', '.join(orphans[:10])}"
+            )
+        return text
+
+    # ------------------------------------------------------------------ driver
+    def kick(self) -> None:
+        if self._wake is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._wake.put_nowait("")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        # The fleet watch brings device changes from any writer (ingest in another
+        # process too) and None when the plane shuts down: then the driver ends.
+        token, queue = self.plane.watch.subscribe()
+        self._wake = queue
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception:  # a store outage must not kill the driver
+                    log.exception("rollout driver pass failed; retrying")
+                try:
+                    item = await asyncio.wait_for(queue.get(), self.poll_s)
+                except TimeoutError:
+                    continue
+                if item is None:
+                    return
+                while not queue.empty():  # coalesce a burst of changes into one pass
+                    if queue.get_nowait() is None:
+                        return
+        finally:
+            self.plane.watch.unsubscribe(token)
+            if self._mqtt is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._mqtt.stop)
+
+    async def tick(self) -> None:
+        """One driver pass over every active rollout."""
+        async with self._lock:
+            await self.plane.db(self._pass)
+
+    def _pass(self) -> None:
+        for rec in self.store.list_rollouts(limit=MAX_PAGE):
+            if rec.state not in ACTIVE_STATES:
+                continue
+            r = Rollout.from_dicts(rec.id, rec.spec, rec.status)
+            before = r.to_status()
+            self.step(r)
+            if r.to_status() != before:
+                self._save(r)
+
+    def step(self, r: Rollout) -> None:
+        """Start, observe outcomes, gate, dispatch — until nothing changes this pass."""
+        now = time.time()
+        if r.state == "pending":
+            r.start(now)
+        for _ in range(len(r.waves) + 1):
+            for wave, device_id in list(r.dispatched_devices()):
+                assert wave.dispatched_at is not None
+                seen = device_outcome(self.store, device_id, r.spec.bundle, wave.dispatched_at)
+                if seen is not None:
+                    r.observe(device_id, seen[0], seen[1], now)
+            r.evaluate(now)
+            todo = r.next_dispatch()
+            if todo is None:
+                return
+            self._dispatch(r, todo.index, todo.device_ids)
+            now = time.time()
+
+    def _dispatch(self, r: Rollout, index: int, device_ids: list[str]) -> None:
+        from cloud.push import PushError, push
+
+        previous = {}
+        for d in device_ids:
+            rec = self.store.get_device(d)
+            previous[d] = rec.desired_bundle if rec is not None else None
+        b = r.spec.bundle
+        try:
+            result = push(
+                self.plane.home,
+                self.store,
+                f"{b['name']}@{b['version']}",
+                device_ids=device_ids,
+                hint=self._hinter(),
+                actor=f"rollout:{r.id}",
+            )
+        except PushError as exc:
+            r.pause(time.time(), f"wave {index} could not be dispatched: {exc}")
+            return
+        r.dispatched(index, time.time(), previous)
+        if result.hint_failed:
+            r.note(
+                time.time(),
+                f"wave {index}: no hint acknowledged for {len(result.hint_failed)} device(s); "
+                "they converge when their agent polls the desired state",
+            )
+
+    # ------------------------------------------------------------------ MQTT hints
+    def _hinter(self) -> Hinter | None:
+        if not self.hints:
+            return None
+        if self._mqtt is None and time.monotonic() - self._mqtt_failed_at > MQTT_RETRY_S:
+            self._mqtt = self._connect()
+        mqtt = self._mqtt
+        if mqtt is None:
+            return None
+
+        def hint(topic_name: str, payload: bytes) -> bool:
+            return bool(mqtt.publish(topic_name, payload, wait_s=HINT_WAIT_S))
+
+        return hint
+
+    def _connect(self) -> Any:
+        """An MQTT client as the plane: the embedded broker, or the configured one."""
+        from cloud.mqtt import CloudMqtt, CloudMqttError, CloudMqttSettings
+        from cloud.push import PushError, broker_settings
+
+        cfg = self.plane.config
+        try:
+            if cfg.broker_url:
+                settings = broker_settings(self.plane.home, cfg.broker_url)
+            else:
+                settings = CloudMqttSettings(host=cfg.listen_host, port=cfg.embedded_broker_port)
+            settings = dataclasses.replace(
+                settings, client_id=f"edgeflux-rollouts-{uuid.uuid4().hex[:8]}"
+            )
+            client = CloudMqtt(settings, clean_session=True)
+            client.start(timeout_s=3)
+        except (CloudMqttError, PushError, OSError) as exc:
+            self._mqtt_failed_at = time.monotonic()
+            log.warning("rollout hints off for %.0f s (MQTT: %s)", MQTT_RETRY_S, exc)
+            return None
+        return client
+
+    def _hint(self, device_ids: list[str], name: str, sequence: int, rollout_id: str) -> None:
+        from cloud.mqtt import topic
+        from protos import telemetry_pb2
+
+        hint = self._hinter()
+        if hint is None:
+            return
+        for d in device_ids:
+            rec = self.store.get_device(d)
+            msg = telemetry_pb2.UpdateHint(
+                bundle_name=name,
+                sequence=sequence,
+                generation=rec.desired_generation if rec else 0,
+                rollout_id=rollout_id,
+            )
+            with contextlib.suppress(Exception):
+                hint(topic(d, "updates"), msg.SerializeToString())
+
+
+def register(server: grpc.aio.Server, plane: Any) -> list[str]:
+    """Install the rollout handler and start its driver (needs the plane's event loop)."""
+    service = RolloutService(plane)
+    plane.extensions["rollouts"] = service
+    service.start()
+    return []
