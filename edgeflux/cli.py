@@ -57,7 +57,9 @@ GROUPS: dict[str, GroupSpec] = {
         "cloud.attest.cli:attest",
         "parity attestation",
     ),
-    "rollout": GroupSpec("Staged rollouts of bundles to the fleet.", None, "staged rollouts"),
+    "rollout": GroupSpec(
+        "Staged rollouts of bundles to the fleet.", "cloud.rollouts.cli:rollout", "staged rollouts"
+    ),
     "flash": GroupSpec(
         "Provision a robot: runtime, identity, trust, first bundle.", "edgeflux.flash:flash_cmd"
     ),

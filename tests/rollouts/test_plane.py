@@ -285,3 +285,52 @@ def test_a_silent_device_fails_its_wave_after_the_health_window(tmp_path: Path) 
             assert "silent 1" in get(stub, r.id).reason
         finally:
             ch.close()
+
+
+def test_the_cli_drives_a_rollout_end_to_end(plane: RunningPlane) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from edgeflux.cli import root
+
+    ids = devices(plane, "cli", 2)
+    plane.operator()  # the admin operator's files in the home
+    base = ["rollout", "--home", str(plane.home.root), "--server", plane.address]
+
+    def run(*args: str) -> Any:
+        result = CliRunner().invoke(root, [*base, *args])
+        return result
+
+    res = run("create", "pendulum@1.1.0", "--label", "group=cli", "--waves", "0.5,1", "--json")
+    assert res.exit_code == 0, res.output
+    rid = json.loads(res.output)["id"]
+    wait_until(lambda: desired_version(plane, ids[0]) == "1.1.0", 10, "wave 0 dispatched")
+    res = run("pause", rid)
+    assert res.exit_code == 0 and "paused" in res.output
+    res = run("get", rid)
+    assert res.exit_code == 0, res.output
+    assert f"rollout {rid}: pendulum 1.1.0 (sequence 2)" in res.output
+    assert "wave 0: 1 device(s), running" in res.output
+    res = run("list", "--json")
+    assert rid in [r["id"] for r in json.loads(res.output)]
+    res = run("resume", rid)
+    assert res.exit_code == 0 and "running" in res.output
+    res = run("abort", rid, "--rollback", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["state"] == "aborted"
+    assert [desired_version(plane, d) for d in ids] == ["1.0.0", "1.0.0"]
+    # user mistakes: a message, no traceback
+    res = run("abort", rid)
+    assert res.exit_code == 1 and "FAILED_PRECONDITION" in res.output
+    assert "Traceback" not in res.output
+    res = run("create", "pendulum", "--label", "group=cli")
+    assert res.exit_code == 2 and "NAME@VERSION" in res.output
+    res = run("create", "pendulum@1.1.0", "--label", "group=cli", "--waves", "a,b")
+    assert res.exit_code == 2 and "comma-separated" in res.output
+    res = run("create", "pendulum@1.1.0")
+    assert res.exit_code == 2 and "--device" in res.output
+    res = CliRunner().invoke(
+        root, [*base[:3], "--server", plane.address, "--operator", "nobody", "get", rid]
+    )
+    assert res.exit_code == 1 and "operator add nobody" in res.output

@@ -1,0 +1,238 @@
+"""``edgeflux rollout``: staged rollouts through the control plane's admin API (mTLS).
+
+Usage::
+
+    edgeflux rollout create pendulum@1.1.0 --label site=lab --waves 0.1,0.5,1 \\
+        --max-failure 0.2 --home ./plane
+    edgeflux rollout list --home ./plane --json
+    edgeflux rollout get ro-1a2b3c4d5e6f --home ./plane
+    edgeflux rollout pause|resume ro-1a2b3c4d5e6f --home ./plane
+    edgeflux rollout abort ro-1a2b3c4d5e6f --rollback --home ./plane
+
+The operator certificate comes from the home (``operators/<name>.crt``, ``--operator``);
+the server address from the home's config unless ``--server host:port`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["rollout"]
+
+
+def _connection(home_dir: Path | None, server: str | None, operator: str) -> tuple[str, Any]:
+    import grpc
+
+    from cloud.home import CloudHome, HomeError
+
+    if home_dir is None:
+        raise click.UsageError("give --home (or set EDGEFLUX_CLOUD_HOME)")
+    home = CloudHome.at(home_dir)
+    try:
+        home.check()
+    except HomeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    cert, key = home.operator_paths(operator)
+    if server is None:
+        cfg = home.config()
+        server = f"{cfg.listen_host}:{cfg.grpc_port}"
+    try:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=home.ca_cert.read_bytes(),
+            private_key=key.read_bytes(),
+            certificate_chain=cert.read_bytes(),
+        )
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot read operator {operator!r}'s credentials ({exc}); create them with "
+            f"`edgeflux cloud operator add {operator}`"
+        ) from exc
+    return server, creds
+
+
+def _call(ctx_obj: dict[str, Any], rpc: str, request: Any) -> Any:
+    import grpc
+
+    from protos import admin_pb2_grpc
+
+    address, creds = _connection(ctx_obj["home"], ctx_obj["server"], ctx_obj["operator"])
+    with grpc.secure_channel(address, creds) as channel:
+        stub = admin_pb2_grpc.FleetAdminServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            return getattr(stub, rpc)(request, timeout=30)
+        except grpc.RpcError as exc:
+            raise click.ClickException(
+                f"{rpc} on {address}: {exc.code().name}: {exc.details()}"
+            ) from exc
+
+
+def _as_dict(msg: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def _show(r: Any) -> None:
+    b = r.bundle
+    click.echo(f"rollout {r.id}: {b.name} {b.version} (sequence {b.sequence}) — {r.state}")
+    if r.reason:
+        click.echo(f"  {r.reason}")
+    for w in r.waves:
+        n = len(w.device_ids)
+        click.echo(
+            f"  wave {w.index}: {n} device(s), {w.state}; committed {w.committed}, "
+            f"failed {w.failed}, rolled back {w.rolled_back}"
+        )
+
+
+def _print(as_json: bool, r: Any) -> None:
+    if as_json:
+        click.echo(json.dumps(_as_dict(r), sort_keys=True))
+    else:
+        _show(r)
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: comma-separated fractions like 0.1,0.5,1") from exc
+
+
+_json = click.option("--json", "as_json", is_flag=True, help="Print the rollout as JSON.")
+
+
+@click.group()
+@click.option(
+    "--home",
+    "home_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="EDGEFLUX_CLOUD_HOME",
+    default=None,
+    help="Control-plane home (env EDGEFLUX_CLOUD_HOME): CA and operator credentials.",
+)
+@click.option("--server", help="host:port of the control plane (default: from the home).")
+@click.option("--operator", default="admin", show_default=True, help="Operator identity.")
+@click.pass_context
+def rollout(ctx: click.Context, home_dir: Path | None, server: str | None, operator: str) -> None:
+    """Staged rollouts: waves of devices, a failure threshold that pauses, abort/rollback."""
+    ctx.obj = {"home": home_dir, "server": server, "operator": operator}
+
+
+def _id_command(name: str, rpc: str, doc: str) -> Callable[..., None]:
+    @rollout.command(name, help=doc)
+    @click.argument("rollout_id")
+    @_json
+    @click.pass_obj
+    def cmd(obj: dict[str, Any], rollout_id: str, as_json: bool) -> None:
+        from protos import admin_pb2
+
+        _print(as_json, _call(obj, rpc, admin_pb2.RolloutId(id=rollout_id)))
+
+    return cmd
+
+
+get_cmd = _id_command("get", "GetRollout", "Show a rollout: state, reason, per-wave outcomes.")
+pause_cmd = _id_command("pause", "PauseRollout", "Pause: no further wave goes out.")
+resume_cmd = _id_command(
+    "resume", "ResumeRollout", "Resume; a wave that failed its threshold is accepted."
+)
+
+
+@rollout.command("create")
+@click.argument("bundle")
+@click.option("--device", "devices", multiple=True, help="Device id (repeatable).")
+@click.option("--label", "labels", multiple=True, help="k=v label selector (repeatable).")
+@click.option(
+    "--waves", default="1", show_default=True, help="Cumulative fractions, e.g. 0.1,0.5,1."
+)
+@click.option(
+    "--max-failure",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Pause when more than this fraction of a wave fails.",
+)
+@click.option(
+    "--health-window",
+    type=click.IntRange(1),
+    default=600,
+    show_default=True,
+    help="Seconds a wave's devices have to report an outcome.",
+)
+@_json
+@click.pass_obj
+def create_cmd(
+    obj: dict[str, Any],
+    bundle: str,
+    devices: tuple[str, ...],
+    labels: tuple[str, ...],
+    waves: str,
+    max_failure: float,
+    health_window: int,
+    as_json: bool,
+) -> None:
+    """Start a staged rollout of BUNDLE (name@version of a published bundle)."""
+    from protos import admin_pb2, common_pb2
+
+    name, sep, version = bundle.partition("@")
+    if not sep or not name or not version:
+        raise click.BadParameter(f"{bundle!r}: expected NAME@VERSION", param_hint="BUNDLE")
+    if not devices and not labels:
+        raise click.UsageError("give --device ID (repeatable) and/or --label k=v")
+    req = admin_pb2.CreateRolloutRequest(
+        bundle=common_pb2.BundleRef(name=name, version=version),
+        device_ids=list(devices),
+        label_selector=",".join(labels),
+        wave_fractions=_fractions(waves),
+        max_failure_fraction=max_failure,
+        health_window_s=health_window,
+    )
+    _print(as_json, _call(obj, "CreateRollout", req))
+
+
+@rollout.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@_json
+@click.pass_obj
+def list_cmd(obj: dict[str, Any], limit: int, as_json: bool) -> None:
+    """List rollouts, newest first."""
+    from protos import admin_pb2, common_pb2
+
+    resp = _call(
+        obj,
+        "ListRollouts",
+        admin_pb2.ListRolloutsRequest(page=common_pb2.PageRequest(page_size=limit)),
+    )
+    if as_json:
+        click.echo(json.dumps([_as_dict(r) for r in resp.rollouts], sort_keys=True))
+        return
+    if not resp.rollouts:
+        click.echo("no rollouts")
+    for r in resp.rollouts:
+        done = sum(1 for w in r.waves if w.state in ("succeeded", "overridden"))
+        click.echo(
+            f"{r.id}  {r.bundle.name} {r.bundle.version}  {r.state:<9}  "
+            f"waves {done}/{len(r.waves)}  {r.reason}"
+        )
+
+
+@rollout.command("abort")
+@click.argument("rollout_id")
+@click.option(
+    "--rollback", is_flag=True, help="Point already-updated devices back to their previous bundle."
+)
+@_json
+@click.pass_obj
+def abort_cmd(obj: dict[str, Any], rollout_id: str, rollback: bool, as_json: bool) -> None:
+    """Abort: no further wave goes out (and with --rollback, undo the ones that did)."""
+    from protos import admin_pb2
+
+    _print(
+        as_json, _call(obj, "AbortRollout", admin_pb2.RolloutId(id=rollout_id, rollback=rollback))
+    )
