@@ -134,10 +134,17 @@ Hinter = Callable[[str, bytes], bool]
 class RolloutService:
     """Handler object for ``plane.extensions["rollouts"]`` plus the driver loop."""
 
-    def __init__(self, plane: Any, *, poll_s: float = 0.5, hints: bool = True) -> None:
+    def __init__(
+        self, plane: Any, *, poll_s: float = 0.5, full_scan_s: float = 5.0, hints: bool = True
+    ) -> None:
         self.plane = plane
         self.poll_s = poll_s
+        self.full_scan_s = full_scan_s
         self.hints = hints
+        # Devices the fleet watch announced as changed since the last pass; None: check
+        # every waiting device (at start, on create/resume, and every `full_scan_s`).
+        self._dirty: set[str] | None = None
+        self._last_full = -1e9
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Queue[str | None] | None = None
@@ -325,6 +332,7 @@ class RolloutService:
 
     # ------------------------------------------------------------------ driver
     def kick(self) -> None:
+        self._dirty = None
         if self._wake is not None:
             with contextlib.suppress(asyncio.QueueFull):
                 self._wake.put_nowait("")
@@ -348,39 +356,55 @@ class RolloutService:
                     item = await asyncio.wait_for(queue.get(), self.poll_s)
                 except TimeoutError:
                     continue
-                if item is None:
-                    return
-                while not queue.empty():  # coalesce a burst of changes into one pass
-                    if queue.get_nowait() is None:
+                while True:  # coalesce a burst of changes into one pass
+                    if item is None:
                         return
+                    self._mark(item)
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
         finally:
             self.plane.watch.unsubscribe(token)
             if self._mqtt is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._mqtt.stop)
 
+    def _mark(self, item: str) -> None:
+        if not item or item.startswith("\x00"):  # a kick, or the watch queue overflowed
+            self._dirty = None
+        elif self._dirty is not None:
+            self._dirty.add(item)
+
     async def tick(self) -> None:
         """One driver pass over every active rollout."""
         async with self._lock:
-            await self.plane.db(self._pass)
+            dirty, self._dirty = self._dirty, set()
+            if time.monotonic() - self._last_full >= self.full_scan_s:
+                dirty = None
+            if dirty is None:
+                self._last_full = time.monotonic()
+            await self.plane.db(self._pass, dirty)
 
-    def _pass(self) -> None:
+    def _pass(self, dirty: set[str] | None = None) -> None:
+        """Drive every active rollout; check outcomes of `dirty` devices only (None: all)."""
         for rec in self.store.list_rollouts(limit=MAX_PAGE):
             if rec.state not in ACTIVE_STATES:
                 continue
             r = Rollout.from_dicts(rec.id, rec.spec, rec.status)
             before = r.to_status()
-            self.step(r)
+            self.step(r, dirty)
             if r.to_status() != before:
                 self._save(r)
 
-    def step(self, r: Rollout) -> None:
+    def step(self, r: Rollout, dirty: set[str] | None = None) -> None:
         """Start, observe outcomes, gate, dispatch — until nothing changes this pass."""
         now = time.time()
         if r.state == "pending":
             r.start(now)
         for _ in range(len(r.waves) + 1):
             for wave, device_id in list(r.dispatched_devices()):
+                if dirty is not None and device_id not in dirty:
+                    continue
                 assert wave.dispatched_at is not None
                 seen = device_outcome(self.store, device_id, r.spec.bundle, wave.dispatched_at)
                 if seen is not None:
