@@ -334,3 +334,24 @@ def test_the_cli_drives_a_rollout_end_to_end(plane: RunningPlane) -> None:
         root, [*base[:3], "--server", plane.address, "--operator", "nobody", "get", rid]
     )
     assert res.exit_code == 1 and "operator add nobody" in res.output
+
+
+def test_a_rollout_continues_after_a_plane_restart(tmp_path: Path) -> None:
+    home = tmp_path / "plane"
+    with running_plane(home, factories=[FACTORY]) as p:
+        key = p.home.key_path("model-signing", private=True)
+        p.publish(make_bundle(tmp_path / "b", key, version="1.1.0", sequence=2))
+        for d in ("re-0", "re-1"):
+            p.device(d, labels={"group": "re"})
+        ch, stub = admin(p)
+        try:
+            rid = create(stub, "re", [0.5, 1.0])
+        finally:
+            ch.close()
+        wait_until(lambda: desired_version(p, "re-0") == "1.1.0", 10, "wave 0 dispatched")
+    with running_plane(home, factories=[FACTORY]) as p:
+        assert desired_version(p, "re-1") == ""
+        report(p, "re-0", "COMMITTED")
+        wait_until(lambda: desired_version(p, "re-1") == "1.1.0", 10, "wave 1 after restart")
+        rec = p.store.get_rollout(rid)
+        assert rec is not None and rec.state == "running"
