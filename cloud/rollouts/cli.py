@@ -15,6 +15,7 @@ the server address from the home's config unless ``--server host:port`` is given
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -107,6 +108,36 @@ def _fractions(text: str) -> list[float]:
 _json = click.option("--json", "as_json", is_flag=True, help="Print the rollout as JSON.")
 
 
+def _conn(fn: Callable[..., None]) -> Callable[..., None]:
+    """--home/--server/--operator also after the subcommand (they override the group's)."""
+
+    @click.option(
+        "--home",
+        "sub_home",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Control-plane home (env EDGEFLUX_CLOUD_HOME).",
+    )
+    @click.option("--server", "sub_server", help="host:port (default: from the home).")
+    @click.option("--operator", "sub_operator", help="Operator identity (default: admin).")
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        sub_home: Path | None,
+        sub_server: str | None,
+        sub_operator: str | None,
+        **kwargs: Any,
+    ) -> None:
+        obj = click.get_current_context().find_object(dict)
+        assert obj is not None
+        for key, value in (("home", sub_home), ("server", sub_server), ("operator", sub_operator)):
+            if value is not None:
+                obj[key] = value
+        fn(*args, **kwargs)
+
+    return wrapper
+
+
 @click.group()
 @click.option(
     "--home",
@@ -128,6 +159,7 @@ def _id_command(name: str, rpc: str, doc: str) -> Callable[..., None]:
     @rollout.command(name, help=doc)
     @click.argument("rollout_id")
     @_json
+    @_conn
     @click.pass_obj
     def cmd(obj: dict[str, Any], rollout_id: str, as_json: bool) -> None:
         from protos import admin_pb2
@@ -166,6 +198,7 @@ resume_cmd = _id_command(
     help="Seconds a wave's devices have to report an outcome.",
 )
 @_json
+@_conn
 @click.pass_obj
 def create_cmd(
     obj: dict[str, Any],
@@ -199,6 +232,7 @@ def create_cmd(
 @rollout.command("list")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @_json
+@_conn
 @click.pass_obj
 def list_cmd(obj: dict[str, Any], limit: int, as_json: bool) -> None:
     """List rollouts, newest first."""
@@ -228,6 +262,7 @@ def list_cmd(obj: dict[str, Any], limit: int, as_json: bool) -> None:
     "--rollback", is_flag=True, help="Point already-updated devices back to their previous bundle."
 )
 @_json
+@_conn
 @click.pass_obj
 def abort_cmd(obj: dict[str, Any], rollout_id: str, rollback: bool, as_json: bool) -> None:
     """Abort: no further wave goes out (and with --rollback, undo the ones that did)."""

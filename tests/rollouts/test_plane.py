@@ -302,7 +302,24 @@ def test_the_cli_drives_a_rollout_end_to_end(plane: RunningPlane) -> None:
         result = CliRunner().invoke(root, [*base, *args])
         return result
 
-    res = run("create", "pendulum@1.1.0", "--label", "group=cli", "--waves", "0.5,1", "--json")
+    # --home after the subcommand, as in `edgeflux rollout create X --home H`
+    res = CliRunner().invoke(
+        root,
+        [
+            "rollout",
+            "create",
+            "pendulum@1.1.0",
+            "--label",
+            "group=cli",
+            "--waves",
+            "0.5,1",
+            "--json",
+            "--home",
+            str(plane.home.root),
+            "--server",
+            plane.address,
+        ],
+    )
     assert res.exit_code == 0, res.output
     rid = json.loads(res.output)["id"]
     wait_until(lambda: desired_version(plane, ids[0]) == "1.1.0", 10, "wave 0 dispatched")
