@@ -123,6 +123,7 @@ def test_wave_two_gets_the_bundle_only_after_wave_one_committed(plane: RunningPl
         assert [desired_version(plane, d) for d in ids[1:]] == ["1.0.0"] * 3
         report(plane, ids[0], "SHADOW")  # not terminal: nothing moves
         assert [desired_version(plane, d) for d in ids[1:]] == ["1.0.0"] * 3
+        assert not [t for t in hints if any(d in t for d in ids[1:])]
         report(plane, ids[0], "COMMITTED")
         wait_until(
             lambda: all(desired_version(plane, d) == "1.1.0" for d in ids[1:]),
