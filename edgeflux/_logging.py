@@ -57,13 +57,35 @@ def _is_jsonable(value: Any) -> bool:
     return isinstance(value, str | int | float | bool | type(None) | list | dict)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is *now*, so a swapped stream (a test runner's
+    capture, a daemon's redirect) is never written after it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+# Libraries whose INFO lines are noise for an operator (migrations, ONNX export passes).
+_CHATTY = ("alembic", "onnxscript", "onnx_ir", "amqtt", "transitions", "urllib3", "matplotlib")
+
+
 def setup_logging(fmt: LogFormat = "text", level: str = "info") -> None:
     """Configure the root logger once for this process (stderr, one line per event)."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"--log-level: unknown level {level!r} (debug|info|warning|error)")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

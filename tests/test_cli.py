@@ -95,3 +95,28 @@ def test_json_logging_is_one_line_per_event(capfd: object) -> None:
     record = json.loads(lines[0])
     assert record["msg"] == "hello\nworld"
     assert record["device"] == "r1" and record["n"] == 3 and record["level"] == "info"
+
+
+def test_logging_follows_the_current_stderr(capfd: object) -> None:
+    """A stream swapped in and closed (as a test runner does) is never written again."""
+    import io
+    import logging
+    import sys
+
+    from edgeflux._logging import setup_logging
+
+    swapped = io.StringIO()
+    real = sys.stderr
+    sys.stderr = swapped
+    try:
+        setup_logging("text", "info")
+        logging.getLogger("edgeflux.test").info("into the swapped stream")
+    finally:
+        sys.stderr = real
+    swapped.close()
+    logging.getLogger("edgeflux.test").info("after the swap")
+    logging.getLogger("alembic.runtime.migration").info("migration chatter")
+    err = capfd.readouterr().err  # type: ignore[attr-defined]
+    assert "after the swap" in err
+    assert "Logging error" not in err
+    assert "migration chatter" not in err

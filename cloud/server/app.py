@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 SERVICE_FACTORIES: list[str] = [
     "cloud.attest.service:register",
     "cloud.router.service:register",
+    "cloud.rollouts.service:register",
 ]
 
 

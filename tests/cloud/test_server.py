@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -358,12 +358,18 @@ def test_watch_fleet_sends_snapshot_then_changes(plane: RunningPlane) -> None:
     assert all(e.device.id != "other-1" for e in events)
 
 
-def test_rollout_rpcs_say_unimplemented_with_a_reason(plane: RunningPlane) -> None:
+def test_rollout_rpcs_say_unimplemented_without_an_engine(tmp_path: Path) -> None:
+    with running_plane(tmp_path / "plane", factories=[]) as bare:
+        stub = _admin_stub(bare, bare.operator())
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListRollouts(admin_pb2.ListRolloutsRequest())
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "rollouts are not enabled" in (err.value.details() or "")
+
+
+def test_default_plane_serves_rollouts(plane: RunningPlane) -> None:
     stub = _admin_stub(plane, plane.operator())
-    with pytest.raises(grpc.RpcError) as err:
-        stub.ListRollouts(admin_pb2.ListRolloutsRequest())
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "rollouts are not enabled" in (err.value.details() or "")
+    assert isinstance(stub.ListRollouts(admin_pb2.ListRolloutsRequest()).rollouts, Sequence)
 
 
 def test_health_and_reflection_are_served(plane: RunningPlane) -> None:

@@ -112,8 +112,8 @@ def test_wave_two_gets_the_bundle_only_after_wave_one_committed(plane: RunningPl
     ch, stub = admin(plane)
     try:
         rid = create(stub, "waves", [0.25, 1.0])
-        wait_until(lambda: desired_version(plane, ids[0]) == "1.1.0", 10, "wave 0 dispatched")
-        wait_until(lambda: any(ids[0] in t for t in hints), 10, "the wave 0 hint")
+        wait_until(lambda: desired_version(plane, ids[0]) == "1.1.0", 30, "wave 0 dispatched")
+        wait_until(lambda: any(ids[0] in t for t in hints), 30, "the wave 0 hint")
         r = get(stub, rid)
         assert r.state == "running" and [list(w.device_ids) for w in r.waves] == [
             ids[:1],
@@ -127,14 +127,14 @@ def test_wave_two_gets_the_bundle_only_after_wave_one_committed(plane: RunningPl
         report(plane, ids[0], "COMMITTED")
         wait_until(
             lambda: all(desired_version(plane, d) == "1.1.0" for d in ids[1:]),
-            10,
+            30,
             "wave 1 dispatched after wave 0 committed",
         )
-        wait_until(lambda: all(any(d in t for t in hints) for d in ids), 10, "wave 1 hints")
+        wait_until(lambda: all(any(d in t for t in hints) for d in ids), 30, "wave 1 hints")
         assert get(stub, rid).waves[0].committed == 1
         for d in ids[1:]:
             report(plane, d, "COMMITTED")
-        wait_until(lambda: get(stub, rid).state == "completed", 10, "completed")
+        wait_until(lambda: get(stub, rid).state == "completed", 30, "completed")
         r = get(stub, rid)
         assert [w.state for w in r.waves] == ["succeeded", "succeeded"]
         assert "all 2 wave(s) done" in r.reason
@@ -150,14 +150,14 @@ def test_a_failing_wave_pauses_and_resume_overrides_it(plane: RunningPlane) -> N
     ch, stub = admin(plane)
     try:
         rid = create(stub, "fail", [0.5, 1.0], max_failure=0.0)
-        wait_until(lambda: desired_version(plane, ids[1]) == "1.1.0", 10, "wave 0 dispatched")
+        wait_until(lambda: desired_version(plane, ids[1]) == "1.1.0", 30, "wave 0 dispatched")
         report(plane, ids[0], "ROLLED_BACK", "health_window")
-        wait_until(lambda: get(stub, rid).state == "paused", 10, "paused on the threshold")
+        wait_until(lambda: get(stub, rid).state == "paused", 30, "paused on the threshold")
         r = get(stub, rid)
         assert "wave 0: 1/2 devices failed (rolled_back 1)" in r.reason
         assert r.waves[0].rolled_back == 1 and r.waves[0].state == "failed"
         report(plane, ids[1], "COMMITTED")  # outcomes still count while paused
-        wait_until(lambda: get(stub, rid).waves[0].committed == 1, 10, "outcome while paused")
+        wait_until(lambda: get(stub, rid).waves[0].committed == 1, 30, "outcome while paused")
         assert [desired_version(plane, d) for d in ids[2:]] == ["1.0.0"] * 2
         # a second pause is refused: it is not running
         with pytest.raises(grpc.RpcError) as err:
@@ -167,7 +167,7 @@ def test_a_failing_wave_pauses_and_resume_overrides_it(plane: RunningPlane) -> N
         assert r.state == "running" and r.waves[0].state == "overridden"
         wait_until(
             lambda: all(desired_version(plane, d) == "1.1.0" for d in ids[2:]),
-            10,
+            30,
             "wave 1 dispatched after resume",
         )
     finally:
@@ -179,12 +179,12 @@ def test_pause_holds_the_next_wave_and_abort_rolls_back(plane: RunningPlane) -> 
     ch, stub = admin(plane)
     try:
         rid = create(stub, "abort", [0.5, 1.0])
-        wait_until(lambda: desired_version(plane, ids[1]) == "1.1.0", 10, "wave 0 dispatched")
+        wait_until(lambda: desired_version(plane, ids[1]) == "1.1.0", 30, "wave 0 dispatched")
         r = stub.PauseRollout(admin_pb2.RolloutId(id=rid), timeout=10)
         assert r.state == "paused" and "paused by operator:admin" in r.reason
         report(plane, ids[0], "COMMITTED")
         report(plane, ids[1], "COMMITTED")
-        wait_until(lambda: get(stub, rid).waves[0].committed == 2, 10, "wave 0 outcomes")
+        wait_until(lambda: get(stub, rid).waves[0].committed == 2, 30, "wave 0 outcomes")
         assert [desired_version(plane, d) for d in ids[2:]] == ["1.0.0"] * 2  # held
         gen = plane.store.get_device(ids[0]).desired_generation  # type: ignore[union-attr]
         r = stub.AbortRollout(admin_pb2.RolloutId(id=rid, rollback=True), timeout=10)
@@ -281,8 +281,8 @@ def test_a_silent_device_fails_its_wave_after_the_health_window(tmp_path: Path) 
                 timeout=10,
             )
             # no broker here: the desired state is set all the same (agents poll it)
-            wait_until(lambda: desired_version(p, "quiet-0") == "1.1.0", 10, "dispatched")
-            wait_until(lambda: get(stub, r.id).state == "paused", 10, "silent -> paused")
+            wait_until(lambda: desired_version(p, "quiet-0") == "1.1.0", 30, "dispatched")
+            wait_until(lambda: get(stub, r.id).state == "paused", 30, "silent -> paused")
             assert "silent 1" in get(stub, r.id).reason
         finally:
             ch.close()
@@ -323,7 +323,7 @@ def test_the_cli_drives_a_rollout_end_to_end(plane: RunningPlane) -> None:
     )
     assert res.exit_code == 0, res.output
     rid = json.loads(res.output)["id"]
-    wait_until(lambda: desired_version(plane, ids[0]) == "1.1.0", 10, "wave 0 dispatched")
+    wait_until(lambda: desired_version(plane, ids[0]) == "1.1.0", 30, "wave 0 dispatched")
     res = run("pause", rid)
     assert res.exit_code == 0 and "paused" in res.output
     res = run("get", rid)
@@ -366,10 +366,10 @@ def test_a_rollout_continues_after_a_plane_restart(tmp_path: Path) -> None:
             rid = create(stub, "re", [0.5, 1.0])
         finally:
             ch.close()
-        wait_until(lambda: desired_version(p, "re-0") == "1.1.0", 10, "wave 0 dispatched")
+        wait_until(lambda: desired_version(p, "re-0") == "1.1.0", 30, "wave 0 dispatched")
     with running_plane(home, factories=[FACTORY]) as p:
         assert desired_version(p, "re-1") == ""
         report(p, "re-0", "COMMITTED")
-        wait_until(lambda: desired_version(p, "re-1") == "1.1.0", 10, "wave 1 after restart")
+        wait_until(lambda: desired_version(p, "re-1") == "1.1.0", 30, "wave 1 after restart")
         rec = p.store.get_rollout(rid)
         assert rec is not None and rec.state == "running"
