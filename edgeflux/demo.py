@@ -17,7 +17,8 @@ component runs as its own process; logs in ``demo/logs/``):
    (``dir:`` targets under ``demo/robots/``); start their runtimes (gymnasium
    Pendulum robots) and agents;
 5. live telemetry through the admin gRPC API;
-6. distil, attest and push v2 over MQTT; watch every robot commit it;
+6. distil, attest and publish v2, and roll it out in two waves (``rollout create``:
+   one robot first, the rest after it committed); watch every robot commit it;
 7. push a properly signed bundle whose policy outputs NaN; watch every robot refuse
    it and keep running v2 (robots 1-2 catch the NaN in shadow; robot-3 runs with
    ``require_parity_attestation`` and refuses the unattested bundle outright, while it
@@ -33,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -87,6 +89,7 @@ class DemoSummary:
     robots: dict[str, dict[str, Any]] = field(default_factory=dict)
     bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
     attestation: dict[str, Any] = field(default_factory=dict)
+    rollout: dict[str, Any] = field(default_factory=dict)
     endpoints: dict[str, str] = field(default_factory=dict)
     all_committed_v2: bool = False
     broken_refused_everywhere: bool = False
@@ -246,8 +249,6 @@ class Demo:
                 version,
                 "--sequence",
                 str(sequence),
-                "--threads",
-                "2",
                 *self.opts.distill_args,
                 "--json",
                 timeout_s=3600,
@@ -461,7 +462,29 @@ class Demo:
             return rt.status()
 
     def rollout_v2(self) -> str:
-        self.push("1.1.0")
+        """A staged rollout: one robot first, the rest only after it committed."""
+        bundle = Path(self.summary.bundles["1.1.0"]["path"])
+        self.cli("publish-1.1.0", "cloud", "publish", str(bundle), "--home", str(self.home))
+        raw = self.cli(
+            "rollout-1.1.0",
+            "rollout",
+            "create",
+            f"{BUNDLE_NAME}@1.1.0",
+            "--label",
+            "fleet=demo",
+            "--waves",
+            "0.34,1",
+            "--max-failure",
+            "0",
+            "--health-window",
+            "300",
+            "--home",
+            str(self.home),
+            "--server",
+            self.address,
+            "--json",
+        )
+        rollout_id = str(_json_out(raw).get("id", ""))
 
         def committed() -> bool:
             return all(
@@ -470,8 +493,21 @@ class Demo:
 
         with _live(self._fleet_table) as refresh:
             self.procs.wait_for(
-                lambda: (refresh(), committed())[1], 180, "every robot to commit v1.1.0"
+                lambda: (refresh(), committed())[1], 240, "every robot to commit v1.1.0"
             )
+        from protos import admin_pb2
+
+        def rollout() -> Any:
+            return self.admin().GetRollout(admin_pb2.RolloutId(id=rollout_id), timeout=5)
+
+        # The plane's driver sees the commits through ingest, a moment after the robots.
+        self.procs.wait_for(lambda: rollout().state == "completed", 60, "the rollout to complete")
+        done = rollout()
+        self.summary.rollout = {
+            "id": rollout_id,
+            "state": done.state,
+            "waves": [{"devices": list(w.device_ids), "state": w.state} for w in done.waves],
+        }
         for r in ROBOTS:
             st = self._runtime_status(r)
             self.summary.robots[r] = {
@@ -479,7 +515,8 @@ class Demo:
                 "active": st.active.bundle.version,
             }
         self.summary.all_committed_v2 = all(v["v2_committed"] for v in self.summary.robots.values())
-        return "v1.1.0 committed on " + ", ".join(ROBOTS)
+        waves = " → ".join("+".join(w["devices"] or []) for w in self.summary.rollout["waves"])
+        return f"rollout {rollout_id} ({waves}): v1.1.0 committed on " + ", ".join(ROBOTS)
 
     def broken_bundle(self) -> str:
         from edgeflux._demo_policies import write_nan_policy
@@ -608,7 +645,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None], keep_running: bool)
         ("live telemetry", lambda: d.live_telemetry(opts.telemetry_s)),
         ("distil policy v1.1.0", lambda: d.distill("1.1.0", 2, seed=1)),
         ("parity attestation v1.1.0", lambda: d.attest("1.1.0")),
-        ("push v1.1.0 to the fleet", d.rollout_v2),
+        ("staged rollout of v1.1.0", d.rollout_v2),
         ("broken bundle is refused", d.broken_bundle),
         ("fetch attestation over gRPC", d.fetch_attestation),
     ]
@@ -618,6 +655,12 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None], keep_running: bool)
             echo(f"[bold]▶ {name}[/bold]")
             try:
                 detail = fn()
+            except KeyboardInterrupt:
+                d.summary.stages.append(
+                    StageResult(name, "failed", "interrupted", time.monotonic() - start)
+                )
+                echo(f"[yellow]interrupted during {name}; stopping everything[/yellow]")
+                break
             except Exception as exc:  # reported as the stage's failure; processes still stop
                 d.summary.stages.append(
                     StageResult(name, "failed", str(exc), time.monotonic() - start)
@@ -637,6 +680,10 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None], keep_running: bool)
             except KeyboardInterrupt:
                 echo("stopping…")
     return d.summary
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_next_steps(d: Demo, echo: Callable[[str], None]) -> None:
@@ -695,6 +742,8 @@ def demo(
     """Run the whole pipeline end to end on this machine."""
     from rich.console import Console
 
+    # SIGTERM (systemd, `kill`, a CI runner) stops everything the demo started, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     console = Console()
     opts = DemoOptions(
         workdir.absolute(), quick=quick, teacher=teacher, telemetry_s=telemetry_seconds, fresh=fresh

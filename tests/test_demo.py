@@ -47,6 +47,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert summary["ok"] is True
     assert summary["all_committed_v2"] is True
     assert set(summary["robots"]) == {"robot-1", "robot-2", "robot-3"}
+    rollout = summary["rollout"]
+    assert rollout["state"] == "completed"
+    assert [len(w["devices"]) for w in rollout["waves"]] == [1, 2]  # staged: one robot first
     for robot, facts in summary["robots"].items():
         assert facts["v2_committed"], robot
         assert facts["broken_outcome"] in ("FAILED", "ROLLED_BACK"), (robot, facts)
@@ -63,3 +66,35 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     # Every process the demo started is gone.
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True)
     assert leftover.returncode == 1, leftover.stdout
+
+
+def test_sigterm_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+    import signal
+
+    from tests.servers import wait_until
+
+    workdir = tmp_path / "demo"
+    log = tmp_path / "demo.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeflux.cli", "demo", "--dir", str(workdir), "--exit", "--quick"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # the control plane is up once the admin certificate exists and `cloud up` runs
+        def plane_running() -> bool:
+            found = subprocess.run(
+                ["pgrep", "-f", f"cloud up --home {workdir}"], capture_output=True
+            )
+            return found.returncode == 0
+
+        wait_until(lambda: plane_running() or proc.poll() is not None, 120, "cloud up")
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    leftover = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True)
+    assert leftover.returncode == 1, leftover.stdout
+    assert "interrupted" in log.read_text()
