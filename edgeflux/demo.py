@@ -473,7 +473,7 @@ class Demo:
             "--label",
             "fleet=demo",
             "--waves",
-            "0.34,1",
+            "0.33,1",
             "--max-failure",
             "0",
             "--health-window",
