@@ -47,6 +47,9 @@ class DaggerResult:
     """Every visited state with the action executed and the teacher's label."""
     curves: dict[str, list[float]] = field(default_factory=dict)
     """Per round: beta, mean return of the executed mixture, final training loss."""
+    env_seeds: list[int] = field(default_factory=list)
+    """Every environment seed DAgger reset from (recorded in provenance so evaluation
+    campaigns can prove their seeds are disjoint from training's)."""
 
 
 def run_dagger(
@@ -66,10 +69,12 @@ def run_dagger(
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     curves: dict[str, list[float]] = {"beta": [], "mixture_return": [], "loss": []}
     batch = EnvBatch(spec.env_id, cfg.envs_per_round, variant)
+    env_seeds: list[int] = []
     try:
         for i in range(cfg.rounds):
             beta = 0.5**i
             seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=cfg.envs_per_round)]
+            env_seeds.extend(seeds)
             mixture_return = _collect(batch, teacher, student, beta, seeds, rng, data)
             loss = _fit(student, opt, data, cfg, rng, refit_normaliser=(i == 0))
             stats = {"beta": beta, "mixture_return": mixture_return, "loss": loss}
@@ -79,7 +84,7 @@ def run_dagger(
                 on_round(i, stats)
     finally:
         batch.close()
-    return DaggerResult(student=student.eval(), data=data, curves=curves)
+    return DaggerResult(student=student.eval(), data=data, curves=curves, env_seeds=env_seeds)
 
 
 def _collect(

@@ -178,6 +178,7 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
             "trainer_version": _versions()["edgeflux"],
             "env_id": cfg.env_id,
             "seeds": [cfg.seed],
+            "dagger_seeds": result.env_seeds,
             "teacher_kind": cfg.teacher,
             "variant": dict(cfg.variant or {}),
             "versions": _versions(),

@@ -53,6 +53,10 @@ def test_distill_run_writes_signed_bundle_curves_and_summary(distilled: dict) ->
     assert manifest["control"]["rate_hz"] == 20.0
     prov = manifest["provenance"]
     assert prov["env_id"] == "Pendulum-v1" and prov["seeds"] == [0]
+    # every DAgger reset seed is recorded, so attestation can prove disjoint evaluation seeds
+    dagger = prov["dagger"]
+    assert len(prov["dagger_seeds"]) == dagger["rounds"] * dagger["envs_per_round"]
+    assert len(set(prov["dagger_seeds"])) == len(prov["dagger_seeds"])
     assert prov["dataset_digest"].startswith("sha256:") and prov["teacher_digest"]
     assert prov["numeric_parity"]["passed"] is True
 
