@@ -62,20 +62,6 @@ def _parse_broker(value: str) -> tuple[str, int, bool]:
     return host, port, tls
 
 
-def _parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
-    """KEY=VALUE pairs; VALUE is JSON when it parses (numbers, booleans), else a string."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=flag)
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def _host_platform() -> str:
     machine = host_platform.machine().lower()
     return {
@@ -263,6 +249,7 @@ def flash_cmd(
 
     from edgeflux._version import __version__
     from fleet.config import AgentConfig
+    from runtime.cli import parse_key_values
     from runtime.flash import (
         FlashError,
         FlashMaterials,
@@ -297,7 +284,7 @@ def flash_cmd(
 
     try:
         agent_given = {
-            **_parse_options(agent_options, "--agent-option"),
+            **parse_key_values(agent_options, "--agent-option"),
             "device_id": device_id,
             "mqtt_host": mqtt_host,
             "mqtt_port": mqtt_port,
@@ -305,9 +292,9 @@ def flash_cmd(
             "grpc_target": f"{grpc_host}:{grpc_port}",
         }
         runtime_given = {
-            **_parse_options(runtime_options, "--runtime-option"),
+            **parse_key_values(runtime_options, "--runtime-option"),
             "adapter": adapter,
-            "adapter_options": _parse_options(adapter_options, "--adapter-option"),
+            "adapter_options": parse_key_values(adapter_options, "--adapter-option"),
         }
         agent = AgentConfig.model_validate(agent_given)
         runtime_cfg = RuntimeConfig.model_validate(runtime_given)

@@ -17,15 +17,17 @@ from typing import Any
 
 import click
 
-__all__ = ["runtime"]
+__all__ = ["parse_key_values", "runtime"]
 
 
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+def parse_key_values(pairs: tuple[str, ...], flag: str = "--adapter-option") -> dict[str, Any]:
+    """KEY=VALUE pairs from repeatable flags; VALUE is JSON when it parses (numbers,
+    booleans, lists), else a string. Shared by `runtime run` and `edgeflux flash`."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--adapter-option")
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=flag)
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -84,7 +86,7 @@ def run_cmd(
     layout = RobotLayout.at(root)
     overrides: dict[str, Any] = {"adapter": adapter, "rate_hz": rate_hz}
     if adapter_options:
-        overrides["adapter_options"] = _parse_options(adapter_options)
+        overrides["adapter_options"] = parse_key_values(adapter_options)
     try:
         config = load_runtime_config(layout, overrides)
         svc = RuntimeService(layout, config)
