@@ -36,6 +36,7 @@ from runtime.adapters import AdapterError, AdapterTimeout, RobotAdapter
 from runtime.envelope import Reason, SafetyEnvelope
 from runtime.manifest import BundleManifest
 from runtime.metrics import LatencyHistogram, LoopCounters, MetricsSnapshot
+from runtime.realtime import Scheduling, enter_loop_thread
 
 __all__ = [
     "ControlLoop",
@@ -194,6 +195,7 @@ class ControlLoop:
         watchdog: bool = True,
         spin_us: float = 0.0,
         realtime_priority: int | None = None,
+        loop_cpus: tuple[int, ...] | None = None,
         on_tick: Callable[[int], None] | None = None,
     ) -> None:
         self.adapter = adapter
@@ -201,6 +203,10 @@ class ControlLoop:
         self._rate_override = rate_hz
         self._spin_ns = int(spin_us * 1000)
         self._rt_priority = realtime_priority
+        self._loop_cpus = loop_cpus
+        self.scheduling: Scheduling | None = None
+        """How the loop thread is scheduled (set when it starts running)."""
+        self._retired: LoadedPolicy | None = None
         self._watchdog_enabled = watchdog
         self._on_tick = on_tick
         self._write_lock = threading.Lock()
@@ -278,7 +284,11 @@ class ControlLoop:
             return
         self._swapped.clear()
         self._next = plan
-        if not self._swapped.wait(timeout_s):
+        switched = self._swapped.wait(timeout_s)
+        # The replaced policy is freed here, in the caller's thread: tearing down an
+        # inference session takes milliseconds the loop thread does not have.
+        self._retired = None
+        if not switched:
             self._next = None
             raise LoopError(
                 f"the loop did not switch to {policy.label} within {timeout_s:.1f} s "
@@ -343,8 +353,7 @@ class ControlLoop:
     def run(self, *, ticks: int | None = None, duration_s: float | None = None) -> MetricsSnapshot:
         """Run until `stop()`, `ticks` ticks or `duration_s` seconds; returns the metrics."""
         self._stop.clear()
-        if self._rt_priority is not None:
-            _make_realtime(self._rt_priority)
+        self.scheduling = enter_loop_thread(self._rt_priority, self._loop_cpus)
         if self._watchdog_enabled:
             self._watchdog = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
             self._watchdog.start()
@@ -409,6 +418,7 @@ class ControlLoop:
         plan = self._next
         assert plan is not None
         self._next = None
+        self._retired = self.policy  # keep it alive until swap() drops it off this thread
         self._apply(plan)
         self.swaps += 1
         self._swapped.set()
