@@ -206,7 +206,6 @@ class ControlLoop:
         self._loop_cpus = loop_cpus
         self.scheduling: Scheduling | None = None
         """How the loop thread is scheduled (set when it starts running)."""
-        self._retired: LoadedPolicy | None = None
         self._watchdog_enabled = watchdog
         self._on_tick = on_tick
         self._write_lock = threading.Lock()
@@ -284,11 +283,7 @@ class ControlLoop:
             return
         self._swapped.clear()
         self._next = plan
-        switched = self._swapped.wait(timeout_s)
-        # The replaced policy is freed here, in the caller's thread: tearing down an
-        # inference session takes milliseconds the loop thread does not have.
-        self._retired = None
-        if not switched:
+        if not self._swapped.wait(timeout_s):
             self._next = None
             raise LoopError(
                 f"the loop did not switch to {policy.label} within {timeout_s:.1f} s "
@@ -418,7 +413,6 @@ class ControlLoop:
         plan = self._next
         assert plan is not None
         self._next = None
-        self._retired = self.policy  # keep it alive until swap() drops it off this thread
         self._apply(plan)
         self.swaps += 1
         self._swapped.set()

@@ -137,8 +137,7 @@ def lock_memory() -> str:
             return ""
         err = ctypes.get_errno()
         why = (
-            f"cannot lock memory: {os.strerror(err)} "
-            "(grant CAP_IPC_LOCK or LimitMEMLOCK=infinity)"
+            f"cannot lock memory: {os.strerror(err)} (grant CAP_IPC_LOCK or LimitMEMLOCK=infinity)"
         )
     log.warning("%s; page faults can stall the control loop", why)
     _memory_refused = why
