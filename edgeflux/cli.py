@@ -35,7 +35,7 @@ class GroupSpec:
 GROUPS: dict[str, GroupSpec] = {
     "bundle": GroupSpec(
         "Create, sign, verify, inspect and pack model bundles.",
-        "runtime.cli_bundle:bundle",
+        "edgeflux.bundle:bundle",
         "signed bundles",
     ),
     "runtime": GroupSpec(
@@ -62,6 +62,9 @@ GROUPS: dict[str, GroupSpec] = {
     ),
     "flash": GroupSpec(
         "Provision a robot: runtime, identity, trust, first bundle.", "edgeflux.flash:flash_cmd"
+    ),
+    "robot": GroupSpec(
+        "Start a flashed robot: its runtime and agent, supervised.", "edgeflux.robot:robot"
     ),
     "tui": GroupSpec("The operator console (Textual).", "tui.cli:tui", "TUI"),
     "demo": GroupSpec(
