@@ -304,6 +304,9 @@ class ControlPlane:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        router = self.plane.extensions.get("router") if self.plane is not None else None
+        if router is not None:  # settles calls in flight, signs the audit log's final head
+            await router.close()
         if self.ingest is not None:
             await asyncio.to_thread(self.ingest.stop)
             self.ingest = None
