@@ -206,3 +206,77 @@ def test_every_hostile_case_is_dropped_for_its_reason() -> None:
         assert isinstance(d, Dropped), name
         assert d.reason == reason, (name, d)
         assert d.device_id == "robot-x"
+
+
+# ------------------------------------------------------------------------- clock sanity
+
+
+def _process(ing: Ingest, *messages: tuple[str, bytes]) -> None:
+    acks = _Acks()
+    batch = [
+        (Delivery(t, p, mid, 1, acks), dt.datetime.now(dt.UTC))
+        for mid, (t, p) in enumerate(messages)
+    ]
+    ing._process(batch)
+    assert sorted(acks.mids) == list(range(len(messages)))
+
+
+def test_a_future_timestamp_never_becomes_newest(store_url: str) -> None:
+    """9999-12-31 is clamped to the receive time: later real telemetry still moves the
+    device's health and active bundle, and presence cannot set last_seen to 9999."""
+    from protos import telemetry_pb2
+
+    store = Store.open(store_url)
+    store.add_device("robot-a", "0" * 64)
+    ing = Ingest(store, CloudMqttSettings(host="127.0.0.1", port=free_port()), IngestSettings())
+    far = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+    _process(ing, (topic("robot-a", "telemetry"), good_batch("robot-a", 1, at=far)))
+    assert ing.counters["clamped_time"] == 1
+    health = store.require_device("robot-a").health
+    assert health is not None and health["at"] < "2100"
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    b = telemetry_pb2.TelemetryBatch(device_id="robot-a", sequence=2)
+    p = b.points.add(loop_p50_ms=7.0)
+    p.at.FromDatetime(later)
+    p.active_bundle.name, p.active_bundle.version = "pick", "1.1.0"
+    _process(ing, (topic("robot-a", "telemetry"), b.SerializeToString()))
+    dev = store.require_device("robot-a")
+    assert dev.health is not None and dev.health["loop_p50_ms"] == 7.0
+    assert dev.active_bundle is not None and dev.active_bundle["version"] == "1.1.0"
+    st = telemetry_pb2.DeviceState(device_id="robot-a", online=True)
+    st.at.FromDatetime(far)
+    _process(ing, (topic("robot-a", "state"), st.SerializeToString()))
+    seen = store.require_device("robot-a").last_seen
+    assert seen is not None and seen.year < 2100
+    store.close()
+
+
+def test_health_poisoned_before_the_clamp_heals_with_the_next_point(store_url: str) -> None:
+    """A health summary dated 9999 (stored before stamps were clamped) is not "newest"."""
+    from cloud.store.ingest_batch import record_telemetry_many
+
+    store = Store.open(store_url)
+    store.add_device("robot-a", "0" * 64)
+    far = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    point = TelemetryRecord(at=far, loop_p50_ms=1.0)
+    assert record_telemetry_many(store, [("robot-a", 1, [point], now)]) == [True]
+    fresh = TelemetryRecord(at=now, loop_p50_ms=2.0)
+    limit = now + dt.timedelta(minutes=5)
+    assert record_telemetry_many(store, [("robot-a", 2, [fresh], now)], limit) == [True]
+    health = store.require_device("robot-a").health
+    assert health is not None and health["loop_p50_ms"] == 2.0
+    store.close()
+
+
+def test_skew_within_the_limit_is_kept_and_beyond_is_clamped() -> None:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    near = now + dt.timedelta(seconds=299)
+    far = now + dt.timedelta(seconds=301)
+    for at, expected, clamped in ((near, near, 0), (far, now, 1)):
+        d = decode(topic("robot-x", "telemetry"), good_batch("robot-x", 1, at=at), now)
+        assert isinstance(d, Decoded) and d.telemetry is not None
+        assert d.telemetry[0].at == expected
+        assert d.clamped == clamped
+    d = decode(topic("robot-x", "telemetry"), good_batch("robot-x", 1, at=far), now, max_skew_s=600)
+    assert isinstance(d, Decoded) and d.clamped == 0
