@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 import cloud.ingest
 from cloud.broker_config import BrokerConfig, write_broker_config
-from cloud.cli import cloud
+from cloud.cli import cloud as cloud_cli
 from cloud.home import CloudHome, init_home
 from cloud.ingest import Decoded, Dropped, Ingest, IngestSettings, decode
 from cloud.mqtt import CloudMqttSettings, Delivery
@@ -160,7 +160,7 @@ def test_a_thousand_poison_messages_cost_no_normal_message_across_a_restart(
     assert {q.reason for q in quarantined} <= set(expected)
     assert all(q.device_id == POISON and q.payload for q in quarantined)
     shown = CliRunner().invoke(
-        cloud, ["quarantine", "--home", str(home.root), "--device", POISON, "--json"]
+        cloud_cli, ["quarantine", "--home", str(home.root), "--device", POISON, "--json"]
     )
     assert shown.exit_code == 0, shown.output
     assert len(shown.output.splitlines()) == 20
