@@ -43,6 +43,7 @@ from cloud.rollouts.plan import (
 )
 from cloud.store import BundleRecord, ConflictError, Store, StoreError
 from protos import telemetry_pb2
+from runtime.desired_state import GatePolicy
 
 __all__ = ["PushError", "PushResult", "push", "push_cmd", "resolve_devices"]
 
@@ -144,6 +145,7 @@ def push(
     labels: dict[str, str] | None = None,
     hint: Hinter | None = None,
     actor: str = "push",
+    gate: GatePolicy | None = None,
 ) -> PushResult:
     """Publish (if needed), set desired state, hint. `hint(topic, payload)` -> acked."""
     targets = resolve_devices(store, device_ids, labels or {})
@@ -162,7 +164,7 @@ def push(
             + "; ".join(f"{p.device_id} {p.outcome}: {p.detail}" for p in plans)
         )
     try:
-        generations = store.set_desired(receivers, desired_bundle(rec).to_dict(), actor=actor)
+        generations = store.set_desired(receivers, desired_bundle(rec, gate).to_dict(), actor=actor)
     except StoreError as exc:
         raise PushError(f"could not set the desired state: {exc}") from exc
     result = PushResult(rec, generations, plans, rollout_id=f"push-{int(time.time())}")
@@ -219,6 +221,13 @@ def broker_settings(home: CloudHome, broker_url: str | None) -> CloudMqttSetting
 )
 @click.option("--broker-url", help="mqtt(s)://host:port (default: the home's broker_url).")
 @click.option("--no-hint", is_flag=True, help="Only set the desired state.")
+@click.option(
+    "--max-action-divergence",
+    type=click.FloatRange(0),
+    default=None,
+    help="Refuse the switch when the candidate's shadow actions differ from the active "
+    "policy's by more than this (default: reported, not enforced).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def push_cmd(
     bundle: str,
@@ -227,6 +236,7 @@ def push_cmd(
     home_dir: Path,
     broker_url: str | None,
     no_hint: bool,
+    max_action_divergence: float | None,
     as_json: bool,
 ) -> None:
     """Push BUNDLE (a path, or name@version of a published bundle) to devices now."""
@@ -263,7 +273,12 @@ def push_cmd(
                     f"warning: {exc}; desired state is set, agents pick it up when they poll",
                     err=True,
                 )
-        result = push(home, store, bundle, device_ids=devices, labels=selector, hint=hint)
+        gate = None
+        if max_action_divergence is not None:
+            gate = GatePolicy(max_action_divergence=max_action_divergence)
+        result = push(
+            home, store, bundle, device_ids=devices, labels=selector, hint=hint, gate=gate
+        )
     except PushError as exc:
         raise click.ClickException(f"{exc}") from exc
     finally:
