@@ -338,10 +338,18 @@ class Router:
             "escalations": ts.escalations,
             "consensus": res.extra.get("consensus"),
         }
+        if t.grant:
+            body["grant"] = t.grant
         # Hashing and writing happen in `flush_audit`, off the decision path; the body
         # is sealed (nothing mutates a finished task's state).
         self._pending_audit.append(body)
         return str(summary["decision_id"])
+
+    def note(self, event: dict[str, Any]) -> None:
+        """Audit an event that is not a routing decision (e.g. a refused class claim)."""
+        self._count(f"event:{event.get('event', '?')}")
+        if self.audit is not None:
+            self._pending_audit.append({"at": round(self.wall(), 6), **event})
 
     def flush_audit(self) -> int:
         """Hash-chain and write the decisions recorded since the last flush."""

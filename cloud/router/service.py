@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -50,6 +51,7 @@ from cloud.router.audit import AuditLog, verify_log
 from cloud.router.backends import BackendSpec, PriceModel, Registry
 from cloud.router.budgets import Budget, BudgetLedger
 from cloud.router.champion import ChampionChallenger
+from cloud.router.classes import ClassPolicy
 from cloud.router.errors import AuditVerificationError, RouterConfigError
 from cloud.router.router import Dispatch, Router, RouterConfig, Step
 from cloud.router.task import Answer, Constraints, Outcome, Qos, Result, Scope, Task
@@ -58,6 +60,7 @@ from protos import router_pb2, router_pb2_grpc
 __all__ = [
     "AgentClient",
     "BackendSettings",
+    "Caller",
     "ChallengerSettings",
     "Executor",
     "RouterRunner",
@@ -164,6 +167,16 @@ class RouterSettings(BaseModel):
     quality_floor: dict[str, float] = Field(
         default_factory=lambda: {"SAFETY": 0.9, "INTERACTIVE": 0.7, "BATCH": 0.5},
         description="least predicted quality a backend needs to serve a class",
+    )
+    class_grants: dict[str, list[str]] = Field(
+        default_factory=lambda: {"SAFETY": list[str]()},
+        description="devices that may use a class: 'device:<id>', 'label:<k>=<v>' or '*'; "
+        "a class not listed is open to every device (SAFETY: nobody by default)",
+    )
+    max_payload_bytes: dict[str, int] = Field(
+        default_factory=dict,
+        description="largest task payload per class (default SAFETY 64 KiB, "
+        "INTERACTIVE 256 KiB, BATCH 1 MiB)",
     )
     accept_score: float = Field(0.6, ge=0, le=1, description="verifier score that accepts")
     max_escalations: int = Field(2, ge=0, le=5)
@@ -415,6 +428,10 @@ class RouterRunner:
                 last_flush = time.monotonic()
                 await self._call(self.router.flush_audit)
 
+    async def note(self, event: dict[str, Any]) -> None:
+        """Audit an event on the router thread (`Router.note`)."""
+        await self._call(lambda: self.router.note(event))
+
     async def stats(self) -> list[dict[str, Any]]:
         stats: list[dict[str, Any]] = await self._call(self.router.stats)
         return stats
@@ -468,19 +485,29 @@ def result_to_proto(res: Result) -> router_pb2.RouteResponse:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """The device behind a call: where it sits in the budget tree, and its labels."""
+
+    scope: Scope
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    """`identify(context)` returns the caller's Scope or raises (grpc abort)."""
+    """`identify(context)` returns the `Caller` or raises (grpc abort)."""
 
     def __init__(
         self,
         runner: RouterRunner,
-        identify: Callable[[Any], Awaitable[Scope]],
+        identify: Callable[[Any], Awaitable[Caller]],
         ledger: BudgetLedger | None = None,
         budget_scopes: list[str] | None = None,
         audit_path: Path | None = None,
         audit_public_key: Any = None,
         authorize_stats: Callable[[Any], Awaitable[None]] | None = None,
+        policy: ClassPolicy | None = None,
     ) -> None:
+        self.policy = policy or ClassPolicy()
         self.runner = runner
         self.identify = identify
         self.ledger = ledger
@@ -492,13 +519,31 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Route(
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
-        scope = await self.identify(context)
+        caller = await self.identify(context)
         try:
-            task = task_from_proto(request.task, scope, time.monotonic())
+            task = task_from_proto(request.task, caller.scope, time.monotonic())
+            if err := self.policy.payload_error(task.qos, len(task.payload)):
+                raise ValueError(err)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from exc
-        res = await self.runner.route(task)
+        grant = self.policy.grant(task.qos, caller.scope.device, caller.labels)
+        if grant is None:
+            await self.runner.note(
+                {
+                    "event": "class_denied",
+                    "device": caller.scope.device,
+                    "scope": str(caller.scope),
+                    "qos": int(task.qos),
+                    "task_type": task.task_type,
+                }
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"device {caller.scope.device!r} is not granted class {task.qos.name} "
+                "(the operator's [router] class_grants)",
+            )
+        res = await self.runner.route(dataclasses.replace(task, grant=grant or ""))
         return result_to_proto(res)
 
     async def RouterStats(
@@ -612,11 +657,13 @@ def load_audit_key(keys_dir: Path) -> Any:
     return key
 
 
-def _by_qos(values: Mapping[str, float], field: str) -> dict[Qos, float]:
-    out: dict[Qos, float] = {}
+def _by_qos(
+    values: Mapping[str, Any], field: str, kind: Callable[[Any], Any] = float
+) -> dict[Qos, Any]:
+    out: dict[Qos, Any] = {}
     for name, v in values.items():
         try:
-            out[Qos[name.upper()]] = float(v)
+            out[Qos[name.upper()]] = kind(v)
         except KeyError:
             raise RouterConfigError(
                 f"[router] {field}: unknown class {name!r}; expected SAFETY, INTERACTIVE, BATCH"
@@ -674,7 +721,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
     runner = RouterRunner(router, {b.name: AgentClient(b.address) for b in settings.backends})
     auth = plane.auth
 
-    async def identify(context: Any) -> Scope:
+    async def identify(context: Any) -> Caller:
         from cloud.server.auth import AuthError
 
         try:
@@ -685,7 +732,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
             raise AssertionError("unreachable") from exc
         labels = device.labels if device is not None else {}
         tenant = labels.get(settings.tenant_label) or settings.default_tenant
-        return Scope(tenant, labels.get(settings.site_label, ""), ident.id)
+        return Caller(Scope(tenant, labels.get(settings.site_label, ""), ident.id), labels)
 
     async def authorize_stats(context: Any) -> None:
         from cloud.server.auth import AuthError
@@ -703,6 +750,10 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         audit_path,
         key.public_key(),
         authorize_stats,
+        ClassPolicy.from_settings(
+            _by_qos(settings.class_grants, "class_grants", list),
+            _by_qos(settings.max_payload_bytes, "max_payload_bytes", int),
+        ),
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     plane.extensions["router"] = runner

@@ -207,7 +207,8 @@ class ControlPlane:
             except PushError as exc:
                 raise PlaneStartError(str(exc)) from exc
         settings = dataclasses.replace(settings, client_id="edgeflux-plane-ingest")
-        ingest = Ingest(store, settings)
+        dropped = self.metrics.ingest_dropped
+        ingest = Ingest(store, settings, on_drop=lambda reason: dropped.labels(reason).inc())
         try:
             ingest.start()
         except CloudMqttError as exc:
