@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("ATP routing: audit log verify, stats.", "cloud.router.cli:router_group"),
     "agent": ("Serve a routing backend (--kind planner|policy).", "cloud.router.worker:agent_cmd"),
     "ingest": ("Run MQTT ingest (telemetry, events, presence).", "cloud.ingest:ingest_cmd"),
+    "quarantine": (
+        "Show messages ingest dropped (reason, detail, payload).",
+        "cloud.ingest:quarantine_cmd",
+    ),
     "broker-config": (
         "Write a Mosquitto config (mTLS, certificate identity, ACLs).",
         "cloud.broker_config:broker_config",

@@ -30,6 +30,7 @@ import click
 
 from cloud.home import CloudHome
 from cloud.mqtt import CloudMqtt, CloudMqttError, CloudMqttSettings, topic
+from cloud.publish import desired_bundle
 from cloud.store import BundleRecord, ConflictError, Store, StoreError
 from protos import telemetry_pb2
 
@@ -136,14 +137,7 @@ def push(
     """Publish (if needed), set desired state, hint. `hint(topic, payload)` -> acked."""
     targets = resolve_devices(store, device_ids, labels or {})
     rec = _resolve_bundle(home, store, source)
-    desired = {
-        "name": rec.name,
-        "version": rec.version,
-        "sequence": rec.sequence,
-        "target": rec.target_path,
-        "sha256": rec.efb_sha256,
-        "length": rec.size_bytes,
-    }
+    desired = desired_bundle(rec).to_dict()
     try:
         generations = store.set_desired(targets, desired, actor=actor)
     except StoreError as exc:

@@ -164,9 +164,9 @@ def _read(path: Path | None, flag: str) -> bytes:
 )
 @click.option(
     "--extras",
-    default="device",
-    show_default=True,
-    help="edgeflux extras for the robot, e.g. device,sim or gpu.",
+    default=None,
+    help="edgeflux extras for the robot (device | gpu, plus sim for the gym adapter); "
+    "default: device plus what --adapter needs (gym: device,sim).",
 )
 @click.option(
     "--extra-wheel",
@@ -227,7 +227,7 @@ def flash_cmd(
     director_key: Path | None,
     target_platform: str | None,
     target_python: str | None,
-    extras: str,
+    extras: str | None,
     extra_wheels: tuple[Path, ...],
     wheelhouse: Path | None,
     no_wheelhouse: bool,
@@ -257,10 +257,15 @@ def flash_cmd(
         flash,
         parse_target,
     )
+    from edgeflux.provision.extras import ExtrasError, robot_extras
     from fleet.config import AgentConfig
     from runtime.cli import parse_key_values
     from runtime.config import RuntimeConfig
 
+    try:
+        extras = robot_extras(adapter, extras)
+    except ExtrasError as exc:
+        raise click.UsageError(f"{exc} (nothing was written)") from exc
     console = Console(stderr=True)
     plat = target_platform or _host_platform()
     py = target_python or f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -345,16 +350,22 @@ def flash_cmd(
             TextColumn("flashing {task.description}"),
             BarColumn(),
             DownloadColumn(),
+            TextColumn("{task.fields[files]}"),
             console=console,
             transient=True,
         ) as bar:
-            task = bar.add_task(device_id, total=None)
+            task = bar.add_task(device_id, total=None, files="")
+
+            def files(done: int, total: int) -> None:
+                bar.update(task, files=f"{done}/{total} files")
+
             report = flash(
                 materials,
                 target,
                 force=force,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 log=lambda msg: console.log(msg, highlight=False),
+                files_progress=files,
             )
     except (FlashError, WheelhouseError) as exc:
         raise click.ClickException(str(exc)) from exc

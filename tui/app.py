@@ -148,7 +148,12 @@ class EdgeFluxApp(ConsoleApp):
                 ConnectionChanged(
                     False,
                     f"✖ {self.plane_name} disconnected — retrying in {delay:.1f}s "
-                    f"({reason.strip()[:80]})",
+                    f"({reason.strip()[:80]})"
+                    + (
+                        "; no --cert/--key/--ca given: an mTLS plane refuses plaintext"
+                        if getattr(self.client, "plaintext", False)
+                        else ""
+                    ),
                 )
             )
             self._stop.wait(delay)

@@ -76,7 +76,7 @@ def render_text(statement: dict[str, Any], *, verified_by: str | None = None) ->
     lines.append("gates:")
     for g in p.get("gates", []):
         where = f" [{g['task']}]" if g.get("task") else ""
-        mark = "ok  " if g.get("outcome") == "pass" else "FAIL"
+        mark = {"pass": "ok  ", "unknown": "??  "}.get(str(g.get("outcome")), "FAIL")
         lines.append(f"  {mark} {g.get('name')}{where}: {g.get('reason')}")
     exe = p.get("execution", {})
     lines.append("")

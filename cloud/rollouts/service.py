@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cloud.publish import desired_bundle
 from cloud.rollouts.engine import (
     ACTIVE_STATES,
     COMMITTED,
@@ -50,6 +51,7 @@ from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
 from cloud.store import RolloutRecord, Store, parse_label_selector
 from protos import admin_pb2, common_pb2
+from runtime.desired_state import BundleRef, DesiredStateError
 
 __all__ = ["RolloutService", "register", "rollout_to_pb"]
 
@@ -69,8 +71,16 @@ def _ts(epoch: float) -> Timestamp:
     return ts
 
 
+def _ref(obj: object) -> BundleRef | None:
+    """A stored bundle dict as a reference; None for none or for one that is malformed."""
+    try:
+        return BundleRef.from_dict(obj)
+    except DesiredStateError:
+        return None
+
+
 def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
-    b = r.spec.bundle
+    b = _ref(r.spec.bundle) or BundleRef(name="?")
     waves = [
         admin_pb2.RolloutWave(
             index=w.index,
@@ -84,11 +94,7 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
     ]
     return admin_pb2.Rollout(
         id=r.id,
-        bundle=common_pb2.BundleRef(
-            name=str(b.get("name", "")),
-            version=str(b.get("version", "")),
-            sequence=int(b.get("sequence", 0) or 0),
-        ),
+        bundle=common_pb2.BundleRef(name=b.name, version=b.version, sequence=b.sequence),
         state=r.state,
         waves=waves,
         created_at=_ts(r.created_at),
@@ -98,12 +104,8 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
 
 
 def _matches(bundle: Mapping[str, Any] | None, spec_bundle: Mapping[str, Any]) -> bool:
-    if not bundle or bundle.get("name") != spec_bundle.get("name"):
-        return False
-    if bundle.get("version") and bundle.get("version") == spec_bundle.get("version"):
-        return True
-    seq = int(bundle.get("sequence", 0) or 0)
-    return seq != 0 and seq == int(spec_bundle.get("sequence", 0) or 0)
+    ref = _ref(bundle)
+    return ref is not None and ref.same_bundle(_ref(spec_bundle))
 
 
 def device_outcome(
@@ -213,14 +215,7 @@ class RolloutService:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"label_selector: {exc}") from exc
         except PushError as exc:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        desired = {
-            "name": rec.name,
-            "version": rec.version,
-            "sequence": rec.sequence,
-            "target": rec.target_path,
-            "sha256": rec.efb_sha256,
-            "length": rec.size_bytes,
-        }
+        desired = desired_bundle(rec).to_dict()
         try:
             spec = RolloutSpec(
                 bundle=desired,

@@ -201,7 +201,8 @@ class ControlPlane:
             except PushError as exc:
                 raise PlaneStartError(str(exc)) from exc
         settings = dataclasses.replace(settings, client_id="edgeflux-plane-ingest")
-        ingest = Ingest(store, settings)
+        dropped = self.metrics.ingest_dropped
+        ingest = Ingest(store, settings, on_drop=lambda reason: dropped.labels(reason).inc())
         try:
             ingest.start()
         except CloudMqttError as exc:
@@ -298,6 +299,9 @@ class ControlPlane:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        router = self.plane.extensions.get("router") if self.plane is not None else None
+        if router is not None:  # settles calls in flight, signs the audit log's final head
+            await router.close()
         if self.ingest is not None:
             await asyncio.to_thread(self.ingest.stop)
             self.ingest = None

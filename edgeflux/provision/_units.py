@@ -29,8 +29,7 @@ UMask=0077
 def install_unit() -> bytes:
     return b"""\
 [Unit]
-Description=EdgeFlux first-boot install (offline, from /opt/edgeflux/wheelhouse)
-ConditionPathExists=!/opt/edgeflux/venv/.edgeflux-installed
+Description=EdgeFlux install (offline, from /opt/edgeflux/wheelhouse; a no-op when current)
 Before=edgeflux-runtime.service edgeflux-agent.service
 
 [Service]
@@ -109,8 +108,10 @@ def install_script(extras: str, version: str) -> bytes:
     """First-boot installer: builds /opt/edgeflux/venv from the wheelhouse with no network.
 
     It derives the root from its own location, so simulated robots (a directory as
-    root) install the same way as real ones. A venv without the completion marker is
-    discarded and rebuilt, so an interrupted install heals on the next boot.
+    root) install the same way as real ones. The completion stamp records what was
+    installed (`edgeflux[extras]==version`): a venv whose stamp is missing (an
+    interrupted install) or names anything else (a reflash with other extras or
+    another version) is discarded and rebuilt, so the robot converges to its flash.
     """
     return f"""#!/bin/sh
 # EdgeFlux offline installer (written by `edgeflux flash`).
@@ -130,14 +131,14 @@ if [ -z "$PY" ]; then
   echo "edgeflux install: no Python >= 3.11 found (set EDGEFLUX_PYTHON)" >&2
   exit 1
 fi
-if [ -f "$VENV/.edgeflux-installed" ]; then
-  echo "edgeflux install: already installed in $VENV"
+WANT="edgeflux[{extras}]=={version}"
+if [ "$(cat "$VENV/.edgeflux-installed" 2>/dev/null)" = "$WANT" ]; then
+  echo "edgeflux install: $WANT already installed in $VENV"
   exit 0
 fi
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --no-index --find-links "$OPT/wheelhouse" \\
-  "edgeflux[{extras}]=={version}"
-touch "$VENV/.edgeflux-installed"
-echo "edgeflux install: installed edgeflux[{extras}]=={version} into $VENV"
+"$VENV/bin/python" -m pip install --quiet --no-index --find-links "$OPT/wheelhouse" "$WANT"
+echo "$WANT" > "$VENV/.edgeflux-installed"
+echo "edgeflux install: installed $WANT into $VENV"
 """.encode()

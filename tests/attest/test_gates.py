@@ -150,7 +150,7 @@ def test_student_not_run_through_the_signed_file_is_refused() -> None:
     other = dataclasses.replace(RUNTIME, onnx_sha256="cd" * 32)
     assert "not the signed" in _failed([_task()], runtime=other)["student_via_runtime"]
     torch_arm = dataclasses.replace(RUNTIME, via_session=False)
-    assert "PolicySession" in _failed([_task()], runtime=torch_arm)["student_via_runtime"]
+    assert "runtime.kernel" in _failed([_task()], runtime=torch_arm)["student_via_runtime"]
 
 
 def test_degraded_student_is_not_attested_with_precise_evidence() -> None:
