@@ -47,34 +47,24 @@ from cloud.ingest_decode import DEFAULT_MAX_SKEW_S, Decoded, Dropped, decode
 from cloud.mqtt import PREFIX, SHARE_GROUP, CloudMqtt, CloudMqttSettings, Delivery
 from cloud.store import ConflictError, Store, StoreUnavailable
 from cloud.store.ingest_batch import record_telemetry_many
+from cloud.store.quarantine import QuarantineRecord, QuarantineStore
 
 __all__ = [
     "Decoded",
     "Dropped",
     "Ingest",
     "IngestSettings",
-    "QuarantineItem",
     "decode",
     "exclusive_filters",
     "ingest_cmd",
+    "quarantine_cmd",
     "shared_filters",
 ]
 
 log = logging.getLogger(__name__)
 
-Quarantine = Callable[[Sequence["QuarantineItem"]], None]
-
-
-@dataclass(frozen=True)
-class QuarantineItem:
-    """A dropped message kept for inspection (see :class:`Ingest`'s ``quarantine``)."""
-
-    device_id: str
-    topic: str
-    reason: str
-    detail: str
-    payload: bytes
-    received_at: dt.datetime
+Quarantine = Callable[[Sequence[QuarantineRecord]], None]
+"""Where dropped messages go for inspection (default: the store's quarantine table)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +146,7 @@ class Ingest:
         self.counters: Counter[str] = Counter()
         self._on_committed = on_committed
         self._on_drop = on_drop
-        self._quarantine = quarantine
+        self._quarantine = quarantine or QuarantineStore(store.engine).put_many
         self._drop_log = _DropLog(self.settings.drop_log_interval_s)
         self._queue: queue.Queue[Work] = queue.Queue()
         self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
@@ -222,7 +212,7 @@ class Ingest:
         s = self.settings
         done: list[Decoded] = []
         telemetry: list[tuple[Decoded, Work]] = []
-        dropped: list[QuarantineItem] = []
+        dropped: list[QuarantineRecord] = []
         for work in batch:
             delivery, received = work
             result = decode(
@@ -252,7 +242,7 @@ class Ingest:
         # only now may the broker forget them.
         for delivery, _ in batch:
             delivery.ack()
-        if dropped and self._quarantine is not None:
+        if dropped:
             try:
                 self._quarantine(dropped)
             except Exception as exc:  # best effort: inspection must not cost ingest
@@ -261,14 +251,20 @@ class Ingest:
         if done and self._on_committed is not None:
             self._on_committed(done, time.time())
 
-    def _drop(self, d: Dropped, work: Work) -> QuarantineItem:
+    def _drop(self, d: Dropped, work: Work) -> QuarantineRecord:
         self.counters[f"dropped.{d.reason}"] += 1
         if self._on_drop is not None:
             self._on_drop(d.reason)
         self._drop_log(d)
         delivery, received = work
-        return QuarantineItem(
-            d.device_id, delivery.topic, d.reason, d.detail, delivery.payload, received
+        return QuarantineRecord(
+            device_id=d.device_id,
+            topic=delivery.topic,
+            reason=d.reason,
+            detail=d.detail,
+            received_at=received,
+            payload=delivery.payload,
+            size_bytes=len(delivery.payload),
         )
 
     def _remember(self, key: tuple[str, str, int]) -> None:
@@ -277,7 +273,7 @@ class Ingest:
             self._seen.popitem(last=False)
 
     def _write_telemetry(
-        self, items: list[tuple[Decoded, Work]], dropped: list[QuarantineItem]
+        self, items: list[tuple[Decoded, Work]], dropped: list[QuarantineRecord]
     ) -> list[Decoded]:
         """One transaction for all telemetry of the batch; row by row if that fails.
 
@@ -398,3 +394,50 @@ def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bo
     ingest.stop()
     store.close()
     click.echo(json.dumps(dict(ingest.counters), sort_keys=True), err=True)
+
+
+@click.command("quarantine")
+@click.option(
+    "--home",
+    "home_dir",
+    type=click.Path(file_okay=False),
+    envvar="EDGEFLUX_CLOUD_HOME",
+    default=".",
+    show_default=True,
+)
+@click.option("--device", "device_id", help="Only this device's messages.")
+@click.option("--reason", help="Only this reason (e.g. bad_time, bad_string, out_of_range).")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (payload hex).")
+def quarantine_cmd(
+    home_dir: str, device_id: str | None, reason: str | None, limit: int, as_json: bool
+) -> None:
+    """Show the newest messages ingest dropped, newest first."""
+    from cloud.home import CloudHome, HomeError
+    from cloud.store import StoreError
+
+    try:
+        home = CloudHome.at(home_dir)
+        home.check()
+        store = Store.open(home.database_url(home.config()))
+        rows = QuarantineStore(store.engine).recent(device_id, reason=reason, limit=limit)
+    except (HomeError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    store.close()
+    for r in rows:
+        if as_json:
+            item = {
+                "device_id": r.device_id,
+                "topic": r.topic,
+                "reason": r.reason,
+                "detail": r.detail,
+                "received_at": r.received_at.isoformat(),
+                "size_bytes": r.size_bytes,
+                "payload_hex": r.payload.hex(),
+            }
+            click.echo(json.dumps(item, sort_keys=True))
+        else:
+            stamp = r.received_at.strftime("%Y-%m-%d %H:%M:%S")
+            click.echo(f"{stamp}  {r.device_id or '-'}  {r.reason}  {r.detail}")
+    if not rows and not as_json:
+        click.echo("nothing quarantined", err=True)

@@ -619,6 +619,7 @@ def _conclude(
     providers: set[str] = set()
     onnx_digests: set[str] = set()
     interventions: dict[str, Counter[str]] = {t.name: Counter() for t in spec.tasks}
+    steps: dict[str, int] = {t.name: 0 for t in spec.tasks}
     for i, task in enumerate(spec.tasks):
         student: dict[int, gates.Episode] = {}
         teacher: dict[int, gates.Episode] = {}
@@ -634,6 +635,7 @@ def _conclude(
             for e in r["teacher"]:
                 teacher[int(e["seed"])] = _episode(e, teacher_hashes)
             interventions[task.name].update(r.get("student_interventions", {}))
+            steps[task.name] += sum(int(e["length"]) for e in r["student"])
         m = state["margins"][task.name]
         evidence.append(
             gates.TaskEvidence(
@@ -713,6 +715,7 @@ def _conclude(
                 "kernel_settings": kernel_settings(manifest),
                 "settings_digest": settings_digest(manifest),
                 "interventions": {k: dict(sorted(v.items())) for k, v in interventions.items()},
+                "steps": steps,
             },
             "reference": {
                 "kind": spec.teacher,

@@ -12,17 +12,21 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import cloud.ingest
 from cloud.broker_config import BrokerConfig, write_broker_config
+from cloud.cli import cloud as cloud_cli
 from cloud.home import CloudHome, init_home
 from cloud.ingest import Decoded, Dropped, Ingest, IngestSettings, decode
 from cloud.mqtt import CloudMqttSettings, Delivery
 from cloud.store import Store, TelemetryRecord
+from cloud.store.quarantine import QuarantineRecord, QuarantineStore
 from cloud.testing import running_plane
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles, topic
 from tests.cloud.poison import cases, good_batch, good_event
@@ -117,6 +121,10 @@ def test_a_thousand_poison_messages_cost_no_normal_message_across_a_restart(
                     "every poison message dropped",
                 )
                 first = dict(ingest.counters)
+                metric = plane.control.metrics.registry.get_sample_value(
+                    "edgeflux_cloud_ingest_dropped_total", {"reason": "bad_time"}
+                )
+                assert metric is not None and metric > 0
             # The plane is down: the broker queues for ingest's persistent session.
             sent += _send_round(devs, poison, seqs, rounds_down)
             with running_plane(home.root, **plane_args) as plane:  # type: ignore[arg-type]
@@ -136,6 +144,7 @@ def test_a_thousand_poison_messages_cost_no_normal_message_across_a_restart(
                     assert len(plane.store.telemetry(name, limit=10_000)) == total
                     assert len(plane.store.events(name, limit=10_000)) == total
                 assert plane.store.telemetry(POISON) == []
+                quarantined = QuarantineStore(plane.store.engine).recent(POISON, limit=10_000)
     assert sent == 1000
     dropped = lambda c: sum(v for k, v in c.items() if k.startswith("dropped."))  # noqa: E731
     # Acknowledged once dropped: the restarted plane sees only what was sent while down.
@@ -146,6 +155,16 @@ def test_a_thousand_poison_messages_cost_no_normal_message_across_a_restart(
     for _, _, _, reason in cases(POISON, 1):
         expected[reason] = expected.get(reason, 0) + 1
     assert {k.removeprefix("dropped.") for k in first if k.startswith("dropped.")} == set(expected)
+    # Bounded: the newest 100 of this device are kept, each with its reason and payload.
+    assert len(quarantined) == 100
+    assert {q.reason for q in quarantined} <= set(expected)
+    assert all(q.device_id == POISON and q.payload for q in quarantined)
+    shown = CliRunner().invoke(
+        cloud_cli, ["quarantine", "--home", str(home.root), "--device", POISON, "--json"]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert len(shown.output.splitlines()) == 20
+    assert json.loads(shown.output.splitlines()[0])["device_id"] == POISON
 
 
 # ------------------------------------------------------------- a store error isolates its row
@@ -206,3 +225,108 @@ def test_every_hostile_case_is_dropped_for_its_reason() -> None:
         assert isinstance(d, Dropped), name
         assert d.reason == reason, (name, d)
         assert d.device_id == "robot-x"
+
+
+# ------------------------------------------------------------------------- clock sanity
+
+
+def _process(ing: Ingest, *messages: tuple[str, bytes]) -> None:
+    acks = _Acks()
+    batch = [
+        (Delivery(t, p, mid, 1, acks), dt.datetime.now(dt.UTC))
+        for mid, (t, p) in enumerate(messages)
+    ]
+    ing._process(batch)
+    assert sorted(acks.mids) == list(range(len(messages)))
+
+
+def test_a_future_timestamp_never_becomes_newest(store_url: str) -> None:
+    """9999-12-31 is clamped to the receive time: later real telemetry still moves the
+    device's health and active bundle, and presence cannot set last_seen to 9999."""
+    from protos import telemetry_pb2
+
+    store = Store.open(store_url)
+    store.add_device("robot-a", "0" * 64)
+    ing = Ingest(store, CloudMqttSettings(host="127.0.0.1", port=free_port()), IngestSettings())
+    far = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+    _process(ing, (topic("robot-a", "telemetry"), good_batch("robot-a", 1, at=far)))
+    assert ing.counters["clamped_time"] == 1
+    health = store.require_device("robot-a").health
+    assert health is not None and health["at"] < "2100"
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    b = telemetry_pb2.TelemetryBatch(device_id="robot-a", sequence=2)
+    p = b.points.add(loop_p50_ms=7.0)
+    p.at.FromDatetime(later)
+    p.active_bundle.name, p.active_bundle.version = "pick", "1.1.0"
+    _process(ing, (topic("robot-a", "telemetry"), b.SerializeToString()))
+    dev = store.require_device("robot-a")
+    assert dev.health is not None and dev.health["loop_p50_ms"] == 7.0
+    assert dev.active_bundle is not None and dev.active_bundle["version"] == "1.1.0"
+    st = telemetry_pb2.DeviceState(device_id="robot-a", online=True)
+    st.at.FromDatetime(far)
+    _process(ing, (topic("robot-a", "state"), st.SerializeToString()))
+    seen = store.require_device("robot-a").last_seen
+    assert seen is not None and seen.year < 2100
+    store.close()
+
+
+def test_health_poisoned_before_the_clamp_heals_with_the_next_point(store_url: str) -> None:
+    """A health summary dated 9999 (stored before stamps were clamped) is not "newest"."""
+    from cloud.store.ingest_batch import record_telemetry_many
+
+    store = Store.open(store_url)
+    store.add_device("robot-a", "0" * 64)
+    far = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    point = TelemetryRecord(at=far, loop_p50_ms=1.0)
+    assert record_telemetry_many(store, [("robot-a", 1, [point], now)]) == [True]
+    fresh = TelemetryRecord(at=now, loop_p50_ms=2.0)
+    limit = now + dt.timedelta(minutes=5)
+    assert record_telemetry_many(store, [("robot-a", 2, [fresh], now)], limit) == [True]
+    health = store.require_device("robot-a").health
+    assert health is not None and health["loop_p50_ms"] == 2.0
+    store.close()
+
+
+def test_skew_within_the_limit_is_kept_and_beyond_is_clamped() -> None:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    near = now + dt.timedelta(seconds=299)
+    far = now + dt.timedelta(seconds=301)
+    for at, expected, clamped in ((near, near, 0), (far, now, 1)):
+        d = decode(topic("robot-x", "telemetry"), good_batch("robot-x", 1, at=at), now)
+        assert isinstance(d, Decoded) and d.telemetry is not None
+        assert d.telemetry[0].at == expected
+        assert d.clamped == clamped
+    d = decode(topic("robot-x", "telemetry"), good_batch("robot-x", 1, at=far), now, max_skew_s=600)
+    assert isinstance(d, Decoded) and d.clamped == 0
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+def test_the_quarantine_is_bounded_per_device_and_in_all(store_url: str) -> None:
+    store = Store.open(store_url)
+    qs = QuarantineStore(store.engine, per_device=5, total=12, payload_bytes=8)
+    now = dt.datetime.now(dt.UTC)
+
+    def rec(device: str, i: int) -> QuarantineRecord:
+        return QuarantineRecord(
+            device_id=device,
+            topic=f"edgeflux/v1/devices/{device}/telemetry",
+            reason="bad_string",
+            detail=f"message {i} with a NUL \x00 quoted",
+            received_at=now,
+            payload=b"\x00" * 20,
+            size_bytes=20,
+        )
+
+    qs.put_many([rec("noisy", i) for i in range(50)])
+    qs.put_many([rec("quiet", 0)])
+    noisy = qs.recent("noisy")
+    assert [r.detail.split()[1] for r in noisy] == ["49", "48", "47", "46", "45"]
+    assert qs.recent("quiet")[0].payload == b"\x00" * 8 and qs.recent("quiet")[0].size_bytes == 20
+    for d in ("a", "b", "c"):
+        qs.put_many([rec(d, i) for i in range(5)])
+    assert len(qs.recent(limit=100)) == 12  # the oldest rows went first
+    assert qs.recent("quiet") == []
+    store.close()
