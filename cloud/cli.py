@@ -444,13 +444,16 @@ def up_cmd(
     import asyncio
     import signal
 
+    from cloud.plane_services import PLANE_SERVICES
     from cloud.server.app import ControlPlane, PlaneStartError
     from runtime.config import ConfigError
 
     home = _home(home_dir)
     overrides = {"listen_host": listen_host, "grpc_port": grpc_port, "metrics_port": metrics_port}
     try:
-        control = ControlPlane(home, overrides, broker=broker, ingest=ingest)
+        control = ControlPlane(
+            home, overrides, broker=broker, ingest=ingest, factories=PLANE_SERVICES
+        )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -549,7 +552,7 @@ def bundles_cmd(home_dir: Path, name: str | None, as_json: bool) -> None:
 # ------------------------------------------------------------------------- tuf
 @click.group("tuf")
 def tuf_group() -> None:
-    """The TUF repository (DESIGN.md §4: every key but the CA's rotates through TUF)."""
+    """The TUF repository (every key but the CA's rotates through TUF)."""
 
 
 @tuf_group.command("rotate")

@@ -249,6 +249,7 @@ def flash_cmd(
 
     from edgeflux._version import __version__
     from edgeflux.provision import (
+        REALTIME_DEFAULTS,
         FlashError,
         FlashMaterials,
         WheelhouseError,
@@ -297,6 +298,7 @@ def flash_cmd(
             "grpc_target": f"{grpc_host}:{grpc_port}",
         }
         runtime_given = {
+            **REALTIME_DEFAULTS,
             **parse_key_values(runtime_options, "--runtime-option"),
             "adapter": adapter,
             "adapter_options": parse_key_values(adapter_options, "--adapter-option"),
@@ -308,6 +310,7 @@ def flash_cmd(
     # Write only what was chosen here; everything else keeps the robot's defaults.
     agent_values = agent.model_dump(mode="json", include=set(agent_given))
     runtime_values = runtime_cfg.model_dump(mode="json", include=set(runtime_given))
+    runtime_values = {k: v for k, v in runtime_values.items() if v is not None}  # None: default
 
     try:
         target = parse_target(target_spec, ssh_identity=ssh_key, known_hosts=known_hosts)

@@ -221,7 +221,7 @@ class RobotEffects:
         if dest.exists():
             shutil.rmtree(dest)
         try:
-            # The signed TUF length caps what extraction may write (DESIGN.md §3).
+            # The signed TUF length caps what extraction may write.
             unpack_bundle(download, dest, max_total_bytes=target.length)
             verified = verify_bundle(dest, TrustStore(self.agent.layout.trust))
         except BundleError as exc:

@@ -1,4 +1,4 @@
-"""The update state machine on the robot (DESIGN.md §7).
+"""The update state machine on the robot (docs/architecture.md, "The update state machine").
 
 ``IDLE → HINTED → REFRESHED → DOWNLOADED → VERIFIED → ATTESTED → STAGED → WARMED →
 SHADOW → SWITCHED → HEALTH_WINDOW → COMMITTED``, with ``FAILED(reason)`` and

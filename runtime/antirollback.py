@@ -1,7 +1,7 @@
 """Anti-rollback counters: a device never goes back to an older bundle.
 
 One counter per bundle name: the highest ``sequence`` this device has *committed*
-(DESIGN.md §7: only at COMMITTED, by an explicit `commit` call; verification only
+(only at COMMITTED, by an explicit `commit` call; verification only
 reads). The root digest committed with it is kept too, so a second, different
 bundle that reuses the same sequence number is refused as well.
 
@@ -21,15 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomicio import atomic_write_json
-from runtime.bundle.errors import BundleRollbackError
+from runtime.bundle.errors import AntiRollbackError, BundleRollbackError
 
 __all__ = ["AntiRollbackError", "AntiRollbackStore", "BundleRollbackError"]
 
 _SCHEMA = "edgeflux.antirollback/v1"
-
-
-class AntiRollbackError(RuntimeError):
-    """The counter file cannot be read or written (corrupt, wrong schema, I/O error)."""
 
 
 class AntiRollbackStore:

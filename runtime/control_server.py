@@ -79,6 +79,8 @@ def status_to_proto(s: StatusInfo) -> runtime_control_pb2.RuntimeStatus:
         tries_left=s.slots.tries_left,
         reason=s.reason,
         swaps=s.swaps,
+        scheduling=s.scheduling,
+        realtime=s.realtime,
     )
 
 

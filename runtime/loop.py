@@ -37,6 +37,7 @@ from runtime.envelope import FALLBACK_REASONS, Reason, SafetyEnvelope
 from runtime.kernel import PolicyKernel
 from runtime.manifest import BundleManifest
 from runtime.metrics import LatencyHistogram, LoopCounters, MetricsSnapshot
+from runtime.realtime import Scheduling, enter_loop_thread
 
 __all__ = [
     "ControlLoop",
@@ -82,7 +83,7 @@ class LoadedPolicy:
 
 @dataclass(frozen=True)
 class ShadowResult:
-    """How a candidate behaved beside the active policy (DESIGN.md §7 SHADOW)."""
+    """How a candidate behaved beside the active policy (the update's shadow step)."""
 
     ticks: int
     compared: int
@@ -168,6 +169,7 @@ class ControlLoop:
         watchdog: bool = True,
         spin_us: float = 0.0,
         realtime_priority: int | None = None,
+        loop_cpus: tuple[int, ...] | None = None,
         on_tick: Callable[[int], None] | None = None,
     ) -> None:
         self.adapter = adapter
@@ -175,6 +177,9 @@ class ControlLoop:
         self._rate_override = rate_hz
         self._spin_ns = int(spin_us * 1000)
         self._rt_priority = realtime_priority
+        self._loop_cpus = loop_cpus
+        self.scheduling: Scheduling | None = None
+        """How the loop thread is scheduled (set when it starts running)."""
         self._watchdog_enabled = watchdog
         self._on_tick = on_tick
         self._write_lock = threading.Lock()
@@ -315,8 +320,7 @@ class ControlLoop:
     def run(self, *, ticks: int | None = None, duration_s: float | None = None) -> MetricsSnapshot:
         """Run until `stop()`, `ticks` ticks or `duration_s` seconds; returns the metrics."""
         self._stop.clear()
-        if self._rt_priority is not None:
-            _make_realtime(self._rt_priority)
+        self.scheduling = enter_loop_thread(self._rt_priority, self._loop_cpus)
         if self._watchdog_enabled:
             self._watchdog = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
             self._watchdog.start()

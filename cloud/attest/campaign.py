@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = "edgeflux.parity/v1"
-# Known-good returns (REFERENCES.md: oracle MPPI ≈ −155, SAC ≈ −157 on Pendulum-v1).
+# Known-good returns on Pendulum-v1: oracle MPPI ≈ −155, SAC ≈ −157.
 # The teacher must close at least `min_teacher_gain` of the gap random → reference.
 REFERENCE_RETURNS = {"Pendulum-v1": -150.0}
 # Environments whose episodes may end before max_episode_steps (then the length gate
@@ -619,6 +619,7 @@ def _conclude(
     providers: set[str] = set()
     onnx_digests: set[str] = set()
     interventions: dict[str, Counter[str]] = {t.name: Counter() for t in spec.tasks}
+    steps: dict[str, int] = {t.name: 0 for t in spec.tasks}
     for i, task in enumerate(spec.tasks):
         student: dict[int, gates.Episode] = {}
         teacher: dict[int, gates.Episode] = {}
@@ -634,6 +635,7 @@ def _conclude(
             for e in r["teacher"]:
                 teacher[int(e["seed"])] = _episode(e, teacher_hashes)
             interventions[task.name].update(r.get("student_interventions", {}))
+            steps[task.name] += sum(int(e["length"]) for e in r["student"])
         m = state["margins"][task.name]
         evidence.append(
             gates.TaskEvidence(
@@ -713,6 +715,7 @@ def _conclude(
                 "kernel_settings": kernel_settings(manifest),
                 "settings_digest": settings_digest(manifest),
                 "interventions": {k: dict(sorted(v.items())) for k, v in interventions.items()},
+                "steps": steps,
             },
             "reference": {
                 "kind": spec.teacher,

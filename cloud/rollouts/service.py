@@ -1,6 +1,6 @@
 """The rollout handler of the control plane's admin API, and the driver that runs waves.
 
-``register(server, plane)`` (listed in ``cloud.server.app.SERVICE_FACTORIES``) puts a
+``register(server, plane)`` (listed in ``cloud.plane_services.PLANE_SERVICES``) puts a
 :class:`RolloutService` in ``plane.extensions["rollouts"]``; the admin service routes
 ``CreateRollout`` … ``AbortRollout`` to it after checking the operator (admin for
 changes, any operator for reads). It adds no gRPC service of its own.

@@ -1,7 +1,7 @@
 """RouterService over gRPC: the I/O shell around the pure `Router`.
 
 `register(server, plane)` mounts it on the control plane (listed in
-`cloud.server.app.SERVICE_FACTORIES`). It reads the `[router]` table of the plane's
+`cloud.plane_services.PLANE_SERVICES`). It reads the `[router]` table of the plane's
 config file (`RouterSettings`), keeps budgets in the plane's store (`SqlLedger`, so
 replicas share them), writes the audit log to ``state/router-audit.jsonl`` signed with
 ``keys/router-audit.key`` (created on first start), and calls backends — AgentService

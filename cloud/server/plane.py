@@ -3,7 +3,7 @@
 A package that adds a gRPC service to the control plane (attestation, router) writes
 ``register(server: grpc.aio.Server, plane: Plane) -> list[str]`` returning the full
 service names it added (for reflection and health), and is listed in
-``cloud.server.app.SERVICE_FACTORIES``. A package may also put a handler object in
+``cloud.plane_services.PLANE_SERVICES``. A package may also put a handler object in
 ``plane.extensions`` (e.g. ``plane.extensions["rollouts"]``, used by the admin
 service's rollout RPCs).
 """

@@ -6,7 +6,19 @@ the robot's root filesystem (a mounted SD card, an SSH prefix, an image).
 
 from __future__ import annotations
 
-__all__ = ["agent_unit", "install_script", "install_unit", "runtime_unit"]
+__all__ = [
+    "REALTIME_DEFAULTS",
+    "agent_unit",
+    "install_script",
+    "install_unit",
+    "runtime_unit",
+]
+
+# What a flash writes into the robot's runtime.toml unless the operator chose otherwise
+# (`--runtime-option realtime_priority=null` turns real-time off): the loop thread on
+# SCHED_FIFO 50 (other runtime threads at 49), memory locked. The runtime unit grants
+# the privileges for it.
+REALTIME_DEFAULTS: dict[str, object] = {"realtime_priority": 50, "lock_memory": True}
 
 # A hardening baseline that still lets the runtime reach robot I/O (UDP, serial via
 # DeviceAllow in a drop-in) and write only its own state.
@@ -67,8 +79,15 @@ RuntimeDirectory=edgeflux
 RuntimeDirectoryPreserve=yes
 StateDirectory=edgeflux
 ReadWritePaths=/var/lib/edgeflux /run/edgeflux
-Nice=-10
+# Real-time: the runtime puts its loop thread on SCHED_FIFO itself (realtime_priority
+# in runtime.toml) and locks its memory (lock_memory); these grant it the right to, as
+# root or as a User= (ambient capabilities). Pin the whole service to cores with a
+# drop-in (CPUAffinity=), the loop thread alone with loop_cpus in runtime.toml.
+AmbientCapabilities=CAP_SYS_NICE CAP_IPC_LOCK
+LimitRTPRIO=99
 LimitMEMLOCK=infinity
+CPUSchedulingResetOnFork=yes
+Nice=-10
 """
         + _HARDENING
         + """
