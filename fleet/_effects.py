@@ -193,6 +193,7 @@ class RobotEffects:
             target_path=path,
             length=target.length,
             sha256=target.sha256,
+            max_action_divergence=bundle.gate.max_action_divergence if bundle.gate else None,
         )
 
     def check_desired_state(self, target: TargetInfo, timeout_s: float) -> None:
@@ -220,7 +221,7 @@ class RobotEffects:
         if dest.exists():
             shutil.rmtree(dest)
         try:
-            # The signed TUF length caps what extraction may write (DESIGN.md §3).
+            # The signed TUF length caps what extraction may write.
             unpack_bundle(download, dest, max_total_bytes=target.length)
             verified = verify_bundle(dest, TrustStore(self.agent.layout.trust))
         except BundleError as exc:
