@@ -216,6 +216,9 @@ def device_add_cmd(
 
     home = _home(home_dir)
     parsed = _parse_labels(labels)
+    taken = home.identity_taken(device_id, "device")
+    if taken:
+        raise click.ClickException(f"{taken}; nothing was issued")
     try:
         creds = home.load_ca().issue_device(device_id)
     except (PKIError, HomeError) as exc:
@@ -259,10 +262,19 @@ def device_revoke_cmd(device_id: str, home_dir: Path) -> None:
     finally:
         store.close()
     click.echo(f"revoked {device_id}")
-    _refresh_crl(home, revoked)
+    if _refresh_crl(home, revoked):
+        _tell_broker(home, device_id)
 
 
-def _refresh_crl(home: Any, revoked: set[str]) -> None:
+def _tell_broker(home: Any, identity: str) -> None:
+    """Reload the broker (new CRL) and close the revoked identity's connection."""
+    from cloud.broker_reload import apply_revocation
+
+    for line in apply_revocation(home, identity):
+        click.echo(line, err=line.startswith(("warning", "note")))
+
+
+def _refresh_crl(home: Any, revoked: set[str]) -> bool:
     """The control plane refuses revoked certificates already; the CRL tells the broker."""
     from cloud.home import HomeError
     from cloud.pki import PKIError
@@ -275,8 +287,9 @@ def _refresh_crl(home: Any, revoked: set[str]) -> None:
             "the CA passphrase so the broker refuses the certificate too",
             err=True,
         )
-        return
+        return False
     click.echo(f"CRL updated: {home.crl}")
+    return True
 
 
 @click.command("devices")
@@ -352,12 +365,29 @@ def operator_add_cmd(name: str, home_dir: Path, role: str) -> None:
     crt, _ = home.operator_paths(name)
     if crt.exists():
         raise click.ClickException(f"operator {name!r} already exists ({crt}); nothing was issued")
+    taken = home.identity_taken(name, "operator") or _device_named(home, name)
+    if taken:
+        raise click.ClickException(f"{taken}; nothing was issued")
     try:
         creds = home.load_ca().issue_operator(name, role)
     except (PKIError, HomeError) as exc:
         raise click.ClickException(str(exc)) from exc
     crt, key = creds.write(home.operators, name)
     click.echo(f"operator {name} ({role}): certificate {crt}, key {key}")
+
+
+def _device_named(home: Any, name: str) -> str | None:
+    """A device registered in the store under `name` (also one revoked or flashed elsewhere)."""
+    from cloud.store import StoreError
+
+    store = _store(home)
+    try:
+        found = store.get_device(name)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    return f"{name!r} is already a device; pick another operator name" if found else None
 
 
 @operator_group.command("revoke")
@@ -385,7 +415,8 @@ def operator_revoke_cmd(name: str, home_dir: Path) -> None:
     finally:
         store.close()
     click.echo(f"revoked operator {name} (certificate {fp[:16]}…)")
-    _refresh_crl(home, revoked)
+    if _refresh_crl(home, revoked):
+        _tell_broker(home, name)
 
 
 @click.command("crl")

@@ -65,7 +65,12 @@ class AgentConfig(BaseModel):
     )
     shadow_ticks: int = Field(500, ge=1)
     health_window_ticks: int = Field(500, ge=0)
-    shadow_divergence_max: float = Field(0.25, ge=0)
+    shadow_divergence_max: float | None = Field(
+        None,
+        ge=0,
+        description="action-divergence limit in shadow where the rollout sets none "
+        "(unset: measured and reported, not enforced)",
+    )
     shadow_latency_p99_ms_max: float = Field(5.0, gt=0)
     health_miss_rate_max_increase: float = Field(0.01, ge=0)
     health_intervention_rate_max_increase: float = Field(0.01, ge=0)

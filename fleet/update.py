@@ -155,6 +155,8 @@ class TargetInfo:
     target_path: str
     length: int
     sha256: str
+    max_action_divergence: float | None = None
+    """The rollout's action-divergence limit for the shadow check (None: not set)."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,9 @@ class ShadowResult:
 
 @dataclass(frozen=True)
 class ShadowThresholds:
-    divergence_max: float = 0.25
-    """Largest allowed |candidate − active| action difference, in action units."""
+    divergence_max: float | None = None
+    """Largest allowed |candidate − active| action difference, in action units, where
+    the rollout sets none; None: measured and reported, not enforced."""
     nan_rate_max: float = 0.0
     latency_p99_ms_max: float = 5.0
     envelope_violations_max: int = 0
@@ -230,26 +233,38 @@ class StepDeadlines:
         }.get(state, 60.0)
 
 
-def judge_shadow(result: ShadowResult, t: ShadowThresholds) -> tuple[Reason, str] | None:
-    """None when the candidate may be actuated, else why not (NaN first: it poisons max)."""
+def judge_shadow(
+    result: ShadowResult, t: ShadowThresholds, divergence_limit: float | None = None
+) -> tuple[Reason, str] | None:
+    """None when the candidate may be actuated, else why not (NaN first: it poisons max).
+
+    The candidate's own health on live observations is always judged (NaN, latency,
+    envelope interventions). Its divergence from the active policy is judged only
+    against a limit: the rollout's (`divergence_limit`), else the robot's; it is
+    named in every verdict either way.
+    """
+    limit = divergence_limit if divergence_limit is not None else t.divergence_max
+    div = f"max action divergence {result.divergence_max:.4g}"
+    div += f" (limit {limit:.4g})" if limit is not None else " (not enforced)"
     if result.ticks < t.min_ticks:
         return Reason.SHADOW_FAILED, f"shadow ran {result.ticks} ticks, need {t.min_ticks}"
     if result.nan_rate > t.nan_rate_max or result.divergence_max != result.divergence_max:
-        return Reason.SHADOW_NAN, f"NaN rate {result.nan_rate:.4f} > {t.nan_rate_max}"
-    if result.divergence_max > t.divergence_max:
+        return Reason.SHADOW_NAN, f"NaN rate {result.nan_rate:.4f} > {t.nan_rate_max}; {div}"
+    if limit is not None and result.divergence_max > limit:
         return (
             Reason.SHADOW_DIVERGENCE,
-            f"max action divergence {result.divergence_max:.4g} > {t.divergence_max:.4g}",
+            f"max action divergence {result.divergence_max:.4g} > {limit:.4g}",
         )
     if result.latency_p99_ms > t.latency_p99_ms_max:
         return (
             Reason.SHADOW_LATENCY,
-            f"p99 latency {result.latency_p99_ms:.3f} ms > {t.latency_p99_ms_max} ms",
+            f"p99 latency {result.latency_p99_ms:.3f} ms > {t.latency_p99_ms_max} ms; {div}",
         )
     if result.envelope_violations > t.envelope_violations_max:
         return (
             Reason.SHADOW_ENVELOPE,
-            f"{result.envelope_violations} envelope violations > {t.envelope_violations_max}",
+            f"{result.envelope_violations} envelope violations > "
+            f"{t.envelope_violations_max}; {div}",
         )
     return None
 
@@ -290,7 +305,7 @@ class UpdateRecord(BaseModel):
     hint_sequence: int = 0
     generation: int = 0
     rollout_id: str = ""
-    target: dict[str, str | int] = Field(default_factory=dict)
+    target: dict[str, str | int | float] = Field(default_factory=dict)
     bundle_dir: str = ""
     download_path: str = ""
     entered_at: float = 0.0
@@ -306,6 +321,7 @@ class UpdateRecord(BaseModel):
             target_path=str(t["target_path"]),
             length=int(t["length"]),
             sha256=str(t["sha256"]),
+            max_action_divergence=_limit(t.get("max_action_divergence")),
         )
 
 
@@ -518,13 +534,17 @@ class UpdateRunner:
             e.warm(budget)
         elif s is State.WARMED:
             result = e.shadow(budget)
-            verdict = judge_shadow(result, self.shadow_thresholds)
+            limit = target.max_action_divergence
+            verdict = judge_shadow(result, self.shadow_thresholds, limit)
             if verdict is not None:
                 raise UpdateError(*verdict)
+            limit = limit if limit is not None else self.shadow_thresholds.divergence_max
+            enforced = f"limit {limit:.4g}" if limit is not None else "not enforced"
             # The shadow evidence travels with the SHADOW event (and so into the store).
             return {
                 "detail": (
-                    f"shadow {result.ticks} ticks: max divergence {result.divergence_max:.4g}, "
+                    f"shadow {result.ticks} ticks: max divergence {result.divergence_max:.4g} "
+                    f"({enforced}), "
                     f"NaN rate {result.nan_rate:.4g}, p99 {result.latency_p99_ms:.3f} ms, "
                     f"envelope violations {result.envelope_violations}"
                 )
@@ -573,8 +593,8 @@ class UpdateRunner:
         return self._enter(record, State.ROLLED_BACK, reason, detail)
 
 
-def _target_dict(t: TargetInfo) -> dict[str, str | int]:
-    return {
+def _target_dict(t: TargetInfo) -> dict[str, str | int | float]:
+    out: dict[str, str | int | float] = {
         "name": t.name,
         "version": t.version,
         "sequence": t.sequence,
@@ -582,6 +602,13 @@ def _target_dict(t: TargetInfo) -> dict[str, str | int]:
         "length": t.length,
         "sha256": t.sha256,
     }
+    if t.max_action_divergence is not None:
+        out["max_action_divergence"] = t.max_action_divergence
+    return out
+
+
+def _limit(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _reason_for(state: State) -> Reason:

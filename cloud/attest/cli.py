@@ -14,6 +14,7 @@ Usage::
     edgeflux attest run --remote pendulum@1.0.0 --campaign campaign.toml --home ./plane
 
     edgeflux attest get <policy sha256> --home ./plane --out pendulum.att.json
+    edgeflux attest get ./bundles/pendulum-1.0.0 --home ./plane      # its policy's attestation
     edgeflux attest verify pendulum.att.json --trust ./trust --bundle ./bundles/pendulum-1.0.0
     edgeflux attest show pendulum.att.json --trust ./trust --png parity.png
 
@@ -410,7 +411,7 @@ def _store_attestation(home: Any, raw: bytes) -> None:
 
 # ------------------------------------------------------------------------- get
 @attest.command("get")
-@click.argument("digest")
+@click.argument("digest", metavar="DIGEST|BUNDLE")
 @_home_option
 @click.option("--server", help="host:port of the control plane (default: from the home).")
 @click.option("--operator", default="admin", show_default=True, help="Operator identity.")
@@ -434,10 +435,13 @@ def get_cmd(
     raw_dsse: bool,
     as_json: bool,
 ) -> None:
-    """Fetch the attestation for a policy.onnx DIGEST over gRPC (mTLS) and show it."""
+    """Fetch the attestation for a policy.onnx DIGEST (or a bundle directory's policy)
+    over gRPC (mTLS) and show it."""
     import grpc
 
     from protos import attestation_pb2, attestation_pb2_grpc
+
+    digest = _policy_digest(digest)
 
     server, creds = _connection(home_dir, server, operator, cert, key_file, ca)
     with grpc.secure_channel(server, creds) as channel:
@@ -473,6 +477,26 @@ def get_cmd(
         click.echo(_readable(raw, home_dir))
         if out is not None:
             click.echo(f"attestation: {out}")
+
+
+def _policy_digest(given: str) -> str:
+    """A sha256 hex digest as given, or the digest of a bundle directory's policy.onnx."""
+    import hashlib
+    import re
+
+    from runtime.bundle import POLICY_NAME
+
+    path = Path(given)
+    if path.is_dir():
+        policy = path / POLICY_NAME
+        if not policy.is_file():
+            raise click.ClickException(f"{path} is not a bundle: it has no {POLICY_NAME}")
+        return hashlib.sha256(policy.read_bytes()).hexdigest()
+    if not re.fullmatch(r"[0-9a-f]{64}", given):
+        raise click.UsageError(
+            f"{given!r} is neither a policy sha256 (64 hex digits) nor a bundle directory"
+        )
+    return given
 
 
 def _readable(raw: bytes, home_dir: Path | None) -> str:
