@@ -35,7 +35,7 @@ class GroupSpec:
 GROUPS: dict[str, GroupSpec] = {
     "bundle": GroupSpec(
         "Create, sign, verify, inspect and pack model bundles.",
-        "runtime.cli_bundle:bundle",
+        "edgeflux.bundle:bundle",
         "signed bundles",
     ),
     "runtime": GroupSpec(

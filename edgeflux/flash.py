@@ -248,9 +248,7 @@ def flash_cmd(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from edgeflux._version import __version__
-    from fleet.config import AgentConfig
-    from runtime.cli import parse_key_values
-    from runtime.flash import (
+    from edgeflux.provision import (
         FlashError,
         FlashMaterials,
         WheelhouseError,
@@ -259,7 +257,9 @@ def flash_cmd(
         flash,
         parse_target,
     )
-    from runtime.service import RuntimeConfig
+    from fleet.config import AgentConfig
+    from runtime.cli import parse_key_values
+    from runtime.config import RuntimeConfig
 
     console = Console(stderr=True)
     plat = target_platform or _host_platform()

@@ -15,8 +15,6 @@ target (name, sequence, hash) the refresh resolved.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import logging
@@ -25,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fleet.tuf_client import DiskFullError, GrpcFetcher, TufClient, TufClientError, TufView
 from fleet.update import HealthReport, Reason, ShadowResult, TargetInfo, UpdateError
 from protos import device_pb2, device_pb2_grpc
+from protos.dsse import Envelope, EnvelopeFormatError
 
 if TYPE_CHECKING:
     from fleet.agent import Agent
@@ -45,21 +43,6 @@ DESIRED_STATE_SCHEMA = "edgeflux.desired-state/v1"
 MAX_ENVELOPE_BYTES = 64 * 1024
 
 
-def _b64(text: Any) -> bytes:
-    if not isinstance(text, str):
-        raise ValueError("not a base64 string")
-    padded = text + "=" * (-len(text) % 4)
-    try:
-        return base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError):
-        return base64.urlsafe_b64decode(padded)
-
-
-def _pae(payload_type: str, body: bytes) -> bytes:
-    t = payload_type.encode()
-    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
-
-
 def verify_desired_state(
     raw: bytes, director: ed25519.Ed25519PublicKey, device_id: str, now: dt.datetime
 ) -> dict[str, Any]:
@@ -68,26 +51,15 @@ def verify_desired_state(
     def bad(why: str) -> UpdateError:
         return UpdateError(Reason.DESIRED_STATE_INVALID, f"desired state {why}")
 
-    if len(raw) > MAX_ENVELOPE_BYTES:
-        raise bad(f"envelope is {len(raw)} bytes (limit {MAX_ENVELOPE_BYTES})")
     try:
-        env = json.loads(raw)
-        payload_type = env["payloadType"]
-        body = _b64(env["payload"])
-        sigs = [_b64(s["sig"]) for s in env["signatures"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        env = Envelope.from_json(raw, max_bytes=MAX_ENVELOPE_BYTES)
+    except EnvelopeFormatError as exc:
         raise bad(f"is not a DSSE envelope: {exc}") from exc
-    if payload_type != DESIRED_STATE_PAYLOAD_TYPE:
-        raise bad(f"has payloadType {str(payload_type)[:80]!r}")
-    message = _pae(payload_type, body)
-    for sig in sigs:
-        try:
-            director.verify(sig, message)
-            break
-        except InvalidSignature:
-            continue
-    else:
+    if env.payload_type != DESIRED_STATE_PAYLOAD_TYPE:
+        raise bad(f"has payloadType {env.payload_type[:80]!r}")
+    if not env.keys_that_verify([("director", director)]):
         raise bad("is not signed by the director key in the trust store")
+    body = env.payload
     try:
         doc = json.loads(body)  # only the verified bytes are parsed
         if doc.get("_type") != DESIRED_STATE_SCHEMA:

@@ -24,8 +24,6 @@ the SubjectPublicKeyInfo PEM), so trusted keys come straight from
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,10 +31,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import grpc
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from protos import attestation_pb2, attestation_pb2_grpc
+from protos.dsse import Envelope, EnvelopeFormatError, signature_verifies
 from runtime.trust import key_id
 
 __all__ = [
@@ -93,23 +91,6 @@ class VerifiedAttestation:
     predicate: dict[str, Any]
 
 
-def _pae(payload_type: str, body: bytes) -> bytes:
-    # DSSE v1 protocol: "DSSEv1" SP len(type) SP type SP len(body) SP body, byte lengths.
-    t = payload_type.encode("utf-8")
-    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
-
-
-def _b64(text: Any, what: str) -> bytes:
-    if not isinstance(text, str) or not text:
-        raise AttestationRefused("malformed", f"{what} must be a non-empty base64 string")
-    padded = text + "=" * (-len(text) % 4)
-    alt = b"-_" if ("-" in text or "_" in text) else b"+/"
-    try:
-        return base64.b64decode(padded, altchars=alt, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise AttestationRefused("malformed", f"{what} is not valid base64") from exc
-
-
 def _time(value: Any, field: str) -> datetime:
     if not isinstance(value, str):
         raise AttestationRefused("malformed", f"predicate.{field} must be an RFC 3339 string")
@@ -133,47 +114,32 @@ def verify_attestation(
     now: datetime | None = None,
 ) -> VerifiedAttestation:
     """Check an attestation envelope against the staged bundle; raise AttestationRefused."""
-    if len(raw) > MAX_ENVELOPE_BYTES:
-        raise AttestationRefused("malformed", f"envelope of {len(raw)} bytes is too large")
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AttestationRefused("malformed", "the attestation is not JSON") from exc
-    if not isinstance(obj, dict):
-        raise AttestationRefused("malformed", "the attestation is not a DSSE envelope object")
-    payload_type = obj.get("payloadType")
-    if payload_type != PAYLOAD_TYPE:
+        envelope = Envelope.from_json(raw, max_bytes=MAX_ENVELOPE_BYTES, what="the attestation")
+    except EnvelopeFormatError as exc:
+        raise AttestationRefused("malformed", str(exc)) from exc
+    if envelope.payload_type != PAYLOAD_TYPE:
         raise AttestationRefused(
-            "payload_type", f"payloadType is {payload_type!r}; expected {PAYLOAD_TYPE!r}"
+            "payload_type", f"payloadType is {envelope.payload_type!r}; expected {PAYLOAD_TYPE!r}"
         )
-    payload = _b64(obj.get("payload"), "payload")
-    sigs = obj.get("signatures")
-    if not isinstance(sigs, list) or not sigs or not all(isinstance(s, dict) for s in sigs):
-        raise AttestationRefused("malformed", "the envelope carries no signatures")
     # Ids are recomputed from the key material, never taken from a file name.
     keys = {key_id(k): k for k in trusted_keys.values()}
-    candidates = [s for s in sigs if s.get("keyid") in keys]
+    candidates = [s for s in envelope.signatures if s.keyid in keys]
     if not candidates:
-        signed = ", ".join(str(s.get("keyid", ""))[:16] or "<none>" for s in sigs)
+        signed = ", ".join(s.keyid[:16] or "<none>" for s in envelope.signatures)
         raise AttestationRefused(
             "untrusted_key",
             f"signed by {signed}, not a trusted attestation key "
             f"(trusted: {', '.join(k[:16] for k in keys) or 'none'})",
         )
-    message = _pae(PAYLOAD_TYPE, payload)
-    verified_kid = None
-    for sig in candidates:
-        try:
-            keys[sig["keyid"]].verify(_b64(sig.get("sig"), "signature"), message)
-        except (InvalidSignature, AttestationRefused):
-            continue
-        verified_kid = str(sig["keyid"])
-        break
-    if verified_kid is None:
+    message = envelope.pae()
+    verified = [s.keyid for s in candidates if signature_verifies(keys[s.keyid], s.sig, message)]
+    if not verified:
         raise AttestationRefused(
             "bad_signature",
             "no signature by a trusted key verifies: the attestation was altered after signing",
         )
+    payload, verified_kid = envelope.payload, verified[0]
     return _check(payload, verified_kid, policy_sha256, root_digest, now or datetime.now(UTC))
 
 

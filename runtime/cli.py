@@ -77,9 +77,9 @@ def run_cmd(
     """Run the control loop on ROOT until stopped, serving RuntimeControl on its socket."""
     from runtime.adapters import AdapterError
     from runtime.bundle import BundleError
-    from runtime.config import ConfigError
+    from runtime.config import ConfigError, load_runtime_config
     from runtime.layout import RobotLayout
-    from runtime.service import RuntimeService, load_runtime_config
+    from runtime.service import RuntimeService
     from runtime.session import SessionError
     from runtime.slots import SlotError
 

@@ -11,6 +11,10 @@ source it came from::
 
 Component models should set ``model_config = ConfigDict(extra="forbid")`` so that
 a typo in a TOML key is an error rather than a silently ignored setting.
+
+The runtime's own model, :class:`RuntimeConfig`, lives here too, so that the tools
+that write a robot's configuration (``edgeflux flash``) validate it without
+loading the control loop or onnxruntime.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["ConfigError", "load_config"]
+from runtime.layout import RobotLayout
+
+__all__ = ["ConfigError", "RuntimeConfig", "load_config", "load_runtime_config"]
 
 M = TypeVar("M", bound=BaseModel)
 ENV_PREFIX = "EDGEFLUX_"
@@ -133,3 +139,46 @@ def _describe(
         else:
             lines.append(f"{field} = {value!r} (from {source}): {err['msg']}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+class RuntimeConfig(BaseModel):
+    """`[runtime]` in `<root>/etc/edgeflux/runtime.toml` (env: EDGEFLUX_RUNTIME_<FIELD>)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str = "gym"
+    """Robot I/O adapter name (entry-point group `edgeflux.adapters`): gym, udp, null, ..."""
+    adapter_options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the adapter, e.g. {env = "Pendulum-v1", seed = 0}."""
+    rate_hz: float | None = Field(default=None, gt=0, le=10_000)
+    """Override the manifest's control rate (Hz)."""
+    providers: list[str] | None = None
+    """Restrict execution providers further than the manifest does."""
+    intra_op_threads: int = Field(default=1, ge=1)
+    fp16: bool = False
+    """TensorRT FP16 engines (ignored on CUDA/CPU)."""
+    engine_cache_dir: Path | None = None
+    """TensorRT engine cache; default <root>/var/lib/edgeflux/engine-cache (never in a slot)."""
+    warmup_runs: int = Field(default=20, ge=0)
+    boot_tries: int = Field(default=3, ge=1)
+    """Start-up tries of an activated, uncommitted slot before falling back to the last good one."""
+    health_max_fallback_rate: float = Field(default=0.02, ge=0, le=1)
+    """Health window fails when more than this fraction of ticks got the fallback action."""
+    health_max_miss_rate: float = Field(default=0.05, ge=0, le=1)
+    """Health window fails when more than this fraction of tick slots missed their deadline."""
+    watchdog: bool = True
+    spin_us: float = Field(default=0.0, ge=0)
+    """Busy-wait this long before each tick for lower jitter (costs CPU)."""
+    swap_timeout_s: float = Field(default=5.0, gt=0)
+    realtime_priority: int | None = Field(default=None, ge=1, le=99)
+    """Run the loop thread SCHED_FIFO at this priority (needs CAP_SYS_NICE); None: normal."""
+    gil_switch_interval_ms: float = Field(default=0.5, gt=0)
+    """How long another Python thread (staging, gRPC) may hold the GIL while the loop waits;
+    CPython's default 5 ms is longer than a 500 Hz period."""
+
+
+def load_runtime_config(
+    layout: RobotLayout, overrides: dict[str, Any] | None = None
+) -> RuntimeConfig:
+    toml = layout.runtime_config if layout.runtime_config.is_file() else None
+    return load_config(RuntimeConfig, "runtime", toml_path=toml, overrides=overrides)

@@ -3,7 +3,8 @@
 Usage (what ``edgeflux runtime run`` does)::
 
     from runtime.layout import RobotLayout
-    from runtime.service import RuntimeConfig, RuntimeService
+    from runtime.config import RuntimeConfig
+    from runtime.service import RuntimeService
 
     svc = RuntimeService(RobotLayout.at("/tmp/robot-1"), RuntimeConfig(adapter="gym"))
     svc.start()          # lock the root, boot a verified slot, start loop + RuntimeControl
@@ -31,12 +32,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from runtime.adapters import RobotAdapter, load_adapter
 from runtime.antirollback import AntiRollbackStore
 from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bundle
-from runtime.config import load_config
+from runtime.config import RuntimeConfig
 from runtime.envelope import FALLBACK_REASONS
 from runtime.layout import RobotLayout
 from runtime.loop import (
@@ -54,52 +53,9 @@ from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotSto
 from runtime.trust import TrustStore
 from protos.lifecycle import Failure, Reason, RuntimeState
 
-__all__ = ["ControlError", "RuntimeConfig", "RuntimeService", "StatusInfo", "load_runtime_config"]
+__all__ = ["ControlError", "RuntimeService", "StatusInfo"]
 
 log = logging.getLogger(__name__)
-
-
-class RuntimeConfig(BaseModel):
-    """`[runtime]` in `<root>/etc/edgeflux/runtime.toml` (env: EDGEFLUX_RUNTIME_<FIELD>)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    adapter: str = "gym"
-    """Robot I/O adapter name (entry-point group `edgeflux.adapters`): gym, udp, null, ..."""
-    adapter_options: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for the adapter, e.g. {env = "Pendulum-v1", seed = 0}."""
-    rate_hz: float | None = Field(default=None, gt=0, le=10_000)
-    """Override the manifest's control rate (Hz)."""
-    providers: list[str] | None = None
-    """Restrict execution providers further than the manifest does."""
-    intra_op_threads: int = Field(default=1, ge=1)
-    fp16: bool = False
-    """TensorRT FP16 engines (ignored on CUDA/CPU)."""
-    engine_cache_dir: Path | None = None
-    """TensorRT engine cache; default <root>/var/lib/edgeflux/engine-cache (never in a slot)."""
-    warmup_runs: int = Field(default=20, ge=0)
-    boot_tries: int = Field(default=3, ge=1)
-    """Start-up tries of an activated, uncommitted slot before falling back to the last good one."""
-    health_max_fallback_rate: float = Field(default=0.02, ge=0, le=1)
-    """Health window fails when more than this fraction of ticks got the fallback action."""
-    health_max_miss_rate: float = Field(default=0.05, ge=0, le=1)
-    """Health window fails when more than this fraction of tick slots missed their deadline."""
-    watchdog: bool = True
-    spin_us: float = Field(default=0.0, ge=0)
-    """Busy-wait this long before each tick for lower jitter (costs CPU)."""
-    swap_timeout_s: float = Field(default=5.0, gt=0)
-    realtime_priority: int | None = Field(default=None, ge=1, le=99)
-    """Run the loop thread SCHED_FIFO at this priority (needs CAP_SYS_NICE); None: normal."""
-    gil_switch_interval_ms: float = Field(default=0.5, gt=0)
-    """How long another Python thread (staging, gRPC) may hold the GIL while the loop waits;
-    CPython's default 5 ms is longer than a 500 Hz period."""
-
-
-def load_runtime_config(
-    layout: RobotLayout, overrides: dict[str, Any] | None = None
-) -> RuntimeConfig:
-    toml = layout.runtime_config if layout.runtime_config.is_file() else None
-    return load_config(RuntimeConfig, "runtime", toml_path=toml, overrides=overrides)
 
 
 class ControlError(RuntimeError):

@@ -84,6 +84,22 @@ OWNERS = {
 }
 
 
+# The operator's tools that prepare a robot never load the inference engine.
+OPERATOR_TOOLS = ["edgeflux.provision", "edgeflux.flash", "edgeflux.bundle"]
+
+
+def test_flashing_and_bundle_authoring_load_no_onnxruntime() -> None:
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {OPERATOR_TOOLS!r}:\n"
+        "    importlib.import_module(m)\n"
+        "print(json.dumps(sorted(m for m in ('onnxruntime', 'torch', 'sqlalchemy')"
+        " if m in sys.modules)))\n"
+    )
+    loaded = json.loads(_run(code))
+    assert loaded == [], f"operator tools pulled in {loaded}"
+
+
 def test_packages_import_only_what_the_design_allows() -> None:
     bad = []
     for package, allowed in ALLOWED.items():

@@ -8,26 +8,27 @@ reads the in-toto Statement. DSSE signs PAE(payloadType, payload), not the JSON
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protos.dsse import Envelope, EnvelopeFormatError
 
 __all__ = [
     "TrustedKey",
     "TrustedKeyError",
     "Verification",
     "load_trusted_keys",
-    "pae",
     "verify_envelope",
 ]
+
+
+MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 
 
 class TrustedKeyError(ValueError):
@@ -51,12 +52,6 @@ class Verification:
     payload_type: str = ""
     statement: dict[str, Any] | None = None
     signer_sources: list[str] = field(default_factory=list)
-
-
-def pae(payload_type: str, payload: bytes) -> bytes:
-    """DSSE pre-authentication encoding: "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body."""
-    t = payload_type.encode()
-    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
 def _pem_keyid(key: Ed25519PublicKey) -> str:
@@ -116,61 +111,39 @@ def load_trusted_keys(path: Path | None) -> list[TrustedKey]:
     return [_load_one(p) for p in files]
 
 
-def _b64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} is not a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        # DSSE allows URL-safe base64 as well
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-
-
 def verify_envelope(dsse_json: bytes, keys: list[TrustedKey]) -> Verification:
     """Check the envelope's signatures against `keys`; parse the statement only if one verifies."""
     try:
-        env = json.loads(dsse_json)
-        payload_type = str(env["payloadType"])
-        payload = _b64(env["payload"], "payload")
-        sigs = env["signatures"]
-        if not isinstance(sigs, list) or not sigs:
-            raise ValueError("no signatures")
-    except (ValueError, KeyError, TypeError) as exc:
+        env = Envelope.from_json(dsse_json, max_bytes=MAX_ENVELOPE_BYTES)
+    except EnvelopeFormatError as exc:
         return Verification(False, f"malformed DSSE envelope: {exc}")
+    payload_type = env.payload_type
     if not keys:
         return Verification(
             False,
             "no trusted attestation keys given (--attestation-keys): signature NOT checked",
             payload_type=payload_type,
         )
-    message = pae(payload_type, payload)
-    for sig in sigs:
+    # try the key each signature names first, then the rest
+    named = {s.keyid for s in env.signatures}
+    ordered = sorted(keys, key=lambda k: k.keyid not in named)
+    signers = env.keys_that_verify((str(i), tk.key) for i, tk in enumerate(ordered))
+    if signers:
+        tk = ordered[int(signers[0])]
         try:
-            sig_bytes = _b64(sig.get("sig"), "signature")
-        except (ValueError, AttributeError):
-            continue
-        keyid = str(sig.get("keyid", "")) if isinstance(sig, dict) else ""
-        # try the key the signature names first, then the rest
-        ordered = sorted(keys, key=lambda k: k.keyid != keyid)
-        for tk in ordered:
-            try:
-                tk.key.verify(sig_bytes, message)
-            except InvalidSignature:
-                continue
-            try:
-                statement = json.loads(payload)
-            except ValueError as exc:
-                return Verification(False, f"signature valid but payload is not JSON: {exc}")
-            if not isinstance(statement, dict):
-                return Verification(False, "signature valid but payload is not a JSON object")
-            return Verification(
-                True,
-                f"signature verified with trusted key {tk.keyid[:16]}… ({Path(tk.source).name})",
-                keyid=tk.keyid,
-                payload_type=payload_type,
-                statement=statement,
-                signer_sources=[tk.source],
-            )
+            statement = json.loads(env.payload)
+        except ValueError as exc:
+            return Verification(False, f"signature valid but payload is not JSON: {exc}")
+        if not isinstance(statement, dict):
+            return Verification(False, "signature valid but payload is not a JSON object")
+        return Verification(
+            True,
+            f"signature verified with trusted key {tk.keyid[:16]}… ({Path(tk.source).name})",
+            keyid=tk.keyid,
+            payload_type=payload_type,
+            statement=statement,
+            signer_sources=[tk.source],
+        )
     return Verification(
         False,
         f"no signature verifies with the {len(keys)} trusted attestation key(s)",

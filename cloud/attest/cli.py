@@ -20,6 +20,9 @@ Usage::
 `verify` is offline: it needs only the attestation, the trusted attestation keys
 (``<trust>/attestation/*.pem``) and either the bundle or its two digests. It exits 1
 with the refusal reason when the attestation does not hold.
+
+Exit codes of `run`: 0 attested, 3 not attested (the campaign ran and the signed
+verdict is ``not_attested``), 1 an error (nothing attested), 2 a usage error.
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ from typing import Any
 
 import click
 
-__all__ = ["attest"]
+from distill.errors import DistillError
+
+__all__ = ["EXIT_NOT_ATTESTED", "attest"]
+
+EXIT_NOT_ATTESTED = 3
+"""`attest run` ran to the end and signed a `not_attested` verdict (errors exit 1)."""
 
 _home_option = click.option(
     "--home",
@@ -176,13 +184,20 @@ def run_cmd(
         key = statement.load_key(key_file)
     except (campaign.CampaignError, statement.StatementError) as exc:
         raise click.ClickException(str(exc)) from exc
+    _check_tasks(spec, campaign_file)
     if workdir is None:
         import hashlib
 
         from runtime.bundle import POLICY_NAME
 
-        digest = hashlib.sha256((bundle / POLICY_NAME).read_bytes()).hexdigest()
-        workdir = Path("campaigns") / f"{spec.name}-{digest[:16]}"
+        policy = bundle / POLICY_NAME
+        if not policy.is_file():
+            raise click.ClickException(f"{bundle} is not a bundle: it has no {POLICY_NAME}")
+        digest = hashlib.sha256(policy.read_bytes()).hexdigest()
+        # The campaign's own digest is part of the name: an edited campaign (a fixed
+        # task, another margin) starts afresh instead of colliding with the old state,
+        # while rerunning the same command resumes.
+        workdir = Path("campaigns") / f"{spec.name}-{digest[:16]}-{spec.digest()[:8]}"
 
     columns = (
         TextColumn("{task.description}"),
@@ -202,11 +217,14 @@ def run_cmd(
             )
         except campaign.CampaignError as exc:
             raise click.ClickException(str(exc)) from exc
+        except DistillError as exc:  # raised in a worker: an environment it cannot build
+            raise click.ClickException(f"{campaign_file}: {exc}") from exc
         except KeyboardInterrupt:
             click.echo(f"stopped; rerun the same command to resume from {workdir}", err=True)
             raise
     if out is not None:
         shutil.copyfile(result.attestation_path, out)
+    plot = _plot_beside(result.statement, out or result.attestation_path)
     stored = False
     if home is not None:
         _store_attestation(home, result.attestation_path.read_bytes())
@@ -217,6 +235,7 @@ def run_cmd(
         "policy_sha256": result.bundle.policy_sha256,
         "root_digest": result.bundle.root_digest,
         "stored_in_control_plane": stored,
+        "plot": str(plot) if plot else None,
         "tasks": [
             {k: t.get(k) for k in ("name", "n_pairs", "mean_diff", "p_tost", "p_holm", "outcome")}
             for t in result.statement["predicate"]["tasks"]
@@ -224,11 +243,65 @@ def run_cmd(
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
-        return
-    from cloud.attest.report import render_text
+    else:
+        from cloud.attest.report import render_text
 
-    click.echo(render_text(result.statement, verified_by=key.key_id))
-    click.echo(f"attestation: {summary['attestation']}" + (" (stored)" if stored else ""))
+        click.echo(render_text(result.statement, verified_by=key.key_id))
+        click.echo(f"attestation: {summary['attestation']}" + (" (stored)" if stored else ""))
+        if plot is not None:
+            click.echo(f"plot: {plot}")
+    _exit_for(result.verdict)
+
+
+def _exit_for(verdict: str) -> None:
+    if verdict != "attested":
+        sys.exit(EXIT_NOT_ATTESTED)
+
+
+def plot_path(attestation: Path) -> Path:
+    """Where `attest run` puts the plot of an attestation file: beside it, `.png`."""
+    return attestation.with_suffix(".png")
+
+
+def _plot_beside(stmt: dict[str, Any], attestation: Path) -> Path | None:
+    from cloud.attest.report import plot_differences
+
+    try:
+        return plot_differences(stmt, plot_path(attestation))
+    except (ValueError, OSError) as exc:
+        click.echo(f"no plot: {exc}", err=True)
+        return None
+
+
+def _check_tasks(spec: Any, campaign_file: Path) -> None:
+    """Build every task's environment once, before anything runs or is written: an
+    unknown env_id, a variant the environment lacks or a value out of range is named
+    here, in one line, instead of failing inside a worker."""
+    try:
+        from distill.envs import make_env
+    except ImportError as exc:
+        raise click.ClickException(
+            f"a campaign needs gymnasium ({exc.name or exc}); pip install 'edgeflux[sim]'"
+        ) from exc
+    for i, task in enumerate(spec.tasks):
+        try:
+            make_env(task.env_id, task.variant).close()
+        except DistillError as exc:
+            raise click.ClickException(f"{campaign_file}: task {i} ({task.name!r}): {exc}") from exc
+    teacher = spec.teacher
+    if teacher != "oracle-mppi":
+        import importlib
+
+        module, _, attr = teacher.partition(":")
+        try:
+            ok = bool(attr) and callable(getattr(importlib.import_module(module), attr, None))
+        except ImportError:
+            ok = False
+        if not ok:
+            raise click.ClickException(
+                f"{campaign_file}: teacher {teacher!r} is neither 'oracle-mppi' nor an "
+                "importable 'module:factory'"
+            )
 
 
 def _run_remote(
@@ -290,6 +363,7 @@ def _run_remote(
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"{final.verdict}: {name} {version} (policy {final.subject_sha256[:16]}…)")
+    _exit_for(final.verdict)
 
 
 def _err_console() -> Any:
@@ -324,6 +398,9 @@ def _store_attestation(home: Any, raw: bytes) -> None:
 @click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the DSSE.")
+@click.option(
+    "--raw", "raw_dsse", is_flag=True, help="Print the DSSE envelope itself (base64 payload)."
+)
 @click.option("--json", "as_json", is_flag=True)
 def get_cmd(
     digest: str,
@@ -334,9 +411,10 @@ def get_cmd(
     key_file: Path | None,
     ca: Path | None,
     out: Path | None,
+    raw_dsse: bool,
     as_json: bool,
 ) -> None:
-    """Fetch the attestation for a policy.onnx DIGEST over gRPC (mTLS)."""
+    """Fetch the attestation for a policy.onnx DIGEST over gRPC (mTLS) and show it."""
     import grpc
 
     from protos import attestation_pb2, attestation_pb2_grpc
@@ -369,10 +447,42 @@ def get_cmd(
                 }
             )
         )
-    elif out is None:
+    elif raw_dsse:
         sys.stdout.buffer.write(raw + b"\n")
     else:
-        click.echo(f"{reply.verdict}: {reply.bundle.name} {reply.bundle.version} → {out}")
+        click.echo(_readable(raw, home_dir))
+        if out is not None:
+            click.echo(f"attestation: {out}")
+
+
+def _readable(raw: bytes, home_dir: Path | None) -> str:
+    """The report of a fetched envelope; its signature checked against the home's trust
+    store when there is one."""
+    from cloud.attest import report, statement
+
+    if home_dir is not None:
+        try:
+            checked = statement.verify_envelope(
+                raw,
+                _trusted(_home(home_dir).trust),
+                require_attested=False,
+                check_time=False,
+            )
+        except statement.StatementError as exc:
+            raise click.ClickException(f"refused ({exc.reason}): {exc}") from exc
+        return report.render_text(checked.statement, verified_by=checked.key_id)
+    return report.render_text(_decode(raw, "the fetched attestation"))
+
+
+def _decode(raw: bytes, what: str) -> dict[str, Any]:
+    import base64
+    import binascii
+
+    try:
+        stmt: dict[str, Any] = json.loads(base64.b64decode(json.loads(raw)["payload"]))
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise click.ClickException(f"{what}: not a DSSE envelope ({exc})") from exc
+    return stmt
 
 
 # ------------------------------------------------------------------------- verify
@@ -454,9 +564,6 @@ def verify_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print the statement as JSON.")
 def show_cmd(attestation: Path, trust_dir: Path | None, png: Path | None, as_json: bool) -> None:
     """Print a readable report of ATTESTATION; optionally plot the paired differences."""
-    import base64
-    import binascii
-
     from cloud.attest import report, statement
 
     raw = attestation.read_bytes()
@@ -470,10 +577,7 @@ def show_cmd(attestation: Path, trust_dir: Path | None, png: Path | None, as_jso
             raise click.ClickException(f"refused ({exc.reason}): {exc}") from exc
         stmt, verified_by = checked.statement, checked.key_id
     else:
-        try:
-            stmt = json.loads(base64.b64decode(json.loads(raw)["payload"]))
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-            raise click.ClickException(f"{attestation}: not a DSSE envelope ({exc})") from exc
+        stmt = _decode(raw, str(attestation))
     if as_json:
         click.echo(json.dumps(stmt, indent=2))
     else:
@@ -485,3 +589,5 @@ def show_cmd(attestation: Path, trust_dir: Path | None, png: Path | None, as_jso
             raise click.ClickException(str(exc)) from exc
         if not as_json:
             click.echo(f"plot: {png}")
+    elif not as_json and plot_path(attestation).is_file():
+        click.echo(f"plot: {plot_path(attestation)}")

@@ -98,7 +98,8 @@ def render_text(statement: dict[str, Any], *, verified_by: str | None = None) ->
 
 
 def plot_differences(statement: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """One panel per task: paired differences, their mean and (1 − 2α) CI, the margin band."""
+    """Two rows, one column per task. Top: paired differences, their mean and (1 − 2α) CI
+    against the equivalence margin band. Bottom: the two arms' return distributions."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,10 +111,13 @@ def plot_differences(statement: dict[str, Any], path: str | os.PathLike[str]) ->
     tasks = [t for t in p.get("tasks", []) if t.get("student_returns")]
     if not tasks:
         raise ValueError("the attestation carries no per-task returns to plot")
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 1, 4), squeeze=False)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.2 * len(tasks) + 1, 7), squeeze=False)
     rng = np.random.default_rng(0)
-    for ax, t in zip(axes[0], tasks, strict=True):
-        d = np.subtract(t["student_returns"], t["teacher_returns"])
+    for col, t in enumerate(tasks):
+        ax, dist = axes[0][col], axes[1][col]
+        student = np.asarray(t["student_returns"], dtype=float)
+        teacher = np.asarray(t["teacher_returns"], dtype=float)
+        d = student - teacher
         m = t["margin"]
         ax.axhspan(m["low"], m["high"], color="tab:green", alpha=0.15, label="margin")
         ax.axhline(0.0, color="grey", lw=0.8)
@@ -134,7 +138,13 @@ def plot_differences(statement: dict[str, Any], path: str | os.PathLike[str]) ->
         ax.set_xlim(-0.5, 1.0)
         ax.set_title(f"{t['name']}: {t.get('outcome', '?')}", fontsize=10)
         ax.set_ylabel("student − teacher return")
+        bins = np.histogram_bin_edges(np.concatenate([student, teacher]), bins="auto")
+        dist.hist(teacher, bins=bins, alpha=0.5, color="tab:orange", label="teacher")
+        dist.hist(student, bins=bins, alpha=0.5, color="tab:blue", label="student")
+        dist.set_xlabel("episode return")
+        dist.set_ylabel("episodes")
     axes[0][0].legend(loc="lower left", fontsize=8)
+    axes[1][0].legend(loc="upper left", fontsize=8)
     fig.suptitle(f"parity: {p.get('verdict', '?')}", fontsize=11)
     fig.tight_layout()
     out = Path(path)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.bundle._dsse import Envelope, EnvelopeFormatError
+from protos.dsse import Envelope, EnvelopeFormatError
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -147,7 +147,7 @@ def parse_sigstore_bundle(raw: bytes) -> SigstoreBundle:
     if "dsseEnvelope" not in obj:
         raise OmsFormatError("dsseEnvelope is missing (message signatures are not accepted)")
     try:
-        envelope = Envelope.from_json_obj(obj["dsseEnvelope"])
+        envelope = Envelope.from_json_obj(obj["dsseEnvelope"], what="dsseEnvelope", single=True)
     except EnvelopeFormatError as exc:
         raise OmsFormatError(str(exc)) from exc
     return SigstoreBundle(key_hint=hint, envelope=envelope)

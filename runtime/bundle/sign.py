@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from protos.dsse import sign as dsse_sign
 from runtime.atomicio import atomic_write_bytes, atomic_write_text
-from runtime.bundle._dsse import Envelope, pae
 from runtime.bundle._files import ProgressFn, hash_open_file, open_regular, walk_bundle
 from runtime.bundle._oms import (
     IN_TOTO_PAYLOAD_TYPE,
@@ -120,10 +120,9 @@ def sign_bundle(
     check_io_matches(info, bdir / _POLICY, manifest)
 
     payload = build_statement(bdir.resolve().name, digests)
-    signature = key.sign(pae(IN_TOTO_PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256()))
     bundle = SigstoreBundle(
         key_hint=key_id(key.public_key()),
-        envelope=Envelope(IN_TOTO_PAYLOAD_TYPE, payload, signature, keyid=""),
+        envelope=dsse_sign(key, IN_TOTO_PAYLOAD_TYPE, payload),
     )
     out = bdir / SIGNATURE_NAME
     atomic_write_text(out, bundle.to_json())

@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from runtime.bundle._dsse import pae
+from protos.dsse import signature_verifies
 from runtime.bundle._files import ProgressFn, hash_open_file, open_regular, walk_bundle
 from runtime.bundle._oms import (
     IN_TOTO_PAYLOAD_TYPE,
@@ -80,20 +78,11 @@ class VerifiedBundle:
     """Signed file name -> sha256 hex (model.sig excluded)."""
 
 
-def _hash_for(key: ec.EllipticCurvePublicKey) -> hashes.HashAlgorithm:
-    # OMS key mode pairs each curve with its hash (model-signing get_ec_key_hash).
-    size = key.curve.key_size
-    return hashes.SHA256() if size == 256 else hashes.SHA384() if size == 384 else hashes.SHA512()
-
-
 def _verify_with(key: PublicKey, signature: bytes, message: bytes) -> bool:
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        return False
-    try:
-        key.verify(signature, message, ec.ECDSA(_hash_for(key)))
-    except InvalidSignature:
-        return False
-    return True
+    # Model-signing keys are ECDSA; OMS key mode pairs each curve with its hash.
+    return isinstance(key, ec.EllipticCurvePublicKey) and signature_verifies(
+        key, signature, message
+    )
 
 
 def _short(ids: list[str]) -> str:
@@ -133,7 +122,7 @@ def verify_signature(bundle_dir: Path, trust: TrustStore) -> tuple[SignedManifes
             f"{where}: no model-signing keys are trusted in {store}; "
             "add one with `edgeflux bundle trust add`"
         )
-    message = pae(sb.envelope.payload_type, sb.envelope.payload)
+    message = sb.envelope.pae()
     if sb.key_hint:
         key = keys.get(sb.key_hint)
         if key is None:

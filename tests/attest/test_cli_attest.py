@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from cloud.attest import statement
 from cloud.testing import running_plane
+from cloud.attest.cli import EXIT_NOT_ATTESTED
 from edgeflux.cli import root
 from runtime.bundle import create_bundle, sign_bundle, verify_bundle
 from runtime.trust import TrustStore
@@ -48,7 +49,7 @@ def ran(tmp_path_factory):
             "--home", str(home.root), "--workdir", str(tmp / "work"),
             "--out", str(tmp / "att.json"), "--json",
         )  # fmt: skip
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == EXIT_NOT_ATTESTED, result.output
         summary = json.loads(result.stdout)
         # While the plane runs: what `attest run --home` stored is served over gRPC.
         got = _invoke(
@@ -69,6 +70,9 @@ def test_run_signs_and_stores_an_attestation_that_get_fetches(ran) -> None:
     summary = ran["summary"]
     assert summary["verdict"] == "not_attested"  # 4 pairs < the 30-pair minimum
     assert summary["stored_in_control_plane"] is True
+    # The plot lies beside the report it belongs to.
+    assert summary["plot"] == str(ran["tmp"] / "att.png")
+    assert (ran["tmp"] / "att.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert ran["get"].exit_code == 0, ran["get"].output
     assert json.loads(ran["get"].stdout)["verdict"] == "not_attested"
     fetched = (ran["tmp"] / "fetched.json").read_bytes()
@@ -152,7 +156,7 @@ def test_remote_run_executes_on_the_plane_and_is_served(ran, tmp_path: Path) -> 
     args += [str(ran["tmp"] / "campaign.toml"), "--home", str(plane.home.root)]
     args += ["--server", plane.address, "--out", str(tmp_path / "r.json"), "--json"]
     res = _invoke(*args)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == EXIT_NOT_ATTESTED, res.output
     summary = json.loads(res.stdout)
     assert summary["policy_sha256"] == rec.policy_sha256
     assert summary["verdict"] == "not_attested"
@@ -165,3 +169,62 @@ def test_remote_run_executes_on_the_plane_and_is_served(ran, tmp_path: Path) -> 
         root, ["attest", "run", "--remote", "nope", "--campaign", str(ran["tmp"] / "campaign.toml")]
     )
     assert res.exit_code == 2 and "NAME@VERSION" in res.output
+
+
+def test_get_shows_a_readable_report_and_the_raw_envelope_on_request(ran) -> None:
+    digest = ran["summary"]["policy_sha256"]
+    common = ["--home", str(ran["home"].root), "--server", ran["plane"].address]
+    res = _invoke("attest", "get", digest, *common)
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("Parity attestation: NOT_ATTESTED")
+    assert "signature: verified" in res.output and "payload" not in res.output
+    res = _invoke("attest", "get", digest, *common, "--raw")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["payloadType"] == "application/vnd.in-toto+json"
+
+
+def test_show_points_to_the_plot_beside_the_attestation(ran) -> None:
+    res = _invoke("attest", "show", str(ran["tmp"] / "att.json"))
+    assert res.exit_code == 0, res.output
+    assert f"plot: {ran['tmp'] / 'att.png'}" in res.output
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ('env_id = "Nope-v9"', "unknown environment 'Nope-v9'"),
+        ("variant = { mass = 2.0 }", "has no variant parameter 'mass'"),
+        ("variant = { m = 1000.0 }", "variant m=1000.0 is outside"),
+    ],
+)
+def test_a_task_that_cannot_be_built_is_one_line_and_writes_nothing(
+    ran, tmp_path: Path, monkeypatch, task: str, expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CAMPAIGN + task + "\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = CliRunner().invoke(
+        root, ["attest", "run", str(ran["bundle"]), "--campaign", str(bad),
+               "--home", str(ran["home"].root)],
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert expected in res.output and "task 0 ('nominal')" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_edited_campaign_of_the_same_name_does_not_collide(
+    ran, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    trust = ["--trust", str(ran["home"].trust)]
+    trust += ["--key", str(ran["home"].key_path("attestation", private=True))]
+    first = tmp_path / "c.toml"
+    first.write_text(CAMPAIGN)
+    res = _invoke("attest", "run", str(ran["bundle"]), "--campaign", str(first), *trust)
+    assert res.exit_code == EXIT_NOT_ATTESTED, res.output
+    first.write_text(CAMPAIGN.replace("episodes = 4", "episodes = 3"))
+    res = _invoke("attest", "run", str(ran["bundle"]), "--campaign", str(first), *trust)
+    assert res.exit_code == EXIT_NOT_ATTESTED, res.output
+    assert len(list((tmp_path / "campaigns").iterdir())) == 2

@@ -160,7 +160,7 @@ def force_sign(
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from runtime.bundle._dsse import Envelope, pae
+    from protos.dsse import Envelope, Signature, pae
     from runtime.bundle._oms import SigstoreBundle, build_statement
     from runtime.trust import key_id
 
@@ -177,7 +177,7 @@ def force_sign(
     key = serialization.load_pem_private_key(private_key.read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     sig = key.sign(pae(payload_type, payload), ec.ECDSA(hashes.SHA256()))
-    envelope = Envelope(payload_type, payload, sig, "")
+    envelope = Envelope(payload_type, payload, (Signature("", sig),))
     claimed = hint if hint is not None else key_id(key.public_key())
     text = SigstoreBundle(claimed, envelope).to_json()
     if extra_signatures:

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.bundle._dsse import Envelope, EnvelopeFormatError, b64decode_any, pae
+from protos.dsse import Envelope, EnvelopeFormatError, b64decode_any
 from runtime.bundle._oms import (
     OmsFormatError,
     build_statement,
@@ -25,17 +25,6 @@ from runtime.bundle._onnxwire import OnnxWireError, read_onnx_info
 from runtime.bundle.compat import version_tuple
 
 # --------------------------------------------------------------------- DSSE
-
-
-def test_pae_matches_the_dsse_spec_vector() -> None:
-    # secure-systems-lab/dsse protocol.md
-    assert pae("http://example.com/HelloWorld", b"hello world") == (
-        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
-    )
-
-
-def test_pae_counts_bytes_not_characters() -> None:
-    assert pae("é", b"\xff") == b"DSSEv1 2 \xc3\xa9 1 \xff"
 
 
 def test_base64_standard_and_url_safe_both_decode() -> None:

@@ -58,7 +58,7 @@ def test_flash_to_dir_lays_out_a_verified_robot(plane: Plane, bundle: Path, tmp_
 
     # the written configuration is what the runtime and the agent actually load
     from fleet.config import load_agent_config
-    from runtime.service import load_runtime_config
+    from runtime.config import load_runtime_config
 
     assert load_agent_config(layout).grpc_target == "127.0.0.1:7443"
     assert load_runtime_config(layout).adapter_options == {"env": "Pendulum-v1"}
@@ -143,7 +143,7 @@ def test_flash_killed_mid_copy_is_completed_by_a_rerun(
     # The child process dies (os._exit) right after writing the 4th file.
     code = f"""
 import os, sys
-import runtime.flash.targets as t
+import edgeflux.provision.targets as t
 real = t.DirTarget.write
 def dying(self, entries, progress):
     real(self, entries[:4], progress)
@@ -205,7 +205,7 @@ def test_robot_settings_are_validated_and_written(
     )
     assert code == 0, out
     from fleet.config import load_agent_config
-    from runtime.service import load_runtime_config
+    from runtime.config import load_runtime_config
 
     layout = RobotLayout.at(robot)
     assert load_agent_config(layout).shadow_ticks == 40

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.flash import DirTarget, FlashError, ImageTarget, SshTarget, parse_target
-from runtime.flash.wheels import WheelhouseError, check_wheelhouse, parse_python, wheel_fits
+from edgeflux.provision import DirTarget, FlashError, ImageTarget, SshTarget, parse_target
+from edgeflux.provision.wheels import WheelhouseError, check_wheelhouse, parse_python, wheel_fits
 
 
 @pytest.mark.parametrize(

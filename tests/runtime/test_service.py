@@ -11,9 +11,10 @@ import pytest
 from protos.lifecycle import Failure, Reason
 from runtime.antirollback import AntiRollbackStore
 from runtime.bundle import DeviceProfile
+from runtime.config import RuntimeConfig
 from runtime.control_client import RuntimeControlClient, RuntimeControlError
 from runtime.layout import RobotLayout
-from runtime.service import RuntimeConfig, RuntimeService
+from runtime.service import RuntimeService
 from runtime.slots import RuntimeLockedError
 from tests.runtime import _models
 from tests.runtime.conftest import OBS, BundleFactory

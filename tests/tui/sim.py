@@ -29,8 +29,8 @@ from protos import (
     router_pb2,
     router_pb2_grpc,
 )
+from protos.dsse import pae
 from tests.servers import free_port
-from tui.verify import pae
 
 T0 = 1_790_000_000  # a fixed "now" (2026-09-21) so rendered times never change
 SITES = ("lab", "plant", "yard")

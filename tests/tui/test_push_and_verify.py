@@ -11,10 +11,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protos.dsse import pae
 from tests.tui.sim import ATTESTATION_KEY, make_attestation, write_attestation_key
 from tui.push import plan_push, selector_devices
 from tui.store import DeviceRow, QueryError
-from tui.verify import TrustedKeyError, load_trusted_keys, pae, verify_envelope
+from tui.verify import TrustedKeyError, load_trusted_keys, verify_envelope
 
 
 def dev(i: int, version: str = "1.0.0", seq: int = 1, site: str = "lab") -> DeviceRow:
@@ -76,13 +77,6 @@ def _envelope_with(payload: bytes, key: Ed25519PrivateKey) -> bytes:
             "signatures": [{"keyid": "k", "sig": base64.b64encode(sig).decode()}],
         }
     ).encode()
-
-
-def test_pae_matches_the_dsse_spec_example() -> None:
-    # DSSE protocol.md: PAE("http://example.com/HelloWorld", "hello world")
-    assert pae("http://example.com/HelloWorld", b"hello world") == (
-        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
-    )
 
 
 def test_trusted_key_verifies_and_statement_is_read(tmp_path: Path) -> None:

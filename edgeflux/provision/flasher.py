@@ -22,10 +22,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from edgeflux.provision._plan import IDENTITY_CERT, RECORD_PATH, FlashMaterials, build_plan
+from edgeflux.provision.errors import FlashError
+from edgeflux.provision.targets import Target
 from runtime.bundle import BundleError, VerifiedBundle, verify_bundle
-from runtime.flash._plan import IDENTITY_CERT, RECORD_PATH, FlashMaterials, build_plan
-from runtime.flash.errors import FlashError
-from runtime.flash.targets import Target
 from runtime.trust import TrustStore
 
 __all__ = ["FlashReport", "flash"]

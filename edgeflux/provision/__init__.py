@@ -7,11 +7,11 @@ nothing about the control plane: it takes the materials (identity, trust anchors
 bundle) as bytes and files.
 """
 
-from runtime.flash._plan import FileEntry, FlashMaterials, FlashPlan, build_plan
-from runtime.flash.errors import FlashError
-from runtime.flash.flasher import FlashReport, flash
-from runtime.flash.targets import DirTarget, ImageTarget, SshTarget, Target, parse_target
-from runtime.flash.wheels import (
+from edgeflux.provision._plan import FileEntry, FlashMaterials, FlashPlan, build_plan
+from edgeflux.provision.errors import FlashError
+from edgeflux.provision.flasher import FlashReport, flash
+from edgeflux.provision.targets import DirTarget, ImageTarget, SshTarget, Target, parse_target
+from edgeflux.provision.wheels import (
     PLATFORMS,
     WheelhouseError,
     build_wheelhouse,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from runtime.flash import _units
-from runtime.flash.errors import FlashError
+from edgeflux.provision import _units
+from edgeflux.provision.errors import FlashError
 from runtime.layout import RobotLayout
 
 __all__ = ["RECORD_PATH", "FileEntry", "FlashMaterials", "FlashPlan", "build_plan"]

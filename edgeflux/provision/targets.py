@@ -1,6 +1,6 @@
 """Where a flash writes: a directory, an SSH prefix, or an image tarball.
 
-Every target offers the same few primitives; `runtime.flash.flasher` does the
+Every target offers the same few primitives; `edgeflux.provision.flasher` does the
 rest. Writes are idempotent per file (a file already holding the planned bytes is
 left alone), so re-running an interrupted flash completes it.
 """
@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from edgeflux.provision._plan import FileEntry
+from edgeflux.provision.errors import FlashError
 from runtime.atomicio import atomic_writer
-from runtime.flash._plan import FileEntry
-from runtime.flash.errors import FlashError
 
 __all__ = ["DirTarget", "ImageTarget", "SshTarget", "Target", "parse_target"]
 
