@@ -32,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from protos.lifecycle import Failure, Reason, RuntimeState
 from runtime.adapters import RobotAdapter, load_adapter
 from runtime.antirollback import AntiRollbackStore
 from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bundle
@@ -51,7 +52,6 @@ from runtime.sdnotify import SystemdNotifier
 from runtime.session import PolicySession, SessionError
 from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
 from runtime.trust import TrustStore
-from protos.lifecycle import Failure, Reason, RuntimeState
 
 __all__ = ["ControlError", "RuntimeService", "StatusInfo"]
 

@@ -36,10 +36,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from protos.lifecycle import PendingState
 from runtime.atomicio import atomic_write_json, fsync_dir
 from runtime.bundle import BundleError, VerifiedBundle
 from runtime.layout import RobotLayout
-from protos.lifecycle import PendingState
 
 __all__ = [
     "SLOTS",

@@ -259,7 +259,9 @@ def test_failures_cross_the_socket_as_a_reason_code_and_a_detail(
     (unsigned / "model.sig").unlink()
     with pytest.raises(RuntimeControlError) as bad:
         client.stage(unsigned)
-    assert bad.value.failure.code is Reason.BUNDLE_INVALID and "model.sig" in bad.value.failure.detail
+    assert (
+        bad.value.failure.code is Reason.BUNDLE_INVALID and "model.sig" in bad.value.failure.detail
+    )
 
 
 def test_switch_then_a_separate_health_window_then_commit(
@@ -275,3 +277,28 @@ def test_switch_then_a_separate_health_window_then_commit(
     with pytest.raises(RuntimeControlError) as late:
         client.health_window(5)
     assert late.value.failure.code is Reason.WRONG_STATE
+
+
+def test_one_update_verifies_the_bundle_once(
+    client: RuntimeControlClient,
+    service: RuntimeService,
+    make_bundle: BundleFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import runtime.service as service_module
+
+    calls: list[Path] = []
+    real = service_module.verify_bundle
+
+    def counting(path: Path, *args: object, **kw: object) -> object:
+        calls.append(Path(path))
+        return real(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service_module, "verify_bundle", counting)
+    client.stage(make_bundle(version="1.1.0", sequence=2, control=FAST))
+    client.shadow(5)
+    client.activate()
+    client.health_window(5)
+    assert client.commit().anti_rollback == {"pendulum": 2}
+    assert len(calls) == 1, calls  # the copy in the slot, before it is loaded
+    assert calls[0].name == ".b.staging"
