@@ -108,7 +108,7 @@ def main() -> None:
     obs = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)
     teacher.reset(1)
     t_teacher = _latency(lambda: teacher.act(obs), 50)
-    student = OnnxPolicy(work / "oracle" / "policy.onnx")
+    student = OnnxPolicy.unpackaged((work / "oracle" / "policy.onnx").read_bytes(), spec)
     t_student = _latency(lambda: student.act(obs), 2000)
     out["latency"] = {"teacher_ms": t_teacher * 1e3, "student_us": t_student * 1e6,
                       "ratio": t_teacher / t_student}  # fmt: skip

@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("ATP routing: audit log verify, stats.", "cloud.router.cli:router_group"),
     "agent": ("Serve a routing backend (--kind planner|policy).", "cloud.router.worker:agent_cmd"),
     "ingest": ("Run MQTT ingest (telemetry, events, presence).", "cloud.ingest:ingest_cmd"),
+    "quarantine": (
+        "Show messages ingest dropped (reason, detail, payload).",
+        "cloud.ingest:quarantine_cmd",
+    ),
     "broker-config": (
         "Write a Mosquitto config (mTLS, certificate identity, ACLs).",
         "cloud.broker_config:broker_config",
@@ -462,13 +466,16 @@ def up_cmd(
     import asyncio
     import signal
 
+    from cloud.plane_services import PLANE_SERVICES
     from cloud.server.app import ControlPlane, PlaneStartError
     from runtime.config import ConfigError
 
     home = _home(home_dir)
     overrides = {"listen_host": listen_host, "grpc_port": grpc_port, "metrics_port": metrics_port}
     try:
-        control = ControlPlane(home, overrides, broker=broker, ingest=ingest)
+        control = ControlPlane(
+            home, overrides, broker=broker, ingest=ingest, factories=PLANE_SERVICES
+        )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 

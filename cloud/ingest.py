@@ -6,13 +6,17 @@ the messages between them; with ``"exclusive"`` (the default: lossless across Mo
 restarts, see :class:`IngestSettings`) each holds a persistent subscription of its own
 and the store's unique key drops what a second replica also wrote. Each message is
 
-1. validated before use (:func:`decode`): well-formed topic, size cap, a protobuf that
-   parses, finite numbers, and a payload ``device_id`` equal to the topic's device —
-   the broker ACL already ties the topic to the certificate CN, so this closes the
-   topic ↔ payload ↔ certificate chain. Anything else is dropped, counted by reason
-   and logged; it never reaches the store and never stops the loop;
+1. validated before use (:func:`cloud.ingest_decode.decode`): well-formed topic, size
+   cap, a protobuf that parses, a payload ``device_id`` equal to the topic's device
+   (the broker ACL already ties the topic to the certificate, so this closes the
+   topic ↔ payload ↔ certificate chain), and every field within what the store's
+   columns hold; timestamps too far in the future are clamped to the receive time.
+   Anything else is dropped alone: counted by reason, logged (rate-limited per
+   device), quarantined for inspection and acknowledged. It never reaches the store
+   and never holds up other messages;
 2. written in batches by one writer thread, de-duplicated by (device, sequence) —
-   the store's unique key makes a QoS 1 redelivery or a spool replay a no-op;
+   the store's unique key makes a QoS 1 redelivery or a spool replay a no-op. If the
+   store refuses a batch, it is written row by row and only the refused row dropped;
 3. acknowledged (PUBACK) only after its write committed (manual ack). If the store is
    down the batch is retried and nothing is acknowledged; if the process dies, the
    broker redelivers the unacknowledged messages from the persistent session.
@@ -35,15 +39,15 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import click
-from google.protobuf.message import DecodeError
 
-from cloud.mqtt import PREFIX, SHARE_GROUP, CloudMqtt, CloudMqttSettings, Delivery, parse_topic
-from cloud.store import ConflictError, EventRecord, Store, StoreUnavailable, TelemetryRecord
+from cloud.ingest_decode import DEFAULT_MAX_SKEW_S, Decoded, Dropped, decode
+from cloud.mqtt import PREFIX, SHARE_GROUP, CloudMqtt, CloudMqttSettings, Delivery
+from cloud.store import ConflictError, Store, StoreUnavailable
 from cloud.store.ingest_batch import record_telemetry_many
-from protos import telemetry_pb2
+from cloud.store.quarantine import QuarantineRecord, QuarantineStore
 
 __all__ = [
     "Decoded",
@@ -53,12 +57,14 @@ __all__ = [
     "decode",
     "exclusive_filters",
     "ingest_cmd",
+    "quarantine_cmd",
     "shared_filters",
 ]
 
 log = logging.getLogger(__name__)
 
-MAX_POINTS = 10_000
+Quarantine = Callable[[Sequence[QuarantineRecord]], None]
+"""Where dropped messages go for inspection (default: the store's quarantine table)."""
 
 
 @dataclass(frozen=True)
@@ -71,30 +77,16 @@ class IngestSettings:
     dedup_cache: int = 200_000
     """(device, kind, sequence) keys remembered to skip duplicate writes without a query."""
     retry_s: float = 0.5
+    max_clock_skew_s: float = DEFAULT_MAX_SKEW_S
+    """Timestamps further ahead of the plane's clock are clamped to the receive time."""
+    drop_log_interval_s: float = 10.0
+    """At most one "dropped" log line per device per interval (the rest are counted)."""
     subscription: Literal["exclusive", "shared"] = "exclusive"
     """``shared``: ``$share/edgeflux-ingest/...`` — replicas split the load. ``exclusive``:
     a plain persistent subscription — every replica sees everything (the store drops
     the duplicates). Mosquitto 2.0 does not restore shared subscriptions from its
     persistence file, so messages published after a broker restart and before a shared
     subscriber re-subscribes are lost; exclusive loses nothing (docs/architecture.md)."""
-
-
-@dataclass(frozen=True)
-class Decoded:
-    kind: str
-    device_id: str
-    sequence: int
-    telemetry: list[TelemetryRecord] | None = None
-    event: EventRecord | None = None
-    online: bool | None = None
-    at: dt.datetime | None = None
-    runtime_version: str = ""
-
-
-@dataclass(frozen=True)
-class Dropped:
-    reason: str
-    detail: str
 
 
 def shared_filters(group: str = SHARE_GROUP) -> list[str]:
@@ -105,116 +97,39 @@ def exclusive_filters() -> list[str]:
     return [f"{PREFIX}/+/{k}" for k in ("telemetry", "events", "state")]
 
 
-def _ts(stamp: Any, default: dt.datetime) -> dt.datetime:
-    if stamp.seconds == 0 and stamp.nanos == 0:
-        return default
-    return dt.datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, dt.UTC)
+class _DropLog:
+    """One warning per device per interval; what it held back is counted in the next one."""
+
+    def __init__(self, interval_s: float, max_devices: int = 10_000) -> None:
+        self.interval_s = interval_s
+        self.max_devices = max_devices
+        self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def __call__(self, d: Dropped) -> None:
+        now = time.monotonic()
+        last, held = self._last.pop(d.device_id, (-math.inf, 0))
+        if now - last < self.interval_s:
+            self._last[d.device_id] = (last, held + 1)
+            return
+        more = f" ({held} more from this device since the last line)" if held else ""
+        log.warning("ingest dropped a message (%s): %s%s", d.reason, d.detail[:500], more)
+        self._last[d.device_id] = (now, 0)
+        while len(self._last) > self.max_devices:
+            self._last.popitem(last=False)
 
 
-def _bundle(ref: Any) -> dict[str, Any] | None:
-    if not ref.name:
-        return None
-    return {
-        "name": ref.name,
-        "version": ref.version,
-        "sequence": ref.sequence,
-        "policy_sha256": ref.policy_sha256,
-    }
-
-
-def decode(
-    topic_name: str, payload: bytes, now: dt.datetime, max_bytes: int = 256 * 1024
-) -> Decoded | Dropped:
-    """Validate one MQTT message; pure (no I/O), so every malformed case is unit-tested."""
-    parsed = parse_topic(topic_name)
-    if parsed is None:
-        return Dropped("bad_topic", f"topic {topic_name[:200]!r} is not an EdgeFlux device topic")
-    device, kind = parsed
-    if len(payload) > max_bytes:
-        return Dropped("oversized", f"{kind} from {device}: {len(payload)} bytes > {max_bytes}")
-    if kind == "updates":
-        return Dropped("bad_topic", f"ingest does not consume {topic_name}")
-    msg_type: Any = {
-        "telemetry": telemetry_pb2.TelemetryBatch,
-        "events": telemetry_pb2.Event,
-        "state": telemetry_pb2.DeviceState,
-    }[kind]
-    try:
-        msg = msg_type.FromString(payload)
-    except (DecodeError, ValueError) as exc:
-        return Dropped("malformed", f"{kind} from {device}: not a {msg_type.__name__}: {exc}")
-    if msg.device_id != device:
-        return Dropped(
-            "device_mismatch",
-            f"{kind} on {device}'s topic claims device_id {msg.device_id[:64]!r}",
-        )
-    if kind == "state":
-        return Decoded(
-            kind,
-            device,
-            0,
-            online=msg.online,
-            at=_ts(msg.at, now),
-            runtime_version=msg.runtime_version,
-        )
-    if msg.sequence == 0:
-        return Dropped("malformed", f"{kind} from {device} has no sequence number")
-    if kind == "events":
-        if not msg.kind:
-            return Dropped("malformed", f"event from {device} has no kind")
-        ev = EventRecord(
-            device_id=device,
-            sequence=msg.sequence,
-            at=_ts(msg.at, now),
-            kind=msg.kind[:32],
-            state=msg.state[:32],
-            reason_code=msg.reason_code[:64],
-            detail=msg.detail[:4000],
-            bundle=_bundle(msg.bundle),
-        )
-        return Decoded(kind, device, msg.sequence, event=ev)
-    if len(msg.points) > MAX_POINTS:
-        return Dropped("oversized", f"telemetry from {device}: {len(msg.points)} points")
-    points = []
-    for p in msg.points:
-        numbers = (
-            p.loop_p50_ms,
-            p.loop_p99_ms,
-            p.loop_p999_ms,
-            p.cpu_percent,
-            p.memory_percent,
-            p.disk_free_bytes,
-            p.temperature_c,
-        )
-        if not all(math.isfinite(x) for x in numbers):
-            return Dropped("malformed", f"telemetry from {device} has a non-finite number")
-        interventions = sum(p.interventions.values())
-        points.append(
-            TelemetryRecord(
-                at=_ts(p.at, now),
-                loop_p50_ms=p.loop_p50_ms,
-                loop_p99_ms=p.loop_p99_ms,
-                deadline_miss_rate=(p.deadline_misses / p.ticks) if p.ticks else 0.0,
-                safety_interventions=interventions,
-                cpu_percent=p.cpu_percent,
-                memory_percent=p.memory_percent,
-                temperature_c=p.temperature_c,
-                extra={
-                    "loop_p999_ms": p.loop_p999_ms,
-                    "ticks": p.ticks,
-                    "deadline_misses": p.deadline_misses,
-                    "interventions": dict(p.interventions),
-                    "disk_free_bytes": p.disk_free_bytes,
-                },
-                update_state=p.update_state[:32],
-                active_bundle=_bundle(p.active_bundle),
-            )
-        )
-    return Decoded(kind, device, msg.sequence, telemetry=points)
+Work = tuple[Delivery, dt.datetime]
 
 
 class Ingest:
-    """Subscribes, validates, de-duplicates, writes in batches, then acknowledges."""
+    """Subscribes, validates, de-duplicates, writes in batches, then acknowledges.
+
+    A message that fails validation, or that the store refuses, is dropped alone: it
+    is counted (``dropped.<reason>``, and ``on_drop(reason)``), logged at most once per
+    device per ``drop_log_interval_s``, handed to ``quarantine`` (best effort) and
+    acknowledged, so it is never redelivered and never holds up anyone else's data.
+    Only :class:`StoreUnavailable` (the database is down) keeps a batch unacknowledged.
+    """
 
     def __init__(
         self,
@@ -223,12 +138,17 @@ class Ingest:
         settings: IngestSettings | None = None,
         *,
         on_committed: Callable[[Sequence[Decoded], float], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or IngestSettings()
         self.counters: Counter[str] = Counter()
         self._on_committed = on_committed
-        self._queue: queue.Queue[tuple[Delivery, dt.datetime]] = queue.Queue()
+        self._on_drop = on_drop
+        self._quarantine = quarantine or QuarantineStore(store.engine).put_many
+        self._drop_log = _DropLog(self.settings.drop_log_interval_s)
+        self._queue: queue.Queue[Work] = queue.Queue()
         self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -281,58 +201,102 @@ class Ingest:
                     log.warning("store unavailable, retrying %d messages: %s", len(batch), exc)
                     self._stop.wait(s.retry_s)
                 except Exception:
-                    # Not acknowledged: the broker redelivers after a reconnect. The loop
-                    # itself must survive whatever one batch does.
+                    # Every per-message failure is isolated in _process; this is a bug.
+                    # Not acknowledged (the broker redelivers after a reconnect); the
+                    # loop itself survives.
                     self.counters["errors"] += 1
                     log.exception("ingest failed on a batch of %d messages", len(batch))
                     break
 
-    def _process(self, batch: list[tuple[Delivery, dt.datetime]]) -> None:
+    def _process(self, batch: list[Work]) -> None:
+        s = self.settings
         done: list[Decoded] = []
-        telemetry: list[tuple[Decoded, dt.datetime]] = []
-        for delivery, received in batch:
+        telemetry: list[tuple[Decoded, Work]] = []
+        dropped: list[QuarantineRecord] = []
+        for work in batch:
+            delivery, received = work
             result = decode(
-                delivery.topic, delivery.payload, received, self.settings.max_payload_bytes
+                delivery.topic, delivery.payload, received, s.max_payload_bytes, s.max_clock_skew_s
             )
             if isinstance(result, Dropped):
-                self.counters[f"dropped.{result.reason}"] += 1
-                log.warning("ingest dropped a message (%s): %s", result.reason, result.detail)
+                dropped.append(self._drop(result, work))
                 continue
+            if result.clamped:
+                self.counters["clamped_time"] += result.clamped
             if result.kind == "telemetry":
                 key = (result.device_id, result.kind, result.sequence)
                 if key in self._seen:
                     self.counters["skipped"] += 1
                 else:
-                    telemetry.append((result, received))
-            elif self._write(result, received):
-                done.append(result)
-        done += self._write_telemetry(telemetry)
-        # Every write of this batch committed: only now may the broker forget them.
+                    telemetry.append((result, work))
+                continue
+            try:
+                if self._write(result, received):
+                    done.append(result)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # this one message: refused by the store
+                dropped.append(self._drop(_refused(result, exc), work))
+        done += self._write_telemetry(telemetry, dropped)
+        # Every write of this batch committed (or its message was dropped for good):
+        # only now may the broker forget them.
         for delivery, _ in batch:
             delivery.ack()
+        if dropped:
+            try:
+                self._quarantine(dropped)
+            except Exception as exc:  # best effort: inspection must not cost ingest
+                self.counters["quarantine_errors"] += 1
+                log.warning("could not quarantine %d dropped messages: %s", len(dropped), exc)
         if done and self._on_committed is not None:
             self._on_committed(done, time.time())
+
+    def _drop(self, d: Dropped, work: Work) -> QuarantineRecord:
+        self.counters[f"dropped.{d.reason}"] += 1
+        if self._on_drop is not None:
+            self._on_drop(d.reason)
+        self._drop_log(d)
+        delivery, received = work
+        return QuarantineRecord(
+            device_id=d.device_id,
+            topic=delivery.topic,
+            reason=d.reason,
+            detail=d.detail,
+            received_at=received,
+            payload=delivery.payload,
+            size_bytes=len(delivery.payload),
+        )
 
     def _remember(self, key: tuple[str, str, int]) -> None:
         self._seen[key] = None
         if len(self._seen) > self.settings.dedup_cache:
             self._seen.popitem(last=False)
 
-    def _write_telemetry(self, items: list[tuple[Decoded, dt.datetime]]) -> list[Decoded]:
-        """One transaction for all telemetry of the batch; per batch if replicas collide."""
+    def _write_telemetry(
+        self, items: list[tuple[Decoded, Work]], dropped: list[QuarantineRecord]
+    ) -> list[Decoded]:
+        """One transaction for all telemetry of the batch; row by row if that fails.
+
+        Row by row on a conflict (replicas racing on one key) and on any other store
+        error, so the one row the store refuses is dropped and the others are stored.
+        """
         if not items:
             return []
-        writes = [(m.device_id, m.sequence, m.telemetry or [], r) for m, r in items]
+        writes = [(m.device_id, m.sequence, m.telemetry or [], w[1]) for m, w in items]
+        stored: list[bool | Exception]
         try:
-            stored = record_telemetry_many(self.store, writes)
-        except ConflictError:
-            self.counters["batch_conflicts"] += 1
-            stored = [
-                self.store.record_telemetry(m.device_id, m.sequence, m.telemetry or [], r)
-                for m, r in items
-            ]
+            stored = list(record_telemetry_many(self.store, writes, self._future_limit()))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            conflict = isinstance(exc, ConflictError)
+            self.counters["batch_conflicts" if conflict else "batch_row_by_row"] += 1
+            stored = [self._write_one(m, w) for m, w in items]
         out = []
-        for (m, _), ok in zip(items, stored, strict=True):
+        for (m, work), ok in zip(items, stored, strict=True):
+            if isinstance(ok, Exception):
+                dropped.append(self._drop(_refused(m, ok), work))
+                continue
             self._remember((m.device_id, m.kind, m.sequence))
             # False: a duplicate (device, sequence), or a device unknown to / revoked by
             # the store.
@@ -340,6 +304,24 @@ class Ingest:
             if ok:
                 out.append(m)
         return out
+
+    def _future_limit(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.settings.max_clock_skew_s)
+
+    def _write_one(self, m: Decoded, work: Work) -> bool | Exception:
+        """Store one telemetry message; the store's error if it refuses this one."""
+        try:
+            try:
+                one = [(m.device_id, m.sequence, m.telemetry or [], work[1])]
+                return record_telemetry_many(self.store, one, self._future_limit())[0]
+            except ConflictError:  # a replica wrote it meanwhile
+                return self.store.record_telemetry(
+                    m.device_id, m.sequence, m.telemetry or [], work[1]
+                )
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            return exc
 
     def _write(self, m: Decoded, received: dt.datetime) -> bool:
         if m.kind == "state":
@@ -356,6 +338,14 @@ class Ingest:
         self._remember(key)
         self.counters["stored" if stored else "skipped"] += 1
         return stored
+
+
+def _refused(m: Decoded, exc: BaseException | None) -> Dropped:
+    what = f"{type(exc).__name__}: {exc}" if exc is not None else "refused"
+    first = what.splitlines()[0][:300] if what else what
+    return Dropped(
+        "store_refused", f"{m.kind} {m.sequence} from {m.device_id}: {first}", m.device_id
+    )
 
 
 @click.command("ingest")
@@ -404,3 +394,50 @@ def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bo
     ingest.stop()
     store.close()
     click.echo(json.dumps(dict(ingest.counters), sort_keys=True), err=True)
+
+
+@click.command("quarantine")
+@click.option(
+    "--home",
+    "home_dir",
+    type=click.Path(file_okay=False),
+    envvar="EDGEFLUX_CLOUD_HOME",
+    default=".",
+    show_default=True,
+)
+@click.option("--device", "device_id", help="Only this device's messages.")
+@click.option("--reason", help="Only this reason (e.g. bad_time, bad_string, out_of_range).")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (payload hex).")
+def quarantine_cmd(
+    home_dir: str, device_id: str | None, reason: str | None, limit: int, as_json: bool
+) -> None:
+    """Show the newest messages ingest dropped, newest first."""
+    from cloud.home import CloudHome, HomeError
+    from cloud.store import StoreError
+
+    try:
+        home = CloudHome.at(home_dir)
+        home.check()
+        store = Store.open(home.database_url(home.config()))
+        rows = QuarantineStore(store.engine).recent(device_id, reason=reason, limit=limit)
+    except (HomeError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    store.close()
+    for r in rows:
+        if as_json:
+            item = {
+                "device_id": r.device_id,
+                "topic": r.topic,
+                "reason": r.reason,
+                "detail": r.detail,
+                "received_at": r.received_at.isoformat(),
+                "size_bytes": r.size_bytes,
+                "payload_hex": r.payload.hex(),
+            }
+            click.echo(json.dumps(item, sort_keys=True))
+        else:
+            stamp = r.received_at.strftime("%Y-%m-%d %H:%M:%S")
+            click.echo(f"{stamp}  {r.device_id or '-'}  {r.reason}  {r.detail}")
+    if not rows and not as_json:
+        click.echo("nothing quarantined", err=True)

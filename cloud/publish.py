@@ -26,9 +26,17 @@ from cloud.home import CloudConfig, CloudHome
 from cloud.store import BundleRecord, ConflictError, Store
 from cloud.tuf_repo import TufError, TufRepository
 from runtime.bundle import BundleError, pack_bundle, unpack_bundle, verify_bundle
+from runtime.desired_state import BundleRef, DesiredBundle, GatePolicy
 from runtime.trust import TrustStore
 
-__all__ = ["PublishError", "RollbackError", "publish_bundle", "target_name_for"]
+__all__ = [
+    "PublishError",
+    "RollbackError",
+    "bundle_ref",
+    "desired_bundle",
+    "publish_bundle",
+    "target_name_for",
+]
 
 
 class PublishError(Exception):
@@ -41,6 +49,30 @@ class RollbackError(PublishError):
 
 def target_name_for(name: str, version: str) -> str:
     return f"bundles/{name}-{version}.efb"
+
+
+def bundle_ref(rec: BundleRecord) -> BundleRef:
+    """The reference of a published bundle, digests included."""
+    return BundleRef(
+        name=rec.name,
+        version=rec.version,
+        sequence=rec.sequence,
+        policy_sha256=rec.policy_sha256,
+        oms_root_digest=rec.oms_root_digest,
+    )
+
+
+def desired_bundle(rec: BundleRecord, gate: GatePolicy | None = None) -> DesiredBundle:
+    """What a device's desired state names for a published bundle: the one builder."""
+    return DesiredBundle(
+        name=rec.name,
+        version=rec.version,
+        sequence=rec.sequence,
+        target=rec.target_path,
+        sha256=rec.efb_sha256,
+        length=rec.size_bytes,
+        gate=gate,
+    )
 
 
 def _sha256(path: Path) -> tuple[str, int]:
@@ -111,7 +143,8 @@ def publish_bundle(
                 raise RollbackError(
                     f"refused to publish {m.name} {m.version}: sequence {m.sequence} does not "
                     f"advance past the published {latest.version} (sequence {latest.sequence}); "
-                    "bump `sequence` in edgeflux.json and sign again"
+                    f"set `sequence` to {latest.sequence + 1} or more in edgeflux.json "
+                    "and sign again"
                 )
             store.add_bundle(record)
             try:

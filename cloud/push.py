@@ -2,8 +2,11 @@
 
 1. the bundle is published (verified, signed into TUF) unless that exact version is
    already published — then the published record is reused;
-2. the chosen devices' signed desired state is pointed at it (each device's
-   generation advances; that is what the agent trusts, together with TUF);
+2. a bundle older than the newest published one of its name is refused; each chosen
+   device is planned (will update / already newer / offline, `cloud.rollouts.plan`)
+   and the ones already newer are left out, with an audit entry saying why;
+   the others' signed desired state is pointed at it (each device's generation
+   advances; that is what the agent trusts, together with TUF);
 3. an MQTT hint goes to each device's ``updates`` topic (QoS 1). A hint is only a
    nudge and carries nothing trusted. A device that missed it converges when its agent
    next polls GetDesiredState (``desired_state_poll_s``).
@@ -30,8 +33,17 @@ import click
 
 from cloud.home import CloudHome
 from cloud.mqtt import CloudMqtt, CloudMqttError, CloudMqttSettings, topic
+from cloud.publish import bundle_ref, desired_bundle
+from cloud.rollouts.plan import (
+    DevicePlan,
+    StaleBundleError,
+    check_newest,
+    plan_devices,
+    record_dropped,
+)
 from cloud.store import BundleRecord, ConflictError, Store, StoreError
 from protos import telemetry_pb2
+from runtime.desired_state import GatePolicy
 
 __all__ = ["PushError", "PushResult", "push", "push_cmd", "resolve_devices"]
 
@@ -44,6 +56,7 @@ class PushError(Exception):
 class PushResult:
     bundle: BundleRecord
     generations: dict[str, int]
+    plans: list[DevicePlan] = field(default_factory=list)
     hinted: list[str] = field(default_factory=list)
     hint_failed: dict[str, str] = field(default_factory=dict)
     rollout_id: str = ""
@@ -132,23 +145,29 @@ def push(
     labels: dict[str, str] | None = None,
     hint: Hinter | None = None,
     actor: str = "push",
+    gate: GatePolicy | None = None,
 ) -> PushResult:
     """Publish (if needed), set desired state, hint. `hint(topic, payload)` -> acked."""
     targets = resolve_devices(store, device_ids, labels or {})
     rec = _resolve_bundle(home, store, source)
-    desired = {
-        "name": rec.name,
-        "version": rec.version,
-        "sequence": rec.sequence,
-        "target": rec.target_path,
-        "sha256": rec.efb_sha256,
-        "length": rec.size_bytes,
-    }
     try:
-        generations = store.set_desired(targets, desired, actor=actor)
+        check_newest(store, rec)
+    except StaleBundleError as exc:
+        raise PushError(str(exc)) from exc
+    ref = bundle_ref(rec)
+    plans = plan_devices(store, targets, ref)
+    record_dropped(store, plans, ref, actor)
+    receivers = [p.device_id for p in plans if p.receives]
+    if not receivers:
+        raise PushError(
+            f"no device would take {rec.name} {rec.version} (sequence {rec.sequence}); "
+            + "; ".join(f"{p.device_id} {p.outcome}: {p.detail}" for p in plans)
+        )
+    try:
+        generations = store.set_desired(receivers, desired_bundle(rec, gate).to_dict(), actor=actor)
     except StoreError as exc:
         raise PushError(f"could not set the desired state: {exc}") from exc
-    result = PushResult(rec, generations, rollout_id=f"push-{int(time.time())}")
+    result = PushResult(rec, generations, plans, rollout_id=f"push-{int(time.time())}")
     if hint is None:
         return result
     for device_id, generation in sorted(generations.items()):
@@ -202,6 +221,13 @@ def broker_settings(home: CloudHome, broker_url: str | None) -> CloudMqttSetting
 )
 @click.option("--broker-url", help="mqtt(s)://host:port (default: the home's broker_url).")
 @click.option("--no-hint", is_flag=True, help="Only set the desired state.")
+@click.option(
+    "--max-action-divergence",
+    type=click.FloatRange(0),
+    default=None,
+    help="Refuse the switch when the candidate's shadow actions differ from the active "
+    "policy's by more than this (default: reported, not enforced).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def push_cmd(
     bundle: str,
@@ -210,6 +236,7 @@ def push_cmd(
     home_dir: Path,
     broker_url: str | None,
     no_hint: bool,
+    max_action_divergence: float | None,
     as_json: bool,
 ) -> None:
     """Push BUNDLE (a path, or name@version of a published bundle) to devices now."""
@@ -246,7 +273,12 @@ def push_cmd(
                     f"warning: {exc}; desired state is set, agents pick it up when they poll",
                     err=True,
                 )
-        result = push(home, store, bundle, device_ids=devices, labels=selector, hint=hint)
+        gate = None
+        if max_action_divergence is not None:
+            gate = GatePolicy(max_action_divergence=max_action_divergence)
+        result = push(
+            home, store, bundle, device_ids=devices, labels=selector, hint=hint, gate=gate
+        )
     except PushError as exc:
         raise click.ClickException(f"{exc}") from exc
     finally:
@@ -261,6 +293,7 @@ def push_cmd(
             "target": result.bundle.target_path,
         },
         "devices": result.generations,
+        "plan": {p.device_id: {"outcome": p.outcome, "detail": p.detail} for p in result.plans},
         "hinted": result.hinted,
         "hint_failed": result.hint_failed,
         "rollout_id": result.rollout_id,
@@ -271,5 +304,7 @@ def push_cmd(
     b = result.bundle
     n = len(result.generations)
     click.echo(f"pushed {b.name} {b.version} (sequence {b.sequence}) to {n} device(s)")
+    for p in result.plans:
+        click.echo(f"  {p.device_id:<24} {p.outcome:<14} {p.detail}")
     if result.hint_failed:
         click.echo(f"hints not acknowledged for: {', '.join(sorted(result.hint_failed))}", err=True)

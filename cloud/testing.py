@@ -38,6 +38,7 @@ import grpc
 
 from cloud.home import CloudHome, init_home
 from cloud.pki import Credentials, fingerprint
+from cloud.plane_services import PLANE_SERVICES
 from cloud.server.app import ControlPlane
 from cloud.store import BundleRecord, Store
 
@@ -145,7 +146,10 @@ def running_plane(
     metrics: bool = False,
     ingest: bool = False,
 ) -> Iterator[RunningPlane]:
-    """Create a home at `home_dir` (unless one is there) and run a plane on free ports."""
+    """Create a home at `home_dir` (unless one is there) and run a plane on free ports.
+
+    `factories` None mounts what `edgeflux cloud up` mounts (`PLANE_SERVICES`).
+    """
     home = CloudHome.at(home_dir)
     if not home.config_file.exists():
         home = init_home(home_dir)
@@ -155,7 +159,8 @@ def running_plane(
         cfg["metrics_port"] = _free_port()
     if broker and "embedded_broker_port" not in cfg:
         cfg["embedded_broker_port"] = _free_port()
-    control = ControlPlane(home, cfg, broker=broker, factories=factories, ingest=ingest)
+    services = PLANE_SERVICES if factories is None else factories
+    control = ControlPlane(home, cfg, broker=broker, factories=services, ingest=ingest)
 
     loop = asyncio.new_event_loop()
     started = threading.Event()

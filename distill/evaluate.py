@@ -2,7 +2,9 @@
 
 A *policy* here is anything with ``act(obs (n, obs_dim)) -> actions (n, act_dim)``
 and optionally ``reset(n)``: a `Teacher`, a torch student (`TorchPolicy`), an ONNX
-policy run by the runtime's session (`OnnxPolicy`) or `RandomPolicy`. Seeds fix
+policy run by the runtime's policy kernel exactly as the robot runs it (`OnnxPolicy`:
+envelope, normalisation, rate limit and fallback of the bundle's manifest) or
+`RandomPolicy`. Seeds fix
 the initial states, so two policies evaluated on the same seeds are *paired*
 (the parity campaigns rely on this)::
 
@@ -10,19 +12,21 @@ the initial states, so two policies evaluated on the same seeds are *paired*
     from distill.teachers import OracleMPPITeacher
     seeds = list(range(1000, 1100))
     teacher = episode_returns("Pendulum-v1", OracleMPPITeacher(), seeds)
-    student = episode_returns("Pendulum-v1", OnnxPolicy("bundle/policy.onnx"), seeds)
+    student = episode_returns("Pendulum-v1", OnnxPolicy.from_bundle("bundle"), seeds)
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from distill.envs import EnvBatch, env_spec
-from runtime.session import PolicySession
+from distill.envs import EnvBatch, EnvSpec, env_spec
+from runtime.kernel import KernelPolicy, load_kernel
+from runtime.manifest import BundleManifest, load_manifest
 
 __all__ = ["OnnxPolicy", "Policy", "RandomPolicy", "episode_returns", "rollout_batch"]
 
@@ -31,14 +35,45 @@ class Policy(Protocol):
     def act(self, obs: np.ndarray) -> np.ndarray: ...
 
 
-class OnnxPolicy:
-    """An exported policy run through `runtime.session.PolicySession` (not torch)."""
+class OnnxPolicy(KernelPolicy):
+    """A policy graph with its manifest through `runtime.kernel` (the robot's tick, not torch).
 
-    def __init__(self, model: str | Path | bytes) -> None:
-        self.session = PolicySession(model)
+    `model` is a policy.onnx path or its bytes; `manifest` defaults to the
+    ``edgeflux.json`` beside a path. Episodes are stepped one observation at a time,
+    so graphs with a fixed batch dimension of 1 work; `counts` holds the
+    interventions by reason.
+    """
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return self.session.run(np.ascontiguousarray(obs, dtype=np.float32))
+    def __init__(self, model: str | Path | bytes, manifest: BundleManifest | None = None) -> None:
+        if manifest is None:
+            if isinstance(model, bytes):
+                raise ValueError("an ONNX policy given as bytes needs its manifest")
+            manifest = load_manifest(Path(model).parent)
+        super().__init__(load_kernel(model, manifest))
+
+    @classmethod
+    def unpackaged(cls, onnx_bytes: bytes, spec: EnvSpec) -> OnnxPolicy:
+        """An exported graph with the manifest `distill.package` would give it for `spec`
+        (bounds of the environment, default control settings)."""
+        from distill.package import build_manifest
+
+        with tempfile.TemporaryDirectory(prefix="edgeflux-eval-") as tmp:
+            onnx_path = Path(tmp) / "policy.onnx"
+            onnx_path.write_bytes(onnx_bytes)
+            manifest = build_manifest(
+                onnx_path=onnx_path,
+                spec=spec,
+                name="unpackaged",
+                version="0.0.0",
+                sequence=0,
+                provenance={},
+            )
+        return cls(onnx_bytes, manifest)
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path) -> OnnxPolicy:
+        """The bundle's policy.onnx with its manifest (not verified here)."""
+        return cls(Path(bundle_dir) / "policy.onnx", load_manifest(bundle_dir))
 
 
 class RandomPolicy:

@@ -200,10 +200,10 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
         atomic_write_bytes(out / "policy.onnx", exported.onnx_bytes)
 
     with stage("student-eval"):
-        # Through the runtime's session on the exported bytes: what the robot will run.
-        student_returns = episode_returns(
-            cfg.env_id, OnnxPolicy(exported.onnx_bytes), seeds, cfg.variant
-        )
+        # Through the runtime's policy kernel on the exported bytes, with the manifest
+        # the bundle will carry: what the robot will run.
+        student = OnnxPolicy.unpackaged(exported.onnx_bytes, spec)
+        student_returns = episode_returns(cfg.env_id, student, seeds, cfg.variant)
 
     t_mean, s_mean, r_mean = (
         float(teacher_returns.mean()),

@@ -63,6 +63,9 @@ GROUPS: dict[str, GroupSpec] = {
     "flash": GroupSpec(
         "Provision a robot: runtime, identity, trust, first bundle.", "edgeflux.flash:flash_cmd"
     ),
+    "robot": GroupSpec(
+        "Start a flashed robot: its runtime and agent, supervised.", "edgeflux.robot:robot"
+    ),
     "tui": GroupSpec("The operator console (Textual).", "tui.cli:tui", "TUI"),
     "demo": GroupSpec(
         "Run the whole pipeline end to end on this machine.", "edgeflux.demo:demo", ""

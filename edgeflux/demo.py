@@ -351,6 +351,9 @@ class Demo:
                 f"seed={ROBOTS.index(robot)}",
                 "--runtime-option",
                 "warmup_runs=5",
+                # simulated robots share the workstation with the plane: no SCHED_FIFO
+                "--runtime-option",
+                "realtime_priority=null",
                 "--agent-option",
                 "telemetry_period_s=1.0",
                 "--agent-option",

@@ -164,9 +164,9 @@ def _read(path: Path | None, flag: str) -> bytes:
 )
 @click.option(
     "--extras",
-    default="device",
-    show_default=True,
-    help="edgeflux extras for the robot, e.g. device,sim or gpu.",
+    default=None,
+    help="edgeflux extras for the robot (device | gpu, plus sim for the gym adapter); "
+    "default: device plus what --adapter needs (gym: device,sim).",
 )
 @click.option(
     "--extra-wheel",
@@ -227,7 +227,7 @@ def flash_cmd(
     director_key: Path | None,
     target_platform: str | None,
     target_python: str | None,
-    extras: str,
+    extras: str | None,
     extra_wheels: tuple[Path, ...],
     wheelhouse: Path | None,
     no_wheelhouse: bool,
@@ -249,6 +249,7 @@ def flash_cmd(
 
     from edgeflux._version import __version__
     from edgeflux.provision import (
+        REALTIME_DEFAULTS,
         FlashError,
         FlashMaterials,
         WheelhouseError,
@@ -257,10 +258,15 @@ def flash_cmd(
         flash,
         parse_target,
     )
+    from edgeflux.provision.extras import ExtrasError, robot_extras
     from fleet.config import AgentConfig
     from runtime.cli import parse_key_values
     from runtime.config import RuntimeConfig
 
+    try:
+        extras = robot_extras(adapter, extras)
+    except ExtrasError as exc:
+        raise click.UsageError(f"{exc} (nothing was written)") from exc
     console = Console(stderr=True)
     plat = target_platform or _host_platform()
     py = target_python or f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -292,6 +298,7 @@ def flash_cmd(
             "grpc_target": f"{grpc_host}:{grpc_port}",
         }
         runtime_given = {
+            **REALTIME_DEFAULTS,
             **parse_key_values(runtime_options, "--runtime-option"),
             "adapter": adapter,
             "adapter_options": parse_key_values(adapter_options, "--adapter-option"),
@@ -303,6 +310,7 @@ def flash_cmd(
     # Write only what was chosen here; everything else keeps the robot's defaults.
     agent_values = agent.model_dump(mode="json", include=set(agent_given))
     runtime_values = runtime_cfg.model_dump(mode="json", include=set(runtime_given))
+    runtime_values = {k: v for k, v in runtime_values.items() if v is not None}  # None: default
 
     try:
         target = parse_target(target_spec, ssh_identity=ssh_key, known_hosts=known_hosts)
@@ -345,16 +353,22 @@ def flash_cmd(
             TextColumn("flashing {task.description}"),
             BarColumn(),
             DownloadColumn(),
+            TextColumn("{task.fields[files]}"),
             console=console,
             transient=True,
         ) as bar:
-            task = bar.add_task(device_id, total=None)
+            task = bar.add_task(device_id, total=None, files="")
+
+            def files(done: int, total: int) -> None:
+                bar.update(task, files=f"{done}/{total} files")
+
             report = flash(
                 materials,
                 target,
                 force=force,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 log=lambda msg: console.log(msg, highlight=False),
+                files_progress=files,
             )
     except (FlashError, WheelhouseError) as exc:
         raise click.ClickException(str(exc)) from exc

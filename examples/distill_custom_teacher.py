@@ -107,7 +107,9 @@ def main() -> None:
         states, _ = result.data.transitions()
         parity = check_parity(result.student, exported.onnx_bytes, parity_inputs(spec, states))
         t = episode_returns(spec.env_id, teacher, seeds).mean()
-        s = episode_returns(spec.env_id, OnnxPolicy(exported.onnx_bytes), seeds).mean()
+        s = episode_returns(
+            spec.env_id, OnnxPolicy.unpackaged(exported.onnx_bytes, spec), seeds
+        ).mean()
         print(f"{name:<28} teacher {t:8.1f}  student (onnx) {s:8.1f}  parity {parity.passed}")
 
 

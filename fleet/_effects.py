@@ -18,7 +18,6 @@ target (name, sequence, hash) the refresh resolved.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -33,6 +32,7 @@ from fleet.update import Reason, ShadowResult, StagedBundle, TargetInfo, UpdateE
 from protos import device_pb2, device_pb2_grpc
 from protos.dsse import Envelope, EnvelopeFormatError
 from protos.lifecycle import Failure, RuntimeState
+from runtime.desired_state import PAYLOAD_TYPE, SCHEMA, DesiredState, DesiredStateError
 
 if TYPE_CHECKING:
     from fleet.agent import Agent
@@ -41,14 +41,13 @@ __all__ = ["DESIRED_STATE_PAYLOAD_TYPE", "RobotEffects", "robot_effects", "verif
 
 log = logging.getLogger(__name__)
 
-DESIRED_STATE_PAYLOAD_TYPE = "application/vnd.edgeflux.desired-state+json"
-DESIRED_STATE_SCHEMA = "edgeflux.desired-state/v1"
+DESIRED_STATE_PAYLOAD_TYPE = PAYLOAD_TYPE
 MAX_ENVELOPE_BYTES = 64 * 1024
 
 
 def verify_desired_state(
     raw: bytes, director: ed25519.Ed25519PublicKey, device_id: str, now: dt.datetime
-) -> dict[str, Any]:
+) -> DesiredState:
     """The verified desired-state document, or UpdateError(DESIRED_STATE_INVALID)."""
 
     def bad(why: str) -> UpdateError:
@@ -62,19 +61,15 @@ def verify_desired_state(
         raise bad(f"has payloadType {env.payload_type[:80]!r}")
     if not env.keys_that_verify([("director", director)]):
         raise bad("is not signed by the director key in the trust store")
-    body = env.payload
     try:
-        doc = json.loads(body)  # only the verified bytes are parsed
-        if doc.get("_type") != DESIRED_STATE_SCHEMA:
-            raise ValueError(f"_type {doc.get('_type')!r}")
-        expires = dt.datetime.fromisoformat(str(doc["expires"]).replace("Z", "+00:00"))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise bad(f"payload is not a {DESIRED_STATE_SCHEMA} document: {exc}") from exc
-    if doc.get("device_id") != device_id:
-        raise bad(f"names device {str(doc.get('device_id'))[:64]!r}, not {device_id!r}")
-    if expires <= now:
-        raise bad(f"expired at {expires.isoformat()}")
-    return dict(doc)
+        doc = DesiredState.parse(env.payload)  # only the verified bytes are parsed
+    except DesiredStateError as exc:
+        raise bad(f"payload is not a {SCHEMA} document: {exc}") from exc
+    if doc.device_id != device_id:
+        raise bad(f"names device {doc.device_id[:64]!r}, not {device_id!r}")
+    if doc.expires <= now:
+        raise bad(f"expired at {doc.expires.isoformat()}")
+    return doc
 
 
 class RobotEffects:
@@ -151,10 +146,9 @@ class RobotEffects:
             self.agent.device_id,
             dt.datetime.now(dt.UTC),
         )
-        bundle = doc.get("bundle")
-        if not isinstance(bundle, dict) or not bundle.get("name"):
+        if doc.bundle is None:
             return None
-        return str(bundle["name"]), int(bundle.get("sequence", 0)), int(doc.get("generation", 0))
+        return doc.bundle.name, doc.bundle.sequence, doc.generation
 
     def refresh(self, bundle_name: str, timeout_s: float) -> TargetInfo:
         try:
@@ -175,33 +169,31 @@ class RobotEffects:
             self.agent.device_id,
             dt.datetime.now(dt.UTC),
         )
-        bundle = doc.get("bundle") or {}
-        if not isinstance(bundle, dict) or bundle.get("name") != bundle_name:
+        bundle = doc.bundle
+        if bundle is None or bundle.name != bundle_name:
             raise UpdateError(
                 Reason.DESIRED_STATE_MISMATCH,
                 f"the hint names {bundle_name!r} but the signed desired state wants "
-                f"{bundle.get('name') if isinstance(bundle, dict) else None!r}",
+                f"{bundle.name if bundle else None!r}",
             )
-        path = str(bundle.get("target") or f"bundles/{bundle['name']}-{bundle.get('version')}.efb")
+        path = bundle.target_path()
         target = view.target(path)
         if target is None:
             raise UpdateError(Reason.TARGET_UNKNOWN, f"TUF has no target {path}")
         custom = target.custom
-        if custom.get("name") != bundle_name or int(custom.get("sequence", -1)) != int(
-            bundle.get("sequence", -2)
-        ):
+        if custom.get("name") != bundle_name or int(custom.get("sequence", -1)) != bundle.sequence:
             raise UpdateError(
                 Reason.DESIRED_STATE_MISMATCH,
                 f"TUF target {path} is {custom.get('name')} sequence {custom.get('sequence')}, "
-                f"desired state says {bundle_name} sequence {bundle.get('sequence')}",
+                f"desired state says {bundle_name} sequence {bundle.sequence}",
             )
-        if bundle.get("sha256") and bundle["sha256"] != target.sha256:
+        if bundle.sha256 and bundle.sha256 != target.sha256:
             raise UpdateError(Reason.DESIRED_STATE_MISMATCH, f"{path}: sha256 differs from TUF")
         self._view = view
         self._target_custom = dict(custom)
         return TargetInfo(
             name=bundle_name,
-            version=str(custom.get("version", bundle.get("version", ""))),
+            version=str(custom.get("version", bundle.version)),
             sequence=int(custom["sequence"]),
             target_path=path,
             length=target.length,

@@ -300,6 +300,8 @@ class Agent:
                 self.host.sample(),
                 record_state,
                 status.active.bundle if status is not None and status.HasField("active") else None,
+                scheduling=status.scheduling if status is not None else "",
+                realtime=status is not None and status.realtime,
             )
         )
 

@@ -169,6 +169,11 @@ class MqttTransport:
         if will is not None:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.on_socket_open = self._on_socket_open
+        # Only the network thread touches the socket: without this hook paho writes a
+        # publish from the caller's thread while the loop reads, and concurrent use of
+        # one TLS connection corrupts it ("bad record mac", the broker disconnects).
+        # With it, publish() queues and wakes the loop, which writes.
+        c.on_socket_register_write = self._on_socket_register_write
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -243,6 +248,9 @@ class MqttTransport:
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         with contextlib.suppress(OSError, AttributeError):  # unix socket / websocket wrapper
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        """Nothing to register: the loop's select() already watches the socket."""
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

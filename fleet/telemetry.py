@@ -92,6 +92,8 @@ def make_point(
     host: HostMetrics,
     update_state: str = "",
     active_bundle: common_pb2.BundleRef | None = None,
+    scheduling: str = "",
+    realtime: bool = False,
 ) -> telemetry_pb2.TelemetryPoint:
     """One telemetry point from the runtime's metrics (None: runtime not reachable)."""
     p = telemetry_pb2.TelemetryPoint(
@@ -100,6 +102,8 @@ def make_point(
         disk_free_bytes=host.disk_free_bytes,
         temperature_c=host.temperature_c,
         update_state=update_state,
+        scheduling=scheduling,
+        realtime=realtime,
     )
     p.at.FromDatetime(at)
     if loop is not None:

@@ -205,20 +205,32 @@ class RolloutId(_message.Message):
     def __init__(self, id: _Optional[str] = ..., rollback: bool = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s")
+    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     WAVE_FRACTIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILURE_FRACTION_FIELD_NUMBER: _ClassVar[int]
     HEALTH_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTION_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     bundle: _common_pb2.BundleRef
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
     wave_fractions: _containers.RepeatedScalarFieldContainer[float]
     max_failure_fraction: float
     health_window_s: int
-    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ...) -> None: ...
+    max_action_divergence: float
+    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ...) -> None: ...
+
+class DevicePlan(_message.Message):
+    __slots__ = ("device_id", "outcome", "detail")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    outcome: str
+    detail: str
+    def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RolloutWave(_message.Message):
     __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes")
@@ -251,7 +263,7 @@ class DeviceOutcome(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason_code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason")
+    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence")
     ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +271,8 @@ class Rollout(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTION_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     bundle: _common_pb2.BundleRef
     state: str
@@ -266,7 +280,9 @@ class Rollout(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     created_by: str
     reason: str
-    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    plan: _containers.RepeatedCompositeFieldContainer[DevicePlan]
+    max_action_divergence: float
+    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("page",)

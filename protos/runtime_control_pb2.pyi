@@ -16,7 +16,7 @@ class SlotInfo(_message.Message):
     def __init__(self, slot: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ...) -> None: ...
 
 class RuntimeStatus(_message.Message):
-    __slots__ = ("active", "pending", "state", "execution_provider", "metrics", "anti_rollback", "tries_left", "reason", "swaps", "last_good", "failure")
+    __slots__ = ("active", "pending", "state", "execution_provider", "metrics", "anti_rollback", "tries_left", "reason", "swaps", "last_good", "failure", "scheduling", "realtime")
     class AntiRollbackEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,8 @@ class RuntimeStatus(_message.Message):
     SWAPS_FIELD_NUMBER: _ClassVar[int]
     LAST_GOOD_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULING_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_FIELD_NUMBER: _ClassVar[int]
     active: SlotInfo
     pending: SlotInfo
     state: str
@@ -46,7 +48,9 @@ class RuntimeStatus(_message.Message):
     swaps: int
     last_good: SlotInfo
     failure: Failure
-    def __init__(self, active: _Optional[_Union[SlotInfo, _Mapping]] = ..., pending: _Optional[_Union[SlotInfo, _Mapping]] = ..., state: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metrics: _Optional[_Union[LoopMetrics, _Mapping]] = ..., anti_rollback: _Optional[_Mapping[str, int]] = ..., tries_left: _Optional[int] = ..., reason: _Optional[str] = ..., swaps: _Optional[int] = ..., last_good: _Optional[_Union[SlotInfo, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+    scheduling: str
+    realtime: bool
+    def __init__(self, active: _Optional[_Union[SlotInfo, _Mapping]] = ..., pending: _Optional[_Union[SlotInfo, _Mapping]] = ..., state: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metrics: _Optional[_Union[LoopMetrics, _Mapping]] = ..., anti_rollback: _Optional[_Mapping[str, int]] = ..., tries_left: _Optional[int] = ..., reason: _Optional[str] = ..., swaps: _Optional[int] = ..., last_good: _Optional[_Union[SlotInfo, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., scheduling: _Optional[str] = ..., realtime: bool = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("code", "detail")

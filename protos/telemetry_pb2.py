@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/telemetry.proto\x12\x15\x65\x64geflux.telemetry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/common.proto\"l\n\x0eTelemetryBatch\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x35\n\x06points\x18\x03 \x03(\x0b\x32%.edgeflux.telemetry.v1.TelemetryPoint\"\xd0\x03\n\x0eTelemetryPoint\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bloop_p50_ms\x18\x02 \x01(\x01\x12\x13\n\x0bloop_p99_ms\x18\x03 \x01(\x01\x12\x14\n\x0cloop_p999_ms\x18\x04 \x01(\x01\x12\r\n\x05ticks\x18\x05 \x01(\x04\x12\x17\n\x0f\x64\x65\x61\x64line_misses\x18\x06 \x01(\x04\x12O\n\rinterventions\x18\x07 \x03(\x0b\x32\x38.edgeflux.telemetry.v1.TelemetryPoint.InterventionsEntry\x12\x34\n\ractive_bundle\x18\x08 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x13\n\x0b\x63pu_percent\x18\t \x01(\x01\x12\x16\n\x0ememory_percent\x18\n \x01(\x01\x12\x17\n\x0f\x64isk_free_bytes\x18\x0b \x01(\x01\x12\x15\n\rtemperature_c\x18\x0c \x01(\x01\x12\x14\n\x0cupdate_state\x18\r \x01(\t\x1a\x34\n\x12InterventionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc5\x01\n\x05\x45vent\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x13\n\x0breason_code\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12-\n\x06\x62undle\x18\x08 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\"q\n\x0b\x44\x65viceState\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fruntime_version\x18\x04 \x01(\t\"[\n\nUpdateHint\x12\x13\n\x0b\x62undle_name\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x12\n\nrollout_id\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/telemetry.proto\x12\x15\x65\x64geflux.telemetry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/common.proto\"l\n\x0eTelemetryBatch\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x35\n\x06points\x18\x03 \x03(\x0b\x32%.edgeflux.telemetry.v1.TelemetryPoint\"\xf6\x03\n\x0eTelemetryPoint\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bloop_p50_ms\x18\x02 \x01(\x01\x12\x13\n\x0bloop_p99_ms\x18\x03 \x01(\x01\x12\x14\n\x0cloop_p999_ms\x18\x04 \x01(\x01\x12\r\n\x05ticks\x18\x05 \x01(\x04\x12\x17\n\x0f\x64\x65\x61\x64line_misses\x18\x06 \x01(\x04\x12O\n\rinterventions\x18\x07 \x03(\x0b\x32\x38.edgeflux.telemetry.v1.TelemetryPoint.InterventionsEntry\x12\x34\n\ractive_bundle\x18\x08 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x13\n\x0b\x63pu_percent\x18\t \x01(\x01\x12\x16\n\x0ememory_percent\x18\n \x01(\x01\x12\x17\n\x0f\x64isk_free_bytes\x18\x0b \x01(\x01\x12\x15\n\rtemperature_c\x18\x0c \x01(\x01\x12\x14\n\x0cupdate_state\x18\r \x01(\t\x12\x12\n\nscheduling\x18\x14 \x01(\t\x12\x10\n\x08realtime\x18\x15 \x01(\x08\x1a\x34\n\x12InterventionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc5\x01\n\x05\x45vent\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x13\n\x0breason_code\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12-\n\x06\x62undle\x18\x08 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\"q\n\x0b\x44\x65viceState\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fruntime_version\x18\x04 \x01(\t\"[\n\nUpdateHint\x12\x13\n\x0b\x62undle_name\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x12\n\nrollout_id\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TELEMETRYBATCH']._serialized_start=103
   _globals['_TELEMETRYBATCH']._serialized_end=211
   _globals['_TELEMETRYPOINT']._serialized_start=214
-  _globals['_TELEMETRYPOINT']._serialized_end=678
-  _globals['_TELEMETRYPOINT_INTERVENTIONSENTRY']._serialized_start=626
-  _globals['_TELEMETRYPOINT_INTERVENTIONSENTRY']._serialized_end=678
-  _globals['_EVENT']._serialized_start=681
-  _globals['_EVENT']._serialized_end=878
-  _globals['_DEVICESTATE']._serialized_start=880
-  _globals['_DEVICESTATE']._serialized_end=993
-  _globals['_UPDATEHINT']._serialized_start=995
-  _globals['_UPDATEHINT']._serialized_end=1086
+  _globals['_TELEMETRYPOINT']._serialized_end=716
+  _globals['_TELEMETRYPOINT_INTERVENTIONSENTRY']._serialized_start=664
+  _globals['_TELEMETRYPOINT_INTERVENTIONSENTRY']._serialized_end=716
+  _globals['_EVENT']._serialized_start=719
+  _globals['_EVENT']._serialized_end=916
+  _globals['_DEVICESTATE']._serialized_start=918
+  _globals['_DEVICESTATE']._serialized_end=1031
+  _globals['_UPDATEHINT']._serialized_start=1033
+  _globals['_UPDATEHINT']._serialized_end=1124
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ class TelemetryBatch(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., sequence: _Optional[int] = ..., points: _Optional[_Iterable[_Union[TelemetryPoint, _Mapping]]] = ...) -> None: ...
 
 class TelemetryPoint(_message.Message):
-    __slots__ = ("at", "loop_p50_ms", "loop_p99_ms", "loop_p999_ms", "ticks", "deadline_misses", "interventions", "active_bundle", "cpu_percent", "memory_percent", "disk_free_bytes", "temperature_c", "update_state")
+    __slots__ = ("at", "loop_p50_ms", "loop_p99_ms", "loop_p999_ms", "ticks", "deadline_misses", "interventions", "active_bundle", "cpu_percent", "memory_percent", "disk_free_bytes", "temperature_c", "update_state", "scheduling", "realtime")
     class InterventionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,8 @@ class TelemetryPoint(_message.Message):
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
     UPDATE_STATE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULING_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_FIELD_NUMBER: _ClassVar[int]
     at: _timestamp_pb2.Timestamp
     loop_p50_ms: float
     loop_p99_ms: float
@@ -55,7 +57,9 @@ class TelemetryPoint(_message.Message):
     disk_free_bytes: float
     temperature_c: float
     update_state: str
-    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., loop_p50_ms: _Optional[float] = ..., loop_p99_ms: _Optional[float] = ..., loop_p999_ms: _Optional[float] = ..., ticks: _Optional[int] = ..., deadline_misses: _Optional[int] = ..., interventions: _Optional[_Mapping[str, int]] = ..., active_bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., disk_free_bytes: _Optional[float] = ..., temperature_c: _Optional[float] = ..., update_state: _Optional[str] = ...) -> None: ...
+    scheduling: str
+    realtime: bool
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., loop_p50_ms: _Optional[float] = ..., loop_p99_ms: _Optional[float] = ..., loop_p999_ms: _Optional[float] = ..., ticks: _Optional[int] = ..., deadline_misses: _Optional[int] = ..., interventions: _Optional[_Mapping[str, int]] = ..., active_bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., disk_free_bytes: _Optional[float] = ..., temperature_c: _Optional[float] = ..., update_state: _Optional[str] = ..., scheduling: _Optional[str] = ..., realtime: bool = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("device_id", "sequence", "at", "kind", "state", "reason_code", "detail", "bundle")

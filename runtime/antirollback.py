@@ -21,15 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomicio import atomic_write_json
-from runtime.bundle.errors import BundleRollbackError
+from runtime.bundle.errors import AntiRollbackError, BundleRollbackError
 
 __all__ = ["AntiRollbackError", "AntiRollbackStore", "BundleRollbackError"]
 
 _SCHEMA = "edgeflux.antirollback/v1"
-
-
-class AntiRollbackError(RuntimeError):
-    """The counter file cannot be read or written (corrupt, wrong schema, I/O error)."""
 
 
 class AntiRollbackStore:

@@ -166,6 +166,9 @@ def status_cmd(root: Path, as_json: bool) -> None:
         p = st.pending.bundle
         click.echo(f"pending    slot {st.pending.slot}: {p.name} {p.version}")
     click.echo(f"provider   {st.execution_provider}")
+    click.echo(f"scheduling {st.scheduling or 'unknown'}")
+    if st.scheduling and not st.realtime:
+        click.echo("warning: the control loop runs without real-time priority", err=True)
     click.echo(
         f"loop       {m.rate_hz:g} Hz, {m.ticks} ticks, {m.deadline_misses} misses, "
         f"p50 {m.latency_p50_ms:.3f} ms, p99 {m.latency_p99_ms:.3f} ms, "

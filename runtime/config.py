@@ -23,7 +23,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -171,7 +171,13 @@ class RuntimeConfig(BaseModel):
     """Busy-wait this long before each tick for lower jitter (costs CPU)."""
     swap_timeout_s: float = Field(default=5.0, gt=0)
     realtime_priority: int | None = Field(default=None, ge=1, le=99)
-    """Run the loop thread SCHED_FIFO at this priority (needs CAP_SYS_NICE); None: normal."""
+    """Run the loop thread SCHED_FIFO at this priority (needs CAP_SYS_NICE or an rtprio limit);
+    None: normal. The flashed systemd unit sets 50."""
+    lock_memory: bool = False
+    """Lock the process's memory (mlockall) so a page fault never stalls a tick (needs
+    CAP_IPC_LOCK or LimitMEMLOCK=infinity). The flashed systemd unit turns it on."""
+    loop_cpus: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    """Pin the loop thread to these CPUs (e.g. [3] on a core kept free with isolcpus=3)."""
     gil_switch_interval_ms: float = Field(default=0.5, gt=0)
     """How long another Python thread (staging, gRPC) may hold the GIL while the loop waits;
     CPython's default 5 ms is longer than a 500 Hz period."""

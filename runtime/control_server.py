@@ -89,6 +89,8 @@ def status_to_proto(s: StatusInfo) -> runtime_control_pb2.RuntimeStatus:
         reason=s.failure.detail if s.failure is not None else "",
         failure=_failure(s.failure),
         swaps=s.swaps,
+        scheduling=s.scheduling,
+        realtime=s.realtime,
     )
 
 

@@ -33,9 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime.adapters import AdapterError, AdapterTimeout, RobotAdapter
-from runtime.envelope import Reason, SafetyEnvelope
+from runtime.envelope import FALLBACK_REASONS, Reason, SafetyEnvelope
+from runtime.kernel import PolicyKernel
 from runtime.manifest import BundleManifest
 from runtime.metrics import LatencyHistogram, LoopCounters, MetricsSnapshot
+from runtime.realtime import Scheduling, enter_loop_thread
 
 __all__ = [
     "ControlLoop",
@@ -93,77 +95,53 @@ class ShadowResult:
     errors: int
 
 
-def _normaliser(manifest: BundleManifest) -> tuple[F32, F32, F32] | None:
-    """(mean, 1/std, scratch buffer) when normalisation is outside the graph, else None."""
-    io = manifest.io
-    if io.obs_mean is None or io.obs_std is None:
-        return None
-    return (
-        np.asarray(io.obs_mean, np.float32),
-        (1.0 / np.asarray(io.obs_std, np.float64)).astype(np.float32),
-        np.zeros(io.obs_dim, np.float32),
-    )
-
-
 class _Shadow:
+    """A candidate's kernel fed the active policy's observations; never actuated.
+
+    The candidate's action on a tick is exactly what it would have written (its
+    fallback included: that is its next tick's previous action).
+    """
+
     def __init__(self, candidate: LoadedPolicy, ticks: int) -> None:
         self.candidate = candidate
         self.wanted = ticks
-        self.envelope = SafetyEnvelope(candidate.manifest.io, candidate.manifest.control)
-        self.out = np.zeros(self.envelope.action_dim, np.float32)
-        self.prev = self.envelope.prev
-        self.norm = _normaliser(candidate.manifest)
+        self.kernel = PolicyKernel(candidate.manifest, candidate.session)
         self.latency = LatencyHistogram()
         self.ticks = 0
         self.compared = 0
         self.div_sum = 0.0
         self.div_max = 0.0
-        self.nonfinite = 0
-        self.errors = 0
         self.done = threading.Event()
 
     def step(self, obs: object, active_action: F32) -> None:
         self.ticks += 1
-        env = self.envelope
-        if env.check_observation(obs) is None:
-            assert isinstance(obs, np.ndarray)
-            t0 = time.perf_counter_ns()
-            x = obs
-            if self.norm is not None:  # the candidate's own normalisation, if outside its graph
-                mean, inv_std, buf = self.norm
-                x = np.multiply(np.subtract(obs, mean, out=buf), inv_std, out=buf)
-            try:
-                raw = self.candidate.session.step(x)
-            except Exception:
-                self.errors += 1
-                raw = None
-            self.latency.record_ns(time.perf_counter_ns() - t0)
-            if raw is not None:
-                act = env.filter_action(raw, self.prev, self.out)
-                if act is None:
-                    if raw.shape != self.out.shape or not np.isfinite(raw).all():
-                        self.nonfinite += 1
-                else:
-                    np.copyto(self.prev, act)
-                    if self.prev.shape == active_action.shape:
-                        d = float(np.max(np.abs(self.prev - active_action)))
-                        self.compared += 1
-                        self.div_sum += d
-                        self.div_max = max(self.div_max, d)
+        counts = self.kernel.counts
+        fell_back = sum(counts[r] for r in FALLBACK_REASONS)
+        t0 = time.perf_counter_ns()
+        action = self.kernel.step(obs)
+        self.latency.record_ns(time.perf_counter_ns() - t0)
+        # Divergence is measured on the candidate's own (filtered) actions; a tick on
+        # which it fell back is counted among its interventions instead.
+        own = sum(counts[r] for r in FALLBACK_REASONS) == fell_back
+        if own and action.shape == active_action.shape:
+            d = float(np.max(np.abs(action - active_action)))
+            self.compared += 1
+            self.div_sum += d
+            self.div_max = max(self.div_max, d)
         if self.ticks >= self.wanted:
             self.done.set()
 
     def result(self) -> ShadowResult:
-        violations = sum(self.envelope.counts.values())
+        counts = self.kernel.counts
         return ShadowResult(
             ticks=self.ticks,
             compared=self.compared,
             divergence_mean=self.div_sum / self.compared if self.compared else 0.0,
             divergence_max=self.div_max,
-            nan_rate=self.nonfinite / self.ticks if self.ticks else 0.0,
+            nan_rate=counts[Reason.ACTION_NONFINITE.value] / self.ticks if self.ticks else 0.0,
             latency_p99_ms=self.latency.quantile_ms(0.99),
-            envelope_violations=violations,
-            errors=self.errors,
+            envelope_violations=sum(counts.values()),
+            errors=counts[Reason.POLICY_ERROR.value],
         )
 
 
@@ -173,10 +151,7 @@ class _Plan:
     rate_hz: float
     period_ns: int
     deadline_ns: int
-    envelope: SafetyEnvelope
-    out: F32
-    norm: tuple[F32, F32, F32] | None
-    initial: F32
+    kernel: PolicyKernel
 
 
 class ControlLoop:
@@ -194,6 +169,7 @@ class ControlLoop:
         watchdog: bool = True,
         spin_us: float = 0.0,
         realtime_priority: int | None = None,
+        loop_cpus: tuple[int, ...] | None = None,
         on_tick: Callable[[int], None] | None = None,
     ) -> None:
         self.adapter = adapter
@@ -201,6 +177,9 @@ class ControlLoop:
         self._rate_override = rate_hz
         self._spin_ns = int(spin_us * 1000)
         self._rt_priority = realtime_priority
+        self._loop_cpus = loop_cpus
+        self.scheduling: Scheduling | None = None
+        """How the loop thread is scheduled (set when it starts running)."""
         self._watchdog_enabled = watchdog
         self._on_tick = on_tick
         self._write_lock = threading.Lock()
@@ -225,17 +204,12 @@ class ControlLoop:
         ctl = policy.manifest.control
         rate = self._rate_override or ctl.rate_hz
         period_ns = round(1e9 / rate)
-        envelope = SafetyEnvelope(policy.manifest.io, ctl, self.counters.interventions)
-        norm = _normaliser(policy.manifest)
         return _Plan(
             policy=policy,
             rate_hz=rate,
             period_ns=period_ns,
             deadline_ns=min(round(ctl.deadline_ms * 1e6), period_ns),
-            envelope=envelope,
-            out=np.zeros(envelope.action_dim, np.float32),
-            norm=norm,
-            initial=envelope.initial_action,
+            kernel=PolicyKernel(policy.manifest, policy.session, self.counters.interventions),
         )
 
     def _apply(self, plan: _Plan) -> None:
@@ -243,19 +217,22 @@ class ControlLoop:
         self.rate_hz = plan.rate_hz
         self.period_ns = plan.period_ns
         self.deadline_ns = plan.deadline_ns
-        self._envelope = plan.envelope
-        self._out = plan.out
-        self._norm = plan.norm
-        # Carry the previous action over into the new envelope's buffer (hold / rate
-        # limit continue across a swap); a different action size starts afresh.
+        # Carry the previous action over into the new kernel (hold / rate limit
+        # continue across a swap); a different action size starts afresh.
         prev = getattr(self, "_prev", None)
-        if prev is not None and prev.shape == plan.initial.shape:
-            np.copyto(plan.envelope.prev, prev)
-        self._prev = plan.envelope.prev
+        if prev is not None and prev.shape == plan.kernel.prev.shape:
+            plan.kernel.commit(prev)
+        self._kernel = plan.kernel
+        self._prev = plan.kernel.prev
+
+    @property
+    def kernel(self) -> PolicyKernel:
+        """The active policy's kernel (the tick's arithmetic)."""
+        return self._kernel
 
     @property
     def envelope(self) -> SafetyEnvelope:
-        return self._envelope
+        return self._kernel.envelope
 
     @property
     def last_action(self) -> F32:
@@ -343,8 +320,7 @@ class ControlLoop:
     def run(self, *, ticks: int | None = None, duration_s: float | None = None) -> MetricsSnapshot:
         """Run until `stop()`, `ticks` ticks or `duration_s` seconds; returns the metrics."""
         self._stop.clear()
-        if self._rt_priority is not None:
-            _make_realtime(self._rt_priority)
+        self.scheduling = enter_loop_thread(self._rt_priority, self._loop_cpus)
         if self._watchdog_enabled:
             self._watchdog = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
             self._watchdog.start()
@@ -415,7 +391,7 @@ class ControlLoop:
 
     def _tick(self, due: int, t0: int) -> None:
         counters = self.counters
-        env = self._envelope
+        kernel = self._kernel
         prev = self._prev
         obs: object = None
         action: F32 | None = None
@@ -427,29 +403,17 @@ class ControlLoop:
             counters.interventions[Reason.ADAPTER_ERROR.value] += 1
             log.debug("adapter read failed: %s", exc)
         else:
-            if env.check_observation(obs) is None:
-                x: F32 = obs  # checked: a float32 vector
-                if self._norm is not None:
-                    mean, inv_std, buf = self._norm
-                    np.subtract(x, mean, out=buf)
-                    x = np.multiply(buf, inv_std, out=buf)
-                try:
-                    raw = self.policy.session.step(x)
-                except Exception as exc:
-                    counters.interventions[Reason.POLICY_ERROR.value] += 1
-                    log.debug("policy raised: %s", exc)
-                else:
-                    action = env.filter_action(raw, prev, self._out)
+            action = kernel.propose(obs)
         if action is None:
-            action = env.fallback(prev)
+            action = kernel.fallback()
         deadline = due + self.deadline_ns
         late = time.perf_counter_ns() > deadline
         if late:
             # The answer is stale: the state it was computed from is a deadline old.
             counters.interventions[Reason.DEADLINE_OVERRUN.value] += 1
-            action = env.fallback(prev)
-        # Keep our own copy before actuating: `raw` is the session's reused buffer.
-        np.copyto(prev, action)
+            action = kernel.fallback()
+        # Keep our own copy before actuating: the action may be the session's buffer.
+        kernel.commit(action)
         with self._write_lock:
             self._tick_written = True
             try:
@@ -487,7 +451,7 @@ class ControlLoop:
                 try:
                     if not self._tick_written and self._tick_due_ns == due:
                         self.counters.interventions[Reason.WATCHDOG.value] += 1
-                        self.adapter.write_action(self._envelope.fallback(self._prev))
+                        self.adapter.write_action(self._kernel.fallback())
                         # Re-arm one period later while the tick stays stalled.
                         self._tick_due_ns = due + self.period_ns
                 except AdapterError:

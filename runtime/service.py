@@ -48,6 +48,7 @@ from runtime.loop import (
     realtime_thread,
 )
 from runtime.metrics import MetricsSnapshot
+from runtime.realtime import lock_memory, warn_unless_realtime
 from runtime.sdnotify import SystemdNotifier
 from runtime.session import PolicySession, SessionError
 from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
@@ -81,6 +82,9 @@ class StatusInfo:
     failure: Failure | None
     """Why the last candidate failed or was rolled back (None: nothing failed)."""
     swaps: int
+    scheduling: str = ""
+    """How the loop thread is scheduled, e.g. 'SCHED_FIFO 50, memory locked'."""
+    realtime: bool = False
 
 
 class RuntimeService:
@@ -177,6 +181,8 @@ class RuntimeService:
             # loop. Threads started from here on (gRPC workers) inherit this policy; the
             # loop and its watchdog run one level higher.
             make_thread_realtime(max(1, rt - 1))
+        if self.config.lock_memory:
+            lock_memory()
         self.layout.ensure()
         self._lock.acquire()
         own_adapter = self._adapter is None
@@ -200,11 +206,13 @@ class RuntimeService:
                 watchdog=self.config.watchdog,
                 spin_us=self.config.spin_us,
                 realtime_priority=self.config.realtime_priority,
+                loop_cpus=tuple(self.config.loop_cpus) if self.config.loop_cpus else None,
             )
             self._state = RuntimeState.ACTIVATED if choice.trial else RuntimeState.RUNNING
             last = self.slots.state().last_failure
             self._failure = Failure(Reason.BOOT_FALLBACK, last) if last else None
             self.loop.start()
+            self._report_scheduling(self.loop)
             if self._serve:
                 from runtime.control_server import serve
 
@@ -225,6 +233,14 @@ class RuntimeService:
                 "provider": active.session.provider,
             },
         )
+
+    def _report_scheduling(self, loop: ControlLoop) -> None:
+        """Warn at start-up when the loop thread did not get real-time priority."""
+        deadline = time.monotonic() + 5.0
+        while loop.scheduling is None and loop.running and time.monotonic() < deadline:
+            time.sleep(0.001)  # the loop thread sets it before its first tick
+        if loop.scheduling is not None:
+            warn_unless_realtime(loop.scheduling)
 
     def _catch_up_counter(self, choice: BootChoice) -> None:
         m = choice.bundle.manifest
@@ -306,6 +322,7 @@ class RuntimeService:
         loop = self.loop
         slots = self.slots.state()
         active = loop.policy if loop is not None else None
+        sched = loop.scheduling if loop is not None else None
         return StatusInfo(
             state=self._state,
             active=active,
@@ -317,6 +334,8 @@ class RuntimeService:
             anti_rollback=self._safe_counters(),
             failure=self._failure,
             swaps=loop.swaps if loop is not None else 0,
+            scheduling=sched.describe() if sched is not None else "",
+            realtime=sched is not None and sched.realtime,
         )
 
     def _safe_counters(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ EXPECTED_GROUPS = {
     "attest",
     "rollout",
     "flash",
+    "robot",
     "tui",
     "demo",
 }

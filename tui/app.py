@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from textual import work
-from textual.app import App, SystemCommand
+from textual.app import SystemCommand
 from textual.binding import Binding, BindingType
-from textual.reactive import reactive
 from textual.screen import Screen
 from textual.theme import Theme
 
 from tui.client import AdminClient, AdminError, FleetWatch, iter_batches
+from tui.console import ConsoleApp
 from tui.messages import ConnectionChanged, FleetBatch
 from tui.screens._chrome import HelpScreen, JumpScreen
 from tui.screens.attestations import AttestationsScreen
@@ -61,7 +61,7 @@ SCREEN_NAMES = ("fleet", "bundles", "attestations", "routing")
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
 
 
-class EdgeFluxApp(App[None]):
+class EdgeFluxApp(ConsoleApp):
     """The operator console. `client` is the only way it reaches the plane."""
 
     # absolute, so subclasses defined elsewhere (tests, bench) find it too
@@ -84,9 +84,6 @@ class EdgeFluxApp(App[None]):
         Binding("ctrl+t", "next_theme", "Theme", show=False),
         Binding("q", "quit", "Quit"),
     ]
-
-    status_line: reactive[str] = reactive("connecting…")
-    connected: reactive[bool] = reactive(False)
 
     def __init__(
         self,
@@ -151,7 +148,12 @@ class EdgeFluxApp(App[None]):
                 ConnectionChanged(
                     False,
                     f"✖ {self.plane_name} disconnected — retrying in {delay:.1f}s "
-                    f"({reason.strip()[:80]})",
+                    f"({reason.strip()[:80]})"
+                    + (
+                        "; no --cert/--key/--ca given: an mTLS plane refuses plaintext"
+                        if getattr(self.client, "plaintext", False)
+                        else ""
+                    ),
                 )
             )
             self._stop.wait(delay)

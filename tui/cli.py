@@ -68,7 +68,7 @@ def tui(
     export_dir: Path,
 ) -> None:
     """The operator console: live fleet, devices, bundles and pushes, attestations, routing."""
-    from tui.client import AdminClient, AdminError, TlsFiles, certificate_role
+    from tui.client import AdminClient, AdminError, TlsFiles, certificate_role, speaks_tls
     from tui.verify import TrustedKeyError, load_trusted_keys
 
     host, sep, port = target.rpartition(":")
@@ -79,6 +79,12 @@ def tui(
         missing = sorted({"--cert", "--key", "--ca"} - set(given))
         raise click.ClickException(
             f"mTLS needs --cert, --key and --ca together; missing {', '.join(missing)}"
+        )
+    if not given and speaks_tls(host.strip("[]"), int(port)):
+        raise click.ClickException(
+            f"the control plane at {target} requires mTLS: give --cert, --key and --ca "
+            "(an operator's files from `edgeflux cloud init`: <home>/pki/operators/admin.crt, "
+            "admin.key and <home>/pki/ca.crt)"
         )
     if not export_dir.is_dir():
         raise click.ClickException(f"--export-dir {export_dir} is not a directory")

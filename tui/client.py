@@ -81,6 +81,36 @@ class TlsFiles:
         )
 
 
+def speaks_tls(host: str, port: int, timeout_s: float = 3.0) -> bool | None:
+    """Whether the server at host:port answers a TLS handshake (None: nothing answers).
+
+    A plaintext console cannot talk to an mTLS control plane: instead of retrying
+    forever, the console asks once, before it starts, and says what is missing.
+    """
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError:
+        return None
+    try:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.do_handshake()
+        return True
+    except ssl.SSLError as exc:
+        # An alert (certificate required, handshake failure) comes from a TLS server;
+        # a plaintext server answers bytes that are no TLS record at all.
+        return "alert" in str(exc).lower()
+    except OSError:
+        return False
+    finally:
+        raw.close()
+
+
 def certificate_role(cert_pem: bytes) -> str | None:
     """The operator role a certificate names (subject OU=operator, title=admin|viewer).
 
@@ -212,6 +242,7 @@ class AdminClient:
     def __init__(self, target: str, tls: TlsFiles | None = None, timeout_s: float = 5.0) -> None:
         self.target = target
         self.timeout_s = timeout_s
+        self.plaintext = tls is None
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             # fail fast so the console shows "disconnected — retrying" promptly

@@ -35,7 +35,9 @@ __all__ = [
     "FleetStore",
     "Query",
     "QueryError",
+    "bundle_label",
     "parse_query",
+    "temperature_text",
 ]
 
 HISTORY_POINTS = 120
@@ -87,6 +89,19 @@ class DeviceRow:
         return data
 
 
+def bundle_label(name: str, version: str) -> str:
+    """`name@version`; just the name while the version is not known yet (a device that
+    was hinted a bundle but has not reported one); "" without a name."""
+    if not name:
+        return ""
+    return f"{name}@{version}" if version else name
+
+
+def temperature_text(celsius: float, unit: str = "") -> str:
+    """The temperature, or "—" where the robot has no readable sensor (it reports 0.0)."""
+    return "—" if celsius == 0.0 else f"{celsius:.1f}{unit}"
+
+
 def _fmt_time(ts: float) -> str:
     if ts <= 0:
         return "never"
@@ -136,7 +151,7 @@ COLUMNS: tuple[Column, ...] = (
         "Bundle",
         lambda r: (r.bundle_name, r.bundle_sequence),
         lambda r: f"{r.bundle_name} {r.bundle_version}".strip() or "—",
-        lambda r: f"{r.bundle_name}@{r.bundle_version}" if r.bundle_name else "",
+        lambda r: bundle_label(r.bundle_name, r.bundle_version),
         width=16,
     ),
     Column(
@@ -183,7 +198,7 @@ COLUMNS: tuple[Column, ...] = (
         "temp",
         "Temp °C",
         lambda r: r.temperature_c,
-        lambda r: f"{r.temperature_c:.1f}",
+        lambda r: temperature_text(r.temperature_c),
         lambda r: r.temperature_c,
         width=9,
     ),
@@ -503,7 +518,7 @@ class FleetStore:
         )
         if changed and row.update_state:
             ups = self.updates.setdefault(row.id, deque(maxlen=HISTORY_POINTS))
-            bundle = f"{row.bundle_name}@{row.bundle_version}" if row.bundle_name else ""
+            bundle = bundle_label(row.bundle_name, row.bundle_version)
             ups.append(UpdateEvent(at, row.update_state, row.update_reason, bundle))
 
     def _recompute(self) -> None:

@@ -155,7 +155,7 @@ def analyse(tasks: Sequence[TaskEvidence], gates: Sequence[Gate], alpha: float =
             for i in computed
         )
     )
-    if not tasks or any(not g.passed for g in gates) or len(computed) != len(results):
+    if not tasks or any(g.failed for g in gates) or len(computed) != len(results):
         verdict: Verdict = "not_attested"
     elif all(o == "equivalent" for o in outcomes):
         verdict = "attested"

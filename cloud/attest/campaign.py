@@ -48,6 +48,7 @@ import json
 import multiprocessing
 import os
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cloud.attest import analysis, gates, statement
 from runtime.atomicio import atomic_write_bytes, atomic_write_json
 from runtime.bundle import BundleError, VerifiedBundle, verify_bundle
+from runtime.kernel import kernel_settings, settings_digest
 from runtime.trust import TrustStore
 
 __all__ = [
@@ -227,25 +229,20 @@ def _make_teacher(kind: str, env_id: str, variant: Mapping[str, float]) -> Any:
     return getattr(importlib.import_module(module), attr)(env_id, variant)
 
 
-class _SessionPolicy:
-    """The student arm: the signed policy.onnx through the runtime's PolicySession."""
+def _student_kernel(onnx_bytes: bytes, manifest_json: Mapping[str, Any]) -> Any:
+    """The student arm: the signed policy.onnx and manifest through `runtime.kernel`,
+    with the providers the bundle allows (TensorRT → CUDA → CPU order), as on a robot."""
+    from runtime.kernel import KernelPolicy, load_kernel
+    from runtime.manifest import BundleManifest
 
-    def __init__(self, onnx_bytes: bytes, manifest: Mapping[str, Any]) -> None:
-        from runtime.session import PolicySession
+    manifest = BundleManifest.model_validate(manifest_json)
+    allowed = manifest.compatibility.execution_providers
+    return KernelPolicy(load_kernel(onnx_bytes, manifest, allowed_providers=allowed))
 
-        # The providers the bundle allows, as on a robot (TensorRT → CUDA → CPU order).
-        allowed = manifest.get("compatibility", {}).get("execution_providers")
-        self.session = PolicySession(onnx_bytes, allowed_providers=allowed)
-        io = manifest.get("io", {})
-        mean, std = io.get("obs_mean"), io.get("obs_std")
-        self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)
-        self.std = None if std is None else np.asarray(std, dtype=np.float32)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        x = np.asarray(obs, dtype=np.float32)
-        if self.mean is not None and self.std is not None:
-            x = (x - self.mean) / self.std
-        return self.session.run(np.ascontiguousarray(x))
+def _teacher_settings(kind: str) -> str:
+    """What the reference arm applies to observations and actions: its own planner's."""
+    return _sha({"arm": "teacher", "teacher": kind, **_OBS_PIPELINE})
 
 
 def _episodes(
@@ -266,20 +263,28 @@ def _episodes(
 
 
 def _run_unit(unit: dict[str, Any]) -> dict[str, Any]:
-    """One work unit in a worker process. Inputs and outputs are plain JSON data."""
+    """One work unit in a worker process. Inputs and outputs are plain JSON data; a
+    policy that cannot be loaded or run is a CampaignError naming the unit."""
+    from runtime.kernel import KernelError
+    from runtime.session import SessionError
+
+    try:
+        return _run_unit_unchecked(unit)
+    except (KernelError, SessionError) as exc:
+        raise CampaignError(f"work unit {unit['id']}: {exc}") from None
+
+
+def _run_unit_unchecked(unit: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
     env_id, variant, seeds = unit["env_id"], unit["variant"], unit["seeds"]
-    hashes = {
-        "env_hash": _env_hash(env_id, variant),
-        "protocol_hash": _sha(_PROTOCOL),
-        "normaliser_hash": _sha(_OBS_PIPELINE),
-    }
+    hashes = {"env_hash": _env_hash(env_id, variant), "protocol_hash": _sha(_PROTOCOL)}
     out: dict[str, Any] = {"id": unit["id"], "hashes": hashes}
     teacher = _make_teacher(unit["teacher"], env_id, variant)
     out["teacher"] = _episodes(env_id, teacher, seeds, variant)
     out["teacher_digest"] = str(teacher.digest()) if hasattr(teacher, "digest") else ""
+    out["teacher_settings"] = _teacher_settings(unit["teacher"])
     if unit["kind"] == "calibration":
         from distill.evaluate import RandomPolicy
 
@@ -288,9 +293,11 @@ def _run_unit(unit: dict[str, Any]) -> dict[str, Any]:
     data = Path(unit["policy_path"]).read_bytes()
     # Bound to the verified bytes: a file swapped after verification is caught here.
     out["onnx_sha256"] = hashlib.sha256(data).hexdigest()
-    student = _SessionPolicy(data, unit["manifest"])
-    out["provider"] = student.session.provider
+    student = _student_kernel(data, unit["manifest"])
+    out["provider"] = student.provider
     out["student"] = _episodes(env_id, student, seeds, variant)
+    out["student_settings"] = student.kernel.digest
+    out["student_interventions"] = dict(sorted(student.counts.items()))
     return out
 
 
@@ -321,8 +328,17 @@ def numeric_parity(
     inputs = rng.uniform(obs_low, obs_high, size=(n, len(obs_low))).astype(np.float32)
     model = onnx.load_from_string(onnx_bytes)
     ref_eval = ReferenceEvaluator(model)
-    input_name = model.graph.input[0].name
-    reference = np.asarray(ref_eval.run(None, {input_name: inputs})[0], dtype=np.float64)
+    graph_input = model.graph.input[0]
+    input_name = graph_input.name
+    dims = graph_input.type.tensor_type.shape.dim
+    per_row = len(dims) > 1 and dims[0].HasField("dim_value") and dims[0].dim_value == 1
+    run_reference: Any = ref_eval.run  # onnx types its outputs loosely
+
+    def evaluate(x: np.ndarray) -> np.ndarray:
+        return np.asarray(run_reference(None, {input_name: x})[0], np.float64).reshape(len(x), -1)
+
+    rows_in = [x[None] for x in inputs] if per_row else [inputs]
+    reference = np.concatenate([evaluate(x) for x in rows_in])
     rows: list[dict[str, Any]] = []
     for provider in available_providers():
         if provider not in DEFAULT_PROVIDER_ORDER:
@@ -330,11 +346,14 @@ def numeric_parity(
             continue
         try:
             session = PolicySession(onnx_bytes, allowed_providers=[provider])
-            got = session.run(inputs).astype(np.float64)
+            if per_row:  # a fixed batch of 1: one observation per run, as on the robot
+                got = np.stack([session.step(x).astype(np.float64) for x in inputs])
+            else:
+                got = session.run(inputs).astype(np.float64)
         except SessionError as exc:
             rows.append({"provider": provider, "error": str(exc)})
             continue
-        diff = np.abs(got - reference)
+        diff = np.abs(got.reshape(n, -1) - reference)
         rows.append(
             {
                 "provider": provider,
@@ -560,15 +579,16 @@ def run_campaign(
 TRAINING_SEED_FIELDS = ("seeds", "dagger_seeds", "training_seeds", "env_seeds")
 
 
-def training_seeds(provenance: Any) -> frozenset[int]:
-    """Every seed the bundle's provenance says was used for training or DAgger."""
+def training_seeds(provenance: Any) -> frozenset[int] | None:
+    """Every seed the bundle's provenance says was used for training or DAgger; None
+    when it records none (a bring-your-own bundle: disjointness is then unknown)."""
     extra = getattr(provenance, "model_extra", None) or {}
     found: set[int] = set()
     for name in TRAINING_SEED_FIELDS:
         values = getattr(provenance, name, None) if name == "seeds" else extra.get(name)
         if isinstance(values, list):
             found.update(int(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
-    return frozenset(found)
+    return frozenset(found) if found else None
 
 
 def _episode(e: dict[str, Any], hashes: dict[str, str]) -> gates.Episode:
@@ -598,6 +618,8 @@ def _conclude(
     evidence: list[gates.TaskEvidence] = []
     providers: set[str] = set()
     onnx_digests: set[str] = set()
+    interventions: dict[str, Counter[str]] = {t.name: Counter() for t in spec.tasks}
+    steps: dict[str, int] = {t.name: 0 for t in spec.tasks}
     for i, task in enumerate(spec.tasks):
         student: dict[int, gates.Episode] = {}
         teacher: dict[int, gates.Episode] = {}
@@ -606,10 +628,14 @@ def _conclude(
                 continue
             providers.add(r["provider"])
             onnx_digests.add(r["onnx_sha256"])
+            student_hashes = {**r["hashes"], "normaliser_hash": r.get("student_settings", "")}
+            teacher_hashes = {**r["hashes"], "normaliser_hash": r.get("teacher_settings", "")}
             for e in r["student"]:
-                student[int(e["seed"])] = _episode(e, r["hashes"])
+                student[int(e["seed"])] = _episode(e, student_hashes)
             for e in r["teacher"]:
-                teacher[int(e["seed"])] = _episode(e, r["hashes"])
+                teacher[int(e["seed"])] = _episode(e, teacher_hashes)
+            interventions[task.name].update(r.get("student_interventions", {}))
+            steps[task.name] += sum(int(e["length"]) for e in r["student"])
         m = state["margins"][task.name]
         evidence.append(
             gates.TaskEvidence(
@@ -628,6 +654,8 @@ def _conclude(
                 else REFERENCE_RETURNS.get(task.env_id),
                 calibration_seeds=tuple(seeds[i][1]),
                 terminates=task.env_id in TERMINATING_ENVS,
+                student_settings=settings_digest(manifest),
+                teacher_settings=_teacher_settings(spec.teacher),
             )
         )
     one_digest = onnx_digests.pop() if len(onnx_digests) == 1 else "mixed"
@@ -681,8 +709,22 @@ def _conclude(
         "tasks": result.tasks,
         "aggregate": result.aggregate,
         "gates": [g.to_dict() for g in result.gates],
+        "arms": {
+            "student": {
+                "via": "runtime.kernel",
+                "kernel_settings": kernel_settings(manifest),
+                "settings_digest": settings_digest(manifest),
+                "interventions": {k: dict(sorted(v.items())) for k, v in interventions.items()},
+                "steps": steps,
+            },
+            "reference": {
+                "kind": spec.teacher,
+                "settings_digest": _teacher_settings(spec.teacher),
+                "interventions": {t.name: {} for t in spec.tasks},
+            },
+        },
         "execution": {
-            "via": "runtime.session.PolicySession",
+            "via": "runtime.kernel",
             "providers": sorted(providers),
             "precision": manifest.io.inputs[0].dtype,  # the graph's declared input type
             "onnxruntime": ort_version,

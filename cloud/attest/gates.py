@@ -29,7 +29,8 @@ __all__ = [
     "evaluate_gates",
 ]
 
-Outcome = Literal["pass", "fail"]
+Outcome = Literal["pass", "fail", "unknown"]
+""""unknown": the evidence to decide is missing; shown as such, never as "pass"."""
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,19 @@ class Gate:
     def passed(self) -> bool:
         return self.outcome == "pass"
 
+    @property
+    def failed(self) -> bool:
+        return self.outcome == "fail"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass(frozen=True)
 class Episode:
-    """One evaluation episode of one arm. Hashes identify what the episode ran under."""
+    """One evaluation episode of one arm. Hashes identify what the episode ran under;
+    `normaliser_hash` is the digest of the envelope and normalisation settings the arm
+    actually applied (`runtime.kernel.settings_digest`, or the teacher's own)."""
 
     seed: int
     ret: float
@@ -87,11 +94,15 @@ class TaskEvidence:
     calibration_seeds: tuple[int, ...] = ()
     terminates: bool = False
     """True if episodes may end early (then lengths are 1..episode_length)."""
+    student_settings: str | None = None
+    """Digest of the settings the signed manifest declares for the student arm."""
+    teacher_settings: str | None = None
+    """Digest of the settings the reference arm must run under (None: its own, any one)."""
 
 
 @dataclass(frozen=True)
 class StudentRuntime:
-    """How the student arm ran: through runtime.session.PolicySession on the signed file."""
+    """How the student arm ran: through runtime.kernel on the signed file."""
 
     onnx_sha256: str
     via_session: bool
@@ -104,12 +115,13 @@ class GateConfig:
     min_pairs: int = 30
     min_teacher_gain: float = 0.5
     """Teacher − random must be at least this fraction of reference − random."""
-    training_seeds: frozenset[int] = field(default_factory=frozenset)
-    """Seeds used in training and DAgger (from the bundle's provenance)."""
+    training_seeds: frozenset[int] | None = field(default_factory=frozenset)
+    """Seeds used in training and DAgger (from the bundle's provenance); None when the
+    provenance records none (the seeds gate is then "unknown")."""
 
 
-def _gate(name: str, ok: bool, reason: str, task: str | None = None) -> Gate:
-    return Gate(name, "pass" if ok else "fail", reason, task)
+def _gate(name: str, ok: bool | None, reason: str, task: str | None = None) -> Gate:
+    return Gate(name, "unknown" if ok is None else "pass" if ok else "fail", reason, task)
 
 
 def _short(values: Iterable[int], limit: int = 8) -> str:
@@ -221,23 +233,49 @@ def _task_gates(t: TaskEvidence, cfg: GateConfig, evaluation_started_at: datetim
     gates.append(_gate("teacher_beats_random", ok, reason, t.name))
 
     mismatched = []
-    for label in ("env_hash", "protocol_hash", "normaliser_hash"):
+    for label in ("env_hash", "protocol_hash"):
         values = {getattr(e, label) for e in episodes}
         if len(values) > 1:
             mismatched.append(f"{label} differs ({len(values)} values)")
+    for arm, arm_episodes, expected in (
+        ("student", t.student.values(), t.student_settings),
+        ("reference", t.teacher.values(), t.teacher_settings),
+    ):
+        applied = {e.normaliser_hash for e in arm_episodes}
+        if len(applied) > 1:
+            mismatched.append(
+                f"the {arm} arm ran under {len(applied)} different envelope/normaliser settings"
+            )
+        elif expected is not None and applied and applied != {expected}:
+            (got,) = applied
+            mismatched.append(
+                f"the {arm} arm applied envelope/normaliser settings {got[:12]}…, "
+                f"its manifest declares {expected[:12]}…"
+            )
     gates.append(
         _gate(
             "arms_consistent",
             not mismatched,
-            "environment, protocol and normaliser hashes equal across arms"
+            "same environment and protocol in both arms; each arm applied its declared "
+            "envelope and normaliser settings"
             if not mismatched
             else "; ".join(mismatched),
             t.name,
         )
     )
 
-    leaked_train = planned & cfg.training_seeds
     leaked_cal = planned & set(t.calibration_seeds)
+    if cfg.training_seeds is None:
+        decided: bool | None = None if not leaked_cal else False
+        reason = (
+            "the bundle's provenance records no training seeds: disjointness from training "
+            "cannot be checked"
+            + (f"; evaluation seeds also used for calibration [{_short(leaked_cal)}]"
+               if leaked_cal else "")
+        )  # fmt: skip
+        gates.append(_gate("seeds_disjoint", decided, reason, t.name))
+        return gates
+    leaked_train = planned & cfg.training_seeds
     gates.append(
         _gate(
             "seeds_disjoint",
@@ -271,7 +309,7 @@ def evaluate_gates(
     for t in tasks:
         gates.extend(_task_gates(t, cfg, evaluation_started_at))
     if not runtime.via_session:
-        ok, reason = False, "the student arm did not run through runtime.session.PolicySession"
+        ok, reason = False, "the student arm did not run through runtime.kernel"
     elif runtime.onnx_sha256 != policy_sha256:
         ok, reason = (
             False,
@@ -281,6 +319,6 @@ def evaluate_gates(
     elif not runtime.provider:
         ok, reason = False, "the execution provider was not recorded"
     else:
-        ok, reason = True, f"signed policy.onnx through PolicySession on {runtime.provider}"
+        ok, reason = True, f"signed policy.onnx through the policy kernel on {runtime.provider}"
     gates.append(_gate("student_via_runtime", ok, reason))
     return gates

@@ -64,6 +64,7 @@ def render_text(statement: dict[str, Any], *, verified_by: str | None = None) ->
             f"{_fmt(t.get('p_tost'), '.3g'):>10}{_fmt(t.get('p_holm'), '.3g'):>10}  "
             f"{t.get('outcome', t.get('error', '?'))}"
         )
+    lines.extend(_arm_lines(p))
     agg = p.get("aggregate", {}).get("normalised_iqm")
     if agg:
         lines.append("")
@@ -76,7 +77,7 @@ def render_text(statement: dict[str, Any], *, verified_by: str | None = None) ->
     lines.append("gates:")
     for g in p.get("gates", []):
         where = f" [{g['task']}]" if g.get("task") else ""
-        mark = "ok  " if g.get("outcome") == "pass" else "FAIL"
+        mark = {"pass": "ok  ", "unknown": "??  "}.get(str(g.get("outcome")), "FAIL")
         lines.append(f"  {mark} {g.get('name')}{where}: {g.get('reason')}")
     exe = p.get("execution", {})
     lines.append("")
@@ -95,6 +96,42 @@ def render_text(statement: dict[str, Any], *, verified_by: str | None = None) ->
                 f"numeric parity {row['provider']}: {row.get('skipped') or row.get('error')}"
             )
     return "\n".join(lines) + "\n"
+
+
+def _arm_lines(p: dict[str, Any]) -> list[str]:
+    """The envelope and normaliser each arm applied, and how often the student's was used."""
+    arms = p.get("arms")
+    if not isinstance(arms, dict):
+        return []
+    student = arms.get("student", {})
+    ks = student.get("kernel_settings", {})
+    reference = arms.get("reference", {})
+    lines = [
+        "",
+        f"student arm: {student.get('via', '?')}, settings sha256 "
+        f"{str(student.get('settings_digest', ''))[:16]}… (fallback {ks.get('fallback', '?')}, "
+        f"max_action_delta {ks.get('max_action_delta')}, normaliser "
+        f"{'in the manifest' if ks.get('obs_mean') is not None else 'in the graph or none'})",
+        f"reference arm: {reference.get('kind', '?')}, settings sha256 "
+        f"{str(reference.get('settings_digest', ''))[:16]}…",
+    ]
+    outcomes = {t.get("name"): t.get("outcome") for t in p.get("tasks", [])}
+    steps = student.get("steps", {})
+    for task, counts in sorted(student.get("interventions", {}).items()):
+        total = sum(counts.values())
+        if not total:
+            lines.append(f"  student interventions [{task}]: none")
+            continue
+        n = steps.get(task) or 0
+        share = f" on {n} steps ({total / n:.0%})" if n else ""
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+        lines.append(f"  student interventions [{task}]: {total}{share}: {detail}")
+        if n and total / n >= 0.05 and outcomes.get(task) != "equivalent":
+            lines.append(
+                f"  -> the safety envelope changed {total / n:.0%} of the student's actions on "
+                f"{task}; the verdict judges the actions the robot would take"
+            )
+    return lines
 
 
 def plot_differences(statement: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -10,7 +10,7 @@
   signed attestation. Campaign state lives under ``<home>/state/campaigns/`` so a
   repeated request resumes.
 
-Mounted by `cloud.server.app.SERVICE_FACTORIES` through `register`.
+Mounted by `cloud.plane_services.PLANE_SERVICES` through `register`.
 """
 
 from __future__ import annotations

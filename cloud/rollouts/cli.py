@@ -83,6 +83,12 @@ def _show(r: Any) -> None:
     click.echo(f"rollout {r.id}: {b.name} {b.version} (sequence {b.sequence}) — {r.state}")
     if r.reason:
         click.echo(f"  {r.reason}")
+    if r.HasField("max_action_divergence"):
+        click.echo(f"  shadow action divergence enforced at {r.max_action_divergence:g}")
+    else:
+        click.echo("  shadow action divergence reported, not enforced")
+    for p in r.plan:
+        click.echo(f"  {p.device_id:<24} {p.outcome:<14} {p.detail}")
     for w in r.waves:
         n = len(w.device_ids)
         click.echo(
@@ -201,6 +207,13 @@ resume_cmd = _id_command(
     show_default=True,
     help="Seconds a wave's devices have to report an outcome.",
 )
+@click.option(
+    "--max-action-divergence",
+    type=click.FloatRange(0),
+    default=None,
+    help="Refuse the switch when the candidate's shadow actions differ from the active "
+    "policy's by more than this (default: reported, not enforced).",
+)
 @_json
 @_conn
 @click.pass_obj
@@ -212,6 +225,7 @@ def create_cmd(
     waves: str,
     max_failure: float,
     health_window: int,
+    max_action_divergence: float | None,
     as_json: bool,
 ) -> None:
     """Start a staged rollout of BUNDLE (name@version of a published bundle)."""
@@ -229,6 +243,7 @@ def create_cmd(
         wave_fractions=_fractions(waves),
         max_failure_fraction=max_failure,
         health_window_s=health_window,
+        max_action_divergence=max_action_divergence,
     )
     _print(as_json, _call(obj, "CreateRollout", req))
 

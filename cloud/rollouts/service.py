@@ -1,6 +1,6 @@
 """The rollout handler of the control plane's admin API, and the driver that runs waves.
 
-``register(server, plane)`` (listed in ``cloud.server.app.SERVICE_FACTORIES``) puts a
+``register(server, plane)`` (listed in ``cloud.plane_services.PLANE_SERVICES``) puts a
 :class:`RolloutService` in ``plane.extensions["rollouts"]``; the admin service routes
 ``CreateRollout`` … ``AbortRollout`` to it after checking the operator (admin for
 changes, any operator for reads). It adds no gRPC service of its own.
@@ -36,23 +36,23 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cloud.rollouts.create import create_rollout, plans_to_pb
 from cloud.rollouts.engine import (
     ACTIVE_STATES,
     COMMITTED,
-    DEFAULT_HEALTH_WINDOW_S,
     FAILED,
     FAILURE_OUTCOMES,
     ROLLED_BACK,
     SILENT,
     Rollout,
-    RolloutError,
-    RolloutSpec,
     TransitionError,
 )
+from cloud.rollouts.plan import DevicePlan
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
-from cloud.store import RolloutRecord, Store, parse_label_selector
+from cloud.store import RolloutRecord, Store
 from protos import admin_pb2, common_pb2
+from runtime.desired_state import BundleRef, DesiredStateError, GatePolicy
 
 __all__ = ["RolloutService", "register", "rollout_to_pb"]
 
@@ -72,8 +72,16 @@ def _ts(epoch: float) -> Timestamp:
     return ts
 
 
+def _ref(obj: object) -> BundleRef | None:
+    """A stored bundle dict as a reference; None for none or for one that is malformed."""
+    try:
+        return BundleRef.from_dict(obj)
+    except DesiredStateError:
+        return None
+
+
 def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
-    b = r.spec.bundle
+    b = _ref(r.spec.bundle) or BundleRef(name="?")
     waves = [
         admin_pb2.RolloutWave(
             index=w.index,
@@ -96,26 +104,25 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
     ]
     return admin_pb2.Rollout(
         id=r.id,
-        bundle=common_pb2.BundleRef(
-            name=str(b.get("name", "")),
-            version=str(b.get("version", "")),
-            sequence=int(b.get("sequence", 0) or 0),
-        ),
+        bundle=common_pb2.BundleRef(name=b.name, version=b.version, sequence=b.sequence),
         state=r.state,
         waves=waves,
         created_at=_ts(r.created_at),
         created_by=r.created_by,
         reason=r.reason,
+        max_action_divergence=_divergence_limit(r.spec.bundle),
     )
 
 
+def _divergence_limit(bundle: Mapping[str, Any]) -> float | None:
+    gate = bundle.get("gate")
+    limit = gate.get("max_action_divergence") if isinstance(gate, dict) else None
+    return float(limit) if isinstance(limit, int | float) else None
+
+
 def _matches(bundle: Mapping[str, Any] | None, spec_bundle: Mapping[str, Any]) -> bool:
-    if not bundle or bundle.get("name") != spec_bundle.get("name"):
-        return False
-    if bundle.get("version") and bundle.get("version") == spec_bundle.get("version"):
-        return True
-    seq = int(bundle.get("sequence", 0) or 0)
-    return seq != 0 and seq == int(spec_bundle.get("sequence", 0) or 0)
+    ref = _ref(bundle)
+    return ref is not None and ref.same_bundle(_ref(spec_bundle))
 
 
 def device_outcome(
@@ -192,71 +199,22 @@ class RolloutService:
         )
 
     # ------------------------------------------------------------------ RPCs
-    def _create(self, request: admin_pb2.CreateRolloutRequest, identity: Identity) -> Rollout:
-        from cloud.push import PushError, resolve_devices
-
-        name, version = request.bundle.name, request.bundle.version
-        if not name:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bundle.name is empty")
-        rec = self.store.get_bundle(name, version) if version else self.store.latest_bundle(name)
-        if rec is None:
-            raise RpcError(
-                grpc.StatusCode.NOT_FOUND,
-                f"bundle {name} {version or '(latest)'} is not published; "
-                "publish it first (`edgeflux cloud publish`)",
-            )
-        if request.bundle.sequence and request.bundle.sequence != rec.sequence:
-            raise RpcError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"bundle {name} {rec.version} has sequence {rec.sequence}, "
-                f"not {request.bundle.sequence}",
-            )
-        if not request.device_ids and not request.label_selector:
-            raise RpcError(
-                grpc.StatusCode.INVALID_ARGUMENT, "give device_ids and/or a label_selector"
-            )
-        ids: set[str] = set()
-        try:
-            if request.device_ids:
-                ids.update(resolve_devices(self.store, list(request.device_ids), {}))
-            if request.label_selector:
-                selector = parse_label_selector(request.label_selector)
-                ids.update(resolve_devices(self.store, (), selector))
-        except ValueError as exc:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"label_selector: {exc}") from exc
-        except PushError as exc:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        desired = {
-            "name": rec.name,
-            "version": rec.version,
-            "sequence": rec.sequence,
-            "target": rec.target_path,
-            "sha256": rec.efb_sha256,
-            "length": rec.size_bytes,
-        }
-        try:
-            spec = RolloutSpec(
-                bundle=desired,
-                device_ids=tuple(sorted(ids)),
-                wave_fractions=tuple(request.wave_fractions) or (1.0,),
-                max_failure_fraction=request.max_failure_fraction,
-                health_window_s=float(request.health_window_s or DEFAULT_HEALTH_WINDOW_S),
-                label_selector=request.label_selector,
-            )
-        except RolloutError as exc:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        rollout_id = f"ro-{uuid.uuid4().hex[:12]}"
-        r = Rollout.create(rollout_id, spec, now=time.time(), created_by=identity.actor)
+    def _create(
+        self, request: admin_pb2.CreateRolloutRequest, identity: Identity
+    ) -> tuple[Rollout, list[DevicePlan]]:
+        r, plans = create_rollout(self.store, request, identity.actor)
         self._save(r)
-        return r
+        return r, plans
 
     async def CreateRollout(
         self, request: admin_pb2.CreateRolloutRequest, context: Any, identity: Identity
     ) -> admin_pb2.Rollout:
         async with self._lock:
-            r = await self.plane.db(self._create, request, identity)
+            r, plans = await self.plane.db(self._create, request, identity)
         self.kick()
-        return rollout_to_pb(r)
+        reply = rollout_to_pb(r)
+        reply.plan.extend(plans_to_pb(plans))
+        return reply
 
     async def GetRollout(
         self, request: admin_pb2.RolloutId, context: Any, identity: Identity
@@ -445,6 +403,7 @@ class RolloutService:
                 device_ids=device_ids,
                 hint=self._hinter(),
                 actor=f"rollout:{r.id}",
+                gate=GatePolicy.model_validate(b["gate"]) if b.get("gate") else None,
             )
         except PushError as exc:
             r.pause(time.time(), f"wave {index} could not be dispatched: {exc}")

@@ -4,7 +4,9 @@ At admission the router reserves a task's worst-case cost at every level of its 
 in one atomic step; on completion it commits the actual cost (never more than was
 reserved) and releases the rest; on failure it releases everything (refund); a
 reservation not settled by its expiry is released by `expire` (leaked by a crashed
-replica). Limits per level:
+replica). A call settled after its reservation expired is still billed (`bill`, no
+limit check: the money was spent); the router sizes reservations so this does not
+happen (a reservation lives until its call's deadline). Limits per level:
 
 - hard limit: `used + reserved + amount ≤ limit`, else denied; SAFETY tasks may go
   `safety_allowance_usd` beyond it, so a robot can still ask for a safety check when
@@ -125,6 +127,10 @@ class BudgetLedger(Protocol):
 
     def expire(self, now_unix: float) -> int: ...
 
+    def bill(self, scopes: tuple[str, ...], usd: float, work_units: float, now_unix: float) -> None:
+        """Charge spent money that no reservation holds any more (a late answer)."""
+        ...
+
     def usage(self, scope: str, now_unix: float) -> BudgetUsage | None: ...
 
 
@@ -222,6 +228,22 @@ class MemoryLedger:
 
     def release(self, reservation_id: str) -> None:
         self._settle(reservation_id, 0.0, 0.0)
+
+    def bill(self, scopes: tuple[str, ...], usd: float, work_units: float, now_unix: float) -> None:
+        if not (math.isfinite(usd) and math.isfinite(work_units) and usd >= 0 and work_units >= 0):
+            raise BudgetError(f"bill of {usd!r} USD, {work_units!r} work units; expected ≥ 0")
+        with self._lock:
+            for scope in scopes:
+                b = self._budgets.get(scope)
+                if b is None:
+                    continue
+                u = self._usage.setdefault(
+                    (scope, period_index(now_unix, b.period_s)), [0.0, 0.0, 0.0, 0.0]
+                )
+                u[0] += usd
+                u[2] += work_units
+                if u[0] > b.limit_usd + b.safety_allowance_usd + 1e-9:
+                    self.overruns += 1
 
     def expire(self, now_unix: float) -> int:
         with self._lock:

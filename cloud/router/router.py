@@ -32,6 +32,7 @@ Documented outcomes for bad input (tests/router/test_router.py):
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -48,6 +49,7 @@ from cloud.router.backends import BackendSpec, Registry
 from cloud.router.budgets import BudgetLedger, Denial, Reservation
 from cloud.router.champion import ChampionChallenger
 from cloud.router.consensus import TrackRecord, Vote, decide
+from cloud.router.errors import BudgetError, RouterConfigError
 from cloud.router.health import Health, HealthConfig
 from cloud.router.limiter import Gradient2, Gradient2Config
 from cloud.router.task import Answer, Outcome, Qos, Result, Task
@@ -91,7 +93,13 @@ class RouterConfig:
     hedge_ratio: float = 0.1
     """Hedges allowed per routed task (a retry budget)."""
     hedge_min_samples: int = 20
-    reservation_ttl_s: float = 120.0
+    reservation_ttl_s: float | None = None
+    """The longest the ledger holds a reservation. None: the longest backend timeout plus
+    `reservation_grace_s`. A backend whose timeout (plus the grace) exceeds it is refused
+    at start: its reservation could expire while its call still runs."""
+    reservation_grace_s: float = 30.0
+    """A reservation lives until its dispatch deadline plus this much (clock skew between
+    the router's monotonic clock and the ledger's wall clock, a slow router thread)."""
     queue_limit: int = 256
     """Tasks that may wait for a slot (deadline permitting) before new ones are shed."""
     drain_interval_s: float = 0.02
@@ -222,6 +230,7 @@ class Router:
         self.wall = wall or clock
         self.verifier: Verifier = verifier or ConstraintVerifier()
         self.audit = audit
+        self.reservation_ttl_s = reservation_ttl(self.cfg, registry)
         now = clock()
         self.backends = {s.name: BackendState(s, self.cfg, now) for s in registry}
         self.track = TrackRecord()
@@ -329,10 +338,18 @@ class Router:
             "escalations": ts.escalations,
             "consensus": res.extra.get("consensus"),
         }
+        if t.grant:
+            body["grant"] = t.grant
         # Hashing and writing happen in `flush_audit`, off the decision path; the body
         # is sealed (nothing mutates a finished task's state).
         self._pending_audit.append(body)
         return str(summary["decision_id"])
+
+    def note(self, event: dict[str, Any]) -> None:
+        """Audit an event that is not a routing decision (e.g. a refused class claim)."""
+        self._count(f"event:{event.get('event', '?')}")
+        if self.audit is not None:
+            self._pending_audit.append({"at": round(self.wall(), 6), **event})
 
     def flush_audit(self) -> int:
         """Hash-chain and write the decisions recorded since the last flush."""
@@ -505,6 +522,11 @@ class Router:
         for st in order[:attempts]:
             worst = st.spec.worst_case_usd(task.work_units, task.deadline_at - now)
             did = f"{task.task_id}#{self.instance}.{next(self._ids)}"
+            # The reservation lives exactly as long as the call can: until the dispatch
+            # deadline (see `_send`) plus the grace, never beyond what the ledger holds.
+            window = min(task.deadline_at, now + st.spec.timeout_s) - now
+            hold = min(window + self.cfg.reservation_grace_s, self.reservation_ttl_s)
+            wall = self.wall()
             out = self.ledger.reserve(
                 Reservation(
                     did,
@@ -513,9 +535,9 @@ class Router:
                     task.work_units,
                     task.qos is Qos.SAFETY,
                     st.spec.tier <= cheapest,
-                    self.wall() + self.cfg.reservation_ttl_s,
+                    wall + hold,
                 ),
-                self.wall(),
+                wall,
             )
             if not out.ok:
                 denial = (out.denial, out.scope)
@@ -572,6 +594,35 @@ class Router:
             ts.consensus = None
             return step
         return self._budget_failure(ts, denial)
+
+    # ------------------------------------------------------------------ cancellation
+
+    def cancel(self, task_id: str) -> Step:
+        """The caller gave up on `task_id`: its waiting slot or its calls are dropped, their
+        reservations released (nothing more is charged; what was settled stays), and the
+        key is free for a retry. Unknown or finished: nothing to do."""
+        ts = self._queued.get(task_id)
+        if ts is not None:
+            self._unqueue(ts)
+            return self._finish(ts, Outcome.FAILED, "cancelled")
+        ts = self._tasks.get(task_id)
+        if ts is None or ts.done:
+            return Step()
+        for did in sorted(ts.outstanding):
+            o = self._open.pop(did, None)
+            if o is None:
+                continue
+            st = self.backends[o.d.backend]
+            st.admission.release(o.d.task.qos)
+            self._refund(o, st)
+            for a in ts.attempts:
+                if a["id"] == did:
+                    a["status"] = "cancelled"
+        return self._finish(ts, Outcome.FAILED, "cancelled")
+
+    def open_dispatches(self) -> dict[str, float]:
+        """Dispatch id → the USD reserved for it, for every call not yet settled."""
+        return {did: o.worst_usd for did, o in self._open.items()}
 
     # ------------------------------------------------------------------ answers
 
@@ -784,11 +835,10 @@ class Router:
             # the reservation.
             cost = min(st.spec.price.cost(o.d.task.work_units, latency), o.worst_usd)
             st.windows.usd.refund(o.worst_usd - cost)
-            self.ledger.commit(o.d.dispatch_id, cost, o.d.task.work_units)
+            self._commit(o, cost, o.d.task.work_units)
             return cost, False
         if not answer.ok:
-            self.ledger.release(o.d.dispatch_id)  # refund on failure
-            st.windows.usd.refund(o.worst_usd)
+            self._refund(o, st)
             return 0.0, False
         declared = o.d.task.work_units
         work = declared if answer.work_units is None else answer.work_units
@@ -808,8 +858,23 @@ class Router:
             cost = min(st.spec.price.cost(work, gpu_s), o.worst_usd)
         # The USD window was charged the worst case at dispatch: give back the rest.
         st.windows.usd.refund(o.worst_usd - cost)
-        self.ledger.commit(o.d.dispatch_id, cost, min(work, declared))
+        self._commit(o, cost, min(work, declared))
         return cost, bad
+
+    def _commit(self, o: _Open, usd: float, work_units: float) -> None:
+        """Charge a finished call. A reservation the ledger no longer holds (expired by a
+        replica whose clock ran ahead) is still billed: the backend did the work."""
+        try:
+            self.ledger.commit(o.d.dispatch_id, usd, work_units)
+        except BudgetError:
+            self.ledger.bill(o.d.task.scope.chain(), usd, work_units, self.wall())
+            self._count("late_bill")
+
+    def _refund(self, o: _Open, st: BackendState) -> None:
+        """Release a call's reservation: it failed, or its caller gave up."""
+        with contextlib.suppress(BudgetError):  # already expired: nothing left to refund
+            self.ledger.release(o.d.dispatch_id)
+        st.windows.usd.refund(o.worst_usd)
 
     # ------------------------------------------------------------------ champion/challenger
 
@@ -942,6 +1007,27 @@ class Router:
             }
             for st in self.backends.values()
         ]
+
+
+def reservation_ttl(cfg: RouterConfig, registry: Registry) -> float:
+    """The ledger's hold on a reservation; refuse a backend that could outlive it."""
+    grace = cfg.reservation_grace_s
+    if not (math.isfinite(grace) and grace >= 0):
+        raise RouterConfigError(f"reservation_grace_s = {grace!r}; expected ≥ 0")
+    longest = max((s.timeout_s for s in registry), default=0.0)
+    ttl = cfg.reservation_ttl_s
+    if ttl is None:
+        return longest + grace
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise RouterConfigError(f"reservation_ttl_s = {ttl!r}; expected > 0")
+    for s in registry:
+        if s.timeout_s + grace > ttl:
+            raise RouterConfigError(
+                f"backend {s.name!r}: timeout_s = {s.timeout_s} plus reservation_grace_s = "
+                f"{grace} exceeds reservation_ttl_s = {ttl}; a reservation would expire "
+                "while its call still runs (raise reservation_ttl_s or lower timeout_s)"
+            )
+    return ttl
 
 
 def _finite_or(x: float, default: float) -> float:

@@ -1,7 +1,7 @@
 """RouterService over gRPC: the I/O shell around the pure `Router`.
 
 `register(server, plane)` mounts it on the control plane (listed in
-`cloud.server.app.SERVICE_FACTORIES`). It reads the `[router]` table of the plane's
+`cloud.plane_services.PLANE_SERVICES`). It reads the `[router]` table of the plane's
 config file (`RouterSettings`), keeps budgets in the plane's store (`SqlLedger`, so
 replicas share them), writes the audit log to ``state/router-audit.jsonl`` signed with
 ``keys/router-audit.key`` (created on first start), and calls backends — AgentService
@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -48,6 +51,7 @@ from cloud.router.audit import AuditLog, verify_log
 from cloud.router.backends import BackendSpec, PriceModel, Registry
 from cloud.router.budgets import Budget, BudgetLedger
 from cloud.router.champion import ChampionChallenger
+from cloud.router.classes import ClassPolicy
 from cloud.router.errors import AuditVerificationError, RouterConfigError
 from cloud.router.router import Dispatch, Router, RouterConfig, Step
 from cloud.router.task import Answer, Constraints, Outcome, Qos, Result, Scope, Task
@@ -56,6 +60,7 @@ from protos import router_pb2, router_pb2_grpc
 __all__ = [
     "AgentClient",
     "BackendSettings",
+    "Caller",
     "ChallengerSettings",
     "Executor",
     "RouterRunner",
@@ -163,8 +168,27 @@ class RouterSettings(BaseModel):
         default_factory=lambda: {"SAFETY": 0.9, "INTERACTIVE": 0.7, "BATCH": 0.5},
         description="least predicted quality a backend needs to serve a class",
     )
+    class_grants: dict[str, list[str]] = Field(
+        default_factory=lambda: {"SAFETY": list[str]()},
+        description="devices that may use a class: 'device:<id>', 'label:<k>=<v>' or '*'; "
+        "a class not listed is open to every device (SAFETY: nobody by default)",
+    )
+    max_payload_bytes: dict[str, int] = Field(
+        default_factory=dict,
+        description="largest task payload per class (default SAFETY 64 KiB, "
+        "INTERACTIVE 256 KiB, BATCH 1 MiB)",
+    )
     accept_score: float = Field(0.6, ge=0, le=1, description="verifier score that accepts")
     max_escalations: int = Field(2, ge=0, le=5)
+    reservation_ttl_s: float | None = Field(
+        None,
+        gt=0,
+        description="longest hold of a budget reservation; default: the longest backend "
+        "timeout_s plus reservation_grace_s. A backend that could outlive it is refused.",
+    )
+    reservation_grace_s: float = Field(
+        30.0, ge=0, description="a reservation outlives its call's deadline by this much"
+    )
     audit_every_n: int = Field(256, gt=0, description="sign a tree head every N records")
     audit_every_s: float = Field(10.0, gt=0, description="... or every T seconds")
 
@@ -272,7 +296,14 @@ def task_from_proto(msg: router_pb2.Task, scope: Scope, now: float) -> Task:
 
 
 class RouterRunner:
-    """Drives a `Router` from asyncio: one router thread, dispatches as tasks."""
+    """Drives a `Router` from asyncio: one router thread, dispatches as tasks.
+
+    Every router call that returns a `Step` goes through `_post`: the step is applied on
+    the event loop when the call finishes, whether or not its caller still waits, so a
+    caller cancelled mid-admission loses no dispatch (no call is charged that never ran).
+    A cancelled `route` posts `Router.cancel` right behind its submit (one FIFO thread),
+    so a retry with the same idempotency key always finds the key free.
+    """
 
     def __init__(
         self,
@@ -284,45 +315,86 @@ class RouterRunner:
         self.router = router
         self.executors = dict(executors)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="router")
-        self._waiting: dict[str, asyncio.Future[Result]] = {}
+        # task id -> (the caller's future, sequence number of its submit)
+        self._waiting: dict[str, tuple[asyncio.Future[Result], int]] = {}
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._flush_every_s = flush_every_s
+        self._seq = itertools.count()
         self._closed = False
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
+    def _post(
+        self, fn: Callable[[], Step], owner: asyncio.Future[Result] | None = None
+    ) -> tuple[int, asyncio.Future[None]]:
+        """Run `fn` on the router thread; apply its step on the loop once it returns."""
+        loop = asyncio.get_running_loop()
+        seq = next(self._seq)
+        applied: asyncio.Future[None] = loop.create_future()
+
+        def apply(cf: concurrent.futures.Future[Step]) -> None:
+            exc = cf.exception()
+            if exc is not None:
+                log.error("router call failed: %r", exc)
+                if owner is not None and not owner.done():
+                    owner.set_exception(exc)
+                applied.set_exception(exc)
+                return
+            self._apply(cf.result(), seq)
+            applied.set_result(None)
+
+        def finished(cf: concurrent.futures.Future[Step]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to apply
+                loop.call_soon_threadsafe(apply, cf)
+
+        self._pool.submit(fn).add_done_callback(finished)
+        return seq, applied
+
     def start(self) -> None:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._timers())
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a result."""
+        return len(self._waiting)
+
     async def route(self, task: Task) -> Result:
         self.start()
-        if task.task_id in self._waiting:
+        tid = task.task_id
+        if tid in self._waiting:
             # Same device, same idempotency key, still in flight: one answer per key.
-            return Result(task.task_id, Outcome.FAILED, "duplicate_task_id")
+            return Result(tid, Outcome.FAILED, "duplicate_task_id")
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiting[task.task_id] = fut
-        step: Step = await self._call(lambda: self.router.submit(task))
-        self._apply(step)
+        seq, _ = self._post(lambda: self.router.submit(task), owner=fut)
+        self._waiting[tid] = (fut, seq)
         try:
             return await fut
+        except asyncio.CancelledError:
+            # Whatever the router did with the task so far, undo what is still open.
+            self._post(lambda: self.router.cancel(tid))
+            raise
         finally:
-            self._waiting.pop(task.task_id, None)
+            entry = self._waiting.get(tid)
+            if entry is not None and entry[0] is fut:
+                del self._waiting[tid]
 
-    def _apply(self, step: Step) -> None:
+    def _apply(self, step: Step, seq: int) -> None:
         for r in step.results:
-            fut = self._waiting.get(r.task_id)
-            if fut is not None and not fut.done():
-                fut.set_result(r)
+            entry = self._waiting.get(r.task_id)
+            # A step produced before this caller's submit belongs to an earlier attempt.
+            if entry is not None and seq >= entry[1] and not entry[0].done():
+                entry[0].set_result(r)
         for did in step.cancels:
             call = self._calls.get(did)
             if call is not None:
                 call.cancel()
+        loop = asyncio.get_running_loop()
         for d in step.dispatches:
-            self._calls[d.dispatch_id] = asyncio.get_running_loop().create_task(self._run(d))
+            self._calls[d.dispatch_id] = loop.create_task(self._run(d))
         self._wake.set()
 
     async def _run(self, d: Dispatch) -> None:
@@ -330,6 +402,8 @@ class RouterRunner:
         try:
             if ex is None:
                 answer = Answer(error=f"no executor for backend {d.backend!r}")
+            elif self._closed:
+                answer = Answer(error="cancelled")
             else:
                 answer = await ex.execute(d.task, d.deadline_at - time.monotonic())
         except asyncio.CancelledError:
@@ -339,10 +413,7 @@ class RouterRunner:
             answer = Answer(error=f"{type(exc).__name__}: {exc}")
         finally:
             self._calls.pop(d.dispatch_id, None)
-        if self._closed:
-            return
-        step = await self._call(lambda: self.router.on_answer(d.dispatch_id, answer))
-        self._apply(step)
+        self._post(lambda: self.router.on_answer(d.dispatch_id, answer))
 
     async def _timers(self) -> None:
         last_flush = time.monotonic()
@@ -352,26 +423,38 @@ class RouterRunner:
             self._wake.clear()
             with _suppress_timeout():
                 await asyncio.wait_for(self._wake.wait(), min(delay, self._flush_every_s))
-            step = await self._call(self.router.tick)
-            self._apply(step)
+            await self._post(self.router.tick)[1]
             if time.monotonic() - last_flush >= self._flush_every_s:
                 last_flush = time.monotonic()
                 await self._call(self.router.flush_audit)
+
+    async def note(self, event: dict[str, Any]) -> None:
+        """Audit an event on the router thread (`Router.note`)."""
+        await self._call(lambda: self.router.note(event))
 
     async def stats(self) -> list[dict[str, Any]]:
         stats: list[dict[str, Any]] = await self._call(self.router.stats)
         return stats
 
     async def close(self) -> None:
+        """Cancel calls in flight (their reservations are released), write every decision
+        to the audit log and sign a final tree head."""
+        if self._closed:
+            return
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for call in list(self._calls.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        calls = list(self._calls.values())
+        for call in calls:
             call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await self._post(Step)[1]  # the calls' answers are applied (FIFO) before this
         await self._call(self.router.flush_audit)
         if self.router.audit is not None:
             await self._call(self.router.audit.close)
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown(wait=True)
 
 
 class _suppress_timeout:
@@ -402,19 +485,29 @@ def result_to_proto(res: Result) -> router_pb2.RouteResponse:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """The device behind a call: where it sits in the budget tree, and its labels."""
+
+    scope: Scope
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    """`identify(context)` returns the caller's Scope or raises (grpc abort)."""
+    """`identify(context)` returns the `Caller` or raises (grpc abort)."""
 
     def __init__(
         self,
         runner: RouterRunner,
-        identify: Callable[[Any], Awaitable[Scope]],
+        identify: Callable[[Any], Awaitable[Caller]],
         ledger: BudgetLedger | None = None,
         budget_scopes: list[str] | None = None,
         audit_path: Path | None = None,
         audit_public_key: Any = None,
         authorize_stats: Callable[[Any], Awaitable[None]] | None = None,
+        policy: ClassPolicy | None = None,
     ) -> None:
+        self.policy = policy or ClassPolicy()
         self.runner = runner
         self.identify = identify
         self.ledger = ledger
@@ -426,13 +519,31 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Route(
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
-        scope = await self.identify(context)
+        caller = await self.identify(context)
         try:
-            task = task_from_proto(request.task, scope, time.monotonic())
+            task = task_from_proto(request.task, caller.scope, time.monotonic())
+            if err := self.policy.payload_error(task.qos, len(task.payload)):
+                raise ValueError(err)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from exc
-        res = await self.runner.route(task)
+        grant = self.policy.grant(task.qos, caller.scope.device, caller.labels)
+        if grant is None:
+            await self.runner.note(
+                {
+                    "event": "class_denied",
+                    "device": caller.scope.device,
+                    "scope": str(caller.scope),
+                    "qos": int(task.qos),
+                    "task_type": task.task_type,
+                }
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"device {caller.scope.device!r} is not granted class {task.qos.name} "
+                "(the operator's [router] class_grants)",
+            )
+        res = await self.runner.route(dataclasses.replace(task, grant=grant or ""))
         return result_to_proto(res)
 
     async def RouterStats(
@@ -546,11 +657,13 @@ def load_audit_key(keys_dir: Path) -> Any:
     return key
 
 
-def _by_qos(values: Mapping[str, float], field: str) -> dict[Qos, float]:
-    out: dict[Qos, float] = {}
+def _by_qos(
+    values: Mapping[str, Any], field: str, kind: Callable[[Any], Any] = float
+) -> dict[Qos, Any]:
+    out: dict[Qos, Any] = {}
     for name, v in values.items():
         try:
-            out[Qos[name.upper()]] = float(v)
+            out[Qos[name.upper()]] = kind(v)
         except KeyError:
             raise RouterConfigError(
                 f"[router] {field}: unknown class {name!r}; expected SAFETY, INTERACTIVE, BATCH"
@@ -592,6 +705,8 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         config=RouterConfig(
             accept_score=settings.accept_score,
             max_escalations=settings.max_escalations,
+            reservation_ttl_s=settings.reservation_ttl_s,
+            reservation_grace_s=settings.reservation_grace_s,
             admission=AdmissionConfig(_by_qos(settings.qos_shares, "qos_shares")),
             quality_floor=_by_qos(settings.quality_floor, "quality_floor"),
         ),
@@ -606,7 +721,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
     runner = RouterRunner(router, {b.name: AgentClient(b.address) for b in settings.backends})
     auth = plane.auth
 
-    async def identify(context: Any) -> Scope:
+    async def identify(context: Any) -> Caller:
         from cloud.server.auth import AuthError
 
         try:
@@ -617,7 +732,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
             raise AssertionError("unreachable") from exc
         labels = device.labels if device is not None else {}
         tenant = labels.get(settings.tenant_label) or settings.default_tenant
-        return Scope(tenant, labels.get(settings.site_label, ""), ident.id)
+        return Caller(Scope(tenant, labels.get(settings.site_label, ""), ident.id), labels)
 
     async def authorize_stats(context: Any) -> None:
         from cloud.server.auth import AuthError
@@ -635,6 +750,10 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         audit_path,
         key.public_key(),
         authorize_stats,
+        ClassPolicy.from_settings(
+            _by_qos(settings.class_grants, "class_grants", list),
+            _by_qos(settings.max_payload_bytes, "max_payload_bytes", int),
+        ),
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     plane.extensions["router"] = runner

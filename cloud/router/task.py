@@ -75,6 +75,8 @@ class Task:
     observation: tuple[float, ...] = ()
     payload: bytes = b""
     constraints: Constraints | None = None
+    grant: str = ""
+    """The operator's grant that let the caller use `qos` (see `cloud.router.classes`)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ Usage::
 - ``planner``: the MPPI planner of `distill` over Pendulum-v1's dynamics (the oracle
   teacher, `distill.teachers.OracleMPPITeacher`): observation (cos θ, sin θ, θ̇) →
   torque. It reports its compute as GPU-seconds (its wall time), priced per GPU-second.
-- ``policy``: a distilled ONNX policy run through `runtime.session.PolicySession`.
+- ``policy``: a bundle's ONNX policy run through `runtime.kernel` (envelope and
+  normalisation of the bundle's manifest, which must lie beside policy.onnx).
 
 A worker serves at most ``--max-concurrency`` calls at once; beyond that it answers
 ``overloaded`` at once (explicit pushback, which the router's windows react to). Work
@@ -64,17 +65,27 @@ def planner_model(seed: int = 0) -> Model:
 
 
 def policy_model(path: Path) -> Model:
+    """A bundle's policy.onnx with the edgeflux.json beside it, through the policy kernel.
+
+    Each call is a one-tick episode: the observation is checked, normalised and the
+    action filtered exactly as on the robot, starting from the initial action.
+    """
     import numpy as np
 
-    from runtime.session import PolicySession
+    from runtime.kernel import load_kernel
+    from runtime.manifest import load_manifest
 
-    session = PolicySession(path)
+    kernel = load_kernel(path, load_manifest(Path(path).parent))
     lock = threading.Lock()
 
     def act(obs: Sequence[float]) -> list[float]:
+        if len(obs) != kernel.obs_dim:
+            n = kernel.obs_dim
+            raise ValueError(f"the policy needs {n} observation values, got {len(obs)}")
         with lock:
-            out = session.step(np.asarray(obs, dtype=np.float32))
-            return [float(x) for x in np.asarray(out).reshape(-1)]
+            kernel.reset()
+            out = kernel.step(np.asarray(obs, dtype=np.float32))
+            return [float(x) for x in out]
 
     return act
 

@@ -36,6 +36,12 @@ class Metrics:
             "Unix time at which the TUF timestamp expires",
             registry=self.registry,
         )
+        self.ingest_dropped = Counter(
+            "edgeflux_cloud_ingest_dropped_total",
+            "MQTT messages ingest dropped (and quarantined) by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self._http: Any = None
         self._thread: threading.Thread | None = None
         self.port = 0

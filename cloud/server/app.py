@@ -8,9 +8,10 @@ Usage::
     await plane.wait_closed()      # until stop() (SIGTERM/SIGINT in `edgeflux cloud up`)
 
 Services: DeviceService, FleetAdminService, grpc.health.v1.Health and server
-reflection, plus whatever ``SERVICE_FACTORIES`` add. Each factory is
-``"module:function"`` with ``register(server, plane) -> list[str]`` (service names);
-a factory whose module is not installed yet is skipped with one log line.
+reflection, plus the services named in `factories` (`edgeflux cloud up` passes
+`cloud.plane_services.PLANE_SERVICES`). Each factory is ``"module:function"`` with
+``register(server, plane) -> list[str]`` (service names); a factory whose module is
+not installed is skipped with one log line.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import dataclasses
 import datetime as dt
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -35,16 +36,9 @@ from cloud.server._metrics import Metrics
 from cloud.server.plane import Plane
 from cloud.store import Store, StoreError
 
-__all__ = ["SERVICE_FACTORIES", "ControlPlane", "Plane", "PlaneStartError"]
+__all__ = ["ControlPlane", "Plane", "PlaneStartError"]
 
 log = logging.getLogger(__name__)
-
-# Other packages' services, imported lazily. Add one line to mount a new service.
-SERVICE_FACTORIES: list[str] = [
-    "cloud.attest.service:register",
-    "cloud.router.service:register",
-    "cloud.rollouts.service:register",
-]
 
 
 class PlaneStartError(Exception):
@@ -76,7 +70,7 @@ class ControlPlane:
         overrides: dict[str, Any] | None = None,
         *,
         broker: bool | None = None,
-        factories: list[str] | None = None,
+        factories: Sequence[str] = (),
         ingest: bool | None = False,
     ) -> None:
         self.home = home
@@ -84,7 +78,7 @@ class ControlPlane:
         self._want_broker = broker
         self._want_ingest = ingest
         self.ingest: Any = None
-        self._factories = SERVICE_FACTORIES if factories is None else factories
+        self._factories = list(factories)
         self.metrics = Metrics()
         self.plane: Plane | None = None
         self.server: grpc.aio.Server | None = None
@@ -207,7 +201,8 @@ class ControlPlane:
             except PushError as exc:
                 raise PlaneStartError(str(exc)) from exc
         settings = dataclasses.replace(settings, client_id="edgeflux-plane-ingest")
-        ingest = Ingest(store, settings)
+        dropped = self.metrics.ingest_dropped
+        ingest = Ingest(store, settings, on_drop=lambda reason: dropped.labels(reason).inc())
         try:
             ingest.start()
         except CloudMqttError as exc:
@@ -304,6 +299,9 @@ class ControlPlane:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        router = self.plane.extensions.get("router") if self.plane is not None else None
+        if router is not None:  # settles calls in flight, signs the audit log's final head
+            await router.close()
         if self.ingest is not None:
             await asyncio.to_thread(self.ingest.stop)
             self.ingest = None

@@ -3,7 +3,7 @@
 A package that adds a gRPC service to the control plane (attestation, router) writes
 ``register(server: grpc.aio.Server, plane: Plane) -> list[str]`` returning the full
 service names it added (for reflection and health), and is listed in
-``cloud.server.app.SERVICE_FACTORIES``. A package may also put a handler object in
+``cloud.plane_services.PLANE_SERVICES``. A package may also put a handler object in
 ``plane.extensions`` (e.g. ``plane.extensions["rollouts"]``, used by the admin
 service's rollout RPCs).
 """
@@ -29,14 +29,14 @@ from cloud.server._metrics import Metrics
 from cloud.server.auth import Authenticator
 from cloud.store import DeviceRecord, Store
 from cloud.tuf_repo import TufRepository
+from runtime.desired_state import PAYLOAD_TYPE, DesiredBundle, DesiredState
 
 __all__ = ["DESIRED_STATE_PAYLOAD_TYPE", "FleetWatch", "Plane"]
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
-DESIRED_STATE_PAYLOAD_TYPE = "application/vnd.edgeflux.desired-state+json"
-DESIRED_STATE_SCHEMA = "edgeflux.desired-state/v1"
+DESIRED_STATE_PAYLOAD_TYPE = PAYLOAD_TYPE
 
 
 class FleetWatch:
@@ -152,9 +152,8 @@ class Plane:
     def desired_state(self, device: DeviceRecord) -> bytes:
         """The DSSE envelope (JSON bytes) of `device`'s desired state; cached per generation.
 
-        Payload: {"_type", "device_id", "bundle": {name, version, sequence, target,
-        sha256, length} | null, "generation", "issued_at", "expires"}; signed with the
-        director key (``keys/director.pub`` in the home; flashed into robots' trust).
+        Payload: a :class:`runtime.desired_state.DesiredState`, signed with the director
+        key (``keys/director.pub`` in the home; flashed into robots' trust).
         """
         key = (device.id, device.desired_generation)
         now = time.monotonic()
@@ -162,16 +161,14 @@ class Plane:
         cached = self._desired_cache.get(key)
         if cached is not None and now - cached[0] < ttl / 2:
             return cached[1]
-        issued = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        doc = {
-            "_type": DESIRED_STATE_SCHEMA,
-            "device_id": device.id,
-            "bundle": device.desired_bundle,
-            "generation": device.desired_generation,
-            "issued_at": issued.isoformat().replace("+00:00", "Z"),
-            "expires": (issued + dt.timedelta(seconds=ttl)).isoformat().replace("+00:00", "Z"),
-        }
-        body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        doc = DesiredState.issue(
+            device.id,
+            DesiredBundle.from_dict(device.desired_bundle),
+            device.desired_generation,
+            now=dt.datetime.now(dt.UTC),
+            ttl_s=ttl,
+        )
+        body = doc.payload()
         env = Envelope(payload=body, payload_type=DESIRED_STATE_PAYLOAD_TYPE, signatures={})
         env.sign(self.director)
         out = json.dumps(env.to_dict(), sort_keys=True).encode()

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 
-from cloud.store._store import ConflictError, StoreUnavailable
+from cloud.store.errors import ConflictError, StoreUnavailable
 
 __all__ = ["AttestationRecord", "AttestationStore"]
 

@@ -268,6 +268,42 @@ class SqlLedger:
     def release(self, reservation_id: str) -> None:
         self._settle(reservation_id, 0.0, 0.0)
 
+    def bill(self, scopes: tuple[str, ...], usd: float, work_units: float, now_unix: float) -> None:
+        """Charge spent money no reservation holds any more (a late answer)."""
+        import math
+
+        if not (math.isfinite(usd) and math.isfinite(work_units) and usd >= 0 and work_units >= 0):
+            raise BudgetError(f"bill of {usd!r} USD, {work_units!r} work units; expected ≥ 0")
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(budgets_t).where(budgets_t.c.scope.in_(scopes))).all()
+            budgets = {row.scope: _budget(row) for row in rows}
+            u = usage_t.c
+            for scope in scopes:  # broadest first, the lock order of `reserve`
+                b = budgets.get(scope)
+                if b is None:
+                    continue
+                period = period_index(now_unix, b.period_s)
+                conn.execute(
+                    self._insert_ignore(
+                        usage_t,
+                        {
+                            "scope": scope,
+                            "period": period,
+                            "used_usd": 0.0,
+                            "reserved_usd": 0.0,
+                            "used_work_units": 0.0,
+                            "reserved_work_units": 0.0,
+                        },
+                    )
+                )
+                conn.execute(
+                    usage_t.update()
+                    .where(u.scope == scope, u.period == period)
+                    .values(
+                        used_usd=u.used_usd + usd, used_work_units=u.used_work_units + work_units
+                    )
+                )
+
     def expire(self, now_unix: float) -> int:
         with self._tx() as conn:
             ids = (

@@ -47,10 +47,17 @@ def _health(p: TelemetryRecord) -> dict[str, Any]:
     }
 
 
-def record_telemetry_many(store: Store, writes: Sequence[TelemetryWrite]) -> list[bool]:
-    """Store each batch once; result[i] is False for a duplicate or an unaccepted device."""
+def record_telemetry_many(
+    store: Store, writes: Sequence[TelemetryWrite], future_limit: dt.datetime | None = None
+) -> list[bool]:
+    """Store each batch once; result[i] is False for a duplicate or an unaccepted device.
+
+    A stored health summary dated after `future_limit` (a clock far ahead, from before
+    ingest clamped such stamps) is treated as stale, so it cannot stay "newest" for ever.
+    """
     if not writes:
         return []
+    limit = future_limit.isoformat() if future_limit is not None else None
     devices = sorted({w[0] for w in writes})
     result = [False] * len(writes)
     with store._tx() as conn:
@@ -121,7 +128,10 @@ def record_telemetry_many(store: Store, writes: Sequence[TelemetryWrite]) -> lis
                 if device in newest:
                     p = newest[device]
                     # Spool replays arrive out of order: health is the newest point.
-                    if not (health and str(health.get("at", "")) > p.at.isoformat()):
+                    held = str(health.get("at", "")) if health else ""
+                    if limit is not None and held > limit:
+                        held = ""
+                    if not (held and held > p.at.isoformat()):
                         health = _health(p)
                         update_state = p.update_state or update_state
                         active = dict(p.active_bundle) if p.active_bundle else active

@@ -8,6 +8,7 @@ bundle) as bytes and files.
 """
 
 from edgeflux.provision._plan import FileEntry, FlashMaterials, FlashPlan, build_plan
+from edgeflux.provision._units import REALTIME_DEFAULTS
 from edgeflux.provision.errors import FlashError
 from edgeflux.provision.flasher import FlashReport, flash
 from edgeflux.provision.targets import DirTarget, ImageTarget, SshTarget, Target, parse_target
@@ -20,6 +21,7 @@ from edgeflux.provision.wheels import (
 
 __all__ = [
     "PLATFORMS",
+    "REALTIME_DEFAULTS",
     "DirTarget",
     "FileEntry",
     "FlashError",

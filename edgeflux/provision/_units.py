@@ -6,7 +6,19 @@ the robot's root filesystem (a mounted SD card, an SSH prefix, an image).
 
 from __future__ import annotations
 
-__all__ = ["agent_unit", "install_script", "install_unit", "runtime_unit"]
+__all__ = [
+    "REALTIME_DEFAULTS",
+    "agent_unit",
+    "install_script",
+    "install_unit",
+    "runtime_unit",
+]
+
+# What a flash writes into the robot's runtime.toml unless the operator chose otherwise
+# (`--runtime-option realtime_priority=null` turns real-time off): the loop thread on
+# SCHED_FIFO 50 (other runtime threads at 49), memory locked. The runtime unit grants
+# the privileges for it.
+REALTIME_DEFAULTS: dict[str, object] = {"realtime_priority": 50, "lock_memory": True}
 
 # A hardening baseline that still lets the runtime reach robot I/O (UDP, serial via
 # DeviceAllow in a drop-in) and write only its own state.
@@ -29,8 +41,7 @@ UMask=0077
 def install_unit() -> bytes:
     return b"""\
 [Unit]
-Description=EdgeFlux first-boot install (offline, from /opt/edgeflux/wheelhouse)
-ConditionPathExists=!/opt/edgeflux/venv/.edgeflux-installed
+Description=EdgeFlux install (offline, from /opt/edgeflux/wheelhouse; a no-op when current)
 Before=edgeflux-runtime.service edgeflux-agent.service
 
 [Service]
@@ -68,8 +79,15 @@ RuntimeDirectory=edgeflux
 RuntimeDirectoryPreserve=yes
 StateDirectory=edgeflux
 ReadWritePaths=/var/lib/edgeflux /run/edgeflux
-Nice=-10
+# Real-time: the runtime puts its loop thread on SCHED_FIFO itself (realtime_priority
+# in runtime.toml) and locks its memory (lock_memory); these grant it the right to, as
+# root or as a User= (ambient capabilities). Pin the whole service to cores with a
+# drop-in (CPUAffinity=), the loop thread alone with loop_cpus in runtime.toml.
+AmbientCapabilities=CAP_SYS_NICE CAP_IPC_LOCK
+LimitRTPRIO=99
 LimitMEMLOCK=infinity
+CPUSchedulingResetOnFork=yes
+Nice=-10
 """
         + _HARDENING
         + """
@@ -109,8 +127,10 @@ def install_script(extras: str, version: str) -> bytes:
     """First-boot installer: builds /opt/edgeflux/venv from the wheelhouse with no network.
 
     It derives the root from its own location, so simulated robots (a directory as
-    root) install the same way as real ones. A venv without the completion marker is
-    discarded and rebuilt, so an interrupted install heals on the next boot.
+    root) install the same way as real ones. The completion stamp records what was
+    installed (`edgeflux[extras]==version`): a venv whose stamp is missing (an
+    interrupted install) or names anything else (a reflash with other extras or
+    another version) is discarded and rebuilt, so the robot converges to its flash.
     """
     return f"""#!/bin/sh
 # EdgeFlux offline installer (written by `edgeflux flash`).
@@ -130,14 +150,14 @@ if [ -z "$PY" ]; then
   echo "edgeflux install: no Python >= 3.11 found (set EDGEFLUX_PYTHON)" >&2
   exit 1
 fi
-if [ -f "$VENV/.edgeflux-installed" ]; then
-  echo "edgeflux install: already installed in $VENV"
+WANT="edgeflux[{extras}]=={version}"
+if [ "$(cat "$VENV/.edgeflux-installed" 2>/dev/null)" = "$WANT" ]; then
+  echo "edgeflux install: $WANT already installed in $VENV"
   exit 0
 fi
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --no-index --find-links "$OPT/wheelhouse" \\
-  "edgeflux[{extras}]=={version}"
-touch "$VENV/.edgeflux-installed"
-echo "edgeflux install: installed edgeflux[{extras}]=={version} into $VENV"
+"$VENV/bin/python" -m pip install --quiet --no-index --find-links "$OPT/wheelhouse" "$WANT"
+echo "$WANT" > "$VENV/.edgeflux-installed"
+echo "edgeflux install: installed $WANT into $VENV"
 """.encode()

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import tempfile
 import time
@@ -68,6 +70,7 @@ def flash(
     force: bool = False,
     progress: Callable[[int, int], None] = lambda done, total: None,
     log: Callable[[str], None] = lambda msg: None,
+    files_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> FlashReport:
     """Flash `materials` onto `target`; see the module docstring for the guarantees."""
     start = time.monotonic()
@@ -90,13 +93,18 @@ def flash(
     total = sum(e.size for e in todo)
     log(f"writing {len(todo)} of {len(plan.entries)} files ({total / 1e6:.1f} MB)")
     written = 0
+    # A file is done once the bytes written reach the end of it (written in plan order).
+    ends = list(itertools.accumulate(e.size for e in todo))
+    files_progress(0, len(todo))
 
     def tick(n: int) -> None:
         nonlocal written
         written += n
         progress(written, total)
+        files_progress(bisect.bisect_right(ends, written), len(todo))
 
     target.write(todo, tick)
+    files_progress(len(todo), len(todo))
 
     log("verifying: re-reading every file from the target")
     after = target.digests(paths)

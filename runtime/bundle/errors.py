@@ -11,6 +11,7 @@ from __future__ import annotations
 from runtime.manifest import ManifestError
 
 __all__ = [
+    "AntiRollbackError",
     "BundleArchiveError",
     "BundleCompatibilityError",
     "BundleDigestError",
@@ -84,3 +85,7 @@ class BundleKeyError(BundleError):
     """A signing key or trust-store key cannot be read, written or is of the wrong kind."""
 
     reason = "key"
+
+
+class AntiRollbackError(RuntimeError):
+    """The counter file cannot be read or written (corrupt, wrong schema, I/O error)."""

@@ -26,7 +26,7 @@ import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -45,6 +45,7 @@ from runtime.bundle.archive import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_TOTAL_BYTES,
 from runtime.bundle.compat import DeviceProfile, check_compatibility
 from runtime.bundle.create import POLICY_NAME
 from runtime.bundle.errors import (
+    AntiRollbackError,
     BundleDigestError,
     BundleFileSetError,
     BundleManifestError,
@@ -56,10 +57,22 @@ from runtime.bundle.onnx_checks import check_external_data, check_io_matches, ch
 from runtime.manifest import MANIFEST_NAME, BundleManifest, ManifestError, parse_manifest
 from runtime.trust import PublicKey, TrustStore, TrustStoreError
 
-if TYPE_CHECKING:  # runtime.antirollback imports this package's errors
-    from runtime.antirollback import AntiRollbackStore
+__all__ = [
+    "RollbackCounters",
+    "VerifiedBundle",
+    "unpack_and_verify",
+    "verify_bundle",
+    "verify_signature",
+]
 
-__all__ = ["VerifiedBundle", "unpack_and_verify", "verify_bundle", "verify_signature"]
+
+class RollbackCounters(Protocol):
+    """The device's committed sequences (`runtime.antirollback.AntiRollbackStore`)."""
+
+    def check(self, name: str, sequence: int, root_digest: str | None = None) -> None:
+        """Raise BundleRollbackError if (name, sequence, digest) would go back;
+        AntiRollbackError if the counters cannot be read."""
+
 
 _MAX_SIG_BYTES = 16 << 20
 _MAX_MANIFEST_BYTES = 1 << 20
@@ -182,7 +195,7 @@ def verify_bundle(
     bundle_dir: str | os.PathLike[str],
     trust: TrustStore,
     *,
-    counters: AntiRollbackStore | None = None,
+    counters: RollbackCounters | None = None,
     device: DeviceProfile | None = None,
     progress: ProgressFn | None = None,
 ) -> VerifiedBundle:
@@ -242,8 +255,6 @@ def verify_bundle(
     if device is not None:
         check_compatibility(manifest, device, str(bdir))
     if counters is not None:
-        from runtime.antirollback import AntiRollbackError  # not at import: a cycle
-
         try:
             counters.check(manifest.name, manifest.sequence, signed.root_digest)
         except AntiRollbackError as exc:
@@ -266,7 +277,7 @@ def unpack_and_verify(
     staging_dir: str | os.PathLike[str],
     trust: TrustStore,
     *,
-    counters: AntiRollbackStore | None = None,
+    counters: RollbackCounters | None = None,
     device: DeviceProfile | None = None,
     max_members: int = DEFAULT_MAX_MEMBERS,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,

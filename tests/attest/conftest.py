@@ -43,7 +43,79 @@ def linear_pendulum_policy(path: Path, gain: float = 1.0) -> Path:
     return path
 
 
-def pendulum_manifest(name: str = "pendulum", seeds: list[int] | None = None) -> BundleManifest:
+def _energy_numpy(obs: np.ndarray, kp: float) -> np.ndarray:
+    c, s, w = obs[:, 0], obs[:, 1], obs[:, 2]
+    energy = np.float32(0.5) * w * w + np.float32(10.0) * (c - np.float32(1.0))
+    balance = -(np.float32(kp) * np.arctan(s / c) + np.float32(2.0) * w)
+    swing = -np.sign(w) * np.sign(energy) * np.float32(2.0)
+    return np.clip(np.where(c > 0.8, balance, swing), -2.0, 2.0)[:, None].astype(np.float32)
+
+
+class EnergyTeacher:
+    """Swing up by energy, balance by PD near the top (≈ −200 on Pendulum-v1). Its
+    balance gain differs a little from `energy_pendulum_policy`'s, so the paired
+    differences are small but not zero."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return _energy_numpy(np.asarray(obs, np.float32), kp=10.3)
+
+    def digest(self) -> str:
+        return "energy-swing-up-v1"
+
+
+def energy_teacher(env_id: str, variant: object) -> EnergyTeacher:
+    """Campaign teacher factory ("tests.attest.conftest:energy_teacher")."""
+    return EnergyTeacher()
+
+
+def energy_pendulum_policy(path: Path) -> Path:
+    """The same controller as `EnergyTeacher`, as an ONNX graph (a good student)."""
+    f = np.float32
+    consts = {
+        "half": f(0.5), "ten": f(10.0), "one": f(1.0), "two": f(2.0), "m2": f(-2.0),
+        "top": f(0.8), "neg": f(-1.0),
+    }  # fmt: skip
+    cols = {"c": 0, "s": 1, "w": 2}
+    nodes = []
+    inits = [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in consts.items()]
+    for name, i in cols.items():
+        inits += [
+            numpy_helper.from_array(np.array([i], np.int64), f"{name}_lo"),
+            numpy_helper.from_array(np.array([i + 1], np.int64), f"{name}_hi"),
+        ]
+        nodes.append(helper.make_node("Slice", ["obs", f"{name}_lo", f"{name}_hi", "ax"], [name]))
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "ax"))
+    mk = helper.make_node
+    nodes += [
+        mk("Mul", ["w", "w"], ["w2"]), mk("Mul", ["w2", "half"], ["kin"]),
+        mk("Sub", ["c", "one"], ["c1"]), mk("Mul", ["c1", "ten"], ["pot"]),
+        mk("Add", ["kin", "pot"], ["energy"]),
+        mk("Div", ["s", "c"], ["ratio"]), mk("Atan", ["ratio"], ["theta"]),
+        mk("Mul", ["theta", "ten"], ["p"]), mk("Mul", ["w", "two"], ["d"]),
+        mk("Add", ["p", "d"], ["pd"]), mk("Mul", ["pd", "neg"], ["balance"]),
+        mk("Sign", ["w"], ["sw"]), mk("Sign", ["energy"], ["se"]),
+        mk("Mul", ["sw", "se"], ["sws"]), mk("Mul", ["sws", "m2"], ["swing"]),
+        mk("Greater", ["c", "top"], ["near"]),
+        mk("Where", ["near", "balance", "swing"], ["u"]),
+        mk("Clip", ["u", "m2", "two"], ["action"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "energy",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", 1])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def pendulum_manifest(
+    name: str = "pendulum", seeds: list[int] | None = None, **control: object
+) -> BundleManifest:
     return BundleManifest.model_validate(
         {
             "schema": "edgeflux.bundle/v1",
@@ -58,7 +130,7 @@ def pendulum_manifest(name: str = "pendulum", seeds: list[int] | None = None) ->
                 "action_low": [-2.0],
                 "action_high": [2.0],
             },
-            "control": {"rate_hz": 20, "deadline_ms": 5},
+            "control": {"rate_hz": 20, "deadline_ms": 5, **control},
             "provenance": {"env_id": "Pendulum-v1", "seeds": seeds or [1, 2, 3]},
         }
     )
@@ -90,10 +162,16 @@ BundleFactory = Callable[..., Path]
 def make_bundle(tmp_path: Path, keys: Keys) -> BundleFactory:
     counter = iter(range(1000))
 
-    def factory(onnx_path: Path | None = None, name: str = "pendulum", **kw) -> Path:
+    def factory(
+        onnx_path: Path | None = None,
+        name: str = "pendulum",
+        manifest: BundleManifest | None = None,
+        **kw,
+    ) -> Path:
         n = next(counter)
         src = onnx_path or linear_pendulum_policy(tmp_path / f"src-{n}.onnx", **kw)
-        bdir = create_bundle(src, pendulum_manifest(name), tmp_path / f"bundle-{n}")
+        m = manifest or pendulum_manifest(name)
+        bdir = create_bundle(src, m, tmp_path / f"bundle-{n}")
         sign_bundle(bdir, keys.signing)
         return bdir
 

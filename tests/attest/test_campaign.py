@@ -163,3 +163,60 @@ def test_campaign_identity_ignores_workers_but_not_what_is_measured() -> None:
     assert base.model_copy(update={"workers": 8}).digest() == base.digest()
     assert base.model_copy(update={"chunk": 7}).digest() != base.digest()
     assert campaign.parse_campaign(SMALL.replace("m = 1.2", "m = 1.3")).digest() != base.digest()
+
+
+ENVELOPE_CAMPAIGN = """
+[campaign]
+name = "envelope"
+workers = 1
+chunk = 12
+min_pairs = 12
+parity_inputs = 32
+teacher = "tests.attest.conftest:energy_teacher"
+
+[[task]]
+name = "nominal"
+episodes = 12
+calibration_episodes = 6
+"""
+
+
+def test_a_student_is_judged_on_the_actions_its_envelope_lets_through(
+    tmp_path: Path, keys, make_bundle
+) -> None:
+    """The same graph attests without a rate limit and is refused with one that wrecks it."""
+    from cloud.attest.report import render_text
+    from runtime.kernel import settings_digest
+    from tests.attest.conftest import energy_pendulum_policy, pendulum_manifest
+
+    graph = energy_pendulum_policy(tmp_path / "energy.onnx")
+    spec = campaign.parse_campaign(ENVELOPE_CAMPAIGN)
+    results = {}
+    for label, m in (
+        ("free", pendulum_manifest()),
+        ("limited", pendulum_manifest(max_action_delta=0.05)),
+    ):
+        bundle = make_bundle(graph, manifest=m)
+        results[label] = campaign.run_campaign(
+            bundle, spec, workdir=tmp_path / label, trust_dir=keys.trust_dir, key=keys.attest
+        )
+        pred = results[label].statement["predicate"]
+        assert pred["arms"]["student"]["settings_digest"] == settings_digest(m)
+        gates = {g["name"]: g["outcome"] for g in pred["gates"]}
+        assert gates["arms_consistent"] == "pass"
+    free = results["free"].statement["predicate"]
+    limited = results["limited"].statement["predicate"]
+    assert results["free"].verdict == "attested", render_text(results["free"].statement)
+    assert free["arms"]["student"]["interventions"]["nominal"] == {}
+
+    # Refused: with 12 pairs the interval is wider than the band, so the statistics call
+    # it underpowered rather than not equivalent; either way it is not attested.
+    assert results["limited"].verdict in {"not_attested", "underpowered"}
+    assert limited["tasks"][0]["outcome"] in {"not_equivalent", "underpowered"}
+    assert limited["tasks"][0]["ci"]["high"] < limited["tasks"][0]["margin"]["low"]
+    assert limited["tasks"][0]["student_mean"] < free["tasks"][0]["student_mean"] - 300
+    limited_counts = limited["arms"]["student"]["interventions"]["nominal"]
+    assert limited_counts["action_rate_limited"] > 12 * 100
+    report = render_text(results["limited"].statement)
+    assert "action_rate_limited" in report
+    assert "the safety envelope changed 100% of the student's actions" in report

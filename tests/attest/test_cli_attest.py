@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from cloud.attest import statement
-from cloud.testing import running_plane
 from cloud.attest.cli import EXIT_NOT_ATTESTED
+from cloud.testing import running_plane
 from edgeflux.cli import root
 from runtime.bundle import create_bundle, sign_bundle, verify_bundle
 from runtime.trust import TrustStore

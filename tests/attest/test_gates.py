@@ -150,7 +150,7 @@ def test_student_not_run_through_the_signed_file_is_refused() -> None:
     other = dataclasses.replace(RUNTIME, onnx_sha256="cd" * 32)
     assert "not the signed" in _failed([_task()], runtime=other)["student_via_runtime"]
     torch_arm = dataclasses.replace(RUNTIME, via_session=False)
-    assert "PolicySession" in _failed([_task()], runtime=torch_arm)["student_via_runtime"]
+    assert "runtime.kernel" in _failed([_task()], runtime=torch_arm)["student_via_runtime"]
 
 
 def test_degraded_student_is_not_attested_with_precise_evidence() -> None:
@@ -183,3 +183,33 @@ def test_holm_adjusted_p_values_are_reported_and_never_below_raw() -> None:
     holm = sorted(r["p_holm"] for r in result.tasks)
     assert holm[0] == pytest.approx(min(1.0, 3 * ps[0]))
     assert all(h >= p for h, p in zip(holm, ps, strict=True))
+
+
+def test_no_recorded_training_seeds_is_unknown_not_passed_and_does_not_decide() -> None:
+    tasks = [_task(seed=i) for i in range(3)]
+    gates = evaluate_gates(
+        tasks,
+        RUNTIME,
+        policy_sha256=POLICY,
+        evaluation_started_at=START,
+        config=GateConfig(training_seeds=None),
+    )
+    seeds = [g for g in gates if g.name == "seeds_disjoint"]
+    assert {g.outcome for g in seeds} == {"unknown"}
+    assert "records no training seeds" in seeds[0].reason
+    assert analyse(tasks, gates).verdict == "attested"
+    leaked = _task(calibration_seeds=(1000,))
+    cfg = GateConfig(training_seeds=None)
+    assert "calibration" in _failed([leaked], config=cfg)["seeds_disjoint"]
+
+
+def test_an_arm_not_run_under_its_declared_settings_is_inconsistent() -> None:
+    good = _task(student_settings="norm", teacher_settings="norm")
+    assert "arms_consistent" not in _failed([good])
+    wrong = _task(student_settings="s" * 64)
+    assert "student arm applied" in _failed([wrong])["arms_consistent"]
+    seeds = tuple(range(1000, 1060))
+    mixed = dict(_task().student)
+    mixed[1000] = _episodes((1000,), (-150.0,), normaliser_hash="other")[1000]
+    reason = _failed([_task(student=mixed)])["arms_consistent"]
+    assert "student arm ran under 2 different" in reason and len(seeds) == 60

@@ -117,10 +117,57 @@ def test_create_with_wrong_bound_count_is_a_usage_error(tmp_path: Path) -> None:
             fragment="needs 1 or 3 values, got 2", code=2)  # fmt: skip
 
 
-def test_create_without_bounds_says_which_field_is_missing(tmp_path: Path) -> None:
-    refused("create", "--onnx", make_policy(tmp_path / "p.onnx"), "--name", "p",
-            "--version", "1.0.0", "--out", tmp_path / "b", *CONTROL,
-            fragment="io.obs_low is not set")  # fmt: skip
+def test_create_without_bounds_names_every_missing_setting_at_once(tmp_path: Path) -> None:
+    res = refused("create", "--onnx", make_policy(tmp_path / "p.onnx"), "--name", "p",
+                  "--version", "1.0.0", "--out", tmp_path / "b", "--rate-hz", "50",
+                  fragment="needs 5 more settings")  # fmt: skip
+    for name in ("--obs-low", "--obs-high", "--action-low", "--action-high", "--deadline-ms"):
+        assert name in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_create_with_nothing_lists_everything_it_needs(tmp_path: Path) -> None:
+    res = refused("create", fragment="needs 10 more settings")
+    for name in ("--onnx", "--out", "--name", "--version", "--obs-low", "--rate-hz"):
+        assert name in res.output
+
+
+def test_create_defaults_to_distills_fallback_and_takes_the_normaliser(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    ok("create", "--onnx", make_policy(tmp_path / "p.onnx"), "--name", "p", "--version",
+       "1.0.0", "--out", out, *BOUNDS, *CONTROL, "--obs-mean", "0,0.5,0",
+       "--obs-std", "2")  # fmt: skip
+    manifest = json.loads((out / "edgeflux.json").read_text())
+    assert manifest["control"]["fallback"] == "zero"
+    assert manifest["io"]["obs_mean"] == [0.0, 0.5, 0.0]
+    assert manifest["io"]["obs_std"] == [2.0, 2.0, 2.0]
+
+
+def test_the_documented_spec_template_makes_a_bundle(tmp_path: Path) -> None:
+    template = Path(__file__).parents[2] / "examples" / "bundle-spec.toml"
+    out = tmp_path / "b"
+    policy = make_policy(tmp_path / "p.onnx", act_dim=1)
+    ok("create", "--onnx", policy, "--spec", template, "--out", out)
+    manifest = json.loads((out / "edgeflux.json").read_text())
+    assert manifest["name"] == "pendulum" and manifest["control"]["rate_hz"] == 20
+
+
+def test_a_typo_in_the_spec_is_named(tmp_path: Path) -> None:
+    spec = tmp_path / "s.toml"
+    spec.write_text("nmae = 'p'\n[control]\nrate_hz = 5\nfallbak = 'zero'\n")
+    refused("create", "--onnx", make_policy(tmp_path / "p.onnx"), "--spec", spec,
+            "--out", tmp_path / "b", fragment="unknown keys nmae, control.fallbak")  # fmt: skip
+    assert not (tmp_path / "b").exists()
+
+
+def test_verify_names_a_missing_path_and_a_plain_file(tmp_path: Path) -> None:
+    res = refused("verify", tmp_path / "nope", "--trust-dir", tmp_path, fragment="no such bundle")
+    assert "model.sig" not in res.output
+    plain = tmp_path / "policy.onnx"
+    plain.write_bytes(b"x")
+    refused("verify", plain, "--trust-dir", tmp_path, fragment="is a plain file, not a bundle")
+    refused("verify", tmp_path / "nope", "--home", tmp_path, fragment="not a control-plane home")
 
 
 def test_create_rejects_bad_semver(tmp_path: Path) -> None:

@@ -210,3 +210,33 @@ def test_robot_settings_are_validated_and_written(
     layout = RobotLayout.at(robot)
     assert load_agent_config(layout).shadow_ticks == 40
     assert load_runtime_config(layout).warmup_runs == 3
+
+
+def test_flashed_robot_runs_real_time_by_default_and_the_unit_grants_it(
+    plane: Plane, bundle: Path, tmp_path: Path
+) -> None:
+    from runtime.config import load_runtime_config
+
+    robot = tmp_path / "robot-rt"
+    code, out = _flash(*flash_args(plane, bundle, f"dir:{robot}"))
+    assert code == 0, out
+    layout = RobotLayout.at(robot)
+    config = load_runtime_config(layout)
+    assert (config.realtime_priority, config.lock_memory) == (50, True)
+    unit = (robot / "etc/systemd/system/edgeflux-runtime.service").read_text()
+    for line in ("LimitRTPRIO=99", "LimitMEMLOCK=infinity", "AmbientCapabilities=CAP_SYS_NICE"):
+        assert line in unit
+
+    # the operator's choice wins; null turns real-time off (no SCHED_FIFO, nothing written)
+    other = tmp_path / "robot-nort"
+    code, out = _flash(
+        *flash_args(
+            plane, bundle, f"dir:{other}", "--runtime-option", "realtime_priority=null",
+            "--runtime-option", "lock_memory=false",
+        )
+    )  # fmt: skip
+    assert code == 0, out
+    text = RobotLayout.at(other).runtime_config.read_text()
+    assert "realtime_priority" not in text and "lock_memory = false" in text
+    config = load_runtime_config(RobotLayout.at(other))
+    assert (config.realtime_priority, config.lock_memory) == (None, False)

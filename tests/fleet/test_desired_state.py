@@ -49,7 +49,7 @@ def test_a_director_signed_document_for_this_device_verifies(
     key: ed25519.Ed25519PrivateKey,
 ) -> None:
     doc = verify_desired_state(_sign(key, _doc()), key.public_key(), "robot-1", NOW)
-    assert doc["bundle"]["sequence"] == 2 and doc["generation"] == 3
+    assert doc.bundle is not None and doc.bundle.sequence == 2 and doc.generation == 3
 
 
 @pytest.mark.parametrize(
@@ -62,6 +62,10 @@ def test_a_director_signed_document_for_this_device_verifies(
         ("tampered", "not signed by the director"),
         ("garbage", "not a DSSE envelope"),
         ("wrong_schema", "not a edgeflux.desired-state/v1"),
+        ("sequence_text", "bundle.sequence"),
+        ("no_name", "bundle.name"),
+        ("naive_time", "has no time zone"),
+        ("negative_generation", "generation"),
     ],
 )
 def test_bad_desired_state_is_refused_with_a_reason(
@@ -86,6 +90,14 @@ def test_bad_desired_state_is_refused_with_a_reason(
         raw = b"\x00not json"
     elif case == "wrong_schema":
         raw = _sign(key, _doc(_type="something/else"))
+    elif case == "sequence_text":
+        raw = _sign(key, _doc(bundle={"name": "pendulum", "version": "1", "sequence": "2"}))
+    elif case == "no_name":
+        raw = _sign(key, _doc(bundle={"version": "1", "sequence": 2}))
+    elif case == "naive_time":
+        raw = _sign(key, _doc(expires="2026-06-01T01:00:00"))
+    elif case == "negative_generation":
+        raw = _sign(key, _doc(generation=-1))
     with pytest.raises(UpdateError, match=match) as err:
         verify_desired_state(raw, key.public_key(), "robot-1", NOW)
     assert err.value.reason is Reason.DESIRED_STATE_INVALID

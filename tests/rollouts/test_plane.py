@@ -234,6 +234,13 @@ def test_a_viewer_reads_but_cannot_change_rollouts(plane: RunningPlane) -> None:
             "INVALID_ARGUMENT",
             "sequence 2",
         ),
+        (
+            {"bundle": {"name": "pendulum", "version": "1.0.0"}},
+            "FAILED_PRECONDITION",
+            "below the published pendulum 1.1.0 (sequence 2)",
+        ),
+        ({"max_action_divergence": -0.5}, "INVALID_ARGUMENT", "max_action_divergence"),
+        ({"device_ids": ["newer-0"]}, "FAILED_PRECONDITION", "sequence 10 or more"),
     ],
 )
 def test_bad_requests_are_refused_with_a_reason(
@@ -241,6 +248,8 @@ def test_bad_requests_are_refused_with_a_reason(
 ) -> None:
     if not plane.store.get_device("bad-0"):
         devices(plane, "bad", 1)
+        devices(plane, "newer", 1)
+        plane.store.record_inventory("newer-0", {"anti_rollback": {"pendulum": 9}})
     fields: dict[str, Any] = {
         "bundle": {"name": "pendulum", "version": "1.1.0"},
         "label_selector": "group=bad",
@@ -261,6 +270,40 @@ def test_bad_requests_are_refused_with_a_reason(
         with pytest.raises(grpc.RpcError) as err:
             stub.GetRollout(admin_pb2.RolloutId(id="ro-missing"), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        ch.close()
+
+
+def test_create_plans_each_device_and_carries_the_divergence_limit(plane: RunningPlane) -> None:
+    ids = devices(plane, "plan", 3)
+    plane.store.record_inventory(ids[0], {"anti_rollback": {"pendulum": 2}})
+    plane.store.set_online(ids[1], True)
+    ch, stub = admin(plane)
+    try:
+        r = stub.CreateRollout(
+            admin_pb2.CreateRolloutRequest(
+                bundle=common_pb2.BundleRef(name="pendulum", version="1.1.0"),
+                label_selector="group=plan",
+                max_action_divergence=0.3,
+            ),
+            timeout=10,
+        )
+        assert [(p.device_id, p.outcome) for p in r.plan] == [
+            (ids[0], "already newer"),
+            (ids[1], "will update"),
+            (ids[2], "offline"),
+        ]
+        assert "sequence 3 or more" in r.plan[0].detail
+        assert [list(w.device_ids) for w in r.waves] == [ids[1:]]
+        wait_until(lambda: desired_version(plane, ids[1]) == "1.1.0", 30, "dispatched")
+        rec = plane.store.get_device(ids[1])
+        assert rec is not None and rec.desired_bundle is not None
+        assert rec.desired_bundle["gate"] == {"max_action_divergence": 0.3}
+        assert desired_version(plane, ids[0]) == "1.0.0"
+        got = get(stub, r.id)
+        assert got.HasField("max_action_divergence") and got.max_action_divergence == 0.3
+        dropped = [a for a in plane.store.audit_log(limit=1000) if a.action == "push.dropped"]
+        assert ids[0] in [a.target for a in dropped]
     finally:
         ch.close()
 
@@ -314,6 +357,8 @@ def test_the_cli_drives_a_rollout_end_to_end(plane: RunningPlane) -> None:
             "group=cli",
             "--waves",
             "0.5,1",
+            "--max-action-divergence",
+            "0.4",
             "--json",
             "--home",
             str(plane.home.root),
@@ -322,7 +367,9 @@ def test_the_cli_drives_a_rollout_end_to_end(plane: RunningPlane) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
-    rid = json.loads(res.output)["id"]
+    created = json.loads(res.output)
+    rid = created["id"]
+    assert {p["outcome"] for p in created["plan"]} == {"offline"}
     wait_until(lambda: desired_version(plane, ids[0]) == "1.1.0", 30, "wave 0 dispatched")
     res = run("pause", rid)
     assert res.exit_code == 0 and "paused" in res.output
@@ -330,6 +377,7 @@ def test_the_cli_drives_a_rollout_end_to_end(plane: RunningPlane) -> None:
     assert res.exit_code == 0, res.output
     assert f"rollout {rid}: pendulum 1.1.0 (sequence 2)" in res.output
     assert "wave 0: 1 device(s), running" in res.output
+    assert "shadow action divergence enforced at 0.4" in res.output
     res = run("list", "--json")
     assert rid in [r["id"] for r in json.loads(res.output)]
     res = run("resume", rid)

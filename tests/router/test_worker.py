@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cloud.router.worker import AgentServicer, policy_model, serve_agent
 from protos import router_pb2, router_pb2_grpc
+from tests.runtime.conftest import manifest
 
 W = np.array([[0.5], [-0.25], [1.0]], dtype=np.float32)
 
@@ -33,6 +34,7 @@ def _tiny_policy(path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
+    (path.parent / "edgeflux.json").write_text(manifest().to_json())
     return path
 
 

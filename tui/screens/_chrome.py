@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -11,18 +11,15 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import DataTable, Input, Label, Static
 
-if TYPE_CHECKING:
-    from tui.app import EdgeFluxApp
+from tui.console import ConsoleApp
 
 JUMP_TARGETS = ("fleet", "bundles", "attestations", "routing", "device ")
 
 
-def fleet_app(widget: object) -> EdgeFluxApp:
+def fleet_app(widget: object) -> ConsoleApp:
     """The running app, typed (screens and widgets reach the store and client through it)."""
-    from tui.app import EdgeFluxApp
-
     app = widget.app  # type: ignore[attr-defined]
-    assert isinstance(app, EdgeFluxApp)
+    assert isinstance(app, ConsoleApp)
     return app
 
 

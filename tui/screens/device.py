@@ -16,6 +16,7 @@ from protos import admin_pb2
 from tui.client import AdminError
 from tui.messages import Fetched, FetchFailed
 from tui.screens._chrome import ConnectionBar, fleet_app
+from tui.store import bundle_label, temperature_text
 from tui.verify import verify_envelope
 
 
@@ -116,7 +117,7 @@ class DeviceScreen(Screen[None]):
             f"{'  reason ' + row.update_reason if row.update_reason else ''}\n"
             f"health   p99 {row.loop_p99_ms:.2f} ms · misses {100 * row.deadline_miss_rate:.2f}%"
             f" · safety {row.safety_interventions} · cpu {row.cpu_percent:.0f}%"
-            f" · {row.temperature_c:.1f} °C"
+            f" · {temperature_text(row.temperature_c, ' °C')}"
         )
         hist = list(store.history.get(self.device_id, ()))
         self._sparks(
@@ -175,7 +176,7 @@ class DeviceScreen(Screen[None]):
                         ts(u),
                         u.state,
                         u.reason,
-                        f"{u.bundle.name}@{u.bundle.version}" if u.bundle.name else "",
+                        bundle_label(u.bundle.name, u.bundle.version),
                         u.detail,
                     )
                     for u in h.updates

@@ -1,0 +1,21 @@
+"""The store's errors: every failure a caller of the store has to handle."""
+
+from __future__ import annotations
+
+__all__ = ["ConflictError", "NotFoundError", "StoreError", "StoreUnavailable"]
+
+
+class StoreError(Exception):
+    """Base of every error the store raises."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now; retry later."""
+
+
+class ConflictError(StoreError):
+    """A uniqueness rule refused the write; nothing was written."""
+
+
+class NotFoundError(StoreError):
+    """The requested row does not exist."""

@@ -1,0 +1,146 @@
+"""Telemetry: batches of points from each device, stored exactly once."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from cloud.store._base import StoreBase, as_utc, utcnow
+from cloud.store.errors import ConflictError
+from cloud.store.models import Device, TelemetryBatch, TelemetryPoint
+
+__all__ = ["TelemetryQueries", "TelemetryRecord"]
+
+devices_t = Device.__table__
+batches_t = TelemetryBatch.__table__
+points_t = TelemetryPoint.__table__
+
+
+@dataclass(frozen=True)
+class TelemetryRecord:
+    at: dt.datetime
+    loop_p50_ms: float = 0.0
+    loop_p99_ms: float = 0.0
+    deadline_miss_rate: float = 0.0
+    safety_interventions: int = 0
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    temperature_c: float = 0.0
+    extra: dict[str, Any] | None = None
+    update_state: str = ""
+    active_bundle: dict[str, Any] | None = None
+
+
+class TelemetryQueries(StoreBase):
+    """Reads and writes of the ``telemetry_points`` and ``telemetry_batches`` tables."""
+
+    def record_telemetry(
+        self,
+        device_id: str,
+        sequence: int,
+        points: Sequence[TelemetryRecord],
+        received_at: dt.datetime | None = None,
+    ) -> bool:
+        """Store one MQTT telemetry batch exactly once per (device, sequence).
+
+        Returns False (and writes nothing) for a batch already stored (QoS 1 redelivery)
+        and for a device that is not registered or was revoked. Also updates the device's
+        last seen, health summary and, if reported, its active bundle and update state.
+        """
+        received_at = received_at or utcnow()
+        try:
+            with self._tx() as conn:
+                if not self._accepts_data(conn, device_id):
+                    return False
+                conn.execute(
+                    batches_t.insert().values(
+                        device_id=device_id, sequence=sequence, received_at=received_at
+                    )
+                )
+                if points:
+                    conn.execute(
+                        points_t.insert(),
+                        [
+                            {
+                                "device_id": device_id,
+                                "at": p.at,
+                                "sequence": sequence,
+                                "loop_p50_ms": p.loop_p50_ms,
+                                "loop_p99_ms": p.loop_p99_ms,
+                                "deadline_miss_rate": p.deadline_miss_rate,
+                                "safety_interventions": p.safety_interventions,
+                                "cpu_percent": p.cpu_percent,
+                                "memory_percent": p.memory_percent,
+                                "temperature_c": p.temperature_c,
+                                "extra": p.extra,
+                            }
+                            for p in points
+                        ],
+                    )
+                values: dict[str, Any] = {"last_seen": received_at, "updated_at": utcnow()}
+                last = max(points, key=lambda p: p.at) if points else None
+                current = conn.execute(
+                    sa.select(devices_t.c.health).where(devices_t.c.id == device_id)
+                ).scalar()
+                # Batches can arrive out of order (spool replay): health is the newest point.
+                if last is not None and not (
+                    current and str(current.get("at", "")) > last.at.isoformat()
+                ):
+                    values["health"] = {
+                        "at": last.at.isoformat(),
+                        "loop_p50_ms": last.loop_p50_ms,
+                        "loop_p99_ms": last.loop_p99_ms,
+                        "deadline_miss_rate": last.deadline_miss_rate,
+                        "safety_interventions": last.safety_interventions,
+                        "cpu_percent": last.cpu_percent,
+                        "memory_percent": last.memory_percent,
+                        "temperature_c": last.temperature_c,
+                    }
+                    if last.update_state:
+                        values["update_state"] = last.update_state
+                    if last.active_bundle:
+                        values["active_bundle"] = dict(last.active_bundle)
+                conn.execute(devices_t.update().where(devices_t.c.id == device_id).values(**values))
+        except ConflictError:
+            return False
+        self._notify([device_id])
+        return True
+
+    def telemetry(
+        self, device_id: str, *, limit: int = 500, since: dt.datetime | None = None
+    ) -> list[TelemetryRecord]:
+        """The newest `limit` points of a device, returned oldest first."""
+        q = points_t.select().where(points_t.c.device_id == device_id)
+        if since is not None:
+            q = q.where(points_t.c.at >= since)
+        q = q.order_by(points_t.c.at.desc(), points_t.c.id.desc()).limit(limit)
+        with self._connect() as conn:
+            rows = conn.execute(q).fetchall()
+        out = []
+        for r in reversed(rows):
+            m = r._mapping
+            out.append(
+                TelemetryRecord(
+                    at=as_utc(m["at"]),  # type: ignore[arg-type]
+                    loop_p50_ms=m["loop_p50_ms"],
+                    loop_p99_ms=m["loop_p99_ms"],
+                    deadline_miss_rate=m["deadline_miss_rate"],
+                    safety_interventions=int(m["safety_interventions"]),
+                    cpu_percent=m["cpu_percent"],
+                    memory_percent=m["memory_percent"],
+                    temperature_c=m["temperature_c"],
+                    extra=m["extra"],
+                )
+            )
+        return out
+
+    def prune_telemetry(self, older_than: dt.datetime) -> int:
+        """Retention: delete telemetry points and batch markers older than `older_than`."""
+        with self._tx() as conn:
+            n = conn.execute(points_t.delete().where(points_t.c.at < older_than)).rowcount
+            conn.execute(batches_t.delete().where(batches_t.c.received_at < older_than))
+        return int(n)

@@ -1,0 +1,183 @@
+"""`flash` picks extras that fit the adapter (or refuses before writing); the installer's
+stamp names the extras, so a reflash converges; `edgeflux robot start` runs a flashed
+`dir:` robot — runtime and agent, supervised — until SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cloud.testing import running_plane
+from edgeflux.cli import root
+from edgeflux.provision import FlashMaterials, build_plan
+from edgeflux.provision._units import install_script
+from edgeflux.provision.extras import ExtrasError, robot_extras
+from runtime.control_client import RuntimeControlClient, RuntimeControlError
+from runtime.layout import RobotLayout
+from tests.flash.conftest import Plane, flash_args, make_pendulum_bundle
+from tests.servers import wait_until
+
+
+@pytest.mark.parametrize(
+    ("adapter", "requested", "expected"),
+    [
+        ("gym", None, "device,sim"),
+        ("udp", None, "device"),
+        ("null", None, "device"),
+        ("gym", "sim,device", "device,sim"),
+        ("gym", " gpu , sim ", "gpu,sim"),
+        ("udp", "device,device", "device"),
+    ],
+)
+def test_extras_are_derived_from_the_adapter_and_canonical(
+    adapter: str, requested: str | None, expected: str
+) -> None:
+    assert robot_extras(adapter, requested) == expected
+
+
+@pytest.mark.parametrize(
+    ("adapter", "requested", "message"),
+    [
+        ("gym", "device", "the gym adapter needs sim (gymnasium)"),
+        ("udp", "device,gpu", "cannot be installed together"),
+        ("udp", "sim", "installs no onnxruntime"),
+        ("udp", "device,cloud", "cloud is not a robot extra"),
+        ("udp", ",", "--extras is empty"),
+    ],
+)
+def test_extras_that_do_not_fit_are_refused(adapter: str, requested: str, message: str) -> None:
+    with pytest.raises(ExtrasError, match=re.escape(message)):
+        robot_extras(adapter, requested)
+
+
+def test_flash_refuses_extras_without_gymnasium_for_the_gym_adapter_before_writing(
+    plane: Plane, bundle: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "robot"
+    args = [a for a in flash_args(plane, bundle, f"dir:{target}") if a != "--no-wheelhouse"]
+    res = CliRunner().invoke(root, [*args, "--extras", "device"])
+    assert res.exit_code == 2, res.output
+    assert "--extras device,sim" in res.output and "nothing was written" in res.output
+    assert "Traceback" not in res.output
+    assert not target.exists()
+
+
+def test_the_install_stamp_names_the_extras(plane: Plane, bundle: Path, tmp_path: Path) -> None:
+    from cloud.home import CloudHome
+
+    home = CloudHome.at(plane.home)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "edgeflux-0.1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
+    cert, key = home.device_paths(plane.device)
+
+    def plan(extras: str) -> dict[str, bytes]:
+        m = FlashMaterials(
+            device_id=plane.device,
+            cert_pem=cert.read_bytes(),
+            key_pem=key.read_bytes(),
+            ca_pem=home.ca_cert.read_bytes(),
+            trust_dir=home.trust,
+            tuf_root=b"{}",
+            bundle_dir=bundle,
+            runtime_toml="[runtime]\n",
+            agent_toml="[agent]\n",
+            wheelhouse=wheels,
+            extras=extras,
+        )
+        return {e.path: e.data for e in build_plan(m).entries if e.data is not None}
+
+    a, b = plan("device"), plan("device,sim")
+    assert b'WANT="edgeflux[device]==' in a["opt/edgeflux/install.sh"]
+    assert b'WANT="edgeflux[device,sim]==' in b["opt/edgeflux/install.sh"]
+    # The install unit runs at every boot (the script itself is the no-op check).
+    assert b"ConditionPathExists" not in a["etc/systemd/system/edgeflux-install.service"]
+
+
+def test_a_venv_stamped_with_other_extras_is_rebuilt(tmp_path: Path) -> None:
+    opt = tmp_path / "opt" / "edgeflux"
+    (opt / "wheelhouse").mkdir(parents=True)
+    (opt / "install.sh").write_bytes(install_script("device,sim", "0.1.0"))
+    venv = opt / "venv"
+    venv.mkdir()
+    env = {**os.environ, "EDGEFLUX_PYTHON": sys.executable}
+    (venv / ".edgeflux-installed").write_text("edgeflux[device,sim]==0.1.0\n")
+    same = subprocess.run(
+        ["sh", str(opt / "install.sh")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert same.returncode == 0 and "already installed" in same.stdout
+    (venv / ".edgeflux-installed").write_text("edgeflux[device]==0.1.0\n")
+    (venv / "old-file").write_text("from the first flash")
+    other = subprocess.run(
+        ["sh", str(opt / "install.sh")], capture_output=True, text=True, env=env, timeout=120
+    )
+    # The empty wheelhouse makes pip fail, but only after the stale venv was discarded.
+    assert "already installed" not in other.stdout
+    assert not (venv / "old-file").exists()
+    assert not (venv / ".edgeflux-installed").exists()
+
+
+@pytest.mark.services
+def test_robot_start_supervises_a_dir_robot_until_sigterm(tmp_path: Path) -> None:
+    with running_plane(tmp_path / "plane", broker=True, ingest=True) as plane:
+        plane.device("robot-s", labels={"site": "lab"})
+        key = plane.home.key_path("model-signing", private=True)
+        v1 = make_pendulum_bundle(tmp_path / "pendulum-1.0.0", key)
+        robot = tmp_path / "robot-s"
+        args = flash_args(Plane(plane.home.root, "robot-s"), v1, f"dir:{robot}")
+        args[args.index("--cloud") + 1] = plane.address
+        args[args.index("--broker") + 1] = f"mqtt://127.0.0.1:{plane.broker_port}"
+        res = CliRunner().invoke(root, [*args, "--agent-option", "telemetry_period_s=0.5"])
+        assert res.exit_code == 0, res.output
+
+        log = (tmp_path / "start.log").open("wb")
+        sup = subprocess.Popen(
+            [sys.executable, "-m", "edgeflux.cli", "robot", "start", "--root", str(robot)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        layout = RobotLayout.at(robot)
+
+        def text() -> str:
+            return (tmp_path / "start.log").read_text(errors="replace")
+
+        try:
+
+            def runtime_pid() -> int:
+                try:
+                    with RuntimeControlClient(layout.runtime_socket, 2) as rt:
+                        rt.status()
+                except RuntimeControlError:
+                    return 0
+                pid = 0
+                for line in text().splitlines():
+                    if "started runtime (pid" in line:
+                        pid = int(line.rsplit("pid ", 1)[1].rstrip(")"))
+                return pid
+
+            wait_until(lambda: runtime_pid() > 0, 90, "the runtime answering")
+            first = runtime_pid()
+
+            def online() -> bool:
+                device = plane.store.get_device("robot-s")
+                return bool(device.online and device.last_seen is not None)
+
+            wait_until(online, 60, "the agent reporting to the plane")
+            os.kill(first, signal.SIGKILL)  # a crash: the supervisor restarts it
+            wait_until(lambda: runtime_pid() not in (0, first), 60, "the runtime restarted")
+            assert "runtime exited" in text()
+        except TimeoutError:
+            pytest.fail(text()[-5000:])
+        finally:
+            sup.send_signal(signal.SIGTERM)
+            code = sup.wait(30)
+            log.close()
+        assert code == 0, text()[-3000:]
+        assert "stopped agent" in text() and "stopped runtime" in text()
