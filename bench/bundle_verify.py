@@ -14,14 +14,14 @@ What it measures, in this one process, with the page cache warm for both:
 
 * baseline: `hashlib.file_digest(f, "sha256")` over `policy.onnx`;
 * ours: `verify_bundle(...)` with a trust store, a device profile and an
-  anti-rollback store, i.e. every step of DESIGN.md §3 (signature over PAE,
+  anti-rollback store, i.e. every verification step (signature over PAE,
   statement parse, file-set walk, streamed digests of every file, manifest
   schema, the streaming ONNX checks, compatibility, rollback).
 
 Runs alternate baseline/ours and the minimum of each is reported (least disturbed
 by other processes). Peak memory is `tracemalloc`'s peak during one verification
 at two sizes (size and size/10): it should not grow with the file.
-The target (issue 3): ratio <= 1.25 and size-independent peak memory.
+The target: ratio <= 1.25 and size-independent peak memory.
 """
 
 from __future__ import annotations

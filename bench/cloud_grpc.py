@@ -11,7 +11,7 @@ so the machine's other load hits both alike. `--callers` concurrent unary caller
 share `--channels` client channels (one device certificate each). The plane answers
 GetDesiredState: identity and revocation check plus the device row in one query, and
 the DSSE document (cached per device generation).
-Targets (issue 6): throughput >= 0.5x the echo's, p99 <= 3x the echo's.
+Targets: throughput >= 0.5x the echo's, p99 <= 3x the echo's.
 
 Part 2 inserts `--devices` devices into a SQLite store and times a label-filtered
 listing of all of them (target < 100 ms) and of one 100-device page.

@@ -1,4 +1,4 @@
-"""Pendulum distillation quality and speed (issue 5's acceptance figures).
+"""Pendulum distillation quality and speed (the acceptance figures).
 
     .venv/bin/python bench/distill_pendulum.py                      # oracle + world model
     .venv/bin/python bench/distill_pendulum.py --skip-world-model   # oracle only (~2 min)

@@ -17,7 +17,7 @@ the same run, one after the other, on the same ladder of device counts:
 
 Lag = store commit time (bare: receive time) − send time. For each consumer the
 result is the largest N whose p99 lag stays < 1 s with >= 99% delivered within the
-step. Goal (issue 7): postgres >= 50% of the bare ceiling.
+step. Goal: postgres >= 50% of the bare ceiling.
 
 Part 2 (fan-out). `--fanout` simulated agents (one MQTT connection each, no runtime
 or TUF: they answer the hint with a COMMITTED event) receive a `cloud.push` hint;

@@ -6,7 +6,7 @@ Usage::
     .venv/bin/python bench/parity_campaign.py --episodes 30 --calls 300
     .venv/bin/python bench/parity_campaign.py --bundle ./out/pendulum-v1-0.1.0 --trust ./trust
 
-Part 1 — campaign (issue 8 target: 3-task × 100-episode Pendulum campaign ≤ 180 s on
+Part 1 — campaign (target: 3-task × 100-episode Pendulum campaign ≤ 180 s on
 2 cores). Both runs are the real runner (`cloud.attest.campaign.run_campaign`):
 
 * baseline: one episode per work unit in one process (no lock-step batching, so the

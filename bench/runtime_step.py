@@ -1,4 +1,4 @@
-"""Runtime per-tick cost, loop timing and hot swaps (issue 4).
+"""Runtime per-tick cost, loop timing and hot swaps.
 
 Same process, same signed bundle (a 17→256→256→6 ELU MLP):
 

@@ -21,7 +21,7 @@ Two variants of the fleet screen, same data, same load:
 Measured per key (Pilot presses, which return once the app has processed the key and
 refreshed): cursor down, sort by a column, mark, pause/resume, typing a filter, clearing
 it (10,000 rows back). Also the UI-thread time spent applying each batch of changes.
-The target (issue 12): every key handled in < 100 ms with 10,000 devices streaming.
+The target: every key handled in < 100 ms with 10,000 devices streaming.
 """
 
 from __future__ import annotations

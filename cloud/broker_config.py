@@ -1,6 +1,6 @@
 """Mosquitto configuration for the fleet: ``edgeflux cloud broker-config``.
 
-What it writes (DESIGN.md §5):
+What it writes:
 
 - a TLS listener that **requires a client certificate** signed by the fleet CA and
   takes the MQTT username from the certificate CN (``use_identity_as_username``), so

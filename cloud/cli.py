@@ -574,7 +574,7 @@ def bundles_cmd(home_dir: Path, name: str | None, as_json: bool) -> None:
 # ------------------------------------------------------------------------- tuf
 @click.group("tuf")
 def tuf_group() -> None:
-    """The TUF repository (DESIGN.md §4: every key but the CA's rotates through TUF)."""
+    """The TUF repository (every key but the CA's rotates through TUF)."""
 
 
 @tuf_group.command("rotate")

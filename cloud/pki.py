@@ -1,6 +1,6 @@
 """The fleet PKI: one certificate authority that issues every identity in the fleet.
 
-DESIGN.md §4: a fleet CA issues one certificate per device (CN = device id), one per
+A fleet CA issues one certificate per device (CN = device id), one per
 operator (CN = operator name, role ``admin`` | ``viewer``) and one per control-plane
 server. gRPC and MQTT both authenticate with these over mTLS.
 

@@ -69,6 +69,31 @@ def _planner(samples: int | None, iterations: int | None) -> Any:
     )
 
 
+def _quiet(env_ids: list[str]) -> None:
+    """Keep library chatter out of the operator's output: torch's ONNX exporter warns
+    about every torchvision operator it cannot register (torchvision is not needed),
+    and MuJoCo's model compiler prints deprecation notes about gymnasium's own XML.
+    Both still reach the log at debug level."""
+    import logging
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    import gymnasium
+
+    def mujoco_env(env_id: str) -> bool:
+        try:
+            return "mujoco" in str(gymnasium.spec(env_id).entry_point)
+        except gymnasium.error.Error:
+            return False
+
+    if any(mujoco_env(e) for e in env_ids):
+        try:
+            import mujoco
+        except ImportError:
+            return
+        log = logging.getLogger("distill.mujoco")
+        mujoco.set_mju_user_warning(lambda msg: log.debug("MuJoCo: %s", msg))
+
+
 @click.group(name="distill")
 def distill() -> None:
     """Distil a world model (or an oracle planner) into a signed ONNX policy."""
@@ -81,6 +106,7 @@ def envs_cmd(as_json: bool) -> None:
     from distill.envs import KNOWN_ENVS, env_spec
 
     rows = []
+    _quiet(list(KNOWN_ENVS))
     with _user_errors():
         for env_id in sorted(KNOWN_ENVS):
             spec = env_spec(env_id)
@@ -176,6 +202,7 @@ def run_cmd(
     """Teacher → DAgger student → ONNX (parity-checked) → signed bundle in OUT."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Column
 
     from distill.dagger import DaggerConfig
     from distill.pipeline import STAGES, DistillConfig, run_pipeline
@@ -214,38 +241,93 @@ def run_cmd(
             teacher_mppi=_planner(mppi_samples, mppi_iterations),
             threads=threads,
         )
+    _quiet([env_id])
     with _user_errors():
-        from distill.envs import env_spec
+        from distill.envs import make_env
 
-        env_spec(env_id)  # an unknown id fails here, before any progress bar or file
+        # An unknown id or a bad --variant fails here, before any progress bar or file.
+        make_env(env_id, cfg.variant).close()
     err = Console(stderr=True)
     progress = Progress(
-        TextColumn("{task.description:<13}"),
-        BarColumn(),
-        TextColumn("{task.completed:>7.0f}/{task.total:<7.0f}"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.description:<12}", table_column=Column(min_width=12, no_wrap=True)),
+        BarColumn(bar_width=24, table_column=Column(width=24)),
+        TextColumn("{task.fields[count]:>16}", table_column=Column(min_width=16, no_wrap=True)),
+        TimeElapsedColumn(table_column=Column(min_width=7, no_wrap=True)),
+        TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
         console=err,
         transient=False,
         disable=as_json and not err.is_terminal,
     )
-    tasks = {s: progress.add_task(s, total=1, start=False, info="") for s in STAGES}
-
-    def report(stage: str, done: float, total: float, info: dict[str, Any]) -> None:
-        task = tasks[stage]
-        progress.start_task(task)
-        text = "  ".join(
-            f"{k} {v:.3g}" for k, v in info.items() if isinstance(v, float) and k != "seconds"
-        )
-        progress.update(task, completed=done, total=total, info=text[:60])
-
-    with progress, _user_errors():
-        result = run_pipeline(cfg, report)
+    bars = _StageBars(progress, STAGES, _units(cfg), rounds)
+    existed = out_dir.exists()
+    try:
+        with progress, _user_errors():
+            result = run_pipeline(cfg, bars.report)
+    except BaseException:
+        # A run that failed before writing anything leaves no empty directory behind.
+        if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     s = result.summary
     if as_json:
         click.echo(json.dumps(s, sort_keys=True))
         return
     _print_summary(s, Console())
+
+
+def _units(cfg: Any) -> dict[str, tuple[str, int | None]]:
+    """What each stage counts, and how many, as far as the configuration says."""
+    d = cfg.dagger
+    world_model = cfg.teacher == "world-model" and cfg.checkpoint is None
+    return {
+        "teacher": ("steps", cfg.train.total_steps) if world_model else ("", None),
+        "teacher-eval": ("episodes", 2 * cfg.eval_episodes),  # teacher and random arms
+        "dagger": ("epochs", d.rounds * d.epochs),
+        "student-eval": ("episodes", cfg.eval_episodes),
+    }
+
+
+class _StageBars:
+    """One bar per stage counting what the stage does (world-model steps, DAgger epochs
+    across rounds, episodes) instead of 0/1 → 1/1; a stage with nothing to count shows
+    its elapsed time only."""
+
+    def __init__(
+        self, progress: Any, stages: Any, units: dict[str, tuple[str, int | None]], rounds: int
+    ) -> None:
+        self.progress = progress
+        self.units = units
+        self.rounds = rounds
+        self.tasks = {
+            s: progress.add_task(
+                s, total=units.get(s, ("", None))[1] or 1, start=False, count="", info=""
+            )
+            for s in stages
+        }
+
+    def report(self, stage: str, done: float, total: float, info: dict[str, Any]) -> None:
+        task_id = self.tasks[stage]
+        task = self.progress.tasks[task_id]
+        unit, _ = self.units.get(stage, ("", None))
+        self.progress.start_task(task_id)
+        if "seconds" in info:  # the stage finished: what it counted is complete
+            total = task.total or 1
+            done = total
+        elif done == 0 and total == 1:  # the stage started: keep the planned count
+            total = task.total or 1
+        parts = [f"round {int(info['round'])}/{self.rounds}"] if "round" in info else []
+        parts += [
+            f"{k.replace('mixture_return', 'return')} {v:.3g}"
+            for k, v in info.items()
+            if isinstance(v, float) and k not in ("seconds", "round")
+        ]
+        self.progress.update(
+            task_id,
+            completed=done,
+            total=total,
+            count=f"{done:.0f}/{total:.0f} {unit}" if unit else "",
+            info="  ".join(parts)[:40] or task.fields.get("info", ""),
+        )
 
 
 def _print_summary(s: dict[str, Any], console: Any) -> None:

@@ -60,6 +60,7 @@ def run_dagger(
     seed: int,
     variant: Mapping[str, float] | None = None,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> DaggerResult:
     """Distil `teacher` into a fresh student; every random choice derives from `seed`."""
     torch.manual_seed(seed)
@@ -76,7 +77,15 @@ def run_dagger(
             seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=cfg.envs_per_round)]
             env_seeds.extend(seeds)
             mixture_return = _collect(batch, teacher, student, beta, seeds, rng, data)
-            loss = _fit(student, opt, data, cfg, rng, refit_normaliser=(i == 0))
+            loss = _fit(
+                student,
+                opt,
+                data,
+                cfg,
+                rng,
+                refit_normaliser=(i == 0),
+                on_epoch=(lambda j, i=i: on_epoch(i, j)) if on_epoch is not None else None,
+            )
             stats = {"beta": beta, "mixture_return": mixture_return, "loss": loss}
             for k, v in stats.items():
                 curves[k].append(float(v))
@@ -139,6 +148,7 @@ def _fit(
     cfg: DaggerConfig,
     rng: np.random.Generator,
     refit_normaliser: bool,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> float:
     states, _ = data.transitions()
     labels = data.arrays()["labels"]
@@ -149,7 +159,9 @@ def _fit(
     y = torch.as_tensor(labels)
     student.train()
     loss_value = 0.0
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
+        if on_epoch is not None:
+            on_epoch(epoch)
         order = torch.as_tensor(rng.permutation(len(x)))
         for start in range(0, len(x), cfg.batch_size):
             sel = order[start : start + cfg.batch_size]

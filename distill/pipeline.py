@@ -158,6 +158,7 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
             cfg.env_id, RandomPolicy(cfg.env_id, cfg.seed), seeds, cfg.variant
         )
 
+    epochs = cfg.dagger.epochs
     with stage("dagger"):
         result = run_dagger(
             spec,
@@ -166,7 +167,12 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
             cfg.student,
             cfg.seed,
             cfg.variant,
-            on_round=lambda i, s: rep("dagger", i + 1, cfg.dagger.rounds, s),
+            on_round=lambda i, s: rep(
+                "dagger", (i + 1) * epochs, cfg.dagger.rounds * epochs, {**s, "round": i + 1.0}
+            ),
+            on_epoch=lambda i, j: rep(
+                "dagger", i * epochs + j, cfg.dagger.rounds * epochs, {"round": i + 1.0}
+            ),
         )
     curves["dagger"] = result.curves
     dataset_digest = result.data.save(out / "dagger_data.npz")

@@ -113,7 +113,7 @@ class _MPPITeacher:
         return torch.cat([self._mean[:, 1:], self._mean[:, -1:]], dim=1)
 
 
-# Oracle settings found to match SAC on Pendulum (REFERENCES.md: horizon 15, 128 samples, 3 its).
+# Oracle settings found to match SAC on Pendulum (horizon 15, 128 samples, 3 iterations).
 ORACLE_MPPI = MPPIConfig(
     horizon=15, num_samples=128, iterations=3, num_elites=16, num_pi_trajs=0, temperature=0.5
 )

@@ -39,7 +39,7 @@ from distill.world_model import PRESETS, TDMPC2Model, pick_device, save_checkpoi
 
 __all__ = ["CPU_TRAIN_MPPI", "TrainConfig", "TrainResult", "main", "train_world_model"]
 
-# Planner while training on CPU (REFERENCES.md CPU preset: 128-256 samples, 3-4 iterations).
+# Planner while training on CPU (a CPU preset: 128-256 samples, 3-4 iterations).
 CPU_TRAIN_MPPI = MPPIConfig(
     horizon=3, num_samples=256, iterations=4, num_elites=32, num_pi_trajs=12, temperature=0.5
 )

@@ -23,74 +23,39 @@ from edgeflux._version import __version__
 
 @dataclass(frozen=True)
 class GroupSpec:
-    """Where a command group lives. `target` is `module:attribute`, or None if not built yet."""
+    """Where a command group lives: `target` is `module:attribute`."""
 
     help: str
-    target: str | None
-    issue: str = ""
+    target: str
 
 
-# The one table of command groups. A group whose issue has not landed has no target:
-# invoking it says so plainly and exits non-zero.
+# The one table of command groups.
 GROUPS: dict[str, GroupSpec] = {
     "bundle": GroupSpec(
         "Create, sign, verify, inspect and pack model bundles.",
         "edgeflux.bundle:bundle",
-        "signed bundles",
     ),
     "runtime": GroupSpec(
         "Run signed policies on a robot (control loop, A/B slots).",
         "runtime.cli:runtime",
-        "runtime",
     ),
-    "agent": GroupSpec(
-        "The fleet agent on a robot (telemetry, updates).", "fleet.cli:agent", "fleet agent"
-    ),
-    "cloud": GroupSpec(
-        "The cloud control plane (init, up, publish, devices).", "cloud.cli:cloud", "control plane"
-    ),
-    "distill": GroupSpec(
-        "Distil a world model into a signed ONNX policy.", "distill.cli:distill", "cloud trainers"
-    ),
+    "agent": GroupSpec("The fleet agent on a robot (telemetry, updates).", "fleet.cli:agent"),
+    "cloud": GroupSpec("The cloud control plane (init, up, publish, devices).", "cloud.cli:cloud"),
+    "distill": GroupSpec("Distil a world model into a signed ONNX policy.", "distill.cli:distill"),
     "attest": GroupSpec(
         "Parity attestations: run, get, verify, show.",
         "cloud.attest.cli:attest",
-        "parity attestation",
     ),
-    "rollout": GroupSpec(
-        "Staged rollouts of bundles to the fleet.", "cloud.rollouts.cli:rollout", "staged rollouts"
-    ),
+    "rollout": GroupSpec("Staged rollouts of bundles to the fleet.", "cloud.rollouts.cli:rollout"),
     "flash": GroupSpec(
         "Provision a robot: runtime, identity, trust, first bundle.", "edgeflux.flash:flash_cmd"
     ),
     "robot": GroupSpec(
         "Start a flashed robot: its runtime and agent, supervised.", "edgeflux.robot:robot"
     ),
-    "tui": GroupSpec("The operator console (Textual).", "tui.cli:tui", "TUI"),
-    "demo": GroupSpec(
-        "Run the whole pipeline end to end on this machine.", "edgeflux.demo:demo", ""
-    ),
+    "tui": GroupSpec("The operator console (Textual).", "tui.cli:tui"),
+    "demo": GroupSpec("Run the whole pipeline end to end on this machine.", "edgeflux.demo:demo"),
 }
-
-
-class NotBuiltError(click.ClickException):
-    exit_code = 3
-
-
-def _not_built(name: str, spec: GroupSpec) -> click.Command:
-    @click.command(
-        name=name,
-        help=f"{spec.help} (not built yet)",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        add_help_option=False,
-    )
-    def cmd() -> None:
-        raise NotBuiltError(
-            f"`edgeflux {name}` is not built yet: it arrives with the {spec.issue} issue. "
-            "Nothing was done."
-        )
-
-    return cmd
 
 
 class LazyGroup(click.Group):
@@ -103,8 +68,6 @@ class LazyGroup(click.Group):
         spec = GROUPS.get(cmd_name)
         if spec is None:
             return None
-        if spec.target is None:
-            return _not_built(cmd_name, spec)
         module_name, attr = spec.target.split(":")
         try:
             module = importlib.import_module(module_name)
@@ -121,10 +84,7 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Short help from the table, so `--help` imports nothing.
-        rows = [
-            (name, spec.help + ("" if spec.target else " [not built yet]"))
-            for name, spec in GROUPS.items()
-        ]
+        rows = [(name, spec.help) for name, spec in GROUPS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

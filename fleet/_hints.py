@@ -1,4 +1,4 @@
-"""Update hints are untrusted (DESIGN.md §4): at most they trigger a TUF refresh.
+"""Update hints are untrusted: at most they trigger a TUF refresh.
 
 :class:`HintGate` is pure: it parses a hint, drops garbage and replays of what is
 already installed, and rate-limits refreshes — a flood of hints, forged or not,

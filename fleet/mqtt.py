@@ -2,7 +2,7 @@
 
 MQTT 3.1.1 (any broker serves), mutual TLS with the device certificate, QoS 1,
 a persistent session (``clean_session=False``) so update hints sent while the robot
-was offline are delivered when it returns. Topics (DESIGN.md §5)::
+was offline are delivered when it returns. Topics::
 
     edgeflux/v1/devices/<id>/telemetry   device → cloud, QoS 1 (TelemetryBatch)
     edgeflux/v1/devices/<id>/events      device → cloud, QoS 1 (Event)

@@ -4,7 +4,7 @@
   Updater keeps its own trusted copy in ``<agent state>/tuf/``.
 - python-tuf allows one ``refresh()`` per Updater, so every update cycle builds a
   fresh one (:meth:`TufClient.refresh`).
-- The fetcher is the plug point (DESIGN.md §4): :class:`GrpcFetcher` maps the
+- The fetcher is the plug point: :class:`GrpcFetcher` maps the
   Updater's URLs onto ``FetchFile(kind, path, offset)``; a missing file becomes
   HTTP 404 so the root-rotation walk stops where it should. The transport is never
   trusted: lengths and hashes come from signed metadata.

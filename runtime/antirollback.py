@@ -1,7 +1,7 @@
 """Anti-rollback counters: a device never goes back to an older bundle.
 
 One counter per bundle name: the highest ``sequence`` this device has *committed*
-(DESIGN.md §7: only at COMMITTED, by an explicit `commit` call; verification only
+(only at COMMITTED, by an explicit `commit` call; verification only
 reads). The root digest committed with it is kept too, so a second, different
 bundle that reuses the same sequence number is refused as well.
 

@@ -4,7 +4,7 @@ on, what comes out must be finite, inside the bounds and change slowly enough.
 Every intervention is counted with its reason (`Reason`) in a shared counter, so the
 loop's metrics say *why* the robot did not get the policy's action.
 
-Hot-path cost matters (DESIGN.md: the whole tick may cost at most 1.5x a bare
+Hot-path cost matters (the whole tick may cost at most 1.5x a bare
 inference), so the checks use a few preallocated numpy ufunc calls on the fast path
 and only classify *what* went wrong on the slow path. Infinite declared bounds are
 replaced by float32's largest finite value, so one bounds test also rejects NaN and

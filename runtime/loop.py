@@ -83,7 +83,7 @@ class LoadedPolicy:
 
 @dataclass(frozen=True)
 class ShadowResult:
-    """How a candidate behaved beside the active policy (DESIGN.md §7 SHADOW)."""
+    """How a candidate behaved beside the active policy (the update's shadow step)."""
 
     ticks: int
     compared: int

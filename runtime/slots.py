@@ -9,7 +9,7 @@
     <root>/var/lib/edgeflux/antirollback.json  per-name counters (runtime.antirollback)
     <root>/run/edgeflux/runtime.lock           flock held by the running runtime
 
-Lifecycle of an update (DESIGN.md §7): `stage` copies a bundle into the slot that is
+Lifecycle of an update: `stage` copies a bundle into the slot that is
 not the last good one and verifies the copy; `mark_activated` records that the
 runtime is about to switch to it with `boot_tries` start-up tries; `commit` makes it
 the last good slot and only then advances the anti-rollback counter;
@@ -364,7 +364,7 @@ class SlotStore:
                 }
             )
         )
-        # Only commit advances the counter (DESIGN.md §7); state first, so a kill here
+        # Only commit advances the counter; state first, so a kill here
         # leaves a committed slot whose counter the next commit or boot catches up.
         commit_counter(got)
         return got

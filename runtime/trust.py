@@ -1,6 +1,6 @@
 """The device trust store: trusted public keys by role, one PEM file per key.
 
-Layout (DESIGN.md §4, written at flash, rotated through TUF)::
+Layout (written at flash, rotated through TUF)::
 
     <dir>/models/<key id>.pem        ECDSA P-256 keys that may sign model bundles
     <dir>/attestation/<key id>.pem   Ed25519 keys that may sign parity attestations

@@ -114,7 +114,7 @@ def speaks_tls(host: str, port: int, timeout_s: float = 3.0) -> bool | None:
 def certificate_role(cert_pem: bytes) -> str | None:
     """The operator role a certificate names (subject OU=operator, title=admin|viewer).
 
-    Matches the fleet PKI's naming (DESIGN.md §4); None when the certificate is not an
+    Matches the fleet PKI's naming (`cloud.pki`); None when the certificate is not an
     operator certificate. The server enforces roles; this only hides what would fail.
     """
     try:

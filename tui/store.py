@@ -3,7 +3,7 @@
 Pure Python (no Textual, no gRPC): the watch worker turns wire events into
 `DeviceRow`s, the store applies them and answers with a `Diff`, and the table widget
 touches only the rows the diff names. Filtering and sorting live here, not in the
-widget (REFERENCES.md: a DataTable cannot hide rows and slows at thousands of rows).
+widget (a Textual DataTable cannot hide rows and slows at thousands of rows).
 
 Query language for `/` (whitespace separated, all terms must match)::
 

@@ -55,7 +55,7 @@ class Verification:
 
 
 def _pem_keyid(key: Ed25519PublicKey) -> str:
-    # the project's trust-store key id (runtime.trust.key_id, DESIGN.md §4): hex sha256 of
+    # the project's trust-store key id (runtime.trust.key_id): hex sha256 of
     # the SubjectPublicKeyInfo PEM; the plane signs with it as the DSSE keyid
     pem = key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

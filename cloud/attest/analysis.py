@@ -1,6 +1,6 @@
 """From campaign evidence to a verdict: per-task paired TOST, Holm across tasks, gates.
 
-Pure code. The verdict rule (DESIGN.md §4, issue 8):
+Pure code. The verdict rule:
 
 - any failed validity gate → ``not_attested``;
 - else every task equivalent on its Holm-adjusted TOST p-value → ``attested``

@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = "edgeflux.parity/v1"
-# Known-good returns (REFERENCES.md: oracle MPPI ≈ −155, SAC ≈ −157 on Pendulum-v1).
+# Known-good returns on Pendulum-v1: oracle MPPI ≈ −155, SAC ≈ −157.
 # The teacher must close at least `min_teacher_gain` of the gap random → reference.
 REFERENCE_RETURNS = {"Pendulum-v1": -150.0}
 # Environments whose episodes may end before max_episode_steps (then the length gate

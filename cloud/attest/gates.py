@@ -3,7 +3,7 @@
 Pure code over the campaign's evidence. Every gate is reported with its outcome and
 a reason, passed or not; any failed gate makes the verdict "not_attested" whatever
 the p-values say. The gates close the holes seen in a public parity-proof
-implementation (REFERENCES.md): missing runs that vanish from the count, a zero
+implementation: missing runs that vanish from the count, a zero
 standard error that "passes", margins chosen after looking, a teacher that is no
 better than random (anything is "equivalent" to a useless teacher), and evidence
 that is not bound to the bytes the robot will run.

@@ -14,7 +14,7 @@ also invalidates the attestation). The envelope is signed through securesystemsl
 (`CryptoSigner`) with the signature's keyid set to the trust-store key id (hex
 sha256 of the SubjectPublicKeyInfo PEM, as `runtime.trust` computes it), so a robot
 finds the key by id. `Envelope.verify` does not look at payloadType; `verify_envelope`
-checks it itself before parsing the verified payload (REFERENCES.md pitfalls).
+checks it itself before parsing the verified payload.
 
 The robot has its own verifier over `cryptography` (`fleet.attestation`); tests run
 the same refusal matrix against both.
@@ -247,7 +247,7 @@ def verify_envelope(
         raise StatementError("malformed", f"envelope is {len(raw)} bytes (max {_MAX_ENVELOPE})")
     try:
         obj = json.loads(raw)
-        # from_dict mutates its argument (REFERENCES.md): it gets a private copy.
+        # securesystemslib's Envelope.from_dict mutates its argument: it gets a private copy.
         envelope = Envelope.from_dict(json.loads(raw))
     except (ValueError, KeyError, TypeError, sslib_exc.FormatError) as exc:
         raise StatementError("malformed", f"not a DSSE envelope: {exc}") from exc

@@ -2,7 +2,7 @@
 
 Everything here works on the *return scale* (differences in return units, margins in
 return units), never on log-ratios: Pendulum returns are negative, and a ratio of
-negative returns is meaningless (REFERENCES.md, pitfalls of a public parity proof).
+negative returns is meaningless.
 
 - TOST (Schuirmann 1987): margins Δ_L < 0 < Δ_U fixed before evaluation.
   Paired: d_i = s_i − t_i, SE = s_d/√n, ν = n − 1.

@@ -5,7 +5,7 @@ and carries out what the engine asks for (dispatch a wave, restore bundles on ab
 A rollout is a plain object that round-trips through JSON (``to_status``/``from_record``)
 so the control plane's store keeps it between passes and restarts.
 
-States (hawkBit-style, REFERENCES.md "Fleet anchors' lessons")::
+States (in the manner of Eclipse hawkBit's rollouts)::
 
     pending --start--> running --all waves done--> completed
                        running <--resume-- paused <--pause / threshold-- running

@@ -36,6 +36,7 @@ from cloud.router.errors import AuditError, AuditVerificationError
 __all__ = [
     "AuditLog",
     "AuditReport",
+    "audit_log_id",
     "canonical_json",
     "consistency_proof",
     "inclusion_proof",
@@ -168,6 +169,12 @@ def verify_consistency(
     return sn == 0 and fr == first_root and sr == second_root
 
 
+def audit_log_id(public_key: Ed25519PublicKey, path: str | os.PathLike[str]) -> str:
+    """The name a log's heads are kept under outside it: its key and its file."""
+    where = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    return f"{key_id(public_key)[:16]}:{where}"
+
+
 def key_id(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -217,9 +224,13 @@ class AuditLog:
         every_s: float = 10.0,
         clock: Callable[[], float] | None = None,
         keep_leaves: bool = True,
+        on_head: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """`keep_leaves=False` keeps only the O(log n) running tree (a long-running
-        service); proofs are then computed from the file (`leaf_hash` per record line)."""
+        service); proofs are then computed from the file (`leaf_hash` per record line).
+        `on_head` receives every signed head once it is on disk (a witness outside the
+        log). A new file log starts with a signed head of size 0, so an emptied file
+        never passes as a fresh one."""
         import time as _time
 
         self._key = signing_key
@@ -236,12 +247,16 @@ class AuditLog:
         self._memory: list[bytes] | None = [] if path is None else None
         self._path: Path | None = None
         self._buf: list[bytes] = []
+        self._on_head = on_head
         if path is not None:
             p = Path(path)
-            if p.exists() and p.stat().st_size:
+            fresh = not (p.exists() and p.stat().st_size)
+            if not fresh:
                 self._resume(p)
             p.parent.mkdir(parents=True, exist_ok=True)
             self._path = p
+            if fresh:
+                self.sign_head()
 
     def _resume(self, p: Path) -> None:
         for i, raw in enumerate(p.read_bytes().splitlines(), 1):
@@ -249,7 +264,9 @@ class AuditLog:
                 obj = json.loads(raw)
             except ValueError as exc:
                 raise AuditError(
-                    f"{p}:{i}: not JSON; run `edgeflux cloud router audit verify`"
+                    f"{p}:{i}: not JSON (a torn last line after a power loss?); check it with "
+                    "`edgeflux cloud router audit verify` and cut a torn tail with "
+                    "`edgeflux cloud router audit repair`"
                 ) from exc
             if obj.get("kind") == "record":
                 data = canonical_json(obj)
@@ -319,6 +336,8 @@ class AuditLog:
         self._last_head_at = now
         self.last_head = head
         self.flush(sync=True)
+        if self._on_head is not None:
+            self._on_head(head)
         return head
 
     def lines(self) -> list[bytes]:
@@ -342,15 +361,32 @@ class AuditReport:
 
 
 def verify_log(
-    lines: Iterable[bytes], public_key: Ed25519PublicKey, where: str = "log"
+    lines: Iterable[bytes],
+    public_key: Ed25519PublicKey,
+    where: str = "log",
+    *,
+    witness: Sequence[dict[str, Any]] = (),
+    size: int | None = None,
+    root: str | None = None,
+    strict: bool = False,
 ) -> AuditReport:
-    """Check the whole log; raise AuditVerificationError at the first problem."""
+    """Check the whole log; raise AuditVerificationError at the first problem.
+
+    `witness`: signed heads kept outside the log (the store, an exported file); each
+    must verify, be present in the log and match the log's records up to its size, so a
+    deleted head, a truncation or records rewritten and re-chained after a head fail.
+    `size` / `root`: a size or head the caller knows (the log must be at least that long;
+    its first `size` records must hash to `root`; `root` alone must be a head's root).
+    `strict` (the operator's check of a stopped plane): the log must have a signed head
+    and no unsigned tail.
+    """
     kid = key_id(public_key)
     tree = _CompactTree()
     leaves: list[bytes] = []
     prev = "0" * 64
     heads = 0
     last_head_size = 0
+    seen: dict[int, str] = {}
     for lineno, raw in enumerate(lines, 1):
         at = f"{where}:{lineno}"
         if not raw.strip():
@@ -379,33 +415,82 @@ def verify_log(
             tree.append(leaf)
             prev = hashlib.sha256(data).hexdigest()
         elif kind == "tree_head":
-            try:
-                size, root_hex, t = int(obj["size"]), str(obj["root"]), obj["time"]
-                sig = base64.b64decode(obj["sig"], validate=True)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise AuditVerificationError(f"{at}: malformed tree head") from exc
-            if obj.get("key_id") != kid:
+            head_size, root_hex = _check_head(obj, public_key, kid, at)
+            if heads and head_size <= last_head_size:
                 raise AuditVerificationError(
-                    f"{at}: tree head signed by key {obj.get('key_id')!r}, expected {kid}"
+                    f"{at}: tree head of size {head_size} after one of size {last_head_size} "
+                    "(a duplicated or replayed head)"
                 )
-            try:
-                public_key.verify(sig, _head_message(size, root_hex, t))
-            except InvalidSignature as exc:
+            if head_size > tree.size:
                 raise AuditVerificationError(
-                    f"{at}: tree head signature is invalid (forged head)"
-                ) from exc
-            if size > tree.size or size < last_head_size:
-                raise AuditVerificationError(
-                    f"{at}: tree head size {size} does not fit the {tree.size} records before it"
+                    f"{at}: tree head size {head_size} does not fit the {tree.size} records "
+                    "before it"
                 )
-            expect = tree.root() if size == tree.size else merkle_root(leaves[:size])
+            expect = tree.root() if head_size == tree.size else merkle_root(leaves[:head_size])
             if expect.hex() != root_hex:
                 raise AuditVerificationError(
-                    f"{at}: tree head root does not match records 0..{size - 1} "
+                    f"{at}: tree head root does not match records 0..{head_size - 1} "
                     "(a covered record was altered)"
                 )
             heads += 1
-            last_head_size = size
+            last_head_size = head_size
+            seen[head_size] = root_hex
         else:
             raise AuditVerificationError(f"{at}: unknown line kind {kind!r}")
-    return AuditReport(tree.size, heads, tree.size - last_head_size, tree.root().hex())
+    n = tree.size
+    for i, w in enumerate(witness, 1):
+        w_size, w_root = _check_head(w, public_key, kid, f"witness head {i}")
+        if w_size > n:
+            raise AuditVerificationError(
+                f"{where}: truncated: a witnessed tree head covers {w_size} records, "
+                f"the log has {n}"
+            )
+        if merkle_root(leaves[:w_size]).hex() != w_root:
+            raise AuditVerificationError(
+                f"{where}: records 0..{w_size - 1} differ from the witnessed tree head of "
+                f"size {w_size} (rewritten and re-chained?)"
+            )
+        if seen.get(w_size) != w_root:
+            raise AuditVerificationError(
+                f"{where}: the witnessed tree head of size {w_size} is missing from the log "
+                "(deleted)"
+            )
+    if size is not None:
+        if size > n:
+            raise AuditVerificationError(
+                f"{where}: truncated: expected at least {size} records, the log has {n}"
+            )
+        if root is not None and merkle_root(leaves[:size]).hex() != root:
+            raise AuditVerificationError(
+                f"{where}: records 0..{size - 1} do not hash to the given root {root[:16]}…"
+            )
+    elif root is not None and root not in seen.values() and root != tree.root().hex():
+        raise AuditVerificationError(f"{where}: no tree head of the log has root {root[:16]}…")
+    if strict and not heads:
+        raise AuditVerificationError(f"{where}: no signed tree head (empty or stripped log)")
+    if strict and n > last_head_size:
+        raise AuditVerificationError(
+            f"{where}: {n - last_head_size} records after the last signed tree head "
+            "(an unsigned tail: the plane did not stop cleanly, or heads were removed)"
+        )
+    return AuditReport(n, heads, n - last_head_size, tree.root().hex())
+
+
+def _check_head(obj: Any, public_key: Ed25519PublicKey, kid: str, at: str) -> tuple[int, str]:
+    """A head's size and root, once its form, key and signature are checked."""
+    try:
+        size, root_hex, t = int(obj["size"]), str(obj["root"]), obj["time"]
+        sig = base64.b64decode(obj["sig"], validate=True)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AuditVerificationError(f"{at}: malformed tree head") from exc
+    if obj.get("key_id") != kid:
+        raise AuditVerificationError(
+            f"{at}: tree head signed by key {obj.get('key_id')!r}, expected {kid}"
+        )
+    try:
+        public_key.verify(sig, _head_message(size, root_hex, t))
+    except InvalidSignature as exc:
+        raise AuditVerificationError(f"{at}: tree head signature is invalid (forged head)") from exc
+    if size < 0:
+        raise AuditVerificationError(f"{at}: tree head size {size} is negative")
+    return size, root_hex

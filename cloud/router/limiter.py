@@ -1,6 +1,6 @@
 """Per-backend concurrency limit after Netflix's Gradient2, with work-normalised latency.
 
-Per sample (REFERENCES.md, "Concurrency limits"): g = clamp(tolerance · long / short,
+Per sample (as in Netflix's concurrency-limits library): g = clamp(tolerance · long / short,
 0.5, 1); when g = 1 and the limit is actually in use, the target grows by √L, otherwise
 it is L·g; the limit is smoothed, L = 0.8·L + 0.2·L′; a timeout or an explicit overload
 answer multiplies L by 0.9.

@@ -47,12 +47,12 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.router.admission import AdmissionConfig
-from cloud.router.audit import AuditLog, verify_log
+from cloud.router.audit import AuditLog, audit_log_id, verify_log
 from cloud.router.backends import BackendSpec, PriceModel, Registry
 from cloud.router.budgets import Budget, BudgetLedger
 from cloud.router.champion import ChampionChallenger
 from cloud.router.classes import ClassPolicy
-from cloud.router.errors import AuditVerificationError, RouterConfigError
+from cloud.router.errors import AuditError, RouterConfigError
 from cloud.router.router import Dispatch, Router, RouterConfig, Step
 from cloud.router.task import Answer, Constraints, Outcome, Qos, Result, Scope, Task
 from protos import router_pb2, router_pb2_grpc
@@ -505,8 +505,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         audit_path: Path | None = None,
         audit_public_key: Any = None,
         authorize_stats: Callable[[Any], Awaitable[None]] | None = None,
+        witness: Callable[[], list[dict[str, Any]]] | None = None,
         policy: ClassPolicy | None = None,
     ) -> None:
+        self.witness = witness
         self.policy = policy or ClassPolicy()
         self.runner = runner
         self.identify = identify
@@ -604,8 +606,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         def check() -> router_pb2.AuditVerification:
             now_ms = int(time.time() * 1000)
             try:
-                report = verify_log(path.read_bytes().splitlines(), key, str(path))
-            except (OSError, AuditVerificationError) as exc:
+                heads = self.witness() if self.witness is not None else []
+                report = verify_log(path.read_bytes().splitlines(), key, str(path), witness=heads)
+            except (OSError, AuditError) as exc:
                 return router_pb2.AuditVerification(
                     checked=True, ok=False, detail=str(exc), checked_at_unix_ms=now_ms
                 )
@@ -684,12 +687,24 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
     registry = Registry(b.spec() for b in settings.backends)
     key = load_audit_key(plane.home.keys)
     audit_path = plane.home.state / "router-audit.jsonl"
+    from cloud.store.router_audit import HeadStore
+
+    heads = HeadStore(plane.store.engine)
+    log_id = audit_log_id(key.public_key(), audit_path)
+
+    def witness(head: dict[str, Any]) -> None:
+        try:
+            heads.add(log_id, head)
+        except AuditError as exc:  # the head is in the log; the witness must say why not
+            log.error("tree head of size %s not recorded in the store: %s", head["size"], exc)
+
     audit = AuditLog(
         key,
         audit_path,
         every_n=settings.audit_every_n,
         every_s=settings.audit_every_s,
         keep_leaves=False,
+        on_head=witness,
     )
     names = {b.name for b in settings.backends}
     for c in settings.challengers:
@@ -750,6 +765,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         audit_path,
         key.public_key(),
         authorize_stats,
+        lambda: heads.heads(log_id),
         ClassPolicy.from_settings(
             _by_qos(settings.class_grants, "class_grants", list),
             _by_qos(settings.max_payload_bytes, "max_payload_bytes", int),

@@ -1,4 +1,4 @@
-"""`FleetAdminService` (DESIGN.md §5): the operator API used by the CLI and the TUI.
+"""`FleetAdminService`: the operator API used by the CLI and the TUI.
 
 Every RPC needs an operator certificate (devices get PERMISSION_DENIED); RPCs that
 change the fleet (publish, rollouts) need role ``admin``. Rollout RPCs are served by

@@ -1,4 +1,4 @@
-"""`DeviceService` (DESIGN.md §5): what a robot's agent calls, as itself (mTLS device cert).
+"""`DeviceService`: what a robot's agent calls, as itself (mTLS device cert).
 
 - `GetDesiredState`: the DSSE-signed desired-state document (see `Plane.desired_state`).
 - `FetchFile`: TUF metadata and targets streamed in chunks, resumable by offset.

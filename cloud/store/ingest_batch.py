@@ -1,4 +1,4 @@
-"""Batched telemetry writes for MQTT ingest (owned by the fleet-agent issue).
+"""Batched telemetry writes for MQTT ingest.
 
 `Store.record_telemetry` commits one MQTT batch per transaction, which caps ingest at
 a few hundred batches per second (each commit is an fsync on SQLite, a round trip on

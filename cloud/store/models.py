@@ -116,7 +116,7 @@ class Bundle(Base):
 
 
 class Rollout(Base):
-    """Rollouts are owned by the rollout engine (a later issue): spec and status as JSON."""
+    """Rollouts belong to the rollout engine (`cloud.rollouts`): spec and status as JSON."""
 
     __tablename__ = "rollouts"
 

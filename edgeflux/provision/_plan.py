@@ -120,7 +120,7 @@ def _rel(layout: RobotLayout, path: Path) -> str:
 
 
 def build_plan(m: FlashMaterials) -> FlashPlan:
-    """Turn materials into the robot's file tree (DESIGN.md §4 trust store, §7 slots)."""
+    """Turn materials into the robot's file tree (trust store, A/B slots: docs/architecture.md)."""
     layout = RobotLayout(Path("/"))
     entries: list[FileEntry] = []
 

@@ -1,4 +1,4 @@
-"""Signed model bundles: the root of the robot's trust chain (DESIGN.md §3).
+"""Signed model bundles: the root of the robot's trust chain (docs/bundle-spec.md).
 
 A bundle is a directory of `policy.onnx`, `edgeflux.json` and `model.sig` (an
 OpenSSF Model Signing v1.0 signature, key mode, ECDSA P-256), or one `.efb` tar.

@@ -2,7 +2,7 @@
 
 * external data: only relative locations naming a regular file of the bundle
   itself (never absolute, ``..``, or a symlink); `create_bundle` refuses any,
-  since DESIGN.md §3 asks for a single file;
+  since a bundle's policy is one file;
 * operators: only the standard domains, plus the custom ``domain:OpType`` (or
   ``domain:*``) entries the device allows, plus model-local functions;
 * I/O: the graph's inputs and outputs equal the manifest's I/O spec (names,
@@ -81,7 +81,7 @@ def check_external_data(
     """Refuse external data that could reach outside the bundle.
 
     `bundle_files` is the signed file set (names relative to the bundle); None means
-    no external data is acceptable at all (bundle creation: DESIGN.md §3).
+    no external data is acceptable at all (bundle creation).
     """
     for tensor, location in info.external_locations:
         where = f"{onnx_path}: tensor {tensor!r} keeps its data in external file {location!r}"

@@ -1,6 +1,6 @@
 """On-robot bundle verification: our own code over `cryptography` only.
 
-The order is DESIGN.md §3's, and each step trusts only what the previous ones
+The order is fixed, and each step trusts only what the previous ones
 proved:
 
 1. `model.sig` parses as an OMS key-mode Sigstore bundle; its key hint names a key

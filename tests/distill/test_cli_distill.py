@@ -138,3 +138,30 @@ def test_rerun_into_an_existing_bundle_is_refused_before_any_work(distilled: dic
     res = cli("distill", "run", "--out", bundle.parent, *TINY)
     assert res.exit_code == 1 and "already exists" in res.output
     assert sorted((p.name, p.stat().st_mtime_ns) for p in bundle.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [("g=1000", "variant g=1000.0 is outside [0.1, 50.0]"), ("mass=2", "no variant parameter")],
+)
+def test_a_variant_the_env_refuses_is_one_line_and_leaves_no_directory(
+    tmp_path: Path, variant: str, message: str
+) -> None:
+    res = cli("distill", "run", "--out", tmp_path / "o", "--variant", variant, *TINY)
+    assert res.exit_code == 1 and message in res.output, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_progress_counts_epochs_and_episodes_without_library_noise(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeflux.cli", "distill", "run", "--out", str(tmp_path / "o"),
+         *TINY],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr
+    assert "6/6 epochs" in err and "round 2/2" in err  # 2 rounds × 3 epochs
+    assert "6/6 episodes" in err and "3/3 episodes" in err  # teacher + random, student
+    assert "1/1" not in err
+    assert "torchvision" not in err and "settotalmass" not in err
