@@ -17,6 +17,7 @@ import torch
 
 from distill.envs import EnvBatch, EnvSpec
 from distill.replay import ReplayBuffer, Trajectory
+from distill.seeds import draw_training
 from distill.student import Student, StudentConfig, TorchPolicy
 from distill.teachers import Teacher
 
@@ -74,7 +75,7 @@ def run_dagger(
     try:
         for i in range(cfg.rounds):
             beta = 0.5**i
-            seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=cfg.envs_per_round)]
+            seeds = draw_training(rng, cfg.envs_per_round)
             env_seeds.extend(seeds)
             mixture_return = _collect(batch, teacher, student, beta, seeds, rng, data)
             loss = _fit(

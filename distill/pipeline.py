@@ -36,6 +36,7 @@ from distill.evaluate import OnnxPolicy, RandomPolicy, episode_returns
 from distill.export import check_parity, export_student, parity_inputs
 from distill.mppi import MPPIConfig
 from distill.package import check_signing_key, package_bundle
+from distill.seeds import evaluation_seeds
 from distill.student import StudentConfig
 from distill.teachers import OracleMPPITeacher, Teacher, WorldModelTeacher
 from distill.train_wm import CPU_TRAIN_MPPI, TrainConfig, train_world_model
@@ -97,8 +98,8 @@ class DistillResult:
 
 
 def _eval_seeds(seed: int, n: int) -> list[int]:
-    # Disjoint from training seeds (drawn from a generator) by construction: a fixed block.
-    return [1_000_000 + 1000 * seed + i for i in range(n)]
+    # Disjoint from training seeds by construction (`distill.seeds`).
+    return evaluation_seeds(seed, n)
 
 
 def _versions() -> dict[str, str]:
@@ -149,6 +150,7 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
 
     with stage("teacher"):
         teacher, teacher_info = _make_teacher(cfg, spec, out, curves, rep)
+    world_model_seeds = teacher_info.pop("world_model_seeds", [])
     summary.update(teacher_info)
 
     seeds = _eval_seeds(cfg.seed, cfg.eval_episodes)
@@ -185,6 +187,7 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
             "env_id": cfg.env_id,
             "seeds": [cfg.seed],
             "dagger_seeds": result.env_seeds,
+            "world_model_seeds": world_model_seeds,
             "teacher_kind": cfg.teacher,
             "variant": dict(cfg.variant or {}),
             "versions": _versions(),
@@ -283,6 +286,9 @@ def _make_teacher(
             cfg.checkpoint, obs_dim=spec.obs_dim, action_dim=spec.act_dim
         )
         info = {"checkpoint": str(cfg.checkpoint), "checkpoint_env": payload["env_id"]}
+        recorded = payload.get("extra", {}).get("env_seeds")
+        if isinstance(recorded, list):
+            info["world_model_seeds"] = recorded
     else:
         trained = train_world_model(
             spec,
@@ -293,10 +299,17 @@ def _make_teacher(
         model = trained.model
         curves["world_model"] = trained.curves
         digest = save_checkpoint(
-            model, out / "world_model.pt", cfg.env_id, {"train": asdict(cfg.train)}
+            model,
+            out / "world_model.pt",
+            cfg.env_id,
+            {"train": asdict(cfg.train), "env_seeds": trained.env_seeds},
         )
         trained.buffer.save(out / "world_model_replay.npz")
-        info = {"checkpoint": str(out / "world_model.pt"), "world_model_digest": digest}
+        info = {
+            "checkpoint": str(out / "world_model.pt"),
+            "world_model_digest": digest,
+            "world_model_seeds": trained.env_seeds,
+        }
     model.set_generator(torch.Generator(device=model.device).manual_seed(cfg.seed))
     planner = cfg.teacher_mppi or (MPPIConfig() if model.device.type == "cuda" else CPU_TRAIN_MPPI)
     teacher = WorldModelTeacher(model, spec, planner, seed=cfg.seed, device=str(model.device))

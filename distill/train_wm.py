@@ -34,6 +34,7 @@ from torch import nn
 from distill.envs import EnvBatch, EnvSpec, discount_for, env_spec
 from distill.mppi import MPPIConfig
 from distill.replay import ReplayBuffer, Trajectory
+from distill.seeds import draw_training
 from distill.teachers import plan_with_model
 from distill.world_model import PRESETS, TDMPC2Model, pick_device, save_checkpoint
 
@@ -74,6 +75,8 @@ class TrainResult:
     curves: dict[str, list[float]] = field(default_factory=dict)
     steps: int = 0
     seconds: float = 0.0
+    env_seeds: list[int] = field(default_factory=list)
+    """Every environment seed this rank reset from (recorded in the bundle's provenance)."""
 
 
 def _average_grads(world: int) -> Callable[[list[nn.Parameter]], None]:
@@ -113,9 +116,11 @@ def train_world_model(
     batch = EnvBatch(spec.env_id, cfg.num_envs)
     curves: dict[str, list[float]] = {"step": [], "episode_return": [], "total_loss": []}
     steps, started = 0, time.perf_counter()
+    env_seeds: list[int] = []
     try:
         while steps < cfg.total_steps:
-            seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=cfg.num_envs)]
+            seeds = draw_training(rng, cfg.num_envs)
+            env_seeds.extend(seeds)
             trajs = _collect(model, batch, seeds, cfg, steps < cfg.seed_steps, gen, mid, half, rng)
             new = sum(len(t) for t in trajs)
             for t in trajs:
@@ -141,7 +146,9 @@ def train_world_model(
                 on_progress(min(steps, cfg.total_steps), cfg.total_steps, {"return": ret, **stats})
     finally:
         batch.close()
-    return TrainResult(model.eval(), buffer, curves, steps, time.perf_counter() - started)
+    return TrainResult(
+        model.eval(), buffer, curves, steps, time.perf_counter() - started, env_seeds
+    )
 
 
 @torch.no_grad()
@@ -230,7 +237,17 @@ def main(argv: list[str] | None = None) -> None:
         )
         result = train_world_model(spec, cfg, args.seed)
         rank = dist.get_rank() if world > 1 else 0
-        extra: dict[str, Any] = {"train": asdict(cfg), "seed": args.seed, "world_size": world}
+        seeds: list[int] = list(result.env_seeds)
+        if world > 1:  # every rank reset its own environments: record them all
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, seeds)
+            seeds = [int(s) for part in gathered for s in part]
+        extra: dict[str, Any] = {
+            "train": asdict(cfg),
+            "seed": args.seed,
+            "world_size": world,
+            "env_seeds": seeds,
+        }
         print(f"rank {rank} digest {result.model.digest()} steps {result.steps}", flush=True)
         if rank == 0:
             save_checkpoint(result.model, args.out, spec.env_id, extra)

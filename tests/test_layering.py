@@ -1,4 +1,4 @@
-"""Import contracts from DESIGN.md §2, checked in fresh interpreters."""
+"""Import contracts (docs/architecture.md, "Layers"), checked in fresh interpreters."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-# Which first-party packages each package may import (DESIGN.md §2).
+# Which first-party packages each package may import.
 ALLOWED = {
     "protos": {"protos"},
     "runtime": {"runtime", "protos"},
@@ -117,7 +117,7 @@ def test_each_outside_library_has_one_owner() -> None:
             rel = path.relative_to(REPO).as_posix()
             for lib in _imports(path) & set(OWNERS):
                 if not any(rel == o or rel.startswith(o + "/") for o in OWNERS[lib]):
-                    bad.append(f"{rel} imports {lib} (owned by {sorted(OWNERS[lib])})")
+                    bad.append(f"{rel} imports {lib} (allowed only in {sorted(OWNERS[lib])})")
     assert not bad, "\n".join(bad)
 
 

@@ -60,6 +60,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cloud.attest import analysis, gates, statement
+from distill.seeds import ATTESTATION, TRAINING
 from runtime.atomicio import atomic_write_bytes, atomic_write_json
 from runtime.bundle import BundleError, VerifiedBundle, verify_bundle
 from runtime.kernel import kernel_settings, settings_digest
@@ -108,6 +109,16 @@ class TaskSpec(BaseModel):
     margin_fraction: float = Field(default=0.05, gt=0, lt=1)
     reference_return: float | None = None
     """Known good return; default from REFERENCE_RETURNS for the env."""
+
+    @field_validator("seed_start")
+    @classmethod
+    def _seed_start(cls, v: int | None) -> int | None:
+        if v is not None and v in TRAINING:
+            raise ValueError(
+                f"seed_start {v} lies in the training seed range [{TRAINING.start}, "
+                f"{TRAINING.stop}); choose {TRAINING.stop} or more"
+            )
+        return v
 
     @field_validator("margin")
     @classmethod
@@ -185,13 +196,15 @@ def _sha(obj: Any) -> str:
 def _seeds(spec: CampaignSpec, index: int) -> tuple[list[int], list[int]]:
     """Evaluation and calibration seeds of task `index`.
 
-    Defaults sit in [2e9, 2.1e9): DAgger draws training seeds from [0, 2^31 − 1), so
-    overlap is improbable, and the gate checks the bundle's recorded seeds anyway.
+    Defaults sit in `distill.seeds.ATTESTATION` and a declared `seed_start` may not lie
+    in `TRAINING` (where DAgger and world-model training draw theirs): disjoint by
+    construction, and the gate checks the bundle's recorded seeds anyway.
     """
     task = spec.tasks[index]
-    start = task.seed_start if task.seed_start is not None else 2_000_000_000 + index * 1_000_000
+    default = ATTESTATION.start + index * 1_000_000
+    start = task.seed_start if task.seed_start is not None else default
     evaluation = list(range(start, start + task.episodes))
-    cal_start = 2_090_000_000 + index * 100_000
+    cal_start = ATTESTATION.start + 90_000_000 + index * 100_000
     calibration = [s for s in range(cal_start, cal_start + task.calibration_episodes * 2)]
     calibration = [s for s in calibration if s not in set(evaluation)][: task.calibration_episodes]
     return evaluation, calibration
@@ -576,7 +589,13 @@ def run_campaign(
 
 # Provenance fields (besides `seeds`) that may list environment seeds used in training;
 # the manifest keeps unknown fields, so a trainer can record them without a schema change.
-TRAINING_SEED_FIELDS = ("seeds", "dagger_seeds", "training_seeds", "env_seeds")
+TRAINING_SEED_FIELDS = (
+    "seeds",
+    "dagger_seeds",
+    "world_model_seeds",
+    "training_seeds",
+    "env_seeds",
+)
 
 
 def training_seeds(provenance: Any) -> frozenset[int] | None:

@@ -20,7 +20,7 @@ PENDULUM_OBS_LOW = [-1.0, -1.0, -8.0]
 PENDULUM_OBS_HIGH = [1.0, 1.0, 8.0]
 
 
-def linear_pendulum_policy(path: Path, gain: float = 1.0) -> Path:
+def linear_pendulum_policy(path: Path, gain: float = 1.0, batch: int | str = "batch") -> Path:
     """action = 2·tanh(gain · obs @ W): a real, simple (and poor) Pendulum controller."""
     w = np.array([[0.0], [-2.0], [-0.5]], dtype=np.float32) * gain
     graph = helper.make_graph(
@@ -30,8 +30,8 @@ def linear_pendulum_policy(path: Path, gain: float = 1.0) -> Path:
             helper.make_node("Mul", ["t", "two"], ["action"]),
         ],
         "policy",
-        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [batch, 3])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, [batch, 1])],
         initializer=[
             numpy_helper.from_array(w, "W"),
             numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),

@@ -220,3 +220,26 @@ def test_a_student_is_judged_on_the_actions_its_envelope_lets_through(
     report = render_text(results["limited"].statement)
     assert "action_rate_limited" in report
     assert "the safety envelope changed 100% of the student's actions" in report
+
+
+def test_a_graph_with_a_fixed_batch_of_one_runs_a_whole_campaign(
+    tmp_path: Path, keys, make_bundle
+) -> None:
+    from runtime.manifest import BundleManifest
+    from tests.attest.conftest import linear_pendulum_policy, pendulum_manifest
+
+    graph = linear_pendulum_policy(tmp_path / "fixed.onnx", batch=1)
+    data = pendulum_manifest().model_dump(mode="json", by_alias=True)
+    data["io"]["inputs"][0]["shape"] = [1, 3]
+    data["io"]["outputs"][0]["shape"] = [1, 1]
+    spec = campaign.parse_campaign(ENVELOPE_CAMPAIGN.replace("episodes = 12", "episodes = 4")
+                                   .replace("min_pairs = 12", "min_pairs = 4"))  # fmt: skip
+    result = campaign.run_campaign(
+        make_bundle(graph, manifest=BundleManifest.model_validate(data)), spec,
+        workdir=tmp_path / "run", trust_dir=keys.trust_dir,
+        key=keys.attest,
+    )  # fmt: skip
+    pred = result.statement["predicate"]
+    assert pred["tasks"][0]["n_pairs"] == 4
+    (cpu,) = [r for r in pred["numeric_parity"]["providers"] if r["provider"].startswith("CPU")]
+    assert cpu["max_abs"] < 1e-5 and cpu["n_inputs"] == 32

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from distill import seeds
 from distill.envs import discount_for, env_spec
 from distill.mppi import MPPIConfig
 from distill.train_wm import TrainConfig, train_world_model
@@ -41,6 +42,8 @@ def test_online_training_plans_collects_and_updates() -> None:
     assert np.all(np.abs(acts) <= 2.0)
     assert not np.isnan(result.curves["total_loss"][-1])  # 20 real updates happened
     assert result.model.digest() != fresh.digest()
+    # Every environment seed is recorded, from the training range only.
+    assert len(result.env_seeds) == 2 and all(s in seeds.TRAINING for s in result.env_seeds)
 
 
 @pytest.mark.slow
@@ -58,6 +61,7 @@ def test_torchrun_two_gloo_processes_end_with_identical_weights(tmp_path: Path) 
     assert digests["0"] == digests["1"]  # gradients were averaged across the two ranks
     model, payload = load_checkpoint(tmp_path / "wm.pt", obs_dim=3, action_dim=1)
     assert model.digest() == digests["0"] and payload["extra"]["world_size"] == 2
+    assert len(payload["extra"]["env_seeds"]) == 4  # 2 episodes on each of the 2 ranks
 
 
 @pytest.mark.slow
@@ -79,3 +83,5 @@ def test_distill_run_with_a_world_model_trained_online(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "o" / "pendulum-v1-0.1.0" / "edgeflux.json").read_text())
     assert manifest["provenance"]["teacher_kind"] == "world-model"
     assert payload["digest"] in summary["world_model_digest"]
+    recorded = manifest["provenance"]["world_model_seeds"]
+    assert recorded == payload["extra"]["env_seeds"] and len(recorded) == 2
