@@ -58,6 +58,7 @@ from runtime.bundle import (
 from runtime.loop import ControlLoop, LoadedPolicy, make_thread_realtime, realtime_thread
 from runtime.manifest import BundleManifest
 from runtime.realtime import lock_memory
+from runtime.recording import FlightRecorder
 from runtime.session import PolicySession
 from runtime.trust import TrustStore
 
@@ -192,7 +193,9 @@ def pct(samples: list[int], q: float) -> float:
     return float(np.percentile(np.asarray(samples) / 1e3, q))
 
 
-def step_costs(policy: LoadedPolicy, model: bytes, steps: int, rounds: int) -> dict[str, float]:
+def step_costs(
+    policy: LoadedPolicy, model: bytes, steps: int, rounds: int, record_dir: Path
+) -> dict[str, float]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
@@ -202,6 +205,11 @@ def step_costs(policy: LoadedPolicy, model: bytes, steps: int, rounds: int) -> d
     adapter = NullAdapter(OBS)
     adapter._obs[:] = obs
     loop = ControlLoop(adapter, policy, watchdog=False)
+    # The same tick with the flight recorder on (its writer thread running, as on a robot).
+    recorded = ControlLoop(adapter, policy, watchdog=False)
+    recorder = FlightRecorder(record_dir, quota_bytes=256 * 1024 * 1024)
+    recorded.recorder = recorder
+    recorder.start()
     # Same answer from both paths (the runtime clamps/limits nothing for this input).
     ref = bare.run(["action"], {"obs": batch})[0][0]
     for _ in range(3):  # from the initial action, max_action_delta needs a few ticks
@@ -210,10 +218,12 @@ def step_costs(policy: LoadedPolicy, model: bytes, steps: int, rounds: int) -> d
     clock = time.perf_counter_ns
     b_s: list[int] = []
     r_s: list[int] = []
-    for _ in range(rounds):  # interleaved, so machine load hits both alike
+    rec_s: list[int] = []
+    for _ in range(rounds):  # interleaved, so machine load hits all alike
         for _ in range(200):
             bare.run(["action"], {"obs": batch})
             loop._tick(clock() + 10**9, clock())
+            recorded._tick(clock() + 10**9, clock())
         for _ in range(steps // rounds):
             t0 = clock()
             bare.run(["action"], {"obs": batch})
@@ -222,7 +232,16 @@ def step_costs(policy: LoadedPolicy, model: bytes, steps: int, rounds: int) -> d
             t0 = clock()
             loop._tick(t0 + 10**9, t0)
             r_s.append(clock() - t0)
+        for _ in range(steps // rounds):
+            t0 = clock()
+            recorded._tick(t0 + 10**9, t0)
+            rec_s.append(clock() - t0)
+    recorder.stop()
+    assert recorder.error is None and recorder.recorded >= len(rec_s)
     return {
+        "recorded_tick_median_us": pct(rec_s, 50),
+        "recorded_tick_p99_us": pct(rec_s, 99),
+        "recorded_ticks_written": float(recorder.recorded),
         "bare_median_us": pct(b_s, 50),
         "bare_p99_us": pct(b_s, 99),
         "tick_median_us": pct(r_s, 50),
@@ -365,7 +384,7 @@ def main() -> None:
         bundles, trust, model = make_bundles(tmp, args.rate_hz)
         policy = load(bundles[0], trust)
         with realtime_thread(args.rt_priority):  # the same for both paths
-            steps = step_costs(policy, model, args.steps, rounds=10)
+            steps = step_costs(policy, model, args.steps, rounds=10, record_dir=tmp / "rec")
         obs = _bench.observation_inside(policy)
         eager = torch_eager(weights(0), obs, min(args.steps, 5000))
         torch_out = eager.pop("_out")
@@ -394,9 +413,11 @@ def main() -> None:
     r["median_ratio"] = r["tick_median_us"] / r["bare_median_us"]
     r["p99_ratio"] = r["tick_p99_us"] / r["bare_p99_us"]
     r["torch_vs_tick_median"] = r["torch_median_us"] / r["tick_median_us"]
+    r["recorder_overhead"] = r["recorded_tick_median_us"] / r["tick_median_us"] - 1.0
     goals = {
         "median_ratio<=1.5": r["median_ratio"] <= 1.5,
         "p99_ratio<=2.0": r["p99_ratio"] <= 2.0,
+        "recorder_overhead<=5%": r["recorder_overhead"] <= 0.05,
         "miss_rate<0.1%": r["loop_miss_rate"] < 0.001,
         "zero_swap_tick_misses": r["swap_tick_misses"] == 0,
     }
@@ -409,6 +430,7 @@ def main() -> None:
     for label, key in (
         ("InferenceSession.run (bare)", "bare"),
         ("runtime tick (whole path)", "tick"),
+        ("runtime tick + flight recorder", "recorded_tick"),
         ("torch eager, inference_mode", "torch"),
     ):
         print(f"{label:<34}{r[key + '_median_us']:>11.2f}{r[key + '_p99_us']:>11.2f}")
@@ -416,6 +438,10 @@ def main() -> None:
         f"ratios vs bare: median {r['median_ratio']:.2f}x (goal <= 1.5), "
         f"p99 {r['p99_ratio']:.2f}x (goal <= 2.0); torch eager / runtime tick "
         f"{r['torch_vs_tick_median']:.2f}x; torch vs ort max |diff| {r['torch_vs_ort_max_abs']:.1e}"
+    )
+    print(
+        f"flight recorder: +{r['recorder_overhead']:.1%} on the tick median (goal <= 5%), "
+        f"{r['recorded_ticks_written']:.0f} ticks written to MCAP"
     )
     print(
         f"loop {r['loop_rate_hz']:g} Hz, {r['loop_seconds']:.1f} s: {r['loop_ticks']} ticks, "

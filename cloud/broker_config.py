@@ -3,13 +3,16 @@
 What it writes:
 
 - a TLS listener that **requires a client certificate** signed by the fleet CA and
-  takes the MQTT username from the certificate CN (``use_identity_as_username``), so
-  a device cannot claim another identity; ``allow_anonymous false``; an optional CRL
-  so a revoked device is refused at the handshake;
+  takes the MQTT username **and client id** from the certificate CN
+  (``use_identity_as_username``, ``use_username_as_clientid``), so a client cannot
+  claim another identity nor take over another's session; ``allow_anonymous false``;
+  an optional CRL so a revoked device is refused at the handshake;
 - an ACL file: a device (``%u`` = its CN) may publish only its own ``telemetry``,
   ``events`` and ``state`` and read only its own ``updates``; the ingest identity
-  reads every device's uplink topics (through the ``$share/edgeflux-ingest/...``
-  shared subscription) and the control plane writes ``updates``;
+  identities (``edgeflux-ingest``, more with ``--ingest-identity``) read every
+  device's uplink topics (directly or through ``$share/edgeflux-ingest/...``) and the
+  publisher (``edgeflux-push``) writes ``updates``. Those names start with the
+  reserved ``edgeflux``, which no device or operator certificate can have;
 - queue limits sized for ingest: Mosquitto's default ``max_queued_messages 1000``
   silently drops QoS 1 messages to a subscriber that falls behind ("Outgoing
   messages are being dropped") — the ingest session needs a deep queue.
@@ -29,6 +32,8 @@ from pathlib import Path
 
 import click
 
+from cloud.home import INGEST_IDENTITY, PUBLISHER_IDENTITY
+from cloud.pki import RESERVED_PREFIX
 from runtime.atomicio import atomic_write_text
 
 __all__ = [
@@ -43,10 +48,8 @@ __all__ = [
 ]
 
 PREFIX = "edgeflux/v1/devices"
-# The control plane's server certificate (cloud.home) has CN "edgeflux-cloud" and the
-# client-auth usage, so by default ingest and push connect to the broker as that identity.
-INGEST_IDENTITY = "edgeflux-cloud"
-PUBLISHER_IDENTITY = "edgeflux-cloud"
+# The plane's MQTT clients have certificates of their own (cloud.home.service_identity):
+# ingest and the hint publisher. Names starting with "edgeflux" are reserved for them.
 _IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -64,12 +67,18 @@ class BrokerConfig:
     crl: Path | None = None
     ingest_identity: str = INGEST_IDENTITY
     publisher_identity: str = PUBLISHER_IDENTITY
+    more_ingest_identities: tuple[str, ...] = ()
+    """Further ingest replicas (``cloud ingest --client-id``), each its own certificate."""
     max_queued_messages: int = 100_000
     """Per-client queue (QoS 1 messages) before Mosquitto drops; the default 1000 is too
     small for an ingest subscriber that pauses for a batched database write."""
     max_inflight_messages: int = 100
     persistence_dir: Path | None = None
     """Where the broker persists sessions and queued messages; None = in memory."""
+
+    @property
+    def ingest_identities(self) -> tuple[str, ...]:
+        return (self.ingest_identity, *self.more_ingest_identities)
 
     def validate(self) -> None:
         for label, p in (("--ca", self.ca), ("--cert", self.cert), ("--key", self.key)):
@@ -80,11 +89,16 @@ class BrokerConfig:
         if not 0 < self.port < 65536:
             raise BrokerConfigError(f"--port {self.port} is not a TCP port (1-65535)")
         for label, ident in (
-            ("--ingest-identity", self.ingest_identity),
+            *(("--ingest-identity", i) for i in self.ingest_identities),
             ("--publisher-identity", self.publisher_identity),
         ):
             if not _IDENTITY.match(ident):
                 raise BrokerConfigError(f"{label} {ident!r} is not a valid certificate CN")
+            if not ident.startswith(f"{RESERVED_PREFIX}-"):
+                raise BrokerConfigError(
+                    f"{label} {ident!r} must start with {RESERVED_PREFIX + '-'!r} (names "
+                    "no device or operator can be issued)"
+                )
         if self.max_queued_messages < 1000:
             raise BrokerConfigError(
                 f"--max-queued-messages {self.max_queued_messages} is below Mosquitto's "
@@ -95,8 +109,9 @@ class BrokerConfig:
 def acl_text(cfg: BrokerConfig) -> str:
     """The Mosquitto ACL file. Patterns substitute ``%u`` = the certificate CN."""
     grants: dict[str, list[str]] = {}
-    for kind in ("telemetry", "events", "state"):
-        grants.setdefault(cfg.ingest_identity, []).append(f"topic read {PREFIX}/+/{kind}")
+    for ident in cfg.ingest_identities:
+        for kind in ("telemetry", "events", "state"):
+            grants.setdefault(ident, []).append(f"topic read {PREFIX}/+/{kind}")
     grants.setdefault(cfg.publisher_identity, [])
     for line in (f"topic write {PREFIX}/+/updates", f"topic read {PREFIX}/+/state"):
         if line not in grants[cfg.publisher_identity]:
@@ -135,6 +150,9 @@ def mosquitto_conf_text(cfg: BrokerConfig, acl_path: Path) -> str:
         "tls_version tlsv1.2",
         "require_certificate true",
         "use_identity_as_username true",
+        # The client id is the certificate's name too: nobody can connect with another
+        # identity's client id and take its session (and queued messages) over.
+        "use_username_as_clientid true",
     ]
     if cfg.crl is not None:
         lines.append(f"crlfile {cfg.crl}")
@@ -181,7 +199,14 @@ def _abs(p: str | None) -> Path | None:
 @click.option("--crl", type=click.Path(dir_okay=False), help="Certificate revocation list (PEM).")
 @click.option("--port", default=8883, show_default=True, type=int)
 @click.option("--bind", default="0.0.0.0", show_default=True)
-@click.option("--ingest-identity", default=INGEST_IDENTITY, show_default=True)
+@click.option(
+    "--ingest-identity",
+    "ingest_identities",
+    multiple=True,
+    default=(INGEST_IDENTITY,),
+    show_default=True,
+    help="Certificate name of an ingest client (repeatable: one per `cloud ingest` replica).",
+)
 @click.option("--publisher-identity", default=PUBLISHER_IDENTITY, show_default=True)
 @click.option("--max-queued-messages", default=100_000, show_default=True, type=int)
 @click.option("--persistence-dir", type=click.Path(file_okay=False))
@@ -195,7 +220,7 @@ def broker_config(
     crl: str | None,
     port: int,
     bind: str,
-    ingest_identity: str,
+    ingest_identities: tuple[str, ...],
     publisher_identity: str,
     max_queued_messages: int,
     persistence_dir: str | None,
@@ -223,7 +248,8 @@ def broker_config(
         port=port,
         bind=bind,
         crl=_abs(crl),
-        ingest_identity=ingest_identity,
+        ingest_identity=ingest_identities[0] if ingest_identities else INGEST_IDENTITY,
+        more_ingest_identities=tuple(ingest_identities[1:]),
         publisher_identity=publisher_identity,
         max_queued_messages=max_queued_messages,
         persistence_dir=_abs(persistence_dir),

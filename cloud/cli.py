@@ -219,6 +219,9 @@ def device_add_cmd(
 
     home = _home(home_dir)
     parsed = _parse_labels(labels)
+    taken = home.identity_taken(device_id, "device")
+    if taken:
+        raise click.ClickException(f"{taken}; nothing was issued")
     try:
         creds = home.load_ca().issue_device(device_id)
     except (PKIError, HomeError) as exc:
@@ -374,12 +377,29 @@ def operator_add_cmd(name: str, home_dir: Path, role: str) -> None:
     crt, _ = home.operator_paths(name)
     if crt.exists():
         raise click.ClickException(f"operator {name!r} already exists ({crt}); nothing was issued")
+    taken = home.identity_taken(name, "operator") or _device_named(home, name)
+    if taken:
+        raise click.ClickException(f"{taken}; nothing was issued")
     try:
         creds = home.load_ca().issue_operator(name, role)
     except (PKIError, HomeError) as exc:
         raise click.ClickException(str(exc)) from exc
     crt, key = creds.write(home.operators, name)
     click.echo(f"operator {name} ({role}): certificate {crt}, key {key}")
+
+
+def _device_named(home: Any, name: str) -> str | None:
+    """A device registered in the store under `name` (also one revoked or flashed elsewhere)."""
+    from cloud.store import StoreError
+
+    store = _store(home)
+    try:
+        found = store.get_device(name)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    return f"{name!r} is already a device; pick another operator name" if found else None
 
 
 @operator_group.command("revoke")

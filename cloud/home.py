@@ -10,6 +10,8 @@ Layout (``edgeflux cloud init DIR`` creates it; nothing else writes outside it):
     DIR/pki/server.crt|key         the control plane's server certificate
     DIR/pki/operators/<name>.crt|key   operator certificates (the first one: admin)
     DIR/pki/devices/<id>.crt|key   device certificates issued by `cloud device add`
+    DIR/pki/services/<name>.crt|key   the plane's MQTT clients (edgeflux-ingest,
+                                   edgeflux-push; CN = MQTT client id)
     DIR/keys/model-signing.pub|key ECDSA P-256 key that signs bundles (OMS)
     DIR/keys/attestation.pub|key   Ed25519 key that signs parity attestations
     DIR/keys/director.pub|key      Ed25519 key that signs desired-state documents
@@ -41,10 +43,22 @@ from runtime.atomicio import atomic_write_bytes, atomic_write_text
 from runtime.config import load_config
 from runtime.trust import TrustStore, TrustStoreError
 
-__all__ = ["CloudConfig", "CloudHome", "HomeError", "init_home"]
+__all__ = [
+    "INGEST_IDENTITY",
+    "PUBLISHER_IDENTITY",
+    "CloudConfig",
+    "CloudHome",
+    "HomeError",
+    "init_home",
+]
 
 CONFIG_NAME = "cloud.toml"
 PASSPHRASE_ENV = "EDGEFLUX_CA_PASSPHRASE"
+INGEST_IDENTITY = "edgeflux-ingest"
+"""The plane's MQTT ingest client (certificate CN, and so its MQTT client id)."""
+PUBLISHER_IDENTITY = "edgeflux-push"
+"""The plane's MQTT client that publishes update hints (push, rollouts)."""
+SERVICE_IDENTITIES = (INGEST_IDENTITY, PUBLISHER_IDENTITY)
 
 
 class HomeError(Exception):
@@ -215,6 +229,34 @@ class CloudHome:
                 f"{PASSPHRASE_ENV} or restore {self.ca_passphrase_file}"
             ) from None
 
+    @property
+    def services(self) -> Path:
+        return self.pki / "services"
+
+    def service_identity(self, name: str) -> tuple[Path, Path]:
+        """(cert, key) of the plane's MQTT client `name` (``edgeflux-ingest``, …).
+
+        Issued from the fleet CA on first use and kept under ``pki/services/``.
+        """
+        crt, key = self.services / f"{name}.crt", self.services / f"{name}.key"
+        if not crt.exists() or not key.exists():
+            self.load_ca().issue_service(name).write(self.services, name)
+        return crt, key
+
+    def identity_taken(self, name: str, kind: str) -> str | None:
+        """Why `name` cannot be issued as a `kind` ("device" | "operator"), or None.
+
+        Devices and operators share one name space: the broker knows a client only by
+        its certificate's name, so an operator named like a device could speak as it.
+        """
+        crt, _ = self.operator_paths(name)
+        if kind == "device" and crt.exists():
+            return f"{name!r} is already an operator ({crt}); pick another device id"
+        dev = self.devices / f"{name}.crt"
+        if kind == "operator" and dev.exists():
+            return f"{name!r} is already a device ({dev}); pick another operator name"
+        return None
+
     def load_ca(self) -> FleetCA:
         return FleetCA.load(self.ca_cert, self.ca_key, self.ca_passphrase())
 
@@ -324,6 +366,8 @@ def init_home(
         server: Credentials = ca.issue_server(hosts=server_hosts)
         server.write(home.pki, "server")
         ca.issue_operator(operator, "admin").write(home.operators, operator)
+        for service in SERVICE_IDENTITIES:
+            ca.issue_service(service).write(home.services, service)
 
         if model_signing_pub is not None:
             _import_public(home, "model-signing", model_signing_pub)

@@ -358,7 +358,14 @@ def _refused(m: Decoded, exc: BaseException | None) -> Dropped:
     show_default=True,
 )
 @click.option("--broker-url", help="mqtt(s)://host:port (default: the home's broker_url).")
-@click.option("--client-id", default="edgeflux-ingest-1", show_default=True)
+@click.option(
+    "--client-id",
+    default="edgeflux-ingest",
+    show_default=True,
+    help="This replica's MQTT identity (edgeflux-…): its certificate is issued from the "
+    "home's CA on first use and its name is the client id; give each replica its own "
+    "and list them in `cloud broker-config --ingest-identity`.",
+)
 @click.option("--shared", is_flag=True, help="Split the load with other --shared replicas.")
 def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bool) -> None:
     """Run MQTT ingest (telemetry, events, presence → store) until SIGTERM / Ctrl-C."""
@@ -377,7 +384,9 @@ def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bo
     except (HomeError, StoreError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        mqtt = dataclasses.replace(broker_settings(home, broker_url), client_id=client_id)
+        mqtt = dataclasses.replace(
+            broker_settings(home, broker_url, client_id), client_id=client_id
+        )
     except PushError as exc:
         raise click.ClickException(str(exc)) from exc
     ingest = Ingest(store, mqtt, IngestSettings(subscription="shared" if shared else "exclusive"))

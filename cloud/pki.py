@@ -110,11 +110,21 @@ def parse_identity(cert_pem: bytes) -> PeerIdentity:
     return PeerIdentity(kind, ident, role, fingerprint(cert))
 
 
+RESERVED_PREFIX = "edgeflux"
+"""Names starting with this (any case) belong to the control plane's own identities
+(its server certificate ``edgeflux-cloud``, ingest, push): never a device or operator."""
+
+
 def _check_id(ident: str, what: str) -> None:
     if not ID_PATTERN.match(ident):
         raise PKIError(
             f"{what} id {ident!r} is invalid: use 1-63 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
+        )
+    if what in ("device", "operator") and ident.lower().startswith(RESERVED_PREFIX):
+        raise PKIError(
+            f"{what} id {ident!r} is reserved: names starting with {RESERVED_PREFIX!r} "
+            "belong to the control plane's own identities"
         )
 
 
@@ -285,6 +295,25 @@ class FleetCA:
                 x509.NameAttribute(NameOID.COMMON_NAME, name),
                 x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "operator"),
                 x509.NameAttribute(NameOID.TITLE, role),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFlux fleet"),
+            ]
+        )
+        return self._issue(subject, [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days)
+
+    def issue_service(self, name: str, valid_days: float = 825) -> Credentials:
+        """A client certificate for one of the plane's own MQTT clients (ingest, push).
+
+        Its name must start with ``edgeflux-`` (reserved: no device or operator can
+        have it), and with ``use_username_as_clientid`` the broker makes it the MQTT
+        client id, so no device can connect as ingest and take its session over.
+        """
+        _check_id(name, "service")
+        if not name.startswith(f"{RESERVED_PREFIX}-"):
+            raise PKIError(f"service id {name!r} must start with {RESERVED_PREFIX + '-'!r}")
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, name),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "service"),
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFlux fleet"),
             ]
         )

@@ -31,8 +31,9 @@ from typing import Any
 
 import click
 
-from cloud.home import CloudHome
+from cloud.home import PUBLISHER_IDENTITY, CloudHome, HomeError
 from cloud.mqtt import CloudMqtt, CloudMqttError, CloudMqttSettings, topic
+from cloud.pki import PKIError
 from cloud.publish import bundle_ref, desired_bundle
 from cloud.rollouts.plan import (
     DevicePlan,
@@ -189,20 +190,33 @@ def push(
     return result
 
 
-def broker_settings(home: CloudHome, broker_url: str | None) -> CloudMqttSettings:
-    """MQTT settings for the control plane's identity (its server certificate)."""
+def broker_settings(
+    home: CloudHome, broker_url: str | None, identity: str = PUBLISHER_IDENTITY
+) -> CloudMqttSettings:
+    """MQTT settings for one of the plane's MQTT identities (default: the hint publisher).
+
+    The broker makes the certificate's name the client id, so each plane client has
+    its own certificate (``cloud.home.service_identity``): ingest's persistent session
+    must never be taken over by a publisher connecting with a clean session.
+    """
     cfg = home.config()
     url = broker_url or cfg.broker_url or f"mqtt://127.0.0.1:{cfg.embedded_broker_port}"
     u = urllib.parse.urlparse(url)
     if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
         raise PushError(f"broker URL {url!r} must look like mqtts://host:port")
     tls = u.scheme == "mqtts"
+    cert = key = None
+    if tls:
+        try:
+            cert, key = home.service_identity(identity)
+        except (HomeError, PKIError) as exc:
+            raise PushError(f"no MQTT certificate for {identity}: {exc}") from exc
     return CloudMqttSettings(
         host=u.hostname,
         port=u.port or (8883 if tls else 1883),
         ca=home.ca_cert if tls else None,
-        cert=home.server_cert if tls else None,
-        key=home.server_key if tls else None,
+        cert=cert,
+        key=key,
         client_id=f"edgeflux-push-{int(time.time() * 1000) % 10**9}",
     )
 

@@ -141,6 +141,23 @@ def _describe(
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+class RecordingConfig(BaseModel):
+    """`[runtime.recording]`: the flight recorder (`runtime.recording`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    """Record every tick into MCAP segments under <root>/var/lib/edgeflux/recordings."""
+    quota_mb: float = Field(default=1024.0, gt=0)
+    """Disk quota of the recordings directory; the oldest segments go first."""
+    segment_s: float = Field(default=10.0, gt=0, le=3600)
+    """Length of one segment file."""
+    keep_before_s: float = Field(default=5.0, ge=0)
+    """Around an intervention or fault, keep (delete last) what precedes it by this much..."""
+    keep_after_s: float = Field(default=5.0, ge=0)
+    """...and what follows it by this much."""
+
+
 class RuntimeConfig(BaseModel):
     """`[runtime]` in `<root>/etc/edgeflux/runtime.toml` (env: EDGEFLUX_RUNTIME_<FIELD>)."""
 
@@ -178,6 +195,7 @@ class RuntimeConfig(BaseModel):
     CAP_IPC_LOCK or LimitMEMLOCK=infinity). The flashed systemd unit turns it on."""
     loop_cpus: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
     """Pin the loop thread to these CPUs (e.g. [3] on a core kept free with isolcpus=3)."""
+    recording: RecordingConfig = Field(default_factory=RecordingConfig)
     gil_switch_interval_ms: float = Field(default=0.5, gt=0)
     """How long another Python thread (staging, gRPC) may hold the GIL while the loop waits;
     CPython's default 5 ms is longer than a 500 Hz period."""

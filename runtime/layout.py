@@ -11,6 +11,7 @@ directory as root, so many run side by side on one machine::
     <root>/var/lib/edgeflux/state.json    slot state (active, pending, tries, last good)
     <root>/var/lib/edgeflux/antirollback.json
     <root>/var/lib/edgeflux/agent/        agent state, spool, downloads
+    <root>/var/lib/edgeflux/recordings/   flight recorder MCAP segments (runtime.recording)
     <root>/run/edgeflux/runtime.sock      RuntimeControl (gRPC over a unix socket)
     <root>/opt/edgeflux/                  installed runtime (venv, wheelhouse)
 """
@@ -71,6 +72,10 @@ class RobotLayout:
     @property
     def antirollback(self) -> Path:
         return self.var / "antirollback.json"
+
+    @property
+    def recordings(self) -> Path:
+        return self.var / "recordings"
 
     @property
     def agent_state(self) -> Path:

@@ -38,6 +38,7 @@ from runtime.kernel import PolicyKernel
 from runtime.manifest import BundleManifest
 from runtime.metrics import LatencyHistogram, LoopCounters, MetricsSnapshot
 from runtime.realtime import Scheduling, enter_loop_thread
+from runtime.recording.recorder import FlightRecorder
 
 __all__ = [
     "ControlLoop",
@@ -180,6 +181,8 @@ class ControlLoop:
         self._loop_cpus = loop_cpus
         self.scheduling: Scheduling | None = None
         """How the loop thread is scheduled (set when it starts running)."""
+        self.recorder: FlightRecorder | None = None
+        """Gets every tick after its write (`runtime.recording`), when set."""
         self._watchdog_enabled = watchdog
         self._on_tick = on_tick
         self._write_lock = threading.Lock()
@@ -429,6 +432,9 @@ class ControlLoop:
             counters.deadline_misses += 1
         if len(pending) >= counters.FLUSH_EVERY or t1 > counters.next_flush_ns:
             counters.flush()
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.record(due, t1 - t0, obs, prev, counters, self.policy)
         shadow = self._shadow
         if shadow is not None and not shadow.done.is_set():
             shadow.step(obs, prev)

@@ -21,6 +21,7 @@ counter) or rollback.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import signal
 import sys
@@ -49,6 +50,7 @@ from runtime.loop import (
 )
 from runtime.metrics import MetricsSnapshot
 from runtime.realtime import lock_memory, warn_unless_realtime
+from runtime.recording import FlightRecorder
 from runtime.sdnotify import SystemdNotifier
 from runtime.session import PolicySession, SessionError
 from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
@@ -110,6 +112,7 @@ class RuntimeService:
         self.counters = AntiRollbackStore(layout.antirollback)
         self.slots = SlotStore(layout, self._verify, boot_tries=self.config.boot_tries)
         self.loop: ControlLoop | None = None
+        self.recorder: FlightRecorder | None = None
         self._server: Any = None
         self._staged: LoadedPolicy | None = None
         self._last_good: LoadedPolicy | None = None
@@ -211,6 +214,8 @@ class RuntimeService:
             self._state = RuntimeState.ACTIVATED if choice.trial else RuntimeState.RUNNING
             last = self.slots.state().last_failure
             self._failure = Failure(Reason.BOOT_FALLBACK, last) if last else None
+            self.recorder = self._start_recorder()
+            self.loop.recorder = self.recorder
             self.loop.start()
             self._report_scheduling(self.loop)
             if self._serve:
@@ -220,6 +225,8 @@ class RuntimeService:
         except BaseException:
             if self.loop is not None:
                 self.loop.stop()
+            if self.recorder is not None:
+                self.recorder.stop()
             if own_adapter and self._adapter is not None:
                 self._adapter.close()
                 self._adapter = None
@@ -233,6 +240,27 @@ class RuntimeService:
                 "provider": active.session.provider,
             },
         )
+
+    def _start_recorder(self) -> FlightRecorder | None:
+        """The flight recorder, if enabled and its MCAP writer is installed."""
+        rc = self.config.recording
+        if not rc.enabled:
+            return None
+        if importlib.util.find_spec("mcap") is None:
+            log.warning(
+                "flight recorder off: the mcap package is not installed "
+                "(install edgeflux[device], or set [runtime.recording] enabled = false)"
+            )
+            return None
+        recorder = FlightRecorder(
+            self.layout.recordings,
+            quota_bytes=int(rc.quota_mb * 1024 * 1024),
+            segment_s=rc.segment_s,
+            keep_before_s=rc.keep_before_s,
+            keep_after_s=rc.keep_after_s,
+        )
+        recorder.start()
+        return recorder
 
     def _report_scheduling(self, loop: ControlLoop) -> None:
         """Warn at start-up when the loop thread did not get real-time priority."""
@@ -258,7 +286,11 @@ class RuntimeService:
             self._server = None
             self.layout.runtime_socket.unlink(missing_ok=True)
         if self.loop is not None:
+            if self.loop.error is not None and self.recorder is not None:
+                self.recorder.mark("fault", f"control loop died: {self.loop.error}")
             self.loop.stop()
+        if self.recorder is not None:
+            self.recorder.stop()
         if self._adapter is not None:
             self._adapter.close()
         self._state = RuntimeState.STOPPED
@@ -472,6 +504,8 @@ class RuntimeService:
         self._staged = None
         self._state = RuntimeState.ROLLED_BACK
         self._failure = failure
+        if self.recorder is not None:
+            self.recorder.mark("fault", f"rolled back to {target.label}: {failure}")
         log.warning("rolled back to %s: %s", target.label, failure)
 
     def commit(self) -> StatusInfo:

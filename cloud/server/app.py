@@ -189,6 +189,7 @@ class ControlPlane:
 
     def _start_ingest(self, store: Store) -> None:
         """MQTT ingest (cloud.ingest, the fleet package's) in this process, as the plane."""
+        from cloud.home import INGEST_IDENTITY
         from cloud.ingest import Ingest
         from cloud.mqtt import CloudMqttError, CloudMqttSettings
         from cloud.push import PushError, broker_settings
@@ -197,10 +198,11 @@ class ControlPlane:
             settings = CloudMqttSettings(host=self.broker.host, port=self.broker.port)
         else:
             try:
-                settings = broker_settings(self.home, self.config.broker_url)
+                settings = broker_settings(self.home, self.config.broker_url, INGEST_IDENTITY)
             except PushError as exc:
                 raise PlaneStartError(str(exc)) from exc
-        settings = dataclasses.replace(settings, client_id="edgeflux-plane-ingest")
+        # The broker makes the certificate's name the client id (use_username_as_clientid).
+        settings = dataclasses.replace(settings, client_id=INGEST_IDENTITY)
         dropped = self.metrics.ingest_dropped
         ingest = Ingest(store, settings, on_drop=lambda reason: dropped.labels(reason).inc())
         try:

@@ -20,6 +20,7 @@ from tests.servers import Mosquitto, free_port, run_mosquitto
 DEVICES = ("robot-1", "robot-2", "robot-3")
 REVOKED = "robot-revoked"
 INGEST = "edgeflux-ingest"
+INGEST_REPLICAS = ("edgeflux-ingest-a", "edgeflux-ingest-b")
 PUBLISHER = "edgeflux-control-plane"
 
 
@@ -46,7 +47,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     server_crt, server_key = server.write(d, "server")
     for name in (*DEVICES, REVOKED):
         ca.issue_device(name).write(d, name)
-    ca.issue_server(INGEST).write(d, INGEST)
+    for service in (INGEST, *INGEST_REPLICAS):
+        ca.issue_service(service).write(d, service)
     ca.issue_server(PUBLISHER).write(d, PUBLISHER)
     # A CRL revoking one device, signed by the CA key (the PKI API has no CRL yet).
     ca_key = serialization.load_pem_private_key(
@@ -83,6 +85,7 @@ def tls_broker(pki: Pki, tmp: Path, **overrides: object) -> Iterator[Mosquitto]:
         port=port,
         bind="127.0.0.1",
         ingest_identity=INGEST,
+        more_ingest_identities=INGEST_REPLICAS,
         publisher_identity=PUBLISHER,
         **overrides,  # type: ignore[arg-type]
     )

@@ -79,8 +79,9 @@ def test_decode_state_and_event() -> None:
 # --------------------------------------------------------------------------- through a broker
 
 
-def ingest_settings(pki: Pki, broker: Mosquitto, client_id: str = "ingest-1") -> CloudMqttSettings:
-    ca, crt, key = pki.identity(INGEST)
+def ingest_settings(pki: Pki, broker: Mosquitto, client_id: str = INGEST) -> CloudMqttSettings:
+    # The broker makes the certificate's name the client id: one certificate per replica.
+    ca, crt, key = pki.identity(client_id)
     return CloudMqttSettings(
         host="127.0.0.1", port=broker.port, ca=ca, cert=crt, key=key, client_id=client_id
     )
@@ -88,7 +89,7 @@ def ingest_settings(pki: Pki, broker: Mosquitto, client_id: str = "ingest-1") ->
 
 @contextlib.contextmanager
 def running_ingest(
-    store: Store, pki: Pki, broker: Mosquitto, client_id: str = "ingest-1", shared: bool = False
+    store: Store, pki: Pki, broker: Mosquitto, client_id: str = INGEST, shared: bool = False
 ) -> Iterator[Ingest]:
     settings = IngestSettings(flush_ms=5, subscription="shared" if shared else "exclusive")
     ing = Ingest(store, ingest_settings(pki, broker, client_id), settings)
@@ -172,8 +173,8 @@ def test_two_ingest_replicas_split_the_load_and_store_everything_once(
     pki: Pki, broker: Mosquitto, store: Store
 ) -> None:
     with (
-        running_ingest(store, pki, broker, client_id="ingest-a", shared=True) as a,
-        running_ingest(store, pki, broker, client_id="ingest-b", shared=True) as b,
+        running_ingest(store, pki, broker, client_id="edgeflux-ingest-a", shared=True) as a,
+        running_ingest(store, pki, broker, client_id="edgeflux-ingest-b", shared=True) as b,
         device(pki, broker, "robot-1") as dev,
     ):
         n = 60
@@ -189,8 +190,8 @@ def test_two_exclusive_replicas_both_see_everything_and_store_it_once(
     pki: Pki, broker: Mosquitto, store: Store
 ) -> None:
     with (
-        running_ingest(store, pki, broker, client_id="ingest-a") as a,
-        running_ingest(store, pki, broker, client_id="ingest-b") as b,
+        running_ingest(store, pki, broker, client_id="edgeflux-ingest-a") as a,
+        running_ingest(store, pki, broker, client_id="edgeflux-ingest-b") as b,
         device(pki, broker, "robot-1") as dev,
     ):
         n = 20
