@@ -198,6 +198,7 @@ class RobotEffects:
             target_path=path,
             length=target.length,
             sha256=target.sha256,
+            max_action_divergence=bundle.gate.max_action_divergence if bundle.gate else None,
         )
 
     def download(self, target: TargetInfo, timeout_s: float) -> Path:

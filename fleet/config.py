@@ -67,7 +67,12 @@ class AgentConfig(BaseModel):
     health_window_ticks: int = Field(
         500, ge=0, description="ticks the runtime judges a candidate's health before commit"
     )
-    shadow_divergence_max: float = Field(0.25, ge=0)
+    shadow_divergence_max: float | None = Field(
+        None,
+        ge=0,
+        description="action-divergence limit in shadow where the rollout sets none "
+        "(unset: measured and reported, not enforced)",
+    )
     shadow_latency_p99_ms_max: float = Field(5.0, gt=0)
     require_parity_attestation: bool = False
     download_free_margin_bytes: int = Field(

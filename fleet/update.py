@@ -237,10 +237,12 @@ class UpdateRunner:
             e.attest(target, record.staged_bundle(), budget)
         elif s is S.SHADOWING:
             result = e.shadow(budget)
-            verdict = judge_shadow(result, self.shadow_thresholds)
+            limit = target.max_action_divergence
+            verdict = judge_shadow(result, self.shadow_thresholds, limit)
             if verdict is not None:
-                raise UpdateError(verdict[0], f"{verdict[1]} ({shadow_summary(result)})")
-            return {"detail": shadow_summary(result)}  # evidence travels with the event
+                raise UpdateError(*verdict)
+            # The evidence travels with the next event (and so into the store).
+            return {"detail": shadow_summary(result, self.shadow_thresholds, limit)}
         elif s is S.SWITCHING:
             # SWITCHING is on disk before the switch, so a kill mid-call rolls back.
             e.switch(budget)

@@ -110,6 +110,8 @@ class TargetInfo:
     target_path: str
     length: int
     sha256: str
+    max_action_divergence: float | None = None
+    """The rollout's action-divergence limit for the shadow check (None: not set)."""
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,9 @@ class ShadowResult:
 
 @dataclass(frozen=True)
 class ShadowThresholds:
-    divergence_max: float = 0.25
-    """Largest allowed |candidate − active| action difference, in action units."""
+    divergence_max: float | None = None
+    """Largest allowed |candidate − active| action difference, in action units, where
+    the rollout sets none; None: measured and reported, not enforced."""
     nan_rate_max: float = 0.0
     latency_p99_ms_max: float = 5.0
     envelope_violations_max: int = 0
@@ -173,35 +176,55 @@ class StepDeadlines:
         }.get(state, 60.0)
 
 
-def judge_shadow(result: ShadowResult, t: ShadowThresholds) -> tuple[Reason, str] | None:
-    """None when the candidate may be actuated, else why not (NaN first: it poisons max)."""
+def _divergence_limit(t: ShadowThresholds, rollout_limit: float | None) -> float | None:
+    return rollout_limit if rollout_limit is not None else t.divergence_max
+
+
+def judge_shadow(
+    result: ShadowResult, t: ShadowThresholds, divergence_limit: float | None = None
+) -> tuple[Reason, str] | None:
+    """None when the candidate may be actuated, else why not (NaN first: it poisons max).
+
+    The candidate's own health on live observations is always judged (NaN, latency,
+    envelope interventions). Its divergence from the active policy is judged only
+    against a limit: the rollout's (`divergence_limit`), else the robot's; it is
+    named in every verdict either way.
+    """
+    limit = _divergence_limit(t, divergence_limit)
+    div = f"max action divergence {result.divergence_max:.4g}"
+    div += f" (limit {limit:.4g})" if limit is not None else " (not enforced)"
     if result.ticks < t.min_ticks:
         return Reason.SHADOW_FAILED, f"shadow ran {result.ticks} ticks, need {t.min_ticks}"
     if result.nan_rate > t.nan_rate_max or result.divergence_max != result.divergence_max:
-        return Reason.SHADOW_NAN, f"NaN rate {result.nan_rate:.4f} > {t.nan_rate_max}"
-    if result.divergence_max > t.divergence_max:
+        return Reason.SHADOW_NAN, f"NaN rate {result.nan_rate:.4f} > {t.nan_rate_max}; {div}"
+    if limit is not None and result.divergence_max > limit:
         return (
             Reason.SHADOW_DIVERGENCE,
-            f"max action divergence {result.divergence_max:.4g} > {t.divergence_max:.4g}",
+            f"max action divergence {result.divergence_max:.4g} > {limit:.4g}",
         )
     if result.latency_p99_ms > t.latency_p99_ms_max:
         return (
             Reason.SHADOW_LATENCY,
-            f"p99 latency {result.latency_p99_ms:.3f} ms > {t.latency_p99_ms_max} ms",
+            f"p99 latency {result.latency_p99_ms:.3f} ms > {t.latency_p99_ms_max} ms; {div}",
         )
     if result.envelope_violations > t.envelope_violations_max:
         return (
             Reason.SHADOW_ENVELOPE,
-            f"{result.envelope_violations} envelope violations > {t.envelope_violations_max}",
+            f"{result.envelope_violations} envelope violations > "
+            f"{t.envelope_violations_max}; {div}",
         )
     return None
 
 
-def shadow_summary(result: ShadowResult) -> str:
-    """The shadow evidence, as it travels with the step's event into the store."""
+def shadow_summary(
+    result: ShadowResult, t: ShadowThresholds, divergence_limit: float | None = None
+) -> str:
+    """The evidence of a shadow run that passed, as it travels with the next event."""
+    limit = _divergence_limit(t, divergence_limit)
+    enforced = f"limit {limit:.4g}" if limit is not None else "not enforced"
     return (
-        f"shadow {result.ticks} ticks: max divergence {result.divergence_max:.4g}, "
-        f"NaN rate {result.nan_rate:.4g}, p99 {result.latency_p99_ms:.3f} ms, "
+        f"shadow {result.ticks} ticks: max divergence {result.divergence_max:.4g} "
+        f"({enforced}), NaN rate {result.nan_rate:.4g}, p99 {result.latency_p99_ms:.3f} ms, "
         f"envelope violations {result.envelope_violations}"
     )
 
@@ -218,9 +241,9 @@ class UpdateRecord(BaseModel):
     hint_sequence: int = 0
     generation: int = 0
     rollout_id: str = ""
-    target: dict[str, str | int] = Field(default_factory=dict)
+    target: dict[str, str | int | float] = Field(default_factory=dict)
     download_path: str = ""
-    staged: dict[str, str | int] = Field(default_factory=dict)
+    staged: dict[str, str | int | float] = Field(default_factory=dict)
     entered_at: float = 0.0
     attempts: int = 0
     last_refresh_at: float = 0.0
@@ -234,6 +257,7 @@ class UpdateRecord(BaseModel):
             target_path=str(t["target_path"]),
             length=int(t["length"]),
             sha256=str(t["sha256"]),
+            max_action_divergence=_limit(t.get("max_action_divergence")),
         )
 
     def staged_bundle(self) -> StagedBundle:
@@ -248,9 +272,13 @@ class UpdateRecord(BaseModel):
         )
 
 
-def plain(value: TargetInfo | StagedBundle) -> dict[str, str | int]:
-    """A dataclass of str/int fields as the record stores it."""
-    return dict(asdict(value))
+def plain(value: TargetInfo | StagedBundle) -> dict[str, str | int | float]:
+    """A dataclass of str/int/float fields as the record stores it (unset ones left out)."""
+    return {k: v for k, v in asdict(value).items() if v is not None}
+
+
+def _limit(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class UpdateStateFile:

@@ -68,8 +68,8 @@ class Fleet:
     robots: list[Robot]
     tmp: Path
 
-    def push(self, bundle: Path | str, *devices: str) -> dict:  # type: ignore[type-arg]
-        args = ["push", str(bundle), "--home", str(self.plane.home.root), "--json"]
+    def push(self, bundle: Path | str, *devices: str, extra: tuple[str, ...] = ()) -> dict:  # type: ignore[type-arg]
+        args = ["push", str(bundle), "--home", str(self.plane.home.root), "--json", *extra]
         args += ["--broker-url", f"mqtts://127.0.0.1:{self.broker.port}"]
         for d in devices:
             args += ["--device", d]
@@ -277,7 +277,8 @@ def test_divergent_candidate_is_never_actuated(fleet: Fleet) -> None:
     r = fleet.robots[1]
     swaps_before = r.status().metrics.ticks  # type: ignore[attr-defined]
     divergent = _bundle(fleet.tmp, fleet.plane, "1.3.0", 4, seed=7)
-    fleet.push(divergent, "robot-2")
+    # the limit is the push's own option, carried to the robot in its desired state
+    fleet.push(divergent, "robot-2", extra=("--max-action-divergence", "0.25"))
     try:
         wait_until(
             lambda: ("FAILED", "SHADOW_DIVERGENCE") in fleet.update_events("robot-2"),
@@ -415,6 +416,7 @@ def test_failure_reasons_reach_rollout_get_and_cloud_devices_intact(fleet: Fleet
                 device_ids=[r.id],
                 wave_fractions=[1.0],
                 health_window_s=300,
+                max_action_divergence=0.25,  # the rollout's shadow limit
             ),
             timeout=10,
         )

@@ -77,8 +77,8 @@ def test_agent_converges_from_desired_state_without_a_hint(
 def test_a_failed_generation_is_not_retried_by_polling(
     pki: Pki, broker: Mosquitto, tmp_path: Path
 ) -> None:
-    divergent = ShadowResult(100, 5.0, 0.0, 0.5, 0)
-    sim = PollingRuntime(shadow_result=divergent)
+    unhealthy = ShadowResult(100, 0.0, 0.5, 0.5, 0)  # half its actions NaN
+    sim = PollingRuntime(shadow_result=unhealthy)
     agent, stop, thread = _run(pki, broker, tmp_path, sim)
     try:
         wait_until(lambda: "shadow" in sim.calls, 15, "first attempt")

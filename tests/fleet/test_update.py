@@ -47,6 +47,7 @@ class SimRuntime:
     healthy: bool = True
     staged_sequence: int | None = None
     rollbacks: list[Failure] = field(default_factory=list)
+    divergence_limit: float | None = None  # what the rollout's desired state carries
     calls: list[str] = field(default_factory=list)
     active: str = "old"
     pending: str | None = None
@@ -58,7 +59,15 @@ class SimRuntime:
 
     def refresh(self, bundle_name: str, timeout_s: float) -> TargetInfo:
         self._call("refresh")
-        return TargetInfo(bundle_name, "1.1.0", self.target_sequence, "t/x.efb", 10, "ab" * 32)
+        return TargetInfo(
+            bundle_name,
+            "1.1.0",
+            self.target_sequence,
+            "t/x.efb",
+            10,
+            "ab" * 32,
+            max_action_divergence=self.divergence_limit,
+        )
 
     def download(self, target: TargetInfo, timeout_s: float) -> Path:
         self._call("download")
@@ -169,16 +178,56 @@ def test_each_state_names_the_step_on_disk_while_it_runs(tmp_path: Path) -> None
     }
 
 
-def test_divergent_shadow_is_never_activated(tmp_path: Path) -> None:
-    sim = SimRuntime(shadow_result=ShadowResult(100, 3.0, 0.0, 0.5, 0))
+def test_divergent_shadow_is_never_activated_under_the_rollouts_limit(tmp_path: Path) -> None:
+    sim = SimRuntime(shadow_result=ShadowResult(100, 3.0, 0.0, 0.5, 0), divergence_limit=0.25)
     runner, _ = _runner(tmp_path, sim)
     final = runner.start("pendulum", 2)
     assert final.state is State.FAILED and final.reason is Reason.SHADOW_DIVERGENCE
-    assert final.detail.startswith("max action divergence 3 > 0.25")
+    assert final.detail == "max action divergence 3 > 0.25"
+    assert runner.store.load().target["max_action_divergence"] == 0.25
     assert "switch" not in sim.calls
     assert sim.active == "old" and sim.pending is None
     assert sim.committed_sequence == 1
     assert sim.rollbacks == [Failure(Reason.SHADOW_DIVERGENCE, final.detail)]
+
+
+def test_divergence_without_a_limit_is_reported_not_enforced(tmp_path: Path) -> None:
+    details: dict[State, str] = {}
+    sim = SimRuntime(shadow_result=ShadowResult(100, 0.99, 0.0, 0.5, 0))
+    runner = UpdateRunner(
+        UpdateStateFile(tmp_path / "update.json"),
+        sim,
+        on_event=lambda rec, st, reason, detail: details.setdefault(st, detail),
+    )
+    assert runner.start("pendulum", 2).state is State.COMMITTED
+    assert sim.committed_sequence == 2
+    assert "max divergence 0.99 (not enforced)" in details[State.SWITCHING]
+
+
+@pytest.mark.parametrize(
+    ("robot", "rollout", "fails"),
+    [
+        (None, None, False),  # default: judged on its own health only
+        (0.5, None, True),  # the robot's own limit where the rollout sets none
+        (0.5, 2.0, False),  # the rollout's limit wins
+        (None, 0.5, True),
+    ],
+)
+def test_the_rollouts_limit_else_the_robots_decides_divergence(
+    robot: float | None, rollout: float | None, fails: bool
+) -> None:
+    result = ShadowResult(100, 0.99, 0.0, 0.5, 0)
+    verdict = judge_shadow(result, ShadowThresholds(divergence_max=robot), rollout)
+    assert (verdict is not None) is fails
+    if verdict is not None:
+        assert verdict[0] is Reason.SHADOW_DIVERGENCE
+
+
+def test_every_shadow_verdict_names_the_divergence() -> None:
+    slow = judge_shadow(ShadowResult(10, 0.7, 0.0, 50.0, 0), ShadowThresholds())
+    assert slow is not None and "max action divergence 0.7 (not enforced)" in slow[1]
+    env = judge_shadow(ShadowResult(10, 0.7, 0.0, 0.1, 2), ShadowThresholds(), 1.0)
+    assert env is not None and "max action divergence 0.7 (limit 1)" in env[1]
 
 
 def test_the_runtimes_health_verdict_rolls_back_without_advancing_the_counter(
