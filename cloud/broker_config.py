@@ -75,6 +75,8 @@ class BrokerConfig:
     max_inflight_messages: int = 100
     persistence_dir: Path | None = None
     """Where the broker persists sessions and queued messages; None = in memory."""
+    pid_file: Path | None = None
+    """Where Mosquitto writes its pid (for the ``pid-file`` reload hook)."""
 
     @property
     def ingest_identities(self) -> tuple[str, ...]:
@@ -156,6 +158,8 @@ def mosquitto_conf_text(cfg: BrokerConfig, acl_path: Path) -> str:
     ]
     if cfg.crl is not None:
         lines.append(f"crlfile {cfg.crl}")
+    if cfg.pid_file is not None:
+        lines.append(f"pid_file {cfg.pid_file}")
     if cfg.persistence_dir is not None:
         lines += ["persistence true", f"persistence_location {cfg.persistence_dir}/"]
     else:
@@ -210,6 +214,13 @@ def _abs(p: str | None) -> Path | None:
 @click.option("--publisher-identity", default=PUBLISHER_IDENTITY, show_default=True)
 @click.option("--max-queued-messages", default=100_000, show_default=True, type=int)
 @click.option("--persistence-dir", type=click.Path(file_okay=False))
+@click.option(
+    "--reload-hook",
+    type=click.Choice(["systemd", "pid-file"]),
+    help="With --home: how revocations reload this broker at once — `systemctl reload "
+    "<--systemd-unit>`, or SIGHUP to the pid Mosquitto writes into --out/mosquitto.pid.",
+)
+@click.option("--systemd-unit", default="mosquitto.service", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
 def broker_config(
     out_dir: str,
@@ -224,6 +235,8 @@ def broker_config(
     publisher_identity: str,
     max_queued_messages: int,
     persistence_dir: str | None,
+    reload_hook: str | None,
+    systemd_unit: str,
     as_json: bool,
 ) -> None:
     """Write a Mosquitto configuration: mTLS listener, identity from the certificate,
@@ -235,6 +248,9 @@ def broker_config(
         ca = ca or str(home.ca_cert)
         cert = cert or str(home.server_cert)
         key = key or str(home.server_key)
+    if reload_hook and not home_dir:
+        raise click.ClickException("--reload-hook needs --home (the hook is kept there)")
+    pid_file = Path(out_dir).resolve() / "mosquitto.pid" if reload_hook == "pid-file" else None
     missing = [n for n, v in (("--ca", ca), ("--cert", cert), ("--key", key)) if not v]
     if missing:
         raise click.ClickException(
@@ -253,14 +269,27 @@ def broker_config(
         publisher_identity=publisher_identity,
         max_queued_messages=max_queued_messages,
         persistence_dir=_abs(persistence_dir),
+        pid_file=pid_file,
     )
     try:
         conf, acl = write_broker_config(cfg, Path(out_dir))
     except BrokerConfigError as exc:
         raise click.ClickException(f"{exc}. Nothing was written.") from exc
+    hook_file = None
+    if reload_hook and home_dir:
+        from cloud.broker_reload import ReloadHook, install_hook
+        from cloud.home import CloudHome
+
+        target = str(pid_file) if pid_file is not None else systemd_unit
+        hook_file = install_hook(CloudHome.at(home_dir), ReloadHook(reload_hook, target))
     if as_json:
         import json
 
-        click.echo(json.dumps({"config": str(conf), "acl": str(acl)}))
+        info = {"config": str(conf), "acl": str(acl)}
+        if hook_file is not None:
+            info["reload_hook"] = str(hook_file)
+        click.echo(json.dumps(info))
     else:
         click.echo(f"wrote {conf}\nwrote {acl}\nstart with: mosquitto -c {conf}")
+        if hook_file is not None:
+            click.echo(f"revocations reload the broker ({reload_hook}; {hook_file})")

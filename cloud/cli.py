@@ -265,10 +265,19 @@ def device_revoke_cmd(device_id: str, home_dir: Path) -> None:
     finally:
         store.close()
     click.echo(f"revoked {device_id}")
-    _refresh_crl(home, revoked)
+    if _refresh_crl(home, revoked):
+        _tell_broker(home, device_id)
 
 
-def _refresh_crl(home: Any, revoked: set[str]) -> None:
+def _tell_broker(home: Any, identity: str) -> None:
+    """Reload the broker (new CRL) and close the revoked identity's connection."""
+    from cloud.broker_reload import apply_revocation
+
+    for line in apply_revocation(home, identity):
+        click.echo(line, err=line.startswith(("warning", "note")))
+
+
+def _refresh_crl(home: Any, revoked: set[str]) -> bool:
     """The control plane refuses revoked certificates already; the CRL tells the broker."""
     from cloud.home import HomeError
     from cloud.pki import PKIError
@@ -281,8 +290,9 @@ def _refresh_crl(home: Any, revoked: set[str]) -> None:
             "the CA passphrase so the broker refuses the certificate too",
             err=True,
         )
-        return
+        return False
     click.echo(f"CRL updated: {home.crl}")
+    return True
 
 
 def _update_detail(store: Store, d: DeviceRecord) -> str:
@@ -427,7 +437,8 @@ def operator_revoke_cmd(name: str, home_dir: Path) -> None:
     finally:
         store.close()
     click.echo(f"revoked operator {name} (certificate {fp[:16]}…)")
-    _refresh_crl(home, revoked)
+    if _refresh_crl(home, revoked):
+        _tell_broker(home, name)
 
 
 @click.command("crl")

@@ -313,9 +313,9 @@ def create(
             elif required and key not in io:
                 missing.append(f"{flag} (or io.{key} in --spec)")
         control = data.setdefault("control", {})
-        for key, value in (("rate_hz", rate_hz), ("deadline_ms", deadline_ms)):
-            if value is not None:
-                control[key] = value
+        for key, setting in (("rate_hz", rate_hz), ("deadline_ms", deadline_ms)):
+            if setting is not None:
+                control[key] = setting
             elif key not in control:
                 missing.append(f"--{key.replace('_', '-')} (or control.{key} in --spec)")
         if missing:

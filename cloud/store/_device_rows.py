@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud.store.models import Device, RevokedCertificate
+from cloud.store.models import Device, RevokedCertificate, table
 
 __all__ = [
     "DEVICE_COLUMNS",
@@ -28,8 +28,8 @@ __all__ = [
     "device_record",
 ]
 
-devices_t = Device.__table__
-revoked_t = RevokedCertificate.__table__
+devices_t = table(Device)
+revoked_t = table(RevokedCertificate)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Rollout",
     "TelemetryBatch",
     "TelemetryPoint",
+    "table",
 ]
 
 Stamp = DateTime(timezone=True)
@@ -191,3 +193,10 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(256), default="")
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+def table(model: type[Base]) -> Table:
+    """A model's Core table, for the store's SQLAlchemy Core statements."""
+    t = model.__table__
+    assert isinstance(t, Table)
+    return t
