@@ -387,6 +387,11 @@ def eval_cmd(
             from runtime.trust import TrustStore
 
             verify_bundle(bundle, TrustStore(trust_dir))
+        if not (bundle / "edgeflux.json").is_file():
+            raise DistillError(
+                f"{bundle} is not a bundle directory (no edgeflux.json); give the directory "
+                "`distill run` or `bundle create` wrote"
+            )
         manifest = load_manifest(bundle)
         env_id = env_id or manifest.provenance.env_id
         if not env_id:

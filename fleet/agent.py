@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fleet._hints import HintGate
+from fleet._hints import Hint, HintGate
 from fleet.config import AgentConfig
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles, topic
 from fleet.spool import ClassBudget, Spool, SpoolPump
@@ -239,9 +239,27 @@ class Agent:
         if self.hints.offer(msg.SerializeToString()) is not None:
             self._hint_ready.set()
 
+    def _signed(self, hint: Hint) -> Hint | None:
+        """The hint replaced by what the signed desired state says (bundle, sequence,
+        generation): a hint only says "look now", its fields decide nothing. None when
+        the desired state cannot be read or names no bundle (the next poll retries)."""
+        poll = getattr(self._effects, "desired_bundle", None)
+        if poll is None:  # effects without a desired-state source: the hint as is
+            return hint
+        try:
+            wanted = poll(10.0)
+        except Exception as exc:
+            log.info("desired-state check for a hint failed: %s", exc)
+            return None
+        if wanted is None:
+            return None
+        name, sequence, generation = wanted
+        return Hint(name, sequence, generation, hint.rollout_id)
+
     def _failed_before(self, name: str, sequence: int, generation: int) -> bool:
         """The same desired (bundle, sequence, generation) already failed or rolled back
-        here: do not retry it until the operator pushes again (a new generation)."""
+        here: do not retry it until the operator pushes again (a new generation).
+        All three come from the signed desired state (:meth:`_signed`), never a hint."""
         try:
             rec = self._update_state.load()
         except Exception:
@@ -273,6 +291,9 @@ class Agent:
             if hint is None:
                 if not self.hints.seconds_until_allowed():
                     self._hint_ready.clear()
+                continue
+            hint = self._signed(hint)
+            if hint is None:
                 continue
             if self._failed_before(hint.bundle_name, hint.sequence, hint.generation):
                 self.hints.counters["dropped.failed_before"] += 1

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from runtime.adapters import RobotAdapter, load_adapter
+from runtime.adapters import AdapterError, RobotAdapter, load_adapter
 from runtime.antirollback import AntiRollbackStore
 from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bundle
 from runtime.config import RuntimeConfig
@@ -146,6 +146,12 @@ class RuntimeService:
                     f"{policy_path}: the graph {what} {graph} values per tick, the manifest's "
                     f"{kind} bounds declare {declared}; rebuild the bundle with matching bounds"
                 )
+        check = getattr(self._adapter, "check_manifest", None)
+        if check is not None:  # an adapter with a declared topic/field mapping
+            try:
+                check(verified.manifest)
+            except AdapterError as exc:  # this bundle cannot drive this robot's topics
+                raise SessionError(str(exc)) from None
         return LoadedPolicy(
             manifest=verified.manifest,
             session=session,

@@ -60,6 +60,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cloud.attest import analysis, gates, statement
+from cloud.attest.reference import (
+    ReferenceUnavailable,
+    bundle_reference,
+    make_reference,
+    reference_settings,
+    resolve_reference,
+)
 from distill.seeds import ATTESTATION, TRAINING
 from runtime.atomicio import atomic_write_bytes, atomic_write_json
 from runtime.bundle import BundleError, VerifiedBundle, verify_bundle
@@ -136,8 +143,12 @@ class CampaignSpec(BaseModel):
     min_pairs: int = Field(default=30, ge=2)
     min_teacher_gain: float = Field(default=0.5, ge=0, le=1)
     validity_days: float = Field(default=30.0, gt=0)
-    teacher: str = "oracle-mppi"
-    """"oracle-mppi", or "module:factory" with factory(env_id, variant) -> Teacher."""
+    teacher: str = "bundle"
+    """"bundle" (the teacher the bundle's provenance names and digests), "oracle-mppi",
+    or "module:factory" with factory(env_id, variant) -> Teacher."""
+    teacher_search: list[str] = Field(default_factory=list)
+    """Directories searched (besides the bundle's own and parent directory) for the
+    world-model checkpoint of a bundle's teacher, found by digest."""
     workers: int = Field(default=2, ge=1, le=64)
     chunk: int = Field(default=50, ge=1)
     """Episodes per work unit (one lock-step batch per arm)."""
@@ -224,22 +235,6 @@ def _env_hash(env_id: str, variant: Mapping[str, float]) -> str:
 
 
 _PROTOCOL = {"version": PROTOCOL_VERSION, "reset": "reset(seed)", "return": "undiscounted"}
-# Both arms are fed the environment's raw observations; a student normaliser, if any,
-# is part of the signed bundle (in the graph or in the manifest) and applied by the arm.
-_OBS_PIPELINE = {"observations": "raw gymnasium observations, float32"}
-
-
-def _make_teacher(kind: str, env_id: str, variant: Mapping[str, float]) -> Any:
-    if kind == "oracle-mppi":
-        from distill.teachers import OracleMPPITeacher
-
-        return OracleMPPITeacher(env_id, variant=variant)
-    module, _, attr = kind.partition(":")
-    if not attr:
-        raise CampaignError(f"teacher {kind!r} is neither 'oracle-mppi' nor 'module:factory'")
-    import importlib
-
-    return getattr(importlib.import_module(module), attr)(env_id, variant)
 
 
 def _student_kernel(onnx_bytes: bytes, manifest_json: Mapping[str, Any]) -> Any:
@@ -251,11 +246,6 @@ def _student_kernel(onnx_bytes: bytes, manifest_json: Mapping[str, Any]) -> Any:
     manifest = BundleManifest.model_validate(manifest_json)
     allowed = manifest.compatibility.execution_providers
     return KernelPolicy(load_kernel(onnx_bytes, manifest, allowed_providers=allowed))
-
-
-def _teacher_settings(kind: str) -> str:
-    """What the reference arm applies to observations and actions: its own planner's."""
-    return _sha({"arm": "teacher", "teacher": kind, **_OBS_PIPELINE})
 
 
 def _episodes(
@@ -283,7 +273,7 @@ def _run_unit(unit: dict[str, Any]) -> dict[str, Any]:
 
     try:
         return _run_unit_unchecked(unit)
-    except (KernelError, SessionError) as exc:
+    except (KernelError, SessionError, ReferenceUnavailable) as exc:
         raise CampaignError(f"work unit {unit['id']}: {exc}") from None
 
 
@@ -294,10 +284,15 @@ def _run_unit_unchecked(unit: dict[str, Any]) -> dict[str, Any]:
     env_id, variant, seeds = unit["env_id"], unit["variant"], unit["seeds"]
     hashes = {"env_hash": _env_hash(env_id, variant), "protocol_hash": _sha(_PROTOCOL)}
     out: dict[str, Any] = {"id": unit["id"], "hashes": hashes}
-    teacher = _make_teacher(unit["teacher"], env_id, variant)
+    recipe = unit["teacher"]
+    teacher = make_reference(recipe, env_id, variant)
     out["teacher"] = _episodes(env_id, teacher, seeds, variant)
-    out["teacher_digest"] = str(teacher.digest()) if hasattr(teacher, "digest") else ""
-    out["teacher_settings"] = _teacher_settings(unit["teacher"])
+    if recipe["kind"] == "bundle":
+        out["teacher_digest"] = recipe["policy_sha256"]
+        out["teacher_interventions"] = dict(sorted(teacher.counts.items()))
+    else:
+        out["teacher_digest"] = str(teacher.digest()) if hasattr(teacher, "digest") else ""
+    out["teacher_settings"] = reference_settings(recipe)
     if unit["kind"] == "calibration":
         from distill.evaluate import RandomPolicy
 
@@ -492,18 +487,26 @@ def run_campaign(
     key: statement.AttestationKey,
     progress: Progress | None = None,
     clock: Callable[[], datetime] = _now,
+    against: str | os.PathLike[str] | None = None,
 ) -> CampaignResult:
-    """Run (or resume) `spec` against the signed bundle; returns the signed attestation."""
+    """Run (or resume) `spec` against the signed bundle; returns the signed attestation.
+
+    The reference arm is the bundle's own teacher (see `cloud.attest.reference`), or,
+    with `against`, another signed bundle run through the policy kernel like the student.
+    """
+    trust = TrustStore(trust_dir)
     try:
-        verified = verify_bundle(bundle_dir, TrustStore(trust_dir))
+        verified = verify_bundle(bundle_dir, trust)
     except BundleError as exc:
         raise CampaignError(f"the bundle does not verify, nothing was run: {exc}") from exc
     manifest = verified.manifest
+    recipe = _reference(spec, verified, Path(bundle_dir), against, trust)
     work = _Workdir(Path(workdir))
     identity = {
         "campaign_digest": spec.digest(),
         "policy_sha256": verified.policy_sha256,
         "root_digest": verified.root_digest,
+        "reference_digest": _sha({k: v for k, v in recipe.items() if k != "checkpoint"}),
     }
     state = work.state()
     if state is None:
@@ -521,7 +524,7 @@ def run_campaign(
     policy_path = str(Path(bundle_dir) / "policy.onnx")
     cal_units, eval_units = [], []
     for i, task in enumerate(spec.tasks):
-        base = {"env_id": task.env_id, "variant": dict(task.variant), "teacher": spec.teacher}
+        base = {"env_id": task.env_id, "variant": dict(task.variant), "teacher": recipe}
         cal_units.append({**base, "id": f"{task.name}.cal", "kind": "calibration",
                           "seeds": seeds[i][1]})  # fmt: skip
         for c, chunk in enumerate(_chunks(seeds[i][0], spec.chunk)):
@@ -584,7 +587,43 @@ def run_campaign(
         progress(total, total, "numeric parity")
 
     # Phase 5: gates, statistics, verdict, signature.
-    return _conclude(spec, verified, state, seeds, ev, parity, work, key, clock)
+    return _conclude(spec, verified, recipe, state, seeds, ev, parity, work, key, clock)
+
+
+def _named(recipe: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: recipe[k] for k in keys if k in recipe}
+
+
+def _reference(
+    spec: CampaignSpec,
+    verified: VerifiedBundle,
+    bundle_dir: Path,
+    against: str | os.PathLike[str] | None,
+    trust: TrustStore,
+) -> dict[str, Any]:
+    """The reference arm's recipe; CampaignError (nothing run) when it cannot be built."""
+    if against is not None:
+        try:
+            other = verify_bundle(against, trust)
+        except BundleError as exc:
+            raise CampaignError(
+                f"the reference bundle does not verify, nothing was run: {exc}"
+            ) from exc
+        io, oio = verified.manifest.io, other.manifest.io
+        if (io.obs_dim, io.action_dim) != (oio.obs_dim, oio.action_dim):
+            raise CampaignError(
+                f"{against}: maps {oio.obs_dim} observations to {oio.action_dim} actions, the "
+                f"bundle {io.obs_dim} to {io.action_dim}; they cannot be compared"
+            )
+        return bundle_reference(
+            Path(against) / "policy.onnx",
+            json.loads(other.manifest.to_json()),
+            other.policy_sha256,
+        ) | {"bundle": f"{other.manifest.name}@{other.manifest.version}"}
+    try:
+        return resolve_reference(spec.teacher, verified.manifest, bundle_dir, spec.teacher_search)
+    except ReferenceUnavailable as exc:
+        raise CampaignError(f"no reference arm, nothing was run: {exc}") from None
 
 
 # Provenance fields (besides `seeds`) that may list environment seeds used in training;
@@ -623,6 +662,7 @@ def _episode(e: dict[str, Any], hashes: dict[str, str]) -> gates.Episode:
 def _conclude(
     spec: CampaignSpec,
     verified: VerifiedBundle,
+    recipe: dict[str, Any],
     state: dict[str, Any],
     seeds: list[tuple[list[int], list[int]]],
     ev: dict[str, dict[str, Any]],
@@ -639,6 +679,7 @@ def _conclude(
     onnx_digests: set[str] = set()
     interventions: dict[str, Counter[str]] = {t.name: Counter() for t in spec.tasks}
     steps: dict[str, int] = {t.name: 0 for t in spec.tasks}
+    ref_counts: dict[str, Counter[str]] = {t.name: Counter() for t in spec.tasks}
     for i, task in enumerate(spec.tasks):
         student: dict[int, gates.Episode] = {}
         teacher: dict[int, gates.Episode] = {}
@@ -654,6 +695,7 @@ def _conclude(
             for e in r["teacher"]:
                 teacher[int(e["seed"])] = _episode(e, teacher_hashes)
             interventions[task.name].update(r.get("student_interventions", {}))
+            ref_counts[task.name].update(r.get("teacher_interventions", {}))
             steps[task.name] += sum(int(e["length"]) for e in r["student"])
         m = state["margins"][task.name]
         evidence.append(
@@ -674,7 +716,7 @@ def _conclude(
                 calibration_seeds=tuple(seeds[i][1]),
                 terminates=task.env_id in TERMINATING_ENVS,
                 student_settings=settings_digest(manifest),
-                teacher_settings=_teacher_settings(spec.teacher),
+                teacher_settings=reference_settings(recipe),
             )
         )
     one_digest = onnx_digests.pop() if len(onnx_digests) == 1 else "mixed"
@@ -714,7 +756,10 @@ def _conclude(
             "signer_key_id": verified.signer_key_id,
         },
         "teacher": {
-            "kind": spec.teacher,
+            "kind": recipe["kind"],
+            "declared": spec.teacher,
+            "source": recipe.get("source", ""),
+            **_named(recipe, ("world_model_digest", "policy_sha256", "bundle")),
             "digests": {t.name: state["margins"][t.name]["teacher_digest"] for t in spec.tasks},
         },
         "protocol": {
@@ -737,9 +782,9 @@ def _conclude(
                 "steps": steps,
             },
             "reference": {
-                "kind": spec.teacher,
-                "settings_digest": _teacher_settings(spec.teacher),
-                "interventions": {t.name: {} for t in spec.tasks},
+                "kind": recipe["kind"],
+                "settings_digest": reference_settings(recipe),
+                "interventions": {k: dict(sorted(v.items())) for k, v in ref_counts.items()},
             },
         },
         "execution": {

@@ -145,6 +145,11 @@ def attest() -> None:
 )
 @click.option("--server", help="host:port for --remote (default: from the home).")
 @click.option("--operator", default="admin", show_default=True, help="Operator for --remote.")
+@click.option(
+    "--against",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Another signed bundle (e.g. the version in the field) as the reference arm.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run_cmd(
     bundle: Path | None,
@@ -158,10 +163,13 @@ def run_cmd(
     remote: str | None,
     server: str | None,
     operator: str,
+    against: Path | None,
     as_json: bool,
 ) -> None:
     """Run a parity campaign on BUNDLE (or a published bundle with --remote) and sign it."""
     if remote is not None:
+        if against is not None:
+            raise click.UsageError("--against runs locally; it does not combine with --remote")
         if bundle is not None:
             raise click.UsageError("give either BUNDLE or --remote NAME@VERSION, not both")
         _run_remote(remote, campaign_file, home_dir, server, operator, out, as_json)
@@ -199,6 +207,12 @@ def run_cmd(
         # task, another margin) starts afresh instead of colliding with the old state,
         # while rerunning the same command resumes.
         workdir = Path("campaigns") / f"{spec.name}-{digest[:16]}-{spec.digest()[:8]}"
+        if against is not None:
+            other = against / POLICY_NAME
+            if not other.is_file():
+                raise click.ClickException(f"{against} is not a bundle: it has no {POLICY_NAME}")
+            vs = hashlib.sha256(other.read_bytes()).hexdigest()[:8]
+            workdir = workdir.with_name(f"{workdir.name}-vs-{vs}")
 
     columns = (
         TextColumn("{task.description}"),
@@ -214,7 +228,13 @@ def run_cmd(
 
         try:
             result = campaign.run_campaign(
-                bundle, spec, workdir=workdir, trust_dir=trust_dir, key=key, progress=progress
+                bundle,
+                spec,
+                workdir=workdir,
+                trust_dir=trust_dir,
+                key=key,
+                progress=progress,
+                against=against,
             )
         except campaign.CampaignError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -290,7 +310,7 @@ def _check_tasks(spec: Any, campaign_file: Path) -> None:
         except DistillError as exc:
             raise click.ClickException(f"{campaign_file}: task {i} ({task.name!r}): {exc}") from exc
     teacher = spec.teacher
-    if teacher != "oracle-mppi":
+    if teacher not in ("oracle-mppi", "bundle"):
         import importlib
 
         module, _, attr = teacher.partition(":")
@@ -300,7 +320,7 @@ def _check_tasks(spec: Any, campaign_file: Path) -> None:
             ok = False
         if not ok:
             raise click.ClickException(
-                f"{campaign_file}: teacher {teacher!r} is neither 'oracle-mppi' nor an "
+                f"{campaign_file}: teacher {teacher!r} is neither 'bundle', 'oracle-mppi' nor an "
                 "importable 'module:factory'"
             )
 

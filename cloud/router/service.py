@@ -320,7 +320,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         from cloud.server.auth import AuthError
 
         try:
-            ident = auth.require_device(await auth.identify(context))
+            ident = auth.require_device(await auth.identify(context), service="RouterService")
             device = await plane.db(plane.store.get_device, ident.id)
         except AuthError as exc:
             await context.abort(exc.code, str(exc))
@@ -333,7 +333,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         from cloud.server.auth import AuthError
 
         try:
-            auth.require_operator(await auth.identify(context))
+            auth.require_operator(await auth.identify(context), service="RouterService")
         except AuthError as exc:
             await context.abort(exc.code, str(exc))
 
