@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Show messages ingest dropped (reason, detail, payload).",
         "cloud.ingest:quarantine_cmd",
     ),
+    "recordings": (
+        "Flight recordings: export MCAP segments as an episode dataset (--npz).",
+        "cloud.recordings.cli:recordings",
+    ),
     "broker-config": (
         "Write a Mosquitto config (mTLS, certificate identity, ACLs).",
         "cloud.broker_config:broker_config",
