@@ -181,3 +181,35 @@ def test_robot_start_supervises_a_dir_robot_until_sigterm(tmp_path: Path) -> Non
             log.close()
         assert code == 0, text()[-3000:]
         assert "stopped agent" in text() and "stopped runtime" in text()
+
+
+def test_flash_reports_files_and_bytes_as_it_writes(
+    plane: Plane, bundle: Path, tmp_path: Path
+) -> None:
+    from cloud.home import CloudHome
+    from edgeflux.provision import flash, parse_target
+
+    home = CloudHome.at(plane.home)
+    cert, key = home.device_paths(plane.device)
+    materials = FlashMaterials(
+        device_id=plane.device,
+        cert_pem=cert.read_bytes(),
+        key_pem=key.read_bytes(),
+        ca_pem=home.ca_cert.read_bytes(),
+        trust_dir=home.trust,
+        tuf_root=b"{}",
+        bundle_dir=bundle,
+        runtime_toml="[runtime]\n",
+        agent_toml="[agent]\n",
+    )
+    files: list[tuple[int, int]] = []
+    written: list[tuple[int, int]] = []
+    report = flash(
+        materials,
+        parse_target(f"dir:{tmp_path / 'robot'}"),
+        progress=lambda done, total: written.append((done, total)),
+        files_progress=lambda done, total: files.append((done, total)),
+    )
+    assert files[0] == (0, report.files_written) and files[-1] == (report.files_written,) * 2
+    assert [d for d, _ in files] == sorted(d for d, _ in files)  # never goes back
+    assert written[-1] == (report.bytes_written, report.bytes_written)
