@@ -28,6 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from cloud.cli import cloud
+from cloud.home import INGEST_IDENTITY
 from cloud.ingest import Ingest, IngestSettings
 from cloud.mqtt import CloudMqttSettings
 from cloud.testing import RunningPlane, running_plane
@@ -178,17 +179,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 str(out),
                 "--port",
                 str(port),
+                "--run-as",  # tmp_path is 0700: the broker keeps the test's user
+                "root" if os.geteuid() == 0 else "mosquitto",
             ],
         )
         assert res.exit_code == 0, res.output
         conf = (out / "mosquitto.conf").read_text().replace("0.0.0.0", "127.0.0.1")
         with run_mosquitto(conf, port=port) as broker:
             home = plane.home
+            cert, key = home.service_identity(INGEST_IDENTITY)  # the broker's ingest identity
             ingest = Ingest(
                 plane.store,
-                CloudMqttSettings(
-                    port=port, ca=home.ca_cert, cert=home.server_cert, key=home.server_key
-                ),
+                CloudMqttSettings(port=port, ca=home.ca_cert, cert=cert, key=key),
                 IngestSettings(flush_ms=5),
             )
             ingest.start()
