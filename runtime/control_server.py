@@ -27,9 +27,10 @@ from runtime.loop import LoadedPolicy, LoopError, ShadowResult
 from runtime.metrics import MetricsSnapshot
 from runtime.session import SessionError
 from runtime.slots import SlotError
+from runtime.status import ControlError, StatusInfo
 
 if TYPE_CHECKING:
-    from runtime.service import RuntimeService, StatusInfo
+    from runtime.service import RuntimeService
 
 __all__ = ["MAX_SOCKET_PATH", "metrics_to_proto", "serve", "status_to_proto"]
 
@@ -113,8 +114,6 @@ class _Servicer(runtime_control_pb2_grpc.RuntimeControlServicer):
         self.svc = service
 
     def _call(self, context: grpc.ServicerContext, fn: Any, *args: Any) -> Any:
-        from runtime.service import ControlError
-
         def abort(code: grpc.StatusCode, reason: Reason, detail: str) -> None:
             context.set_trailing_metadata(((REASON_METADATA_KEY, reason.value),))
             context.abort(code, detail)
