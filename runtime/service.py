@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,6 +37,7 @@ from runtime.adapters import AdapterError, RobotAdapter, load_adapter
 from runtime.antirollback import AntiRollbackStore
 from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bundle
 from runtime.config import RuntimeConfig
+from runtime.control import ControlError, StatusInfo
 from runtime.envelope import FALLBACK_REASONS
 from runtime.layout import RobotLayout
 from runtime.loop import (
@@ -53,40 +53,12 @@ from runtime.realtime import lock_memory, warn_unless_realtime
 from runtime.recording import FlightRecorder
 from runtime.sdnotify import SystemdNotifier
 from runtime.session import PolicySession, SessionError
-from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
+from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotStore
 from runtime.trust import TrustStore
 
 __all__ = ["ControlError", "RuntimeService", "StatusInfo"]
 
 log = logging.getLogger(__name__)
-
-
-class ControlError(RuntimeError):
-    """A control request cannot be done now; the message says why and what to do,
-    `reason` is the code the agent reports (default: the request does not fit the state)."""
-
-    def __init__(self, detail: str, reason: Reason = Reason.WRONG_STATE) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class StatusInfo:
-    state: RuntimeState
-    active: LoadedPolicy | None
-    pending: LoadedPolicy | None
-    last_good: LoadedPolicy | None
-    slots: SlotState
-    provider: str
-    metrics: MetricsSnapshot
-    anti_rollback: dict[str, int]
-    failure: Failure | None
-    """Why the last candidate failed or was rolled back (None: nothing failed)."""
-    swaps: int
-    scheduling: str = ""
-    """How the loop thread is scheduled, e.g. 'SCHED_FIFO 50, memory locked'."""
-    realtime: bool = False
 
 
 class RuntimeService:
