@@ -23,11 +23,11 @@ import grpc
 from protos import common_pb2, runtime_control_pb2, runtime_control_pb2_grpc
 from protos.lifecycle import REASON_METADATA_KEY, Failure, Reason
 from runtime.bundle import BundleError
-from runtime.control import ControlError, Controllable, StatusInfo
 from runtime.loop import LoadedPolicy, LoopError, ShadowResult
 from runtime.metrics import MetricsSnapshot
 from runtime.session import SessionError
 from runtime.slots import SlotError
+from runtime.status import ControlError, Controllable, StatusInfo
 
 __all__ = ["MAX_SOCKET_PATH", "metrics_to_proto", "serve", "status_to_proto"]
 

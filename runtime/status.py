@@ -1,11 +1,7 @@
-"""What the runtime's control socket serves, apart from how it is served.
-
-`runtime.service.RuntimeService` does the work and `runtime.control_server` speaks
-gRPC on the unix socket; both use these names, so neither imports the other:
-:class:`StatusInfo` (what a status request returns), :class:`ControlError` (a request
-refused in the current state, with its reason code) and :class:`Controllable` (the
-requests the socket forwards).
-"""
+"""What the runtime reports about itself, the error of a control request it refuses, and
+the requests its control socket forwards (`Controllable`, which
+`runtime.service.RuntimeService` implements), so that `runtime.control_server` need
+not import the service."""
 
 from __future__ import annotations
 
@@ -18,7 +14,7 @@ from runtime.loop import ControlLoop, LoadedPolicy, ShadowResult
 from runtime.metrics import MetricsSnapshot
 from runtime.slots import SlotState
 
-__all__ = ["ControlError", "Controllable", "StatusInfo"]
+__all__ = ["ControlError", "Controllable", "StatusInfo", "empty_metrics"]
 
 
 class ControlError(RuntimeError):
@@ -49,8 +45,12 @@ class StatusInfo:
     realtime: bool = False
 
 
+def empty_metrics() -> MetricsSnapshot:
+    return MetricsSnapshot(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {})
+
+
 class Controllable(Protocol):
-    """The requests `RuntimeControl` forwards (`runtime.service.RuntimeService`)."""
+    """The requests `RuntimeControl` forwards to the runtime."""
 
     @property
     def loop(self) -> ControlLoop | None: ...
