@@ -11,10 +11,40 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cloud.cli import _home, _store, home_option
+home_option = click.option(
+    "--home",
+    "home_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="EDGEFLUX_CLOUD_HOME",
+    default=Path("."),
+    show_default=True,
+    help="Control-plane home directory (env EDGEFLUX_CLOUD_HOME).",
+)
+
+
+def _home(home_dir: Path) -> Any:
+    from cloud.home import CloudHome, HomeError
+
+    home = CloudHome.at(home_dir)
+    try:
+        home.check()
+    except HomeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return home
+
+
+def _store(home: Any) -> Any:
+    from cloud.store import Store, StoreError
+
+    try:
+        return Store.open(home.database_url(home.config()))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
 
 __all__ = ["recordings"]
 
