@@ -22,8 +22,7 @@ ALLOWED_SESSIONS = {
     "runtime/cli.py": "`runtime bench`: the bare graph is the baseline of the per-tick cost",
     "bench/runtime_step.py": "the bare graph is the baseline of the per-tick cost",
     "distill/export.py": "graph-level parity torch vs onnxruntime at export time",
-    "cloud/attest/numeric.py": "graph-level parity of every execution provider",
-    "cloud/attest/campaign.py": "graph-level parity of every execution provider",
+    "cloud/attest/units.py": "numeric_parity: the bare graph on every execution provider",
 }
 ALLOWED_ORT_IMPORTS = {
     "runtime/session.py": "the only runtime module that imports onnxruntime",
