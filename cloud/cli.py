@@ -19,9 +19,12 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from cloud.store import DeviceRecord, Store
 
 __all__ = ["COMMANDS", "cloud"]
 
@@ -49,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quarantine": (
         "Show messages ingest dropped (reason, detail, payload).",
         "cloud.ingest:quarantine_cmd",
+    ),
+    "recordings": (
+        "Flight recordings: export MCAP segments as an episode dataset (--npz).",
+        "cloud.recordings.cli:recordings",
     ),
     "broker-config": (
         "Write a Mosquitto config (mTLS, certificate identity, ACLs).",
@@ -292,6 +299,16 @@ def _refresh_crl(home: Any, revoked: set[str]) -> bool:
     return True
 
 
+def _update_detail(store: Store, d: DeviceRecord) -> str:
+    """The detail the device reported with its current update reason ('' when OK)."""
+    if d.update_reason in ("", "OK"):
+        return ""
+    for ev in reversed(store.events(d.id, kind="update", limit=10)):
+        if (ev.state, ev.reason_code) == (d.update_state, d.update_reason):
+            return str(ev.detail)
+    return ""
+
+
 @click.command("devices")
 @home_option
 @click.option("--selector", "-l", default="", help="Label selector, e.g. site=lab,role=arm.")
@@ -312,6 +329,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     store = _store(home)
     try:
         page = store.list_devices(sel, limit=limit)
+        details = {d.id: _update_detail(store, d) for d in page.devices}
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -325,6 +343,8 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
             "last_seen": d.last_seen.isoformat() if d.last_seen else None,
             "active_bundle": d.active_bundle,
             "update_state": d.update_state,
+            "update_reason": d.update_reason,
+            "update_detail": details[d.id],
         }
         for d in page.devices
     ]
@@ -334,16 +354,22 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     table = Table("id", "labels", "online", "revoked", "bundle", "update")
     for r in rows:
         b = r["active_bundle"] or {}
+        reason = "" if r["update_reason"] in ("", "OK") else r["update_reason"]
         table.add_row(
             r["id"],
             ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
             "yes" if r["online"] else "no",
             "REVOKED" if r["revoked"] else "",
             f"{b.get('name', '')} {b.get('version', '')}".strip(),
-            r["update_state"],
+            f"{r['update_state']} ({reason})" if reason else r["update_state"],
         )
     Console().print(table)
     click.echo(f"{page.total} device(s)")
+    for r in rows:  # why, as the robot reported it: one unwrapped line per device
+        if r["update_detail"]:
+            click.echo(
+                f"{r['id']}  {r['update_state']}  {r['update_reason']}: {r['update_detail']}"
+            )
 
 
 # ------------------------------------------------------------------------- operators

@@ -29,14 +29,13 @@ from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles, topic
 from fleet.spool import ClassBudget, Spool, SpoolPump
 from fleet.telemetry import HostSampler, TelemetryBatcher, make_point
 from fleet.update import (
-    HealthThresholds,
     Reason,
     ShadowThresholds,
-    State,
     UpdateEffects,
     UpdateError,
     UpdateRecord,
     UpdateRunner,
+    UpdateState,
     UpdateStateFile,
 )
 from protos import common_pb2, runtime_control_pb2, telemetry_pb2
@@ -49,7 +48,7 @@ log = logging.getLogger(__name__)
 EffectsFactory = Callable[["Agent"], UpdateEffects]
 
 
-def _fault_pause_hook() -> Callable[[State], None] | None:
+def _fault_pause_hook() -> Callable[[UpdateState], None] | None:
     """Fault injection for the kill -9 tests: with ``EDGEFLUX_FAULT_AGENT_PAUSE_AT=STATE``
     the update worker stops for good right after persisting STATE (the test then
     SIGKILLs the process). Unset in production: no hook at all."""
@@ -57,7 +56,7 @@ def _fault_pause_hook() -> Callable[[State], None] | None:
     if not target:
         return None
 
-    def pause(state: State) -> None:
+    def pause(state: UpdateState) -> None:
         if state.value == target:
             log.warning("fault injection: update worker paused in %s", state.value)
             threading.Event().wait()
@@ -132,9 +131,6 @@ class Agent:
                     divergence_max=c.shadow_divergence_max,
                     latency_p99_ms_max=c.shadow_latency_p99_ms_max,
                 ),
-                health_thresholds=HealthThresholds(
-                    c.health_miss_rate_max_increase, c.health_intervention_rate_max_increase
-                ),
                 on_event=self._on_update_event,
                 on_persisted=_fault_pause_hook(),
             )
@@ -200,7 +196,7 @@ class Agent:
         return self.spool.put("events", topic(self.device_id, "events"), build)
 
     def _on_update_event(
-        self, record: UpdateRecord, state: State, reason: Reason, detail: str
+        self, record: UpdateRecord, state: UpdateState, reason: Reason, detail: str
     ) -> None:
         bundle = None
         if record.target:
@@ -265,7 +261,7 @@ class Agent:
         except Exception:
             return False
         return (
-            rec.state in (State.FAILED, State.ROLLED_BACK)
+            rec.state in (UpdateState.FAILED, UpdateState.ROLLED_BACK)
             and rec.bundle_name == name
             and rec.hint_sequence == sequence
             and rec.generation == generation

@@ -64,7 +64,9 @@ class AgentConfig(BaseModel):
         300.0, ge=0, description="also poll GetDesiredState this often (0 = hints only)"
     )
     shadow_ticks: int = Field(500, ge=1)
-    health_window_ticks: int = Field(500, ge=0)
+    health_window_ticks: int = Field(
+        500, ge=0, description="ticks the runtime judges a candidate's health before commit"
+    )
     shadow_divergence_max: float | None = Field(
         None,
         ge=0,
@@ -72,8 +74,6 @@ class AgentConfig(BaseModel):
         "(unset: measured and reported, not enforced)",
     )
     shadow_latency_p99_ms_max: float = Field(5.0, gt=0)
-    health_miss_rate_max_increase: float = Field(0.01, ge=0)
-    health_intervention_rate_max_increase: float = Field(0.01, ge=0)
     require_parity_attestation: bool = False
     download_free_margin_bytes: int = Field(
         16 * 1024 * 1024, ge=0, description="free space kept beyond twice the target size"

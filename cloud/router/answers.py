@@ -92,6 +92,8 @@ class AnswerHandling(RouterCore):
         )
         if attempt is not None:
             attempt["verdict"] = {"hard_ok": verdict.hard_ok, "score": round(verdict.score, 4)}
+        if self.selector is not None and answer.ok and o.d.purpose in ("primary", "escalation"):
+            self.selector.record(task, st.spec.name, self._accepted(verdict) > 0)
         if o.d.purpose == "primary" and ts.pair is not None:
             ts.pair[0] = self._accepted(verdict)
             self._record_pair(task.task_type, ts.pair)

@@ -18,6 +18,7 @@ from cloud.router.backends import BackendSpec, Registry
 from cloud.router.budgets import BudgetLedger, Denial, Reservation
 from cloud.router.champion import ChampionChallenger
 from cloud.router.consensus import TrackRecord
+from cloud.router.learning import LearnedStart
 from cloud.router.state import (
     BackendState,
     Dispatch,
@@ -47,6 +48,7 @@ class RouterCore:
         audit: AuditLog | None = None,
         challengers: list[ChampionChallenger] | None = None,
         instance: str | None = None,
+        selector: LearnedStart | None = None,
     ) -> None:
         # Reservation ids must be unique across replicas sharing one ledger.
         self.instance = instance or uuid.uuid4().hex[:8]
@@ -63,6 +65,8 @@ class RouterCore:
         self.track = TrackRecord()
         self.rng = random.Random(self.cfg.seed)
         self.challengers = {c.task_type: c for c in challengers or []}
+        self.selector = selector
+        """Where a task's chain starts (None: the cheapest fitting tier)."""
         self.preferred: dict[str, str] = {}
         self._ids = itertools.count()
         self._decisions = itertools.count()

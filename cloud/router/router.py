@@ -93,7 +93,9 @@ class Router(AnswerHandling):
                 cand[6] = "unhealthy"
                 wait = min(wait, max(st.health.cooldown_remaining(now), 0.05))
                 continue
-            if quality < floor:
+            if quality < floor and not (
+                self.selector is not None and self.selector.clears_floor(task, spec.name, floor)
+            ):
                 cand[6] = "quality_floor"
                 continue
             if predicted > remaining:
@@ -142,6 +144,8 @@ class Router(AnswerHandling):
         order = self._pick(first_tier, task.task_type, now) + [
             s for s in admitted if s.spec.tier != min_tier
         ]
+        if self.selector is not None:
+            order = self.selector.order(task, order)
         step = Step()
         denial = self._try_dispatch(ts, order, "primary", now, step, cheapest=capable[0].tier)
         if step.dispatches:

@@ -47,6 +47,7 @@ from cloud.router.budgets import BudgetLedger
 from cloud.router.champion import ChampionChallenger
 from cloud.router.classes import ClassPolicy
 from cloud.router.errors import AuditError, RouterConfigError
+from cloud.router.learning import LearnedStart
 from cloud.router.router import Router, RouterConfig
 from cloud.router.runner import RouterRunner
 from cloud.router.settings import BackendSettings, ChallengerSettings, RouterSettings, by_qos
@@ -306,6 +307,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         clock=time.monotonic,
         wall=time.time,
         audit=audit,
+        selector=LearnedStart() if settings.learning else None,
         challengers=[
             ChampionChallenger(c.task_type, c.champion, c.challenger, c.mirror_share, c.min_pairs)
             for c in settings.challengers
@@ -318,7 +320,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         from cloud.server.auth import AuthError
 
         try:
-            ident = auth.require_device(await auth.identify(context))
+            ident = auth.require_device(await auth.identify(context), service="RouterService")
             device = await plane.db(plane.store.get_device, ident.id)
         except AuthError as exc:
             await context.abort(exc.code, str(exc))
@@ -331,7 +333,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         from cloud.server.auth import AuthError
 
         try:
-            auth.require_operator(await auth.identify(context))
+            auth.require_operator(await auth.identify(context), service="RouterService")
         except AuthError as exc:
             await context.abort(exc.code, str(exc))
 

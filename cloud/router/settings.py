@@ -112,6 +112,11 @@ class RouterSettings(BaseModel):
         description="largest task payload per class (default SAFETY 64 KiB, "
         "INTERACTIVE 256 KiB, BATCH 1 MiB)",
     )
+    learning: bool = Field(
+        False,
+        description="learn from verifier outcomes where a task's chain starts and where a "
+        "backend below a class's quality floor suffices (cloud.router.learning)",
+    )
     accept_score: float = Field(0.6, ge=0, le=1, description="verifier score that accepts")
     max_escalations: int = Field(2, ge=0, le=5)
     reservation_ttl_s: float | None = Field(

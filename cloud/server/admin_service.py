@@ -175,7 +175,11 @@ class FleetAdminServicer(admin_pb2_grpc.FleetAdminServiceServicer):
             out.safety_interventions.add(at=at, value=float(p.safety_interventions))
         for e in events:
             out.updates.add(
-                at=_ts(e.at), state=e.state, reason=e.reason_code, bundle=_ref(e.bundle)
+                at=_ts(e.at),
+                state=e.state,
+                reason=e.reason_code,
+                bundle=_ref(e.bundle),
+                detail=e.detail,
             )
         return out
 
