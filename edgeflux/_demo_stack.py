@@ -7,7 +7,7 @@ import json
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,8 @@ class DemoStack:
         self._admin: Any = None
 
     # ---------------------------------------------------------------- helpers
-    def cli(self, name: str, *args: str, timeout_s: float = 120) -> str:
-        return self.procs.run(name, edgeflux_command(*args), timeout_s)
+    def cli(self, name: str, *args: str, timeout_s: float = 120, ok: Collection[int] = (0,)) -> str:
+        return self.procs.run(name, edgeflux_command(*args), timeout_s, ok)
 
     @property
     def address(self) -> str:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cloud.attest.cli import EXIT_NOT_ATTESTED
 from edgeflux._demo_config import ATTESTED_ONLY, BUNDLE_NAME, ROBOTS
 from edgeflux._demo_stack import DemoStack, json_out, live
 from edgeflux._processes import edgeflux_command
@@ -102,6 +103,7 @@ class Demo(DemoStack):
             str(self.opts.workdir / "campaigns" / version),
             "--json",
             timeout_s=1800,
+            ok=(0, EXIT_NOT_ATTESTED),  # a not-attested verdict is a result, not a failure
         )
         result = json_out(raw)
         verdict = str(result.get("verdict", "?"))

@@ -28,6 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from cloud.cli import cloud
+from cloud.home import INGEST_IDENTITY
 from cloud.ingest import Ingest, IngestSettings
 from cloud.mqtt import CloudMqttSettings
 from cloud.testing import RunningPlane, running_plane
@@ -183,10 +184,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         conf = (out / "mosquitto.conf").read_text().replace("0.0.0.0", "127.0.0.1")
         with run_mosquitto(conf, port=port) as broker:
             home = plane.home
+            # The broker takes the client id from the certificate: ingest's own identity.
+            crt, key = home.service_identity(INGEST_IDENTITY)
             ingest = Ingest(
                 plane.store,
                 CloudMqttSettings(
-                    port=port, ca=home.ca_cert, cert=home.server_cert, key=home.server_key
+                    port=port, ca=home.ca_cert, cert=crt, key=key, client_id=INGEST_IDENTITY
                 ),
                 IngestSettings(flush_ms=5),
             )
