@@ -4,6 +4,7 @@ Usage (what ``edgeflux runtime run`` does)::
 
     from runtime.layout import RobotLayout
     from runtime.config import RuntimeConfig
+from runtime.health import HealthLimits
     from runtime.service import RuntimeService
 
     svc = RuntimeService(RobotLayout.at("/tmp/robot-1"), RuntimeConfig(adapter="gym"))
@@ -27,18 +28,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from protos.lifecycle import Failure, Reason, RuntimeState
+from runtime import health
 from runtime.adapters import AdapterError, RobotAdapter, load_adapter
 from runtime.antirollback import AntiRollbackStore
 from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bundle
 from runtime.config import RuntimeConfig
-from runtime.envelope import FALLBACK_REASONS
+from runtime.health import HealthLimits
 from runtime.layout import RobotLayout
 from runtime.loop import (
     ControlLoop,
@@ -48,45 +48,17 @@ from runtime.loop import (
     make_thread_realtime,
     realtime_thread,
 )
-from runtime.metrics import MetricsSnapshot
 from runtime.realtime import lock_memory, warn_unless_realtime
 from runtime.recording import FlightRecorder
 from runtime.sdnotify import SystemdNotifier
 from runtime.session import PolicySession, SessionError
-from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
+from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotStore
+from runtime.status import ControlError, StatusInfo, empty_metrics
 from runtime.trust import TrustStore
 
 __all__ = ["ControlError", "RuntimeService", "StatusInfo"]
 
 log = logging.getLogger(__name__)
-
-
-class ControlError(RuntimeError):
-    """A control request cannot be done now; the message says why and what to do,
-    `reason` is the code the agent reports (default: the request does not fit the state)."""
-
-    def __init__(self, detail: str, reason: Reason = Reason.WRONG_STATE) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class StatusInfo:
-    state: RuntimeState
-    active: LoadedPolicy | None
-    pending: LoadedPolicy | None
-    last_good: LoadedPolicy | None
-    slots: SlotState
-    provider: str
-    metrics: MetricsSnapshot
-    anti_rollback: dict[str, int]
-    failure: Failure | None
-    """Why the last candidate failed or was rolled back (None: nothing failed)."""
-    swaps: int
-    scheduling: str = ""
-    """How the loop thread is scheduled, e.g. 'SCHED_FIFO 50, memory locked'."""
-    realtime: bool = False
 
 
 class RuntimeService:
@@ -368,7 +340,7 @@ class RuntimeService:
             last_good=self._last_good,
             slots=slots,
             provider=active.session.provider if active is not None else "",
-            metrics=loop.snapshot() if loop is not None else _empty_metrics(),
+            metrics=loop.snapshot() if loop is not None else empty_metrics(),
             anti_rollback=self._safe_counters(),
             failure=self._failure,
             swaps=loop.swaps if loop is not None else 0,
@@ -452,7 +424,10 @@ class RuntimeService:
                 )
             self._state = RuntimeState.HEALTH_WINDOW
             try:
-                verdict = self._judge_health(loop, ticks)
+                limits = HealthLimits(
+                    self.config.health_max_fallback_rate, self.config.health_max_miss_rate
+                )
+                verdict = health.watch(loop, ticks, limits)
             except BaseException:
                 self._state = RuntimeState.ACTIVATED
                 raise
@@ -461,43 +436,6 @@ class RuntimeService:
             else:
                 self._state = RuntimeState.ACTIVATED
             return self.status()
-
-    def _judge_health(self, loop: ControlLoop, ticks: int) -> Failure | None:
-        """None if healthy, else why not."""
-        if ticks <= 0:
-            return None
-
-        def bad(detail: str) -> Failure:
-            return Failure(Reason.HEALTH_WINDOW_FAILED, f"health window failed: {detail}")
-
-        c = loop.counters
-        start_ticks, start_misses, start_skipped = c.ticks, c.deadline_misses, c.skipped
-        start_fb = _fallbacks(c.interventions)
-        deadline = time.monotonic() + 10.0 + 3.0 * ticks / loop.rate_hz
-        while c.ticks - start_ticks < ticks:
-            if not loop.running:
-                return Failure(
-                    Reason.HEALTH_CRASH,
-                    f"health window failed: the control loop stopped ({loop.error})",
-                )
-            if time.monotonic() > deadline:
-                return bad(f"only {c.ticks - start_ticks}/{ticks} ticks ran in time")
-            time.sleep(min(0.05, 0.5 * ticks / loop.rate_hz))
-        n = c.ticks - start_ticks
-        fb = _fallbacks(c.interventions) - start_fb
-        misses = c.deadline_misses - start_misses
-        slots = n + c.skipped - start_skipped  # ticks run plus slots a stall swallowed
-        if fb / n > self.config.health_max_fallback_rate:
-            return bad(
-                f"{fb}/{n} ticks got the fallback action (limit "
-                f"{self.config.health_max_fallback_rate:.1%}): {dict(c.interventions)}"
-            )
-        if misses / slots > self.config.health_max_miss_rate:
-            return bad(
-                f"{misses}/{slots} tick slots missed their deadline (limit "
-                f"{self.config.health_max_miss_rate:.1%})"
-            )
-        return None
 
     def _rollback_to(self, target: LoadedPolicy | None, failure: Failure) -> None:
         loop = self._need_loop()
@@ -548,12 +486,3 @@ class RuntimeService:
                     "activated, uncommitted bundle can be rolled back"
                 )
             return self.status()
-
-
-def _fallbacks(interventions: Mapping[str, int]) -> int:
-    # Copy first (one C-level call under the GIL): the loop thread may add a key meanwhile.
-    return sum(n for r, n in dict(interventions).items() if r in FALLBACK_REASONS)
-
-
-def _empty_metrics() -> MetricsSnapshot:
-    return MetricsSnapshot(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {})

@@ -231,6 +231,8 @@ def repair_cmd(home_dir: Path | None) -> None:
         raise click.UsageError("--home is required (or set EDGEFLUX_CLOUD_HOME)")
     home = CloudHome.at(home_dir)
     log_path = home.state / "router-audit.jsonl"
+    if not (home.keys / "router-audit.key").exists():
+        raise click.ClickException(f"no audit signing key {home.keys / 'router-audit.key'}")
     key = load_audit_key(home.keys)
     heads = HeadStore.open(home.database_url())
     log_id = audit_log_id(key.public_key(), log_path)
