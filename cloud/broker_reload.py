@@ -31,6 +31,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud.broker_files import refresh_crl_copy
 from cloud.home import CloudHome, HomeError
 from cloud.pki import PKIError
 from runtime.atomicio import atomic_write_text
@@ -60,9 +61,11 @@ class BrokerReloadError(RuntimeError):
 @dataclass(frozen=True)
 class ReloadHook:
     kind: str
-    """``systemd`` or ``pid-file``."""
+    """``systemd``, ``pid-file`` or ``none`` (only the CRL copy is kept current)."""
     target: str
     """The systemd unit, or the path of Mosquitto's pid file."""
+    crl_copy: str = ""
+    """The broker's copy of the CRL (``<out>/tls/crl.pem``), refreshed before a reload."""
 
 
 def hook_path(home: CloudHome) -> Path:
@@ -71,10 +74,11 @@ def hook_path(home: CloudHome) -> Path:
 
 def install_hook(home: CloudHome, hook: ReloadHook) -> Path:
     """Record how to reload the broker (written by ``broker-config --reload-hook``)."""
-    if hook.kind not in ("systemd", "pid-file"):
+    if hook.kind not in ("systemd", "pid-file", "none"):
         raise BrokerReloadError(f"reload hook {hook.kind!r}: expected systemd or pid-file")
     path = hook_path(home)
-    atomic_write_text(path, json.dumps({"kind": hook.kind, "target": hook.target}) + "\n")
+    raw = {"kind": hook.kind, "target": hook.target, "crl_copy": hook.crl_copy}
+    atomic_write_text(path, json.dumps(raw) + "\n")
     return path
 
 
@@ -82,7 +86,7 @@ def _load_hook(home: CloudHome) -> ReloadHook | None:
     path = hook_path(home)
     try:
         raw = json.loads(path.read_text())
-        return ReloadHook(str(raw["kind"]), str(raw["target"]))
+        return ReloadHook(str(raw["kind"]), str(raw["target"]), str(raw.get("crl_copy", "")))
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
@@ -93,6 +97,14 @@ def reload_broker(home: CloudHome) -> str | None:
     """Run the recorded hook; what was done, or None when no hook is installed."""
     hook = _load_hook(home)
     if hook is None:
+        return None
+    if hook.crl_copy:
+        try:
+            refresh_crl_copy(home.crl, Path(hook.crl_copy))
+        except OSError as exc:
+            msg = f"cannot refresh the broker's CRL {hook.crl_copy}: {exc}"
+            raise BrokerReloadError(msg) from exc
+    if hook.kind == "none":
         return None
     if hook.kind == "systemd":
         argv = ["systemctl", "reload", hook.target]

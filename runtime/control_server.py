@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -27,10 +27,7 @@ from runtime.loop import LoadedPolicy, LoopError, ShadowResult
 from runtime.metrics import MetricsSnapshot
 from runtime.session import SessionError
 from runtime.slots import SlotError
-from runtime.status import ControlError, StatusInfo
-
-if TYPE_CHECKING:
-    from runtime.service import RuntimeService
+from runtime.status import ControlError, Controllable, StatusInfo
 
 __all__ = ["MAX_SOCKET_PATH", "metrics_to_proto", "serve", "status_to_proto"]
 
@@ -110,7 +107,7 @@ def _shadow_to_proto(c: LoadedPolicy, r: ShadowResult) -> runtime_control_pb2.Sh
 
 
 class _Servicer(runtime_control_pb2_grpc.RuntimeControlServicer):
-    def __init__(self, service: RuntimeService) -> None:
+    def __init__(self, service: Controllable) -> None:
         self.svc = service
 
     def _call(self, context: grpc.ServicerContext, fn: Any, *args: Any) -> Any:
@@ -190,7 +187,7 @@ class _Servicer(runtime_control_pb2_grpc.RuntimeControlServicer):
             time.sleep(period)
 
 
-def serve(service: RuntimeService, socket_path: Path, workers: int = 4) -> grpc.Server:
+def serve(service: Controllable, socket_path: Path, workers: int = 4) -> grpc.Server:
     """Start RuntimeControl on `socket_path` (replacing a stale socket file)."""
     path = Path(socket_path)
     if len(str(path)) > MAX_SOCKET_PATH:

@@ -1,15 +1,20 @@
-"""What the runtime reports about itself, and the error of a control request it refuses."""
+"""What the runtime reports about itself, the error of a control request it refuses, and
+the requests its control socket forwards (`Controllable`, which
+`runtime.service.RuntimeService` implements), so that `runtime.control_server` need
+not import the service."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from protos.lifecycle import Failure, Reason, RuntimeState
-from runtime.loop import LoadedPolicy
+from runtime.loop import ControlLoop, LoadedPolicy, ShadowResult
 from runtime.metrics import MetricsSnapshot
 from runtime.slots import SlotState
 
-__all__ = ["ControlError", "StatusInfo", "empty_metrics"]
+__all__ = ["ControlError", "Controllable", "StatusInfo", "empty_metrics"]
 
 
 class ControlError(RuntimeError):
@@ -42,3 +47,24 @@ class StatusInfo:
 
 def empty_metrics() -> MetricsSnapshot:
     return MetricsSnapshot(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {})
+
+
+class Controllable(Protocol):
+    """The requests `RuntimeControl` forwards to the runtime."""
+
+    @property
+    def loop(self) -> ControlLoop | None: ...
+
+    def status(self) -> StatusInfo: ...
+
+    def stage(self, bundle_dir: Path) -> tuple[LoadedPolicy, float]: ...
+
+    def shadow(self, ticks: int) -> tuple[LoadedPolicy, ShadowResult]: ...
+
+    def activate(self, health_window_ticks: int = 0) -> StatusInfo: ...
+
+    def health_window(self, ticks: int) -> StatusInfo: ...
+
+    def commit(self) -> StatusInfo: ...
+
+    def rollback(self, failure: Failure | None = None) -> StatusInfo: ...

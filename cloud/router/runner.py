@@ -80,7 +80,10 @@ class RouterRunner:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to apply
                 loop.call_soon_threadsafe(apply, cf)
 
-        self._pool.submit(fn).add_done_callback(finished)
+        try:
+            self._pool.submit(fn).add_done_callback(finished)
+        except RuntimeError:  # closed: the router is gone, nothing is left to change
+            applied.set_result(None)
         return seq, applied
 
     def start(self) -> None:

@@ -178,6 +178,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 str(out),
                 "--port",
                 str(port),
+                "--run-as",  # tmp_path is 0700: the broker keeps the test's user
+                "root" if os.geteuid() == 0 else "mosquitto",
             ],
         )
         assert res.exit_code == 0, res.output
