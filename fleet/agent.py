@@ -332,6 +332,25 @@ class Agent:
             target=self._update_worker, name="agent-update", daemon=True
         )
         self._worker.start()
+        channel = getattr(self._effects, "channel", None)  # the plane, over mTLS
+        if self.config.upload_recordings and channel is not None:
+            threading.Thread(
+                target=self._upload_worker, args=(channel,), name="agent-upload", daemon=True
+            ).start()
+
+    def _upload_worker(self, channel: Any) -> None:
+        """Flight-recorder segments to the plane, paced, only while no telemetry waits."""
+        from fleet.recordings import SegmentUploader
+
+        c = self.config
+        uploader = SegmentUploader(
+            channel, self.layout.recordings, bytes_per_s=c.upload_bytes_per_s
+        )
+        while not self._stop.wait(c.upload_period_s):
+            try:
+                uploader.run_once(allowed=lambda: not self._stop.is_set() and len(self.spool) == 0)
+            except Exception:  # uploads must never take the agent down
+                log.exception("recording upload failed")
 
     def run(self, stop: threading.Event | None = None, drain_s: float = 5.0) -> None:
         """Run until `stop` is set (or :meth:`stop`); then drain the spool briefly."""

@@ -63,6 +63,11 @@ class AgentConfig(BaseModel):
     desired_state_poll_s: float = Field(
         300.0, ge=0, description="also poll GetDesiredState this often (0 = hints only)"
     )
+    upload_recordings: bool = Field(
+        True, description="upload the flight recorder's finished segments to the plane"
+    )
+    upload_bytes_per_s: float = Field(256 * 1024, gt=0, description="recording upload pace")
+    upload_period_s: float = Field(30.0, gt=0, description="look for new segments this often")
     shadow_ticks: int = Field(500, ge=1)
     health_window_ticks: int = Field(
         500, ge=0, description="ticks the runtime judges a candidate's health before commit"

@@ -373,17 +373,21 @@ def _run_remote(
         from runtime.atomicio import atomic_write_bytes
 
         atomic_write_bytes(out, raw)
+    plot = _plot_beside(_decode(raw, address), out) if out is not None else None
     summary = {
         "verdict": final.verdict,
         "policy_sha256": final.subject_sha256,
         "root_digest": final.bundle.oms_root_digest,
         "stored_in_control_plane": True,
         "attestation": str(out) if out else None,
+        "plot": str(plot) if plot else None,
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"{final.verdict}: {name} {version} (policy {final.subject_sha256[:16]}…)")
+        if plot is not None:
+            click.echo(f"plot: {plot}")
     _exit_for(final.verdict)
 
 

@@ -159,6 +159,7 @@ def test_remote_run_executes_on_the_plane_and_is_served(ran, tmp_path: Path) -> 
     assert res.exit_code == EXIT_NOT_ATTESTED, res.output
     summary = json.loads(res.stdout)
     assert summary["policy_sha256"] == rec.policy_sha256
+    assert summary["plot"] == str(tmp_path / "r.png") and (tmp_path / "r.png").is_file()
     assert summary["verdict"] == "not_attested"
     got = _invoke(
         "attest", "get", rec.policy_sha256, "--home", str(plane.home.root),

@@ -250,3 +250,36 @@ def test_reflashing_with_other_extras_converges_the_robots_venv(
     assert "installed edgeflux[device,sim]==" in second and has_gymnasium()
     stamp = (robot / "opt/edgeflux/venv/.edgeflux-installed").read_text()
     assert stamp.startswith("edgeflux[device,sim]==")
+
+
+def test_on_a_systemd_robot_start_enables_the_flashed_units(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The systemd path, with a stand-in `systemctl` that records what it was asked."""
+    import click
+
+    from edgeflux.robot import UNITS, _start_units
+
+    units = tmp_path / "root" / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for name in UNITS[1:]:  # flashed without a wheelhouse: no install unit
+        (units / name).write_text("[Unit]\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    fake = bin_dir / "systemctl"
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n[ -z "$FAIL" ] || {{ echo nope >&2; exit 1; }}\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _start_units(tmp_path / "root")
+    assert calls.read_text().splitlines() == [
+        "daemon-reload",
+        "enable --now edgeflux-runtime.service edgeflux-agent.service",
+    ]
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(click.ClickException, match="systemctl daemon-reload` failed: nope"):
+        _start_units(tmp_path / "root")
+    with pytest.raises(click.ClickException, match="holds no EdgeFlux units"):
+        _start_units(tmp_path / "elsewhere")
