@@ -77,6 +77,9 @@ def _quiet(env_ids: list[str]) -> None:
     import logging
 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # One line per ONNX session opened for evaluation: robot news, not a trainer's.
+        logging.getLogger("runtime.session").setLevel(logging.WARNING)
     import gymnasium
 
     def mujoco_env(env_id: str) -> bool:

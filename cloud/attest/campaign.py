@@ -33,7 +33,8 @@ stopped (completed units are never recomputed, the margin is never refitted):
    policy; the margin (default ±5% of teacher − random) is fixed and time-stamped;
 3. evaluation: for every task, both arms on the same seeds (shared initial states),
    in chunks spread over worker processes; the student runs the *signed* ONNX file
-   through `runtime.session.PolicySession`, with the execution provider recorded;
+   through `runtime.kernel` (envelope and normalisation of its manifest), with
+   the execution provider recorded;
 4. numeric parity of the graph on every available execution provider against a
    reference evaluation (see `numeric_parity`);
 5. validity gates, paired TOST per task, Holm across tasks, verdict; the predicate
@@ -42,14 +43,10 @@ stopped (completed units are never recomputed, the margin is never refitted):
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
 import multiprocessing
 import os
-import tomllib
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,23 +54,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cloud.attest import analysis, gates, statement
-from cloud.attest.reference import (
-    ReferenceUnavailable,
-    bundle_reference,
-    make_reference,
-    reference_settings,
-    resolve_reference,
+from cloud.attest import statement
+from cloud.attest.reference import ReferenceUnavailable, bundle_reference, resolve_reference
+from cloud.attest.spec import (
+    PROTOCOL_VERSION,
+    REFERENCE_RETURNS,
+    TRAINING_SEED_FIELDS,
+    CampaignError,
+    CampaignSpec,
+    TaskSpec,
+    campaign_seeds,
+    load_campaign,
+    parse_campaign,
+    sha,
+    training_seeds,
 )
-from distill.seeds import ATTESTATION, TRAINING
+from cloud.attest.units import numeric_parity, run_unit, student_kernel
+from cloud.attest.verdict import judge
 from runtime.atomicio import atomic_write_bytes, atomic_write_json
 from runtime.bundle import BundleError, VerifiedBundle, verify_bundle
-from runtime.kernel import kernel_settings, settings_digest
 from runtime.trust import TrustStore
 
 __all__ = [
+    "PROTOCOL_VERSION",
+    "REFERENCE_RETURNS",
+    "TRAINING_SEED_FIELDS",
     "CampaignError",
     "CampaignResult",
     "CampaignSpec",
@@ -82,299 +88,11 @@ __all__ = [
     "numeric_parity",
     "parse_campaign",
     "run_campaign",
+    "student_kernel",
+    "training_seeds",
 ]
 
-PROTOCOL_VERSION = "edgeflux.parity/v1"
-# Known-good returns on Pendulum-v1: oracle MPPI ≈ −155, SAC ≈ −157.
-# The teacher must close at least `min_teacher_gain` of the gap random → reference.
-REFERENCE_RETURNS = {"Pendulum-v1": -150.0}
-# Environments whose episodes may end before max_episode_steps (then the length gate
-# accepts 1..max). Pendulum, Reacher and HalfCheetah only truncate: every episode of
-# both arms must run exactly max_episode_steps.
-TERMINATING_ENVS: frozenset[str] = frozenset()
 Progress = Callable[[int, int, str], None]
-
-
-class CampaignError(RuntimeError):
-    """The campaign cannot run: bad definition, unverifiable bundle, or a foreign workdir."""
-
-
-class TaskSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    env_id: str = "Pendulum-v1"
-    variant: dict[str, float] = Field(default_factory=dict)
-    """Physical parameters changed for this task (Pendulum: g, m, l)."""
-    episodes: int = Field(default=100, ge=2, le=100_000)
-    """Paired episodes (one seed each, both arms)."""
-    seed_start: int | None = Field(default=None, ge=0)
-    """First evaluation seed (default: derived from the task index, far from training)."""
-    calibration_episodes: int = Field(default=30, ge=2, le=10_000)
-    margin: tuple[float, float] | None = None
-    """Fixed margin (low, high) in return units; default: ±margin_fraction of teacher − random."""
-    margin_fraction: float = Field(default=0.05, gt=0, lt=1)
-    reference_return: float | None = None
-    """Known good return; default from REFERENCE_RETURNS for the env."""
-
-    @field_validator("seed_start")
-    @classmethod
-    def _seed_start(cls, v: int | None) -> int | None:
-        if v is not None and v in TRAINING:
-            raise ValueError(
-                f"seed_start {v} lies in the training seed range [{TRAINING.start}, "
-                f"{TRAINING.stop}); choose {TRAINING.stop} or more"
-            )
-        return v
-
-    @field_validator("margin")
-    @classmethod
-    def _margin(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not v[0] < 0 < v[1]:
-            raise ValueError(f"margin {list(v)} must be [low, high] with low < 0 < high")
-        return v
-
-
-class CampaignSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    alpha: float = Field(default=0.05, gt=0, lt=0.5)
-    min_pairs: int = Field(default=30, ge=2)
-    min_teacher_gain: float = Field(default=0.5, ge=0, le=1)
-    validity_days: float = Field(default=30.0, gt=0)
-    teacher: str = "bundle"
-    """"bundle" (the teacher the bundle's provenance names and digests), "oracle-mppi",
-    or "module:factory" with factory(env_id, variant) -> Teacher."""
-    teacher_search: list[str] = Field(default_factory=list)
-    """Directories searched (besides the bundle's own and parent directory) for the
-    world-model checkpoint of a bundle's teacher, found by digest."""
-    workers: int = Field(default=2, ge=1, le=64)
-    chunk: int = Field(default=50, ge=1)
-    """Episodes per work unit (one lock-step batch per arm)."""
-    parity_inputs: int = Field(default=2048, ge=16)
-    """Random observations for numeric parity across execution providers."""
-    tasks: list[TaskSpec] = Field(min_length=1)
-
-    @field_validator("tasks")
-    @classmethod
-    def _unique(cls, v: list[TaskSpec]) -> list[TaskSpec]:
-        names = [t.name for t in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"task names must be unique, got {names}")
-        return v
-
-    def digest(self) -> str:
-        """Identity of what is measured; `workers` changes only speed, so it is left out
-        (a run may be resumed with another `--workers`)."""
-        body = self.model_dump(mode="json", exclude={"workers"})
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def parse_campaign(text: str, source: str = "campaign") -> CampaignSpec:
-    """Parse a campaign TOML document (`[campaign]` plus `[[task]]` tables)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CampaignError(f"{source}: not valid TOML ({exc})") from exc
-    unknown = set(doc) - {"campaign", "task"}
-    if unknown:
-        raise CampaignError(f"{source}: unknown top-level tables {sorted(unknown)}")
-    body = dict(doc.get("campaign", {}))
-    body["tasks"] = doc.get("task", [])
-    try:
-        return CampaignSpec.model_validate(body)
-    except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise CampaignError(f"{source}: {details}") from None
-
-
-def load_campaign(path: str | os.PathLike[str]) -> CampaignSpec:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise CampaignError(f"{p}: cannot read the campaign definition ({exc})") from exc
-    return parse_campaign(text, str(p))
-
-
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def _seeds(spec: CampaignSpec, index: int) -> tuple[list[int], list[int]]:
-    """Evaluation and calibration seeds of task `index`.
-
-    Defaults sit in `distill.seeds.ATTESTATION` and a declared `seed_start` may not lie
-    in `TRAINING` (where DAgger and world-model training draw theirs): disjoint by
-    construction, and the gate checks the bundle's recorded seeds anyway.
-    """
-    task = spec.tasks[index]
-    default = ATTESTATION.start + index * 1_000_000
-    start = task.seed_start if task.seed_start is not None else default
-    evaluation = list(range(start, start + task.episodes))
-    cal_start = ATTESTATION.start + 90_000_000 + index * 100_000
-    calibration = [s for s in range(cal_start, cal_start + task.calibration_episodes * 2)]
-    calibration = [s for s in calibration if s not in set(evaluation)][: task.calibration_episodes]
-    return evaluation, calibration
-
-
-# ----------------------------------------------------------------------------- workers
-
-
-def _env_hash(env_id: str, variant: Mapping[str, float]) -> str:
-    return _sha(
-        {
-            "env_id": env_id,
-            "variant": dict(sorted(variant.items())),
-            "gymnasium": importlib.metadata.version("gymnasium"),
-        }
-    )
-
-
-_PROTOCOL = {"version": PROTOCOL_VERSION, "reset": "reset(seed)", "return": "undiscounted"}
-
-
-def _student_kernel(onnx_bytes: bytes, manifest_json: Mapping[str, Any]) -> Any:
-    """The student arm: the signed policy.onnx and manifest through `runtime.kernel`,
-    with the providers the bundle allows (TensorRT → CUDA → CPU order), as on a robot."""
-    from runtime.kernel import KernelPolicy, load_kernel
-    from runtime.manifest import BundleManifest
-
-    manifest = BundleManifest.model_validate(manifest_json)
-    allowed = manifest.compatibility.execution_providers
-    return KernelPolicy(load_kernel(onnx_bytes, manifest, allowed_providers=allowed))
-
-
-def _episodes(
-    env_id: str, policy: Any, seeds: list[int], variant: Mapping[str, float]
-) -> list[dict[str, Any]]:
-    from distill.evaluate import rollout_batch
-
-    returns, records = rollout_batch(env_id, policy, seeds, variant, record=True)
-    return [
-        {
-            "seed": s,
-            "ret": float(r),
-            "length": len(rec["actions"]),
-            "actions_finite": bool(np.all(np.isfinite(rec["actions"]))),
-        }
-        for s, r, rec in zip(seeds, returns, records, strict=True)
-    ]
-
-
-def _run_unit(unit: dict[str, Any]) -> dict[str, Any]:
-    """One work unit in a worker process. Inputs and outputs are plain JSON data; a
-    policy that cannot be loaded or run is a CampaignError naming the unit."""
-    from runtime.kernel import KernelError
-    from runtime.session import SessionError
-
-    try:
-        return _run_unit_unchecked(unit)
-    except (KernelError, SessionError, ReferenceUnavailable) as exc:
-        raise CampaignError(f"work unit {unit['id']}: {exc}") from None
-
-
-def _run_unit_unchecked(unit: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(1)
-    env_id, variant, seeds = unit["env_id"], unit["variant"], unit["seeds"]
-    hashes = {"env_hash": _env_hash(env_id, variant), "protocol_hash": _sha(_PROTOCOL)}
-    out: dict[str, Any] = {"id": unit["id"], "hashes": hashes}
-    recipe = unit["teacher"]
-    teacher = make_reference(recipe, env_id, variant)
-    out["teacher"] = _episodes(env_id, teacher, seeds, variant)
-    if recipe["kind"] == "bundle":
-        out["teacher_digest"] = recipe["policy_sha256"]
-        out["teacher_interventions"] = dict(sorted(teacher.counts.items()))
-    else:
-        out["teacher_digest"] = str(teacher.digest()) if hasattr(teacher, "digest") else ""
-    out["teacher_settings"] = reference_settings(recipe)
-    if unit["kind"] == "calibration":
-        from distill.evaluate import RandomPolicy
-
-        out["random"] = _episodes(env_id, RandomPolicy(env_id, seed=seeds[0]), seeds, variant)
-        return out
-    data = Path(unit["policy_path"]).read_bytes()
-    # Bound to the verified bytes: a file swapped after verification is caught here.
-    out["onnx_sha256"] = hashlib.sha256(data).hexdigest()
-    student = _student_kernel(data, unit["manifest"])
-    out["provider"] = student.provider
-    out["student"] = _episodes(env_id, student, seeds, variant)
-    out["student_settings"] = student.kernel.digest
-    out["student_interventions"] = dict(sorted(student.counts.items()))
-    return out
-
-
-# ----------------------------------------------------------------------------- numeric parity
-
-
-def numeric_parity(
-    onnx_bytes: bytes, obs_low: np.ndarray, obs_high: np.ndarray, n: int
-) -> dict[str, Any]:
-    """Max |difference| of every available execution provider against a reference.
-
-    The reference is onnx's own evaluator (`onnx.reference`, numpy, independent of
-    onnxruntime): the bundle carries only the ONNX graph, not torch weights. The
-    torch ↔ onnxruntime check at export time is the distill pipeline's (its result is
-    in the manifest's provenance when present).
-    """
-    import onnx
-    from onnx.reference import ReferenceEvaluator
-
-    from runtime.session import (
-        DEFAULT_PROVIDER_ORDER,
-        PolicySession,
-        SessionError,
-        available_providers,
-    )
-
-    rng = np.random.default_rng(0)
-    inputs = rng.uniform(obs_low, obs_high, size=(n, len(obs_low))).astype(np.float32)
-    model = onnx.load_from_string(onnx_bytes)
-    ref_eval = ReferenceEvaluator(model)
-    graph_input = model.graph.input[0]
-    input_name = graph_input.name
-    dims = graph_input.type.tensor_type.shape.dim
-    per_row = len(dims) > 1 and dims[0].HasField("dim_value") and dims[0].dim_value == 1
-    run_reference: Any = ref_eval.run  # onnx types its outputs loosely
-
-    def evaluate(x: np.ndarray) -> np.ndarray:
-        return np.asarray(run_reference(None, {input_name: x})[0], np.float64).reshape(len(x), -1)
-
-    rows_in = [x[None] for x in inputs] if per_row else [inputs]
-    reference = np.concatenate([evaluate(x) for x in rows_in])
-    rows: list[dict[str, Any]] = []
-    for provider in available_providers():
-        if provider not in DEFAULT_PROVIDER_ORDER:
-            rows.append({"provider": provider, "skipped": "not a policy provider of the runtime"})
-            continue
-        try:
-            session = PolicySession(onnx_bytes, allowed_providers=[provider])
-            if per_row:  # a fixed batch of 1: one observation per run, as on the robot
-                got = np.stack([session.step(x).astype(np.float64) for x in inputs])
-            else:
-                got = session.run(inputs).astype(np.float64)
-        except SessionError as exc:
-            rows.append({"provider": provider, "error": str(exc)})
-            continue
-        diff = np.abs(got.reshape(n, -1) - reference)
-        rows.append(
-            {
-                "provider": provider,
-                "ran_on": session.provider,  # onnxruntime-gpu falls back silently
-                "max_abs": float(diff.max()),
-                "mean_abs": float(diff.mean()),
-                "n_inputs": n,
-            }
-        )
-    return {"reference": "onnx.reference.ReferenceEvaluator", "providers": rows}
-
-
-# ----------------------------------------------------------------------------- the runner
 
 
 @dataclass(frozen=True)
@@ -445,7 +163,7 @@ def _run_units(
         progress(done, total, stage)
     if workers <= 1 or len(todo) <= 1:
         for u in todo:
-            r = _run_unit(u)
+            r = run_unit(u)
             work.save_unit(r)
             results[u["id"]] = r
             done += 1
@@ -456,7 +174,7 @@ def _run_units(
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
     try:
-        pending: set[Future[dict[str, Any]]] = {pool.submit(_run_unit, u) for u in todo}
+        pending: set[Future[dict[str, Any]]] = {pool.submit(run_unit, u) for u in todo}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -506,7 +224,7 @@ def run_campaign(
         "campaign_digest": spec.digest(),
         "policy_sha256": verified.policy_sha256,
         "root_digest": verified.root_digest,
-        "reference_digest": _sha({k: v for k, v in recipe.items() if k != "checkpoint"}),
+        "reference_digest": sha({k: v for k, v in recipe.items() if k != "checkpoint"}),
     }
     state = work.state()
     if state is None:
@@ -519,7 +237,7 @@ def run_campaign(
             f"{str(state.get('policy_sha256'))[:12]}); use a fresh --workdir"
         )
 
-    seeds = [_seeds(spec, i) for i in range(len(spec.tasks))]
+    seeds = [campaign_seeds(spec, i) for i in range(len(spec.tasks))]
     manifest_json = json.loads(manifest.to_json())
     policy_path = str(Path(bundle_dir) / "policy.onnx")
     cal_units, eval_units = [], []
@@ -590,10 +308,6 @@ def run_campaign(
     return _conclude(spec, verified, recipe, state, seeds, ev, parity, work, key, clock)
 
 
-def _named(recipe: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: recipe[k] for k in keys if k in recipe}
-
-
 def _reference(
     spec: CampaignSpec,
     verified: VerifiedBundle,
@@ -626,39 +340,6 @@ def _reference(
         raise CampaignError(f"no reference arm, nothing was run: {exc}") from None
 
 
-# Provenance fields (besides `seeds`) that may list environment seeds used in training;
-# the manifest keeps unknown fields, so a trainer can record them without a schema change.
-TRAINING_SEED_FIELDS = (
-    "seeds",
-    "dagger_seeds",
-    "world_model_seeds",
-    "training_seeds",
-    "env_seeds",
-)
-
-
-def training_seeds(provenance: Any) -> frozenset[int] | None:
-    """Every seed the bundle's provenance says was used for training or DAgger; None
-    when it records none (a bring-your-own bundle: disjointness is then unknown)."""
-    extra = getattr(provenance, "model_extra", None) or {}
-    found: set[int] = set()
-    for name in TRAINING_SEED_FIELDS:
-        values = getattr(provenance, name, None) if name == "seeds" else extra.get(name)
-        if isinstance(values, list):
-            found.update(int(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
-    return frozenset(found) if found else None
-
-
-def _episode(e: dict[str, Any], hashes: dict[str, str]) -> gates.Episode:
-    return gates.Episode(
-        seed=int(e["seed"]),
-        ret=float(e["ret"]),
-        length=int(e["length"]),
-        actions_finite=bool(e["actions_finite"]),
-        **hashes,
-    )
-
-
 def _conclude(
     spec: CampaignSpec,
     verified: VerifiedBundle,
@@ -671,134 +352,12 @@ def _conclude(
     key: statement.AttestationKey,
     clock: Callable[[], datetime],
 ) -> CampaignResult:
-    from distill.envs import env_spec
-
-    manifest = verified.manifest
-    evidence: list[gates.TaskEvidence] = []
-    providers: set[str] = set()
-    onnx_digests: set[str] = set()
-    interventions: dict[str, Counter[str]] = {t.name: Counter() for t in spec.tasks}
-    steps: dict[str, int] = {t.name: 0 for t in spec.tasks}
-    ref_counts: dict[str, Counter[str]] = {t.name: Counter() for t in spec.tasks}
-    for i, task in enumerate(spec.tasks):
-        student: dict[int, gates.Episode] = {}
-        teacher: dict[int, gates.Episode] = {}
-        for uid, r in ev.items():
-            if not uid.startswith(task.name + "."):
-                continue
-            providers.add(r["provider"])
-            onnx_digests.add(r["onnx_sha256"])
-            student_hashes = {**r["hashes"], "normaliser_hash": r.get("student_settings", "")}
-            teacher_hashes = {**r["hashes"], "normaliser_hash": r.get("teacher_settings", "")}
-            for e in r["student"]:
-                student[int(e["seed"])] = _episode(e, student_hashes)
-            for e in r["teacher"]:
-                teacher[int(e["seed"])] = _episode(e, teacher_hashes)
-            interventions[task.name].update(r.get("student_interventions", {}))
-            ref_counts[task.name].update(r.get("teacher_interventions", {}))
-            steps[task.name] += sum(int(e["length"]) for e in r["student"])
-        m = state["margins"][task.name]
-        evidence.append(
-            gates.TaskEvidence(
-                name=task.name,
-                planned_seeds=tuple(seeds[i][0]),
-                episode_length=env_spec(task.env_id).max_episode_steps,
-                student=student,
-                teacher=teacher,
-                margin=gates.Margin(
-                    m["low"], m["high"], datetime.fromisoformat(m["fixed_at"]), m["source"]
-                ),
-                teacher_reference_mean=m["teacher_mean"],
-                random_reference_mean=m["random_mean"],
-                reference_return=task.reference_return
-                if task.reference_return is not None
-                else REFERENCE_RETURNS.get(task.env_id),
-                calibration_seeds=tuple(seeds[i][1]),
-                terminates=task.env_id in TERMINATING_ENVS,
-                student_settings=settings_digest(manifest),
-                teacher_settings=reference_settings(recipe),
-            )
-        )
-    one_digest = onnx_digests.pop() if len(onnx_digests) == 1 else "mixed"
-    runtime_info = gates.StudentRuntime(
-        onnx_sha256=one_digest,
-        via_session=True,
-        provider=",".join(sorted(providers)),
-    )
-    gate_list = gates.evaluate_gates(
-        evidence,
-        runtime_info,
-        policy_sha256=verified.policy_sha256,
-        evaluation_started_at=datetime.fromisoformat(state["evaluation_started_at"]),
-        config=gates.GateConfig(
-            min_pairs=spec.min_pairs,
-            min_teacher_gain=spec.min_teacher_gain,
-            training_seeds=training_seeds(manifest.provenance),
-        ),
-    )
-    result = analysis.analyse(evidence, gate_list, spec.alpha)
+    verdict, predicate = judge(spec, verified, recipe, state, seeds, ev, parity)
     issued = clock()
-    try:
-        ort_version = importlib.metadata.version("onnxruntime")
-    except importlib.metadata.PackageNotFoundError:
-        ort_version = importlib.metadata.version("onnxruntime-gpu")
-    predicate = {
-        "verdict": result.verdict,
-        "campaign": {
-            "name": spec.name,
-            "digest": spec.digest(),
-            "definition": spec.model_dump(mode="json"),
-        },
-        "bundle": {
-            "name": manifest.name,
-            "version": manifest.version,
-            "sequence": manifest.sequence,
-            "signer_key_id": verified.signer_key_id,
-        },
-        "teacher": {
-            "kind": recipe["kind"],
-            "declared": spec.teacher,
-            "source": recipe.get("source", ""),
-            **_named(recipe, ("world_model_digest", "policy_sha256", "bundle")),
-            "digests": {t.name: state["margins"][t.name]["teacher_digest"] for t in spec.tasks},
-        },
-        "protocol": {
-            **_PROTOCOL,
-            "design": "paired (shared initial states), d = student − teacher",
-            "alpha": spec.alpha,
-            "min_pairs": spec.min_pairs,
-            "verdict_basis": "Holm-adjusted paired TOST p ≤ alpha for every task",
-            "evaluation_started_at": state["evaluation_started_at"],
-        },
-        "tasks": result.tasks,
-        "aggregate": result.aggregate,
-        "gates": [g.to_dict() for g in result.gates],
-        "arms": {
-            "student": {
-                "via": "runtime.kernel",
-                "kernel_settings": kernel_settings(manifest),
-                "settings_digest": settings_digest(manifest),
-                "interventions": {k: dict(sorted(v.items())) for k, v in interventions.items()},
-                "steps": steps,
-            },
-            "reference": {
-                "kind": recipe["kind"],
-                "settings_digest": reference_settings(recipe),
-                "interventions": {k: dict(sorted(v.items())) for k, v in ref_counts.items()},
-            },
-        },
-        "execution": {
-            "via": "runtime.kernel",
-            "providers": sorted(providers),
-            "precision": manifest.io.inputs[0].dtype,  # the graph's declared input type
-            "onnxruntime": ort_version,
-        },
-        "numeric_parity": parity,
-    }
     stmt = statement.build_statement(
         policy_sha256=verified.policy_sha256,
         root_digest=verified.root_digest,
-        bundle_name=manifest.name,
+        bundle_name=verified.manifest.name,
         predicate=predicate,
         issued_at=issued,
         expires_at=issued + timedelta(days=spec.validity_days),
@@ -806,4 +365,4 @@ def _conclude(
     envelope = statement.sign_statement(stmt, key)
     out = work.path / "attestation.dsse.json"
     atomic_write_bytes(out, statement.envelope_bytes(envelope))
-    return CampaignResult(result.verdict, envelope, stmt, out, verified)
+    return CampaignResult(verdict, envelope, stmt, out, verified)
