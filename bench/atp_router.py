@@ -21,6 +21,17 @@ stops there and bills only the time it worked; the baselines do not propagate
 deadlines (part of what "without limits" means), so their late work runs on and bills.
 Costs are what the simulated backends bill, for every call, wasted ones included.
 
+A second scenario in the same run, "features": the same backends, but half the tasks
+are hard (a difficulty feature the task carries as its first observation value) and
+the cheap tiers are often wrong on them. There today's router (cascade from the
+cheapest tier) runs against the learning router (the same router with
+`cloud.router.learning.LearnedStart`: a contextual bandit over task type, class and
+difficulty bucket, learning from verifier outcomes which tier to start at) and a
+RouteLLM-style threshold router (one call: the strong model when a win-rate predictor,
+calibrated offline on labelled samples, says the weak one is more likely wrong than
+right, else the weak one; no verifier, no escalation, no admission), at a steady 0.8×
+load, learning included (no warm-up excluded).
+
 Metrics per policy: goodput (verified-correct answers within deadline per second),
 p50/p99 latency and SLO-miss rate per class, cost per good answer, budget overrun
 (site-9 has a tight budget that only ATP enforces), wrong-accept rate, shed rate per
@@ -60,6 +71,7 @@ from cloud.router import (  # noqa: E402
     Task,
 )
 from cloud.router.audit import AuditLog  # noqa: E402
+from cloud.router.learning import LearnedStart  # noqa: E402
 from cloud.router.simulation import (  # noqa: E402
     EventLoop,
     RouterPolicy,
@@ -243,6 +255,81 @@ class StaticCascade(_Baseline):
             done(Result(task.task_id, Outcome.FAILED, "rejected", latency_s=self.loop.now - t0))
 
 
+# --------------------------------------------------------------------------- features scenario
+
+# Accuracy on (easy, hard) tasks. Each backend declares one quality per task type, the
+# average over both kinds (what an offline per-type evaluation would report).
+FEATURE_ACCURACY = {
+    "small": {"verify": (0.97, 0.6), "plan": (0.95, 0.25), "batch": (0.95, 0.3)},
+    "mid": {"verify": (0.99, 0.9), "plan": (0.97, 0.8), "batch": (0.97, 0.85)},
+    "mid-b": {"verify": (0.99, 0.9), "plan": (0.97, 0.8), "batch": (0.97, 0.85)},
+    "planner": {"verify": (0.99, 0.97), "plan": (0.99, 0.97), "batch": (0.99, 0.97)},
+}
+FEATURE_LOAD = 0.8
+
+
+def feature_backends() -> list[SimBackendSpec]:
+    from dataclasses import replace
+
+    out = []
+    for b in backends():
+        acc = FEATURE_ACCURACY[b.spec.name]
+        declared = {t: round((e + h) / 2, 4) for t, (e, h) in acc.items()}
+        out.append(
+            replace(
+                b,
+                spec=replace(b.spec, quality=declared),
+                accuracy={t: e for t, (e, _) in acc.items()},
+                hard_accuracy={t: h for t, (_, h) in acc.items()},
+            )
+        )
+    return out
+
+
+def difficulty_bucket(task: Task) -> int:
+    return min(3, int(task.observation[0] * 4)) if task.observation else 0
+
+
+def task_features(task: Task) -> tuple[str, int, int]:
+    """What the learning router sees: type, class and the difficulty bucket."""
+    return (task.task_type, int(task.qos), difficulty_bucket(task))
+
+
+class ThresholdRouter(_Baseline):
+    """RouteLLM-style: one call, to the strong model when the predicted chance that the
+    weak one is wrong exceeds `alpha`. The predictor is a per-(type, difficulty bucket)
+    rate calibrated on `samples` labelled draws (its offline training data)."""
+
+    name = "routellm"
+    weak, strong, alpha = "small", "planner", 0.5
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        sims: dict[str, SimBackend],
+        verifier: SimVerifier,
+        samples: int = 400,
+        seed: int = 99,
+    ) -> None:
+        super().__init__(loop, sims, verifier)
+        rng = random.Random(seed)
+        weak = next(b for b in feature_backends() if b.spec.name == self.weak)
+        self.p_wrong: dict[tuple[str, int], float] = {}
+        for tt in TYPES:
+            for bucket in range(4):
+                hard = bucket >= 2
+                assert weak.hard_accuracy is not None
+                acc = (weak.hard_accuracy if hard else weak.accuracy)[tt]
+                wrong = sum(rng.random() >= acc for _ in range(samples))
+                self.p_wrong[(tt, bucket)] = wrong / samples
+
+    def choose(self, task: Task, tried: list[str]) -> str | None:
+        if tried:
+            return None
+        p = self.p_wrong[(task.task_type, difficulty_bucket(task))]
+        return self.strong if p > self.alpha else self.weak
+
+
 # --------------------------------------------------------------------------- scenario
 
 
@@ -267,6 +354,7 @@ class Run:
     audit_us_per_record: float = 0.0
     overruns: int = 0
     limits: list[tuple[float, float]] = field(default_factory=list)
+    notes: dict[str, float] = field(default_factory=dict)
 
 
 def phases(quick: bool) -> tuple[list[tuple[float, float, float]], dict[str, float]]:
@@ -286,36 +374,46 @@ def phases(quick: bool) -> tuple[list[tuple[float, float, float]], dict[str, flo
     return segs, ev
 
 
-def simulate(policy_name: str, seed: int, quick: bool) -> Run:
+def feature_phases(quick: bool) -> tuple[list[tuple[float, float, float]], dict[str, float]]:
+    end = 15.0 if quick else 40.0
+    return [(0.0, end, FEATURE_LOAD)], {"end": end}
+
+
+def simulate(policy_name: str, seed: int, quick: bool, features: bool = False) -> Run:
     loop = EventLoop()
     truth = Truth()
     rng = random.Random(seed)
-    sims = {
-        b.spec.name: SimBackend(b, loop, truth, seed * 100 + i) for i, b in enumerate(backends())
-    }
+    specs = feature_backends() if features else backends()
+    sims = {b.spec.name: SimBackend(b, loop, truth, seed * 100 + i) for i, b in enumerate(specs)}
     verifier = SimVerifier(truth, seed + 7)
-    segs, ev = phases(quick)
-    sims["planner"].brownouts.append((ev["brownout"], ev["brownout_end"], 3.0))
+    segs, ev = feature_phases(quick) if features else phases(quick)
+    if not features:
+        sims["planner"].brownouts.append((ev["brownout"], ev["brownout_end"], 3.0))
     run = Run(policy_name)
     ledger = MemoryLedger()
     policy: RouterPolicy | _Baseline
-    if policy_name == "atp":
+    router: Router | None = None
+    if policy_name in ("atp", "learning"):
         ledger.set_budget(Budget("fleet", 1e6))
         ledger.set_budget(
             Budget(f"fleet/{TIGHT_SITE}", TIGHT_SITE_USD, safety_allowance_usd=SAFETY_ALLOWANCE_USD)
         )
         audit = AuditLog(Ed25519PrivateKey.generate(), every_n=256, every_s=1e9, clock=loop.clock)
         router = Router(
-            Registry(b.spec for b in backends()),
+            Registry(b.spec for b in specs),
             ledger,
             config=RouterConfig(seed=seed),
             clock=loop.clock,
             verifier=verifier,
             audit=audit,
+            selector=LearnedStart(task_features, seed=seed) if policy_name == "learning" else None,
         )
         policy = RouterPolicy(router, loop, sims)
     else:
-        cls = {c.name: c for c in (RoundRobin, LeastBusy, AlwaysLargest, StaticCascade)}
+        cls = {
+            c.name: c
+            for c in (RoundRobin, LeastBusy, AlwaysLargest, StaticCascade, ThresholdRouter)
+        }
         policy = cls[policy_name](loop, sims, verifier)
 
     n = 0
@@ -338,7 +436,16 @@ def simulate(policy_name: str, seed: int, quick: bool) -> Run:
         robot = rng.randrange(ROBOTS)
         site = f"site-{robot % SITES}"
         task = make_task(
-            rng, truth, f"t{n}", tt, qos, now, deadline, wu, Scope("fleet", site, f"robot-{robot}")
+            rng,
+            truth,
+            f"t{n}",
+            tt,
+            qos,
+            now,
+            deadline,
+            wu,
+            Scope("fleet", site, f"robot-{robot}"),
+            difficulty=rng.random() if features else None,
         )
         rec = Rec(task, now, site)
         run.recs.append(rec)
@@ -356,7 +463,7 @@ def simulate(policy_name: str, seed: int, quick: bool) -> Run:
     while t < ev["end"] + 1.0:
         t += 0.25
         loop.run_until(t)
-        if policy_name == "atp":
+        if router is not None:
             run.limits.append((t, router.backends["planner"].limiter.limit))
     loop.run_until(ev["end"] + 15.0)  # let stragglers finish (counted late)
     run.usd = sum(s.usd for s in sims.values())
@@ -369,6 +476,10 @@ def simulate(policy_name: str, seed: int, quick: bool) -> Run:
         n_rec = sum(n for n, _ in policy.audit_flush_s)
         run.audit_us_per_record = sum(t for _, t in policy.audit_flush_s) * 1e6 / max(1, n_rec)
         run.overruns = ledger.overruns
+        sel = policy.router.selector
+        if sel is not None:
+            run.notes["learned_start_share"] = sel.promoted / max(1, sel.decisions)
+            run.notes["below_floor_share"] = sel.cleared / max(1, len(run.recs))
     return run
 
 
@@ -589,6 +700,9 @@ def main() -> None:
         f"p99 {sa['decision_intrinsic_p99_us']:.1f} µs "
         f"(identical call sequences: {bool(sa['decision_intrinsic_deterministic'])})"
     )
+    feat = features_scenario(args.seed, args.quick)
+    ratios.update(feat["ratios"])
+    goals.update(feat["goals"])
     print("goals:", ", ".join(f"{k}: {'MET' if v else 'MISSED'}" for k, v in goals.items()))
     _plot(args.png, loads, per_load, policies, runs, ev)
     print(
@@ -598,12 +712,74 @@ def main() -> None:
                 "seed": args.seed,
                 "quick": args.quick,
                 "summary": _clean(summary),
+                "features_summary": _clean(feat["summary"]),
                 "ratios": ratios,
                 "goals": goals,
                 "png": str(args.png),
             }
         )
     )
+
+
+def features_scenario(seed: int, quick: bool) -> dict[str, dict[str, float]]:
+    """Today's router, the learning router and a RouteLLM-style router on hard and easy
+    tasks (see the docstring); prints its table, returns summary, ratios and goals."""
+    _, ev = feature_phases(quick)
+    names = ["atp", "learning", "routellm"]
+    summary: dict[str, dict[str, float]] = {}
+    for p in names:
+        run = simulate(p, seed, quick, features=True)
+        whole = window_metrics(run, 0.0, ev["end"])
+        late = window_metrics(run, ev["end"] / 3, ev["end"])
+        n_good = sum(good(r) for r in run.recs)
+        late_recs = [r for r in run.recs if r.t >= ev["end"] / 3]
+        summary[p] = {
+            "goodput": whole["goodput"],
+            "cost_per_good_usd": run.usd / max(1, n_good),
+            "slo_miss": sum(1 for r in run.recs if not good(r)) / max(1, len(run.recs)),
+            "slo_miss_after_warmup": sum(1 for r in late_recs if not good(r))
+            / max(1, len(late_recs)),
+            "goodput_after_warmup": late["goodput"],
+            "wrong_accept": whole["wrong_accept"],
+            **{k: whole[k] for k in whole if k.endswith("_slo_miss")},
+            **run.notes,
+        }
+    print(
+        f"\nfeatures scenario: {FEATURE_LOAD}× load for {ev['end']:.0f} s, half the tasks hard "
+        "(small is mostly wrong on them); learning included. SLO miss: every task not "
+        "answered right in time (shed included); miss S/I/B: per class among served tasks; "
+        "start↑: share of routings the bandit started above the cheapest tier; <floor: "
+        "tasks a backend below the class floor was let serve (evidence or trial)"
+    )
+    print(
+        f"{'policy':<12}{'goodput':>9}{'$/good':>10}{'SLO miss':>9}"
+        f"{'miss S/I/B':>17}{'wrong-acc':>10}{'start↑':>8}{'<floor':>8}"
+    )
+    for p in names:
+        x = summary[p]
+        print(
+            f"{p:<12}{x['goodput']:>9.1f}{x['cost_per_good_usd']:>10.6f}{x['slo_miss']:>9.3f}"
+            f"{x['safety_slo_miss']:>7.3f}/{x['interactive_slo_miss']:.3f}/"
+            f"{x['batch_slo_miss']:.3f}{x['wrong_accept']:>10.3f}"
+            f"{x.get('learned_start_share', 0.0):>8.2f}{x.get('below_floor_share', 0.0):>8.2f}"
+        )
+    a, lr, rl = summary["atp"], summary["learning"], summary["routellm"]
+    ratios = {
+        "learning_vs_atp_cost_per_good": lr["cost_per_good_usd"]
+        / max(1e-12, a["cost_per_good_usd"]),
+        "learning_vs_atp_goodput": lr["goodput"] / max(1e-9, a["goodput"]),
+        "learning_vs_atp_slo_miss": lr["slo_miss"] / max(1e-9, a["slo_miss"]),
+        "routellm_vs_atp_cost_per_good": rl["cost_per_good_usd"]
+        / max(1e-12, a["cost_per_good_usd"]),
+        "routellm_vs_atp_goodput": rl["goodput"] / max(1e-9, a["goodput"]),
+    }
+    print("features ratios:", ", ".join(f"{k} = {v:.3f}" for k, v in ratios.items()))
+    goals = {
+        "learning_cost_per_good_le_75pct_of_atp": ratios["learning_vs_atp_cost_per_good"] <= 0.75,
+        "learning_goodput_ge_atp": ratios["learning_vs_atp_goodput"] >= 0.99,
+        "learning_slo_miss_le_atp": lr["slo_miss"] <= a["slo_miss"] + 0.005,
+    }
+    return {"summary": summary, "ratios": ratios, "goals": goals}
 
 
 def _cost_window(run: Run, seg: tuple[float, float, float]) -> float:

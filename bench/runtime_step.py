@@ -13,9 +13,10 @@ Same process, same signed bundle (a 17→256→256→6 ELU MLP):
    thread, and switches on a tick boundary; goal: zero misses on a switching tick;
 4. the same loop under load: two CPU-bound neighbour processes (``yes > /dev/null``
    twice) share the machine, once with the loop at normal priority and once as the
-   flashed robot runs it (SCHED_FIFO 50, memory locked; skipped where the process may
-   not have real-time priority). Staging is timed in its parts (verification with its
-   hashing, session creation, warm-up) with the deadline misses during each part;
+   flashed robot runs it (SCHED_FIFO 50, memory locked, flight recorder on; skipped
+   where the process may not have real-time priority). Staging is timed in its parts
+   (verification with its hashing, session creation, warm-up) with the deadline misses
+   during each part;
    goal for the flashed configuration: 0 misses on switching ticks and while staging.
 
 Usage::
@@ -284,7 +285,9 @@ def loop_with_swaps(
     swaps: int,
     spin_us: float,
     rt_priority: int | None,
+    record_dir: Path | None = None,
 ) -> dict[str, float]:
+    """The loop with hot swaps; with `record_dir`, the flight recorder on (as flashed)."""
     if rt_priority:
         # As the runtime service does: every thread that takes the GIL is real-time,
         # so none can be preempted while holding it (priority inversion).
@@ -293,6 +296,11 @@ def loop_with_swaps(
     adapter = NullAdapter(OBS)
     adapter._obs[:] = _bench.observation_inside(first)
     loop = ControlLoop(adapter, first, spin_us=spin_us, realtime_priority=rt_priority)
+    recorder = None
+    if record_dir is not None:
+        recorder = FlightRecorder(record_dir, quota_bytes=256 * 1024 * 1024)
+        recorder.start()
+        loop.recorder = recorder
     loop.start()
     t_start = time.perf_counter()
     swap_ms: list[float] = []
@@ -316,6 +324,8 @@ def loop_with_swaps(
         time.sleep(max(0.0, t_start + seconds - time.perf_counter()))
     finally:
         loop.stop()
+        if recorder is not None:
+            recorder.stop()
     snap = loop.snapshot()
     c = loop.counters
     return (
@@ -335,6 +345,7 @@ def loop_with_swaps(
             "misses_while_staging": window_misses,
             "stage_and_swap_median_ms": float(np.median(swap_ms)) if swap_ms else 0.0,
             "scheduling": loop.scheduling.describe() if loop.scheduling else "",
+            "recorded_ticks": float(recorder.recorded) if recorder is not None else 0.0,
         }
         | {
             f"stage_{k}": (
@@ -404,9 +415,10 @@ def main() -> None:
             if _fifo_allowed():
                 lock_memory()  # as the flashed unit's lock_memory = true
                 with neighbours(args.neighbours):
+                    # The flashed robot: SCHED_FIFO 50, memory locked, flight recorder on.
                     loaded["realtime"] = loop_with_swaps(
                         bundles, trust, args.rate_hz, args.seconds, args.swaps, args.spin_us,
-                        args.flashed_rt_priority,
+                        args.flashed_rt_priority, record_dir=tmp / "flashed-rec",
                     )  # fmt: skip
 
     r = steps | loop

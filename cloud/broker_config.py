@@ -75,6 +75,10 @@ class BrokerConfig:
     max_inflight_messages: int = 100
     persistence_dir: Path | None = None
     """Where the broker persists sessions and queued messages; None = in memory."""
+    pid_file: Path | None = None
+    """Where Mosquitto writes its pid (for the ``pid-file`` reload hook)."""
+    run_as: str | None = None
+    """The user Mosquitto drops to when started as root (``user``); None: its default."""
 
     @property
     def ingest_identities(self) -> tuple[str, ...]:
@@ -156,6 +160,10 @@ def mosquitto_conf_text(cfg: BrokerConfig, acl_path: Path) -> str:
     ]
     if cfg.crl is not None:
         lines.append(f"crlfile {cfg.crl}")
+    if cfg.pid_file is not None:
+        lines.append(f"pid_file {cfg.pid_file}")
+    if cfg.run_as is not None:
+        lines.append(f"user {cfg.run_as}")
     if cfg.persistence_dir is not None:
         lines += ["persistence true", f"persistence_location {cfg.persistence_dir}/"]
     else:
@@ -210,6 +218,20 @@ def _abs(p: str | None) -> Path | None:
 @click.option("--publisher-identity", default=PUBLISHER_IDENTITY, show_default=True)
 @click.option("--max-queued-messages", default=100_000, show_default=True, type=int)
 @click.option("--persistence-dir", type=click.Path(file_okay=False))
+@click.option(
+    "--reload-hook",
+    type=click.Choice(["systemd", "pid-file"]),
+    help="With --home: how revocations reload this broker at once — `systemctl reload "
+    "<--systemd-unit>`, or SIGHUP to the pid Mosquitto writes into --out/mosquitto.pid.",
+)
+@click.option("--systemd-unit", default="mosquitto.service", show_default=True)
+@click.option(
+    "--run-as",
+    default="mosquitto",
+    show_default=True,
+    help="The user Mosquitto runs as after starting as root; the TLS files are copied "
+    "into --out/tls readable by it (the plane's home stays 0700).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
 def broker_config(
     out_dir: str,
@@ -224,6 +246,9 @@ def broker_config(
     publisher_identity: str,
     max_queued_messages: int,
     persistence_dir: str | None,
+    reload_hook: str | None,
+    systemd_unit: str,
+    run_as: str,
     as_json: bool,
 ) -> None:
     """Write a Mosquitto configuration: mTLS listener, identity from the certificate,
@@ -235,32 +260,72 @@ def broker_config(
         ca = ca or str(home.ca_cert)
         cert = cert or str(home.server_cert)
         key = key or str(home.server_key)
+    if reload_hook and not home_dir:
+        raise click.ClickException("--reload-hook needs --home (the hook is kept there)")
+    pid_file = Path(out_dir).resolve() / "mosquitto.pid" if reload_hook == "pid-file" else None
     missing = [n for n, v in (("--ca", ca), ("--cert", cert), ("--key", key)) if not v]
     if missing:
         raise click.ClickException(
             f"{', '.join(missing)} not given: pass them or --home of a control plane"
         )
     assert ca and cert and key
+    from cloud.broker_files import BrokerFilesError, copy_tls_files, own_dir
+
+    out = Path(out_dir).resolve()
+    sources = {"ca": Path(ca), "cert": Path(cert), "key": Path(key)}
+    if crl and home_dir:  # the plane rewrites its CRL; revocations refresh this copy
+        sources["crl"] = Path(crl)
+    try:
+        for label, p in sources.items():
+            if not p.is_file():
+                raise BrokerConfigError(f"--{label} {p} does not exist or is not a file")
+        out.mkdir(parents=True, exist_ok=True)
+        tls = copy_tls_files(out, sources, run_as)
+        if persistence_dir:
+            own_dir(Path(persistence_dir).resolve(), run_as)
+    except (BrokerConfigError, BrokerFilesError) as exc:
+        raise click.ClickException(f"{exc}. Nothing was written.") from exc
+    crl_path = tls.get("crl") or _abs(crl)
     cfg = BrokerConfig(
-        ca=Path(ca).resolve(),
-        cert=Path(cert).resolve(),
-        key=Path(key).resolve(),
+        ca=tls["ca"],
+        cert=tls["cert"],
+        key=tls["key"],
         port=port,
         bind=bind,
-        crl=_abs(crl),
+        crl=crl_path,
+        run_as=run_as,
         ingest_identity=ingest_identities[0] if ingest_identities else INGEST_IDENTITY,
         more_ingest_identities=tuple(ingest_identities[1:]),
         publisher_identity=publisher_identity,
         max_queued_messages=max_queued_messages,
         persistence_dir=_abs(persistence_dir),
+        pid_file=pid_file,
     )
     try:
         conf, acl = write_broker_config(cfg, Path(out_dir))
     except BrokerConfigError as exc:
         raise click.ClickException(f"{exc}. Nothing was written.") from exc
+    hook_file = None
+    if reload_hook and home_dir:
+        from cloud.broker_reload import ReloadHook, install_hook
+        from cloud.home import CloudHome
+
+        target = str(pid_file) if pid_file is not None else systemd_unit
+        hook = ReloadHook(reload_hook, target, str(tls["crl"]) if "crl" in tls else "")
+        hook_file = install_hook(CloudHome.at(home_dir), hook)
+    elif "crl" in tls and home_dir:
+        from cloud.broker_reload import ReloadHook, install_hook
+        from cloud.home import CloudHome
+
+        hook_file = install_hook(CloudHome.at(home_dir), ReloadHook("none", "", str(tls["crl"])))
     if as_json:
         import json
 
-        click.echo(json.dumps({"config": str(conf), "acl": str(acl)}))
+        info = {"config": str(conf), "acl": str(acl)}
+        if hook_file is not None:
+            info["reload_hook"] = str(hook_file)
+        click.echo(json.dumps(info))
     else:
         click.echo(f"wrote {conf}\nwrote {acl}\nstart with: mosquitto -c {conf}")
+        if hook_file is not None:
+            click.echo(f"revocations reload the broker ({reload_hook}; {hook_file})")

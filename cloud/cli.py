@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Show messages ingest dropped (reason, detail, payload).",
         "cloud.ingest:quarantine_cmd",
     ),
+    "recordings": (
+        "Flight recordings: export MCAP segments as an episode dataset (--npz).",
+        "cloud.recordings.cli:recordings",
+    ),
     "broker-config": (
         "Write a Mosquitto config (mTLS, certificate identity, ACLs).",
         "cloud.broker_config:broker_config",
@@ -262,10 +266,19 @@ def device_revoke_cmd(device_id: str, home_dir: Path) -> None:
     finally:
         store.close()
     click.echo(f"revoked {device_id}")
-    _refresh_crl(home, revoked)
+    if _refresh_crl(home, revoked):
+        _tell_broker(home, device_id)
 
 
-def _refresh_crl(home: Any, revoked: set[str]) -> None:
+def _tell_broker(home: Any, identity: str) -> None:
+    """Reload the broker (new CRL) and close the revoked identity's connection."""
+    from cloud.broker_reload import apply_revocation
+
+    for line in apply_revocation(home, identity):
+        click.echo(line, err=line.startswith(("warning", "note")))
+
+
+def _refresh_crl(home: Any, revoked: set[str]) -> bool:
     """The control plane refuses revoked certificates already; the CRL tells the broker."""
     from cloud.home import HomeError
     from cloud.pki import PKIError
@@ -278,8 +291,9 @@ def _refresh_crl(home: Any, revoked: set[str]) -> None:
             "the CA passphrase so the broker refuses the certificate too",
             err=True,
         )
-        return
+        return False
     click.echo(f"CRL updated: {home.crl}")
+    return True
 
 
 @click.command("devices")
@@ -315,6 +329,8 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
             "last_seen": d.last_seen.isoformat() if d.last_seen else None,
             "active_bundle": d.active_bundle,
             "update_state": d.update_state,
+            "update_reason": d.update_reason,
+            "update_detail": d.update_detail if d.update_reason not in ("", "OK") else "",
         }
         for d in page.devices
     ]
@@ -324,16 +340,22 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     table = Table("id", "labels", "online", "revoked", "bundle", "update")
     for r in rows:
         b = r["active_bundle"] or {}
+        reason = "" if r["update_reason"] in ("", "OK") else r["update_reason"]
         table.add_row(
             r["id"],
             ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
             "yes" if r["online"] else "no",
             "REVOKED" if r["revoked"] else "",
             f"{b.get('name', '')} {b.get('version', '')}".strip(),
-            r["update_state"],
+            f"{r['update_state']} ({reason})" if reason else r["update_state"],
         )
     Console().print(table)
     click.echo(f"{page.total} device(s)")
+    for r in rows:  # why, as the robot reported it: one unwrapped line per device
+        if r["update_detail"]:
+            click.echo(
+                f"{r['id']}  {r['update_state']}  {r['update_reason']}: {r['update_detail']}"
+            )
 
 
 # ------------------------------------------------------------------------- operators
@@ -405,7 +427,8 @@ def operator_revoke_cmd(name: str, home_dir: Path) -> None:
     finally:
         store.close()
     click.echo(f"revoked operator {name} (certificate {fp[:16]}…)")
-    _refresh_crl(home, revoked)
+    if _refresh_crl(home, revoked):
+        _tell_broker(home, name)
 
 
 @click.command("crl")

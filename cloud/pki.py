@@ -319,6 +319,23 @@ class FleetCA:
         )
         return self._issue(subject, [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days)
 
+    def issue_session_closer(self, name: str, valid_minutes: float = 10) -> Credentials:
+        """A short-lived client certificate named `name` for one MQTT connection.
+
+        The broker gives a client its certificate's name as client id, so connecting
+        with this closes the connection of a just-revoked `name` (cloud.broker_reload).
+        Its organisational unit ``session-close`` is no role the plane accepts.
+        """
+        _check_id(name, "session")
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, name),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "session-close"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFlux fleet"),
+            ]
+        )
+        return self._issue(subject, [ExtendedKeyUsageOID.CLIENT_AUTH], valid_minutes / 1440)
+
     def issue_server(
         self, name: str = "edgeflux-cloud", hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
     ) -> Credentials:

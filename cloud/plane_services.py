@@ -15,4 +15,5 @@ PLANE_SERVICES: tuple[str, ...] = (
     "cloud.attest.service:register",
     "cloud.router.service:register",
     "cloud.rollouts.service:register",
+    "cloud.recordings.service:register",
 )

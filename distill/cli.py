@@ -77,6 +77,9 @@ def _quiet(env_ids: list[str]) -> None:
     import logging
 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # One line per ONNX session opened for evaluation: robot news, not a trainer's.
+        logging.getLogger("runtime.session").setLevel(logging.WARNING)
     import gymnasium
 
     def mujoco_env(env_id: str) -> bool:
@@ -387,6 +390,11 @@ def eval_cmd(
             from runtime.trust import TrustStore
 
             verify_bundle(bundle, TrustStore(trust_dir))
+        if not (bundle / "edgeflux.json").is_file():
+            raise DistillError(
+                f"{bundle} is not a bundle directory (no edgeflux.json); give the directory "
+                "`distill run` or `bundle create` wrote"
+            )
         manifest = load_manifest(bundle)
         env_id = env_id or manifest.provenance.env_id
         if not env_id:

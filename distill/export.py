@@ -97,7 +97,7 @@ def _export_legacy(student: Student, example: torch.Tensor) -> bytes:
         torch.onnx.export(
             student,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # the legacy exporter writes to any binary file
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from distill.envs import EnvSpec
 from distill.errors import PackagingError
@@ -32,7 +32,7 @@ def build_manifest(
     version: str,
     sequence: int,
     provenance: dict[str, Any],
-    fallback: str = "zero",
+    fallback: Literal["hold", "zero", "safe"] = "zero",
 ) -> BundleManifest:
     """The runtime manifest for a student of `spec` exported at `onnx_path`."""
     inputs, outputs = io_spec_from_onnx(onnx_path)

@@ -151,6 +151,7 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
     with stage("teacher"):
         teacher, teacher_info = _make_teacher(cfg, spec, out, curves, rep)
     world_model_seeds = teacher_info.pop("world_model_seeds", [])
+    teacher_mppi = teacher_info.pop("teacher_mppi", None)
     summary.update(teacher_info)
 
     seeds = _eval_seeds(cfg.seed, cfg.eval_episodes)
@@ -189,6 +190,16 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
             "dagger_seeds": result.env_seeds,
             "world_model_seeds": world_model_seeds,
             "teacher_kind": cfg.teacher,
+            # What a parity campaign needs to rebuild this very teacher (by digest).
+            **(
+                {
+                    "world_model_digest": teacher_info["world_model_digest"],
+                    "teacher_mppi": teacher_mppi,
+                    "teacher_seed": cfg.seed,
+                }
+                if cfg.teacher != "oracle"
+                else {}
+            ),
             "variant": dict(cfg.variant or {}),
             "versions": _versions(),
             "student": asdict(cfg.student),
@@ -279,13 +290,16 @@ def _make_teacher(
     rep: Reporter,
 ) -> tuple[Teacher, dict[str, Any]]:
     if cfg.teacher == "oracle":
-        teacher = OracleMPPITeacher(cfg.env_id, cfg.variant, seed=cfg.seed)
-        return teacher, {"teacher_digest": teacher.digest()}
+        oracle = OracleMPPITeacher(cfg.env_id, cfg.variant, seed=cfg.seed)
+        return oracle, {"teacher_digest": oracle.digest()}
     if cfg.checkpoint is not None:
         model, payload = load_checkpoint(
             cfg.checkpoint, obs_dim=spec.obs_dim, action_dim=spec.act_dim
         )
-        info = {"checkpoint": str(cfg.checkpoint), "checkpoint_env": payload["env_id"]}
+        info: dict[str, Any] = {
+            "checkpoint": str(cfg.checkpoint),
+            "checkpoint_env": payload["env_id"],
+        }
         recorded = payload.get("extra", {}).get("env_seeds")
         if isinstance(recorded, list):
             info["world_model_seeds"] = recorded
@@ -313,7 +327,8 @@ def _make_teacher(
     model.set_generator(torch.Generator(device=model.device).manual_seed(cfg.seed))
     planner = cfg.teacher_mppi or (MPPIConfig() if model.device.type == "cuda" else CPU_TRAIN_MPPI)
     teacher = WorldModelTeacher(model, spec, planner, seed=cfg.seed, device=str(model.device))
-    return teacher, {**info, "teacher_digest": teacher.digest()}
+    info.setdefault("world_model_digest", model.digest())
+    return teacher, {**info, "teacher_digest": teacher.digest(), "teacher_mppi": asdict(planner)}
 
 
 def _plot(curves: dict[str, Any], path: Path) -> None:

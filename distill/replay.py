@@ -28,6 +28,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -172,7 +173,12 @@ class ReplayBuffer:
     def save(self, path: str | Path) -> str:
         """Write the buffer atomically to `path` (.npz); returns its dataset digest."""
         buf = io.BytesIO()
-        np.savez(buf, format=np.array(FORMAT), env_id=np.array(self.env_id), **self.arrays())
+        arrays: dict[str, Any] = {
+            "format": np.array(FORMAT),
+            "env_id": np.array(self.env_id),
+            **self.arrays(),
+        }
+        np.savez(buf, **arrays)
         with atomic_writer(path) as fh:
             fh.write(buf.getvalue())
         return self.digest()

@@ -39,6 +39,11 @@ class StudentConfig:
 class Student(nn.Module):
     """obs (B, obs_dim) float32 -> action (B, act_dim) float32 within [act_low, act_high]."""
 
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
+    act_mid: torch.Tensor
+    act_half: torch.Tensor
+
     def __init__(
         self, obs_dim: int, act_low: np.ndarray, act_high: np.ndarray, cfg: StudentConfig
     ) -> None:
@@ -78,5 +83,5 @@ class TorchPolicy:
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray) -> np.ndarray:
-        out = self.student(torch.as_tensor(obs, dtype=torch.float32))
+        out: torch.Tensor = self.student(torch.as_tensor(obs, dtype=torch.float32))
         return out.numpy().astype(np.float32)

@@ -151,6 +151,9 @@ def _symexp(x: torch.Tensor) -> torch.Tensor:
 class TDMPC2Model(nn.Module):
     """The world model. Actions are normalised to [-1, 1]."""
 
+    bins: torch.Tensor
+    q_scale: torch.Tensor
+
     def __init__(self, obs_dim: int, action_dim: int, cfg: WorldModelConfig) -> None:
         super().__init__()
         self.obs_dim, self.action_dim, self.cfg = obs_dim, action_dim, cfg
@@ -183,10 +186,12 @@ class TDMPC2Model(nn.Module):
         return self.bins.device
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        return self._encoder(obs.to(self.device, torch.float32))
+        z: torch.Tensor = self._encoder(obs.to(self.device, torch.float32))
+        return z
 
     def next(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return self._dynamics(torch.cat([z, a], dim=-1))
+        nxt: torch.Tensor = self._dynamics(torch.cat([z, a], dim=-1))
+        return nxt
 
     def reward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return self._two_hot_inv(self._reward(torch.cat([z, a], dim=-1)))
@@ -256,15 +261,13 @@ class TDMPC2Model(nn.Module):
     # -- learning -----------------------------------------------------------------
     def make_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
         cfg = self.cfg
-        model_opt = torch.optim.Adam(
-            [
-                {"params": self._encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale},
-                {"params": self._dynamics.parameters()},
-                {"params": self._reward.parameters()},
-                {"params": self._qs.parameters()},
-            ],
-            lr=cfg.lr,
-        )
+        groups: list[dict[str, Any]] = [
+            {"params": self._encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale},
+            {"params": self._dynamics.parameters()},
+            {"params": self._reward.parameters()},
+            {"params": self._qs.parameters()},
+        ]
+        model_opt = torch.optim.Adam(groups, lr=cfg.lr)
         pi_opt = torch.optim.Adam(self._pi.parameters(), lr=cfg.lr, eps=1e-5)
         return model_opt, pi_opt
 

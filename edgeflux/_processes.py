@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -81,8 +81,11 @@ class ProcessGroup:
         self.procs.append(proc)
         return proc
 
-    def run(self, name: str, argv: Sequence[str], timeout_s: float) -> str:
-        """Run a command to completion (logged); return its stdout; raise on failure."""
+    def run(
+        self, name: str, argv: Sequence[str], timeout_s: float, ok: Collection[int] = (0,)
+    ) -> str:
+        """Run a command to completion (logged); return its stdout; raise unless its
+        exit status is in `ok`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         try:
@@ -99,7 +102,7 @@ class ProcessGroup:
                 f"{name} did not finish within {timeout_s:.0f}s (log: {log})"
             ) from exc
         log.write_text(f"$ {' '.join(argv)}\n{done.stdout}\n--- stderr ---\n{done.stderr}")
-        if done.returncode != 0:
+        if done.returncode not in ok:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-20:])
             raise ProcessError(f"{name} failed (exit {done.returncode}); log: {log}\n{tail}")
         return done.stdout

@@ -207,7 +207,7 @@ def _start_units(root: Path) -> None:
     present = [u for u in UNITS if (root / "etc/systemd/system" / u).is_file()]
     if not present:
         raise click.ClickException(
-            f"{root}etc/systemd/system holds no EdgeFlux units: this robot was not flashed"
+            f"{root / 'etc/systemd/system'} holds no EdgeFlux units: this robot was not flashed"
         )
     for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", *present]):
         done = subprocess.run(argv, capture_output=True, text=True)

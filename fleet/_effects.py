@@ -2,9 +2,11 @@
 
 Each :class:`~fleet.update.UpdateEffects` method maps one step onto the real
 components: TUF (:mod:`fleet.tuf_client`) and the control plane's DeviceService over
-gRPC (mTLS, device identity), the bundle verifier (:mod:`runtime.bundle`), parity
-attestation (:mod:`fleet.attestation`) and the runtime's ``RuntimeControl`` socket.
-Every failure becomes an :class:`~fleet.update.UpdateError` with a reason code.
+gRPC (mTLS, device identity), bundle unpacking (:mod:`runtime.bundle`), parity
+attestation (:mod:`fleet.attestation`) and the runtime's ``RuntimeControl`` socket,
+which verifies the bundle (once per update) and judges its health. Every failure
+becomes an :class:`~fleet.update.UpdateError` with a reason code; the runtime's own
+code and detail come through its socket intact.
 
 The desired-state document is a DSSE envelope signed by the control plane's director
 key (Ed25519, ``<trust>/director.pub`` on the robot); the agent verifies it here with
@@ -26,9 +28,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fleet.tuf_client import DiskFullError, GrpcFetcher, TufClient, TufClientError, TufView
-from fleet.update import HealthReport, Reason, ShadowResult, TargetInfo, UpdateError
+from fleet.update import Reason, ShadowResult, StagedBundle, TargetInfo, UpdateError
 from protos import device_pb2, device_pb2_grpc
 from protos.dsse import Envelope, EnvelopeFormatError
+from protos.lifecycle import Failure, RuntimeState
 from runtime.desired_state import (
     PAYLOAD_TYPE,
     SCHEMA,
@@ -102,8 +105,6 @@ class RobotEffects:
         self.staging = layout.agent_state / "staging"
         self._view: TufView | None = None
         self._target_custom: dict[str, Any] = {}
-        self._activated: Any = None
-        self._baseline: tuple[int, int, int] = (0, 0, 0)  # ticks, misses, interventions
 
     # ---- helpers
 
@@ -122,12 +123,16 @@ class RobotEffects:
         return key
 
     def _rt(self, reason: Reason, fn: Any, *args: Any, **kw: Any) -> Any:
+        """Call the runtime; its failure keeps the runtime's own code where it gave one
+        that says more than `reason` (the step's generic one)."""
         from runtime.control_client import RuntimeControlError
 
         try:
             return fn(*args, **kw)
         except RuntimeControlError as exc:
-            raise UpdateError(reason, str(exc)) from exc
+            f = exc.failure
+            generic = (Reason.RUNTIME_ERROR, Reason.WRONG_STATE)
+            raise UpdateError(reason if f.code in generic else f.code, f.detail) from exc
 
     # ---- UpdateEffects
 
@@ -206,9 +211,6 @@ class RobotEffects:
             max_action_divergence=bundle.gate.max_action_divergence if bundle.gate else None,
         )
 
-    def check_desired_state(self, target: TargetInfo, timeout_s: float) -> None:
-        return None  # checked inside refresh, against the same TUF snapshot
-
     def download(self, target: TargetInfo, timeout_s: float) -> Path:
         if self._view is None:
             raise UpdateError(Reason.DOWNLOAD_FAILED, "no TUF refresh in this process")
@@ -222,47 +224,42 @@ class RobotEffects:
         except TufClientError as exc:
             raise UpdateError(Reason.DOWNLOAD_FAILED, str(exc)) from exc
 
-    def verify(self, target: TargetInfo, download: Path, timeout_s: float) -> Path:
-        from runtime.bundle import BundleError, unpack_bundle, verify_bundle
-        from runtime.trust import TrustStore
+    def stage(self, target: TargetInfo, download: Path, timeout_s: float) -> StagedBundle:
+        from runtime.bundle import BundleError, unpack_bundle
 
         self.staging.mkdir(parents=True, exist_ok=True)
         dest = self.staging / f"{target.name}-{target.sha256[:16]}"
         if dest.exists():
             shutil.rmtree(dest)
         try:
-            # The signed TUF length caps what extraction may write.
+            # TUF checked the archive's hash; its signed length caps what extraction
+            # may write. The runtime verifies the bundle, once, on the copy it will run.
             unpack_bundle(download, dest, max_total_bytes=target.length)
-            verified = verify_bundle(dest, TrustStore(self.agent.layout.trust))
         except BundleError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             raise UpdateError(Reason.BUNDLE_INVALID, str(exc)) from exc
-        m = verified.manifest
-        if m.name != target.name or m.sequence != target.sequence:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise UpdateError(
-                Reason.BUNDLE_INVALID,
-                f"bundle says {m.name} sequence {m.sequence}, TUF says {target.name} "
-                f"sequence {target.sequence}",
-            )
-        return dest
+        reply = self._rt(Reason.STAGE_FAILED, self.runtime.stage, dest)
+        b = reply.staged.bundle
+        return StagedBundle(
+            name=b.name,
+            version=b.version,
+            sequence=int(b.sequence),
+            policy_sha256=b.policy_sha256,
+            root_digest=b.oms_root_digest,
+            slot=reply.staged.slot,
+        )
 
-    def attest(self, target: TargetInfo, bundle_dir: Path, timeout_s: float) -> None:
+    def attest(self, target: TargetInfo, staged: StagedBundle, timeout_s: float) -> None:
         from fleet.attestation import AttestationPolicy, check_activation, grpc_fetcher
-        from runtime.bundle import BundleError, verify_bundle
         from runtime.trust import TrustStore
 
         policy = AttestationPolicy(self.agent.config.require_parity_attestation)
-        # Bind the attestation to the digests of the bytes that will run, recomputed
-        # from the staged bundle, not to what the repository's metadata claims.
-        try:
-            verified = verify_bundle(bundle_dir, TrustStore(self.agent.layout.trust))
-        except BundleError as exc:
-            raise UpdateError(Reason.BUNDLE_INVALID, str(exc)) from exc
+        # Bound to the digests the runtime verified of the bytes that will run, not to
+        # what the repository's metadata claims.
         decision = check_activation(
             policy,
-            policy_sha256=verified.policy_sha256,
-            root_digest=verified.root_digest,
+            policy_sha256=staged.policy_sha256,
+            root_digest=staged.root_digest,
             fetch=grpc_fetcher(self.channel),
             trusted_keys={
                 k: v
@@ -272,15 +269,6 @@ class RobotEffects:
         )
         if not decision.allowed:
             raise UpdateError(Reason.ATTESTATION_INVALID, f"{decision.reason}: {decision.message}")
-
-    def stage(self, bundle_dir: Path, timeout_s: float) -> None:
-        status = self._rt(Reason.STAGE_FAILED, self.runtime.status)
-        m = status.metrics
-        self._baseline = (int(m.ticks), int(m.deadline_misses), int(sum(m.interventions.values())))
-        self._rt(Reason.STAGE_FAILED, self.runtime.stage, bundle_dir)
-
-    def warm(self, timeout_s: float) -> None:
-        return None  # the runtime pre-warms inside Stage (StageResponse.warmup_ms)
 
     def shadow(self, timeout_s: float) -> ShadowResult:
         r = self._rt(
@@ -294,44 +282,29 @@ class RobotEffects:
             envelope_violations=int(r.envelope_violations),
         )
 
-    def wait_safe_to_switch(self, timeout_s: float) -> bool:
+    def switch(self, timeout_s: float) -> None:
         # The runtime swaps only on a tick where the robot adapter's is_safe_to_switch()
-        # holds (runtime.loop); a swap that never gets a safe tick fails Activate.
-        return True
+        # holds; one that never gets a safe tick fails with UNSAFE_TO_SWITCH.
+        self._rt(Reason.ACTIVATE_FAILED, self.runtime.activate, 0, timeout_s)
 
-    def activate(self, timeout_s: float) -> None:
-        self._activated = self._rt(
-            Reason.ACTIVATE_FAILED,
-            self.runtime.activate,
+    def health_window(self, timeout_s: float) -> None:
+        if self.agent.config.health_window_ticks == 0:
+            return  # configured off: commit right after the switch
+        status = self._rt(
+            Reason.HEALTH_WINDOW_FAILED,
+            self.runtime.health_window,
             self.agent.config.health_window_ticks,
             timeout_s,
         )
-
-    def health_window(self, timeout_s: float) -> HealthReport:
-        status = self._activated
-        if status is None:
-            raise UpdateError(Reason.HEALTH_CRASH, "no activation result in this process")
-        m = status.metrics
-        if status.state != "switched":
-            # The runtime judged the window itself and already switched back.
+        if status.state != RuntimeState.ACTIVATED:
+            # The runtime judged the candidate unhealthy and already switched back.
+            f = status.failure
             active = status.active.bundle
             raise UpdateError(
-                Reason.HEALTH_WINDOW_FAILED,
-                f"the runtime's health window failed; it rolled back to {active.name} "
-                f"{active.version} (state {status.state})",
+                Reason.parse(f.code, Reason.HEALTH_WINDOW_FAILED),
+                f"{f.detail or 'the health window failed'}; the runtime rolled back to "
+                f"{active.name} {active.version}",
             )
-        b_ticks, b_miss, b_int = self._baseline
-        # Loop counters are cumulative: the window is what was added since staging.
-        window = int(m.ticks) - b_ticks
-        if window <= 0:  # counters restarted with the new policy
-            window, b_miss, b_int = int(m.ticks), 0, 0
-        return HealthReport(
-            ticks=window,
-            deadline_misses=max(0, int(m.deadline_misses) - b_miss),
-            interventions=max(0, int(sum(m.interventions.values())) - b_int),
-            baseline_miss_rate=self._baseline[1] / max(b_ticks, 1),
-            baseline_intervention_rate=self._baseline[2] / max(b_ticks, 1),
-        )
 
     def commit(self, timeout_s: float) -> None:
         from runtime.control_client import RuntimeControlError
@@ -345,13 +318,13 @@ class RobotEffects:
                 t = record.target_info()
                 if self.installed_sequence(t.name) >= t.sequence:
                     return
-            raise UpdateError(Reason.COMMIT_FAILED, str(exc)) from exc
+            raise UpdateError(Reason.COMMIT_FAILED, exc.failure.detail) from exc
 
-    def rollback(self, reason: Reason, timeout_s: float) -> None:
+    def rollback(self, failure: Failure, timeout_s: float) -> None:
         from runtime.control_client import RuntimeControlError
 
         try:
-            self.runtime.rollback(reason.value)
+            self.runtime.rollback(failure)
         except RuntimeControlError as exc:
             # "nothing to roll back": the candidate is not active (never switched, or
             # the runtime already reverted it); the old bundle runs.

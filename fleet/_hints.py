@@ -3,6 +3,9 @@
 :class:`HintGate` is pure: it parses a hint, drops garbage and replays of what is
 already installed, and rate-limits refreshes — a flood of hints, forged or not,
 costs at most one refresh per ``min_interval_s`` (the newest pending hint wins).
+A hint's numbers decide nothing else: before acting, the agent replaces them with the
+signed desired state's (bundle, sequence, generation), and whether an update already
+failed here is judged on those alone.
 """
 
 from __future__ import annotations

@@ -23,20 +23,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fleet._hints import HintGate
+from fleet._hints import Hint, HintGate
 from fleet.config import AgentConfig
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles, topic
 from fleet.spool import ClassBudget, Spool, SpoolPump
 from fleet.telemetry import HostSampler, TelemetryBatcher, make_point
 from fleet.update import (
-    HealthThresholds,
     Reason,
     ShadowThresholds,
-    State,
     UpdateEffects,
     UpdateError,
     UpdateRecord,
     UpdateRunner,
+    UpdateState,
     UpdateStateFile,
 )
 from protos import common_pb2, runtime_control_pb2, telemetry_pb2
@@ -49,7 +48,7 @@ log = logging.getLogger(__name__)
 EffectsFactory = Callable[["Agent"], UpdateEffects]
 
 
-def _fault_pause_hook() -> Callable[[State], None] | None:
+def _fault_pause_hook() -> Callable[[UpdateState], None] | None:
     """Fault injection for the kill -9 tests: with ``EDGEFLUX_FAULT_AGENT_PAUSE_AT=STATE``
     the update worker stops for good right after persisting STATE (the test then
     SIGKILLs the process). Unset in production: no hook at all."""
@@ -57,7 +56,7 @@ def _fault_pause_hook() -> Callable[[State], None] | None:
     if not target:
         return None
 
-    def pause(state: State) -> None:
+    def pause(state: UpdateState) -> None:
         if state.value == target:
             log.warning("fault injection: update worker paused in %s", state.value)
             threading.Event().wait()
@@ -132,9 +131,6 @@ class Agent:
                     divergence_max=c.shadow_divergence_max,
                     latency_p99_ms_max=c.shadow_latency_p99_ms_max,
                 ),
-                health_thresholds=HealthThresholds(
-                    c.health_miss_rate_max_increase, c.health_intervention_rate_max_increase
-                ),
                 on_event=self._on_update_event,
                 on_persisted=_fault_pause_hook(),
             )
@@ -200,7 +196,7 @@ class Agent:
         return self.spool.put("events", topic(self.device_id, "events"), build)
 
     def _on_update_event(
-        self, record: UpdateRecord, state: State, reason: Reason, detail: str
+        self, record: UpdateRecord, state: UpdateState, reason: Reason, detail: str
     ) -> None:
         bundle = None
         if record.target:
@@ -239,15 +235,33 @@ class Agent:
         if self.hints.offer(msg.SerializeToString()) is not None:
             self._hint_ready.set()
 
+    def _signed(self, hint: Hint) -> Hint | None:
+        """The hint replaced by what the signed desired state says (bundle, sequence,
+        generation): a hint only says "look now", its fields decide nothing. None when
+        the desired state cannot be read or names no bundle (the next poll retries)."""
+        poll = getattr(self._effects, "desired_bundle", None)
+        if poll is None:  # effects without a desired-state source: the hint as is
+            return hint
+        try:
+            wanted = poll(10.0)
+        except Exception as exc:
+            log.info("desired-state check for a hint failed: %s", exc)
+            return None
+        if wanted is None:
+            return None
+        name, sequence, generation = wanted
+        return Hint(name, sequence, generation, hint.rollout_id)
+
     def _failed_before(self, name: str, sequence: int, generation: int) -> bool:
         """The same desired (bundle, sequence, generation) already failed or rolled back
-        here: do not retry it until the operator pushes again (a new generation)."""
+        here: do not retry it until the operator pushes again (a new generation).
+        All three come from the signed desired state (:meth:`_signed`), never a hint."""
         try:
             rec = self._update_state.load()
         except Exception:
             return False
         return (
-            rec.state in (State.FAILED, State.ROLLED_BACK)
+            rec.state in (UpdateState.FAILED, UpdateState.ROLLED_BACK)
             and rec.bundle_name == name
             and rec.hint_sequence == sequence
             and rec.generation == generation
@@ -273,6 +287,9 @@ class Agent:
             if hint is None:
                 if not self.hints.seconds_until_allowed():
                     self._hint_ready.clear()
+                continue
+            hint = self._signed(hint)
+            if hint is None:
                 continue
             if self._failed_before(hint.bundle_name, hint.sequence, hint.generation):
                 self.hints.counters["dropped.failed_before"] += 1
@@ -315,6 +332,25 @@ class Agent:
             target=self._update_worker, name="agent-update", daemon=True
         )
         self._worker.start()
+        channel = getattr(self._effects, "channel", None)  # the plane, over mTLS
+        if self.config.upload_recordings and channel is not None:
+            threading.Thread(
+                target=self._upload_worker, args=(channel,), name="agent-upload", daemon=True
+            ).start()
+
+    def _upload_worker(self, channel: Any) -> None:
+        """Flight-recorder segments to the plane, paced, only while no telemetry waits."""
+        from fleet.recordings import SegmentUploader
+
+        c = self.config
+        uploader = SegmentUploader(
+            channel, self.layout.recordings, bytes_per_s=c.upload_bytes_per_s
+        )
+        while not self._stop.wait(c.upload_period_s):
+            try:
+                uploader.run_once(allowed=lambda: not self._stop.is_set() and len(self.spool) == 0)
+            except Exception:  # uploads must never take the agent down
+                log.exception("recording upload failed")
 
     def run(self, stop: threading.Event | None = None, drain_s: float = 5.0) -> None:
         """Run until `stop` is set (or :meth:`stop`); then drain the spool briefly."""

@@ -1,6 +1,6 @@
 """Robot-side parity attestation check and the `require_parity_attestation` policy.
 
-Before a staged bundle may be activated (update state ATTESTED), the
+Before a staged bundle may be activated (update state ATTESTING), the
 agent fetches the attestation for the bundle's policy digest from the control plane
 and checks, in this order, refusing with a stable reason code at the first failure:
 

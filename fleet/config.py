@@ -63,8 +63,15 @@ class AgentConfig(BaseModel):
     desired_state_poll_s: float = Field(
         300.0, ge=0, description="also poll GetDesiredState this often (0 = hints only)"
     )
+    upload_recordings: bool = Field(
+        True, description="upload the flight recorder's finished segments to the plane"
+    )
+    upload_bytes_per_s: float = Field(256 * 1024, gt=0, description="recording upload pace")
+    upload_period_s: float = Field(30.0, gt=0, description="look for new segments this often")
     shadow_ticks: int = Field(500, ge=1)
-    health_window_ticks: int = Field(500, ge=0)
+    health_window_ticks: int = Field(
+        500, ge=0, description="ticks the runtime judges a candidate's health before commit"
+    )
     shadow_divergence_max: float | None = Field(
         None,
         ge=0,
@@ -72,8 +79,6 @@ class AgentConfig(BaseModel):
         "(unset: measured and reported, not enforced)",
     )
     shadow_latency_p99_ms_max: float = Field(5.0, gt=0)
-    health_miss_rate_max_increase: float = Field(0.01, ge=0)
-    health_intervention_rate_max_increase: float = Field(0.01, ge=0)
     require_parity_attestation: bool = False
     download_free_margin_bytes: int = Field(
         16 * 1024 * 1024, ge=0, description="free space kept beyond twice the target size"

@@ -30,7 +30,7 @@ class DeviceHealth(_message.Message):
     def __init__(self, loop_p50_ms: _Optional[float] = ..., loop_p99_ms: _Optional[float] = ..., deadline_miss_rate: _Optional[float] = ..., safety_interventions: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., temperature_c: _Optional[float] = ..., memory_percent: _Optional[float] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("id", "labels", "hardware_tags", "online", "last_seen", "active_bundle", "update_state", "update_reason", "health", "certificate_fingerprint", "revoked", "runtime_version")
+    __slots__ = ("id", "labels", "hardware_tags", "online", "last_seen", "active_bundle", "update_state", "update_reason", "health", "certificate_fingerprint", "revoked", "runtime_version", "update_detail")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Device(_message.Message):
     CERTIFICATE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_DETAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     labels: _containers.ScalarMap[str, str]
     hardware_tags: _containers.RepeatedScalarFieldContainer[str]
@@ -62,7 +63,8 @@ class Device(_message.Message):
     certificate_fingerprint: str
     revoked: bool
     runtime_version: str
-    def __init__(self, id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hardware_tags: _Optional[_Iterable[str]] = ..., online: bool = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., update_state: _Optional[str] = ..., update_reason: _Optional[str] = ..., health: _Optional[_Union[DeviceHealth, _Mapping]] = ..., certificate_fingerprint: _Optional[str] = ..., revoked: bool = ..., runtime_version: _Optional[str] = ...) -> None: ...
+    update_detail: str
+    def __init__(self, id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hardware_tags: _Optional[_Iterable[str]] = ..., online: bool = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., update_state: _Optional[str] = ..., update_reason: _Optional[str] = ..., health: _Optional[_Union[DeviceHealth, _Mapping]] = ..., certificate_fingerprint: _Optional[str] = ..., revoked: bool = ..., runtime_version: _Optional[str] = ..., update_detail: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("label_selector", "page", "text")
@@ -99,16 +101,18 @@ class GetDeviceHistoryRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., max_points: _Optional[int] = ...) -> None: ...
 
 class UpdateHistoryEntry(_message.Message):
-    __slots__ = ("at", "state", "reason", "bundle")
+    __slots__ = ("at", "state", "reason", "bundle", "detail")
     AT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     at: _timestamp_pb2.Timestamp
     state: str
     reason: str
     bundle: _common_pb2.BundleRef
-    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ...) -> None: ...
+    detail: str
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class DeviceHistory(_message.Message):
     __slots__ = ("id", "loop_p99_ms", "deadline_miss_rate", "safety_interventions", "updates")
@@ -231,20 +235,34 @@ class DevicePlan(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RolloutWave(_message.Message):
-    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back")
+    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     index: int
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     state: str
     committed: int
     failed: int
     rolled_back: int
-    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ...) -> None: ...
+    outcomes: _containers.RepeatedCompositeFieldContainer[DeviceOutcome]
+    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ...) -> None: ...
+
+class DeviceOutcome(_message.Message):
+    __slots__ = ("device_id", "outcome", "reason_code", "detail")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    outcome: str
+    reason_code: str
+    detail: str
+    def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason_code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Rollout(_message.Message):
     __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence")

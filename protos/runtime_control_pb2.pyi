@@ -16,7 +16,7 @@ class SlotInfo(_message.Message):
     def __init__(self, slot: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ...) -> None: ...
 
 class RuntimeStatus(_message.Message):
-    __slots__ = ("active", "pending", "state", "execution_provider", "metrics", "anti_rollback", "tries_left", "reason", "swaps", "last_good", "scheduling", "realtime")
+    __slots__ = ("active", "pending", "state", "execution_provider", "metrics", "anti_rollback", "tries_left", "reason", "swaps", "last_good", "failure", "scheduling", "realtime")
     class AntiRollbackEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class RuntimeStatus(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     SWAPS_FIELD_NUMBER: _ClassVar[int]
     LAST_GOOD_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
     SCHEDULING_FIELD_NUMBER: _ClassVar[int]
     REALTIME_FIELD_NUMBER: _ClassVar[int]
     active: SlotInfo
@@ -46,9 +47,18 @@ class RuntimeStatus(_message.Message):
     reason: str
     swaps: int
     last_good: SlotInfo
+    failure: Failure
     scheduling: str
     realtime: bool
-    def __init__(self, active: _Optional[_Union[SlotInfo, _Mapping]] = ..., pending: _Optional[_Union[SlotInfo, _Mapping]] = ..., state: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metrics: _Optional[_Union[LoopMetrics, _Mapping]] = ..., anti_rollback: _Optional[_Mapping[str, int]] = ..., tries_left: _Optional[int] = ..., reason: _Optional[str] = ..., swaps: _Optional[int] = ..., last_good: _Optional[_Union[SlotInfo, _Mapping]] = ..., scheduling: _Optional[str] = ..., realtime: bool = ...) -> None: ...
+    def __init__(self, active: _Optional[_Union[SlotInfo, _Mapping]] = ..., pending: _Optional[_Union[SlotInfo, _Mapping]] = ..., state: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metrics: _Optional[_Union[LoopMetrics, _Mapping]] = ..., anti_rollback: _Optional[_Mapping[str, int]] = ..., tries_left: _Optional[int] = ..., reason: _Optional[str] = ..., swaps: _Optional[int] = ..., last_good: _Optional[_Union[SlotInfo, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., scheduling: _Optional[str] = ..., realtime: bool = ...) -> None: ...
+
+class Failure(_message.Message):
+    __slots__ = ("code", "detail")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    detail: str
+    def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class StageRequest(_message.Message):
     __slots__ = ("bundle_dir",)
@@ -98,11 +108,19 @@ class ActivateRequest(_message.Message):
     health_window_ticks: int
     def __init__(self, health_window_ticks: _Optional[int] = ...) -> None: ...
 
+class HealthWindowRequest(_message.Message):
+    __slots__ = ("ticks",)
+    TICKS_FIELD_NUMBER: _ClassVar[int]
+    ticks: int
+    def __init__(self, ticks: _Optional[int] = ...) -> None: ...
+
 class RollbackRequest(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "code")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    code: str
+    def __init__(self, reason: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
     __slots__ = ("period_ms",)

@@ -55,6 +55,11 @@ class RuntimeControlStub(object):
                 request_serializer=protos_dot_runtime__control__pb2.ActivateRequest.SerializeToString,
                 response_deserializer=protos_dot_runtime__control__pb2.RuntimeStatus.FromString,
                 _registered_method=True)
+        self.HealthWindow = channel.unary_unary(
+                '/edgeflux.runtime.v1.RuntimeControl/HealthWindow',
+                request_serializer=protos_dot_runtime__control__pb2.HealthWindowRequest.SerializeToString,
+                response_deserializer=protos_dot_runtime__control__pb2.RuntimeStatus.FromString,
+                _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/edgeflux.runtime.v1.RuntimeControl/Commit',
                 request_serializer=protos_dot_common__pb2.Empty.SerializeToString,
@@ -99,6 +104,13 @@ class RuntimeControlServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HealthWindow(self, request, context):
+        """Judge the activated bundle over some ticks; an unhealthy one is rolled back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Commit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -138,6 +150,11 @@ def add_RuntimeControlServicer_to_server(servicer, server):
             'Activate': grpc.unary_unary_rpc_method_handler(
                     servicer.Activate,
                     request_deserializer=protos_dot_runtime__control__pb2.ActivateRequest.FromString,
+                    response_serializer=protos_dot_runtime__control__pb2.RuntimeStatus.SerializeToString,
+            ),
+            'HealthWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.HealthWindow,
+                    request_deserializer=protos_dot_runtime__control__pb2.HealthWindowRequest.FromString,
                     response_serializer=protos_dot_runtime__control__pb2.RuntimeStatus.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
@@ -263,6 +280,33 @@ class RuntimeControl(object):
             target,
             '/edgeflux.runtime.v1.RuntimeControl/Activate',
             protos_dot_runtime__control__pb2.ActivateRequest.SerializeToString,
+            protos_dot_runtime__control__pb2.RuntimeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HealthWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeflux.runtime.v1.RuntimeControl/HealthWindow',
+            protos_dot_runtime__control__pb2.HealthWindowRequest.SerializeToString,
             protos_dot_runtime__control__pb2.RuntimeStatus.FromString,
             options,
             channel_credentials,

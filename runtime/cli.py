@@ -175,8 +175,11 @@ def status_cmd(root: Path, as_json: bool) -> None:
         f"jitter p99 {m.jitter_p99_ms:.3f} ms"
     )
     click.echo(f"interventions {dict(m.interventions) or 'none'}")
-    if st.reason:
-        click.echo(f"last failure  {st.reason}")
+    if st.HasField("failure"):
+        f = st.failure
+        click.echo(f"last failure  {f.code}: {f.detail}" if f.detail else f"last failure  {f.code}")
+    else:
+        click.echo("last failure  none")
 
 
 @runtime.command("bench")

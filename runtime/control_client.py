@@ -6,12 +6,14 @@
         print(rt.status().state)
         rt.stage("/var/lib/edgeflux/agent/downloads/pendulum-1.1.0")
         report = rt.shadow(500)
-        status = rt.activate(health_window_ticks=500)   # rolls back by itself if unhealthy
-        if status.state == "switched":
+        rt.activate()                                  # switch on a safe tick
+        status = rt.health_window(500)                 # rolls back by itself if unhealthy
+        if status.state == RuntimeState.ACTIVATED:
             rt.commit()
 
-Every failure is a `RuntimeControlError` carrying the gRPC status code and the
-runtime's message (e.g. FAILED_PRECONDITION "nothing staged to activate").
+Every failure is a `RuntimeControlError` carrying the gRPC status code, the runtime's
+reason code (`protos.lifecycle.Reason`) and its detail (e.g. FAILED_PRECONDITION,
+WRONG_STATE, "nothing staged to activate").
 """
 
 from __future__ import annotations
@@ -23,16 +25,29 @@ from typing import Any
 import grpc
 
 from protos import common_pb2, runtime_control_pb2, runtime_control_pb2_grpc
+from protos.lifecycle import REASON_METADATA_KEY, Failure, Reason
 
 __all__ = ["RuntimeControlClient", "RuntimeControlError"]
 
 
 class RuntimeControlError(RuntimeError):
-    """A RuntimeControl call failed; `code` is the grpc.StatusCode."""
+    """A RuntimeControl call failed: `code` is the grpc.StatusCode, `failure` the
+    runtime's reason code and detail (RUNTIME_UNAVAILABLE when nothing answered)."""
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self, message: str, code: grpc.StatusCode | None = None, failure: Failure | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.failure = failure or Failure(Reason.RUNTIME_ERROR, message)
+
+
+def _reason_of(exc: grpc.RpcError) -> Reason | None:
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == REASON_METADATA_KEY:
+            return Reason.parse(str(value), Reason.RUNTIME_ERROR)
+    return None
 
 
 class RuntimeControlClient:
@@ -57,10 +72,15 @@ class RuntimeControlClient:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             details = exc.details() if hasattr(exc, "details") else str(exc)
+            reason = _reason_of(exc)
             if code == grpc.StatusCode.UNAVAILABLE:
                 details = f"no runtime answering on {self.socket_path} ({details})"
+                reason = reason or Reason.RUNTIME_UNAVAILABLE
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                reason = reason or Reason.DEADLINE_EXCEEDED
             name = code.name if code is not None else "ERROR"
-            raise RuntimeControlError(f"{name}: {details}", code) from exc
+            failure = Failure(reason or Reason.RUNTIME_ERROR, str(details))
+            raise RuntimeControlError(f"{name}: {details}", code, failure) from exc
 
     def status(self) -> runtime_control_pb2.RuntimeStatus:
         return self._call(self._stub.Status, common_pb2.Empty())  # type: ignore[no-any-return]
@@ -81,11 +101,19 @@ class RuntimeControlClient:
         req = runtime_control_pb2.ActivateRequest(health_window_ticks=health_window_ticks)
         return self._call(self._stub.Activate, req, timeout_s)  # type: ignore[no-any-return]
 
+    def health_window(
+        self, ticks: int, timeout_s: float | None = None
+    ) -> runtime_control_pb2.RuntimeStatus:
+        req = runtime_control_pb2.HealthWindowRequest(ticks=ticks)
+        return self._call(self._stub.HealthWindow, req, timeout_s)  # type: ignore[no-any-return]
+
     def commit(self) -> runtime_control_pb2.RuntimeStatus:
         return self._call(self._stub.Commit, common_pb2.Empty())  # type: ignore[no-any-return]
 
-    def rollback(self, reason: str = "") -> runtime_control_pb2.RuntimeStatus:
-        req = runtime_control_pb2.RollbackRequest(reason=reason)
+    def rollback(self, failure: Failure | None = None) -> runtime_control_pb2.RuntimeStatus:
+        req = runtime_control_pb2.RollbackRequest()
+        if failure is not None:
+            req.code, req.reason = failure.code.value, failure.detail
         return self._call(self._stub.Rollback, req)  # type: ignore[no-any-return]
 
     def metrics(self, period_ms: int = 1000) -> Iterator[runtime_control_pb2.LoopMetrics]:

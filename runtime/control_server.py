@@ -1,9 +1,11 @@
 """`RuntimeControl` over a unix socket: the fleet agent's only way into the runtime.
 
 A synchronous grpc server with a few worker threads (requests are rare and some —
-activate with a health window, shadow — block for seconds). Errors map to status
-codes the agent can act on: a bad bundle is INVALID_ARGUMENT, a request that does
-not fit the current state is FAILED_PRECONDITION, everything else INTERNAL.
+the health window, shadow — block for seconds). Every error carries a reason code
+(``protos.lifecycle.Reason``) in the trailing metadata and the readable detail as the
+status message; the status code says what kind of error it is: a bad bundle is
+INVALID_ARGUMENT, a request that does not fit the current state FAILED_PRECONDITION,
+everything else INTERNAL.
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from protos import common_pb2, runtime_control_pb2, runtime_control_pb2_grpc
+from protos.lifecycle import REASON_METADATA_KEY, Failure, Reason
 from runtime.bundle import BundleError
 from runtime.loop import LoadedPolicy, LoopError, ShadowResult
 from runtime.metrics import MetricsSnapshot
 from runtime.session import SessionError
 from runtime.slots import SlotError
-
-if TYPE_CHECKING:
-    from runtime.service import RuntimeService, StatusInfo
+from runtime.status import ControlError, Controllable, StatusInfo
 
 __all__ = ["MAX_SOCKET_PATH", "metrics_to_proto", "serve", "status_to_proto"]
 
@@ -67,17 +68,24 @@ def metrics_to_proto(m: MetricsSnapshot) -> runtime_control_pb2.LoopMetrics:
     )
 
 
+def _failure(f: Failure | None) -> runtime_control_pb2.Failure | None:
+    if f is None:
+        return None
+    return runtime_control_pb2.Failure(code=f.code.value, detail=f.detail)
+
+
 def status_to_proto(s: StatusInfo) -> runtime_control_pb2.RuntimeStatus:
     return runtime_control_pb2.RuntimeStatus(
         active=_slot_info(s.active),
         pending=_slot_info(s.pending),
         last_good=_slot_info(s.last_good),
-        state=s.state,
+        state=s.state.value,
         execution_provider=s.provider,
         metrics=metrics_to_proto(s.metrics),
         anti_rollback=s.anti_rollback,
         tries_left=s.slots.tries_left,
-        reason=s.reason,
+        reason=s.failure.detail if s.failure is not None else "",
+        failure=_failure(s.failure),
         swaps=s.swaps,
         scheduling=s.scheduling,
         realtime=s.realtime,
@@ -99,21 +107,29 @@ def _shadow_to_proto(c: LoadedPolicy, r: ShadowResult) -> runtime_control_pb2.Sh
 
 
 class _Servicer(runtime_control_pb2_grpc.RuntimeControlServicer):
-    def __init__(self, service: RuntimeService) -> None:
+    def __init__(self, service: Controllable) -> None:
         self.svc = service
 
     def _call(self, context: grpc.ServicerContext, fn: Any, *args: Any) -> Any:
-        from runtime.service import ControlError
+        def abort(code: grpc.StatusCode, reason: Reason, detail: str) -> None:
+            context.set_trailing_metadata(((REASON_METADATA_KEY, reason.value),))
+            context.abort(code, detail)
 
         try:
             return fn(*args)
-        except (BundleError, SessionError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except (ControlError, SlotError, LoopError) as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except BundleError as exc:
+            abort(grpc.StatusCode.INVALID_ARGUMENT, Reason.BUNDLE_INVALID, str(exc))
+        except SessionError as exc:
+            abort(grpc.StatusCode.INVALID_ARGUMENT, Reason.POLICY_LOAD_FAILED, str(exc))
+        except ControlError as exc:
+            abort(grpc.StatusCode.FAILED_PRECONDITION, exc.reason, exc.detail)
+        except SlotError as exc:
+            abort(grpc.StatusCode.FAILED_PRECONDITION, Reason.STAGE_FAILED, str(exc))
+        except LoopError as exc:
+            abort(grpc.StatusCode.FAILED_PRECONDITION, Reason.WRONG_STATE, str(exc))
         except Exception as exc:
             log.exception("RuntimeControl request failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            abort(grpc.StatusCode.INTERNAL, Reason.RUNTIME_ERROR, f"{type(exc).__name__}: {exc}")
 
     def Status(self, request: common_pb2.Empty, context: grpc.ServicerContext) -> Any:
         return status_to_proto(self._call(context, self.svc.status))
@@ -141,13 +157,24 @@ class _Servicer(runtime_control_pb2_grpc.RuntimeControlServicer):
             self._call(context, self.svc.activate, int(request.health_window_ticks))
         )
 
+    def HealthWindow(
+        self, request: runtime_control_pb2.HealthWindowRequest, context: grpc.ServicerContext
+    ) -> Any:
+        if request.ticks < 1:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ticks must be >= 1")
+        return status_to_proto(self._call(context, self.svc.health_window, int(request.ticks)))
+
     def Commit(self, request: common_pb2.Empty, context: grpc.ServicerContext) -> Any:
         return status_to_proto(self._call(context, self.svc.commit))
 
     def Rollback(
         self, request: runtime_control_pb2.RollbackRequest, context: grpc.ServicerContext
     ) -> Any:
-        return status_to_proto(self._call(context, self.svc.rollback, request.reason))
+        failure = None
+        if request.code or request.reason:
+            code = Reason.parse(request.code, Reason.ROLLBACK_REQUESTED)
+            failure = Failure(code, request.reason or "rolled back by request")
+        return status_to_proto(self._call(context, self.svc.rollback, failure))
 
     def StreamMetrics(
         self, request: runtime_control_pb2.MetricsRequest, context: grpc.ServicerContext
@@ -160,7 +187,7 @@ class _Servicer(runtime_control_pb2_grpc.RuntimeControlServicer):
             time.sleep(period)
 
 
-def serve(service: RuntimeService, socket_path: Path, workers: int = 4) -> grpc.Server:
+def serve(service: Controllable, socket_path: Path, workers: int = 4) -> grpc.Server:
     """Start RuntimeControl on `socket_path` (replacing a stale socket file)."""
     path = Path(socket_path)
     if len(str(path)) > MAX_SOCKET_PATH:

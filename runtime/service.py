@@ -4,6 +4,7 @@ Usage (what ``edgeflux runtime run`` does)::
 
     from runtime.layout import RobotLayout
     from runtime.config import RuntimeConfig
+from runtime.health import HealthLimits
     from runtime.service import RuntimeService
 
     svc = RuntimeService(RobotLayout.at("/tmp/robot-1"), RuntimeConfig(adapter="gym"))
@@ -27,17 +28,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from runtime.adapters import RobotAdapter, load_adapter
+from protos.lifecycle import Failure, Reason, RuntimeState
+from runtime import health
+from runtime.adapters import AdapterError, RobotAdapter, load_adapter
 from runtime.antirollback import AntiRollbackStore
 from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bundle
 from runtime.config import RuntimeConfig
-from runtime.envelope import FALLBACK_REASONS
+from runtime.health import HealthLimits
 from runtime.layout import RobotLayout
 from runtime.loop import (
     ControlLoop,
@@ -47,38 +48,17 @@ from runtime.loop import (
     make_thread_realtime,
     realtime_thread,
 )
-from runtime.metrics import MetricsSnapshot
 from runtime.realtime import lock_memory, warn_unless_realtime
 from runtime.recording import FlightRecorder
 from runtime.sdnotify import SystemdNotifier
 from runtime.session import PolicySession, SessionError
-from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotState, SlotStore
+from runtime.slots import BootChoice, RuntimeLock, SlotError, SlotStore
+from runtime.status import ControlError, StatusInfo, empty_metrics
 from runtime.trust import TrustStore
 
 __all__ = ["ControlError", "RuntimeService", "StatusInfo"]
 
 log = logging.getLogger(__name__)
-
-
-class ControlError(RuntimeError):
-    """A control request cannot be done now; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class StatusInfo:
-    state: str
-    active: LoadedPolicy | None
-    pending: LoadedPolicy | None
-    last_good: LoadedPolicy | None
-    slots: SlotState
-    provider: str
-    metrics: MetricsSnapshot
-    anti_rollback: dict[str, int]
-    reason: str
-    swaps: int
-    scheduling: str = ""
-    """How the loop thread is scheduled, e.g. 'SCHED_FIFO 50, memory locked'."""
-    realtime: bool = False
 
 
 class RuntimeService:
@@ -108,8 +88,10 @@ class RuntimeService:
         self._server: Any = None
         self._staged: LoadedPolicy | None = None
         self._last_good: LoadedPolicy | None = None
-        self._state = "stopped"
-        self._reason = ""
+        self._previous: LoadedPolicy | None = None  # what a failed health window returns to
+        self._candidate: VerifiedBundle | None = None  # the staged/activated slot, as verified
+        self._state = RuntimeState.STOPPED
+        self._failure: Failure | None = None
 
     # ---- pieces ------------------------------------------------------------------------
 
@@ -146,6 +128,12 @@ class RuntimeService:
                     f"{policy_path}: the graph {what} {graph} values per tick, the manifest's "
                     f"{kind} bounds declare {declared}; rebuild the bundle with matching bounds"
                 )
+        check = getattr(self._adapter, "check_manifest", None)
+        if check is not None:  # an adapter with a declared topic/field mapping
+            try:
+                check(verified.manifest)
+            except AdapterError as exc:  # this bundle cannot drive this robot's topics
+                raise SessionError(str(exc)) from None
         return LoadedPolicy(
             manifest=verified.manifest,
             session=session,
@@ -190,6 +178,8 @@ class RuntimeService:
             if not choice.trial:
                 self._catch_up_counter(choice)
                 self._last_good = active
+            else:
+                self._candidate = choice.bundle
             self.loop = ControlLoop(
                 self._adapter,
                 active,
@@ -199,8 +189,9 @@ class RuntimeService:
                 realtime_priority=self.config.realtime_priority,
                 loop_cpus=tuple(self.config.loop_cpus) if self.config.loop_cpus else None,
             )
-            self._state = "switched" if choice.trial else "running"
-            self._reason = self.slots.state().last_failure
+            self._state = RuntimeState.ACTIVATED if choice.trial else RuntimeState.RUNNING
+            last = self.slots.state().last_failure
+            self._failure = Failure(Reason.BOOT_FALLBACK, last) if last else None
             self.recorder = self._start_recorder()
             self.loop.recorder = self.recorder
             self.loop.start()
@@ -280,7 +271,7 @@ class RuntimeService:
             self.recorder.stop()
         if self._adapter is not None:
             self._adapter.close()
-        self._state = "stopped"
+        self._state = RuntimeState.STOPPED
         self._lock.release()
 
     def wait(self, timeout_s: float | None = None) -> bool:
@@ -349,9 +340,9 @@ class RuntimeService:
             last_good=self._last_good,
             slots=slots,
             provider=active.session.provider if active is not None else "",
-            metrics=loop.snapshot() if loop is not None else _empty_metrics(),
+            metrics=loop.snapshot() if loop is not None else empty_metrics(),
             anti_rollback=self._safe_counters(),
-            reason=self._reason,
+            failure=self._failure,
             swaps=loop.swaps if loop is not None else 0,
             scheduling=sched.describe() if sched is not None else "",
             realtime=sched is not None and sched.realtime,
@@ -368,7 +359,7 @@ class RuntimeService:
         """Verify, copy into the inactive slot, load and warm; the loop keeps running."""
         with self._ops:
             self._need_loop()
-            if self._state in ("switched", "health_window"):
+            if self._state in (RuntimeState.ACTIVATED, RuntimeState.HEALTH_WINDOW):
                 raise ControlError(
                     "an activated bundle is not committed yet; commit or roll back first"
                 )
@@ -376,132 +367,122 @@ class RuntimeService:
             rt = self.config.realtime_priority
             # A new stage replaces (and first forgets) whatever was staged before.
             self._staged = None
-            if self._state == "staged":
-                self._state = "running"
+            if self._state == RuntimeState.STAGED:
+                self._state = RuntimeState.RUNNING
             with realtime_thread(max(1, rt - 1) if rt is not None else None):
                 slot, verified = self.slots.stage(Path(bundle_dir))
                 self._staged = self.load(verified, slot)
-            self._state = "staged"
-            self._reason = ""
+                self._candidate = verified
+            self._state = RuntimeState.STAGED
+            self._failure = None
             return self._staged, (time.perf_counter() - t0) * 1e3
 
     def shadow(self, ticks: int) -> tuple[LoadedPolicy, ShadowResult]:
         with self._ops:
             loop = self._need_loop()
-            if self._staged is None or self._state != "staged":
+            if self._staged is None or self._state != RuntimeState.STAGED:
                 raise ControlError("nothing staged to shadow; stage a bundle first")
             candidate = self._staged
-            self._state = "shadowing"
+            self._state = RuntimeState.SHADOWING
             try:
                 return candidate, loop.shadow(candidate, ticks)
             finally:
-                self._state = "staged"
+                self._state = RuntimeState.STAGED
 
-    def activate(self, health_window_ticks: int) -> StatusInfo:
-        """Switch to the staged bundle on a tick boundary, then watch it for
-        `health_window_ticks` ticks; roll back by itself if it is unhealthy."""
+    def activate(self, health_window_ticks: int = 0) -> StatusInfo:
+        """Switch to the staged bundle on a tick where the robot allows it; with
+        `health_window_ticks`, then judge it over that many ticks (:meth:`health_window`)."""
         with self._ops:
             loop = self._need_loop()
-            if self._staged is None or self._state != "staged":
+            if self._staged is None or self._state != RuntimeState.STAGED:
                 raise ControlError("nothing staged to activate; stage a bundle first")
             candidate = self._staged
-            previous = loop.policy
+            self._previous = loop.policy
             self.slots.mark_activated()  # persisted before the switch (kill -9 safe)
             try:
                 loop.swap(candidate, timeout_s=self.config.swap_timeout_s)
             except LoopError as exc:
                 self.slots.rollback(f"switch failed: {exc}")
                 self._staged = None  # stage again when the robot allows a switch
-                self._reason = str(exc)
-                self._state = "running"
-                raise ControlError(str(exc)) from exc
+                self._failure = Failure(Reason.UNSAFE_TO_SWITCH, str(exc))
+                self._state = RuntimeState.RUNNING
+                raise ControlError(str(exc), Reason.UNSAFE_TO_SWITCH) from exc
             self._staged = None
-            self._state = "health_window"
-            verdict = self._health_window(loop, health_window_ticks)
-            if verdict:
-                self._rollback_to(previous, f"health window failed: {verdict}")
+            self._state = RuntimeState.ACTIVATED
+        if health_window_ticks > 0:
+            return self.health_window(health_window_ticks)
+        return self.status()
+
+    def health_window(self, ticks: int) -> StatusInfo:
+        """Judge the activated candidate over `ticks` ticks — the one place health is
+        judged; an unhealthy candidate is rolled back here, before this returns."""
+        with self._ops:
+            loop = self._need_loop()
+            if self._state != RuntimeState.ACTIVATED:
+                raise ControlError(
+                    f"no activated bundle to watch (state {self._state}); activate one first"
+                )
+            self._state = RuntimeState.HEALTH_WINDOW
+            try:
+                limits = HealthLimits(
+                    self.config.health_max_fallback_rate, self.config.health_max_miss_rate
+                )
+                verdict = health.watch(loop, ticks, limits)
+            except BaseException:
+                self._state = RuntimeState.ACTIVATED
+                raise
+            if verdict is not None:
+                self._rollback_to(self._previous, verdict)
             else:
-                self._state = "switched"
+                self._state = RuntimeState.ACTIVATED
             return self.status()
 
-    def _health_window(self, loop: ControlLoop, ticks: int) -> str:
-        """'' if healthy, else why not."""
-        if ticks <= 0:
-            return ""
-        c = loop.counters
-        start_ticks, start_misses, start_skipped = c.ticks, c.deadline_misses, c.skipped
-        start_fb = _fallbacks(c.interventions)
-        deadline = time.monotonic() + 10.0 + 3.0 * ticks / loop.rate_hz
-        while c.ticks - start_ticks < ticks:
-            if not loop.running:
-                return f"the control loop stopped ({loop.error})"
-            if time.monotonic() > deadline:
-                return f"only {c.ticks - start_ticks}/{ticks} ticks ran in time"
-            time.sleep(min(0.05, 0.5 * ticks / loop.rate_hz))
-        n = c.ticks - start_ticks
-        fb = _fallbacks(c.interventions) - start_fb
-        misses = c.deadline_misses - start_misses
-        slots = n + c.skipped - start_skipped  # ticks run plus slots a stall swallowed
-        if fb / n > self.config.health_max_fallback_rate:
-            return (
-                f"{fb}/{n} ticks got the fallback action (limit "
-                f"{self.config.health_max_fallback_rate:.1%}): {dict(c.interventions)}"
-            )
-        if misses / slots > self.config.health_max_miss_rate:
-            return f"{misses}/{slots} tick slots missed their deadline"
-        return ""
-
-    def _rollback_to(self, target: LoadedPolicy | None, reason: str) -> None:
+    def _rollback_to(self, target: LoadedPolicy | None, failure: Failure) -> None:
         loop = self._need_loop()
-        self.slots.rollback(reason)  # persisted before the switch back
+        self.slots.rollback(failure.detail)  # persisted before the switch back
         if target is None:
             choice = self.slots.boot()
             target = self.load(choice.bundle, choice.slot)
         loop.swap(target, timeout_s=self.config.swap_timeout_s)
         self._last_good = target
         self._staged = None
-        self._state = "rolled_back"
-        self._reason = reason
+        self._state = RuntimeState.ROLLED_BACK
+        self._failure = failure
         if self.recorder is not None:
-            self.recorder.mark("fault", f"rolled back to {target.label}: {reason}")
-        log.warning("rolled back to %s: %s", target.label, reason)
+            self.recorder.mark("fault", f"rolled back to {target.label}: {failure}")
+        log.warning("rolled back to %s: %s", target.label, failure)
 
     def commit(self) -> StatusInfo:
         with self._ops:
             loop = self._need_loop()
-            if self._state not in ("switched",):
+            if self._state != RuntimeState.ACTIVATED:
                 raise ControlError(
                     f"nothing to commit (state {self._state}); activate a staged bundle first"
                 )
-            self.slots.commit(self._commit_counter)
+            if self._candidate is None:
+                raise ControlError("nothing to commit: the activated bundle is unknown")
+            self.slots.commit(self._candidate, self._commit_counter)
+            self._candidate = None
             self._last_good = loop.policy
-            self._state = "running"
-            self._reason = ""
+            self._state = RuntimeState.RUNNING
+            self._failure = None
             return self.status()
 
-    def rollback(self, reason: str) -> StatusInfo:
+    def rollback(self, failure: Failure | None = None) -> StatusInfo:
+        """Discard a staged bundle, or switch back from an activated, uncommitted one."""
+        failure = failure or Failure(Reason.ROLLBACK_REQUESTED, "rolled back by request")
         with self._ops:
             self._need_loop()
-            reason = reason or "rolled back by request"
-            if self._state in ("staged",):
-                self.slots.rollback(reason)
+            if self._state == RuntimeState.STAGED:
+                self.slots.rollback(failure.detail)
                 self._staged = None
-                self._state = "running"
-                self._reason = reason
-            elif self._state in ("switched",):
-                self._rollback_to(self._last_good, reason)
+                self._state = RuntimeState.RUNNING
+                self._failure = failure
+            elif self._state == RuntimeState.ACTIVATED:
+                self._rollback_to(self._last_good, failure)
             else:
                 raise ControlError(
                     f"nothing to roll back (state {self._state}); only a staged or an "
                     "activated, uncommitted bundle can be rolled back"
                 )
             return self.status()
-
-
-def _fallbacks(interventions: Mapping[str, int]) -> int:
-    # Copy first (one C-level call under the GIL): the loop thread may add a key meanwhile.
-    return sum(n for r, n in dict(interventions).items() if r in FALLBACK_REASONS)
-
-
-def _empty_metrics() -> MetricsSnapshot:
-    return MetricsSnapshot(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {})

@@ -30,12 +30,13 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from protos.lifecycle import PendingState
 from runtime.atomicio import atomic_write_json, fsync_dir
 from runtime.bundle import BundleError, VerifiedBundle
 from runtime.layout import RobotLayout
@@ -87,10 +88,11 @@ class SlotState(BaseModel):
     last_good: Slot | None = None
     """The last committed slot: where a failure rolls back to."""
     pending: Slot | None = None
-    pending_state: Literal["staged", "activated"] | None = None
+    pending_state: PendingState | None = None
     tries_left: int = Field(default=0, ge=0)
     """Start-up tries left for an activated, uncommitted slot."""
     last_failure: str = ""
+    """Why the last candidate was rolled back or fell back at start-up ('' if none)."""
     generation: int = Field(default=0, ge=0)
 
 
@@ -189,9 +191,9 @@ class SlotStore:
         """Choose the slot to run at start-up, persisting the decision first."""
         state = self.load()
         if state is None:
-            return self._rebuild()
+            return self._rebuild(corrupt=self.layout.slot_state.exists())
         notes: list[str] = []
-        if state.pending is not None and state.pending_state == "activated":
+        if state.pending is not None and state.pending_state == PendingState.ACTIVATED:
             slot = state.pending
             if state.tries_left > 0:
                 state = self.save(
@@ -228,11 +230,14 @@ class SlotStore:
                 return BootChoice(slot, got, trial=False)
             notes.append(got)
         if state.last_good is None and state.active is None:
-            return self._rebuild()
+            return self._rebuild(corrupt=False)
         raise NoBundleError(f"no bundle to run under {self.layout.slots}: " + "; ".join(notes))
 
-    def _rebuild(self) -> BootChoice:
-        """No usable state file: run what verifies, preferring the committed bundle."""
+    def _rebuild(self, *, corrupt: bool) -> BootChoice:
+        """No usable state file: run what verifies, preferring the committed bundle.
+
+        A robot whose slots were filled without a state file (a fresh install) starts
+        clean; only a corrupt file is remembered as the last failure."""
         found: dict[Slot, VerifiedBundle] = {}
         notes = []
         for slot in SLOTS:
@@ -249,7 +254,8 @@ class SlotStore:
         # verify() already rejected anything below its committed counter, so the
         # highest sequence left is the committed bundle or a newer one.
         slot = max(found, key=lambda s: (found[s].manifest.sequence, s == "a"))
-        self.save(SlotState(active=slot, last_good=slot, last_failure="state file rebuilt"))
+        note = "the slot state file was corrupt; rebuilt it from the slots" if corrupt else ""
+        self.save(SlotState(active=slot, last_good=slot, last_failure=note))
         return BootChoice(slot, found[slot], trial=False)
 
     # ---- updates -------------------------------------------------------------------------
@@ -269,7 +275,7 @@ class SlotStore:
     def stage(self, bundle_dir: Path) -> tuple[Slot, VerifiedBundle]:
         """Copy `bundle_dir` into the slot that is not the last good one and verify the copy."""
         state = self.state()
-        if state.pending_state == "activated":
+        if state.pending_state == PendingState.ACTIVATED:
             raise SlotError(
                 f"slot {state.pending} is activated but not committed; commit or roll back first"
             )
@@ -279,7 +285,7 @@ class SlotStore:
         # Forget the old staged bundle before touching its files (persist before acting).
         state = self.save(state.model_copy(update={"pending": None, "pending_state": None}))
         verified = self._copy_in(slot, bundle_dir)
-        self.save(state.model_copy(update={"pending": slot, "pending_state": "staged"}))
+        self.save(state.model_copy(update={"pending": slot, "pending_state": PendingState.STAGED}))
         return slot, verified
 
     def _copy_in(self, slot: Slot, bundle_dir: Path) -> VerifiedBundle:
@@ -302,7 +308,9 @@ class SlotStore:
                 with f.open("rb") as fh:
                     os.fsync(fh.fileno())
         try:
-            self.verify(tmp)  # what we will run is the copy, so verify the copy
+            # What we will run is the copy, so the copy is verified — once: the rename
+            # below moves those very files, so the result holds for `dest`.
+            verified = self.verify(tmp)
         except BundleError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -312,17 +320,17 @@ class SlotStore:
         fsync_dir(self.layout.slots)
         if old.exists():
             shutil.rmtree(old)
-        return self.verify(dest)
+        return replace(verified, path=dest)
 
     def mark_activated(self) -> Slot:
         """Record the switch to the staged slot (before the loop switches)."""
         state = self.state()
-        if state.pending is None or state.pending_state != "staged":
+        if state.pending is None or state.pending_state != PendingState.STAGED:
             raise SlotError("nothing is staged; stage a bundle first")
         self.save(
             state.model_copy(
                 update={
-                    "pending_state": "activated",
+                    "pending_state": PendingState.ACTIVATED,
                     "active": state.pending,
                     "tries_left": self.boot_tries,
                     "last_failure": "",
@@ -331,15 +339,20 @@ class SlotStore:
         )
         return state.pending
 
-    def commit(self, commit_counter: Callable[[VerifiedBundle], None]) -> VerifiedBundle:
-        """Make the activated slot the last good one, then advance its anti-rollback counter."""
+    def commit(
+        self, verified: VerifiedBundle, commit_counter: Callable[[VerifiedBundle], None]
+    ) -> VerifiedBundle:
+        """Make the activated slot the last good one, then advance its anti-rollback counter.
+
+        `verified` is what staging (or the start-up try) verified of that slot: the
+        bytes the loop runs, so they are not verified again here."""
         state = self.state()
-        if state.pending is None or state.pending_state != "activated":
+        if state.pending is None or state.pending_state != PendingState.ACTIVATED:
             raise SlotError("nothing to commit: no slot is activated")
         slot = state.pending
-        got = self._try(slot)
-        if not isinstance(got, VerifiedBundle):
-            raise SlotError(f"refusing to commit: {got}")
+        if verified.path != self.layout.slot(slot):
+            raise SlotError(f"refusing to commit: {verified.path} is not slot {slot}")
+        got = verified
         self.save(
             state.model_copy(
                 update={

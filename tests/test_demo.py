@@ -56,7 +56,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert facts["active_after_broken"] == "1.1.0", (robot, facts)
         assert facts["counter_after_broken"] == 2, (robot, facts)
     # robot-3 requires a parity attestation: it refuses the unattested broken bundle
-    # before even staging it; the others catch its NaN actions in shadow.
+    # before it runs in shadow; the others catch its NaN actions in shadow.
     assert summary["robots"]["robot-3"]["broken_reason"] == "ATTESTATION_INVALID"
     assert summary["robots"]["robot-1"]["broken_reason"] == "SHADOW_NAN"
     assert summary["broken_refused_everywhere"] is True

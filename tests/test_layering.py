@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -129,3 +132,137 @@ def test_no_grab_bag_modules() -> None:
         if p.name in {"utils.py", "helpers.py", "misc.py", "common.py"}
     ]
     assert not bad
+
+
+# ---------------------------------------------------------------- import cycles
+# Every import counts: at module level, inside a function (a lazy import that dodges
+# a cycle at run time is still a cycle in the design), under TYPE_CHECKING, and a
+# "package.module:attribute" string (how commands and plane services are mounted).
+# Importing a.b.c also runs a/b/__init__.py, so that package is a dependency too,
+# unless the importer lives inside it.
+_PLUGIN = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+):[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class _Edge:
+    source: str
+    target: str
+    where: str  # path:line
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            out[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return out
+
+
+def _resolve(name: str, modules: dict[str, tuple[Path, bool]]) -> str | None:
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _edges(module: str, modules: dict[str, tuple[Path, bool]]) -> list[_Edge]:
+    path, is_package = modules[module]
+    rel = path.relative_to(REPO).as_posix()
+    targets: list[tuple[str, int]] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                here = module.split(".") if is_package else module.split(".")[:-1]
+                base = ".".join([*here[: len(here) - node.level + 1], *filter(None, [base])])
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                targets.append((sub if sub in modules else base, node.lineno))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            match = _PLUGIN.match(node.value)
+            if match:
+                targets.append((match.group(1), node.lineno))
+    edges = []
+    for name, line in targets:
+        target = _resolve(name, modules)
+        if target is None:
+            continue
+        parts = target.split(".")
+        for n in range(1, len(parts) + 1):
+            dep = ".".join(parts[:n])
+            inside = module == dep or module.startswith(dep + ".")
+            if dep in modules and not inside and (n == len(parts) or modules[dep][1]):
+                edges.append(_Edge(module, dep, f"{rel}:{line}"))
+    return edges
+
+
+def _find_cycles(edges: list[_Edge]) -> list[list[_Edge]]:
+    """One shortest cycle through each strongly connected group of nodes."""
+    graph: dict[str, dict[str, _Edge]] = {}
+    for e in edges:
+        if e.source != e.target:
+            graph.setdefault(e.source, {}).setdefault(e.target, e)
+            graph.setdefault(e.target, {})
+    cycles, done = [], set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        # Breadth-first from start: the first way back to start is a shortest cycle.
+        back: dict[str, _Edge] = {}
+        queue = deque([start])
+        seen = {start}
+        found = None
+        while queue and found is None:
+            node = queue.popleft()
+            for nxt, edge in sorted(graph[node].items()):
+                if nxt == start:
+                    found = edge
+                    break
+                if nxt not in seen:
+                    seen.add(nxt)
+                    back[nxt] = edge
+                    queue.append(nxt)
+        if found is None:
+            continue
+        path = [found]
+        while path[0].source != start:
+            path.insert(0, back[path[0].source])
+        done.update(e.source for e in path)
+        cycles.append(path)
+    return cycles
+
+
+def _describe(cycles: list[list[_Edge]]) -> str:
+    return "\n".join(
+        " -> ".join([c[0].source, *(e.target for e in c)])
+        + "".join(f"\n    {e.source} imports {e.target} at {e.where}" for e in c)
+        for c in cycles
+    )
+
+
+def test_no_import_cycles_between_modules() -> None:
+    modules = _modules()
+    edges = [e for m in modules for e in _edges(m, modules)]
+    cycles = _find_cycles(edges)
+    assert not cycles, "import cycles:\n" + _describe(cycles)
+
+
+def test_cycle_finder_sees_lazy_imports_and_reports_the_path(tmp_path: Path) -> None:
+    """The checker itself: a function-level import that closes a loop is found."""
+    (tmp_path / "a.py").write_text("import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from c import x\n")
+    (tmp_path / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\n"
+    )
+    modules = {p.stem: (p, False) for p in tmp_path.glob("*.py")}
+    global REPO
+    saved, REPO = REPO, tmp_path
+    try:
+        cycles = _find_cycles([e for m in modules for e in _edges(m, modules)])
+    finally:
+        REPO = saved
+    assert [[e.source for e in c] for c in cycles] == [["a", "b", "c"]]
+    assert [e.where for e in cycles[0]] == ["a.py:1", "b.py:2", "c.py:3"]

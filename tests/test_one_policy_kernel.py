@@ -22,12 +22,13 @@ ALLOWED_SESSIONS = {
     "runtime/cli.py": "`runtime bench`: the bare graph is the baseline of the per-tick cost",
     "bench/runtime_step.py": "the bare graph is the baseline of the per-tick cost",
     "distill/export.py": "graph-level parity torch vs onnxruntime at export time",
-    "cloud/attest/numeric.py": "graph-level parity of every execution provider",
-    "cloud/attest/campaign.py": "graph-level parity of every execution provider",
+    "cloud/attest/units.py": "numeric_parity: the bare graph on every execution provider",
+    "examples/bring_your_own_model.py": "graph-level export check torch vs onnxruntime",
 }
 ALLOWED_ORT_IMPORTS = {
     "runtime/session.py": "the only runtime module that imports onnxruntime",
     "bench/runtime_step.py": "a bare onnxruntime session is the bench's baseline",
+    "examples/bring_your_own_model.py": "a user's own export check, outside EdgeFlux",
 }
 
 

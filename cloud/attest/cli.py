@@ -14,6 +14,7 @@ Usage::
     edgeflux attest run --remote pendulum@1.0.0 --campaign campaign.toml --home ./plane
 
     edgeflux attest get <policy sha256> --home ./plane --out pendulum.att.json
+    edgeflux attest get ./bundles/pendulum-1.0.0 --home ./plane      # its policy's attestation
     edgeflux attest verify pendulum.att.json --trust ./trust --bundle ./bundles/pendulum-1.0.0
     edgeflux attest show pendulum.att.json --trust ./trust --png parity.png
 
@@ -144,6 +145,11 @@ def attest() -> None:
 )
 @click.option("--server", help="host:port for --remote (default: from the home).")
 @click.option("--operator", default="admin", show_default=True, help="Operator for --remote.")
+@click.option(
+    "--against",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Another signed bundle (e.g. the version in the field) as the reference arm.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run_cmd(
     bundle: Path | None,
@@ -157,10 +163,13 @@ def run_cmd(
     remote: str | None,
     server: str | None,
     operator: str,
+    against: Path | None,
     as_json: bool,
 ) -> None:
     """Run a parity campaign on BUNDLE (or a published bundle with --remote) and sign it."""
     if remote is not None:
+        if against is not None:
+            raise click.UsageError("--against runs locally; it does not combine with --remote")
         if bundle is not None:
             raise click.UsageError("give either BUNDLE or --remote NAME@VERSION, not both")
         _run_remote(remote, campaign_file, home_dir, server, operator, out, as_json)
@@ -198,6 +207,12 @@ def run_cmd(
         # task, another margin) starts afresh instead of colliding with the old state,
         # while rerunning the same command resumes.
         workdir = Path("campaigns") / f"{spec.name}-{digest[:16]}-{spec.digest()[:8]}"
+        if against is not None:
+            other = against / POLICY_NAME
+            if not other.is_file():
+                raise click.ClickException(f"{against} is not a bundle: it has no {POLICY_NAME}")
+            vs = hashlib.sha256(other.read_bytes()).hexdigest()[:8]
+            workdir = workdir.with_name(f"{workdir.name}-vs-{vs}")
 
     columns = (
         TextColumn("{task.description}"),
@@ -213,7 +228,13 @@ def run_cmd(
 
         try:
             result = campaign.run_campaign(
-                bundle, spec, workdir=workdir, trust_dir=trust_dir, key=key, progress=progress
+                bundle,
+                spec,
+                workdir=workdir,
+                trust_dir=trust_dir,
+                key=key,
+                progress=progress,
+                against=against,
             )
         except campaign.CampaignError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -289,7 +310,7 @@ def _check_tasks(spec: Any, campaign_file: Path) -> None:
         except DistillError as exc:
             raise click.ClickException(f"{campaign_file}: task {i} ({task.name!r}): {exc}") from exc
     teacher = spec.teacher
-    if teacher != "oracle-mppi":
+    if teacher not in ("oracle-mppi", "bundle"):
         import importlib
 
         module, _, attr = teacher.partition(":")
@@ -299,7 +320,7 @@ def _check_tasks(spec: Any, campaign_file: Path) -> None:
             ok = False
         if not ok:
             raise click.ClickException(
-                f"{campaign_file}: teacher {teacher!r} is neither 'oracle-mppi' nor an "
+                f"{campaign_file}: teacher {teacher!r} is neither 'bundle', 'oracle-mppi' nor an "
                 "importable 'module:factory'"
             )
 
@@ -352,17 +373,21 @@ def _run_remote(
         from runtime.atomicio import atomic_write_bytes
 
         atomic_write_bytes(out, raw)
+    plot = _plot_beside(_decode(raw, address), out) if out is not None else None
     summary = {
         "verdict": final.verdict,
         "policy_sha256": final.subject_sha256,
         "root_digest": final.bundle.oms_root_digest,
         "stored_in_control_plane": True,
         "attestation": str(out) if out else None,
+        "plot": str(plot) if plot else None,
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"{final.verdict}: {name} {version} (policy {final.subject_sha256[:16]}…)")
+        if plot is not None:
+            click.echo(f"plot: {plot}")
     _exit_for(final.verdict)
 
 
@@ -390,7 +415,7 @@ def _store_attestation(home: Any, raw: bytes) -> None:
 
 # ------------------------------------------------------------------------- get
 @attest.command("get")
-@click.argument("digest")
+@click.argument("digest", metavar="DIGEST|BUNDLE")
 @_home_option
 @click.option("--server", help="host:port of the control plane (default: from the home).")
 @click.option("--operator", default="admin", show_default=True, help="Operator identity.")
@@ -414,10 +439,13 @@ def get_cmd(
     raw_dsse: bool,
     as_json: bool,
 ) -> None:
-    """Fetch the attestation for a policy.onnx DIGEST over gRPC (mTLS) and show it."""
+    """Fetch the attestation for a policy.onnx DIGEST (or a bundle directory's policy)
+    over gRPC (mTLS) and show it."""
     import grpc
 
     from protos import attestation_pb2, attestation_pb2_grpc
+
+    digest = _policy_digest(digest)
 
     server, creds = _connection(home_dir, server, operator, cert, key_file, ca)
     with grpc.secure_channel(server, creds) as channel:
@@ -453,6 +481,26 @@ def get_cmd(
         click.echo(_readable(raw, home_dir))
         if out is not None:
             click.echo(f"attestation: {out}")
+
+
+def _policy_digest(given: str) -> str:
+    """A sha256 hex digest as given, or the digest of a bundle directory's policy.onnx."""
+    import hashlib
+    import re
+
+    from runtime.bundle import POLICY_NAME
+
+    path = Path(given)
+    if path.is_dir():
+        policy = path / POLICY_NAME
+        if not policy.is_file():
+            raise click.ClickException(f"{path} is not a bundle: it has no {POLICY_NAME}")
+        return hashlib.sha256(policy.read_bytes()).hexdigest()
+    if not re.fullmatch(r"[0-9a-f]{64}", given):
+        raise click.UsageError(
+            f"{given!r} is neither a policy sha256 (64 hex digits) nor a bundle directory"
+        )
+    return given
 
 
 def _readable(raw: bytes, home_dir: Path | None) -> str:

@@ -136,7 +136,9 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
     async def ListAttestations(
         self, request: attestation_pb2.ListAttestationsRequest, context: Any
     ) -> attestation_pb2.ListAttestationsResponse:
-        self.plane.auth.require_operator(await self.plane.auth.identify(context))
+        self.plane.auth.require_operator(
+            await self.plane.auth.identify(context), service="AttestationService"
+        )
         size = min(request.page.page_size or 50, 500)
         try:
             offset = int(request.page.page_token or 0)
@@ -155,7 +157,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
         self, request: attestation_pb2.RunParityCampaignRequest, context: Any
     ) -> AsyncIterator[attestation_pb2.CampaignProgress]:
         ident = self.plane.auth.require_operator(
-            await self.plane.auth.identify(context), write=True
+            await self.plane.auth.identify(context), write=True, service="AttestationService"
         )
         from cloud.attest import campaign
 
@@ -229,7 +231,7 @@ def _trusted(trust_dir: Path) -> dict[str, Any]:
 
 
 def register(server: grpc.aio.Server, plane: Plane) -> list[str]:
-    attestation_pb2_grpc.add_AttestationServiceServicer_to_server(
+    attestation_pb2_grpc.add_AttestationServiceServicer_to_server(  # type: ignore[no-untyped-call]
         AttestationServicer(plane), server
     )
     return [attestation_pb2.DESCRIPTOR.services_by_name["AttestationService"].full_name]

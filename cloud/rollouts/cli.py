@@ -95,6 +95,10 @@ def _show(r: Any) -> None:
             f"  wave {w.index}: {n} device(s), {w.state}; committed {w.committed}, "
             f"failed {w.failed}, rolled back {w.rolled_back}"
         )
+        for o in w.outcomes:
+            if o.outcome != "COMMITTED":
+                why = ": ".join(x for x in (o.reason_code, o.detail) if x)
+                click.echo(f"    {o.device_id}  {o.outcome}  {why}".rstrip())
 
 
 def _print(as_json: bool, r: Any) -> None:

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from protos.lifecycle import FAILURE_OUTCOMES, Outcome
+
 __all__ = [
     "ACTIVE_STATES",
     "FAILURE_OUTCOMES",
@@ -45,9 +47,13 @@ PENDING, RUNNING, PAUSED, ABORTED, COMPLETED = (
     "completed",
 )
 ACTIVE_STATES = frozenset({PENDING, RUNNING, PAUSED})
-COMMITTED, FAILED, ROLLED_BACK, SILENT = "COMMITTED", "FAILED", "ROLLED_BACK", "SILENT"
-FAILURE_OUTCOMES = frozenset({FAILED, ROLLED_BACK, SILENT})
-OUTCOMES = FAILURE_OUTCOMES | {COMMITTED}
+COMMITTED, FAILED, ROLLED_BACK, SILENT = (
+    Outcome.COMMITTED,
+    Outcome.FAILED,
+    Outcome.ROLLED_BACK,
+    Outcome.SILENT,
+)
+OUTCOMES = frozenset(Outcome)
 DEFAULT_HEALTH_WINDOW_S = 600.0
 
 
@@ -158,7 +164,7 @@ class Wave:
     state: str = "pending"
     dispatched_at: float | None = None
     deadline: float | None = None
-    # device -> {"outcome": COMMITTED|FAILED|ROLLED_BACK|SILENT, "reason": str, "at": float}
+    # device -> {"outcome": an Outcome, "reason": a Reason code, "detail": str, "at": float}
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # device -> the desired bundle it had before this wave (None: it had none)
     previous: dict[str, dict[str, Any] | None] = field(default_factory=dict)
@@ -296,8 +302,11 @@ class Rollout:
             }
         )
 
-    def observe(self, device_id: str, outcome: str, reason: str, now: float) -> bool:
-        """Record a device's terminal outcome (first one wins). True if it was new."""
+    def observe(
+        self, device_id: str, outcome: str, reason: str, now: float, detail: str = ""
+    ) -> bool:
+        """Record a device's terminal outcome (first one wins) with its reason code and
+        detail as the device reported them. True if it was new."""
         if outcome not in OUTCOMES:
             raise RolloutError(
                 f"unknown device outcome {outcome!r}; expected one of {sorted(OUTCOMES)}"
@@ -306,7 +315,12 @@ class Rollout:
             if device_id in w.device_ids and w.dispatched_at is not None:
                 if device_id in w.outcomes:
                     return False
-                w.outcomes[device_id] = {"outcome": outcome, "reason": reason, "at": now}
+                w.outcomes[device_id] = {
+                    "outcome": outcome,
+                    "reason": reason,
+                    "detail": detail,
+                    "at": now,
+                }
                 return True
         return False
 
@@ -319,7 +333,8 @@ class Rollout:
                 for d in w.waiting:
                     w.outcomes[d] = {
                         "outcome": SILENT,
-                        "reason": f"no outcome within {self.spec.health_window_s:g} s",
+                        "reason": "",
+                        "detail": f"no outcome within {self.spec.health_window_s:g} s",
                         "at": now,
                     }
         if self.state != RUNNING:

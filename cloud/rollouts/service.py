@@ -40,7 +40,10 @@ from cloud.rollouts.create import create_rollout, plans_to_pb
 from cloud.rollouts.engine import (
     ACTIVE_STATES,
     COMMITTED,
+    FAILED,
     FAILURE_OUTCOMES,
+    ROLLED_BACK,
+    SILENT,
     Rollout,
     TransitionError,
 )
@@ -85,8 +88,17 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
             device_ids=w.device_ids,
             state=w.state,
             committed=w.count(COMMITTED),
-            failed=w.count("FAILED") + w.count("SILENT"),
-            rolled_back=w.count("ROLLED_BACK"),
+            failed=w.count(FAILED) + w.count(SILENT),
+            rolled_back=w.count(ROLLED_BACK),
+            outcomes=[
+                admin_pb2.DeviceOutcome(
+                    device_id=d,
+                    outcome=str(o.get("outcome", "")),
+                    reason_code=str(o.get("reason", "")),
+                    detail=str(o.get("detail", "")),
+                )
+                for d, o in sorted(w.outcomes.items())
+            ],
         )
         for w in r.waves
     ]
@@ -115,8 +127,9 @@ def _matches(bundle: Mapping[str, Any] | None, spec_bundle: Mapping[str, Any]) -
 
 def device_outcome(
     store: Store, device_id: str, spec_bundle: Mapping[str, Any], since: float
-) -> tuple[str, str] | None:
-    """(outcome, reason) for `device_id` on `spec_bundle` since `since`, or None yet."""
+) -> tuple[str, str, str] | None:
+    """(outcome, reason code, detail) for `device_id` on `spec_bundle` since `since`, or
+    None yet — the reason and detail exactly as the device's event carried them."""
     for ev in reversed(store.events(device_id, kind="update", limit=20)):
         if ev.at.timestamp() < since - CLOCK_SKEW_S:
             break
@@ -124,14 +137,14 @@ def device_outcome(
             continue
         if ev.bundle is not None and not _matches(ev.bundle, spec_bundle):
             continue
-        return ev.state, ev.reason_code
+        return ev.state, ev.reason_code, ev.detail
     dev = store.get_device(device_id)
     if (
         dev is not None
         and dev.update_state == COMMITTED
         and _matches(dev.active_bundle, spec_bundle)
     ):
-        return COMMITTED, ""
+        return COMMITTED, "", ""
     return None
 
 
@@ -366,7 +379,7 @@ class RolloutService:
                 assert wave.dispatched_at is not None
                 seen = device_outcome(self.store, device_id, r.spec.bundle, wave.dispatched_at)
                 if seen is not None:
-                    r.observe(device_id, seen[0], seen[1], now)
+                    r.observe(device_id, seen[0], seen[1], now, detail=seen[2])
             r.evaluate(now)
             todo = r.next_dispatch()
             if todo is None:

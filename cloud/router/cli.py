@@ -56,7 +56,6 @@ def _public_key(key_path: Path) -> Any:
 
 def _store_heads(home_dir: Path, log_path: Path, key: Any) -> list[dict[str, Any]]:
     """The heads the plane at `home_dir` recorded in its store for this log."""
-    from sqlalchemy.exc import SQLAlchemyError
 
     from cloud.home import CloudHome
     from cloud.router.audit import audit_log_id
@@ -71,7 +70,7 @@ def _store_heads(home_dir: Path, log_path: Path, key: Any) -> list[dict[str, Any
             return store.heads(audit_log_id(key, log_path))
         finally:
             store.engine.dispose()
-    except (AuditError, StoreError, SQLAlchemyError) as exc:
+    except (AuditError, StoreError) as exc:
         raise click.ClickException(
             f"cannot read the tree heads kept in the store of {home_dir}: {exc} "
             "(use --no-store to check the file alone)"
@@ -232,6 +231,8 @@ def repair_cmd(home_dir: Path | None) -> None:
         raise click.UsageError("--home is required (or set EDGEFLUX_CLOUD_HOME)")
     home = CloudHome.at(home_dir)
     log_path = home.state / "router-audit.jsonl"
+    if not (home.keys / "router-audit.key").exists():
+        raise click.ClickException(f"no audit signing key {home.keys / 'router-audit.key'}")
     key = load_audit_key(home.keys)
     heads = HeadStore.open(home.database_url())
     log_id = audit_log_id(key.public_key(), log_path)

@@ -23,38 +23,42 @@ Example `[router]` table::
 The caller's device certificate names the device; its labels ``tenant`` and ``site``
 (configurable) place it in the budget hierarchy.
 
-`RouterRunner` is the asyncio driver: all router calls run on one dedicated thread
-(the router is single-threaded and the SQL ledger blocks), dispatches run as asyncio
-tasks with per-call deadlines, and a timer task drives `tick` and flushes the audit log.
+The pieces: `cloud.router.settings` (the `[router]` table), `cloud.router.wire`
+(protobuf conversion, the AgentService client), `cloud.router.runner` (the asyncio
+driver); this module holds the servicer and `register`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import dataclasses
-import itertools
 import logging
-import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.router.admission import AdmissionConfig
 from cloud.router.audit import AuditLog, audit_log_id, verify_log
-from cloud.router.backends import BackendSpec, PriceModel, Registry
-from cloud.router.budgets import Budget, BudgetLedger
+from cloud.router.backends import Registry
+from cloud.router.budgets import BudgetLedger
 from cloud.router.champion import ChampionChallenger
 from cloud.router.classes import ClassPolicy
 from cloud.router.errors import AuditError, RouterConfigError
-from cloud.router.router import Dispatch, Router, RouterConfig, Step
-from cloud.router.task import Answer, Constraints, Outcome, Qos, Result, Scope, Task
+from cloud.router.learning import LearnedStart
+from cloud.router.router import Router, RouterConfig
+from cloud.router.runner import RouterRunner
+from cloud.router.settings import BackendSettings, ChallengerSettings, RouterSettings, by_qos
+from cloud.router.task import Outcome, Scope
+from cloud.router.wire import (
+    OUTCOME_PROTO,
+    AgentClient,
+    Executor,
+    result_to_proto,
+    task_from_proto,
+)
 from protos import router_pb2, router_pb2_grpc
 
 __all__ = [
@@ -72,417 +76,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MAX_DEADLINE_MS = 600_000
-MAX_OBSERVATION = 4096
-MAX_TASK_TYPE = 64
-
-_OUTCOME = {
-    Outcome.OK: router_pb2.ROUTE_OUTCOME_OK,
-    Outcome.REJECTED: router_pb2.ROUTE_OUTCOME_REJECTED,
-    Outcome.NO_CONSENSUS: router_pb2.ROUTE_OUTCOME_NO_CONSENSUS,
-    Outcome.FAILED: router_pb2.ROUTE_OUTCOME_FAILED,
-    Outcome.BUDGET_EXHAUSTED: router_pb2.ROUTE_OUTCOME_BUDGET_EXHAUSTED,
-}
-
-
-class BackendSettings(BaseModel):
-    """One backend: where it listens and what it can do."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    address: str = Field(description="host:port of its AgentService")
-    tier: int = 0
-    task_types: list[str]
-    quality: dict[str, float] = Field(default_factory=dict)
-    capacity: int = 4
-    per_call_usd: float = 0.0
-    per_work_unit_usd: float = 0.0
-    per_gpu_second_usd: float = 0.0
-    latency_s_per_work_unit: float = 0.05
-    timeout_s: float = 30.0
-
-    def spec(self) -> BackendSpec:
-        return BackendSpec(
-            self.name,
-            self.tier,
-            frozenset(self.task_types),
-            PriceModel(self.per_call_usd, self.per_work_unit_usd, self.per_gpu_second_usd),
-            capacity=self.capacity,
-            quality=dict(self.quality),
-            latency_s_per_work_unit=self.latency_s_per_work_unit,
-            timeout_s=self.timeout_s,
-        ).validate()
-
-
-class BudgetSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    scope: str
-    limit_usd: float
-    limit_work_units: float | None = None
-    soft_fraction: float = 0.8
-    safety_allowance_usd: float = 0.0
-    period_s: float = 30 * 86400.0
-
-    def budget(self) -> Budget:
-        return Budget(
-            self.scope,
-            self.limit_usd,
-            self.limit_work_units,
-            self.soft_fraction,
-            self.safety_allowance_usd,
-            self.period_s,
-        ).validate()
-
-
-class ChallengerSettings(BaseModel):
-    """Mirror a share of one task type's traffic to a challenger backend."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task_type: str
-    champion: str
-    challenger: str
-    mirror_share: float = Field(0.05, ge=0, le=1)
-    min_pairs: int = Field(30, ge=1)
-
-
-class RouterSettings(BaseModel):
-    """`[router]` settings of a control plane (env: ``EDGEFLUX_ROUTER_<FIELD>``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backends: list[BackendSettings] = Field(default_factory=list)
-    budgets: list[BudgetSettings] = Field(default_factory=list)
-    tenant_label: str = Field("tenant", description="device label naming its tenant")
-    site_label: str = Field("site", description="device label naming its site")
-    default_tenant: str = Field("default", description="tenant of a device without the label")
-    challengers: list[ChallengerSettings] = Field(default_factory=list)
-    qos_shares: dict[str, float] = Field(
-        default_factory=lambda: {"SAFETY": 0.3, "INTERACTIVE": 0.5, "BATCH": 0.2},
-        description="guaranteed share of each backend's concurrency limit per class",
-    )
-    quality_floor: dict[str, float] = Field(
-        default_factory=lambda: {"SAFETY": 0.9, "INTERACTIVE": 0.7, "BATCH": 0.5},
-        description="least predicted quality a backend needs to serve a class",
-    )
-    class_grants: dict[str, list[str]] = Field(
-        default_factory=lambda: {"SAFETY": list[str]()},
-        description="devices that may use a class: 'device:<id>', 'label:<k>=<v>' or '*'; "
-        "a class not listed is open to every device (SAFETY: nobody by default)",
-    )
-    max_payload_bytes: dict[str, int] = Field(
-        default_factory=dict,
-        description="largest task payload per class (default SAFETY 64 KiB, "
-        "INTERACTIVE 256 KiB, BATCH 1 MiB)",
-    )
-    accept_score: float = Field(0.6, ge=0, le=1, description="verifier score that accepts")
-    max_escalations: int = Field(2, ge=0, le=5)
-    reservation_ttl_s: float | None = Field(
-        None,
-        gt=0,
-        description="longest hold of a budget reservation; default: the longest backend "
-        "timeout_s plus reservation_grace_s. A backend that could outlive it is refused.",
-    )
-    reservation_grace_s: float = Field(
-        30.0, ge=0, description="a reservation outlives its call's deadline by this much"
-    )
-    audit_every_n: int = Field(256, gt=0, description="sign a tree head every N records")
-    audit_every_s: float = Field(10.0, gt=0, description="... or every T seconds")
-
-
-# --------------------------------------------------------------------------- backends
-
-
-class Executor(Protocol):
-    """Runs one dispatch on a backend and returns its answer (never raises)."""
-
-    async def execute(self, task: Task, timeout_s: float) -> Answer: ...
-
-
-class AgentClient:
-    """An AgentService worker over gRPC (insecure loopback or TLS credentials)."""
-
-    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
-        self.address = address
-        self._channel = (
-            grpc.aio.secure_channel(address, credentials)
-            if credentials is not None
-            else grpc.aio.insecure_channel(address)
-        )
-        self._stub = router_pb2_grpc.AgentServiceStub(self._channel)  # type: ignore[no-untyped-call]
-
-    async def execute(self, task: Task, timeout_s: float) -> Answer:
-        req = router_pb2.ExecuteRequest(task=task_to_proto(task))
-        try:
-            resp = await self._stub.Execute(req, timeout=max(timeout_s, 0.001))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return Answer(error="timeout")
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                return Answer(overloaded=True)
-            if exc.code() == grpc.StatusCode.CANCELLED:
-                return Answer(error="cancelled")
-            return Answer(error=f"{exc.code().name}: {exc.details()}")
-        return answer_from_proto(resp)
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-
-def answer_from_proto(resp: router_pb2.ExecuteResponse) -> Answer:
-    return Answer(
-        action=tuple(resp.action),
-        label=resp.label,
-        result=bytes(resp.result),
-        work_units=resp.work_units if resp.work_units != 0 else None,
-        gpu_s=resp.gpu_seconds if resp.gpu_seconds != 0 else None,
-        overloaded=resp.overloaded,
-        error=resp.error,
-    )
-
-
-def task_to_proto(task: Task) -> router_pb2.Task:
-    c = task.constraints
-    return router_pb2.Task(
-        task_type=task.task_type,
-        qos=int(task.qos),  # type: ignore[arg-type]
-        deadline_ms=max(0, int((task.deadline_at - time.monotonic()) * 1000)),
-        observation=list(task.observation),
-        payload=task.payload,
-        idempotency_key=task.task_id,
-        work_units=task.work_units,
-        action_low=list(c.action_low) if c else [],
-        action_high=list(c.action_high) if c else [],
-    )
-
-
-def task_from_proto(msg: router_pb2.Task, scope: Scope, now: float) -> Task:
-    """Validate an untrusted Task message; raise ValueError naming the bad field."""
-    if not msg.task_type or len(msg.task_type) > MAX_TASK_TYPE:
-        raise ValueError(f"task.task_type must be 1..{MAX_TASK_TYPE} characters")
-    if msg.qos not in (1, 2, 3):
-        raise ValueError("task.qos must be SAFETY, INTERACTIVE or BATCH")
-    if msg.deadline_ms > MAX_DEADLINE_MS:
-        raise ValueError(f"task.deadline_ms = {msg.deadline_ms}; at most {MAX_DEADLINE_MS}")
-    if len(msg.observation) > MAX_OBSERVATION:
-        raise ValueError(f"task.observation has {len(msg.observation)} values; at most 4096")
-    obs = tuple(float(x) for x in msg.observation)
-    if not all(math.isfinite(x) for x in obs):
-        raise ValueError("task.observation has a NaN or infinite value")
-    work = msg.work_units or 1.0
-    if not (math.isfinite(work) and 0 < work <= 1e6):
-        raise ValueError(f"task.work_units = {msg.work_units}; expected 0 < w ≤ 1e6")
-    lo, hi = tuple(msg.action_low), tuple(msg.action_high)
-    if len(lo) != len(hi) or any(not (a <= b) for a, b in zip(lo, hi, strict=False)):
-        raise ValueError("task.action_low/action_high must have equal length and low ≤ high")
-    key = msg.idempotency_key[:128] or uuid.uuid4().hex
-    return Task(
-        f"{scope.device or scope.tenant}:{key}",
-        msg.task_type,
-        Qos(msg.qos),
-        now + msg.deadline_ms / 1000.0,
-        scope,
-        work,
-        obs,
-        bytes(msg.payload),
-        Constraints(lo, hi) if lo else None,
-    )
-
-
-# --------------------------------------------------------------------------- driver
-
-
-class RouterRunner:
-    """Drives a `Router` from asyncio: one router thread, dispatches as tasks.
-
-    Every router call that returns a `Step` goes through `_post`: the step is applied on
-    the event loop when the call finishes, whether or not its caller still waits, so a
-    caller cancelled mid-admission loses no dispatch (no call is charged that never ran).
-    A cancelled `route` posts `Router.cancel` right behind its submit (one FIFO thread),
-    so a retry with the same idempotency key always finds the key free.
-    """
-
-    def __init__(
-        self,
-        router: Router,
-        executors: Mapping[str, Executor],
-        *,
-        flush_every_s: float = 0.2,
-    ) -> None:
-        self.router = router
-        self.executors = dict(executors)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="router")
-        # task id -> (the caller's future, sequence number of its submit)
-        self._waiting: dict[str, tuple[asyncio.Future[Result], int]] = {}
-        self._calls: dict[str, asyncio.Task[None]] = {}
-        self._timer: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._flush_every_s = flush_every_s
-        self._seq = itertools.count()
-        self._closed = False
-
-    async def _call(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-
-    def _post(
-        self, fn: Callable[[], Step], owner: asyncio.Future[Result] | None = None
-    ) -> tuple[int, asyncio.Future[None]]:
-        """Run `fn` on the router thread; apply its step on the loop once it returns."""
-        loop = asyncio.get_running_loop()
-        seq = next(self._seq)
-        applied: asyncio.Future[None] = loop.create_future()
-
-        def apply(cf: concurrent.futures.Future[Step]) -> None:
-            exc = cf.exception()
-            if exc is not None:
-                log.error("router call failed: %r", exc)
-                if owner is not None and not owner.done():
-                    owner.set_exception(exc)
-                applied.set_exception(exc)
-                return
-            self._apply(cf.result(), seq)
-            applied.set_result(None)
-
-        def finished(cf: concurrent.futures.Future[Step]) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to apply
-                loop.call_soon_threadsafe(apply, cf)
-
-        self._pool.submit(fn).add_done_callback(finished)
-        return seq, applied
-
-    def start(self) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().create_task(self._timers())
-
-    @property
-    def waiting(self) -> int:
-        """Callers waiting for a result."""
-        return len(self._waiting)
-
-    async def route(self, task: Task) -> Result:
-        self.start()
-        tid = task.task_id
-        if tid in self._waiting:
-            # Same device, same idempotency key, still in flight: one answer per key.
-            return Result(tid, Outcome.FAILED, "duplicate_task_id")
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        seq, _ = self._post(lambda: self.router.submit(task), owner=fut)
-        self._waiting[tid] = (fut, seq)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            # Whatever the router did with the task so far, undo what is still open.
-            self._post(lambda: self.router.cancel(tid))
-            raise
-        finally:
-            entry = self._waiting.get(tid)
-            if entry is not None and entry[0] is fut:
-                del self._waiting[tid]
-
-    def _apply(self, step: Step, seq: int) -> None:
-        for r in step.results:
-            entry = self._waiting.get(r.task_id)
-            # A step produced before this caller's submit belongs to an earlier attempt.
-            if entry is not None and seq >= entry[1] and not entry[0].done():
-                entry[0].set_result(r)
-        for did in step.cancels:
-            call = self._calls.get(did)
-            if call is not None:
-                call.cancel()
-        loop = asyncio.get_running_loop()
-        for d in step.dispatches:
-            self._calls[d.dispatch_id] = loop.create_task(self._run(d))
-        self._wake.set()
-
-    async def _run(self, d: Dispatch) -> None:
-        ex = self.executors.get(d.backend)
-        try:
-            if ex is None:
-                answer = Answer(error=f"no executor for backend {d.backend!r}")
-            elif self._closed:
-                answer = Answer(error="cancelled")
-            else:
-                answer = await ex.execute(d.task, d.deadline_at - time.monotonic())
-        except asyncio.CancelledError:
-            answer = Answer(error="cancelled")
-        except Exception as exc:  # a backend plug-in must never take the router down
-            log.warning("backend %s raised %r", d.backend, exc)
-            answer = Answer(error=f"{type(exc).__name__}: {exc}")
-        finally:
-            self._calls.pop(d.dispatch_id, None)
-        self._post(lambda: self.router.on_answer(d.dispatch_id, answer))
-
-    async def _timers(self) -> None:
-        last_flush = time.monotonic()
-        while not self._closed:
-            nxt = self.router.next_wakeup()
-            delay = self._flush_every_s if nxt is None else max(0.0, nxt - time.monotonic())
-            self._wake.clear()
-            with _suppress_timeout():
-                await asyncio.wait_for(self._wake.wait(), min(delay, self._flush_every_s))
-            await self._post(self.router.tick)[1]
-            if time.monotonic() - last_flush >= self._flush_every_s:
-                last_flush = time.monotonic()
-                await self._call(self.router.flush_audit)
-
-    async def note(self, event: dict[str, Any]) -> None:
-        """Audit an event on the router thread (`Router.note`)."""
-        await self._call(lambda: self.router.note(event))
-
-    async def stats(self) -> list[dict[str, Any]]:
-        stats: list[dict[str, Any]] = await self._call(self.router.stats)
-        return stats
-
-    async def close(self) -> None:
-        """Cancel calls in flight (their reservations are released), write every decision
-        to the audit log and sign a final tree head."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
-        calls = list(self._calls.values())
-        for call in calls:
-            call.cancel()
-        await asyncio.gather(*calls, return_exceptions=True)
-        await self._post(Step)[1]  # the calls' answers are applied (FIFO) before this
-        await self._call(self.router.flush_audit)
-        if self.router.audit is not None:
-            await self._call(self.router.audit.close)
-        self._pool.shutdown(wait=True)
-
-
-class _suppress_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: object, ev: object, tb: object) -> bool:
-        return et is asyncio.TimeoutError or et is TimeoutError
-
-
-# --------------------------------------------------------------------------- servicer
-
-
-def result_to_proto(res: Result) -> router_pb2.RouteResponse:
-    a = res.answer
-    return router_pb2.RouteResponse(
-        outcome=_OUTCOME[res.outcome],
-        action=list(a.action) if a else [],
-        result=a.result if a else b"",
-        label=a.label if a else "",
-        backend=res.backend,
-        cost_usd=res.cost_usd,
-        retry_after_ms=math.ceil(res.retry_after_s * 1000),
-        reason=res.reason,
-        verifier_score=res.verifier_score,
-        decision_id=res.decision_id,
-        escalations=res.escalations,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -584,7 +177,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 at_unix_ms=int(float(d["at"]) * 1000),
                 task_type=str(d["task_type"]),
                 qos=int(d["qos"]),
-                outcome=_OUTCOME[Outcome(d["outcome"])],
+                outcome=OUTCOME_PROTO[Outcome(d["outcome"])],
                 backend=str(d["backend"]),
                 cost_usd=float(d["cost_usd"]),
                 latency_ms=float(d["latency_ms"]),
@@ -660,20 +253,6 @@ def load_audit_key(keys_dir: Path) -> Any:
     return key
 
 
-def _by_qos(
-    values: Mapping[str, Any], field: str, kind: Callable[[Any], Any] = float
-) -> dict[Qos, Any]:
-    out: dict[Qos, Any] = {}
-    for name, v in values.items():
-        try:
-            out[Qos[name.upper()]] = kind(v)
-        except KeyError:
-            raise RouterConfigError(
-                f"[router] {field}: unknown class {name!r}; expected SAFETY, INTERACTIVE, BATCH"
-            ) from None
-    return out
-
-
 def register(server: grpc.aio.Server, plane: Any) -> list[str]:
     """Mount RouterService on the control plane (see the module docstring)."""
     from runtime.config import load_config
@@ -722,12 +301,13 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
             max_escalations=settings.max_escalations,
             reservation_ttl_s=settings.reservation_ttl_s,
             reservation_grace_s=settings.reservation_grace_s,
-            admission=AdmissionConfig(_by_qos(settings.qos_shares, "qos_shares")),
-            quality_floor=_by_qos(settings.quality_floor, "quality_floor"),
+            admission=AdmissionConfig(by_qos(settings.qos_shares, "qos_shares")),
+            quality_floor=by_qos(settings.quality_floor, "quality_floor"),
         ),
         clock=time.monotonic,
         wall=time.time,
         audit=audit,
+        selector=LearnedStart() if settings.learning else None,
         challengers=[
             ChampionChallenger(c.task_type, c.champion, c.challenger, c.mirror_share, c.min_pairs)
             for c in settings.challengers
@@ -740,7 +320,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         from cloud.server.auth import AuthError
 
         try:
-            ident = auth.require_device(await auth.identify(context))
+            ident = auth.require_device(await auth.identify(context), service="RouterService")
             device = await plane.db(plane.store.get_device, ident.id)
         except AuthError as exc:
             await context.abort(exc.code, str(exc))
@@ -753,7 +333,7 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         from cloud.server.auth import AuthError
 
         try:
-            auth.require_operator(await auth.identify(context))
+            auth.require_operator(await auth.identify(context), service="RouterService")
         except AuthError as exc:
             await context.abort(exc.code, str(exc))
 
@@ -767,8 +347,8 @@ def register(server: grpc.aio.Server, plane: Any) -> list[str]:
         authorize_stats,
         lambda: heads.heads(log_id),
         ClassPolicy.from_settings(
-            _by_qos(settings.class_grants, "class_grants", list),
-            _by_qos(settings.max_payload_bytes, "max_payload_bytes", int),
+            by_qos(settings.class_grants, "class_grants", list),
+            by_qos(settings.max_payload_bytes, "max_payload_bytes", int),
         ),
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

@@ -80,6 +80,9 @@ class SimBackendSpec:
     """Never answers (a hung backend)."""
     reported_work_factor: float = 1.0
     """Multiplies the work units it reports (negative or huge: a lying backend)."""
+    hard_accuracy: Mapping[str, float] | None = None
+    """Accuracy on hard tasks (first observation value ≥ 0.5; see `make_task`'s
+    `difficulty`); None: `accuracy` for every task."""
 
 
 @dataclass
@@ -188,7 +191,10 @@ class SimBackend:
         self.loop.at(now + service, done)
 
     def _answer(self, task: Task, service: float) -> Answer:
-        right = self.rng.random() < self.sim.accuracy.get(task.task_type, 0.0)
+        acc = self.sim.accuracy.get(task.task_type, 0.0)
+        if self.sim.hard_accuracy is not None and task.observation and task.observation[0] >= 0.5:
+            acc = self.sim.hard_accuracy.get(task.task_type, acc)
+        right = self.rng.random() < acc
         work = task.work_units * self.sim.reported_work_factor
         if task.task_id in self.truth.label:
             label = self.truth.label[task.task_id]
@@ -321,13 +327,26 @@ def make_task(
     deadline_s: float,
     work_units: float,
     scope: Any,
+    difficulty: float | None = None,
 ) -> Task:
+    """A task with a hidden right answer; `difficulty` (0..1) is its first observation
+    value, a feature a router may read (hard from 0.5, see `SimBackendSpec`)."""
     if task_type == "verify":
         truth.label[task_id] = rng.choice(("safe", "unsafe"))
     else:
         truth.action[task_id] = (rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8))
     bounds = None if task_type == "verify" else BOUNDS
-    return Task(task_id, task_type, qos, now + deadline_s, scope, work_units, constraints=bounds)
+    obs = () if difficulty is None else (difficulty,)
+    return Task(
+        task_id,
+        task_type,
+        qos,
+        now + deadline_s,
+        scope,
+        work_units,
+        observation=obs,
+        constraints=bounds,
+    )
 
 
 def percentile(xs: Sequence[float], q: float) -> float:

@@ -64,6 +64,7 @@ def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
         active_bundle=_ref(d.active_bundle),
         update_state=d.update_state,
         update_reason=d.update_reason,
+        update_detail=d.update_detail,
         health=admin_pb2.DeviceHealth(
             loop_p50_ms=float(h.get("loop_p50_ms", 0.0)),
             loop_p99_ms=float(h.get("loop_p99_ms", 0.0)),
@@ -175,7 +176,11 @@ class FleetAdminServicer(admin_pb2_grpc.FleetAdminServiceServicer):
             out.safety_interventions.add(at=at, value=float(p.safety_interventions))
         for e in events:
             out.updates.add(
-                at=_ts(e.at), state=e.state, reason=e.reason_code, bundle=_ref(e.bundle)
+                at=_ts(e.at),
+                state=e.state,
+                reason=e.reason_code,
+                bundle=_ref(e.bundle),
+                detail=e.detail,
             )
         return out
 

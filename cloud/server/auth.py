@@ -126,20 +126,24 @@ class Authenticator:
         return await asyncio.to_thread(self.identify_pem, pem)
 
     @staticmethod
-    def require_device(ident: Identity) -> Identity:
+    def require_device(ident: Identity, *, service: str = "DeviceService") -> Identity:
+        """`service`: the gRPC service refusing the call, named in the message."""
         if ident.kind != "device":
             raise AuthError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{ident.actor} is not a device; DeviceService serves device certificates only",
+                f"{ident.actor} is not a device; {service} serves device certificates only",
             )
         return ident
 
     @staticmethod
-    def require_operator(ident: Identity, *, write: bool = False) -> Identity:
+    def require_operator(
+        ident: Identity, *, write: bool = False, service: str = "FleetAdminService"
+    ) -> Identity:
+        """`service`: the gRPC service refusing the call, named in the message."""
         if ident.kind != "operator":
             raise AuthError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{ident.actor} is a device; FleetAdminService needs an operator certificate",
+                f"{ident.actor} is a {ident.kind}; {service} needs an operator certificate",
             )
         if write and ident.role != "admin":
             raise AuthError(

@@ -23,15 +23,15 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud.store._device_rows import HOT_READS
 from cloud.store.errors import ConflictError, StoreError, StoreUnavailable
-from cloud.store.models import AuditEntry, Device
+from cloud.store.models import AuditEntry, Device, table
 
 __all__ = ["StoreBase", "as_utc", "utcnow"]
 
 log = logging.getLogger("cloud.store")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
-devices_t = Device.__table__
-audit_t = AuditEntry.__table__
+devices_t = table(Device)
+audit_t = table(AuditEntry)
 
 
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:

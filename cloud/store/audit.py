@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud.store._base import StoreBase, as_utc
-from cloud.store.models import AuditEntry
+from cloud.store.models import AuditEntry, table
 
 __all__ = ["AuditQueries", "AuditRecord"]
 
-audit_t = AuditEntry.__table__
+audit_t = table(AuditEntry)
 
 
 @dataclass(frozen=True)

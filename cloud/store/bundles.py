@@ -10,11 +10,11 @@ import sqlalchemy as sa
 
 from cloud.store._base import StoreBase, as_utc, utcnow
 from cloud.store.errors import ConflictError
-from cloud.store.models import Bundle
+from cloud.store.models import Bundle, table
 
 __all__ = ["BundleQueries", "BundleRecord"]
 
-bundles_t = Bundle.__table__
+bundles_t = table(Bundle)
 
 
 @dataclass(frozen=True)

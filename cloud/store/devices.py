@@ -18,13 +18,13 @@ from cloud.store._device_rows import (
     device_record,
 )
 from cloud.store.errors import ConflictError, NotFoundError
-from cloud.store.models import Device, DeviceLabel, RevokedCertificate
+from cloud.store.models import Device, DeviceLabel, RevokedCertificate, table
 
 __all__ = ["DeviceQueries", "parse_label_selector"]
 
-devices_t = Device.__table__
-labels_t = DeviceLabel.__table__
-revoked_t = RevokedCertificate.__table__
+devices_t = table(Device)
+labels_t = table(DeviceLabel)
+revoked_t = table(RevokedCertificate)
 
 
 def parse_label_selector(text: str) -> dict[str, str]:
@@ -66,6 +66,7 @@ class DeviceQueries(StoreBase):
                         runtime_version="",
                         update_state="",
                         update_reason="",
+                        update_detail="",
                         desired_generation=0,
                     )
                 )
@@ -98,6 +99,7 @@ class DeviceQueries(StoreBase):
                         "runtime_version": "",
                         "update_state": "",
                         "update_reason": "",
+                        "update_detail": "",
                         "desired_generation": 0,
                     }
                     for i, fp, lb in rows
@@ -178,7 +180,7 @@ class DeviceQueries(StoreBase):
                 total = int(self._raw_all(count)[0][0])
         else:
             with self._connect() as conn:
-                rows = conn.execute(query).fetchall()
+                rows = list(conn.execute(query).fetchall())
                 if not with_total:
                     total = -1
                 elif not after and len(rows) <= limit:

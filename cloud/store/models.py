@@ -21,6 +21,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Rollout",
     "TelemetryBatch",
     "TelemetryPoint",
+    "table",
 ]
 
 Stamp = DateTime(timezone=True)
@@ -65,6 +67,7 @@ class Device(Base):
     active_bundle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     update_state: Mapped[str] = mapped_column(String(32), default="")
     update_reason: Mapped[str] = mapped_column(String(128), default="")
+    update_detail: Mapped[str] = mapped_column(Text, default="")  # updates_0001
     health: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     desired_bundle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -191,3 +194,10 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(256), default="")
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+def table(model: type[Base]) -> Table:
+    """A model's Core table, for the store's SQLAlchemy Core statements."""
+    t = model.__table__
+    assert isinstance(t, Table)
+    return t

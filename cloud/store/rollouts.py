@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud.store._base import StoreBase, as_utc
-from cloud.store.models import Rollout
+from cloud.store.models import Rollout, table
 
 __all__ = ["RolloutQueries", "RolloutRecord"]
 
-rollouts_t = Rollout.__table__
+rollouts_t = table(Rollout)
 
 
 @dataclass(frozen=True)

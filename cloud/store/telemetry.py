@@ -11,13 +11,13 @@ import sqlalchemy as sa
 
 from cloud.store._base import StoreBase, as_utc, utcnow
 from cloud.store.errors import ConflictError
-from cloud.store.models import Device, TelemetryBatch, TelemetryPoint
+from cloud.store.models import Device, TelemetryBatch, TelemetryPoint, table
 
 __all__ = ["TelemetryQueries", "TelemetryRecord"]
 
-devices_t = Device.__table__
-batches_t = TelemetryBatch.__table__
-points_t = TelemetryPoint.__table__
+devices_t = table(Device)
+batches_t = table(TelemetryBatch)
+points_t = table(TelemetryPoint)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ import sqlalchemy as sa
 
 from cloud.store._base import StoreBase, as_utc, utcnow
 from cloud.store.errors import ConflictError, NotFoundError
-from cloud.store.models import Device, Event
+from cloud.store.models import Device, Event, table
 
 __all__ = ["EventRecord", "UpdateQueries"]
 
-devices_t = Device.__table__
-events_t = Event.__table__
+devices_t = table(Device)
+events_t = table(Event)
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class UpdateQueries(StoreBase):
                         .values(
                             update_state=ev.state,
                             update_reason=ev.reason_code,
+                            update_detail=ev.detail,
                             last_seen=utcnow(),
                             updated_at=utcnow(),
                         )

@@ -32,6 +32,7 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "gym": "runtime.adapters.gym:GymAdapter",
     "udp": "runtime.adapters.udp:UdpAdapter",
     "null": "runtime.adapters.null:NullAdapter",
+    "ros2": "runtime.adapters.ros2:Ros2Adapter",
 }
 
 

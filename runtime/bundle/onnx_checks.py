@@ -56,7 +56,7 @@ def _to_spec(path: Path, kind: str, io: GraphIO) -> TensorSpec:
             f"{path}: graph {kind} {io.name!r} declares no shape; re-export with shapes "
             "or give the I/O spec explicitly"
         )
-    return TensorSpec(name=io.name, shape=list(io.shape), dtype=io.dtype)  # type: ignore[arg-type]
+    return TensorSpec(name=io.name, shape=list(io.shape), dtype=io.dtype)
 
 
 def graph_inputs(info: OnnxInfo) -> list[GraphIO]:

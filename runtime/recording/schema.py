@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "EVENT_DEFINITION",
     "EVENT_TYPE",
     "TICK_DEFINITION",
     "TICK_TYPE",
+    "Tick",
+    "decode_tick",
     "encode_event",
     "encode_tick",
     "schema_text",
@@ -119,3 +126,68 @@ def encode_event(stamp_ns: int, tick: int, kind: str, detail: str) -> bytes:
     _string(buf, kind)
     _string(buf, detail)
     return _HEADER + bytes(buf)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A decoded `edgeflux_msgs/msg/Tick`."""
+
+    stamp_ns: int
+    tick: int
+    observation: npt.NDArray[np.float32]
+    action: npt.NDArray[np.float32]
+    latency_ms: float
+    late: bool
+    interventions: tuple[str, ...]
+    bundle: str
+    bundle_digest: str
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        if data[:4] != _HEADER:
+            raise ValueError(f"not little-endian CDR (header {data[:4].hex()})")
+        self.buf = memoryview(data)[4:]
+        self.pos = 0
+
+    def take(self, fmt: str, align: int) -> tuple[Any, ...]:
+        self.pos += -self.pos % align
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise ValueError("message ends early")
+        out = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return out
+
+    def floats(self) -> npt.NDArray[np.float32]:
+        (n,) = self.take("<I", 4)
+        if self.pos + 4 * n > len(self.buf):
+            raise ValueError("message ends inside a float32 array")
+        arr = np.frombuffer(self.buf, "<f4", n, self.pos).astype(np.float32)
+        self.pos += 4 * n
+        return arr
+
+    def string(self) -> str:
+        (n,) = self.take("<I", 4)
+        if n == 0 or self.pos + n > len(self.buf):
+            raise ValueError("malformed string")
+        text = bytes(self.buf[self.pos : self.pos + n - 1]).decode()
+        self.pos += n
+        return text
+
+
+def decode_tick(data: bytes) -> Tick:
+    """The inverse of `encode_tick`; ValueError says what is malformed."""
+    r = _Reader(data)
+    sec, nanosec = r.take("<iI", 4)
+    (tick,) = r.take("<Q", 8)
+    obs, act = r.floats(), r.floats()
+    latency, late = r.take("<f?", 4)
+    (n,) = r.take("<I", 4)
+    if n > len(data):
+        raise ValueError("malformed interventions")
+    reasons = tuple(r.string() for _ in range(n))
+    return Tick(
+        sec * 1_000_000_000 + nanosec, tick, obs, act, float(latency), bool(late), reasons,
+        r.string(), r.string(),
+    )  # fmt: skip

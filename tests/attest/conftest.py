@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cloud.attest.statement import AttestationKey, generate_key
+from distill.teachers import OracleMPPITeacher
 from runtime.bundle import create_bundle, generate_signing_key, sign_bundle
 from runtime.manifest import BundleManifest
 from runtime.trust import TrustStore
@@ -68,12 +69,12 @@ def energy_teacher(env_id: str, variant: object) -> EnergyTeacher:
     return EnergyTeacher()
 
 
-def energy_pendulum_policy(path: Path) -> Path:
-    """The same controller as `EnergyTeacher`, as an ONNX graph (a good student)."""
+def energy_pendulum_policy(path: Path, kp: float = 10.0) -> Path:
+    """The controller of `EnergyTeacher` (balance gain `kp`) as an ONNX graph: a good student."""
     f = np.float32
     consts = {
         "half": f(0.5), "ten": f(10.0), "one": f(1.0), "two": f(2.0), "m2": f(-2.0),
-        "top": f(0.8), "neg": f(-1.0),
+        "top": f(0.8), "neg": f(-1.0), "kp": f(kp),
     }  # fmt: skip
     cols = {"c": 0, "s": 1, "w": 2}
     nodes = []
@@ -91,7 +92,7 @@ def energy_pendulum_policy(path: Path) -> Path:
         mk("Sub", ["c", "one"], ["c1"]), mk("Mul", ["c1", "ten"], ["pot"]),
         mk("Add", ["kin", "pot"], ["energy"]),
         mk("Div", ["s", "c"], ["ratio"]), mk("Atan", ["ratio"], ["theta"]),
-        mk("Mul", ["theta", "ten"], ["p"]), mk("Mul", ["w", "two"], ["d"]),
+        mk("Mul", ["theta", "kp"], ["p"]), mk("Mul", ["w", "two"], ["d"]),
         mk("Add", ["p", "d"], ["pd"]), mk("Mul", ["pd", "neg"], ["balance"]),
         mk("Sign", ["w"], ["sw"]), mk("Sign", ["energy"], ["se"]),
         mk("Mul", ["sw", "se"], ["sws"]), mk("Mul", ["sws", "m2"], ["swing"]),
@@ -131,7 +132,13 @@ def pendulum_manifest(
                 "action_high": [2.0],
             },
             "control": {"rate_hz": 20, "deadline_ms": 5, **control},
-            "provenance": {"env_id": "Pendulum-v1", "seeds": seeds or [1, 2, 3]},
+            # Distilled from the oracle planner, as `distill run --teacher oracle` records it.
+            "provenance": {
+                "env_id": "Pendulum-v1",
+                "seeds": seeds or [1, 2, 3],
+                "teacher_kind": "oracle",
+                "teacher_digest": OracleMPPITeacher("Pendulum-v1").digest(),
+            },
         }
     )
 

@@ -159,6 +159,7 @@ def test_remote_run_executes_on_the_plane_and_is_served(ran, tmp_path: Path) -> 
     assert res.exit_code == EXIT_NOT_ATTESTED, res.output
     summary = json.loads(res.stdout)
     assert summary["policy_sha256"] == rec.policy_sha256
+    assert summary["plot"] == str(tmp_path / "r.png") and (tmp_path / "r.png").is_file()
     assert summary["verdict"] == "not_attested"
     got = _invoke(
         "attest", "get", rec.policy_sha256, "--home", str(plane.home.root),
@@ -178,6 +179,10 @@ def test_get_shows_a_readable_report_and_the_raw_envelope_on_request(ran) -> Non
     assert res.exit_code == 0, res.output
     assert res.output.startswith("Parity attestation: NOT_ATTESTED")
     assert "signature: verified" in res.output and "payload" not in res.output
+    by_bundle = _invoke("attest", "get", str(ran["bundle"]), *common)
+    assert by_bundle.exit_code == 0 and by_bundle.output == res.output
+    res = CliRunner().invoke(root, ["attest", "get", "nope", *common])
+    assert res.exit_code == 2 and "neither a policy sha256" in res.output
     res = _invoke("attest", "get", digest, *common, "--raw")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["payloadType"] == "application/vnd.in-toto+json"

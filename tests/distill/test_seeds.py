@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cloud.attest import campaign
+from cloud.attest.spec import campaign_seeds
 from distill import seeds
 from distill.dagger import DaggerConfig, run_dagger
 from distill.envs import env_spec
@@ -42,7 +43,7 @@ def test_campaign_seeds_sit_in_the_attestation_range_and_training_starts_are_ref
         '[campaign]\nname = "c"\n[[task]]\nname = "a"\n[[task]]\nname = "b"\nepisodes = 500\n'
     )
     for i in range(2):
-        evaluation, calibration = campaign._seeds(spec, i)
+        evaluation, calibration = campaign_seeds(spec, i)
         assert all(s in seeds.ATTESTATION for s in evaluation + calibration)
     with pytest.raises(campaign.CampaignError, match="lies in the training seed range"):
         campaign.parse_campaign('[campaign]\nname = "c"\n[[task]]\nname = "a"\nseed_start = 5\n')

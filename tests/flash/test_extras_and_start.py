@@ -181,3 +181,105 @@ def test_robot_start_supervises_a_dir_robot_until_sigterm(tmp_path: Path) -> Non
             log.close()
         assert code == 0, text()[-3000:]
         assert "stopped agent" in text() and "stopped runtime" in text()
+
+
+def test_flash_reports_files_and_bytes_as_it_writes(
+    plane: Plane, bundle: Path, tmp_path: Path
+) -> None:
+    from cloud.home import CloudHome
+    from edgeflux.provision import flash, parse_target
+
+    home = CloudHome.at(plane.home)
+    cert, key = home.device_paths(plane.device)
+    materials = FlashMaterials(
+        device_id=plane.device,
+        cert_pem=cert.read_bytes(),
+        key_pem=key.read_bytes(),
+        ca_pem=home.ca_cert.read_bytes(),
+        trust_dir=home.trust,
+        tuf_root=b"{}",
+        bundle_dir=bundle,
+        runtime_toml="[runtime]\n",
+        agent_toml="[agent]\n",
+    )
+    files: list[tuple[int, int]] = []
+    written: list[tuple[int, int]] = []
+    report = flash(
+        materials,
+        parse_target(f"dir:{tmp_path / 'robot'}"),
+        progress=lambda done, total: written.append((done, total)),
+        files_progress=lambda done, total: files.append((done, total)),
+    )
+    assert files[0] == (0, report.files_written) and files[-1] == (report.files_written,) * 2
+    assert [d for d, _ in files] == sorted(d for d, _ in files)  # never goes back
+    assert written[-1] == (report.bytes_written, report.bytes_written)
+
+
+@pytest.mark.slow
+def test_reflashing_with_other_extras_converges_the_robots_venv(
+    plane: Plane, bundle: Path, tmp_path: Path
+) -> None:
+    """Flash for the udp adapter (device), install; reflash for gym (device,sim),
+    install again: the robot's venv is rebuilt and now has gymnasium. Downloads the
+    robot's wheelhouse (`pip download`) and installs it offline twice."""
+    robot = tmp_path / "robot"
+    base = [a for a in flash_args(plane, bundle, f"dir:{robot}") if a != "--no-wheelhouse"]
+    base += ["--wheel-cache", str(tmp_path / "wheels")]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    python = robot / "opt/edgeflux/venv/bin/python"
+
+    def flash_and_install(*extra: str) -> str:
+        res = CliRunner().invoke(root, [*base, *extra])
+        assert res.exit_code == 0, res.output
+        done = subprocess.run(
+            ["sh", str(robot / "opt/edgeflux/install.sh")],
+            capture_output=True, text=True, env=env, timeout=900,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def has_gymnasium() -> bool:
+        probe = [str(python), "-c", "import gymnasium"]
+        return subprocess.run(probe, capture_output=True, env=env, cwd="/").returncode == 0
+
+    first = flash_and_install("--adapter", "udp")  # the last --adapter wins: device only
+    assert "installed edgeflux[device]==" in first and not has_gymnasium()
+    again = flash_and_install("--adapter", "udp")
+    assert "already installed" in again
+    second = flash_and_install()  # flash_args' --adapter gym: device,sim by default
+    assert "installed edgeflux[device,sim]==" in second and has_gymnasium()
+    stamp = (robot / "opt/edgeflux/venv/.edgeflux-installed").read_text()
+    assert stamp.startswith("edgeflux[device,sim]==")
+
+
+def test_on_a_systemd_robot_start_enables_the_flashed_units(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The systemd path, with a stand-in `systemctl` that records what it was asked."""
+    import click
+
+    from edgeflux.robot import UNITS, _start_units
+
+    units = tmp_path / "root" / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for name in UNITS[1:]:  # flashed without a wheelhouse: no install unit
+        (units / name).write_text("[Unit]\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    fake = bin_dir / "systemctl"
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n[ -z "$FAIL" ] || {{ echo nope >&2; exit 1; }}\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _start_units(tmp_path / "root")
+    assert calls.read_text().splitlines() == [
+        "daemon-reload",
+        "enable --now edgeflux-runtime.service edgeflux-agent.service",
+    ]
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(click.ClickException, match="systemctl daemon-reload` failed: nope"):
+        _start_units(tmp_path / "root")
+    with pytest.raises(click.ClickException, match="holds no EdgeFlux units"):
+        _start_units(tmp_path / "elsewhere")

@@ -114,10 +114,6 @@ def test_flashed_root_installs_offline_boots_and_takes_an_update(
             "health_window_ticks=20",
             "--agent-option",
             "shadow_divergence_max=10",
-            "--agent-option",
-            "health_miss_rate_max_increase=0.5",
-            "--agent-option",
-            "health_intervention_rate_max_increase=0.5",
             "--json",
         ],
     )

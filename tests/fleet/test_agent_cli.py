@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from edgeflux.cli import root
 from fleet.spool import Spool
-from fleet.update import Reason, State, UpdateRecord, UpdateStateFile
+from fleet.update import Reason, UpdateRecord, UpdateState, UpdateStateFile
 from runtime.layout import RobotLayout
 
 
@@ -17,7 +17,7 @@ def test_status_reports_update_state_and_spool_backlog(tmp_path: Path) -> None:
     layout = RobotLayout.at(tmp_path)
     layout.ensure()
     UpdateStateFile(layout.agent_state / "update.json").save(
-        UpdateRecord(state=State.FAILED, reason=Reason.DISK_FULL, bundle_name="pendulum")
+        UpdateRecord(state=UpdateState.FAILED, reason=Reason.DISK_FULL, bundle_name="pendulum")
     )
     spool = Spool(layout.agent_state / "spool.db")
     spool.put("telemetry", "t", lambda seq: b"x" * 10)

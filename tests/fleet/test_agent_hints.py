@@ -91,3 +91,82 @@ def test_forged_replayed_garbage_and_flooding_hints_cost_at_most_one_refresh(
         plane.stop()
         stop.set()
         runner.join(15)
+
+
+class RejectingRuntime(SimRuntime):
+    """The plane's signed desired state wants pendulum 6 (generation 1); the shadow run
+    rejects it. Every refresh is counted: one means one attempt."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            committed_sequence=5,
+            target_sequence=6,
+            fail={"shadow": UpdateError(Reason.SHADOW_FAILED, "rejected in shadow")},
+        )
+        self.refreshes = 0
+        self.signed = ("pendulum", 6, 1)
+
+    def refresh(self, bundle_name: str, timeout_s: float):  # type: ignore[no-untyped-def]
+        self.refreshes += 1
+        return super().refresh(bundle_name, timeout_s)
+
+    def desired_bundle(self, timeout_s: float) -> tuple[str, int, int]:
+        return self.signed
+
+
+def test_forged_hints_cannot_make_a_robot_retry_a_rejected_bundle(
+    pki: Pki, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The retry decision is keyed on the signed desired state: hints with new sequence
+    or generation numbers change nothing; a new signed generation retries once."""
+    root = make_robot(tmp_path / "robot-1", pki, "robot-1", broker.port, hint_min_interval_s=0.0)
+    config = AgentConfig.model_validate(
+        {
+            "device_id": "robot-1",
+            "mqtt_port": broker.port,
+            "hint_min_interval_s": 0.0,
+            "desired_state_poll_s": 0.0,
+            "reconnect_base_s": 0.05,
+        }
+    )
+    sim = RejectingRuntime()
+    agent = Agent(RobotLayout.at(root), config, effects=lambda _a: sim)
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(stop, 1.0), daemon=True)
+    runner.start()
+    ca, crt, key = pki.identity(PUBLISHER)
+    plane = MqttTransport(MqttSettings(port=broker.port, tls=TlsFiles(ca, crt, key)), PUBLISHER)
+    plane.start()
+    try:
+        assert plane.wait_connected(10)
+        wait_until(agent.transport.is_connected, 10, "agent connected")
+        t = topic("robot-1", "updates")
+
+        def hint(seq: int, gen: int) -> bytes:
+            msg = telemetry_pb2.UpdateHint(bundle_name="pendulum", sequence=seq, generation=gen)
+            return msg.SerializeToString()
+
+        plane.publish(t, hint(6, 1))
+        wait_until(lambda: "shadow" in sim.calls, 10, "the first attempt reached shadow")
+        wait_until(lambda: agent._update_state.load().state.value == "FAILED", 10, "failed")
+        for seq, gen in ((6, 2), (7, 1), (6, 99), (8, 1000)):  # forged numbers
+            acked = threading.Event()
+            plane.publish(t, hint(seq, gen), on_ack=acked.set)
+            assert acked.wait(10)
+        # The gate keeps only the newest pending hint: at least one reaches the check.
+        wait_until(lambda: agent.hints.counters["received"] >= 5, 10, "all hints at the agent")
+        wait_until(
+            lambda: (
+                agent.hints.counters["dropped.failed_before"] >= 1 and agent.hints._pending is None
+            ),
+            10,
+            "the forged hints refused",
+        )
+        assert sim.refreshes == 1 and sim.calls.count("shadow") == 1
+        sim.signed = ("pendulum", 6, 2)  # the operator pushes again: a new signed generation
+        plane.publish(t, hint(6, 1))
+        wait_until(lambda: sim.refreshes == 2, 10, "one retry for the new generation")
+    finally:
+        plane.stop()
+        stop.set()
+        runner.join(15)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,17 @@ def broker(home: CloudHome, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     port = free_port()
     res = CliRunner().invoke(
         cloud,
-        ["broker-config", "--home", str(home.root), "--out", str(out), "--port", str(port)],
+        [
+            "broker-config",
+            "--home",
+            str(home.root),
+            "--out",
+            str(out),
+            "--port",
+            str(port),
+            "--run-as",
+            "root" if os.geteuid() == 0 else "mosquitto",
+        ],  # tmp_path is 0700
     )
     assert res.exit_code == 0, res.output
     text = (out / "mosquitto.conf").read_text().replace("0.0.0.0", "127.0.0.1")

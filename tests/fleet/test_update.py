@@ -14,27 +14,26 @@ import pytest
 
 from fleet.update import (
     PATH,
-    HealthReport,
-    HealthThresholds,
     Reason,
     RecoveryAction,
     ShadowResult,
     ShadowThresholds,
-    State,
+    StagedBundle,
     TargetInfo,
     UpdateError,
     UpdateRunner,
+    UpdateState,
     UpdateStateError,
     UpdateStateFile,
-    judge_health,
     judge_shadow,
     recovery_plan,
 )
+from protos.lifecycle import Failure
 
+State = UpdateState
 GOOD_SHADOW = ShadowResult(
     ticks=100, divergence_max=0.01, nan_rate=0.0, latency_p99_ms=0.5, envelope_violations=0
 )
-GOOD_HEALTH = HealthReport(ticks=100, deadline_misses=0, interventions=0)
 
 
 @dataclass
@@ -45,11 +44,13 @@ class SimRuntime:
     target_sequence: int = 2
     fail: dict[str, UpdateError] = field(default_factory=dict)
     shadow_result: ShadowResult = GOOD_SHADOW
-    health: HealthReport = GOOD_HEALTH
+    healthy: bool = True
+    staged_sequence: int | None = None
+    rollbacks: list[Failure] = field(default_factory=list)
+    divergence_limit: float | None = None  # what the rollout's desired state carries
     calls: list[str] = field(default_factory=list)
     active: str = "old"
     pending: str | None = None
-    divergence_limit: float | None = None  # what the rollout's desired state carries
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -68,50 +69,42 @@ class SimRuntime:
             max_action_divergence=self.divergence_limit,
         )
 
-    def check_desired_state(self, target: TargetInfo, timeout_s: float) -> None:
-        self._call("desired")
-
     def download(self, target: TargetInfo, timeout_s: float) -> Path:
         self._call("download")
         return Path("/tmp/x.efb")
 
-    def verify(self, target: TargetInfo, download: Path, timeout_s: float) -> Path:
-        self._call("verify")
-        return Path("/tmp/x")
-
-    def attest(self, target: TargetInfo, bundle_dir: Path, timeout_s: float) -> None:
-        self._call("attest")
-
-    def stage(self, bundle_dir: Path, timeout_s: float) -> None:
+    def stage(self, target: TargetInfo, download: Path, timeout_s: float) -> StagedBundle:
         self._call("stage")
         self.pending = "new"
+        seq = self.target_sequence if self.staged_sequence is None else self.staged_sequence
+        return StagedBundle(target.name, target.version, seq, "ab" * 32, "cd" * 32, "b")
 
-    def warm(self, timeout_s: float) -> None:
-        self._call("warm")
+    def attest(self, target: TargetInfo, staged: StagedBundle, timeout_s: float) -> None:
+        self._call("attest")
+        assert staged.policy_sha256 == "ab" * 32  # the runtime's verified digests
 
     def shadow(self, timeout_s: float) -> ShadowResult:
         self._call("shadow")
         return self.shadow_result
 
-    def wait_safe_to_switch(self, timeout_s: float) -> bool:
-        self._call("gate")
-        return True
-
-    def activate(self, timeout_s: float) -> None:
-        self._call("activate")
+    def switch(self, timeout_s: float) -> None:
+        self._call("switch")
         self.active, self.pending = "new", "old"
 
-    def health_window(self, timeout_s: float) -> HealthReport:
+    def health_window(self, timeout_s: float) -> None:
         self._call("health")
-        return self.health
+        if not self.healthy:  # what the runtime does: it judges, and switches back itself
+            self.active, self.pending = "old", None
+            raise UpdateError(Reason.HEALTH_WINDOW_FAILED, "12/100 tick slots missed")
 
     def commit(self, timeout_s: float) -> None:
         self._call("commit")
         self.committed_sequence = self.target_sequence
         self.pending = None
 
-    def rollback(self, reason: Reason, timeout_s: float) -> None:
+    def rollback(self, failure: Failure, timeout_s: float) -> None:
         self.calls.append("rollback")
+        self.rollbacks.append(failure)
         if self.active == "new":
             self.active = "old"
         self.pending = None
@@ -135,13 +128,23 @@ def test_happy_path_visits_every_state_in_order_and_commits(tmp_path: Path) -> N
     sim = SimRuntime()
     runner, events = _runner(tmp_path, sim)
     final = runner.start("pendulum", 2)
-    assert final.state is State.IDLE
-    assert [s for s, _ in events] == [*PATH, State.IDLE]
+    assert final.state is State.COMMITTED and final.reason is Reason.OK
+    assert [s for s, _ in events] == [*PATH, State.COMMITTED]
     assert sim.committed_sequence == 2 and sim.active == "new"
-    assert sim.calls[-1] == "commit"
+    assert sim.calls == [
+        "refresh",
+        "download",
+        "stage",
+        "attest",
+        "shadow",
+        "switch",
+        "health",
+        "commit",
+    ]
+    assert final.staged_bundle().root_digest == "cd" * 32  # what was verified, recorded
 
 
-def test_shadow_results_travel_with_the_shadow_event(tmp_path: Path) -> None:
+def test_shadow_results_travel_with_the_next_event(tmp_path: Path) -> None:
     details: dict[State, str] = {}
     runner = UpdateRunner(
         UpdateStateFile(tmp_path / "update.json"),
@@ -149,11 +152,11 @@ def test_shadow_results_travel_with_the_shadow_event(tmp_path: Path) -> None:
         on_event=lambda rec, st, reason, detail: details.setdefault(st, detail),
     )
     runner.start("pendulum", 2)
-    assert "max divergence 0.01" in details[State.SHADOW]
-    assert "100 ticks" in details[State.SHADOW]
+    assert "max divergence 0.01" in details[State.SWITCHING]
+    assert "100 ticks" in details[State.SWITCHING]
 
 
-def test_each_state_is_on_disk_before_its_effect_runs(tmp_path: Path) -> None:
+def test_each_state_names_the_step_on_disk_while_it_runs(tmp_path: Path) -> None:
     seen: dict[str, str] = {}
     store = UpdateStateFile(tmp_path / "update.json")
 
@@ -162,14 +165,17 @@ def test_each_state_is_on_disk_before_its_effect_runs(tmp_path: Path) -> None:
             seen[name] = json.loads(store.path.read_text())["state"]
             super()._call(name)
 
-    sim = Spy()
-    UpdateRunner(store, sim).start("pendulum", 2)
-    assert seen["refresh"] == "HINTED"
-    assert seen["download"] == "REFRESHED"
-    assert seen["stage"] == "ATTESTED"
-    assert seen["activate"] == "SWITCHED"
-    assert seen["health"] == "HEALTH_WINDOW"
-    assert seen["commit"] == "COMMITTED"
+    UpdateRunner(store, Spy()).start("pendulum", 2)
+    assert seen == {
+        "refresh": "REFRESHING",
+        "download": "DOWNLOADING",
+        "stage": "STAGING",
+        "attest": "ATTESTING",
+        "shadow": "SHADOWING",
+        "switch": "SWITCHING",
+        "health": "HEALTH_WINDOW",
+        "commit": "COMMITTING",
+    }
 
 
 def test_divergent_shadow_is_never_activated_under_the_rollouts_limit(tmp_path: Path) -> None:
@@ -177,10 +183,12 @@ def test_divergent_shadow_is_never_activated_under_the_rollouts_limit(tmp_path: 
     runner, _ = _runner(tmp_path, sim)
     final = runner.start("pendulum", 2)
     assert final.state is State.FAILED and final.reason is Reason.SHADOW_DIVERGENCE
-    assert "3 > 0.25" in final.detail
-    assert "activate" not in sim.calls
+    assert final.detail == "max action divergence 3 > 0.25"
+    assert runner.store.load().target["max_action_divergence"] == 0.25
+    assert "switch" not in sim.calls
     assert sim.active == "old" and sim.pending is None
     assert sim.committed_sequence == 1
+    assert sim.rollbacks == [Failure(Reason.SHADOW_DIVERGENCE, final.detail)]
 
 
 def test_divergence_without_a_limit_is_reported_not_enforced(tmp_path: Path) -> None:
@@ -191,9 +199,9 @@ def test_divergence_without_a_limit_is_reported_not_enforced(tmp_path: Path) -> 
         sim,
         on_event=lambda rec, st, reason, detail: details.setdefault(st, detail),
     )
-    assert runner.start("pendulum", 2).state is State.IDLE
+    assert runner.start("pendulum", 2).state is State.COMMITTED
     assert sim.committed_sequence == 2
-    assert "max divergence 0.99 (not enforced)" in details[State.SHADOW]
+    assert "max divergence 0.99 (not enforced)" in details[State.SWITCHING]
 
 
 @pytest.mark.parametrize(
@@ -222,12 +230,14 @@ def test_every_shadow_verdict_names_the_divergence() -> None:
     assert env is not None and "max action divergence 0.7 (limit 1)" in env[1]
 
 
-def test_unhealthy_candidate_rolls_back_without_advancing_the_counter(tmp_path: Path) -> None:
-    sim = SimRuntime(health=HealthReport(ticks=100, deadline_misses=30, interventions=0))
+def test_the_runtimes_health_verdict_rolls_back_without_advancing_the_counter(
+    tmp_path: Path,
+) -> None:
+    sim = SimRuntime(healthy=False)
     runner, _ = _runner(tmp_path, sim)
     final = runner.start("pendulum", 2)
     assert final.state is State.ROLLED_BACK
-    assert final.reason is Reason.HEALTH_DEADLINE_MISSES
+    assert (final.reason, final.detail) == (Reason.HEALTH_WINDOW_FAILED, "12/100 tick slots missed")
     assert sim.active == "old" and sim.committed_sequence == 1
     assert "commit" not in sim.calls
 
@@ -240,16 +250,23 @@ def test_target_not_newer_than_installed_fails_before_download(tmp_path: Path) -
     assert "download" not in sim.calls
 
 
+def test_a_staged_bundle_that_is_not_the_tuf_target_is_discarded(tmp_path: Path) -> None:
+    sim = SimRuntime(staged_sequence=9)
+    final = _runner(tmp_path, sim)[0].start("pendulum", 2)
+    assert final.state is State.FAILED and final.reason is Reason.BUNDLE_INVALID
+    assert "sequence 9" in final.detail and sim.pending is None and "attest" not in sim.calls
+
+
 @pytest.mark.parametrize(
     ("effect", "reason", "final_state"),
     [
         ("refresh", Reason.TUF_REFRESH_FAILED, State.FAILED),
-        ("desired", Reason.DESIRED_STATE_MISMATCH, State.FAILED),
+        ("refresh", Reason.DESIRED_STATE_MISMATCH, State.FAILED),
         ("download", Reason.DISK_FULL, State.FAILED),
-        ("verify", Reason.BUNDLE_INVALID, State.FAILED),
+        ("stage", Reason.BUNDLE_INVALID, State.FAILED),
         ("attest", Reason.ATTESTATION_INVALID, State.FAILED),
         ("stage", Reason.STAGE_FAILED, State.FAILED),
-        ("activate", Reason.ACTIVATE_FAILED, State.ROLLED_BACK),
+        ("switch", Reason.UNSAFE_TO_SWITCH, State.ROLLED_BACK),
         ("commit", Reason.COMMIT_FAILED, State.ROLLED_BACK),
     ],
 )
@@ -259,49 +276,48 @@ def test_a_failing_step_ends_with_its_reason_and_the_old_bundle_active(
     sim = SimRuntime(fail={effect: UpdateError(reason, "boom")})
     runner, events = _runner(tmp_path, sim)
     final = runner.start("pendulum", 2)
-    assert final.state is final_state and final.reason is reason
+    assert final.state is final_state and final.reason is reason and final.detail == "boom"
     assert events[-1] == (final_state, reason)
     assert sim.active == "old" and sim.committed_sequence == 1
 
 
 def test_an_unexpected_exception_in_an_effect_fails_cleanly(tmp_path: Path) -> None:
     class Buggy(SimRuntime):
-        def warm(self, timeout_s: float) -> None:
+        def shadow(self, timeout_s: float) -> ShadowResult:
             raise ZeroDivisionError("bug")
 
     sim = Buggy()
     final = _runner(tmp_path, sim)[0].start("pendulum", 2)
-    assert final.state is State.FAILED and final.reason is Reason.WARM_FAILED
+    assert final.state is State.FAILED and final.reason is Reason.SHADOW_FAILED
     assert sim.pending is None  # the staged candidate was discarded
-
-
-def test_unsafe_gate_times_out_without_switching(tmp_path: Path) -> None:
-    class Moving(SimRuntime):
-        def wait_safe_to_switch(self, timeout_s: float) -> bool:
-            return False
-
-    sim = Moving()
-    final = _runner(tmp_path, sim)[0].start("pendulum", 2)
-    assert final.reason is Reason.UNSAFE_TO_SWITCH and "activate" not in sim.calls
 
 
 def test_second_hint_during_an_update_is_refused(tmp_path: Path) -> None:
     store = UpdateStateFile(tmp_path / "update.json")
     from fleet.update import UpdateRecord
 
-    store.save(UpdateRecord(state=State.DOWNLOADED, bundle_name="pendulum"))
-    with pytest.raises(UpdateError, match="already in state DOWNLOADED"):
+    store.save(UpdateRecord(state=State.DOWNLOADING, bundle_name="pendulum"))
+    with pytest.raises(UpdateError, match="already in state DOWNLOADING"):
         UpdateRunner(store, SimRuntime()).start("pendulum", 3)
+
+
+def test_a_new_update_may_follow_a_committed_one(tmp_path: Path) -> None:
+    sim = SimRuntime()
+    runner, _ = _runner(tmp_path, sim)
+    assert runner.start("pendulum", 2).state is State.COMMITTED
+    sim.target_sequence = 3
+    assert runner.start("pendulum", 3).state is State.COMMITTED
+    assert sim.committed_sequence == 3
 
 
 @pytest.mark.parametrize("state", list(State))
 def test_recovery_plan_never_commits_unseen_health_evidence(state: State) -> None:
     plan = recovery_plan(state)
-    if state in (State.SWITCHED, State.HEALTH_WINDOW):
+    if state in (State.SWITCHING, State.HEALTH_WINDOW):
         assert plan is RecoveryAction.ROLLBACK
-    elif state is State.COMMITTED:
+    elif state is State.COMMITTING:
         assert plan is RecoveryAction.COMMIT
-    elif state in (State.IDLE, State.FAILED, State.ROLLED_BACK):
+    elif state in (State.IDLE, State.COMMITTED, State.FAILED, State.ROLLED_BACK):
         assert plan is RecoveryAction.NOTHING
     else:
         assert plan is RecoveryAction.RESTART
@@ -324,14 +340,33 @@ def test_crash_in_any_state_then_resume_ends_on_a_verified_bundle(
     store = UpdateStateFile(tmp_path / "update.json")
     with pytest.raises(_Killed):
         UpdateRunner(store, sim, on_persisted=crash).start("pendulum", 2)
-    assert sim.committed_sequence == 1  # nothing committed before COMMITTED
+    assert sim.committed_sequence == 1  # nothing committed before COMMITTING's effect
     final = UpdateRunner(store, sim).resume()
-    assert final.state in (State.IDLE, State.ROLLED_BACK)
-    if final.state is State.IDLE:
+    assert final.state in (State.COMMITTED, State.ROLLED_BACK)
+    if final.state is State.COMMITTED:
         assert sim.active == "new" and sim.committed_sequence == 2
     else:
         assert sim.active == "old" and sim.committed_sequence == 1
         assert final.reason is Reason.AGENT_RESTARTED
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("HINTED", "REFRESHING"),
+        ("WARMED", "REFRESHING"),
+        ("SHADOW", "REFRESHING"),
+        ("SWITCHED", "SWITCHING"),
+        ("HEALTH_WINDOW", "HEALTH_WINDOW"),
+        ("COMMITTED", "COMMITTING"),  # an earlier agent persisted it before committing
+        ("FAILED", "FAILED"),
+    ],
+)
+def test_a_record_of_an_earlier_agent_resumes_safely(tmp_path: Path, old: str, new: str) -> None:
+    p = tmp_path / "update.json"
+    p.write_text(json.dumps({"state": old, "reason": "WARM_FAILED", "bundle_name": "pendulum"}))
+    record = UpdateStateFile(p).load()
+    assert record.state.value == new and record.reason is Reason.STAGE_FAILED
 
 
 def test_corrupt_state_file_is_reported_with_its_path(tmp_path: Path) -> None:
@@ -350,17 +385,3 @@ def test_judge_shadow_flags_nan_before_divergence() -> None:
     env = judge_shadow(ShadowResult(10, 0.0, 0.0, 0.1, 3), t)
     assert env is not None and env[0] is Reason.SHADOW_ENVELOPE
     assert judge_shadow(GOOD_SHADOW, t) is None
-
-
-def test_judge_health_compares_rates_with_the_baseline() -> None:
-    t = HealthThresholds(miss_rate_max_increase=0.01, intervention_rate_max_increase=0.01)
-    # 5% misses is fine when the old bundle also missed 5%.
-    same = HealthReport(100, 5, 0, baseline_miss_rate=0.05)
-    assert judge_health(same, t) is None
-    spike = HealthReport(100, 20, 0, baseline_miss_rate=0.05)
-    verdict = judge_health(spike, t)
-    assert verdict is not None and verdict[0] is Reason.HEALTH_DEADLINE_MISSES
-    meddling = judge_health(HealthReport(100, 0, 9), t)
-    assert meddling is not None and meddling[0] is Reason.HEALTH_INTERVENTIONS
-    crashed = judge_health(HealthReport(0, 0, 0, crashed=True), t)
-    assert crashed is not None and crashed[0] is Reason.HEALTH_CRASH

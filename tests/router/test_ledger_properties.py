@@ -214,3 +214,64 @@ def test_a_busy_interleaving_spends_up_to_the_limit_and_no_further() -> None:
     u = h.ledger.usage("acme", h.clock())
     assert u is not None and u.used_usd > 0.5  # money was really spent ...
     assert u.used_usd <= 1.0 + 0.4 + 1e-9  # ... within limit + safety allowance
+
+
+def _replay(ops: list[tuple[object, ...]], ledger: object) -> tuple[list[str], list[float]]:
+    """The same interleaving against any ledger: results in order, final spend per level."""
+    clock = Clock()
+    for b in BUDGETS:
+        ledger.set_budget(b)  # type: ignore[attr-defined]
+    router = Router(
+        Harness().router.registry,
+        ledger,  # type: ignore[arg-type]
+        config=RouterConfig(reservation_grace_s=0.5, queue_limit=4),
+        clock=clock,
+        instance="x",
+    )
+    live: list[str] = []
+    out: list[str] = []
+    submitted: list[str] = []
+
+    def apply(step: object) -> None:
+        live.extend(d.dispatch_id for d in step.dispatches)  # type: ignore[attr-defined]
+        out.extend(f"{r.task_id}:{r.outcome.value}:{r.reason}" for r in step.results)  # type: ignore[attr-defined]
+
+    for op in ops:
+        if op[0] == "submit":
+            _, qos, deadline_s, work, scope = op
+            tid = f"t{len(submitted)}"
+            submitted.append(tid)
+            apply(router.submit(Task(tid, "plan", qos, clock() + deadline_s, SCOPES[scope], work)))  # type: ignore[arg-type]
+        elif op[0] == "answer" and live:
+            did = live.pop(int(op[1]) % len(live))  # type: ignore[call-overload]
+            apply(router.on_answer(did, _answer(str(op[2]))))
+        elif op[0] == "advance":
+            clock.t += float(op[1])  # type: ignore[arg-type]
+            apply(router.tick())
+        elif op[0] == "cancel" and submitted:
+            apply(router.cancel(submitted[int(op[1]) % len(submitted)]))  # type: ignore[call-overload]
+        elif op[0] == "expire":
+            ledger.expire(clock())  # type: ignore[attr-defined]
+    spend = [ledger.usage(b.scope, clock()).used_usd for b in BUDGETS]  # type: ignore[attr-defined]
+    return out, spend
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS)
+def test_the_sql_ledger_keeps_the_same_books_as_the_memory_ledger(
+    ops: list[tuple[object, ...]],
+) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from cloud.store.budgets import SqlLedger
+
+    with tempfile.TemporaryDirectory() as d:
+        sql = SqlLedger.open(f"sqlite:///{Path(d) / 'store.db'}")
+        try:
+            got = _replay(ops, sql)
+        finally:
+            sql.engine.dispose()
+    want = _replay(ops, MemoryLedger())
+    assert got[0] == want[0]
+    assert got[1] == pytest.approx(want[1], abs=1e-9)

@@ -180,3 +180,15 @@ def test_two_planes_sharing_a_database_never_overrun_a_slow_backends_budget(
             assert done.outcome == router_pb2.ROUTE_OUTCOME_OK
             assert done.cost_usd == pytest.approx(0.6)
         assert _used(a) == pytest.approx(0.6) and _used(b) == pytest.approx(0.6)
+
+
+def test_a_plane_whose_backend_outlives_the_reservation_hold_refuses_to_start(
+    tmp_path: Path, agent: tuple[_Agent, int]
+) -> None:
+    from cloud.router.errors import RouterConfigError
+
+    _, port = agent
+    root = _home(tmp_path, port, "reservation_ttl_s = 3.0\n")  # the backend may take 5 s
+    with pytest.raises(RouterConfigError, match=r"backend 'gpu': timeout_s = 5.0"):  # noqa: SIM117
+        with running_plane(root):
+            pass

@@ -259,7 +259,7 @@ def test_a_second_request_with_the_same_key_in_flight_is_refused_not_lost() -> N
 
 def test_qos_settings_name_unknown_classes() -> None:
     from cloud.router.errors import RouterConfigError
-    from cloud.router.service import _by_qos
+    from cloud.router.settings import by_qos as _by_qos
 
     assert _by_qos({"safety": 0.4}, "qos_shares") == {Qos.SAFETY: 0.4}
     with pytest.raises(RouterConfigError, match="qos_shares: unknown class 'urgent'"):

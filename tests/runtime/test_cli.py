@@ -86,11 +86,13 @@ def test_runtime_run_drives_pendulum_swaps_rolls_back_and_stops_on_sigterm(
     proc, client = running
     st = client.status()
     assert st.state == "running" and st.active.bundle.version == "1.0.0"
+    fresh = CliRunner().invoke(cli_root, ["runtime", "status", "--root", str(layout.root)])
+    assert "last failure  none" in fresh.output and "rebuilt" not in fresh.output
 
     v2 = make_bundle(_models.mlp(OBS, 1, seed=5), version="1.1.0", sequence=2, control=FAST)
     client.stage(v2)
     st = client.activate(health_window_ticks=25)
-    assert st.state == "switched", st.reason
+    assert st.state == "activated", st.reason
     assert st.active.bundle.version == "1.1.0"
     assert client.commit().anti_rollback == {"pendulum": 2}
 
@@ -109,7 +111,7 @@ def test_runtime_run_drives_pendulum_swaps_rolls_back_and_stops_on_sigterm(
     assert text.exit_code == 0, text.output
     assert "state      rolled_back" in text.output
     assert "active     slot b: pendulum 1.1.0 (sequence 2)" in text.output
-    assert "last failure  health window failed" in text.output
+    assert "last failure  HEALTH_WINDOW_FAILED: health window failed" in text.output
 
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)
@@ -162,7 +164,7 @@ def test_kill_9_during_activate_restarts_on_a_verified_bundle(
         assert st.active.bundle.policy_sha256
         assert st.anti_rollback == {"pendulum": 1}
         if st.active.bundle.version == "1.1.0":
-            assert st.state == "switched" and st.tries_left == 2
+            assert st.state == "activated" and st.tries_left == 2
         c2.close()
     finally:
         again.send_signal(signal.SIGINT)  # Ctrl-C stops it as cleanly as SIGTERM

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 
-from cloud.attest.campaign import _student_kernel
+from cloud.attest.units import student_kernel
 from cloud.router.worker import policy_model
 from distill.evaluate import OnnxPolicy, rollout_batch
 from runtime.adapters.gym import GymAdapter
@@ -147,7 +147,7 @@ def test_every_consumer_matches_the_tick_on_random_observations(case: str, tmp_p
 
     # One episode of 1,000 steps in the batch interface the evaluators use.
     for label, policy in (
-        ("campaign", _student_kernel(model, m.model_dump(mode="json", by_alias=True))),
+        ("campaign", student_kernel(model, m.model_dump(mode="json", by_alias=True))),
         ("distill eval", OnnxPolicy(bundle / "policy.onnx")),
     ):
         assert isinstance(policy, KernelPolicy)
@@ -193,7 +193,7 @@ def test_every_consumer_matches_the_tick_in_closed_loop(case: str, tmp_path: Pat
         tick_counts.update(loop.counters.interventions)
 
     for label, policy in (
-        ("campaign", _student_kernel(model, m.model_dump(mode="json", by_alias=True))),
+        ("campaign", student_kernel(model, m.model_dump(mode="json", by_alias=True))),
         ("distill eval", OnnxPolicy(bundle / "policy.onnx")),
     ):
         returns, records = rollout_batch("Pendulum-v1", policy, seeds, record=True)

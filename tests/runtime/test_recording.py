@@ -23,6 +23,7 @@ from runtime.recording.schema import (
     EVENT_TYPE,
     TICK_DEFINITION,
     TICK_TYPE,
+    decode_tick,
     encode_event,
     encode_tick,
 )
@@ -99,6 +100,36 @@ def test_tick_encoding_matches_rosbags_serializer(
         stamp, tick, o.tobytes(), a.tobytes(), latency, late, reasons, bundle, digest
     )
     assert ours == bytes(TS.serialize_cdr(msg, TICK_TYPE))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    stamp=STAMPS, tick=st.integers(0, 2**64 - 1), obs=floats, act=floats, late=st.booleans(),
+    reasons=st.lists(text, max_size=4), bundle=text, digest=text,
+)  # fmt: skip
+def test_decode_tick_reads_what_rosbags_serializes(
+    stamp: int, tick: int, obs: list[float], act: list[float], late: bool,
+    reasons: list[str], bundle: str, digest: str,
+) -> None:  # fmt: skip
+    o, a = np.asarray(obs, np.float32), np.asarray(act, np.float32)
+    sec, nsec = divmod(stamp, 10**9)
+    msg = TS.types[TICK_TYPE](
+        stamp=Time(sec=sec, nanosec=nsec), tick=tick, observation=o, action=a,
+        latency_ms=np.float32(0.5), late=late, interventions=reasons, bundle=bundle,
+        bundle_digest=digest,
+    )  # fmt: skip
+    got = decode_tick(bytes(TS.serialize_cdr(msg, TICK_TYPE)))
+    assert (got.stamp_ns, got.tick, got.late, got.latency_ms) == (stamp, tick, late, 0.5)
+    assert (got.interventions, got.bundle, got.bundle_digest) == (tuple(reasons), bundle, digest)
+    np.testing.assert_array_equal(got.observation, o)
+    np.testing.assert_array_equal(got.action, a)
+
+
+def test_decode_tick_refuses_truncated_messages() -> None:
+    data = encode_tick(1, 2, np.float32([1, 2]).tobytes(), b"", 0.0, False, ["x"], "b", "d")
+    for cut in (3, 10, 20, len(data) - 1):
+        with pytest.raises(ValueError):
+            decode_tick(data[:cut])
 
 
 @settings(max_examples=50, deadline=None)

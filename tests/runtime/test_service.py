@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from protos.lifecycle import Failure, Reason
 from runtime.antirollback import AntiRollbackStore
 from runtime.bundle import DeviceProfile
 from runtime.config import RuntimeConfig
@@ -67,7 +68,7 @@ def test_update_stage_shadow_activate_commit(
     assert report.ticks == 20 and report.compared == 20 and report.nan_rate == 0
     assert report.divergence_max > 0  # different weights, same observations
     st = client.activate(health_window_ticks=20)
-    assert st.state == "switched", st.reason
+    assert st.state == "activated", st.reason
     assert st.active.slot == "b" and st.last_good.slot == "a"
     assert st.anti_rollback == {"pendulum": 1}  # activation never advances the counter
     st = client.commit()
@@ -85,6 +86,7 @@ def test_rollback_from_a_failing_bundle_is_automatic(
     st = client.activate(health_window_ticks=20)
     assert st.state == "rolled_back" and "health window failed" in st.reason
     assert "action_nonfinite" in st.reason
+    assert st.failure.code == "HEALTH_WINDOW_FAILED" and st.failure.detail == st.reason
     assert st.active.slot == "a" and st.active.bundle.version == "1.0.0"
     assert st.anti_rollback == {"pendulum": 1}
     assert service.slots.state().pending is None
@@ -97,9 +99,10 @@ def test_rollback_by_request_after_activation(
 ) -> None:
     client.stage(make_bundle(version="1.1.0", sequence=2, control=FAST))
     client.activate(health_window_ticks=0)
-    st = client.rollback("operator said so")
+    st = client.rollback(Failure(Reason.ROLLBACK_REQUESTED, "operator said so"))
     assert st.state == "rolled_back" and st.active.bundle.version == "1.0.0"
     assert st.reason == "operator said so"
+    assert (st.failure.code, st.failure.detail) == ("ROLLBACK_REQUESTED", "operator said so")
 
 
 def test_bad_requests_get_specific_status_codes(
@@ -243,3 +246,59 @@ def test_status_metrics_carry_skipped_slots_so_miss_rates_stay_per_slot(
     service.loop.counters.skipped += 7  # as if a stall had swallowed 7 slots
     m = client.status().metrics
     assert m.skipped_slots == 7
+
+
+def test_failures_cross_the_socket_as_a_reason_code_and_a_detail(
+    client: RuntimeControlClient, make_bundle: BundleFactory
+) -> None:
+    with pytest.raises(RuntimeControlError) as nothing:
+        client.activate()
+    assert nothing.value.failure.code is Reason.WRONG_STATE
+    assert nothing.value.failure.detail == "nothing staged to activate; stage a bundle first"
+    unsigned = make_bundle(version="1.1.0", sequence=2)
+    (unsigned / "model.sig").unlink()
+    with pytest.raises(RuntimeControlError) as bad:
+        client.stage(unsigned)
+    assert (
+        bad.value.failure.code is Reason.BUNDLE_INVALID and "model.sig" in bad.value.failure.detail
+    )
+
+
+def test_switch_then_a_separate_health_window_then_commit(
+    client: RuntimeControlClient, make_bundle: BundleFactory
+) -> None:
+    assert not client.status().HasField("failure")  # a fresh robot: nothing failed
+    client.stage(make_bundle(version="1.1.0", sequence=2, control=FAST))
+    st = client.activate()
+    assert st.state == "activated" and st.active.bundle.version == "1.1.0"
+    st = client.health_window(20)
+    assert st.state == "activated" and not st.HasField("failure")
+    assert client.commit().anti_rollback == {"pendulum": 2}
+    with pytest.raises(RuntimeControlError) as late:
+        client.health_window(5)
+    assert late.value.failure.code is Reason.WRONG_STATE
+
+
+def test_one_update_verifies_the_bundle_once(
+    client: RuntimeControlClient,
+    service: RuntimeService,
+    make_bundle: BundleFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import runtime.service as service_module
+
+    calls: list[Path] = []
+    real = service_module.verify_bundle
+
+    def counting(path: Path, *args: object, **kw: object) -> object:
+        calls.append(Path(path))
+        return real(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service_module, "verify_bundle", counting)
+    client.stage(make_bundle(version="1.1.0", sequence=2, control=FAST))
+    client.shadow(5)
+    client.activate()
+    client.health_window(5)
+    assert client.commit().anti_rollback == {"pendulum": 2}
+    assert len(calls) == 1, calls  # the copy in the slot, before it is loaded
+    assert calls[0].name == ".b.staging"

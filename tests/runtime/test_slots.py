@@ -29,12 +29,17 @@ def _commit(v: VerifiedBundle, layout: RobotLayout) -> None:
     store.commit(v.manifest.name, v.manifest.sequence, v.root_digest)
 
 
-def _updated(layout: RobotLayout, device: DeviceProfile, make_bundle: BundleFactory) -> SlotStore:
-    """v1 committed in slot a, v2 staged and activated in slot b."""
-    store = _store(layout, device)
+class _Updated(SlotStore):
+    v2: VerifiedBundle
+
+
+def _updated(layout: RobotLayout, device: DeviceProfile, make_bundle: BundleFactory) -> _Updated:
+    """v1 committed in slot a, v2 staged and activated in slot b (`store.v2`: as verified)."""
+    base = _store(layout, device)
+    store = _Updated(layout, base.verify, boot_tries=base.boot_tries)
     _commit(store.install_first(make_bundle()).bundle, layout)
-    slot, _ = store.stage(make_bundle(version="1.1.0", sequence=2))
-    assert slot == "b"
+    slot, store.v2 = store.stage(make_bundle(version="1.1.0", sequence=2))
+    assert slot == "b" and store.v2.path == layout.slot("b")
     assert store.mark_activated() == "b"
     return store
 
@@ -47,7 +52,7 @@ def test_first_install_then_stage_activate_commit_advances_the_counter_only_at_c
     assert counters.committed("pendulum") == 1
     st = store.state()
     assert (st.active, st.last_good, st.pending, st.pending_state) == ("b", "a", "b", "activated")
-    v = store.commit(lambda v: _commit(v, layout))
+    v = store.commit(store.v2, lambda v: _commit(v, layout))
     assert v.manifest.sequence == 2 and counters.committed("pendulum") == 2
     st = store.state()
     assert (st.active, st.last_good, st.pending) == ("b", "b", None)
@@ -91,12 +96,33 @@ def test_truncated_state_file_is_rebuilt_from_what_verifies(
     layout: RobotLayout, device: DeviceProfile, make_bundle: BundleFactory, content: bytes
 ) -> None:
     store = _updated(layout, device, make_bundle)
-    store.commit(lambda v: _commit(v, layout))  # v2 committed in slot b
+    store.commit(store.v2, lambda v: _commit(v, layout))  # v2 committed in slot b
     layout.slot_state.write_bytes(content)
     choice = store.boot()
     assert choice.slot == "b" and choice.bundle.manifest.sequence == 2
     rebuilt = json.loads(layout.slot_state.read_text())
-    assert rebuilt["last_good"] == "b" and rebuilt["last_failure"] == "state file rebuilt"
+    assert rebuilt["last_good"] == "b" and "state file was corrupt" in rebuilt["last_failure"]
+
+
+def test_a_fresh_robot_without_a_state_file_boots_with_no_failure(
+    layout: RobotLayout, device: DeviceProfile, make_bundle: BundleFactory
+) -> None:
+    store = _store(layout, device)
+    store.install_first(make_bundle())
+    layout.slot_state.unlink()  # slots filled by an installer that writes no state file
+    assert store.boot().slot == "a"
+    assert store.state().last_failure == ""
+
+
+def test_commit_refuses_a_verified_bundle_of_another_slot(
+    layout: RobotLayout, device: DeviceProfile, make_bundle: BundleFactory
+) -> None:
+    store = _updated(layout, device, make_bundle)
+    from dataclasses import replace
+
+    with pytest.raises(SlotError, match="is not slot b"):
+        store.commit(replace(store.v2, path=layout.slot("a")), lambda v: None)
+    assert store.state().pending == "b"
 
 
 def test_no_verifiable_bundle_is_a_clear_error(layout: RobotLayout, device: DeviceProfile) -> None:
@@ -135,9 +161,9 @@ def test_commit_and_stage_refuse_out_of_order_requests(
     store = _store(layout, device)
     with pytest.raises(SlotError, match="no committed bundle yet"):
         store.stage(make_bundle())
-    store.install_first(make_bundle())
+    first = store.install_first(make_bundle())
     with pytest.raises(SlotError, match="nothing to commit"):
-        store.commit(lambda v: None)
+        store.commit(first.bundle, lambda v: None)
     with pytest.raises(SlotError, match="nothing is staged"):
         store.mark_activated()
     store.stage(make_bundle(version="1.1.0", sequence=2))

@@ -114,7 +114,8 @@ class DeviceScreen(Screen[None]):
             f"labels   {labels}\n"
             f"runtime  {row.runtime_version or '—'}\n"
             f"update   {row.update_state or '—'}"
-            f"{'  reason ' + row.update_reason if row.update_reason else ''}\n"
+            f"{'  reason ' + row.update_reason if row.update_reason else ''}"
+            f"{'  ' + row.update_detail if row.update_detail else ''}\n"
             f"health   p99 {row.loop_p99_ms:.2f} ms · misses {100 * row.deadline_miss_rate:.2f}%"
             f" · safety {row.safety_interventions} · cpu {row.cpu_percent:.0f}%"
             f" · {temperature_text(row.temperature_c, ' °C')}"
@@ -125,7 +126,9 @@ class DeviceScreen(Screen[None]):
             [p.deadline_miss_rate for p in hist],
             [float(p.safety_interventions) for p in hist],
         )
-        ups = [(u.at, u.state, u.reason, u.bundle) for u in store.updates.get(self.device_id, ())]
+        ups = [
+            (u.at, u.state, u.reason, u.bundle, "") for u in store.updates.get(self.device_id, ())
+        ]
         self._updates(ups)
         self.query_one("#device-bundle", Static).update(
             f"{row.bundle_name or '(none)'} {row.bundle_version}  sequence {row.bundle_sequence}\n"
@@ -147,11 +150,13 @@ class DeviceScreen(Screen[None]):
             base = {"p99": "loop p99", "miss": "deadline misses", "safety": "safety interventions"}
             title.update(f"{base[key]} · {last} · {len(data)} pts ({self.history_source})")
 
-    def _updates(self, rows: list[tuple[float, str, str, str]]) -> None:
+    def _updates(self, rows: list[tuple[float, str, str, str, str]]) -> None:
+        """History rows: when, state, reason (code and the robot's detail), bundle."""
         t = self.query_one("#device-updates", DataTable)
         t.clear()
-        for at, state, reason, bundle in reversed(rows):
-            t.add_row(_clock(at), state, reason or "—", bundle or "—")
+        for at, state, reason, bundle, detail in reversed(rows):
+            why = f"{reason}: {detail}" if reason and reason != "OK" and detail else reason
+            t.add_row(_clock(at), state, why or "—", bundle or "—")
 
     def on_fetched(self, msg: Fetched) -> None:
         if msg.what == "history":
@@ -173,6 +178,7 @@ class DeviceScreen(Screen[None]):
                         u.state,
                         u.reason,
                         bundle_label(u.bundle.name, u.bundle.version),
+                        u.detail,
                     )
                     for u in h.updates
                 ]

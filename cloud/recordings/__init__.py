@@ -1,0 +1,1 @@
+"""Flight recordings off the robots: MCAP segments turned into training data."""
