@@ -108,7 +108,7 @@ def envs_cmd(as_json: bool) -> None:
     """List the environments distill knows, with their bounds and control rates."""
     from distill.envs import KNOWN_ENVS, env_spec
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     _quiet(list(KNOWN_ENVS))
     with _user_errors():
         for env_id in sorted(KNOWN_ENVS):
