@@ -66,6 +66,7 @@ class DeviceQueries(StoreBase):
                         runtime_version="",
                         update_state="",
                         update_reason="",
+                        update_detail="",
                         desired_generation=0,
                     )
                 )
@@ -98,6 +99,7 @@ class DeviceQueries(StoreBase):
                         "runtime_version": "",
                         "update_state": "",
                         "update_reason": "",
+                        "update_detail": "",
                         "desired_generation": 0,
                     }
                     for i, fp, lb in rows
