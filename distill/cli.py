@@ -77,6 +77,9 @@ def _quiet(env_ids: list[str]) -> None:
     import logging
 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # One line per ONNX session opened for evaluation: robot news, not a trainer's.
+        logging.getLogger("runtime.session").setLevel(logging.WARNING)
     import gymnasium
 
     def mujoco_env(env_id: str) -> bool:
@@ -105,7 +108,7 @@ def envs_cmd(as_json: bool) -> None:
     """List the environments distill knows, with their bounds and control rates."""
     from distill.envs import KNOWN_ENVS, env_spec
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     _quiet(list(KNOWN_ENVS))
     with _user_errors():
         for env_id in sorted(KNOWN_ENVS):

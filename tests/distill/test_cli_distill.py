@@ -165,3 +165,4 @@ def test_progress_counts_epochs_and_episodes_without_library_noise(tmp_path: Pat
     assert "6/6 episodes" in err and "3/3 episodes" in err  # teacher + random, student
     assert "1/1" not in err
     assert "torchvision" not in err and "settotalmass" not in err
+    assert "policy session on" not in err
