@@ -19,12 +19,9 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
-
-if TYPE_CHECKING:
-    from cloud.store import DeviceRecord, Store
 
 __all__ = ["COMMANDS", "cloud"]
 
@@ -299,16 +296,6 @@ def _refresh_crl(home: Any, revoked: set[str]) -> bool:
     return True
 
 
-def _update_detail(store: Store, d: DeviceRecord) -> str:
-    """The detail the device reported with its current update reason ('' when OK)."""
-    if d.update_reason in ("", "OK"):
-        return ""
-    for ev in reversed(store.events(d.id, kind="update", limit=10)):
-        if (ev.state, ev.reason_code) == (d.update_state, d.update_reason):
-            return str(ev.detail)
-    return ""
-
-
 @click.command("devices")
 @home_option
 @click.option("--selector", "-l", default="", help="Label selector, e.g. site=lab,role=arm.")
@@ -329,7 +316,6 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     store = _store(home)
     try:
         page = store.list_devices(sel, limit=limit)
-        details = {d.id: _update_detail(store, d) for d in page.devices}
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -344,7 +330,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
             "active_bundle": d.active_bundle,
             "update_state": d.update_state,
             "update_reason": d.update_reason,
-            "update_detail": details[d.id],
+            "update_detail": d.update_detail if d.update_reason not in ("", "OK") else "",
         }
         for d in page.devices
     ]
@@ -641,14 +627,16 @@ def tuf_rotate_cmd(role: str, home_dir: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def tuf_status_cmd(home_dir: Path, as_json: bool) -> None:
     """Versions and expiry of the top-level metadata, and the number of targets."""
-    from tuf.api.metadata import Metadata
+    from tuf.api.metadata import Metadata, Root, Timestamp
 
     from cloud.tuf_repo import TufRepository
 
     home = _home(home_dir)
     repo = TufRepository(home.tuf)
-    root = Metadata.from_bytes(repo.root_json())
-    ts = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
+    root: Metadata[Root] = Metadata.from_bytes(repo.root_json())
+    ts: Metadata[Timestamp] = Metadata.from_bytes(
+        (repo.metadata_dir / "timestamp.json").read_bytes()
+    )
     info = {
         "root_version": root.signed.version,
         "root_expires": root.signed.expires.isoformat(),

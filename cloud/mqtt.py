@@ -115,7 +115,7 @@ class CloudMqtt:
             manual_ack=manual_ack,
         )
         c.max_inflight_messages_set(settings.max_inflight)
-        c.reconnect_delay_set(0.2, 10)
+        c.reconnect_delay_set(0.2, 10)  # type: ignore[arg-type]  # paho takes fractional seconds
         if settings.cert is not None:
             c.tls_set(
                 ca_certs=str(settings.ca) if settings.ca else None,

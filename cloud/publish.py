@@ -151,13 +151,7 @@ def publish_bundle(
                 tuf.add_target(
                     target,
                     efb,
-                    {
-                        "name": m.name,
-                        "version": m.version,
-                        "sequence": m.sequence,
-                        "policy_sha256": verified.policy_sha256,
-                        "oms_root_digest": verified.root_digest,
-                    },
+                    bundle_ref(record).model_dump(),
                     expiry_days=cfg.metadata_expiry_days,
                     timestamp_expiry_s=cfg.timestamp_expiry_s,
                     hold_lock=False,

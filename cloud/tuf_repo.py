@@ -126,7 +126,7 @@ class TufRepository:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except FileNotFoundError as exc:
             raise TufError(f"TUF {role} key {path} is missing") from exc
-        return CryptoSigner(key)  # type: ignore[arg-type]
+        return CryptoSigner(key)
 
     def _load(self, name: str) -> Metadata[Any]:
         path = self.metadata_dir / name

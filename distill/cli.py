@@ -108,7 +108,7 @@ def envs_cmd(as_json: bool) -> None:
     """List the environments distill knows, with their bounds and control rates."""
     from distill.envs import KNOWN_ENVS, env_spec
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     _quiet(list(KNOWN_ENVS))
     with _user_errors():
         for env_id in sorted(KNOWN_ENVS):
@@ -377,7 +377,7 @@ def eval_cmd(
     trust_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Run BUNDLE's policy.onnx through the runtime's session (not torch) and report returns."""
+    """Run BUNDLE's policy as the robot does (runtime.kernel, not torch) and report returns."""
     from distill.envs import env_spec
     from distill.errors import DistillError
     from distill.evaluate import OnnxPolicy, episode_returns

@@ -85,7 +85,7 @@ def run_dagger(
                 cfg,
                 rng,
                 refit_normaliser=(i == 0),
-                on_epoch=(lambda j, i=i: on_epoch(i, j)) if on_epoch is not None else None,
+                on_epoch=_epoch_of_round(on_epoch, i),
             )
             stats = {"beta": beta, "mixture_return": mixture_return, "loss": loss}
             for k, v in stats.items():
@@ -140,6 +140,15 @@ def _collect(
         total += float(traj.rewards.sum())
     student.train()
     return total / n
+
+
+def _epoch_of_round(
+    on_epoch: Callable[[int, int], None] | None, round_index: int
+) -> Callable[[int], None] | None:
+    """`on_epoch(round, epoch)` as the per-epoch callback of one round's fit."""
+    if on_epoch is None:
+        return None
+    return lambda epoch: on_epoch(round_index, epoch)
 
 
 def _fit(

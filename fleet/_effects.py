@@ -32,7 +32,13 @@ from fleet.update import Reason, ShadowResult, StagedBundle, TargetInfo, UpdateE
 from protos import device_pb2, device_pb2_grpc
 from protos.dsse import Envelope, EnvelopeFormatError
 from protos.lifecycle import Failure, RuntimeState
-from runtime.desired_state import PAYLOAD_TYPE, SCHEMA, DesiredState, DesiredStateError
+from runtime.desired_state import (
+    PAYLOAD_TYPE,
+    SCHEMA,
+    BundleRef,
+    DesiredState,
+    DesiredStateError,
+)
 
 if TYPE_CHECKING:
     from fleet.agent import Agent
@@ -181,7 +187,11 @@ class RobotEffects:
         if target is None:
             raise UpdateError(Reason.TARGET_UNKNOWN, f"TUF has no target {path}")
         custom = target.custom
-        if custom.get("name") != bundle_name or int(custom.get("sequence", -1)) != bundle.sequence:
+        try:  # the plane signs the bundle's reference into the target's custom fields
+            signed = BundleRef.from_dict(custom)
+        except DesiredStateError as exc:
+            raise UpdateError(Reason.DESIRED_STATE_MISMATCH, f"TUF target {path}: {exc}") from exc
+        if signed is None or signed.name != bundle_name or signed.sequence != bundle.sequence:
             raise UpdateError(
                 Reason.DESIRED_STATE_MISMATCH,
                 f"TUF target {path} is {custom.get('name')} sequence {custom.get('sequence')}, "
@@ -193,8 +203,8 @@ class RobotEffects:
         self._target_custom = dict(custom)
         return TargetInfo(
             name=bundle_name,
-            version=str(custom.get("version", bundle.version)),
-            sequence=int(custom["sequence"]),
+            version=signed.version or bundle.version,
+            sequence=signed.sequence,
             target_path=path,
             length=target.length,
             sha256=target.sha256,

@@ -30,7 +30,7 @@ class DeviceHealth(_message.Message):
     def __init__(self, loop_p50_ms: _Optional[float] = ..., loop_p99_ms: _Optional[float] = ..., deadline_miss_rate: _Optional[float] = ..., safety_interventions: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., temperature_c: _Optional[float] = ..., memory_percent: _Optional[float] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("id", "labels", "hardware_tags", "online", "last_seen", "active_bundle", "update_state", "update_reason", "health", "certificate_fingerprint", "revoked", "runtime_version")
+    __slots__ = ("id", "labels", "hardware_tags", "online", "last_seen", "active_bundle", "update_state", "update_reason", "health", "certificate_fingerprint", "revoked", "runtime_version", "update_detail")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Device(_message.Message):
     CERTIFICATE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_DETAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     labels: _containers.ScalarMap[str, str]
     hardware_tags: _containers.RepeatedScalarFieldContainer[str]
@@ -62,7 +63,8 @@ class Device(_message.Message):
     certificate_fingerprint: str
     revoked: bool
     runtime_version: str
-    def __init__(self, id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hardware_tags: _Optional[_Iterable[str]] = ..., online: bool = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., update_state: _Optional[str] = ..., update_reason: _Optional[str] = ..., health: _Optional[_Union[DeviceHealth, _Mapping]] = ..., certificate_fingerprint: _Optional[str] = ..., revoked: bool = ..., runtime_version: _Optional[str] = ...) -> None: ...
+    update_detail: str
+    def __init__(self, id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hardware_tags: _Optional[_Iterable[str]] = ..., online: bool = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., update_state: _Optional[str] = ..., update_reason: _Optional[str] = ..., health: _Optional[_Union[DeviceHealth, _Mapping]] = ..., certificate_fingerprint: _Optional[str] = ..., revoked: bool = ..., runtime_version: _Optional[str] = ..., update_detail: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("label_selector", "page", "text")

@@ -144,6 +144,7 @@ def device_row(dev: admin_pb2.Device) -> DeviceRow:
         policy_sha256=b.policy_sha256,
         update_state=dev.update_state,
         update_reason=dev.update_reason,
+        update_detail=dev.update_detail,
         loop_p99_ms=h.loop_p99_ms,
         deadline_miss_rate=h.deadline_miss_rate,
         safety_interventions=h.safety_interventions,

@@ -61,6 +61,7 @@ class DeviceRow:
     policy_sha256: str = ""
     update_state: str = ""
     update_reason: str = ""
+    update_detail: str = ""  # the robot's words for update_reason
     loop_p99_ms: float = 0.0
     deadline_miss_rate: float = 0.0
     safety_interventions: int = 0

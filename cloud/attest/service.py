@@ -231,7 +231,7 @@ def _trusted(trust_dir: Path) -> dict[str, Any]:
 
 
 def register(server: grpc.aio.Server, plane: Plane) -> list[str]:
-    attestation_pb2_grpc.add_AttestationServiceServicer_to_server(
+    attestation_pb2_grpc.add_AttestationServiceServicer_to_server(  # type: ignore[no-untyped-call]
         AttestationServicer(plane), server
     )
     return [attestation_pb2.DESCRIPTOR.services_by_name["AttestationService"].full_name]

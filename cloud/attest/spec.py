@@ -122,8 +122,13 @@ def parse_campaign(text: str, source: str = "campaign") -> CampaignSpec:
     unknown = set(doc) - {"campaign", "task"}
     if unknown:
         raise CampaignError(f"{source}: unknown top-level tables {sorted(unknown)}")
-    body = dict(doc.get("campaign", {}))
-    body["tasks"] = doc.get("task", [])
+    campaign, tasks = doc.get("campaign", {}), doc.get("task", [])
+    if not isinstance(campaign, dict):
+        raise CampaignError(f"{source}: [campaign] must be a table, not {type(campaign).__name__}")
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise CampaignError(f"{source}: [[task]] must be tables (one [[task]] per task)")
+    body = dict(campaign)
+    body["tasks"] = tasks
     try:
         return CampaignSpec.model_validate(body)
     except ValidationError as exc:

@@ -64,6 +64,7 @@ def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
         active_bundle=_ref(d.active_bundle),
         update_state=d.update_state,
         update_reason=d.update_reason,
+        update_detail=d.update_detail,
         health=admin_pb2.DeviceHealth(
             loop_p50_ms=float(h.get("loop_p50_ms", 0.0)),
             loop_p99_ms=float(h.get("loop_p99_ms", 0.0)),

@@ -154,5 +154,5 @@ def _kind(kind: int) -> str:
 
 
 def register(server: grpc.aio.Server, plane: Plane) -> list[str]:
-    device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(plane), server)
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(plane), server)  # type: ignore[no-untyped-call]
     return [device_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name]

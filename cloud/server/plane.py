@@ -113,7 +113,7 @@ class Plane:
             store=store,
             tuf=TufRepository(home.tuf),
             auth=Authenticator(store),
-            director=CryptoSigner(key),  # type: ignore[arg-type]
+            director=CryptoSigner(key),
             metrics=metrics,
         )
 

@@ -47,6 +47,8 @@ class DeviceRecord:
     active_bundle: dict[str, Any] | None
     update_state: str
     update_reason: str
+    update_detail: str
+    """The readable detail the device reported with `update_reason`."""
     health: dict[str, Any] | None
     inventory: dict[str, Any] | None
     desired_bundle: dict[str, Any] | None
@@ -90,6 +92,7 @@ _FAST_ORDER = (
     "active_bundle",
     "update_state",
     "update_reason",
+    "update_detail",
     "health",
     "inventory",
     "desired_bundle",
@@ -158,6 +161,7 @@ def device_record(row: Any) -> DeviceRecord:
         active,
         update_state,
         update_reason,
+        update_detail,
         health,
         inventory,
         desired,
@@ -180,6 +184,7 @@ def device_record(row: Any) -> DeviceRecord:
         active_bundle=_json_value(active) if active is not None else None,
         update_state=update_state,
         update_reason=update_reason,
+        update_detail=update_detail,
         health=_json_value(health) if health is not None else None,
         inventory=json.loads(inventory) if isinstance(inventory, str) else inventory,
         desired_bundle=_json_value(desired) if desired is not None else None,

@@ -22,13 +22,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from cloud.store._store import Store, TelemetryRecord
-from cloud.store.models import Device, TelemetryBatch, TelemetryPoint
+from cloud.store.models import Device, TelemetryBatch, TelemetryPoint, table
 
 __all__ = ["TelemetryWrite", "record_telemetry_many"]
 
-D = Device.__table__
-TB = TelemetryBatch.__table__
-T = TelemetryPoint.__table__
+D = table(Device)
+TB = table(TelemetryBatch)
+T = table(TelemetryPoint)
 
 TelemetryWrite = tuple[str, int, Sequence[TelemetryRecord], dt.datetime]
 """(device id, sequence, points, received at)."""

@@ -67,6 +67,7 @@ class Device(Base):
     active_bundle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     update_state: Mapped[str] = mapped_column(String(32), default="")
     update_reason: Mapped[str] = mapped_column(String(128), default="")
+    update_detail: Mapped[str] = mapped_column(Text, default="")  # updates_0001
     health: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     desired_bundle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -103,6 +103,7 @@ class UpdateQueries(StoreBase):
                         .values(
                             update_state=ev.state,
                             update_reason=ev.reason_code,
+                            update_detail=ev.detail,
                             last_seen=utcnow(),
                             updated_at=utcnow(),
                         )

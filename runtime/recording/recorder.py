@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 TICK_TOPIC = "/edgeflux/tick"
 EVENT_TOPIC = "/edgeflux/events"
 _F32 = np.dtype(np.float32)
+_ND = np.ndarray
+_dict_eq = dict.__eq__
 
 
 class TickCounters(Protocol):
@@ -95,6 +97,7 @@ class FlightRecorder:
         self.flush_s = flush_s
         self.metadata = dict(metadata or {})
         self._q: deque[_Item] = deque(maxlen=max_pending)
+        self._append = self._q.append
         self._events: deque[tuple[int, str, str]] = deque(maxlen=1000)
         self._seen: dict[str, int] = {}  # the loop thread's last copy of the counts
         self._before: dict[str, int] = {}  # the writer thread's
@@ -134,15 +137,14 @@ class FlightRecorder:
         """One tick (called by the loop after the write): copies, never blocks."""
         iv = counters.interventions
         changed = None
-        same: bool = dict.__eq__(iv, self._seen)  # dict's own ==: Counter's is pure Python
-        if not same:
+        if not _dict_eq(iv, self._seen):  # dict's own ==: Counter's is pure Python
             changed = self._seen = dict(iv)
-        self._q.append(
+        self._append(
             (
                 counters.ticks,
                 due_ns,
                 latency_ns,
-                obs.tobytes() if type(obs) is np.ndarray and obs.dtype is _F32 else b"",
+                obs.tobytes() if obs.__class__ is _ND and obs.dtype is _F32 else b"",
                 action.tobytes(),
                 changed,
                 counters.deadline_misses,

@@ -111,7 +111,10 @@ def test_events_are_deduplicated_and_move_update_state(store: Store) -> None:
     assert not store.record_event(ev)
     dev = store.require_device("d1")
     assert (dev.update_state, dev.update_reason) == ("ROLLED_BACK", "HEALTH_WINDOW_FAILED")
+    assert dev.update_detail == "p99 high"  # the robot's detail, kept with its reason
     assert [e.reason_code for e in store.events("d1")] == ["HEALTH_WINDOW_FAILED"]
+    store.record_event(EventRecord("d1", 2, NOW, "update", "REFRESHING", "OK"))
+    assert store.require_device("d1").update_detail == ""  # a new update starts clean
 
 
 def test_presence_and_inventory(store: Store) -> None:

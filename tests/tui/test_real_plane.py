@@ -70,16 +70,25 @@ async def test_live_fleet_filter_and_device_history_over_mtls(plane: RunningPlan
         assert plane.store.record_telemetry(
             "robot-1",
             1,
-            [TelemetryRecord(at=NOW, loop_p99_ms=7.25, cpu_percent=55, update_state="STAGED")],
+            [TelemetryRecord(at=NOW, loop_p99_ms=7.25, cpu_percent=55, update_state="STAGING")],
         )
         await until(pilot, lambda: rows(app).cell_text("robot-1", "p99") == "7.25")
         plane.store.record_event(
             EventRecord(
-                "robot-1", 1, NOW, "update", state="ROLLED_BACK", reason_code="health_window"
+                "robot-1",
+                1,
+                NOW,
+                "update",
+                state="ROLLED_BACK",
+                reason_code="HEALTH_WINDOW_FAILED",
+                detail="health window failed: 12/100 tick slots missed their deadline",
             )
         )
         await until(
-            pilot, lambda: rows(app).cell_text("robot-1", "update") == "ROLLED_BACK (health_window)"
+            pilot,
+            lambda: (
+                rows(app).cell_text("robot-1", "update") == "ROLLED_BACK (HEALTH_WINDOW_FAILED)"
+            ),
         )
         await pilot.press("slash", *"site=yard", "enter")
         assert app.store.visible == ["robot-2"]
@@ -88,7 +97,12 @@ async def test_live_fleet_filter_and_device_history_over_mtls(plane: RunningPlan
         assert app.screen.device_id == "robot-1"  # type: ignore[attr-defined]
         updates = app.screen.query_one("#device-updates", DataTable)
         await until(pilot, lambda: updates.row_count == 1)
-        assert [str(c) for c in updates.get_row_at(0)][1:3] == ["ROLLED_BACK", "health_window"]
+        assert [str(c) for c in updates.get_row_at(0)][1:3] == [
+            "ROLLED_BACK",
+            "HEALTH_WINDOW_FAILED: health window failed: 12/100 tick slots missed their deadline",
+        ]
+        details = str(app.screen.query_one("#device-details", Static).content)
+        assert "reason HEALTH_WINDOW_FAILED  health window failed: 12/100" in details
         title = str(app.screen.query_one("#spark-p99-title", Static).content)
         assert "control plane" in title and "7.25 ms" in title
 
