@@ -628,14 +628,16 @@ def tuf_rotate_cmd(role: str, home_dir: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def tuf_status_cmd(home_dir: Path, as_json: bool) -> None:
     """Versions and expiry of the top-level metadata, and the number of targets."""
-    from tuf.api.metadata import Metadata
+    from tuf.api.metadata import Metadata, Root, Timestamp
 
     from cloud.tuf_repo import TufRepository
 
     home = _home(home_dir)
     repo = TufRepository(home.tuf)
-    root = Metadata.from_bytes(repo.root_json())
-    ts = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
+    root: Metadata[Root] = Metadata.from_bytes(repo.root_json())
+    ts: Metadata[Timestamp] = Metadata.from_bytes(
+        (repo.metadata_dir / "timestamp.json").read_bytes()
+    )
     info = {
         "root_version": root.signed.version,
         "root_expires": root.signed.expires.isoformat(),

@@ -63,6 +63,8 @@ class Demo(DemoStack):
             if f.name != "model.sig":
                 shutil.copy2(f, out / f.name)
         self.cli(f"sign-{version}", "bundle", "sign", str(out), "--key", str(self._signing_key()))
+        if (run_dir / "world_model.pt").is_file():  # the campaign finds its teacher by digest
+            shutil.copy2(run_dir / "world_model.pt", self.bundles / f"world_model-{version}.pt")
         self.summary.bundles[version] = {
             "path": str(out),
             "sequence": sequence,

@@ -109,8 +109,11 @@ class RuntimeService:
         allowed = list(verified.manifest.compatibility.execution_providers)
         if self.config.providers is not None:
             allowed = [p for p in allowed if p in self.config.providers]
+        # External weights are read by onnxruntime next to the model file, so such a
+        # policy is loaded by its path in the verified directory (never copied).
+        model: Path | bytes = policy_path if verified.external_data else data
         session = PolicySession(
-            data,
+            model,
             allowed_providers=allowed,
             intra_op_threads=self.config.intra_op_threads,
             fp16=self.config.fp16,
