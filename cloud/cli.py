@@ -307,6 +307,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     from rich.table import Table
 
     from cloud.store import StoreError, parse_label_selector
+    from protos.lifecycle import Reason
 
     try:
         sel = parse_label_selector(selector)
@@ -330,7 +331,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
             "active_bundle": d.active_bundle,
             "update_state": d.update_state,
             "update_reason": d.update_reason,
-            "update_detail": d.update_detail if d.update_reason not in ("", "OK") else "",
+            "update_detail": d.update_detail if d.update_reason not in ("", Reason.OK) else "",
         }
         for d in page.devices
     ]
@@ -340,7 +341,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     table = Table("id", "labels", "online", "revoked", "bundle", "update")
     for r in rows:
         b = r["active_bundle"] or {}
-        reason = "" if r["update_reason"] in ("", "OK") else r["update_reason"]
+        reason = "" if r["update_reason"] in ("", Reason.OK) else r["update_reason"]
         table.add_row(
             r["id"],
             ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
@@ -627,14 +628,16 @@ def tuf_rotate_cmd(role: str, home_dir: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def tuf_status_cmd(home_dir: Path, as_json: bool) -> None:
     """Versions and expiry of the top-level metadata, and the number of targets."""
-    from tuf.api.metadata import Metadata
+    from tuf.api.metadata import Metadata, Root, Timestamp
 
     from cloud.tuf_repo import TufRepository
 
     home = _home(home_dir)
     repo = TufRepository(home.tuf)
-    root = Metadata.from_bytes(repo.root_json())
-    ts = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
+    root: Metadata[Root] = Metadata.from_bytes(repo.root_json())
+    ts: Metadata[Timestamp] = Metadata.from_bytes(
+        (repo.metadata_dir / "timestamp.json").read_bytes()
+    )
     info = {
         "root_version": root.signed.version,
         "root_expires": root.signed.expires.isoformat(),

@@ -377,7 +377,7 @@ def eval_cmd(
     trust_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Run BUNDLE's policy.onnx through the runtime's session (not torch) and report returns."""
+    """Run BUNDLE's policy as the robot does (runtime.kernel, not torch) and report returns."""
     from distill.envs import env_spec
     from distill.errors import DistillError
     from distill.evaluate import OnnxPolicy, episode_returns

@@ -190,12 +190,21 @@ def _install(layout: RobotLayout) -> None:
     if not script.is_file():
         return
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
-    for line in (done.stdout + done.stderr).splitlines():
-        click.echo(f"{'install':<8}| {line}")
-    if done.returncode != 0:
+    # Streamed as it runs: a first install takes minutes on a small robot.
+    with subprocess.Popen(
+        ["sh", str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            click.echo(f"{'install':<8}| {line.rstrip()}")
+    if proc.returncode != 0:
         raise click.ClickException(
-            f"{script} failed (exit {done.returncode}); the robot was not started"
+            f"{script} failed (exit {proc.returncode}); the robot was not started"
         )
 
 

@@ -10,6 +10,7 @@ runtime can carry a newer manifest's additions (forward compatibility).
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +90,10 @@ class IOSpec(_Open):
             values = getattr(self, name)
             if values is not None and len(values) != len(self.obs_low):
                 raise ValueError(f"io.{name} must have {len(self.obs_low)} values")
+            if values is not None and not all(math.isfinite(v) for v in values):
+                raise ValueError(f"io.{name} values must be finite numbers")
+        if (self.obs_mean is None) != (self.obs_std is None):
+            raise ValueError("io.obs_mean and io.obs_std go together (give both or neither)")
         if self.obs_std is not None and any(s <= 0 for s in self.obs_std):
             raise ValueError("io.obs_std values must be > 0")
         return self
@@ -138,6 +143,9 @@ class Compatibility(_Open):
     )
     hardware_tags: list[str] = Field(default_factory=list)
     """Every tag here must be present on the device (e.g. "arm64", "jetson-orin")."""
+    accelerated_tolerance: float = Field(default=0.01, gt=0)
+    """Largest |action difference| allowed between a TensorRT/CUDA session (FP16 or not)
+    and the CPU FP32 session on the calibration observations (`runtime.engine_check`)."""
 
 
 class Provenance(_Open):

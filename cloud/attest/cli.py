@@ -355,9 +355,8 @@ def _run_remote(
     ):
         task_id = bar.add_task(f"campaign on {address}", total=None)
         try:
-            for update in attestation_pb2_grpc.AttestationServiceStub(channel).RunParityCampaign(
-                request
-            ):
+            stub = attestation_pb2_grpc.AttestationServiceStub(channel)  # type: ignore[no-untyped-call]
+            for update in stub.RunParityCampaign(request):
                 if update.HasField("result"):
                     final = update.result
                 else:
@@ -449,7 +448,7 @@ def get_cmd(
 
     server, creds = _connection(home_dir, server, operator, cert, key_file, ca)
     with grpc.secure_channel(server, creds) as channel:
-        stub = attestation_pb2_grpc.AttestationServiceStub(channel)
+        stub = attestation_pb2_grpc.AttestationServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             reply = stub.GetAttestation(
                 attestation_pb2.GetAttestationRequest(subject_sha256=digest), timeout=10

@@ -50,6 +50,7 @@ from cloud.rollouts.engine import (
 from cloud.rollouts.plan import DevicePlan
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
+from cloud.server.plane import Plane
 from cloud.store import RolloutRecord, Store
 from protos import admin_pb2, common_pb2
 from runtime.desired_state import BundleRef, DesiredStateError, GatePolicy
@@ -155,7 +156,7 @@ class RolloutService:
     """Handler object for ``plane.extensions["rollouts"]`` plus the driver loop."""
 
     def __init__(
-        self, plane: Any, *, poll_s: float = 0.5, full_scan_s: float = 5.0, hints: bool = True
+        self, plane: Plane, *, poll_s: float = 0.5, full_scan_s: float = 5.0, hints: bool = True
     ) -> None:
         self.plane = plane
         self.poll_s = poll_s
@@ -173,7 +174,7 @@ class RolloutService:
 
     @property
     def store(self) -> Store:
-        return self.plane.store  # type: ignore[no-any-return]
+        return self.plane.store
 
     # ------------------------------------------------------------------ persistence
     def _load(self, rollout_id: str) -> Rollout:
@@ -472,7 +473,7 @@ class RolloutService:
                 hint(topic(d, "updates"), msg.SerializeToString())
 
 
-def register(server: grpc.aio.Server, plane: Any) -> list[str]:
+def register(server: grpc.aio.Server, plane: Plane) -> list[str]:
     """Install the rollout handler and start its driver (needs the plane's event loop)."""
     service = RolloutService(plane)
     plane.extensions["rollouts"] = service

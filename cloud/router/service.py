@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -60,6 +60,9 @@ from cloud.router.wire import (
     task_from_proto,
 )
 from protos import router_pb2, router_pb2_grpc
+
+if TYPE_CHECKING:
+    from cloud.server.plane import Plane
 
 __all__ = [
     "AgentClient",
@@ -253,7 +256,7 @@ def load_audit_key(keys_dir: Path) -> Any:
     return key
 
 
-def register(server: grpc.aio.Server, plane: Any) -> list[str]:
+def register(server: grpc.aio.Server, plane: Plane) -> list[str]:
     """Mount RouterService on the control plane (see the module docstring)."""
     from runtime.config import load_config
 

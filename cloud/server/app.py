@@ -23,7 +23,7 @@ import datetime as dt
 import importlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +37,9 @@ from cloud.server.plane import Plane
 from cloud.store import Store, StoreError
 
 __all__ = ["ControlPlane", "Plane", "PlaneStartError"]
+
+if TYPE_CHECKING:
+    from cloud.ingest import Ingest
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ class ControlPlane:
         self.config: CloudConfig = home.config(overrides)
         self._want_broker = broker
         self._want_ingest = ingest
-        self.ingest: Any = None
+        self.ingest: Ingest | None = None
         self._factories = list(factories)
         self.metrics = Metrics()
         self.plane: Plane | None = None
@@ -85,7 +88,7 @@ class ControlPlane:
         self.broker: EmbeddedBroker | None = None
         self.port = 0
         self.services: list[str] = []
-        self._health: Any = None
+        self._health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
 

@@ -131,7 +131,7 @@ class StoreBase:
         except sqlite3.Error as e:
             raise StoreUnavailable(f"database {self.url} is unavailable: {e}") from e
 
-    def _raw_all(self, stmt: Any) -> list[Any]:
+    def _raw_all(self, stmt: sa.Select[Any]) -> list[Any]:
         """All rows of a Core SELECT, compiled for SQLite and run on the raw connection."""
         compiled = stmt.compile(dialect=self.engine.dialect)
         params = [compiled.params[k] for k in compiled.positiontup or ()]

@@ -32,7 +32,7 @@ class BundleRecord:
     published_at: dt.datetime = field(default_factory=utcnow)
 
 
-def _bundle(row: Any) -> BundleRecord:
+def _bundle(row: sa.Row[Any]) -> BundleRecord:
     m = row._mapping
     return BundleRecord(
         name=m["name"],

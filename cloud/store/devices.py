@@ -135,8 +135,10 @@ class DeviceQueries(StoreBase):
             ).first()
         return (row[0], bool(row[1])) if row else None
 
-    def _device_filter(self, selector: Mapping[str, str] | None, text: str | None) -> list[Any]:
-        conds: list[Any] = []
+    def _device_filter(
+        self, selector: Mapping[str, str] | None, text: str | None
+    ) -> list[sa.ColumnElement[bool]]:
+        conds: list[sa.ColumnElement[bool]] = []
         for key, value in (selector or {}).items():
             conds.append(
                 sa.exists().where(

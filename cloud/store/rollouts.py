@@ -6,6 +6,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
 from cloud.store._base import StoreBase, as_utc
 from cloud.store.models import Rollout, table
 
@@ -27,7 +29,7 @@ class RolloutRecord:
     created_by: str
 
 
-def _rollout(row: Any) -> RolloutRecord:
+def _rollout(row: sa.Row[Any]) -> RolloutRecord:
     m = row._mapping
     return RolloutRecord(
         id=m["id"],

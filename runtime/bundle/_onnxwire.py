@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-__all__ = ["GraphIO", "OnnxInfo", "OnnxWireError", "read_onnx_info"]
+__all__ = ["ExternalRef", "GraphIO", "OnnxInfo", "OnnxWireError", "read_onnx_info"]
 
 # Wire types.
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
@@ -49,6 +49,13 @@ ELEM_TYPES: dict[int, str] = {
 }
 
 
+# Bits per element of each fixed-size TensorProto.DataType (strings have no fixed size).
+_ELEM_BITS: dict[int, int] = {
+    1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64,
+    14: 64, 15: 128, 16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4,
+}  # fmt: skip
+
+
 class OnnxWireError(ValueError):
     """The file is not a well-formed ONNX protobuf (or exceeds the reader's limits)."""
 
@@ -59,6 +66,21 @@ class GraphIO:
     dtype: str
     shape: list[int | str] | None
     """None when the graph declares no shape; -1 for an unknown dimension."""
+
+
+@dataclass(frozen=True)
+class ExternalRef:
+    """One tensor whose bytes live in another file (TensorProto.external_data)."""
+
+    tensor: str
+    location: str
+    """As written in the model ("" when the tensor is external but names no file)."""
+    offset: int
+    """Where the tensor's bytes start in `location` (0 when not given)."""
+    length: int | None
+    """How many bytes it claims (None: up to the end of the file)."""
+    nbytes: int | None
+    """How many bytes its dtype and dims need (None: not fixed-size, e.g. strings)."""
 
 
 @dataclass
@@ -72,8 +94,8 @@ class OnnxInfo:
     """(domain, op_type) of every node: main graph, subgraphs, functions, training graphs."""
     function_ids: set[tuple[str, str]] = field(default_factory=set)
     """(domain, name) of model-local functions (they may be called as ops)."""
-    external_locations: list[tuple[str, str]] = field(default_factory=list)
-    """(tensor name, location) of every tensor whose data lives outside the file."""
+    external: list[ExternalRef] = field(default_factory=list)
+    """Every tensor whose data lives outside the file."""
     has_graph: bool = False
 
 
@@ -177,14 +199,56 @@ def _opset(r: _Reader, end: int) -> tuple[str, int]:
     return domain, version
 
 
+def _decimal(tensor: str, key: str, value: str) -> int:
+    if not value.isascii() or not value.isdigit() or len(value) > 20:
+        raise OnnxWireError(
+            f"tensor {tensor!r}: external_data {key} {value!r} is not a non-negative integer"
+        )
+    return int(value)
+
+
+def _dims(r: _Reader, wire: int, end: int, dims: list[int]) -> None:
+    if wire == _VARINT:
+        dims.append(r.varint())
+    elif wire == _LEN:
+        p_end = r.sub_end(end)
+        while r.tell() < p_end:
+            dims.append(r.varint())
+        if r.tell() != p_end:
+            raise OnnxWireError("packed dims end inside a varint")
+    else:
+        r.skip(wire, end)
+    if len(dims) > 64:
+        raise OnnxWireError("tensor with more than 64 dimensions")
+
+
+def _nbytes(data_type: int, dims: list[int]) -> int | None:
+    bits = _ELEM_BITS.get(data_type)
+    if bits is None:
+        return None
+    count = 1
+    for d in dims:
+        if d >= 1 << 63:  # a negative int64: no valid tensor has it
+            return None
+        count *= d
+    return (count * bits + 7) // 8
+
+
 def _tensor(r: _Reader, end: int, info: OnnxInfo, names: set[str] | None) -> None:
-    """TensorProto: name (8), external_data (13: key 1 / value 2), data_location (14)."""
+    """TensorProto: dims (1), data_type (2), name (8), external_data (13: key 1 / value 2),
+    data_location (14)."""
     r.count()
     name = ""
-    location: str | None = None
+    entries: dict[str, str] = {}
     external = False
+    dims: list[int] = []
+    data_type = 0
     for number, wire in _loop(r, end):
-        if number == 8 and wire == _LEN:
+        if number == 1:
+            _dims(r, wire, end, dims)
+        elif number == 2 and wire == _VARINT:
+            data_type = r.varint()
+        elif number == 8 and wire == _LEN:
             name = r.string(end)
         elif number == 13 and wire == _LEN:
             e = r.sub_end(end)
@@ -196,16 +260,27 @@ def _tensor(r: _Reader, end: int, info: OnnxInfo, names: set[str] | None) -> Non
                     value = r.string(e)
                 else:
                     r.skip(w2, e)
-            if key == "location":
-                location = value
+            if key in entries:
+                # Readers disagree on which copy wins; refuse rather than guess.
+                raise OnnxWireError(f"tensor {name or '?'!r} repeats external_data key {key!r}")
+            entries[key] = value
         elif number == 14 and wire == _VARINT:
             external = r.varint() == 1  # DataLocation.EXTERNAL
         else:
             r.skip(wire, end)  # raw_data (9) and the typed data arrays are skipped here
     if names is not None:
         names.add(name)
-    if external or location is not None:
-        info.external_locations.append((name, location or ""))
+    if external or "location" in entries:
+        length = entries.get("length")
+        info.external.append(
+            ExternalRef(
+                tensor=name,
+                location=entries.get("location", ""),
+                offset=_decimal(name, "offset", entries["offset"]) if "offset" in entries else 0,
+                length=_decimal(name, "length", length) if length is not None else None,
+                nbytes=_nbytes(data_type, dims),
+            )
+        )
 
 
 def _sparse_tensor(r: _Reader, end: int, info: OnnxInfo) -> None:

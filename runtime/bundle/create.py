@@ -10,11 +10,13 @@ from collections.abc import Collection
 from pathlib import Path
 
 from runtime.atomicio import atomic_write_text, fsync_dir
+from runtime.bundle._files import open_regular
 from runtime.bundle.errors import BundleError, BundleOnnxError
 from runtime.bundle.onnx_checks import (
     check_external_data,
     check_io_matches,
     check_operators,
+    external_files,
     read_info,
 )
 from runtime.manifest import MANIFEST_NAME, BundleManifest
@@ -36,6 +38,21 @@ def _with_graph_opset(manifest: BundleManifest, graph_opset: int | None) -> Bund
     return manifest.model_copy(update={"compatibility": compat})
 
 
+def _copy_regular(src_dir: Path, name: str, dst_dir: Path) -> int:
+    """Copy `src_dir/name` (a plain file, not a link) to `dst_dir/name`; return its size."""
+    dst = dst_dir / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        src = open_regular(src_dir / name, str(src_dir))
+    except BundleError as exc:
+        raise BundleOnnxError(f"{src_dir / name}: external data file unusable: {exc}") from exc
+    with src, open(dst, "xb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
+        return out.tell()
+
+
 def create_bundle(
     onnx_path: str | os.PathLike[str],
     manifest: BundleManifest,
@@ -45,12 +62,13 @@ def create_bundle(
 ) -> Path:
     """Create bundle directory `out_dir` holding `policy.onnx` and `edgeflux.json`.
 
-    The policy is copied first and every check runs on the copy (so the source
-    changing underneath cannot slip past): a valid single-file ONNX model, no
-    external data, no custom-domain operators outside `allowed_custom_ops`, and an
-    I/O spec and opset that say what the graph really is. The directory appears
-    atomically (built beside it, then renamed); `out_dir` must not exist or be empty.
-    Returns `out_dir`.
+    The policy is copied first, with the external-data files it names (relative to
+    it, same layout), and every check runs on the copy (so the source changing
+    underneath cannot slip past): a valid ONNX model, external data confined to the
+    copied files and inside their sizes, no custom-domain operators outside
+    `allowed_custom_ops`, and an I/O spec and opset that say what the graph really
+    is. The directory appears atomically (built beside it, then renamed); `out_dir`
+    must not exist or be empty. Returns `out_dir`.
     """
     source = Path(onnx_path)
     out = Path(out_dir)
@@ -64,7 +82,11 @@ def create_bundle(
         policy = staging / POLICY_NAME
         shutil.copyfile(source, policy)
         info = read_info(policy)
-        check_external_data(info, source, None)
+        sizes = {
+            name: _copy_regular(source.parent, name, staging)
+            for name in external_files(info, source)
+        }
+        check_external_data(info, source, sizes)
         check_operators(info, source, allowed_custom_ops)
         manifest = _with_graph_opset(manifest, info.opsets.get("ai.onnx"))
         check_io_matches(info, source, manifest)

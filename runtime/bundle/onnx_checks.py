@@ -1,8 +1,8 @@
 """Checks on `policy.onnx` that need no ONNX runtime and constant memory.
 
-* external data: only relative locations naming a regular file of the bundle
-  itself (never absolute, ``..``, or a symlink); `create_bundle` refuses any,
-  since a bundle's policy is one file;
+* external data: only relative locations naming a regular, signed file of the
+  bundle itself (never absolute, ``..``, or a symlink), each tensor's byte range
+  inside that file and exactly as long as its dtype and dims need;
 * operators: only the standard domains, plus the custom ``domain:OpType`` (or
   ``domain:*``) entries the device allows, plus model-local functions;
 * I/O: the graph's inputs and outputs equal the manifest's I/O spec (names,
@@ -11,18 +11,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from runtime.bundle._onnxwire import GraphIO, OnnxInfo, OnnxWireError, read_onnx_info
 from runtime.bundle.errors import BundleOnnxError
-from runtime.manifest import BundleManifest, TensorSpec
+from runtime.manifest import MANIFEST_NAME, BundleManifest, TensorSpec
 
 __all__ = [
     "STANDARD_DOMAINS",
     "check_external_data",
     "check_io_matches",
     "check_operators",
+    "external_files",
     "io_spec_from_onnx",
     "read_info",
 ]
@@ -75,36 +76,65 @@ def io_spec_from_onnx(onnx_path: str | Path) -> tuple[list[TensorSpec], list[Ten
     return inputs, outputs
 
 
-def check_external_data(
-    info: OnnxInfo, onnx_path: Path, bundle_files: Collection[str] | None
-) -> None:
-    """Refuse external data that could reach outside the bundle.
+_RESERVED = frozenset({"policy.onnx", MANIFEST_NAME, "model.sig"})
 
-    `bundle_files` is the signed file set (names relative to the bundle); None means
-    no external data is acceptable at all (bundle creation).
+
+def external_files(info: OnnxInfo, onnx_path: Path) -> list[str]:
+    """The files (relative to the model's directory) its external data names, checked.
+
+    Each location must be relative, inside the model's directory (no ``..``, no
+    backslash, no symlink on the way) and not one of the bundle's own files.
     """
-    for tensor, location in info.external_locations:
-        where = f"{onnx_path}: tensor {tensor!r} keeps its data in external file {location!r}"
-        loc = PurePosixPath(location.replace("\\", "/"))
-        if (
-            not location
-            or location.startswith(("/", "\\"))
-            or loc.is_absolute()
-            or (len(location) > 1 and location[1] == ":")
-        ):
+    names: list[str] = []
+    for ref in info.external:
+        where = (
+            f"{onnx_path}: tensor {ref.tensor!r} keeps its data in external file {ref.location!r}"
+        )
+        location = ref.location
+        loc = PurePosixPath(location)
+        if not location or location.startswith("/") or (len(location) > 1 and location[1] == ":"):
             raise BundleOnnxError(f"{where}: absolute or empty locations are refused")
+        if "\\" in location or "\x00" in location:
+            raise BundleOnnxError(f"{where}: backslashes and NUL bytes are refused in locations")
         if ".." in loc.parts:
             raise BundleOnnxError(f"{where}: locations with '..' are refused")
-        candidate = onnx_path.parent / loc
-        if candidate.is_symlink():
-            raise BundleOnnxError(f"{where}: the location is a symlink, refused")
-        if bundle_files is None:
-            raise BundleOnnxError(
-                f"{where}: bundles hold a single-file policy; export with external_data=False"
-            )
-        rel = PurePosixPath(onnx_path.name).parent / loc
-        if rel.as_posix() not in bundle_files:
+        for depth in range(1, len(loc.parts) + 1):
+            if (onnx_path.parent / PurePosixPath(*loc.parts[:depth])).is_symlink():
+                raise BundleOnnxError(f"{where}: the location is a symlink, refused")
+        rel = loc.as_posix()
+        if rel in _RESERVED:
+            raise BundleOnnxError(f"{where}: that is one of the bundle's own files")
+        if rel not in names:
+            names.append(rel)
+    return names
+
+
+def check_external_data(info: OnnxInfo, onnx_path: Path, bundle_files: Mapping[str, int]) -> None:
+    """Refuse external data that reaches outside the bundle or past its files.
+
+    `bundle_files` maps each signed file (relative to the bundle) to its size in
+    bytes. Every tensor's (offset, length) must lie inside its file, and the length
+    must be what the tensor's dtype and dims need.
+    """
+    external_files(info, onnx_path)
+    for ref in info.external:
+        rel = PurePosixPath(ref.location).as_posix()
+        where = f"{onnx_path}: tensor {ref.tensor!r} keeps its data in external file {rel!r}"
+        size = bundle_files.get(rel)
+        if size is None:
             raise BundleOnnxError(f"{where}: that file is not part of the signed bundle")
+        if ref.nbytes is None:
+            raise BundleOnnxError(f"{where}: only fixed-size tensors may be stored externally")
+        length = ref.length if ref.length is not None else size - ref.offset
+        if ref.offset > size or ref.offset + length > size:
+            raise BundleOnnxError(
+                f"{where}: bytes {ref.offset}..{ref.offset + length} run past the file's "
+                f"{size} bytes"
+            )
+        if length != ref.nbytes:
+            raise BundleOnnxError(
+                f"{where}: {length} bytes are stored, its dtype and dims need {ref.nbytes}"
+            )
 
 
 def _allowed(domain: str, op: str, allow: Collection[str]) -> bool:

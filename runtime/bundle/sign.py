@@ -105,9 +105,11 @@ def sign_bundle(
         if required not in files:
             raise BundleFileSetError(f"{bdir}: {required} is missing; nothing to sign")
     digests: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     manifest_bytes: bytes | None = None
     for name in files:
         with open_regular(bdir / name, str(bdir)) as fh:
+            sizes[name] = os.fstat(fh.fileno()).st_size
             digests[name], data = hash_open_file(fh, keep_bytes=1 << 20, progress=progress)
         if name == MANIFEST_NAME:
             manifest_bytes = data
@@ -116,7 +118,7 @@ def sign_bundle(
     except ManifestError as exc:
         raise BundleManifestError(str(exc)) from exc
     info = read_info(bdir / _POLICY)
-    check_external_data(info, bdir / _POLICY, set(files))
+    check_external_data(info, bdir / _POLICY, sizes)
     check_io_matches(info, bdir / _POLICY, manifest)
 
     payload = build_statement(bdir.resolve().name, digests)

@@ -13,6 +13,7 @@ proved:
 4. every file's streamed sha256 equals the signed digest;
 5. `edgeflux.json` (the bytes just hashed) matches the schema;
 6. `policy.onnx` (the descriptor just hashed) is safe and agrees with the manifest;
+   each external-data tensor lies inside a signed file of the bundle;
 7. the device can run it (runtime version, opset, providers, hardware tags);
 8. its `sequence` is not below the committed anti-rollback counter.
 
@@ -25,7 +26,7 @@ import os
 import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -89,6 +90,8 @@ class VerifiedBundle:
     signer_key_id: str
     files: dict[str, str]
     """Signed file name -> sha256 hex (model.sig excluded)."""
+    external_data: tuple[str, ...] = ()
+    """The files holding the policy's external tensor data (load the policy by path)."""
 
 
 def _verify_with(key: PublicKey, signature: bytes, message: bytes) -> bool:
@@ -212,6 +215,7 @@ def verify_bundle(
 
     with ExitStack() as stack:
         files: dict[str, str] = {}
+        sizes: dict[str, int] = {}
         policy_fh: BinaryIO | None = None
         manifest_bytes: bytes | None = None
         for name, expected in sorted(signed.resources.items()):
@@ -219,6 +223,7 @@ def verify_bundle(
             if name == POLICY_NAME:
                 # Kept open: the ONNX checks read the very bytes just hashed.
                 policy_fh = stack.enter_context(fh)
+            sizes[name] = os.fstat(fh.fileno()).st_size
             try:
                 keep = _MAX_MANIFEST_BYTES if name == MANIFEST_NAME else 0
                 actual, data = hash_open_file(fh, keep_bytes=keep, progress=progress)
@@ -248,7 +253,7 @@ def verify_bundle(
             info = read_onnx_info(policy_fh)
         except OnnxWireError as exc:
             raise BundleOnnxError(f"{policy_path}: not a valid ONNX model ({exc})") from exc
-    check_external_data(info, policy_path, set(files))
+    check_external_data(info, policy_path, sizes)
     check_operators(info, policy_path, device.allowed_custom_ops if device else ())
     check_io_matches(info, policy_path, manifest)
 
@@ -269,6 +274,7 @@ def verify_bundle(
         root_digest=signed.root_digest,
         signer_key_id=signer,
         files=files,
+        external_data=tuple(sorted({PurePosixPath(r.location).as_posix() for r in info.external})),
     )
 
 

@@ -180,7 +180,9 @@ def test_reader_records_external_data_locations() -> None:
         initializer=[w],
     )
     info = read_onnx_info(io.BytesIO(helper.make_model(graph).SerializeToString()))
-    assert info.external_locations == [("w", "../w.bin")]
+    assert [(e.tensor, e.location, e.offset, e.length, e.nbytes) for e in info.external] == [
+        ("w", "../w.bin", 0, None, 16)
+    ]
 
 
 @pytest.mark.parametrize(

@@ -157,6 +157,7 @@ def test_public_api_other_components_build_on_is_exported() -> None:
     fields = set(VerifiedBundle.__dataclass_fields__)
     assert fields == {
         "path", "manifest", "policy_sha256", "root_digest", "signer_key_id", "files",
+        "external_data",
     }  # fmt: skip
     for cls in vars(runtime.bundle).values():
         if isinstance(cls, type) and issubclass(cls, BundleError):

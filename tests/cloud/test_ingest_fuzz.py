@@ -162,10 +162,17 @@ class _Acks:
         self.mids.append(mid)
 
 
-@pytest.fixture(scope="module")
-def ingest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
-    path: Path = tmp_path_factory.mktemp("fuzz") / "plane.db"
-    store = Store.open(f"sqlite:///{path}")
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def ingest(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Ingest]:
+    """Ingest over a real store: SQLite, and PostgreSQL (stricter: NUL, column widths)."""
+    if request.param == "sqlite":
+        path: Path = tmp_path_factory.mktemp("fuzz") / "plane.db"
+        url = f"sqlite:///{path}"
+    else:
+        url = str(request.getfixturevalue("postgres").create_database("ingest_fuzz"))
+    store = Store.open(url)
     store.add_device("robot-f", "0" * 64)
     mqtt = CloudMqttSettings(host="127.0.0.1", port=free_port())
     yield Ingest(store, mqtt, IngestSettings(), quarantine=lambda _items: None)
@@ -173,6 +180,7 @@ def ingest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
 
 
 def _store_property(ing: Ingest, batch: list[tuple[str, bytes]]) -> None:
+    """Everything is acknowledged; nothing the decoder accepted is refused by the store."""
     acks = _Acks()
     now = dt.datetime.now(dt.UTC)
     work = [

@@ -283,3 +283,18 @@ def test_on_a_systemd_robot_start_enables_the_flashed_units(
         _start_units(tmp_path / "root")
     with pytest.raises(click.ClickException, match="holds no EdgeFlux units"):
         _start_units(tmp_path / "elsewhere")
+
+
+def test_a_failed_install_starts_nothing(tmp_path: Path) -> None:
+    robot = tmp_path / "robot"
+    layout = RobotLayout.at(robot)
+    layout.runtime_config.parent.mkdir(parents=True)
+    layout.runtime_config.write_text("[runtime]\n")
+    layout.agent_config.write_text("[agent]\n")
+    (layout.opt).mkdir(parents=True)
+    (layout.opt / "install.sh").write_text("echo 'no Python >= 3.11 found'\nexit 7\n")
+    res = CliRunner().invoke(root, ["robot", "start", "--root", str(robot)])
+    assert res.exit_code == 1, res.output
+    assert "install | no Python >= 3.11 found" in res.output  # streamed, prefixed
+    assert "install.sh failed (exit 7); the robot was not started" in res.output
+    assert not layout.runtime_socket.exists()

@@ -11,6 +11,7 @@ closed-loop episodes, actions agree to 1e-6 and intervention counts are identica
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -203,3 +204,22 @@ def test_every_consumer_matches_the_tick_in_closed_loop(case: str, tmp_path: Pat
             )
         np.testing.assert_allclose(returns, tick_returns, atol=1e-3, err_msg=label)
         assert _interventions(policy.counts) == _interventions(tick_counts), label
+
+
+@pytest.mark.parametrize(
+    ("io", "message"),
+    [
+        ({"obs_mean": [0.0, float("nan"), 0.0], "obs_std": [1.0, 1.0, 1.0]}, "finite"),
+        ({"obs_mean": [0.0, 0.0, 0.0], "obs_std": [1.0, float("inf"), 1.0]}, "finite"),
+        ({"obs_mean": [0.0, 0.0, 0.0]}, "go together"),
+    ],
+)
+def test_a_normaliser_the_kernel_could_not_apply_is_refused_by_the_manifest(
+    io: dict[str, Any], message: str
+) -> None:
+    from runtime.manifest import ManifestError, parse_manifest
+
+    data = manifest().model_dump(mode="json", by_alias=True)
+    data["io"].update(io)
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(json.dumps(data))
