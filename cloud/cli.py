@@ -307,6 +307,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     from rich.table import Table
 
     from cloud.store import StoreError, parse_label_selector
+    from protos.lifecycle import Reason
 
     try:
         sel = parse_label_selector(selector)
@@ -330,7 +331,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
             "active_bundle": d.active_bundle,
             "update_state": d.update_state,
             "update_reason": d.update_reason,
-            "update_detail": d.update_detail if d.update_reason not in ("", "OK") else "",
+            "update_detail": d.update_detail if d.update_reason not in ("", Reason.OK) else "",
         }
         for d in page.devices
     ]
@@ -340,7 +341,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     table = Table("id", "labels", "online", "revoked", "bundle", "update")
     for r in rows:
         b = r["active_bundle"] or {}
-        reason = "" if r["update_reason"] in ("", "OK") else r["update_reason"]
+        reason = "" if r["update_reason"] in ("", Reason.OK) else r["update_reason"]
         table.add_row(
             r["id"],
             ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),

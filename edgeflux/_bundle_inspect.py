@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -150,13 +151,24 @@ def verify(
         )
 
 
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def _inspect_dir(bdir: Path, trust: TrustStore | None) -> dict[str, Any]:
     files, _ = walk_bundle(bdir)
     digests: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     for name in files:
         with open_regular(bdir / name, str(bdir)) as fh:
+            sizes[name] = os.fstat(fh.fileno()).st_size
             digests[name], _data = hash_open_file(fh)
-    report: dict[str, Any] = {"files": digests}
+    report: dict[str, Any] = {"files": digests, "sizes": sizes, "total_bytes": sum(sizes.values())}
     sig_path = bdir / SIGNATURE_NAME
     if sig_path.is_file():
         try:
@@ -241,9 +253,10 @@ def inspect(target: Path, trust_dir: Path | None, as_json: bool) -> None:
         for t in m["io"][direction]:
             io.add_row(direction[:-1], t["name"], str(t["shape"]), t["dtype"])
     out.print(io)
-    files = Table(title="files")
+    files = Table(title=f"files ({_human(report['total_bytes'])} in all)")
     files.add_column("file")
+    files.add_column("size", justify="right")
     files.add_column("sha256")
     for name, digest in report["files"].items():
-        files.add_row(name, digest)
+        files.add_row(name, _human(report["sizes"][name]), digest)
     out.print(files)

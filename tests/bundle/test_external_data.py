@@ -322,3 +322,20 @@ def test_a_2_5_gb_external_data_bundle_verifies_and_loads(
     np.testing.assert_allclose(session.run(obs), obs + sum(rows))
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
     print(f"peak RSS growth loading a 2.5 GiB external-data policy: {grown / 2**20:.0f} MiB")
+
+
+def test_inspect_lists_every_weight_file_with_its_size(
+    ext_bundle: tuple[Path, list[np.ndarray]], trust: TrustStore
+) -> None:
+    import json
+
+    from tests.bundle.test_cli_bundle import ok
+
+    bdir, _ = ext_bundle
+    report = json.loads(ok("inspect", bdir, "--trust-dir", trust.directory, "--json").stdout)
+    assert report["verified"] is True
+    expected = {n: (bdir / n).stat().st_size for n in report["files"]}
+    assert report["sizes"] == expected and set(expected) >= {"weights/a.bin", "b.bin"}
+    assert report["sizes"]["b.bin"] == 72 and report["total_bytes"] == sum(expected.values())
+    table = ok("inspect", bdir).stdout
+    assert "weights/a.bin" in table and "96 B" in table and "72 B" in table
