@@ -26,6 +26,7 @@ from cloud.server.auth import Authenticator, Identity
 from cloud.server.plane import Plane
 from cloud.store import BundleRecord, DeviceRecord, parse_label_selector
 from protos import admin_pb2, admin_pb2_grpc, common_pb2
+from runtime.desired_state import BundleRef, DesiredStateError
 
 __all__ = ["FleetAdminServicer", "bundle_to_pb", "device_to_pb", "register"]
 
@@ -42,15 +43,11 @@ def _ts(value: dt.datetime | None) -> Timestamp | None:
 
 
 def _ref(d: dict[str, Any] | None) -> common_pb2.BundleRef | None:
-    if not d:
+    try:
+        ref = BundleRef.from_dict(d)
+    except DesiredStateError:  # stored before reports were validated: shown as none
         return None
-    return common_pb2.BundleRef(
-        name=str(d.get("name", "")),
-        version=str(d.get("version", "")),
-        sequence=int(d.get("sequence", 0) or 0),
-        policy_sha256=str(d.get("policy_sha256", "")),
-        oms_root_digest=str(d.get("oms_root_digest", "")),
-    )
+    return ref.to_pb() if ref is not None else None
 
 
 def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
