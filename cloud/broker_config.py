@@ -257,6 +257,14 @@ def broker_config(
         from cloud.home import CloudHome
 
         home = CloudHome.at(home_dir)
+        shared = home.shared_names()
+        if shared:
+            raise click.ClickException(
+                f"{', '.join(shared)}: both an operator and a device in {home.root}; the "
+                "broker knows clients by name only, so revoke the operator certificate "
+                "(`cloud operator revoke NAME`) and remove it from pki/operators first. "
+                "Nothing was written."
+            )
         ca = ca or str(home.ca_cert)
         cert = cert or str(home.server_cert)
         key = key or str(home.server_key)

@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cloud.cli:operator_group",
     ),
     "push": ("Push a bundle to devices now (desired state + MQTT hint).", "cloud.push:push_cmd"),
+    "audit": (
+        "Show the audit log (who changed what; pushes left out).",
+        "cloud.audit_cli:audit_cmd",
+    ),
     "router": ("ATP routing: audit log verify, stats.", "cloud.router.cli:router_group"),
     "agent": ("Serve a routing backend (--kind planner|policy).", "cloud.router.worker:agent_cmd"),
     "ingest": ("Run MQTT ingest (telemetry, events, presence).", "cloud.ingest:ingest_cmd"),
@@ -307,6 +311,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     from rich.table import Table
 
     from cloud.store import StoreError, parse_label_selector
+    from protos.lifecycle import Reason
 
     try:
         sel = parse_label_selector(selector)
@@ -330,7 +335,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
             "active_bundle": d.active_bundle,
             "update_state": d.update_state,
             "update_reason": d.update_reason,
-            "update_detail": d.update_detail if d.update_reason not in ("", "OK") else "",
+            "update_detail": d.update_detail if d.update_reason not in ("", Reason.OK) else "",
         }
         for d in page.devices
     ]
@@ -340,7 +345,7 @@ def devices_cmd(home_dir: Path, selector: str, limit: int, as_json: bool) -> Non
     table = Table("id", "labels", "online", "revoked", "bundle", "update")
     for r in rows:
         b = r["active_bundle"] or {}
-        reason = "" if r["update_reason"] in ("", "OK") else r["update_reason"]
+        reason = "" if r["update_reason"] in ("", Reason.OK) else r["update_reason"]
         table.add_row(
             r["id"],
             ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),

@@ -257,6 +257,13 @@ class CloudHome:
             return f"{name!r} is already a device ({dev}); pick another operator name"
         return None
 
+    def shared_names(self) -> list[str]:
+        """Names that are both an operator and a device here (issued before names were
+        checked across roles): on the broker such an operator could speak as the device."""
+        operators = {p.stem for p in self.operators.glob("*.crt")}
+        devices = {p.stem for p in self.devices.glob("*.crt")}
+        return sorted(operators & devices)
+
     def load_ca(self) -> FleetCA:
         return FleetCA.load(self.ca_cert, self.ca_key, self.ca_passphrase())
 

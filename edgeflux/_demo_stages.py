@@ -12,6 +12,7 @@ from cloud.attest.cli import EXIT_NOT_ATTESTED
 from edgeflux._demo_config import ATTESTED_ONLY, BUNDLE_NAME, ROBOTS
 from edgeflux._demo_stack import DemoStack, json_out, live
 from edgeflux._processes import edgeflux_command
+from protos.lifecycle import UpdateState
 
 __all__ = ["Demo"]
 
@@ -287,7 +288,7 @@ class Demo(DemoStack):
         self.summary.bundles["1.2.0"] = {"path": str(out), "sequence": 3, "broken": True}
         self.push("1.2.0")
 
-        refused = ("FAILED", "ROLLED_BACK")
+        refused = (UpdateState.FAILED, UpdateState.ROLLED_BACK)
         with live(self._fleet_table) as refresh:
             self.procs.wait_for(
                 lambda: (

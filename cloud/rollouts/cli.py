@@ -79,6 +79,8 @@ def _as_dict(msg: Any) -> dict[str, Any]:
 
 
 def _show(r: Any) -> None:
+    from protos.lifecycle import Outcome
+
     b = r.bundle
     click.echo(f"rollout {r.id}: {b.name} {b.version} (sequence {b.sequence}) — {r.state}")
     if r.reason:
@@ -96,7 +98,7 @@ def _show(r: Any) -> None:
             f"failed {w.failed}, rolled back {w.rolled_back}"
         )
         for o in w.outcomes:
-            if o.outcome != "COMMITTED":
+            if o.outcome != Outcome.COMMITTED:
                 why = ": ".join(x for x in (o.reason_code, o.detail) if x)
                 click.echo(f"    {o.device_id}  {o.outcome}  {why}".rstrip())
 

@@ -155,3 +155,22 @@ def test_the_ca_refuses_reserved_names_for_devices_and_operators() -> None:
     with pytest.raises(PKIError, match="must start with"):
         ca.issue_service("robot-1")
     assert ca.issue_service("edgeflux-ingest-2").cert_pem
+
+
+def test_broker_config_refuses_a_home_where_an_operator_shares_a_devices_name(
+    tmp_path: Path,
+) -> None:
+    """A collision made before names were checked across roles (here: a certificate
+    issued straight from the CA) is caught before the broker is configured."""
+    from cloud.home import CloudHome
+
+    home_dir = tmp_path / "plane"
+    assert CliRunner().invoke(cloud_cli, ["init", str(home_dir)]).exit_code == 0
+    r = CliRunner().invoke(cloud_cli, ["device", "add", "robot-b", "--home", str(home_dir)])
+    assert r.exit_code == 0, r.output
+    home = CloudHome.at(home_dir)
+    home.load_ca().issue_operator("robot-b", "viewer").write(home.operators, "robot-b")
+    out = tmp_path / "mosq"
+    r = CliRunner().invoke(cloud_cli, ["broker-config", "--home", str(home_dir), "--out", str(out)])
+    assert r.exit_code == 1 and "robot-b: both an operator and a device" in r.output
+    assert not out.exists()

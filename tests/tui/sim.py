@@ -131,7 +131,12 @@ class _Admin(admin_pb2_grpc.FleetAdminServiceServicer):
             h.deadline_miss_rate.add(at=at, value=((k * 3 + n) % 5) / 1000)
             h.safety_interventions.add(at=at, value=float(k // 10))
         for k, (state, reason) in enumerate(
-            (("STAGING", ""), ("SWITCHING", ""), ("COMMITTED", ""), (d.update_state, d.update_reason))
+            (
+                ("STAGING", ""),
+                ("SWITCHING", ""),
+                ("COMMITTED", ""),
+                (d.update_state, d.update_reason),
+            )
         ):
             h.updates.add(
                 at=ts(T0 - (4 - k) * 600), state=state, reason=reason, bundle=d.active_bundle

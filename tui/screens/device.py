@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Sparkline, Static
 
 from protos import admin_pb2
+from protos.lifecycle import Reason
 from tui.client import AdminError
 from tui.messages import Fetched, FetchFailed
 from tui.screens._chrome import ConnectionBar, fleet_app
@@ -155,7 +156,7 @@ class DeviceScreen(Screen[None]):
         t = self.query_one("#device-updates", DataTable)
         t.clear()
         for at, state, reason, bundle, detail in reversed(rows):
-            why = f"{reason}: {detail}" if reason and reason != "OK" and detail else reason
+            why = f"{reason}: {detail}" if reason and reason != Reason.OK and detail else reason
             t.add_row(_clock(at), state, why or "—", bundle or "—")
 
     def on_fetched(self, msg: Fetched) -> None:
