@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cloud.cli:operator_group",
     ),
     "push": ("Push a bundle to devices now (desired state + MQTT hint).", "cloud.push:push_cmd"),
+    "audit": (
+        "Show the audit log (who changed what; pushes left out).",
+        "cloud.audit_cli:audit_cmd",
+    ),
     "router": ("ATP routing: audit log verify, stats.", "cloud.router.cli:router_group"),
     "agent": ("Serve a routing backend (--kind planner|policy).", "cloud.router.worker:agent_cmd"),
     "ingest": ("Run MQTT ingest (telemetry, events, presence).", "cloud.ingest:ingest_cmd"),

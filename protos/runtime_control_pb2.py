@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/runtime_control.proto\x12\x13\x65\x64geflux.runtime.v1\x1a\x13protos/common.proto\"G\n\x08SlotInfo\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12-\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\"\x88\x04\n\rRuntimeStatus\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\x12.\n\x07pending\x18\x02 \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\x12\r\n\x05state\x18\x03 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x04 \x01(\t\x12\x31\n\x07metrics\x18\x05 \x01(\x0b\x32 .edgeflux.runtime.v1.LoopMetrics\x12K\n\ranti_rollback\x18\x06 \x03(\x0b\x32\x34.edgeflux.runtime.v1.RuntimeStatus.AntiRollbackEntry\x12\x12\n\ntries_left\x18\x07 \x01(\r\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05swaps\x18\t \x01(\x04\x12\x30\n\tlast_good\x18\n \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\x12-\n\x07\x66\x61ilure\x18\x0b \x01(\x0b\x32\x1c.edgeflux.runtime.v1.Failure\x12\x12\n\nscheduling\x18\x14 \x01(\t\x12\x10\n\x08realtime\x18\x15 \x01(\x08\x1a\x33\n\x11\x41ntiRollbackEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\'\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\"\n\x0cStageRequest\x12\x12\n\nbundle_dir\x18\x01 \x01(\t\"Q\n\rStageResponse\x12-\n\x06staged\x18\x01 \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\x12\x11\n\twarmup_ms\x18\x02 \x01(\x01\"\x1e\n\rShadowRequest\x12\r\n\x05ticks\x18\x01 \x01(\r\"\xe9\x01\n\x0cShadowReport\x12\r\n\x05ticks\x18\x01 \x01(\r\x12\x17\n\x0f\x64ivergence_mean\x18\x02 \x01(\x01\x12\x16\n\x0e\x64ivergence_max\x18\x03 \x01(\x01\x12\x10\n\x08nan_rate\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x05 \x01(\x01\x12\x1b\n\x13\x65nvelope_violations\x18\x06 \x01(\x04\x12\x10\n\x08\x63ompared\x18\x07 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x08 \x01(\x04\x12\x30\n\tcandidate\x18\t \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\".\n\x0f\x41\x63tivateRequest\x12\x1b\n\x13health_window_ticks\x18\x01 \x01(\r\"$\n\x13HealthWindowRequest\x12\r\n\x05ticks\x18\x01 \x01(\r\"/\n\x0fRollbackRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"#\n\x0eMetricsRequest\x12\x11\n\tperiod_ms\x18\x01 \x01(\r\"\xd7\x02\n\x0bLoopMetrics\x12\r\n\x05ticks\x18\x01 \x01(\x04\x12\x17\n\x0f\x64\x65\x61\x64line_misses\x18\x02 \x01(\x04\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x04 \x01(\x01\x12\x17\n\x0flatency_p999_ms\x18\x05 \x01(\x01\x12\x16\n\x0elatency_max_ms\x18\x06 \x01(\x01\x12J\n\rinterventions\x18\x07 \x03(\x0b\x32\x33.edgeflux.runtime.v1.LoopMetrics.InterventionsEntry\x12\x0f\n\x07rate_hz\x18\x08 \x01(\x01\x12\x15\n\rjitter_p99_ms\x18\t \x01(\x01\x12\x15\n\rskipped_slots\x18\n \x01(\x04\x1a\x34\n\x12InterventionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xa7\x05\n\x0eRuntimeControl\x12G\n\x06Status\x12\x19.edgeflux.common.v1.Empty\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12N\n\x05Stage\x12!.edgeflux.runtime.v1.StageRequest\x1a\".edgeflux.runtime.v1.StageResponse\x12O\n\x06Shadow\x12\".edgeflux.runtime.v1.ShadowRequest\x1a!.edgeflux.runtime.v1.ShadowReport\x12T\n\x08\x41\x63tivate\x12$.edgeflux.runtime.v1.ActivateRequest\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12\\\n\x0cHealthWindow\x12(.edgeflux.runtime.v1.HealthWindowRequest\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12G\n\x06\x43ommit\x12\x19.edgeflux.common.v1.Empty\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12T\n\x08Rollback\x12$.edgeflux.runtime.v1.RollbackRequest\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12X\n\rStreamMetrics\x12#.edgeflux.runtime.v1.MetricsRequest\x1a .edgeflux.runtime.v1.LoopMetrics0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/runtime_control.proto\x12\x13\x65\x64geflux.runtime.v1\x1a\x13protos/common.proto\"G\n\x08SlotInfo\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12-\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\"\x9e\x04\n\rRuntimeStatus\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\x12.\n\x07pending\x18\x02 \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\x12\r\n\x05state\x18\x03 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x04 \x01(\t\x12\x31\n\x07metrics\x18\x05 \x01(\x0b\x32 .edgeflux.runtime.v1.LoopMetrics\x12K\n\ranti_rollback\x18\x06 \x03(\x0b\x32\x34.edgeflux.runtime.v1.RuntimeStatus.AntiRollbackEntry\x12\x12\n\ntries_left\x18\x07 \x01(\r\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05swaps\x18\t \x01(\x04\x12\x30\n\tlast_good\x18\n \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\x12-\n\x07\x66\x61ilure\x18\x0b \x01(\x0b\x32\x1c.edgeflux.runtime.v1.Failure\x12\x12\n\nscheduling\x18\x14 \x01(\t\x12\x10\n\x08realtime\x18\x15 \x01(\x08\x12\x14\n\x0c\x65ngine_check\x18\x16 \x01(\t\x1a\x33\n\x11\x41ntiRollbackEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\'\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\"\n\x0cStageRequest\x12\x12\n\nbundle_dir\x18\x01 \x01(\t\"Q\n\rStageResponse\x12-\n\x06staged\x18\x01 \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\x12\x11\n\twarmup_ms\x18\x02 \x01(\x01\"\x1e\n\rShadowRequest\x12\r\n\x05ticks\x18\x01 \x01(\r\"\xe9\x01\n\x0cShadowReport\x12\r\n\x05ticks\x18\x01 \x01(\r\x12\x17\n\x0f\x64ivergence_mean\x18\x02 \x01(\x01\x12\x16\n\x0e\x64ivergence_max\x18\x03 \x01(\x01\x12\x10\n\x08nan_rate\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x05 \x01(\x01\x12\x1b\n\x13\x65nvelope_violations\x18\x06 \x01(\x04\x12\x10\n\x08\x63ompared\x18\x07 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x08 \x01(\x04\x12\x30\n\tcandidate\x18\t \x01(\x0b\x32\x1d.edgeflux.runtime.v1.SlotInfo\".\n\x0f\x41\x63tivateRequest\x12\x1b\n\x13health_window_ticks\x18\x01 \x01(\r\"$\n\x13HealthWindowRequest\x12\r\n\x05ticks\x18\x01 \x01(\r\"/\n\x0fRollbackRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"#\n\x0eMetricsRequest\x12\x11\n\tperiod_ms\x18\x01 \x01(\r\"\xd7\x02\n\x0bLoopMetrics\x12\r\n\x05ticks\x18\x01 \x01(\x04\x12\x17\n\x0f\x64\x65\x61\x64line_misses\x18\x02 \x01(\x04\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x04 \x01(\x01\x12\x17\n\x0flatency_p999_ms\x18\x05 \x01(\x01\x12\x16\n\x0elatency_max_ms\x18\x06 \x01(\x01\x12J\n\rinterventions\x18\x07 \x03(\x0b\x32\x33.edgeflux.runtime.v1.LoopMetrics.InterventionsEntry\x12\x0f\n\x07rate_hz\x18\x08 \x01(\x01\x12\x15\n\rjitter_p99_ms\x18\t \x01(\x01\x12\x15\n\rskipped_slots\x18\n \x01(\x04\x1a\x34\n\x12InterventionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xa7\x05\n\x0eRuntimeControl\x12G\n\x06Status\x12\x19.edgeflux.common.v1.Empty\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12N\n\x05Stage\x12!.edgeflux.runtime.v1.StageRequest\x1a\".edgeflux.runtime.v1.StageResponse\x12O\n\x06Shadow\x12\".edgeflux.runtime.v1.ShadowRequest\x1a!.edgeflux.runtime.v1.ShadowReport\x12T\n\x08\x41\x63tivate\x12$.edgeflux.runtime.v1.ActivateRequest\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12\\\n\x0cHealthWindow\x12(.edgeflux.runtime.v1.HealthWindowRequest\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12G\n\x06\x43ommit\x12\x19.edgeflux.common.v1.Empty\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12T\n\x08Rollback\x12$.edgeflux.runtime.v1.RollbackRequest\x1a\".edgeflux.runtime.v1.RuntimeStatus\x12X\n\rStreamMetrics\x12#.edgeflux.runtime.v1.MetricsRequest\x1a .edgeflux.runtime.v1.LoopMetrics0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,31 +39,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SLOTINFO']._serialized_start=74
   _globals['_SLOTINFO']._serialized_end=145
   _globals['_RUNTIMESTATUS']._serialized_start=148
-  _globals['_RUNTIMESTATUS']._serialized_end=668
-  _globals['_RUNTIMESTATUS_ANTIROLLBACKENTRY']._serialized_start=617
-  _globals['_RUNTIMESTATUS_ANTIROLLBACKENTRY']._serialized_end=668
-  _globals['_FAILURE']._serialized_start=670
-  _globals['_FAILURE']._serialized_end=709
-  _globals['_STAGEREQUEST']._serialized_start=711
-  _globals['_STAGEREQUEST']._serialized_end=745
-  _globals['_STAGERESPONSE']._serialized_start=747
-  _globals['_STAGERESPONSE']._serialized_end=828
-  _globals['_SHADOWREQUEST']._serialized_start=830
-  _globals['_SHADOWREQUEST']._serialized_end=860
-  _globals['_SHADOWREPORT']._serialized_start=863
-  _globals['_SHADOWREPORT']._serialized_end=1096
-  _globals['_ACTIVATEREQUEST']._serialized_start=1098
-  _globals['_ACTIVATEREQUEST']._serialized_end=1144
-  _globals['_HEALTHWINDOWREQUEST']._serialized_start=1146
-  _globals['_HEALTHWINDOWREQUEST']._serialized_end=1182
-  _globals['_ROLLBACKREQUEST']._serialized_start=1184
-  _globals['_ROLLBACKREQUEST']._serialized_end=1231
-  _globals['_METRICSREQUEST']._serialized_start=1233
-  _globals['_METRICSREQUEST']._serialized_end=1268
-  _globals['_LOOPMETRICS']._serialized_start=1271
-  _globals['_LOOPMETRICS']._serialized_end=1614
-  _globals['_LOOPMETRICS_INTERVENTIONSENTRY']._serialized_start=1562
-  _globals['_LOOPMETRICS_INTERVENTIONSENTRY']._serialized_end=1614
-  _globals['_RUNTIMECONTROL']._serialized_start=1617
-  _globals['_RUNTIMECONTROL']._serialized_end=2296
+  _globals['_RUNTIMESTATUS']._serialized_end=690
+  _globals['_RUNTIMESTATUS_ANTIROLLBACKENTRY']._serialized_start=639
+  _globals['_RUNTIMESTATUS_ANTIROLLBACKENTRY']._serialized_end=690
+  _globals['_FAILURE']._serialized_start=692
+  _globals['_FAILURE']._serialized_end=731
+  _globals['_STAGEREQUEST']._serialized_start=733
+  _globals['_STAGEREQUEST']._serialized_end=767
+  _globals['_STAGERESPONSE']._serialized_start=769
+  _globals['_STAGERESPONSE']._serialized_end=850
+  _globals['_SHADOWREQUEST']._serialized_start=852
+  _globals['_SHADOWREQUEST']._serialized_end=882
+  _globals['_SHADOWREPORT']._serialized_start=885
+  _globals['_SHADOWREPORT']._serialized_end=1118
+  _globals['_ACTIVATEREQUEST']._serialized_start=1120
+  _globals['_ACTIVATEREQUEST']._serialized_end=1166
+  _globals['_HEALTHWINDOWREQUEST']._serialized_start=1168
+  _globals['_HEALTHWINDOWREQUEST']._serialized_end=1204
+  _globals['_ROLLBACKREQUEST']._serialized_start=1206
+  _globals['_ROLLBACKREQUEST']._serialized_end=1253
+  _globals['_METRICSREQUEST']._serialized_start=1255
+  _globals['_METRICSREQUEST']._serialized_end=1290
+  _globals['_LOOPMETRICS']._serialized_start=1293
+  _globals['_LOOPMETRICS']._serialized_end=1636
+  _globals['_LOOPMETRICS_INTERVENTIONSENTRY']._serialized_start=1584
+  _globals['_LOOPMETRICS_INTERVENTIONSENTRY']._serialized_end=1636
+  _globals['_RUNTIMECONTROL']._serialized_start=1639
+  _globals['_RUNTIMECONTROL']._serialized_end=2318
 # @@protoc_insertion_point(module_scope)

@@ -16,7 +16,7 @@ class SlotInfo(_message.Message):
     def __init__(self, slot: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ...) -> None: ...
 
 class RuntimeStatus(_message.Message):
-    __slots__ = ("active", "pending", "state", "execution_provider", "metrics", "anti_rollback", "tries_left", "reason", "swaps", "last_good", "failure", "scheduling", "realtime")
+    __slots__ = ("active", "pending", "state", "execution_provider", "metrics", "anti_rollback", "tries_left", "reason", "swaps", "last_good", "failure", "scheduling", "realtime", "engine_check")
     class AntiRollbackEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class RuntimeStatus(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     SCHEDULING_FIELD_NUMBER: _ClassVar[int]
     REALTIME_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CHECK_FIELD_NUMBER: _ClassVar[int]
     active: SlotInfo
     pending: SlotInfo
     state: str
@@ -50,7 +51,8 @@ class RuntimeStatus(_message.Message):
     failure: Failure
     scheduling: str
     realtime: bool
-    def __init__(self, active: _Optional[_Union[SlotInfo, _Mapping]] = ..., pending: _Optional[_Union[SlotInfo, _Mapping]] = ..., state: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metrics: _Optional[_Union[LoopMetrics, _Mapping]] = ..., anti_rollback: _Optional[_Mapping[str, int]] = ..., tries_left: _Optional[int] = ..., reason: _Optional[str] = ..., swaps: _Optional[int] = ..., last_good: _Optional[_Union[SlotInfo, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., scheduling: _Optional[str] = ..., realtime: bool = ...) -> None: ...
+    engine_check: str
+    def __init__(self, active: _Optional[_Union[SlotInfo, _Mapping]] = ..., pending: _Optional[_Union[SlotInfo, _Mapping]] = ..., state: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metrics: _Optional[_Union[LoopMetrics, _Mapping]] = ..., anti_rollback: _Optional[_Mapping[str, int]] = ..., tries_left: _Optional[int] = ..., reason: _Optional[str] = ..., swaps: _Optional[int] = ..., last_good: _Optional[_Union[SlotInfo, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., scheduling: _Optional[str] = ..., realtime: bool = ..., engine_check: _Optional[str] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("code", "detail")

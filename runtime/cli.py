@@ -169,6 +169,8 @@ def status_cmd(root: Path, as_json: bool) -> None:
     click.echo(f"scheduling {st.scheduling or 'unknown'}")
     if st.scheduling and not st.realtime:
         click.echo("warning: the control loop runs without real-time priority", err=True)
+    if st.engine_check:
+        click.echo(f"engine     {st.engine_check}")
     click.echo(
         f"loop       {m.rate_hz:g} Hz, {m.ticks} ticks, {m.deadline_misses} misses, "
         f"p50 {m.latency_p50_ms:.3f} ms, p99 {m.latency_p99_ms:.3f} ms, "

@@ -89,6 +89,7 @@ def status_to_proto(s: StatusInfo) -> runtime_control_pb2.RuntimeStatus:
         swaps=s.swaps,
         scheduling=s.scheduling,
         realtime=s.realtime,
+        engine_check=s.engine_check,
     )
 
 

@@ -95,15 +95,19 @@ class BundleRef(BaseModel):
 
     @classmethod
     def from_pb(cls, ref: common_pb2.BundleRef) -> Self | None:
+        """The wire message as a reference; None when it names no bundle."""
         if not ref.name:
             return None
-        return cls(
-            name=ref.name,
-            version=ref.version,
-            sequence=ref.sequence,
-            policy_sha256=ref.policy_sha256,
-            oms_root_digest=ref.oms_root_digest,
-        )
+        try:
+            return cls(
+                name=ref.name,
+                version=ref.version,
+                sequence=ref.sequence,
+                policy_sha256=ref.policy_sha256,
+                oms_root_digest=ref.oms_root_digest,
+            )
+        except ValidationError as exc:
+            raise DesiredStateError(f"bundle {_first_error(exc)}") from exc
 
     def to_pb(self) -> common_pb2.BundleRef:
         return common_pb2.BundleRef(

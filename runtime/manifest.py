@@ -143,6 +143,9 @@ class Compatibility(_Open):
     )
     hardware_tags: list[str] = Field(default_factory=list)
     """Every tag here must be present on the device (e.g. "arm64", "jetson-orin")."""
+    accelerated_tolerance: float = Field(default=0.01, gt=0)
+    """Largest |action difference| allowed between a TensorRT/CUDA session (FP16 or not)
+    and the CPU FP32 session on the calibration observations (`runtime.engine_check`)."""
 
 
 class Provenance(_Open):

@@ -38,6 +38,7 @@ from runtime.adapters import AdapterError, RobotAdapter, load_adapter
 from runtime.antirollback import AntiRollbackStore
 from runtime.bundle import POLICY_NAME, DeviceProfile, VerifiedBundle, verify_bundle
 from runtime.config import RuntimeConfig
+from runtime.engine_check import CPU, calibration_observations, compare_sessions
 from runtime.health import HealthLimits
 from runtime.layout import RobotLayout
 from runtime.loop import (
@@ -48,6 +49,7 @@ from runtime.loop import (
     make_thread_realtime,
     realtime_thread,
 )
+from runtime.manifest import BundleManifest
 from runtime.realtime import lock_memory, warn_unless_realtime
 from runtime.recording import FlightRecorder
 from runtime.sdnotify import SystemdNotifier
@@ -85,6 +87,7 @@ class RuntimeService:
         self.slots = SlotStore(layout, self._verify, boot_tries=self.config.boot_tries)
         self.loop: ControlLoop | None = None
         self.recorder: FlightRecorder | None = None
+        self._engine_checks: dict[int, str] = {}  # id(session) -> the engine check's verdict
         self._server: Any = None
         self._staged: LoadedPolicy | None = None
         self._last_good: LoadedPolicy | None = None
@@ -131,6 +134,7 @@ class RuntimeService:
                     f"{policy_path}: the graph {what} {graph} values per tick, the manifest's "
                     f"{kind} bounds declare {declared}; rebuild the bundle with matching bounds"
                 )
+        session = self._checked_engine(data, session, verified.manifest, allowed)
         check = getattr(self._adapter, "check_manifest", None)
         if check is not None:  # an adapter with a declared topic/field mapping
             try:
@@ -144,6 +148,39 @@ class RuntimeService:
             policy_sha256=verified.policy_sha256,
             root_digest=verified.root_digest,
         )
+
+    def _checked_engine(
+        self, data: bytes, session: PolicySession, manifest: BundleManifest, allowed: list[str]
+    ) -> PolicySession:
+        """An accelerated session only if it agrees with CPU FP32; else the CPU session."""
+        if session.provider == CPU:
+            return session
+        reference = PolicySession(
+            data,
+            allowed_providers=[CPU],
+            intra_op_threads=self.config.intra_op_threads,
+            warmup_runs=0,
+        )
+        result = compare_sessions(
+            session.step,
+            reference.step,
+            calibration_observations(manifest),
+            provider=session.provider,
+            fp16=session.fp16,
+            tolerance=manifest.compatibility.accelerated_tolerance,
+        )
+        if result.ok:
+            log.info("engine check passed: %s", result.describe())
+            self._engine_checks[id(session)] = result.describe()
+            return session
+        if CPU not in allowed:
+            raise SessionError(
+                f"{result.describe()}; the bundle does not allow {CPU} to fall back to"
+            )
+        log.warning("running CPU FP32 instead: %s", result.describe())
+        reference.warm_up(self.config.warmup_runs)
+        self._engine_checks[id(reference)] = f"fell back to CPU FP32: {result.describe()}"
+        return reference
 
     def install_first(self, bundle_dir: Path) -> None:
         """Put a first verified bundle into an empty robot (slot a, committed)."""
@@ -349,6 +386,9 @@ class RuntimeService:
             swaps=loop.swaps if loop is not None else 0,
             scheduling=sched.describe() if sched is not None else "",
             realtime=sched is not None and sched.realtime,
+            engine_check=(
+                self._engine_checks.get(id(active.session), "") if active is not None else ""
+            ),
         )
 
     def _safe_counters(self) -> dict[str, int]:

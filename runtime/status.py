@@ -43,6 +43,8 @@ class StatusInfo:
     scheduling: str = ""
     """How the loop thread is scheduled, e.g. 'SCHED_FIFO 50, memory locked'."""
     realtime: bool = False
+    engine_check: str = ""
+    """The active GPU session's check against CPU FP32 (or why it fell back); '' on CPU."""
 
 
 def empty_metrics() -> MetricsSnapshot:

@@ -115,3 +115,32 @@ def test_no_other_module_writes_the_pre_authentication_encoding() -> None:
                 found.append(f"{rel}:{line}")
     assert not found, f"PAE written outside {HOME}: {found}; call protos.dsse.pae"
     assert _writes_pae(ast.parse((REPO / HOME).read_text())), "the detector finds nothing"
+
+
+@given(raw=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_arbitrary_bytes_parse_or_are_refused_with_a_reason(raw: bytes) -> None:
+    try:
+        Envelope.from_json(raw, max_bytes=256)
+    except EnvelopeFormatError as exc:
+        assert str(exc)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@given(
+    obj=st.fixed_dictionaries(
+        {}, optional={"payloadType": _json, "payload": _json | st.just("aGk="), "signatures": _json}
+    )
+)
+def test_arbitrary_envelope_objects_parse_or_are_refused(obj: dict[str, object]) -> None:
+    try:
+        env = Envelope.from_json_obj(obj)
+    except EnvelopeFormatError as exc:
+        assert str(exc)
+    else:
+        assert env.signatures and env.payload_type

@@ -39,7 +39,7 @@ def render_text(statement: dict[str, Any], *, verified_by: str | None = None) ->
     proto = p.get("protocol", {})
     lines.append(
         f"campaign {campaign.get('name', '?')} (sha256 {str(campaign.get('digest', ''))[:16]}…), "
-        f"alpha {proto.get('alpha')}, teacher {p.get('teacher', {}).get('kind', '?')}"
+        f"alpha {proto.get('alpha')}, teacher {_teacher(p.get('teacher', {}))}"
     )
     lines.append("")
     header = (
@@ -96,6 +96,15 @@ def render_text(statement: dict[str, Any], *, verified_by: str | None = None) ->
                 f"numeric parity {row['provider']}: {row.get('skipped') or row.get('error')}"
             )
     return "\n".join(lines) + "\n"
+
+
+def _teacher(t: dict[str, Any]) -> str:
+    """The reference arm in a few words: kind, where it came from, what it is."""
+    what = t.get("bundle") or t.get("world_model_digest") or ""
+    source = t.get("source")
+    return " ".join(
+        x for x in (str(t.get("kind", "?")), f"({source})" if source else "", str(what)[:30]) if x
+    )
 
 
 def _arm_lines(p: dict[str, Any]) -> list[str]:

@@ -15,9 +15,10 @@ import datetime as dt
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cloud.publish import PublishError, publish_bundle
@@ -26,8 +27,11 @@ from cloud.server.auth import Authenticator, Identity
 from cloud.server.plane import Plane
 from cloud.store import BundleRecord, DeviceRecord, parse_label_selector
 from protos import admin_pb2, admin_pb2_grpc, common_pb2
+from runtime.desired_state import BundleRef, DesiredStateError
 
 __all__ = ["FleetAdminServicer", "bundle_to_pb", "device_to_pb", "register"]
+
+M = TypeVar("M", bound=Message)
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -42,15 +46,11 @@ def _ts(value: dt.datetime | None) -> Timestamp | None:
 
 
 def _ref(d: dict[str, Any] | None) -> common_pb2.BundleRef | None:
-    if not d:
+    try:
+        ref = BundleRef.from_dict(d)
+    except DesiredStateError:  # stored before reports were validated: shown as none
         return None
-    return common_pb2.BundleRef(
-        name=str(d.get("name", "")),
-        version=str(d.get("version", "")),
-        sequence=int(d.get("sequence", 0) or 0),
-        policy_sha256=str(d.get("policy_sha256", "")),
-        oms_root_digest=str(d.get("oms_root_digest", "")),
-    )
+    return ref.to_pb() if ref is not None else None
 
 
 def device_to_pb(d: DeviceRecord) -> admin_pb2.Device:
@@ -225,14 +225,14 @@ class FleetAdminServicer(admin_pb2_grpc.FleetAdminServiceServicer):
                         break
                     ids.add(nxt)
                 for did in sorted(ids):
-                    d = await self.plane.db(store.get_device, did)
-                    if d is None:
+                    rec = await self.plane.db(store.get_device, did)
+                    if rec is None:
                         yield admin_pb2.FleetEvent(
                             kind=admin_pb2.FleetEvent.KIND_REMOVED, device=admin_pb2.Device(id=did)
                         )
-                    elif all(d.labels.get(k) == v for k, v in selector.items()):
+                    elif all(rec.labels.get(k) == v for k, v in selector.items()):
                         yield admin_pb2.FleetEvent(
-                            kind=admin_pb2.FleetEvent.KIND_UPSERT, device=device_to_pb(d)
+                            kind=admin_pb2.FleetEvent.KIND_UPSERT, device=device_to_pb(rec)
                         )
         finally:
             self.plane.watch.unsubscribe(token)
@@ -280,7 +280,10 @@ class FleetAdminServicer(admin_pb2_grpc.FleetAdminServiceServicer):
         )
 
     # ------------------------------------------------------------------ rollouts
-    async def _rollout(self, name: str, request: Any, context: Any, write: bool) -> Any:
+    async def _rollout(
+        self, name: str, request: Any, context: Any, write: bool, reply: type[M]
+    ) -> M:
+        """Hand a rollout RPC to the handler in ``plane.extensions["rollouts"]``."""
         ident = await self._operator(context, write=write)
         handler = self.plane.extensions.get("rollouts")
         if handler is None:
@@ -289,33 +292,38 @@ class FleetAdminServicer(admin_pb2_grpc.FleetAdminServiceServicer):
                 f"{name}: rollouts are not enabled on this control plane "
                 "(the staged-rollout engine is not installed)",
             )
-        return await getattr(handler, name)(request, context, ident)
+        result = await getattr(handler, name)(request, context, ident)
+        if not isinstance(result, reply):
+            raise TypeError(f"{name}: the rollout handler returned {type(result).__name__}")
+        return result
 
     @unary
     async def CreateRollout(self, request: Any, context: Any) -> admin_pb2.Rollout:
-        return await self._rollout("CreateRollout", request, context, True)
+        return await self._rollout("CreateRollout", request, context, True, admin_pb2.Rollout)
 
     @unary
     async def GetRollout(self, request: Any, context: Any) -> admin_pb2.Rollout:
-        return await self._rollout("GetRollout", request, context, False)
+        return await self._rollout("GetRollout", request, context, False, admin_pb2.Rollout)
 
     @unary
     async def ListRollouts(self, request: Any, context: Any) -> admin_pb2.ListRolloutsResponse:
-        return await self._rollout("ListRollouts", request, context, False)
+        return await self._rollout(
+            "ListRollouts", request, context, False, admin_pb2.ListRolloutsResponse
+        )
 
     @unary
     async def PauseRollout(self, request: Any, context: Any) -> admin_pb2.Rollout:
-        return await self._rollout("PauseRollout", request, context, True)
+        return await self._rollout("PauseRollout", request, context, True, admin_pb2.Rollout)
 
     @unary
     async def ResumeRollout(self, request: Any, context: Any) -> admin_pb2.Rollout:
-        return await self._rollout("ResumeRollout", request, context, True)
+        return await self._rollout("ResumeRollout", request, context, True, admin_pb2.Rollout)
 
     @unary
     async def AbortRollout(self, request: Any, context: Any) -> admin_pb2.Rollout:
-        return await self._rollout("AbortRollout", request, context, True)
+        return await self._rollout("AbortRollout", request, context, True, admin_pb2.Rollout)
 
 
 def register(server: grpc.aio.Server, plane: Plane) -> list[str]:
-    admin_pb2_grpc.add_FleetAdminServiceServicer_to_server(FleetAdminServicer(plane), server)
+    admin_pb2_grpc.add_FleetAdminServiceServicer_to_server(FleetAdminServicer(plane), server)  # type: ignore[no-untyped-call]
     return [admin_pb2.DESCRIPTOR.services_by_name["FleetAdminService"].full_name]

@@ -22,22 +22,20 @@ from cloud.server._rpc import RpcError, stream, unary
 from cloud.server.auth import Authenticator, Identity, peer_certificate
 from cloud.server.plane import Plane
 from protos import common_pb2, device_pb2, device_pb2_grpc
+from runtime.desired_state import BundleRef, DesiredStateError
 
 __all__ = ["DeviceServicer", "register"]
 
 MAX_PATH_CHARS = 512
 
 
-def _bundle_dict(ref: common_pb2.BundleRef) -> dict[str, Any] | None:
-    if not ref.name:
-        return None
-    return {
-        "name": ref.name,
-        "version": ref.version,
-        "sequence": ref.sequence,
-        "policy_sha256": ref.policy_sha256,
-        "oms_root_digest": ref.oms_root_digest,
-    }
+def _bundle_dict(ref: common_pb2.BundleRef, what: str) -> dict[str, Any] | None:
+    """A reported bundle as stored (all five reference fields), refused when malformed."""
+    try:
+        parsed = BundleRef.from_pb(ref)
+    except DesiredStateError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"inventory {what}: {exc}") from exc
+    return parsed.model_dump() if parsed is not None else None
 
 
 def resolve_repo_path(base: Path, rel: str) -> Path:
@@ -133,10 +131,10 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             "platform": request.platform,
             "anti_rollback": dict(request.anti_rollback),
         }
-        active = _bundle_dict(request.active_bundle)
+        active = _bundle_dict(request.active_bundle, "active_bundle")
         if active:
             inventory["active_bundle"] = active
-        pending = _bundle_dict(request.pending_bundle)
+        pending = _bundle_dict(request.pending_bundle, "pending_bundle")
         if pending:
             inventory["pending_bundle"] = pending
         self.plane.store.record_inventory(ident.id, inventory)

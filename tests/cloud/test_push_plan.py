@@ -66,6 +66,12 @@ def test_push_reports_each_device_and_leaves_out_the_ones_already_newer(
     finally:
         store.close()
 
+    # the operator reads why from the audit log
+    code, out = _run(home, "audit", "--action", "push.dropped")
+    assert code == 0 and "robot-1" in out and "sequence 4 or more" in out
+    code, out = _run(home, "audit", "--action", "push.dropped", "--target", "robot-2", "--json")
+    assert code == 0 and json.loads(out) == []
+
     # the human-readable report names every device
     code, out = _run(home, "push", "pendulum@1.0.0", "--label", "site=lab", "--no-hint")
     assert code == 0 and "robot-1" in out and ALREADY_NEWER in out and OFFLINE in out

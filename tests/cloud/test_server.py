@@ -24,7 +24,7 @@ from cloud.pki import FleetCA
 from cloud.server.plane import DESIRED_STATE_PAYLOAD_TYPE
 from cloud.store import Store
 from cloud.testing import ClientCredentials, RunningPlane, running_plane
-from protos import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+from protos import admin_pb2, admin_pb2_grpc, common_pb2, device_pb2, device_pb2_grpc
 from runtime.bundle import pack_bundle
 from tests.cloud.conftest import make_bundle
 from tests.servers import wait_until
@@ -290,6 +290,20 @@ def test_device_cannot_report_inventory_for_another_device(plane: RunningPlane) 
     assert dev.runtime_version == "0.3.0" and dev.hardware_tags == ["cpu"]
     code = _code(lambda: stub.ReportInventory(device_pb2.Inventory(device_id="robot-1")))
     assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_malformed_reported_bundle_is_refused_naming_the_field(plane: RunningPlane) -> None:
+    stub = _device_stub(plane, plane.device("robot-inv2"))
+    good = common_pb2.BundleRef(name="pendulum", version="1.0.0", sequence=3)
+    stub.ReportInventory(device_pb2.Inventory(active_bundle=good))
+    stored = plane.store.require_device("robot-inv2").active_bundle
+    assert stored is not None and stored["sequence"] == 3 and stored["policy_sha256"] == ""
+    bad = common_pb2.BundleRef(name="pendulum", version="1.0.0", policy_sha256="f" * 65)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ReportInventory(device_pb2.Inventory(pending_bundle=bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inventory pending_bundle: bundle policy_sha256" in (err.value.details() or "")
+    assert plane.store.require_device("robot-inv2").active_bundle == stored
 
 
 def test_oversized_request_is_refused(plane: RunningPlane) -> None:

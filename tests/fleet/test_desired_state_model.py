@@ -104,3 +104,34 @@ def test_a_reference_round_trips_through_the_wire_message() -> None:
 )
 def test_same_bundle(a: BundleRef, b: BundleRef, same: bool) -> None:
     assert a.same_bundle(b) is same
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+documents = st.fixed_dictionaries(
+    {"_type": st.just("edgeflux.desired-state/v1")},
+    optional={
+        "device_id": json_values,
+        "bundle": json_values
+        | st.fixed_dictionaries(
+            {"name": json_values},
+            optional={"sequence": json_values, "gate": json_values, "length": json_values},
+        ),
+        "generation": json_values,
+        "issued_at": json_values,
+        "expires": json_values,
+    },
+)
+
+
+@given(doc=documents)
+def test_hostile_documents_are_refused_with_a_reason_never_a_traceback(doc: object) -> None:
+    try:
+        parsed = DesiredState.parse(json.dumps(doc).encode())
+    except DesiredStateError as exc:
+        assert str(exc)
+    else:
+        assert parsed.issued_at.tzinfo is not None and parsed.expires.tzinfo is not None
