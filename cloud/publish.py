@@ -11,8 +11,10 @@ Steps (`publish_bundle`), all-or-nothing:
    (rollback), claim ``(name, version)`` and ``(name, sequence)`` in the store
    (unique constraints: of two concurrent publishes of one version exactly one wins),
    then add the target ``bundles/<name>-<version>.efb`` with custom fields name,
-   version, sequence, policy_sha256, oms_root_digest and re-sign targets, snapshot
-   and timestamp. If the TUF step fails, the store row is removed again.
+   version, sequence, policy_sha256, oms_root_digest and ``chunks`` (the archive's
+   content-defined chunks, ``[[sha256, length], ...]``, so robots fetch only the
+   chunks they lack) and re-sign targets, snapshot and timestamp. If the TUF step
+   fails, the store row is removed again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from cloud.home import CloudConfig, CloudHome
 from cloud.store import BundleRecord, ConflictError, Store
 from cloud.tuf_repo import TufError, TufRepository
 from runtime.bundle import BundleError, pack_bundle, unpack_bundle, verify_bundle
+from runtime.bundle.chunking import chunk_file
 from runtime.desired_state import BundleRef, DesiredBundle, GatePolicy
 from runtime.trust import TrustStore
 
@@ -118,6 +121,7 @@ def publish_bundle(
             raise PublishError(f"refused to publish {src}: {exc}") from exc
         m = verified.manifest
         sha, size = _sha256(efb)
+        chunks = chunk_file(efb)
         target = target_name_for(m.name, m.version)
         record = BundleRecord(
             name=m.name,
@@ -151,7 +155,7 @@ def publish_bundle(
                 tuf.add_target(
                     target,
                     efb,
-                    bundle_ref(record).model_dump(),
+                    {**bundle_ref(record).model_dump(), "chunks": chunks},
                     expiry_days=cfg.metadata_expiry_days,
                     timestamp_expiry_s=cfg.timestamp_expiry_s,
                     hold_lock=False,

@@ -11,7 +11,9 @@
 - Targets are downloaded by :meth:`TufView.download` — resumable from a ``.part``
   file (FetchFile is offset-addressed), after checking free disk space for the
   target plus its extraction, and verified against the signed length and sha256
-  before it is renamed into place.
+  before it is renamed into place. A target whose signed custom fields list its
+  content-defined chunks is fetched chunk by chunk instead, skipping the chunks the
+  robot's chunk store already holds (:mod:`fleet.chunk_store`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tuf.api import exceptions as tuf_exc
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
+from fleet.chunk_store import ChunkError, ChunkStore, FetchStats, parse_chunk_list
 from protos import device_pb2
 
 __all__ = [
@@ -126,6 +129,8 @@ class TufView:
         self._updater = updater
         self._fetcher = fetcher
         self.downloads = downloads
+        self.last_chunk_stats: FetchStats | None = None
+        """What the last chunked download fetched and reused (None: none yet)."""
 
     def target(self, path: str) -> TufTarget | None:
         try:
@@ -151,6 +156,11 @@ class TufView:
         final = self.downloads / f"{target.sha256}.efb"
         if final.exists() and _sha256(final) == target.sha256:
             return final
+        # Consistent-snapshot naming: targets are fetched by hash-prefixed name.
+        parent, _, name = target.path.rpartition("/")
+        remote = f"{parent}/{target.sha256}.{name}" if parent else f"{target.sha256}.{name}"
+        if "chunks" in target.custom:
+            return self._download_chunks(target, remote, final, free_margin_bytes, disk_free)
         part = self.downloads / f"{target.sha256}.part"
         have = part.stat().st_size if part.exists() else 0
         if have > target.length:
@@ -164,9 +174,6 @@ class TufView:
                 f"{free} bytes free under {self.downloads}, {need} needed to download and "
                 f"unpack {target.path} ({target.length} bytes)"
             )
-        # Consistent-snapshot naming: targets are fetched by hash-prefixed name.
-        parent, _, name = target.path.rpartition("/")
-        remote = f"{parent}/{target.sha256}.{name}" if parent else f"{target.sha256}.{name}"
         try:
             with part.open("ab") as fh:
                 for data in self._fetcher.stream(device_pb2.FILE_KIND_TARGET, remote, have):
@@ -192,6 +199,42 @@ class TufView:
             )
         os.replace(part, final)
         return final
+
+    def _download_chunks(
+        self,
+        target: TufTarget,
+        remote: str,
+        final: Path,
+        free_margin_bytes: int,
+        disk_free: Callable[[Path], int] | None,
+    ) -> Path:
+        """Fetch only the signed chunks the chunk store lacks, then assemble and verify."""
+        store = ChunkStore(self.downloads / "chunks")
+        try:
+            refs = parse_chunk_list(target.custom["chunks"], target.length, target.path)
+            missing = sum(r.length for r in store.missing(refs))
+            # The missing chunks, the assembled tarball and its extraction, plus a margin.
+            need = missing + 2 * target.length + free_margin_bytes
+            free = (disk_free or _disk_free)(self.downloads)
+            if free < need:
+                raise DiskFullError(
+                    f"{free} bytes free under {self.downloads}, {need} needed to fetch "
+                    f"{missing} bytes of chunks of {target.path} and unpack it"
+                )
+
+            def fetch(offset: int, length: int) -> Iterator[bytes]:
+                return self._fetcher.stream(device_pb2.FILE_KIND_TARGET, remote, offset)
+
+            self.last_chunk_stats = store.fetch(refs, fetch, target.path)
+            return store.assemble(refs, final, target.sha256, target.path)
+        except ChunkError as exc:
+            raise TufClientError(str(exc)) from exc
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"disk full while storing chunks of {target.path}") from exc
+            raise TufClientError(f"storing chunks of {target.path}: {exc}") from exc
+        except tuf_exc.DownloadError as exc:
+            raise TufClientError(f"downloading {target.path}: {exc}") from exc
 
 
 def _sha256(path: Path) -> str:

@@ -481,8 +481,11 @@ class RolloutService:
         if mqtt is None:
             return None
 
+        from cloud.mqtt import HINT_EXPIRY_S
+
         def hint(topic_name: str, payload: bytes) -> bool:
-            return bool(mqtt.publish(topic_name, payload, wait_s=HINT_WAIT_S))
+            sent = mqtt.publish(topic_name, payload, wait_s=HINT_WAIT_S, expiry_s=HINT_EXPIRY_S)
+            return bool(sent)
 
         return hint
 
@@ -500,7 +503,7 @@ class RolloutService:
             settings = dataclasses.replace(
                 settings, client_id=f"edgeflux-rollouts-{uuid.uuid4().hex[:8]}"
             )
-            client = CloudMqtt(settings, clean_session=True)
+            client = CloudMqtt(settings, clean_session=True, mqtt5=True)
             client.start(timeout_s=3)
         except (CloudMqttError, PushError, OSError) as exc:
             self._mqtt_failed_at = time.monotonic()

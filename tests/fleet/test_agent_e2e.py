@@ -256,8 +256,8 @@ def test_pushed_bundle_is_committed_on_every_robot(fleet: Fleet) -> None:
         pytest.fail(f"{[fleet.update_events(r.id) for r in fleet.robots]}\n{fleet.logs()}")
     for r in fleet.robots:
         assert r.active_version() == "1.1.0"
-        states = [s for s, _ in fleet.update_events(r.id)]
         wait_until(lambda r=r: ("COMMITTED", "OK") in fleet.update_events(r.id), 20)  # type: ignore[misc]
+        states = [s for s, _ in fleet.update_events(r.id)]  # after COMMITTED has arrived
         assert states.index("SHADOWING") < states.index("SWITCHING") < states.index("COMMITTED")
 
 

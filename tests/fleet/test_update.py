@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.update import (
     PATH,
@@ -385,3 +387,36 @@ def test_judge_shadow_flags_nan_before_divergence() -> None:
     env = judge_shadow(ShadowResult(10, 0.0, 0.0, 0.1, 3), t)
     assert env is not None and env[0] is Reason.SHADOW_ENVELOPE
     assert judge_shadow(GOOD_SHADOW, t) is None
+
+
+_TEXT = st.one_of(
+    st.sampled_from([*State, *Reason, "HINTED", "WARMED", "COMMITTED", "WARM_FAILED", ""]),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    record=st.dictionaries(
+        st.sampled_from(["state", "reason", "detail", "bundle_name", "staged", "target"]),
+        st.one_of(_TEXT, st.integers(), st.none(), st.lists(st.integers(), max_size=2)),
+        max_size=6,
+    )
+)
+def test_any_state_file_loads_as_a_record_or_is_refused_naming_the_file(
+    tmp_path_factory: pytest.TempPathFactory, record: dict[str, object]
+) -> None:
+    p = tmp_path_factory.mktemp("rec") / "update.json"
+    p.write_text(json.dumps(record))
+    try:
+        loaded = UpdateStateFile(p).load()
+    except UpdateStateError as exc:
+        assert str(p) in str(exc)
+        return
+    assert loaded.state in set(State) and loaded.reason in set(Reason)
+
+
+@given(st.text(max_size=40))
+def test_an_unknown_reason_code_from_the_wire_falls_back_to_the_default(code: str) -> None:
+    got = Reason.parse(code, Reason.RUNTIME_ERROR)
+    assert got is (Reason(code) if code in set(Reason) else Reason.RUNTIME_ERROR)
