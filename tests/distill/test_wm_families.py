@@ -71,9 +71,10 @@ def _install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What `pip install` of a package declaring the entry point leaves on sys.path."""
     info = tmp_path / "site" / "world_model_plugin-0.1.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: world-model-plugin\nVersion: 0.1\n")
+    meta = "Metadata-Version: 2.1\nName: world-model-plugin\nVersion: 0.1\n"
+    (info / "METADATA").write_text(meta)
     (info / "entry_points.txt").write_text(
-        '[edgeflux.world_models]\nmlp-dynamics = "world_model_plugin:FAMILY"\n'.replace('"', "")
+        "[edgeflux.world_models]\nmlp-dynamics = world_model_plugin:FAMILY\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.syspath_prepend(str(REPO / "examples"))
