@@ -422,6 +422,7 @@ def test_failure_reasons_reach_rollout_get_and_cloud_devices_intact(fleet: Fleet
                 wave_fractions=[1.0],
                 health_window_s=300,
                 max_action_divergence=0.25,  # the rollout's shadow limit
+                allow_unattested=True,  # these test bundles have no parity attestation
             ),
             timeout=10,
         )
