@@ -12,10 +12,12 @@ losing them — and the control plane publishes update hints and waits for PUBAC
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 __all__ = [
     "PREFIX",
@@ -34,6 +38,12 @@ __all__ = [
     "parse_topic",
     "topic",
 ]
+
+log = logging.getLogger(__name__)
+
+HINT_EXPIRY_S = 86_400
+"""Update hints expire after a day (MQTT 5): a robot offline longer converges through
+its desired-state poll, and a month-old nudge is not delivered in a burst."""
 
 PREFIX = "edgeflux/v1/devices"
 SHARE_GROUP = "edgeflux-ingest"
@@ -98,22 +108,44 @@ class CloudMqtt:
         on_message: Callable[[Delivery], None] | None = None,
         manual_ack: bool = False,
         clean_session: bool = False,
+        mqtt5: bool = False,
     ) -> None:
+        """`mqtt5`: speak MQTT 5 where the broker does (message expiry on publishes),
+        else fall back to 3.1.1. Only for clean sessions (publishers): a persistent MQTT 5
+        session would also need a session expiry, which 3.1.1 clients here do not set."""
+        if mqtt5 and not clean_session:
+            raise ValueError("mqtt5 is for clean-session publishers")
         self.settings = settings
         self._on_message_cb = on_message
+        self._manual_ack = manual_ack
+        self._clean_session = clean_session
         self._subs: list[str] = []
         self._acks: dict[int, threading.Event] = {}
         self._early: set[int] = set()
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self.last_error = ""
-        c = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            clean_session=clean_session,
-            protocol=MQTTProtocolVersion.MQTTv311,
-            manual_ack=manual_ack,
-        )
+        self.mqtt5 = mqtt5
+        self._refused = threading.Event()  # an MQTT 5 CONNECT was refused or dropped
+        self._client = self._make_client()
+
+    def _make_client(self) -> Any:
+        settings = self.settings
+        if self.mqtt5:
+            c = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=settings.client_id,
+                protocol=MQTTProtocolVersion.MQTTv5,
+                manual_ack=self._manual_ack,
+            )
+        else:
+            c = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=settings.client_id,
+                clean_session=self._clean_session,
+                protocol=MQTTProtocolVersion.MQTTv311,
+                manual_ack=self._manual_ack,
+            )
         c.max_inflight_messages_set(settings.max_inflight)
         c.reconnect_delay_set(0.2, 10)  # type: ignore[arg-type]  # paho takes fractional seconds
         if settings.cert is not None:
@@ -129,22 +161,46 @@ class CloudMqtt:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
-        self._client = c
+        return c
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Connect (raising CloudMqttError if the broker is unreachable) and start the loop."""
         s = self.settings
-        try:
-            self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
-        except (OSError, ssl.SSLError) as exc:
-            raise CloudMqttError(f"cannot connect to MQTT broker {s.host}:{s.port}: {exc}") from exc
-        self._client.loop_start()
+        if self.mqtt5:
+            self._connect()
+            deadline = time.monotonic() + min(timeout_s, 3.0)
+            while not self._refused.is_set() and time.monotonic() < deadline:
+                if self._connected.wait(0.02):
+                    return
+            # A 3.1.1-only broker refuses (or drops) an MQTT 5 CONNECT: speak 3.1.1.
+            log.info(
+                "MQTT broker %s:%d: no MQTT 5 (%s); using 3.1.1",
+                s.host,
+                s.port,
+                self.last_error or "no CONNACK",
+            )
+            self.stop()
+            self.mqtt5 = False
+            self.last_error = ""
+            self._client = self._make_client()
+        self._connect()
         if not self._connected.wait(timeout_s):
             self.stop()
             raise CloudMqttError(
                 f"MQTT broker {s.host}:{s.port} did not accept {s.client_id!r} within "
                 f"{timeout_s:.0f} s: {self.last_error or 'no CONNACK'}"
             )
+
+    def _connect(self) -> None:
+        s = self.settings
+        try:
+            if self.mqtt5:
+                self._client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
+            else:
+                self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
+        except (OSError, ssl.SSLError) as exc:
+            raise CloudMqttError(f"cannot connect to MQTT broker {s.host}:{s.port}: {exc}") from exc
+        self._client.loop_start()
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -162,11 +218,24 @@ class CloudMqtt:
             self._client.subscribe(topic_filter, qos=1)
 
     def publish(
-        self, topic_name: str, payload: bytes, *, retain: bool = False, wait_s: float | None = 5.0
+        self,
+        topic_name: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        wait_s: float | None = 5.0,
+        expiry_s: int | None = None,
     ) -> bool:
-        """Publish at QoS 1; with `wait_s`, block until PUBACK (False on time-out)."""
+        """Publish at QoS 1; with `wait_s`, block until PUBACK (False on time-out).
+
+        `expiry_s` (MQTT 5 only; ignored on 3.1.1): the broker discards the message if it
+        could not be delivered within that time (a hint for a robot offline for days)."""
         done = threading.Event()
-        info = self._client.publish(topic_name, payload, qos=1, retain=retain)
+        props = None
+        if expiry_s is not None and self.mqtt5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = int(expiry_s)
+        info = self._client.publish(topic_name, payload, qos=1, retain=retain, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return False
         with self._lock:
@@ -182,6 +251,9 @@ class CloudMqtt:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
+            if self.mqtt5:  # do not hammer a 3.1.1 broker with MQTT 5 reconnects
+                self._refused.set()
+                client.disconnect()
             return
         with self._lock:
             subs = list(self._subs)
@@ -192,6 +264,8 @@ class CloudMqtt:
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        if self.mqtt5 and not self._connected.is_set():
+            self._refused.set()
         self._connected.clear()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:

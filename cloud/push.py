@@ -32,7 +32,7 @@ from typing import Any
 import click
 
 from cloud.home import PUBLISHER_IDENTITY, CloudHome, HomeError
-from cloud.mqtt import CloudMqtt, CloudMqttError, CloudMqttSettings, topic
+from cloud.mqtt import HINT_EXPIRY_S, CloudMqtt, CloudMqttError, CloudMqttSettings, topic
 from cloud.pki import PKIError
 from cloud.publish import bundle_ref, desired_bundle
 from cloud.rollouts.plan import (
@@ -275,12 +275,14 @@ def push_cmd(
         hint: Hinter | None = None
         if not no_hint:
             try:
-                client = CloudMqtt(broker_settings(home, broker_url), clean_session=True)
+                client = CloudMqtt(
+                    broker_settings(home, broker_url), clean_session=True, mqtt5=True
+                )
                 client.start(timeout_s=10)
                 mqtt = client
 
                 def hint(t: str, payload: bytes) -> bool:
-                    return mqtt.publish(t, payload, wait_s=10)
+                    return mqtt.publish(t, payload, wait_s=10, expiry_s=HINT_EXPIRY_S)
 
             except CloudMqttError as exc:
                 click.echo(

@@ -94,6 +94,11 @@ class FleetAdminServiceStub(object):
                 request_serializer=protos_dot_admin__pb2.RolloutId.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.Rollout.FromString,
                 _registered_method=True)
+        self.ApproveRollout = channel.unary_unary(
+                '/edgeflux.admin.v1.FleetAdminService/ApproveRollout',
+                request_serializer=protos_dot_admin__pb2.RolloutId.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.Rollout.FromString,
+                _registered_method=True)
 
 
 class FleetAdminServiceServicer(object):
@@ -173,6 +178,12 @@ class FleetAdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +244,11 @@ def add_FleetAdminServiceServicer_to_server(servicer, server):
             ),
             'AbortRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.AbortRollout,
+                    request_deserializer=protos_dot_admin__pb2.RolloutId.FromString,
+                    response_serializer=protos_dot_admin__pb2.Rollout.SerializeToString,
+            ),
+            'ApproveRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveRollout,
                     request_deserializer=protos_dot_admin__pb2.RolloutId.FromString,
                     response_serializer=protos_dot_admin__pb2.Rollout.SerializeToString,
             ),
@@ -559,6 +575,33 @@ class FleetAdminService(object):
             request,
             target,
             '/edgeflux.admin.v1.FleetAdminService/AbortRollout',
+            protos_dot_admin__pb2.RolloutId.SerializeToString,
+            protos_dot_admin__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeflux.admin.v1.FleetAdminService/ApproveRollout',
             protos_dot_admin__pb2.RolloutId.SerializeToString,
             protos_dot_admin__pb2.Rollout.FromString,
             options,

@@ -8,6 +8,9 @@ Usage::
     edgeflux rollout get ro-1a2b3c4d5e6f --home ./plane
     edgeflux rollout pause|resume ro-1a2b3c4d5e6f --home ./plane
     edgeflux rollout abort ro-1a2b3c4d5e6f --rollback --home ./plane
+    edgeflux rollout create pendulum@1.1.0 --label site=lab --waves 0.1,1 \
+        --approval-wave 1 --home ./plane
+    edgeflux rollout approve ro-1a2b3c4d5e6f --wave 1 --home ./plane
 
 The operator certificate comes from the home (``operators/<name>.crt``, ``--operator``);
 the server address from the home's config unless ``--server host:port`` is given.
@@ -89,6 +92,10 @@ def _show(r: Any) -> None:
         click.echo(f"  shadow action divergence enforced at {r.max_action_divergence:g}")
     else:
         click.echo("  shadow action divergence reported, not enforced")
+    if r.attestation:
+        click.echo(f"  attestation: {r.attestation}")
+    if r.allow_unattested:
+        click.echo(f"  --allow-unattested: override by {r.unattested_override_by}")
     for p in r.plan:
         click.echo(f"  {p.device_id:<24} {p.outcome:<14} {p.detail}")
     for w in r.waves:
@@ -97,6 +104,10 @@ def _show(r: Any) -> None:
             f"  wave {w.index}: {n} device(s), {w.state}; committed {w.committed}, "
             f"failed {w.failed}, rolled back {w.rolled_back}"
         )
+        if w.approved_by:
+            click.echo(f"    approved by {w.approved_by}")
+        elif w.approval_required:
+            click.echo(f"    waits for approval: edgeflux rollout approve {r.id} --wave {w.index}")
         for o in w.outcomes:
             if o.outcome != Outcome.COMMITTED:
                 why = ": ".join(x for x in (o.reason_code, o.detail) if x)
@@ -216,6 +227,20 @@ resume_cmd = _id_command(
     help="Refuse the switch when the candidate's shadow actions differ from the active "
     "policy's by more than this (default: reported, not enforced).",
 )
+@click.option(
+    "--approval-wave",
+    "approval_waves",
+    type=click.IntRange(0),
+    multiple=True,
+    help="Wave N (0 is the first) waits for `edgeflux rollout approve ID --wave N` "
+    "before it goes out (repeatable).",
+)
+@click.option(
+    "--allow-unattested",
+    is_flag=True,
+    help="Roll out even without a valid, unexpired parity attestation for the bundle "
+    "(default: refused). The override is recorded with your operator name and audited.",
+)
 @_json
 @_conn
 @click.pass_obj
@@ -228,9 +253,16 @@ def create_cmd(
     max_failure: float,
     health_window: int,
     max_action_divergence: float | None,
+    approval_waves: tuple[int, ...],
+    allow_unattested: bool,
     as_json: bool,
 ) -> None:
-    """Start a staged rollout of BUNDLE (name@version of a published bundle)."""
+    """Start a staged rollout of BUNDLE (name@version of a published bundle).
+
+    Gates: each wave goes out only while the bundle has a valid parity attestation
+    (checked at create and before every wave; --allow-unattested overrides), after the
+    wave before it passed its failure threshold, and, with --approval-wave, once an
+    operator approved it."""
     from protos import admin_pb2, common_pb2
 
     name, sep, version = bundle.partition("@")
@@ -246,8 +278,28 @@ def create_cmd(
         max_failure_fraction=max_failure,
         health_window_s=health_window,
         max_action_divergence=max_action_divergence,
+        approval_waves=list(approval_waves),
+        allow_unattested=allow_unattested,
     )
     _print(as_json, _call(obj, "CreateRollout", req))
+
+
+@rollout.command("approve")
+@click.argument("rollout_id")
+@click.option(
+    "--wave",
+    type=click.IntRange(0),
+    default=None,
+    help="The wave to approve (default: the next one waiting for approval).",
+)
+@_json
+@_conn
+@click.pass_obj
+def approve_cmd(obj: dict[str, Any], rollout_id: str, wave: int | None, as_json: bool) -> None:
+    """Approve a wave that waits for approval; recorded with your operator name, once."""
+    from protos import admin_pb2
+
+    _print(as_json, _call(obj, "ApproveRollout", admin_pb2.RolloutId(id=rollout_id, wave=wave)))
 
 
 @rollout.command("list")

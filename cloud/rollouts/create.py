@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 
 import grpc
 from pydantic import ValidationError
@@ -68,9 +69,15 @@ def _device_ids(store: Store, request: admin_pb2.CreateRolloutRequest) -> set[st
 
 
 def create_rollout(
-    store: Store, request: admin_pb2.CreateRolloutRequest, actor: str
+    store: Store,
+    request: admin_pb2.CreateRolloutRequest,
+    actor: str,
+    admit: Callable[[RolloutSpec], RolloutSpec] | None = None,
 ) -> tuple[Rollout, list[DevicePlan]]:
-    """A new pending rollout (not yet saved) and the plan of every device asked for."""
+    """A new pending rollout (not yet saved) and the plan of every device asked for.
+
+    `admit` (the rollout gates) sees the spec before anything is recorded: it may refuse
+    it (RpcError) or return it with its gates."""
     name, version = request.bundle.name, request.bundle.version
     if not name:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bundle.name is empty")
@@ -113,6 +120,8 @@ def create_rollout(
         )
     except RolloutError as exc:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+    if admit is not None:
+        spec = admit(spec)
     record_dropped(store, plans, ref, actor)
     rollout_id = f"ro-{uuid.uuid4().hex[:12]}"
     return Rollout.create(rollout_id, spec, now=time.time(), created_by=actor), plans

@@ -118,6 +118,8 @@ class RolloutSpec:
     max_failure_fraction: float = 0.0
     health_window_s: float = DEFAULT_HEALTH_WINDOW_S
     label_selector: str = ""
+    # the rollout's gates as `cloud.rollouts.gates.GateSpec.to_dict` writes them
+    gates: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key in ("name", "version"):
@@ -141,6 +143,7 @@ class RolloutSpec:
             "max_failure_fraction": self.max_failure_fraction,
             "health_window_s": self.health_window_s,
             "label_selector": self.label_selector,
+            "gates": dict(self.gates),
         }
 
     @classmethod
@@ -152,6 +155,7 @@ class RolloutSpec:
             max_failure_fraction=float(d["max_failure_fraction"]),
             health_window_s=float(d["health_window_s"]),
             label_selector=str(d.get("label_selector", "")),
+            gates=dict(d.get("gates") or {}),
         )
 
 
@@ -216,6 +220,8 @@ class Rollout:
     created_at: float = 0.0
     created_by: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+    # what the gates recorded (approvals, attestation checks): `cloud.rollouts.gates`
+    gates: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -240,6 +246,7 @@ class Rollout:
             "created_by": self.created_by,
             "waves": [w.to_dict() for w in self.waves],
             "history": list(self.history),
+            "gates": dict(self.gates),
         }
 
     @classmethod
@@ -256,6 +263,7 @@ class Rollout:
             created_at=float(status.get("created_at", 0.0)),
             created_by=str(status.get("created_by", "")),
             history=list(status.get("history", [])),
+            gates=dict(status.get("gates") or {}),
         )
 
     # ------------------------------------------------------------------ transitions

@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cloud.rollouts.attested import admit, record_admission, wave_may_go
 from cloud.rollouts.create import create_rollout, plans_to_pb
 from cloud.rollouts.engine import (
     ACTIVE_STATES,
@@ -45,8 +46,10 @@ from cloud.rollouts.engine import (
     ROLLED_BACK,
     SILENT,
     Rollout,
+    RolloutSpec,
     TransitionError,
 )
+from cloud.rollouts.gates import AttestationCheck, approval_of, approve, gate_spec
 from cloud.rollouts.plan import DevicePlan
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
@@ -83,23 +86,29 @@ def _ref(obj: object) -> BundleRef | None:
 
 def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
     b = _ref(r.spec.bundle) or BundleRef(name="?")
+    gates = gate_spec(r)
     waves = [
-        admin_pb2.RolloutWave(
-            index=w.index,
-            device_ids=w.device_ids,
-            state=w.state,
-            committed=w.count(COMMITTED),
-            failed=w.count(FAILED) + w.count(SILENT),
-            rolled_back=w.count(ROLLED_BACK),
-            outcomes=[
-                admin_pb2.DeviceOutcome(
-                    device_id=d,
-                    outcome=str(o.get("outcome", "")),
-                    reason_code=str(o.get("reason", "")),
-                    detail=str(o.get("detail", "")),
-                )
-                for d, o in sorted(w.outcomes.items())
-            ],
+        _with_approval(
+            r,
+            w.index,
+            gates.approval_waves,
+            admin_pb2.RolloutWave(
+                index=w.index,
+                device_ids=w.device_ids,
+                state=w.state,
+                committed=w.count(COMMITTED),
+                failed=w.count(FAILED) + w.count(SILENT),
+                rolled_back=w.count(ROLLED_BACK),
+                outcomes=[
+                    admin_pb2.DeviceOutcome(
+                        device_id=d,
+                        outcome=str(o.get("outcome", "")),
+                        reason_code=str(o.get("reason", "")),
+                        detail=str(o.get("detail", "")),
+                    )
+                    for d, o in sorted(w.outcomes.items())
+                ],
+            ),
         )
         for w in r.waves
     ]
@@ -112,7 +121,21 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         created_by=r.created_by,
         reason=r.reason,
         max_action_divergence=_divergence_limit(r.spec.bundle),
+        allow_unattested=gates.allow_unattested,
+        unattested_override_by=gates.override_by,
+        attestation=str((r.gates.get("attestation") or {}).get("message", "")),
     )
+
+
+def _with_approval(
+    r: Rollout, index: int, approval_waves: tuple[int, ...], pb: admin_pb2.RolloutWave
+) -> admin_pb2.RolloutWave:
+    pb.approval_required = index in approval_waves
+    done = approval_of(r, index)
+    if done is not None:
+        pb.approved_by = str(done.get("by", ""))
+        pb.approved_at.CopyFrom(_ts(float(done.get("at", 0.0))))
+    return pb
 
 
 def _divergence_limit(bundle: Mapping[str, Any]) -> float | None:
@@ -203,7 +226,24 @@ class RolloutService:
     def _create(
         self, request: admin_pb2.CreateRolloutRequest, identity: Identity
     ) -> tuple[Rollout, list[DevicePlan]]:
-        r, plans = create_rollout(self.store, request, identity.actor)
+        now = time.time()
+        found: list[AttestationCheck] = []
+
+        def gates(spec: RolloutSpec) -> RolloutSpec:
+            spec, check = admit(
+                self.store,
+                self.plane.home.trust,
+                spec,
+                allow_unattested=request.allow_unattested,
+                approval_waves=tuple(request.approval_waves),
+                actor=identity.actor,
+                now=now,
+            )
+            found.append(check)
+            return spec
+
+        r, plans = create_rollout(self.store, request, identity.actor, gates)
+        record_admission(self.store, r, found[0], now)
         self._save(r)
         return r, plans
 
@@ -260,6 +300,18 @@ class RolloutService:
     ) -> admin_pb2.Rollout:
         r = await self._change(request.id, lambda r: r.resume(time.time(), identity.actor))
         return rollout_to_pb(r)
+
+    async def ApproveRollout(
+        self, request: admin_pb2.RolloutId, context: Any, identity: Identity
+    ) -> admin_pb2.Rollout:
+        """Approve a wave that waits for it (``request.wave``, or the next waiting one)."""
+        wave = request.wave if request.HasField("wave") else None
+        r = await self._change(request.id, lambda r: self._approve(r, wave, identity.actor))
+        return rollout_to_pb(r)
+
+    def _approve(self, r: Rollout, wave: int | None, actor: str) -> None:
+        index = approve(r, wave, actor, time.time())
+        self.store.audit(actor, "rollout.approve", r.id, {"wave": index})
 
     async def AbortRollout(
         self, request: admin_pb2.RolloutId, context: Any, identity: Identity
@@ -383,7 +435,9 @@ class RolloutService:
                     r.observe(device_id, seen[0], seen[1], now, detail=seen[2])
             r.evaluate(now)
             todo = r.next_dispatch()
-            if todo is None:
+            if todo is None or not wave_may_go(
+                self.store, self.plane.home.trust, r, todo.index, now
+            ):
                 return
             self._dispatch(r, todo.index, todo.device_ids)
             now = time.time()
@@ -427,8 +481,11 @@ class RolloutService:
         if mqtt is None:
             return None
 
+        from cloud.mqtt import HINT_EXPIRY_S
+
         def hint(topic_name: str, payload: bytes) -> bool:
-            return bool(mqtt.publish(topic_name, payload, wait_s=HINT_WAIT_S))
+            sent = mqtt.publish(topic_name, payload, wait_s=HINT_WAIT_S, expiry_s=HINT_EXPIRY_S)
+            return bool(sent)
 
         return hint
 
@@ -446,7 +503,7 @@ class RolloutService:
             settings = dataclasses.replace(
                 settings, client_id=f"edgeflux-rollouts-{uuid.uuid4().hex[:8]}"
             )
-            client = CloudMqtt(settings, clean_session=True)
+            client = CloudMqtt(settings, clean_session=True, mqtt5=True)
             client.start(timeout_s=3)
         except (CloudMqttError, PushError, OSError) as exc:
             self._mqtt_failed_at = time.monotonic()

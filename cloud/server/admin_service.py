@@ -323,6 +323,10 @@ class FleetAdminServicer(admin_pb2_grpc.FleetAdminServiceServicer):
     async def AbortRollout(self, request: Any, context: Any) -> admin_pb2.Rollout:
         return await self._rollout("AbortRollout", request, context, True, admin_pb2.Rollout)
 
+    @unary
+    async def ApproveRollout(self, request: Any, context: Any) -> admin_pb2.Rollout:
+        return await self._rollout("ApproveRollout", request, context, True, admin_pb2.Rollout)
+
 
 def register(server: grpc.aio.Server, plane: Plane) -> list[str]:
     admin_pb2_grpc.add_FleetAdminServiceServicer_to_server(FleetAdminServicer(plane), server)  # type: ignore[no-untyped-call]

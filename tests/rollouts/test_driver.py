@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cloud.rollouts.engine import Rollout, RolloutSpec
+from cloud.rollouts.gates import GateSpec
 from cloud.rollouts.service import RolloutService
 from cloud.store import BundleRecord, EventRecord, Store, TelemetryRecord
 
@@ -36,8 +37,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def started(store: Store, n: int = 3) -> tuple[RolloutService, Rollout]:
-    svc = RolloutService(types.SimpleNamespace(store=store, home=None, config=None), hints=False)
-    spec = RolloutSpec(BUNDLE, tuple(f"d{i}" for i in range(n)), (1.0,), 1.0, 600)
+    trust = Path(str(store.engine.url.database)).parent / "trust"  # no attestation keys
+    home = types.SimpleNamespace(trust=trust)
+    svc = RolloutService(types.SimpleNamespace(store=store, home=home, config=None), hints=False)
+    # these bundles have no parity attestation: the override is explicit
+    gates = GateSpec(allow_unattested=True, override_by="test").to_dict()
+    spec = RolloutSpec(BUNDLE, tuple(f"d{i}" for i in range(n)), (1.0,), 1.0, 600, gates=gates)
     r = Rollout.create("ro-t", spec, now=time.time(), created_by="test")
     svc.step(r)  # starts and dispatches the only wave
     assert r.state == "running" and r.waves[0].dispatched_at is not None

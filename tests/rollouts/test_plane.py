@@ -16,6 +16,7 @@ from cloud.store import EventRecord
 from cloud.testing import RunningPlane, running_plane
 from protos import admin_pb2, admin_pb2_grpc, common_pb2
 from tests.cloud.conftest import make_bundle
+from tests.rollouts.attestations import attest
 from tests.servers import wait_until
 
 FACTORY = "cloud.rollouts.service:register"
@@ -28,7 +29,9 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlane]:
     with running_plane(root / "plane", broker=True, factories=[FACTORY]) as p:
         key = p.home.key_path("model-signing", private=True)
         for version, seq in (("1.0.0", 1), ("1.1.0", 2)):
-            p.publish(make_bundle(root / f"b-{version}", key, version=version, sequence=seq))
+            attest(
+                p, p.publish(make_bundle(root / f"b-{version}", key, version=version, sequence=seq))
+            )
         yield p
 
 
@@ -311,7 +314,7 @@ def test_create_plans_each_device_and_carries_the_divergence_limit(plane: Runnin
 def test_a_silent_device_fails_its_wave_after_the_health_window(tmp_path: Path) -> None:
     with running_plane(tmp_path / "plane", factories=[FACTORY]) as p:
         key = p.home.key_path("model-signing", private=True)
-        p.publish(make_bundle(tmp_path / "b", key, version="1.1.0", sequence=2))
+        attest(p, p.publish(make_bundle(tmp_path / "b", key, version="1.1.0", sequence=2)))
         p.device("quiet-0", labels={"group": "quiet"})
         ch, stub = admin(p)
         try:
@@ -406,7 +409,7 @@ def test_a_rollout_continues_after_a_plane_restart(tmp_path: Path) -> None:
     home = tmp_path / "plane"
     with running_plane(home, factories=[FACTORY]) as p:
         key = p.home.key_path("model-signing", private=True)
-        p.publish(make_bundle(tmp_path / "b", key, version="1.1.0", sequence=2))
+        attest(p, p.publish(make_bundle(tmp_path / "b", key, version="1.1.0", sequence=2)))
         for d in ("re-0", "re-1"):
             p.device(d, labels={"group": "re"})
         ch, stub = admin(p)

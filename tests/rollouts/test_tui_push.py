@@ -9,6 +9,7 @@ from textual.widgets import DataTable, Static
 
 from cloud.testing import running_plane
 from tests.cloud.conftest import make_bundle
+from tests.rollouts.attestations import attest
 from tests.servers import wait_until
 from tui.app import EdgeFluxApp
 from tui.client import AdminClient, TlsFiles, certificate_role
@@ -29,7 +30,7 @@ def test_a_confirmed_push_in_the_tui_starts_a_rollout_that_sets_desired_state(
 ) -> None:
     with running_plane(tmp_path / "plane", factories=["cloud.rollouts.service:register"]) as plane:
         key = plane.home.key_path("model-signing", private=True)
-        plane.publish(make_bundle(tmp_path / "b", key, version="1.1.0", sequence=2))
+        attest(plane, plane.publish(make_bundle(tmp_path / "b", key, version="1.1.0", sequence=2)))
         plane.device("robot-0", labels={"site": "lab"})
         creds = plane.operator("alice", "admin")
         client = AdminClient(plane.address, TlsFiles(creds.cert, creds.key, creds.ca))

@@ -1,0 +1,240 @@
+"""Rollout gates on a real control plane (admin gRPC over mTLS, a real store): the parity
+attestation checked at create and before each wave, the audited override, approvals."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from click.testing import CliRunner
+
+from cloud.store import EventRecord
+from cloud.testing import RunningPlane, running_plane
+from edgeflux.cli import root as cli_root
+from protos import admin_pb2, admin_pb2_grpc, common_pb2
+from tests.cloud.conftest import make_bundle
+from tests.rollouts.attestations import attest
+from tests.servers import wait_until
+
+FACTORY = "cloud.rollouts.service:register"
+_seq = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlane]:
+    root = tmp_path_factory.mktemp("gates")
+    with running_plane(root / "plane", factories=[FACTORY]) as p:
+        key = p.home.key_path("model-signing", private=True)
+        for i, name in enumerate(("plain", "weak", "good", "brief")):
+            rec = p.publish(make_bundle(root / name, key, name=name, version="1.0.0", seed=i))
+            if name == "weak":
+                attest(p, rec, verdict="not_attested")
+            elif name == "good":
+                attest(p, rec)
+        yield p
+
+
+@pytest.fixture(scope="module")
+def stub(plane: RunningPlane) -> Iterator[Any]:
+    with plane.channel(plane.operator()) as ch:
+        yield admin_pb2_grpc.FleetAdminServiceStub(ch)
+
+
+def devices(plane: RunningPlane, group: str, n: int) -> list[str]:
+    ids = [f"{group}-{i}" for i in range(n)]
+    for d in ids:
+        plane.device(d, labels={"group": group})
+    return ids
+
+
+def desired(plane: RunningPlane, device_id: str) -> str:
+    rec = plane.store.get_device(device_id)
+    assert rec is not None
+    b = rec.desired_bundle
+    return f"{b['name']}@{b['version']}" if b else ""
+
+
+def commit(plane: RunningPlane, device_id: str, name: str) -> None:
+    """What ingest stores for an agent's COMMITTED update event."""
+    assert plane.store.record_event(
+        EventRecord(
+            device_id=device_id,
+            sequence=next(_seq),
+            at=dt.datetime.now(dt.UTC),
+            kind="update",
+            state="COMMITTED",
+            bundle={"name": name, "version": "1.0.0", "sequence": 1},
+        )
+    )
+
+
+def request(name: str, group: str, **kw: Any) -> admin_pb2.CreateRolloutRequest:
+    return admin_pb2.CreateRolloutRequest(
+        bundle=common_pb2.BundleRef(name=name, version="1.0.0"),
+        label_selector=f"group={group}",
+        health_window_s=120,
+        **kw,
+    )
+
+
+def cli(plane: RunningPlane, *args: str, operator: str = "admin") -> Any:
+    base = ["rollout", "--home", str(plane.home.root), "--server", plane.address]
+    return CliRunner().invoke(cli_root, [*base, "--operator", operator, *args])
+
+
+def get(stub: Any, rollout_id: str) -> admin_pb2.Rollout:
+    return stub.GetRollout(admin_pb2.RolloutId(id=rollout_id), timeout=10)
+
+
+def test_a_bundle_without_a_valid_attestation_is_refused_at_create(
+    plane: RunningPlane, stub: Any
+) -> None:
+    ids = devices(plane, "refused", 2)
+    before = len(plane.store.audit_log(limit=1000))
+    for name, reason in (("plain", "missing"), ("weak", "verdict")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CreateRollout(request(name, "refused", wave_fractions=[0.5, 1]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = err.value.details() or ""
+        assert details.startswith(f"parity attestation gate: {reason}: {name} 1.0.0"), details
+        if reason == "missing":
+            assert "--allow-unattested" in details
+    assert [r.bundle_name for r in plane.store.list_rollouts()].count("plain") == 0
+    assert [desired(plane, d) for d in ids] == ["", ""]
+    assert len(plane.store.audit_log(limit=1000)) == before  # nothing recorded
+    res = cli(plane, "create", "plain@1.0.0", "--label", "group=refused")
+    assert res.exit_code == 1 and "FAILED_PRECONDITION: parity attestation gate" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_the_override_is_explicit_and_audited_with_the_operator(
+    plane: RunningPlane, stub: Any
+) -> None:
+    ids = devices(plane, "override", 1)
+    r = stub.CreateRollout(request("plain", "override", allow_unattested=True), timeout=10)
+    assert r.allow_unattested and r.unattested_override_by == "operator:admin"
+    assert "no parity attestation for policy.onnx" in r.attestation
+    wait_until(lambda: desired(plane, ids[0]) == "plain@1.0.0", 30, "the wave went out")
+    audit = [a for a in plane.store.audit_log(limit=1000) if a.target == r.id]
+    assert [(a.actor, a.action) for a in audit] == [
+        ("operator:admin", "rollout.unattested_override")
+    ]
+    assert audit[0].detail["reason"] == "missing"  # type: ignore[index]
+    history = [h["reason"] for h in plane.store.get_rollout(r.id).status["history"]]  # type: ignore[union-attr]
+    assert any("override by operator:admin" in h and h.startswith("wave 0:") for h in history)
+    res = cli(plane, "get", r.id)
+    assert "--allow-unattested: override by operator:admin" in res.output, res.output
+
+
+def test_an_attestation_expiring_mid_rollout_holds_the_next_wave(
+    plane: RunningPlane, stub: Any
+) -> None:
+    ids = devices(plane, "brief", 2)
+    rec = plane.store.get_bundle("brief", "1.0.0")
+    assert rec is not None
+    attest(plane, rec, expires_in_s=3)
+    expires = time.time() + 3
+    r = stub.CreateRollout(request("brief", "brief", wave_fractions=[0.5, 1]), timeout=10)
+    assert "attested by key" in r.attestation and "valid until" in r.attestation
+    wait_until(lambda: desired(plane, ids[0]) == "brief@1.0.0", 30, "wave 0 went out")
+    wait_until(lambda: time.time() > expires + 0.5, 10, "the attestation to expire")
+    commit(plane, ids[0], "brief")
+    wait_until(lambda: get(stub, r.id).state == "paused", 30, "the rollout to pause")
+    got = get(stub, r.id)
+    assert got.reason.startswith("wave 1 held: parity attestation gate: expired: "), got.reason
+    assert got.waves[0].state == "succeeded" and got.waves[1].state == "pending"
+    assert desired(plane, ids[1]) == ""
+    attest(plane, rec)  # a new campaign: a fresh attestation
+    stub.ResumeRollout(admin_pb2.RolloutId(id=r.id), timeout=10)
+    wait_until(lambda: desired(plane, ids[1]) == "brief@1.0.0", 30, "wave 1 after re-attesting")
+
+
+def test_a_wave_waits_for_approval_which_is_recorded_once(plane: RunningPlane, stub: Any) -> None:
+    ids = devices(plane, "approve", 2)
+    res = cli(
+        plane,
+        "create",
+        "good@1.0.0",
+        "--label",
+        "group=approve",
+        "--waves",
+        "0.5,1",
+        "--approval-wave",
+        "1",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    rid = json.loads(res.output)["id"]
+    wait_until(lambda: desired(plane, ids[0]) == "good@1.0.0", 30, "wave 0 went out")
+    commit(plane, ids[0], "good")
+
+    def waiting() -> bool:
+        rec = plane.store.get_rollout(rid)
+        return rec is not None and rec.status["gates"].get("waiting") == 1
+
+    wait_until(waiting, 30, "wave 1 to wait for its approval")
+    got = get(stub, rid)
+    assert got.state == "running" and got.waves[1].state == "pending"
+    assert got.waves[1].approval_required and not got.waves[1].approved_by
+    assert desired(plane, ids[1]) == ""
+    res = cli(plane, "get", rid)
+    assert f"waits for approval: edgeflux rollout approve {rid} --wave 1" in res.output
+    # a viewer cannot approve
+    plane.operator("watcher", "viewer")
+    res = cli(plane, "approve", rid, operator="watcher")
+    assert res.exit_code == 1 and "PERMISSION_DENIED" in res.output
+    res = cli(plane, "approve", rid, "--wave", "1")
+    assert res.exit_code == 0, res.output
+    assert "approved by operator:admin" in res.output
+    wait_until(lambda: desired(plane, ids[1]) == "good@1.0.0", 30, "wave 1 after approval")
+    res = cli(plane, "approve", rid, "--wave", "1")
+    assert res.exit_code == 1 and "already approved by operator:admin" in res.output
+    res = cli(plane, "approve", rid, "--wave", "0")
+    assert res.exit_code == 1 and "does not wait for approval" in res.output
+    approvals = [a for a in plane.store.audit_log(limit=1000) if a.action == "rollout.approve"]
+    assert [(a.actor, a.target, a.detail) for a in approvals] == [
+        ("operator:admin", rid, {"wave": 1})
+    ]
+    got = get(stub, rid)
+    assert got.waves[1].approved_by == "operator:admin" and got.waves[1].approved_at.seconds > 0
+
+
+def test_an_approval_wave_the_plan_lacks_is_refused(plane: RunningPlane, stub: Any) -> None:
+    devices(plane, "nowave", 2)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateRollout(
+            request("good", "nowave", wave_fractions=[0.5, 1], approval_waves=[2]), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "approval_waves: wave 2 does not exist; this rollout has 2 wave(s)" in (
+        err.value.details() or ""
+    )
+
+
+def test_an_approval_survives_a_plane_restart_and_applies_once(tmp_path: Path) -> None:
+    home = tmp_path / "plane"
+    with running_plane(home, factories=[FACTORY]) as p:
+        key = p.home.key_path("model-signing", private=True)
+        attest(p, p.publish(make_bundle(tmp_path / "b", key, name="good", version="1.0.0")))
+        ids = devices(p, "restart", 1)
+        with p.channel(p.operator()) as ch:
+            stub = admin_pb2_grpc.FleetAdminServiceStub(ch)
+            rid = stub.CreateRollout(request("good", "restart", approval_waves=[0]), timeout=10).id
+    with running_plane(home, factories=[FACTORY]) as p:
+        assert desired(p, ids[0]) == ""
+        res = cli(p, "approve", rid)
+        assert res.exit_code == 0, res.output
+        wait_until(lambda: desired(p, ids[0]) == "good@1.0.0", 30, "wave 0 after approval")
+    with running_plane(home, factories=[FACTORY]) as p:
+        commit(p, ids[0], "good")
+        wait_until(lambda: p.store.get_rollout(rid).state == "completed", 30, "completed")  # type: ignore[union-attr]
+        history = [h["reason"] for h in p.store.get_rollout(rid).status["history"]]  # type: ignore[union-attr]
+        assert sum(h.startswith("wave 0 dispatched") for h in history) == 1
+        assert history.count("wave 0 approved by operator:admin") == 1
