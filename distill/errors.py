@@ -11,6 +11,7 @@ __all__ = [
     "ReplayError",
     "UnboundedActionError",
     "UnknownEnvError",
+    "UnknownFamilyError",
 ]
 
 
@@ -40,3 +41,7 @@ class ExportError(DistillError):
 
 class PackagingError(DistillError):
     """The bundle could not be written or signed."""
+
+
+class UnknownFamilyError(DistillError):
+    """No world-model family is registered under that name, or it cannot be loaded."""

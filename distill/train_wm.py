@@ -22,7 +22,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from distill.mppi import MPPIConfig
 from distill.replay import ReplayBuffer, Trajectory
 from distill.seeds import draw_training
 from distill.teachers import plan_with_model
+from distill.wm_interface import TrainableWorldModel
+from distill.wm_registry import load_family
 from distill.world_model import PRESETS, TDMPC2Model, pick_device, save_checkpoint
 
 __all__ = ["CPU_TRAIN_MPPI", "TrainConfig", "TrainResult", "main", "train_world_model"]
@@ -48,8 +50,10 @@ CPU_TRAIN_MPPI = MPPIConfig(
 
 @dataclass(frozen=True)
 class TrainConfig:
+    family: str = "tdmpc2"
+    """A world-model family of `distill.wm_registry` (built-in or from an entry point)."""
     preset: str = "cpu-small"
-    """A key of distill.world_model.PRESETS."""
+    """A size the family knows (for tdmpc2: a key of distill.world_model.PRESETS)."""
     total_steps: int = 12_000
     """Environment steps collected by this process."""
     seed_steps: int = 1_000
@@ -62,7 +66,7 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
+        if self.family == "tdmpc2" and self.preset not in PRESETS:
             raise ValueError(f"unknown world-model preset {self.preset!r}: {sorted(PRESETS)}")
         if self.total_steps < 1 or self.num_envs < 1 or self.updates_per_step < 0:
             raise ValueError(f"invalid training budget: {self}")
@@ -70,7 +74,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    model: TDMPC2Model
+    model: TrainableWorldModel
     buffer: ReplayBuffer
     curves: dict[str, list[float]] = field(default_factory=dict)
     steps: int = 0
@@ -101,14 +105,15 @@ def train_world_model(
     device = pick_device(cfg.device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 7919 * rank)
-    wm_cfg = replace(PRESETS[cfg.preset], discount=discount_for(spec.max_episode_steps))
-    model = TDMPC2Model(spec.obs_dim, spec.act_dim, wm_cfg).to(device)
+    family = load_family(cfg.family)
+    config = {**family.default_config(cfg.preset), "discount": discount_for(spec.max_episode_steps)}
+    model: TrainableWorldModel = family.build(spec.obs_dim, spec.act_dim, config).to(device)
+    batch_size, horizon = int(config.get("batch_size", 256)), int(config.get("horizon", 3))
     gen = torch.Generator(device=device).manual_seed(seed + 104729 * rank)
     model.set_generator(gen)
     if distributed:
         for t in model.state_dict().values():
             dist.broadcast(t, src=0)
-    model_opt, pi_opt = model.make_optimizers()
     reduce = _average_grads(world) if distributed else None
     buffer = ReplayBuffer(spec.env_id, spec.obs_dim, spec.act_dim)
     mid = (spec.act_high + spec.act_low) / 2
@@ -129,13 +134,11 @@ def train_world_model(
             stats: dict[str, float] = {}
             if steps >= cfg.seed_steps:
                 for _ in range(int(new * cfg.updates_per_step)):
-                    obs, act, rew = buffer.sample_sequences(wm_cfg.batch_size, wm_cfg.horizon, rng)
-                    stats = model.update(
+                    obs, act, rew = buffer.sample_sequences(batch_size, horizon, rng)
+                    stats = model.train_step(
                         torch.as_tensor(obs, device=device),
                         torch.as_tensor((act - mid) / half, device=device),
                         torch.as_tensor(rew, device=device),
-                        model_opt,
-                        pi_opt,
                         reduce,
                     )
             ret = float(np.mean([t.rewards.sum() for t in trajs]))
@@ -153,7 +156,7 @@ def train_world_model(
 
 @torch.no_grad()
 def _collect(
-    model: TDMPC2Model,
+    model: TrainableWorldModel,
     batch: EnvBatch,
     seeds: list[int],
     cfg: TrainConfig,
@@ -250,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         print(f"rank {rank} digest {result.model.digest()} steps {result.steps}", flush=True)
         if rank == 0:
+            assert isinstance(result.model, TDMPC2Model)
             save_checkpoint(result.model, args.out, spec.env_id, extra)
     finally:
         if world > 1:

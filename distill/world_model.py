@@ -13,7 +13,8 @@ stop-gradient encoding of the next observation), reward and value cross-entropy
 against two-hot targets, all weighted by ρ^t over a 3-step unroll, with weights
 20 / 0.1 / 0.1; then the policy loss (Eq. 6) with a running 5–95% Q scale. The
 code is device-agnostic: every tensor follows the model's device (CPU by default).
-It implements the `distill.teachers.WorldModel` Protocol.
+It implements `distill.wm_interface.TrainableWorldModel`; `TDMPC2_FAMILY` is the
+built-in family ``tdmpc2`` of `distill.wm_registry`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import copy
 import hashlib
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from runtime.atomicio import atomic_writer
 
 __all__ = [
     "PRESETS",
+    "TDMPC2_FAMILY",
+    "TDMPC2Family",
     "TDMPC2Model",
     "WorldModelConfig",
     "load_checkpoint",
@@ -153,6 +156,7 @@ class TDMPC2Model(nn.Module):
 
     bins: torch.Tensor
     q_scale: torch.Tensor
+    family = "tdmpc2"
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: WorldModelConfig) -> None:
         super().__init__()
@@ -179,6 +183,7 @@ class TDMPC2Model(nn.Module):
         self.register_buffer("q_scale", torch.ones(()))
         self._gen: torch.Generator | None = None
         self._cpu_gen: torch.Generator | None = None
+        self._opts: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None
 
     # -- the WorldModel Protocol ------------------------------------------------
     @property
@@ -202,6 +207,21 @@ class TDMPC2Model(nn.Module):
 
     def pi(self, z: torch.Tensor) -> torch.Tensor:
         return self._pi_sample(z)[0]
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def train_step(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        reduce_grads: Callable[[list[nn.Parameter]], None] | None = None,
+    ) -> dict[str, float]:
+        """`update` with the model's own optimisers (made on the first step)."""
+        if self._opts is None:
+            self._opts = self.make_optimizers()
+        return self.update(obs, actions, rewards, *self._opts, reduce_grads)
 
     def digest(self) -> str:
         h = hashlib.sha256(repr(sorted(asdict(self.cfg).items())).encode())
@@ -361,6 +381,23 @@ class TDMPC2Model(nn.Module):
         finally:
             self._qs.requires_grad_(True)
         return float(loss.detach())
+
+
+class TDMPC2Family:
+    """The ``tdmpc2`` family: presets are the keys of `PRESETS`."""
+
+    name = "tdmpc2"
+
+    def default_config(self, preset: str) -> dict[str, Any]:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown tdmpc2 preset {preset!r}: {sorted(PRESETS)}")
+        return asdict(PRESETS[preset])
+
+    def build(self, obs_dim: int, action_dim: int, config: Mapping[str, Any]) -> TDMPC2Model:
+        return TDMPC2Model(obs_dim, action_dim, WorldModelConfig.from_dict(dict(config)))
+
+
+TDMPC2_FAMILY = TDMPC2Family()
 
 
 # -- checkpoints ------------------------------------------------------------------

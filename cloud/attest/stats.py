@@ -207,12 +207,14 @@ def classify(result: TostResult, p_adjusted: float | None = None) -> Equivalence
 
     A run whose (1 − 2α) interval is wider than the margin band could not have shown
     equivalence wherever its mean landed: it is reported "underpowered" — never as a
-    failure of the student and never as a pass.
+    failure of the student and never as a pass. An interval that lies wholly outside
+    the band is "not_equivalent" however wide it is: more pairs could not bring it back.
     """
     p = result.p if p_adjusted is None else p_adjusted
     if p <= result.alpha:
         return "equivalent"
-    if result.ci.width >= result.margin.width:
+    outside = result.ci.high < result.margin.low or result.ci.low > result.margin.high
+    if not outside and result.ci.width >= result.margin.width:
         return "underpowered"
     return "not_equivalent"
 

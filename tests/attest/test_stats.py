@@ -152,6 +152,11 @@ def test_classify_reports_wide_interval_as_underpowered() -> None:
     assert stats.classify(r) == "not_equivalent"
     s = t + rng.normal(0, 1, size=100)
     assert stats.classify(stats.tost_paired(s, t, -5, 5)) == "equivalent"
+    # Wide, but wholly outside the band: more pairs would not help, so it is a failure.
+    s = t - 1000 + rng.normal(0, 90, size=100)
+    r = stats.tost_paired(s, t, -5, 5)
+    assert r.ci.width >= r.margin.width and r.ci.high < r.margin.low
+    assert stats.classify(r) == "not_equivalent"
     # The adjusted p-value decides when given.
     assert stats.classify(stats.tost_paired(s, t, -5, 5), p_adjusted=0.2) != "equivalent"
 
