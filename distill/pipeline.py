@@ -40,7 +40,8 @@ from distill.seeds import evaluation_seeds
 from distill.student import StudentConfig
 from distill.teachers import OracleMPPITeacher, Teacher, WorldModelTeacher
 from distill.train_wm import CPU_TRAIN_MPPI, TrainConfig, train_world_model
-from distill.world_model import load_checkpoint, save_checkpoint
+from distill.wm_interface import TrainableWorldModel
+from distill.world_model import TDMPC2Model, load_checkpoint, save_checkpoint
 from runtime.atomicio import atomic_write_bytes, atomic_write_json
 
 __all__ = ["STAGES", "DistillConfig", "DistillResult", "run_pipeline"]
@@ -292,6 +293,7 @@ def _make_teacher(
     if cfg.teacher == "oracle":
         oracle = OracleMPPITeacher(cfg.env_id, cfg.variant, seed=cfg.seed)
         return oracle, {"teacher_digest": oracle.digest()}
+    model: TrainableWorldModel
     if cfg.checkpoint is not None:
         model, payload = load_checkpoint(
             cfg.checkpoint, obs_dim=spec.obs_dim, action_dim=spec.act_dim
@@ -310,6 +312,11 @@ def _make_teacher(
             cfg.seed,
             on_progress=lambda done, total, st: rep("teacher", done, total, st),
         )
+        if not isinstance(trained.model, TDMPC2Model):
+            raise DistillError(
+                f"distill run keeps TD-MPC2 world models only; the {cfg.train.family!r} family "
+                "trains with distill.train_wm.train_world_model"
+            )
         model = trained.model
         curves["world_model"] = trained.curves
         digest = save_checkpoint(
