@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cloud._cli_common import home_option, load_home, open_store
+
+if TYPE_CHECKING:
+    from cloud.home import CloudHome
 
 __all__ = ["crl_cmd", "device_group", "devices_cmd", "operator_group"]
 
@@ -94,7 +97,7 @@ def device_revoke_cmd(device_id: str, home_dir: Path) -> None:
         _tell_broker(home, device_id)
 
 
-def _tell_broker(home: Any, identity: str) -> None:
+def _tell_broker(home: CloudHome, identity: str) -> None:
     """Reload the broker (new CRL) and close the revoked identity's connection."""
     from cloud.broker_reload import apply_revocation
 
@@ -102,7 +105,7 @@ def _tell_broker(home: Any, identity: str) -> None:
         click.echo(line, err=line.startswith(("warning", "note")))
 
 
-def _refresh_crl(home: Any, revoked: set[str]) -> bool:
+def _refresh_crl(home: CloudHome, revoked: set[str]) -> bool:
     """The control plane refuses revoked certificates already; the CRL tells the broker."""
     from cloud.home import HomeError
     from cloud.pki import PKIError
@@ -213,7 +216,7 @@ def operator_add_cmd(name: str, home_dir: Path, role: str) -> None:
     click.echo(f"operator {name} ({role}): certificate {crt}, key {key}")
 
 
-def _device_named(home: Any, name: str) -> str | None:
+def _device_named(home: CloudHome, name: str) -> str | None:
     """A device registered in the store under `name` (also one revoked or flashed elsewhere)."""
     from cloud.store import StoreError
 

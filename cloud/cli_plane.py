@@ -154,8 +154,9 @@ def publish_cmd(bundle: Path, home_dir: Path, as_json: bool) -> None:
     """Verify BUNDLE (directory or .efb), store it and sign it into the TUF repository."""
     from rich.console import Console
 
-    from cloud.publish import PublishError, publish_bundle
+    from cloud.publish import PublishError, chunk_reuse, publish_bundle
     from cloud.store import ConflictError, StoreError
+    from cloud.tuf_repo import TufRepository
 
     home = load_home(home_dir)
     store = open_store(home)
@@ -166,6 +167,7 @@ def publish_cmd(bundle: Path, home_dir: Path, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from exc
     finally:
         store.close()
+    reuse = chunk_reuse(TufRepository(home.tuf), rec.target_path)
     info = {
         "name": rec.name,
         "version": rec.version,
@@ -175,6 +177,8 @@ def publish_cmd(bundle: Path, home_dir: Path, as_json: bool) -> None:
         "size_bytes": rec.size_bytes,
         "oms_root_digest": rec.oms_root_digest,
     }
+    if reuse is not None:
+        info["dedup"] = {"against": reuse[0], "ratio": reuse[1], "fetch_bytes": reuse[2]}
     if as_json:
         click.echo(json.dumps(info))
     else:
@@ -182,6 +186,11 @@ def publish_cmd(bundle: Path, home_dir: Path, as_json: bool) -> None:
             f"published {rec.name} {rec.version} (sequence {rec.sequence}) as TUF target "
             f"{rec.target_path} sha256 {rec.efb_sha256}"
         )
+        if reuse is not None:
+            click.echo(
+                f"dedup against {reuse[0]}: {reuse[1]:.0%} of its bytes are unchanged chunks; "
+                f"a robot holding {reuse[0]} fetches {reuse[2]} bytes"
+            )
 
 
 @click.command("bundles")
