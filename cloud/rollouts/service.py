@@ -55,6 +55,7 @@ from cloud.rollouts.engine import (
 )
 from cloud.rollouts.gates import AttestationCheck, approval_of, approve, gate_spec
 from cloud.rollouts.plan import DevicePlan
+from cloud.rollouts.soak import SoakPolicy, soak_policy, soak_text
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
 from cloud.server.plane import Plane
@@ -129,6 +130,7 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         unattested_override_by=gates.override_by,
         attestation=str((r.gates.get("attestation") or {}).get("message", "")),
         max_tries=retry.retry_policy(r).max_tries,
+        soak_s=soak_policy(r).soak_s,
     )
 
 
@@ -139,6 +141,26 @@ def _retry_policy(request: admin_pb2.CreateRolloutRequest) -> retry.RetryPolicy:
             max_tries=request.max_tries or 1,
             base_s=request.retry_base_s or default.base_s,
             max_s=request.retry_max_s or max(default.max_s, request.retry_base_s),
+        )
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _soak_policy(request: admin_pb2.CreateRolloutRequest) -> SoakPolicy:
+    default = SoakPolicy()
+    try:
+        return SoakPolicy(
+            soak_s=request.soak_s,
+            max_miss_rate_increase=(
+                request.max_miss_rate_increase
+                if request.HasField("max_miss_rate_increase")
+                else default.max_miss_rate_increase
+            ),
+            max_interventions_increase=(
+                request.max_interventions_increase
+                if request.HasField("max_interventions_increase")
+                else default.max_interventions_increase
+            ),
         )
     except RolloutError as exc:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
@@ -168,6 +190,7 @@ def _with_approval(
     r: Rollout, index: int, approval_waves: tuple[int, ...], pb: admin_pb2.RolloutWave
 ) -> admin_pb2.RolloutWave:
     pb.retries.extend(_retries_pb(r, list(pb.device_ids)))
+    pb.soak = soak_text(r, index)
     pb.approval_required = index in approval_waves
     done = approval_of(r, index)
     if done is not None:
@@ -279,6 +302,7 @@ class RolloutService:
                 actor=identity.actor,
                 now=now,
                 retry=_retry_policy(request),
+                soak=_soak_policy(request),
             )
             found.append(check)
             return spec
