@@ -326,9 +326,9 @@ class Ingest:
     def _write(self, m: Decoded, received: dt.datetime) -> bool:
         if m.kind == "state":
             assert m.online is not None
-            self.store.set_online(m.device_id, m.online, m.at, m.runtime_version or None)
-            self.counters["state"] += 1
-            return True
+            ok = self.store.set_online(m.device_id, m.online, m.at, m.runtime_version or None)
+            self.counters["state" if ok else "skipped"] += 1  # unknown or revoked: ignored
+            return ok
         key = (m.device_id, m.kind, m.sequence)
         if key in self._seen:
             self.counters["skipped"] += 1

@@ -36,6 +36,7 @@ __all__ = [
     "PublishError",
     "RollbackError",
     "bundle_ref",
+    "chunk_reuse",
     "desired_bundle",
     "publish_bundle",
     "target_name_for",
@@ -169,3 +170,41 @@ def publish_bundle(
         return record
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _chunk_meta(target: object) -> tuple[str, str, int, list[tuple[str, int]]] | None:
+    """(name, version, sequence, chunks) from a target's custom fields, if well-formed."""
+    custom = getattr(target, "unrecognized_fields", {}).get("custom")
+    if not isinstance(custom, dict):
+        return None
+    name, version, seq, chunks = (custom.get(k) for k in ("name", "version", "sequence", "chunks"))
+    if not isinstance(seq, int) or not isinstance(chunks, list):
+        return None
+    pairs = [
+        (c[0], c[1])
+        for c in chunks
+        if isinstance(c, list) and len(c) == 2 and isinstance(c[0], str) and isinstance(c[1], int)
+    ]
+    return str(name), str(version or ""), seq, pairs
+
+
+def chunk_reuse(tuf: TufRepository, target: str) -> tuple[str, float, int] | None:
+    """(previous version, fraction of `target`'s bytes in its chunks, bytes to fetch)
+    against the newest earlier published version of the same bundle; None if none."""
+    targets = tuf.targets()
+    new = _chunk_meta(targets.get(target))
+    if new is None:
+        return None
+    name, _, seq, chunks = new
+    older = [
+        m
+        for m in map(_chunk_meta, targets.values())
+        if m is not None and m[0] == name and m[2] < seq
+    ]
+    if not older:
+        return None
+    prev = max(older, key=lambda m: m[2])
+    held = {sha for sha, _ in prev[3]}
+    total = sum(n for _, n in chunks)
+    fetch = sum(n for sha, n in chunks if sha not in held)
+    return prev[1], (total - fetch) / total if total else 0.0, fetch

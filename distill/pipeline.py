@@ -40,6 +40,7 @@ from distill.seeds import evaluation_seeds
 from distill.student import StudentConfig
 from distill.teachers import OracleMPPITeacher, Teacher, WorldModelTeacher
 from distill.train_wm import CPU_TRAIN_MPPI, TrainConfig, train_world_model
+from distill.wm_interface import TrainableWorldModel
 from distill.wm_store import load_world_model, save_pretrained
 from runtime.atomicio import atomic_write_bytes, atomic_write_json
 
@@ -293,6 +294,7 @@ def _make_teacher(
     if cfg.teacher == "oracle":
         oracle = OracleMPPITeacher(cfg.env_id, cfg.variant, seed=cfg.seed)
         return oracle, {"teacher_digest": oracle.digest()}
+    model: TrainableWorldModel
     if cfg.checkpoint is not None:
         model, payload = load_world_model(
             cfg.checkpoint, obs_dim=spec.obs_dim, action_dim=spec.act_dim

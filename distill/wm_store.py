@@ -54,7 +54,8 @@ def _encode(state: dict[str, torch.Tensor], fmt: str) -> bytes:
     if fmt == "safetensors":
         from safetensors.torch import save
 
-        return save(state)
+        out: bytes = save(state)
+        return out
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
@@ -64,7 +65,8 @@ def _decode(data: bytes, fmt: str) -> dict[str, torch.Tensor]:
     if fmt == "safetensors":
         from safetensors.torch import load
 
-        return load(data)
+        loaded: dict[str, torch.Tensor] = load(data)
+        return loaded
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError("not a dictionary of tensors")

@@ -32,6 +32,7 @@ from runtime.bundle import (
 from runtime.bundle._files import hash_open_file, open_regular, walk_bundle
 from runtime.bundle._oms import SIGNATURE_NAME, OmsFormatError, parse_sigstore_bundle
 from runtime.bundle.archive import DEFAULT_MAX_TOTAL_BYTES
+from runtime.bundle.chunking import chunk_file
 from runtime.bundle.compat import check_compatibility
 from runtime.layout import RobotLayout
 from runtime.manifest import MANIFEST_NAME, ManifestError, parse_manifest
@@ -216,6 +217,9 @@ def inspect(target: Path, trust_dir: Path | None, as_json: bool) -> None:
     with user_errors(), _as_directory(target) as bdir:
         report = _inspect_dir(bdir, TrustStore(trust_dir) if trust_dir else None)
     report["bundle"] = str(target)
+    if target.is_file():  # an archive is what the plane splits into chunks for robots
+        chunks = chunk_file(target)
+        report["chunks"] = {"count": len(chunks), "archive_bytes": sum(n for _, n in chunks)}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -245,6 +249,9 @@ def inspect(target: Path, trust_dir: Path | None, as_json: bool) -> None:
         "control",
         f"{ctl['rate_hz']} Hz, deadline {ctl['deadline_ms']} ms, fallback {ctl['fallback']}",
     )
+    if "chunks" in report:
+        c = report["chunks"]
+        summary.add_row("chunks", f"{c['count']} (archive {_human(c['archive_bytes'])})")
     out.print(summary)
     io = Table(title="I/O spec")
     for col in ("direction", "name", "shape", "dtype"):

@@ -1,13 +1,19 @@
-"""The robot's chunk store: fetch only the chunks of a target it does not hold yet.
+"""Chunked target downloads: fetch only the chunks the robot does not hold yet.
 
 A published target lists its content-defined chunks (sha256 and length, in order)
-in its signed TUF custom fields. The robot keeps every chunk it fetched under
-``<root>/<sha256>``, each written to a temporary file, fsynced and renamed only
-after its bytes hashed to the signed digest, so a download killed at any point
-resumes with the chunks already on disk and never trusts a partial one. The
-target is assembled from the store and verified against its signed length and
-sha256 before it is renamed into place. Chunks no longer referenced by the last
-`KEEP_TARGETS` assembled targets are removed.
+in its signed TUF custom fields. The robot's chunks are the targets it assembled
+before: each has an index (``<downloads>/chunks/<target sha256>.json``) of where
+its chunks lie, so a chunk of the new target that an old one holds is copied
+from disk (and re-hashed) instead of fetched.
+
+A download writes each chunk in place into ``<target sha256>.chunked`` only after
+its bytes hashed to the signed digest, and records it in a journal
+(``.chunked.done``), both fsynced every few megabytes: a download killed at any
+point resumes with every journalled chunk (re-hashed when read back, so a chunk
+the journal names but the disk lost is fetched again) and never trusts a partial
+one. The whole file is hashed as it is built and must equal the target's signed
+sha256 before it is renamed into place. Only the indexes of the last
+`KEEP_TARGETS` assembled targets are kept.
 """
 
 from __future__ import annotations
@@ -27,10 +33,15 @@ __all__ = [
     "ChunkRef",
     "ChunkStore",
     "FetchStats",
+    "RangeFetch",
     "parse_chunk_list",
 ]
 
 KEEP_TARGETS = 2
+# Fetched bytes between fsyncs: what a power loss may cost again. A journalled chunk
+# is hashed again when a resume reads it back, so the journal may run ahead of the
+# data safely; a process kill loses nothing (the page cache survives it).
+_SYNC_BYTES = 16 << 20
 _MAX_CHUNKS = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -55,6 +66,7 @@ class FetchStats:
     fetched_chunks: int = 0
     fetched_bytes: int = 0
     reused_bytes: int = 0
+    """Bytes taken from disk: journalled before an interruption, or held by old targets."""
 
 
 def parse_chunk_list(raw: object, total_length: int, where: str) -> list[ChunkRef]:
@@ -83,115 +95,207 @@ def parse_chunk_list(raw: object, total_length: int, where: str) -> list[ChunkRe
     return refs
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _pread(path: Path, offset: int, length: int) -> bytes | None:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+    except OSError:
+        return None
 
 
-class ChunkStore:
-    """Verified chunks by sha256 under one directory."""
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._targets = root / "targets"
 
-    def path(self, sha256: str) -> Path:
-        return self.root / sha256
+def _to_fetch(
+    refs: Sequence[ChunkRef], done: set[int], held: dict[str, tuple[Path, int]]
+) -> list[bool]:
+    """Which chunks no journal entry, old target or earlier copy in this target holds."""
+    seen: set[str] = set()
+    need = []
+    for i, r in enumerate(refs):
+        need.append(i not in done and r.sha256 not in held and r.sha256 not in seen)
+        seen.add(r.sha256)
+    return need
 
-    def has(self, ref: ChunkRef) -> bool:
-        try:
-            return self.path(ref.sha256).stat().st_size == ref.length
-        except FileNotFoundError:
-            return False
 
-    def put(self, ref: ChunkRef, data: bytes, where: str) -> None:
-        """Store `data` as chunk `ref` if (and only if) it hashes to the signed digest."""
-        if len(data) != ref.length or hashlib.sha256(data).hexdigest() != ref.sha256:
+class _Run:
+    """One range request for a run of consecutive chunks to fetch (one stream, not one
+    per chunk), handing out each chunk's bytes as they arrive."""
+
+    def __init__(
+        self, fetch: RangeFetch, refs: Sequence[ChunkRef], need: Sequence[bool], i: int
+    ) -> None:
+        last = i
+        while last + 1 < len(refs) and need[last + 1]:
+            last += 1
+        self.offset = refs[i].offset
+        self.end = refs[last].offset + refs[last].length
+        self._stream = fetch(self.offset, self.end - self.offset)
+        self._buf = bytearray()
+        self._at = self.offset  # absolute offset of _buf[0]
+
+    def take(self, ref: ChunkRef, where: str) -> bytes:
+        """The verified bytes of `ref` (which must lie in this run, after what was taken)."""
+        if ref.offset > self._at:
+            self._skip(ref.offset - self._at)
+        while len(self._buf) < ref.length:
+            block = next(self._stream, None)
+            if block is None:
+                break
+            self._buf += block
+        data = bytes(self._buf[: ref.length])
+        del self._buf[: ref.length]
+        self._at += len(data)
+        if len(data) != ref.length or _sha(data) != ref.sha256:
+            self.close()
             raise ChunkError(
                 f"{where}: the {len(data)} bytes received for the chunk at offset {ref.offset} "
                 f"do not match its signed sha256 {ref.sha256[:12]}… and length {ref.length}; "
                 "the chunk was not stored"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{ref.sha256}.{os.getpid()}.tmp"
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path(ref.sha256))
-        _fsync_dir(self.root)
+        return data
 
-    def missing(self, refs: Sequence[ChunkRef]) -> list[ChunkRef]:
-        seen: set[str] = set()
-        out = []
-        for r in refs:
-            if r.sha256 not in seen and not self.has(r):
-                out.append(r)
-            seen.add(r.sha256)
-        return out
+    def _skip(self, n: int) -> None:
+        while len(self._buf) < n:
+            block = next(self._stream, None)
+            if block is None:
+                break
+            self._buf += block
+        del self._buf[:n]
+        self._at += n
 
-    def fetch(self, refs: Sequence[ChunkRef], fetch: RangeFetch, where: str) -> FetchStats:
-        """Fetch and store every chunk of `refs` the store lacks."""
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+class ChunkStore:
+    """Chunked downloads into `downloads`, reusing chunks of targets assembled there."""
+
+    def __init__(self, downloads: Path) -> None:
+        self.downloads = downloads
+        self.index_dir = downloads / "chunks"
+
+    def _held(self) -> dict[str, tuple[Path, int]]:
+        """sha256 -> (file, offset) of every chunk of an indexed, still present target."""
+        held: dict[str, tuple[Path, int]] = {}
+        if not self.index_dir.is_dir():
+            return held
+        for idx in sorted(self.index_dir.glob("*.json")):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                entry = json.loads(idx.read_text())
+                file = self.downloads / str(entry["file"])
+                if file.is_file():
+                    for sha, offset in entry["chunks"]:
+                        held.setdefault(str(sha), (file, int(offset)))
+        return held
+
+    def missing_bytes(self, refs: Sequence[ChunkRef], sha256: str) -> int:
+        """How many bytes of `refs` neither an old target nor this download's journal holds."""
+        held = self._held()
+        done = self._journal(self._part(sha256), refs)
+        return sum(r.length for i, r in enumerate(refs) if i not in done and r.sha256 not in held)
+
+    def _part(self, sha256: str) -> Path:
+        return self.downloads / f"{sha256}.chunked"
+
+    @staticmethod
+    def _journal(part: Path, refs: Sequence[ChunkRef]) -> set[int]:
+        done: set[int] = set()
+        try:
+            lines = part.with_name(part.name + ".done").read_text().splitlines()
+        except OSError:
+            return done
+        for line in lines:  # a torn last line (killed mid-write) is simply not counted
+            index, _, sha = line.partition(" ")
+            if index.isdigit() and int(index) < len(refs) and refs[int(index)].sha256 == sha:
+                done.add(int(index))
+        return done
+
+    def download(
+        self, refs: Sequence[ChunkRef], fetch: RangeFetch, final: Path, sha256: str, where: str
+    ) -> FetchStats:
+        """Build `final` from its chunks (resuming), verify it, rename it into place."""
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        part = self._part(sha256)
+        journal_path = part.with_name(part.name + ".done")
+        done = self._journal(part, refs)
+        held = self._held()
         stats = FetchStats(chunks=len(refs))
-        need = self.missing(refs)
-        for ref in need:
-            data = bytearray()
-            stream = fetch(ref.offset, ref.length)
-            try:
-                for block in stream:
-                    data += block
-                    if len(data) >= ref.length:
-                        break
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            self.put(ref, bytes(data[: ref.length]), where)
-            stats.fetched_chunks += 1
-            stats.fetched_bytes += ref.length
-        stats.reused_bytes = sum(r.length for r in refs) - sum(r.length for r in need)
-        return stats
-
-    def assemble(self, refs: Sequence[ChunkRef], out: Path, sha256: str, where: str) -> Path:
-        """Write the target from its chunks to `out` (atomically) and check its sha256."""
-        part = out.with_name(out.name + ".assemble")
         whole = hashlib.sha256()
-        with part.open("wb") as fh:
-            for ref in refs:
-                data = self.path(ref.sha256).read_bytes()
-                if hashlib.sha256(data).hexdigest() != ref.sha256:
-                    self.path(ref.sha256).unlink(missing_ok=True)  # rotted on disk: refetch
-                    part.unlink(missing_ok=True)
-                    raise ChunkError(f"{where}: stored chunk {ref.sha256[:12]}… is damaged")
-                whole.update(data)
-                fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        written: dict[str, int] = {}  # chunks of this target already in place
+        need = _to_fetch(refs, done, held)
+        run: _Run | None = None
+        unsynced = 0
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            with open(journal_path, "a", encoding="ascii") as journal:
+                for i, ref in enumerate(refs):
+                    data = os.pread(fd, ref.length, ref.offset) if i in done else None
+                    if data is not None and _sha(data) == ref.sha256:
+                        stats.reused_bytes += ref.length
+                    else:
+                        data = None if need[i] else self._from_disk(ref, held, written, fd)
+                        fetched = data is None
+                        if data is None:
+                            if run is None or run.end <= ref.offset:
+                                if run is not None:
+                                    run.close()
+                                run = _Run(fetch, refs, need, i)
+                            data = run.take(ref, where)
+                            stats.fetched_chunks += 1
+                            stats.fetched_bytes += ref.length
+                        else:
+                            stats.reused_bytes += ref.length
+                        os.pwrite(fd, data, ref.offset)
+                        journal.write(f"{i} {ref.sha256}\n")
+                        journal.flush()
+                        unsynced += ref.length if fetched else 0
+                        if unsynced >= _SYNC_BYTES:
+                            os.fdatasync(fd)
+                            os.fsync(journal.fileno())
+                            unsynced = 0
+                    written.setdefault(ref.sha256, ref.offset)
+                    whole.update(data)
+            if run is not None:
+                run.close()
+            os.ftruncate(fd, sum(r.length for r in refs))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if whole.hexdigest() != sha256:
             part.unlink(missing_ok=True)
+            journal_path.unlink(missing_ok=True)
             raise ChunkError(
                 f"{where}: the assembled chunks hash to {whole.hexdigest()[:12]}…, the signed "
-                f"sha256 is {sha256[:12]}…"
+                f"sha256 is {sha256[:12]}…; the partial file was discarded"
             )
-        os.replace(part, out)
-        self._remember(sha256, refs)
-        return out
+        os.replace(part, final)
+        journal_path.unlink(missing_ok=True)
+        self._remember(final, refs, sha256)
+        return stats
 
-    def _remember(self, sha256: str, refs: Sequence[ChunkRef]) -> None:
-        """Record this target's chunks and drop chunks no recent target references."""
-        self._targets.mkdir(parents=True, exist_ok=True)
-        (self._targets / f"{sha256}.json").write_text(json.dumps([r.sha256 for r in refs]))
-        indexes = sorted(self._targets.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    @staticmethod
+    def _from_disk(
+        ref: ChunkRef, held: dict[str, tuple[Path, int]], written: dict[str, int], fd: int
+    ) -> bytes | None:
+        if ref.sha256 in written:
+            data: bytes | None = os.pread(fd, ref.length, written[ref.sha256])
+        elif ref.sha256 in held:
+            file, offset = held[ref.sha256]
+            data = _pread(file, offset, ref.length)
+        else:
+            return None
+        return data if data is not None and _sha(data) == ref.sha256 else None
+
+    def _remember(self, final: Path, refs: Sequence[ChunkRef], sha256: str) -> None:
+        """Index this target's chunks; forget all but the last `KEEP_TARGETS` targets."""
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        entry = {"file": final.name, "chunks": [[r.sha256, r.offset] for r in refs]}
+        (self.index_dir / f"{sha256}.json").write_text(json.dumps(entry))
+        indexes = sorted(self.index_dir.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
         for old in indexes[:-KEEP_TARGETS]:
             old.unlink(missing_ok=True)
-        keep: set[str] = set()
-        for idx in indexes[-KEEP_TARGETS:]:
-            with contextlib.suppress(OSError, ValueError):
-                keep.update(json.loads(idx.read_text()))
-        for p in self.root.iterdir():
-            stale_tmp = p.name.startswith(".") and p.name.endswith(".tmp")  # a killed put
-            if stale_tmp or (_HEX64.fullmatch(p.name) and p.name not in keep):
-                p.unlink(missing_ok=True)

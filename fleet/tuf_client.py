@@ -80,13 +80,15 @@ class GrpcFetcher(FetcherInterface):
             return device_pb2.FILE_KIND_TARGET, url[len(TARGETS_URL) :]
         raise tuf_exc.DownloadError(f"{url} is not an EdgeFlux gRPC URL")
 
-    def stream(self, kind: int, path: str, offset: int = 0) -> Iterator[bytes]:
-        """Chunks of `path` from `offset`; each chunk's offset is checked against ours."""
+    def stream(self, kind: int, path: str, offset: int = 0, length: int = 0) -> Iterator[bytes]:
+        """Chunks of `path` from `offset` (`length` bytes of it, 0: to the end); each
+        chunk's offset is checked against ours."""
         req = device_pb2.FetchFileRequest(
             kind=kind,  # type: ignore[arg-type]
             path=path,
             offset=offset,
             max_chunk_bytes=self.chunk_bytes,
+            length=length,
         )
         expected = offset
         try:
@@ -209,12 +211,12 @@ class TufView:
         disk_free: Callable[[Path], int] | None,
     ) -> Path:
         """Fetch only the signed chunks the chunk store lacks, then assemble and verify."""
-        store = ChunkStore(self.downloads / "chunks")
+        store = ChunkStore(self.downloads)
         try:
             refs = parse_chunk_list(target.custom["chunks"], target.length, target.path)
-            missing = sum(r.length for r in store.missing(refs))
-            # The missing chunks, the assembled tarball and its extraction, plus a margin.
-            need = missing + 2 * target.length + free_margin_bytes
+            missing = store.missing_bytes(refs, target.sha256)
+            # The chunks still to fetch (written in place), the extraction, plus a margin.
+            need = missing + target.length + free_margin_bytes
             free = (disk_free or _disk_free)(self.downloads)
             if free < need:
                 raise DiskFullError(
@@ -223,10 +225,10 @@ class TufView:
                 )
 
             def fetch(offset: int, length: int) -> Iterator[bytes]:
-                return self._fetcher.stream(device_pb2.FILE_KIND_TARGET, remote, offset)
+                return self._fetcher.stream(device_pb2.FILE_KIND_TARGET, remote, offset, length)
 
-            self.last_chunk_stats = store.fetch(refs, fetch, target.path)
-            return store.assemble(refs, final, target.sha256, target.path)
+            self.last_chunk_stats = store.download(refs, fetch, final, target.sha256, target.path)
+            return final
         except ChunkError as exc:
             raise TufClientError(str(exc)) from exc
         except OSError as exc:

@@ -209,7 +209,7 @@ class RolloutId(_message.Message):
     def __init__(self, id: _Optional[str] = ..., rollback: bool = ..., wave: _Optional[int] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves")
+    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,9 @@ class CreateRolloutRequest(_message.Message):
     MAX_ACTION_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNATTESTED_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_WAVES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRIES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BASE_S_FIELD_NUMBER: _ClassVar[int]
+    RETRY_MAX_S_FIELD_NUMBER: _ClassVar[int]
     bundle: _common_pb2.BundleRef
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
@@ -228,7 +231,10 @@ class CreateRolloutRequest(_message.Message):
     max_action_divergence: float
     allow_unattested: bool
     approval_waves: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ...) -> None: ...
+    max_tries: int
+    retry_base_s: float
+    retry_max_s: float
+    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ...) -> None: ...
 
 class DevicePlan(_message.Message):
     __slots__ = ("device_id", "outcome", "detail")
@@ -241,7 +247,7 @@ class DevicePlan(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RolloutWave(_message.Message):
-    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes", "approval_required", "approved_by", "approved_at")
+    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes", "approval_required", "approved_by", "approved_at", "retries")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +258,7 @@ class RolloutWave(_message.Message):
     APPROVAL_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
     APPROVED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
     index: int
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     state: str
@@ -262,7 +269,24 @@ class RolloutWave(_message.Message):
     approval_required: bool
     approved_by: str
     approved_at: _timestamp_pb2.Timestamp
-    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., approval_required: bool = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    retries: _containers.RepeatedCompositeFieldContainer[DeviceRetry]
+    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., approval_required: bool = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retries: _Optional[_Iterable[_Union[DeviceRetry, _Mapping]]] = ...) -> None: ...
+
+class DeviceRetry(_message.Message):
+    __slots__ = ("device_id", "tries", "next_at", "outcome", "reason_code", "detail")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    tries: int
+    next_at: _timestamp_pb2.Timestamp
+    outcome: str
+    reason_code: str
+    detail: str
+    def __init__(self, device_id: _Optional[str] = ..., tries: _Optional[int] = ..., next_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[str] = ..., reason_code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class DeviceOutcome(_message.Message):
     __slots__ = ("device_id", "outcome", "reason_code", "detail")
@@ -277,7 +301,7 @@ class DeviceOutcome(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason_code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation")
+    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation", "max_tries")
     ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +314,7 @@ class Rollout(_message.Message):
     ALLOW_UNATTESTED_FIELD_NUMBER: _ClassVar[int]
     UNATTESTED_OVERRIDE_BY_FIELD_NUMBER: _ClassVar[int]
     ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRIES_FIELD_NUMBER: _ClassVar[int]
     id: str
     bundle: _common_pb2.BundleRef
     state: str
@@ -302,7 +327,8 @@ class Rollout(_message.Message):
     allow_unattested: bool
     unattested_override_by: str
     attestation: str
-    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ...) -> None: ...
+    max_tries: int
+    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ..., max_tries: _Optional[int] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("page",)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/device.proto\x12\x12\x65\x64geflux.device.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/common.proto\"2\n\x16GetDesiredStateRequest\x12\x18\n\x10known_generation\x18\x01 \x01(\x04\"D\n\x0c\x44\x65siredState\x12\x34\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\".edgeflux.common.v1.SignedEnvelope\"u\n\x10\x46\x65tchFileRequest\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.edgeflux.device.v1.FileKind\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x04 \x01(\r\"K\n\tFileChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\x98\x03\n\tInventory\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0fruntime_version\x18\x02 \x01(\t\x12\x15\n\rhardware_tags\x18\x03 \x03(\t\x12\x1b\n\x13\x65xecution_providers\x18\x04 \x03(\t\x12\x34\n\ractive_bundle\x18\x05 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x35\n\x0epending_bundle\x18\x06 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x10\n\x08platform\x18\x07 \x01(\t\x12/\n\x0breported_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x46\n\ranti_rollback\x18\t \x03(\x0b\x32/.edgeflux.device.v1.Inventory.AntiRollbackEntry\x1a\x33\n\x11\x41ntiRollbackEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"+\n\x17ReportInventoryResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08*S\n\x08\x46ileKind\x12\x19\n\x15\x46ILE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46ILE_KIND_METADATA\x10\x01\x12\x14\n\x10\x46ILE_KIND_TARGET\x10\x02\x32\xa3\x02\n\rDeviceService\x12_\n\x0fGetDesiredState\x12*.edgeflux.device.v1.GetDesiredStateRequest\x1a .edgeflux.device.v1.DesiredState\x12R\n\tFetchFile\x12$.edgeflux.device.v1.FetchFileRequest\x1a\x1d.edgeflux.device.v1.FileChunk0\x01\x12]\n\x0fReportInventory\x12\x1d.edgeflux.device.v1.Inventory\x1a+.edgeflux.device.v1.ReportInventoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/device.proto\x12\x12\x65\x64geflux.device.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13protos/common.proto\"2\n\x16GetDesiredStateRequest\x12\x18\n\x10known_generation\x18\x01 \x01(\x04\"D\n\x0c\x44\x65siredState\x12\x34\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\".edgeflux.common.v1.SignedEnvelope\"\x85\x01\n\x10\x46\x65tchFileRequest\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.edgeflux.device.v1.FileKind\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x04 \x01(\r\x12\x0e\n\x06length\x18\x05 \x01(\x04\"K\n\tFileChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04last\x18\x04 \x01(\x08\"\x98\x03\n\tInventory\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0fruntime_version\x18\x02 \x01(\t\x12\x15\n\rhardware_tags\x18\x03 \x03(\t\x12\x1b\n\x13\x65xecution_providers\x18\x04 \x03(\t\x12\x34\n\ractive_bundle\x18\x05 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x35\n\x0epending_bundle\x18\x06 \x01(\x0b\x32\x1d.edgeflux.common.v1.BundleRef\x12\x10\n\x08platform\x18\x07 \x01(\t\x12/\n\x0breported_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x46\n\ranti_rollback\x18\t \x03(\x0b\x32/.edgeflux.device.v1.Inventory.AntiRollbackEntry\x1a\x33\n\x11\x41ntiRollbackEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"+\n\x17ReportInventoryResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08*S\n\x08\x46ileKind\x12\x19\n\x15\x46ILE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46ILE_KIND_METADATA\x10\x01\x12\x14\n\x10\x46ILE_KIND_TARGET\x10\x02\x32\xa3\x02\n\rDeviceService\x12_\n\x0fGetDesiredState\x12*.edgeflux.device.v1.GetDesiredStateRequest\x1a .edgeflux.device.v1.DesiredState\x12R\n\tFetchFile\x12$.edgeflux.device.v1.FetchFileRequest\x1a\x1d.edgeflux.device.v1.FileChunk0\x01\x12]\n\x0fReportInventory\x12\x1d.edgeflux.device.v1.Inventory\x1a+.edgeflux.device.v1.ReportInventoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INVENTORY_ANTIROLLBACKENTRY']._loaded_options = None
   _globals['_INVENTORY_ANTIROLLBACKENTRY']._serialized_options = b'8\001'
-  _globals['_FILEKIND']._serialized_start=871
-  _globals['_FILEKIND']._serialized_end=954
+  _globals['_FILEKIND']._serialized_start=888
+  _globals['_FILEKIND']._serialized_end=971
   _globals['_GETDESIREDSTATEREQUEST']._serialized_start=97
   _globals['_GETDESIREDSTATEREQUEST']._serialized_end=147
   _globals['_DESIREDSTATE']._serialized_start=149
   _globals['_DESIREDSTATE']._serialized_end=217
-  _globals['_FETCHFILEREQUEST']._serialized_start=219
-  _globals['_FETCHFILEREQUEST']._serialized_end=336
-  _globals['_FILECHUNK']._serialized_start=338
-  _globals['_FILECHUNK']._serialized_end=413
-  _globals['_INVENTORY']._serialized_start=416
-  _globals['_INVENTORY']._serialized_end=824
-  _globals['_INVENTORY_ANTIROLLBACKENTRY']._serialized_start=773
-  _globals['_INVENTORY_ANTIROLLBACKENTRY']._serialized_end=824
-  _globals['_REPORTINVENTORYRESPONSE']._serialized_start=826
-  _globals['_REPORTINVENTORYRESPONSE']._serialized_end=869
-  _globals['_DEVICESERVICE']._serialized_start=957
-  _globals['_DEVICESERVICE']._serialized_end=1248
+  _globals['_FETCHFILEREQUEST']._serialized_start=220
+  _globals['_FETCHFILEREQUEST']._serialized_end=353
+  _globals['_FILECHUNK']._serialized_start=355
+  _globals['_FILECHUNK']._serialized_end=430
+  _globals['_INVENTORY']._serialized_start=433
+  _globals['_INVENTORY']._serialized_end=841
+  _globals['_INVENTORY_ANTIROLLBACKENTRY']._serialized_start=790
+  _globals['_INVENTORY_ANTIROLLBACKENTRY']._serialized_end=841
+  _globals['_REPORTINVENTORYRESPONSE']._serialized_start=843
+  _globals['_REPORTINVENTORYRESPONSE']._serialized_end=886
+  _globals['_DEVICESERVICE']._serialized_start=974
+  _globals['_DEVICESERVICE']._serialized_end=1265
 # @@protoc_insertion_point(module_scope)

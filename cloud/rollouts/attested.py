@@ -19,6 +19,7 @@ from cloud.rollouts.gates import (
     hold_for_approval,
     record_attestation,
 )
+from cloud.rollouts.retry import RetryPolicy
 from cloud.store import Store
 from cloud.store.attestations import AttestationStore
 
@@ -64,6 +65,7 @@ def admit(
     approval_waves: tuple[int, ...],
     actor: str,
     now: float,
+    retry: RetryPolicy | None = None,
 ) -> tuple[RolloutSpec, AttestationCheck]:
     """The spec with its gates, and the attestation found; refused (RpcError) when the
     bundle has no valid attestation and no override was asked for, or when an approval
@@ -87,7 +89,10 @@ def admit(
     go, text = attestation_decision(check, gates)
     if not go:
         raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, text)
-    return dataclasses.replace(spec, gates=gates.to_dict()), check
+    recorded = gates.to_dict()
+    if retry is not None:
+        recorded["retry"] = retry.to_dict()
+    return dataclasses.replace(spec, gates=recorded), check
 
 
 def record_admission(store: Store, r: Rollout, check: AttestationCheck, now: float) -> None:

@@ -94,6 +94,8 @@ def _show(r: Any) -> None:
         click.echo("  shadow action divergence reported, not enforced")
     if r.attestation:
         click.echo(f"  attestation: {r.attestation}")
+    if r.max_tries > 1:
+        click.echo(f"  up to {r.max_tries} tries per device for transient failures")
     if r.allow_unattested:
         click.echo(f"  --allow-unattested: override by {r.unattested_override_by}")
     for p in r.plan:
@@ -108,6 +110,16 @@ def _show(r: Any) -> None:
             click.echo(f"    approved by {w.approved_by}")
         elif w.approval_required:
             click.echo(f"    waits for approval: edgeflux rollout approve {r.id} --wave {w.index}")
+        for t in w.retries:
+            when = (
+                f"; try {t.tries + 1} at {t.next_at.ToDatetime().strftime('%H:%M:%S')} UTC"
+                if t.HasField("next_at")
+                else ""
+            )
+            click.echo(
+                f"    {t.device_id}  retried, {t.tries} tr{'y' if t.tries == 1 else 'ies'} "
+                f"(last: {t.outcome} {t.reason_code}){when}"
+            )
         for o in w.outcomes:
             if o.outcome != Outcome.COMMITTED:
                 why = ": ".join(x for x in (o.reason_code, o.detail) if x)
@@ -236,6 +248,29 @@ resume_cmd = _id_command(
     "before it goes out (repeatable).",
 )
 @click.option(
+    "--max-tries",
+    type=click.IntRange(1, 20),
+    default=1,
+    show_default=True,
+    help="Tries per device: a device whose update fails for a transient reason "
+    "(download, TUF refresh, no safe moment to switch, agent restart) is pointed at the "
+    "bundle again, up to this many tries in all, before it counts as a failure of its wave.",
+)
+@click.option(
+    "--retry-backoff",
+    type=click.FloatRange(5),
+    default=30.0,
+    show_default=True,
+    help="Seconds before the second try; doubled for each later one, half of it random.",
+)
+@click.option(
+    "--retry-max",
+    type=click.FloatRange(5),
+    default=600.0,
+    show_default=True,
+    help="Longest wait between two tries, in seconds.",
+)
+@click.option(
     "--allow-unattested",
     is_flag=True,
     help="Roll out even without a valid, unexpired parity attestation for the bundle "
@@ -254,6 +289,9 @@ def create_cmd(
     health_window: int,
     max_action_divergence: float | None,
     approval_waves: tuple[int, ...],
+    max_tries: int,
+    retry_backoff: float,
+    retry_max: float,
     allow_unattested: bool,
     as_json: bool,
 ) -> None:
@@ -262,7 +300,8 @@ def create_cmd(
     Gates: each wave goes out only while the bundle has a valid parity attestation
     (checked at create and before every wave; --allow-unattested overrides), after the
     wave before it passed its failure threshold, and, with --approval-wave, once an
-    operator approved it."""
+    operator approved it. With --max-tries, transient device failures are retried
+    (exponential backoff with jitter) before they count against --max-failure."""
     from protos import admin_pb2, common_pb2
 
     name, sep, version = bundle.partition("@")
@@ -280,6 +319,9 @@ def create_cmd(
         max_action_divergence=max_action_divergence,
         approval_waves=list(approval_waves),
         allow_unattested=allow_unattested,
+        max_tries=max_tries,
+        retry_base_s=retry_backoff,
+        retry_max_s=max(retry_max, retry_backoff),
     )
     _print(as_json, _call(obj, "CreateRollout", req))
 

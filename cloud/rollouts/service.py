@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -36,6 +37,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cloud.rollouts import retry
 from cloud.rollouts.attested import admit, record_admission, wave_may_go
 from cloud.rollouts.create import create_rollout, plans_to_pb
 from cloud.rollouts.engine import (
@@ -46,6 +48,7 @@ from cloud.rollouts.engine import (
     ROLLED_BACK,
     SILENT,
     Rollout,
+    RolloutError,
     RolloutSpec,
     TransitionError,
 )
@@ -124,12 +127,46 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         allow_unattested=gates.allow_unattested,
         unattested_override_by=gates.override_by,
         attestation=str((r.gates.get("attestation") or {}).get("message", "")),
+        max_tries=retry.retry_policy(r).max_tries,
     )
+
+
+def _retry_policy(request: admin_pb2.CreateRolloutRequest) -> retry.RetryPolicy:
+    default = retry.RetryPolicy()
+    try:
+        return retry.RetryPolicy(
+            max_tries=request.max_tries or 1,
+            base_s=request.retry_base_s or default.base_s,
+            max_s=request.retry_max_s or max(default.max_s, request.retry_base_s),
+        )
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _retries_pb(r: Rollout, device_ids: list[str]) -> list[admin_pb2.DeviceRetry]:
+    out = []
+    for d in device_ids:
+        st = (r.gates.get("retries") or {}).get(d)
+        if not isinstance(st, dict):
+            continue
+        last = st.get("last") or {}
+        pb = admin_pb2.DeviceRetry(
+            device_id=d,
+            tries=int(st.get("tries", 1)),
+            outcome=str(last.get("outcome", "")),
+            reason_code=str(last.get("reason", "")),
+            detail=str(last.get("detail", "")),
+        )
+        if st.get("next_at") is not None:
+            pb.next_at.CopyFrom(_ts(float(st["next_at"])))
+        out.append(pb)
+    return out
 
 
 def _with_approval(
     r: Rollout, index: int, approval_waves: tuple[int, ...], pb: admin_pb2.RolloutWave
 ) -> admin_pb2.RolloutWave:
+    pb.retries.extend(_retries_pb(r, list(pb.device_ids)))
     pb.approval_required = index in approval_waves
     done = approval_of(r, index)
     if done is not None:
@@ -238,6 +275,7 @@ class RolloutService:
                 approval_waves=tuple(request.approval_waves),
                 actor=identity.actor,
                 now=now,
+                retry=_retry_policy(request),
             )
             found.append(check)
             return spec
@@ -429,10 +467,16 @@ class RolloutService:
             for wave, device_id in list(r.dispatched_devices()):
                 if dirty is not None and device_id not in dirty:
                     continue
+                if retry.scheduled(r, device_id):
+                    continue
                 assert wave.dispatched_at is not None
-                seen = device_outcome(self.store, device_id, r.spec.bundle, wave.dispatched_at)
-                if seen is not None:
+                since = retry.since(r, device_id, wave.dispatched_at)
+                seen = device_outcome(self.store, device_id, r.spec.bundle, since)
+                if seen is not None and not retry.on_failure(
+                    r, device_id, *seen, now=now, u=random.random()
+                ):
                     r.observe(device_id, seen[0], seen[1], now, detail=seen[2])
+            self._retry(r, retry.due(r, now))
             r.evaluate(now)
             todo = r.next_dispatch()
             if todo is None or not wave_may_go(
@@ -441,6 +485,28 @@ class RolloutService:
                 return
             self._dispatch(r, todo.index, todo.device_ids)
             now = time.time()
+
+    def _retry(self, r: Rollout, device_ids: list[str]) -> None:
+        """Point devices whose retry is due at the bundle again (a new generation)."""
+        from cloud.push import PushError, push
+
+        if not device_ids:
+            return
+        b = r.spec.bundle
+        try:
+            push(
+                self.plane.home,
+                self.store,
+                f"{b['name']}@{b['version']}",
+                device_ids=device_ids,
+                hint=self._hinter(),
+                actor=f"rollout:{r.id} (retry)",
+                gate=GatePolicy.model_validate(b["gate"]) if b.get("gate") else None,
+            )
+        except PushError as exc:
+            r.pause(time.time(), f"retry of {', '.join(device_ids[:10])} failed: {exc}")
+            return
+        retry.redispatched(r, device_ids, time.time())
 
     def _dispatch(self, r: Rollout, index: int, device_ids: list[str]) -> None:
         from cloud.push import PushError, push

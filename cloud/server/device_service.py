@@ -107,11 +107,12 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
                 yield device_pb2.FileChunk(offset=offset, data=b"", total_size=size, last=True)
                 return
             fh.seek(offset)
-            while offset < size:
-                data = await asyncio.to_thread(fh.read, min(chunk, size - offset))
+            end = min(size, offset + request.length) if request.length else size
+            while offset < end:
+                data = await asyncio.to_thread(fh.read, min(chunk, end - offset))
                 if not data:
                     raise RpcError(grpc.StatusCode.ABORTED, f"{request.path!r} shrank while read")
-                last = offset + len(data) >= size
+                last = offset + len(data) >= end
                 yield device_pb2.FileChunk(offset=offset, data=data, total_size=size, last=last)
                 offset += len(data)
         finally:

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,7 +147,7 @@ IS_REVOKED = sa.select(revoked_t.c.fingerprint).where(revoked_t.c.fingerprint ==
 HOT_READS: dict[str, Any] = {"device": GET_DEVICE, "revoked": IS_REVOKED}
 
 
-def device_record(row: Any) -> DeviceRecord:
+def device_record(row: Sequence[Any]) -> DeviceRecord:
     (
         id_,
         fp,

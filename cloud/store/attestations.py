@@ -67,7 +67,7 @@ class AttestationRecord:
         return hashlib.sha256(self.envelope).hexdigest()
 
 
-def _record(row: Any) -> AttestationRecord:
+def _record(row: sa.Row[Any]) -> AttestationRecord:
     return AttestationRecord(
         policy_sha256=row.policy_sha256,
         root_digest=row.root_digest,

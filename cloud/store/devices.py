@@ -283,14 +283,17 @@ class DeviceQueries(StoreBase):
         at: dt.datetime | None = None,
         runtime_version: str | None = None,
     ) -> bool:
-        """Record presence (from the retained MQTT state topic); False for an unknown device."""
+        """Record presence (from the retained MQTT state topic); False for an unknown or
+        revoked device (a revoked robot's retained "online" must not bring it back)."""
         at = at or utcnow()
         values: dict[str, Any] = {"online": online, "last_seen": at, "updated_at": utcnow()}
         if runtime_version:
             values["runtime_version"] = runtime_version
         with self._tx() as conn:
             n = conn.execute(
-                devices_t.update().where(devices_t.c.id == device_id).values(**values)
+                devices_t.update()
+                .where(devices_t.c.id == device_id, devices_t.c.revoked.is_(False))
+                .values(**values)
             ).rowcount
         if n:
             self._notify([device_id])

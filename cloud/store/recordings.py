@@ -44,7 +44,7 @@ class SegmentRecord:
     uploaded_at: dt.datetime
 
 
-def _record(row: Any) -> SegmentRecord:
+def _record(row: sa.Row[Any]) -> SegmentRecord:
     at = row.uploaded_at
     return SegmentRecord(
         row.device_id,

@@ -29,7 +29,11 @@ def test_bundle_verify_bench_prints_ratio_and_json() -> None:
 
 def test_distribution_bench_prints_size_independent_verify_memory() -> None:
     out = subprocess.run(
-        [sys.executable, "bench/distribution.py", "--small-mb", "2", "--large-mb", "20"],
+        [
+            sys.executable,
+            "bench/distribution.py",
+            *("--small-mb", "2", "--large-mb", "20", "--policy-mb", "6"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -40,3 +44,5 @@ def test_distribution_bench_prints_size_independent_verify_memory() -> None:
     assert record["bench"] == "distribution"
     assert record["large_bytes"] == 10 * record["small_bytes"]
     assert record["verify_peak_bytes_1gb"] <= 1.2 * record["verify_peak_bytes_100mb"]
+    assert 0 < record["delta_bytes_ratio"] < 1 and record["throughput_ratio"] > 0
+    assert record["resume_refetch_chunks"] == 0

@@ -339,3 +339,19 @@ def test_inspect_lists_every_weight_file_with_its_size(
     assert report["sizes"]["b.bin"] == 72 and report["total_bytes"] == sum(expected.values())
     table = ok("inspect", bdir).stdout
     assert "weights/a.bin" in table and "96 B" in table and "72 B" in table
+
+
+def test_inspect_of_an_archive_counts_its_chunks(
+    ext_bundle: tuple[Path, list[np.ndarray]], tmp_path: Path
+) -> None:
+    import json
+
+    from runtime.bundle import pack_bundle
+    from tests.bundle.test_cli_bundle import ok
+
+    bdir, _ = ext_bundle
+    efb = pack_bundle(bdir, tmp_path / "ext.efb")
+    report = json.loads(ok("inspect", efb, "--json").stdout)
+    assert report["chunks"] == {"count": 1, "archive_bytes": efb.stat().st_size}
+    assert "chunks" not in json.loads(ok("inspect", bdir, "--json").stdout)
+    assert "chunks" in ok("inspect", efb).stdout

@@ -330,3 +330,17 @@ def test_the_quarantine_is_bounded_per_device_and_in_all(store_url: str) -> None
     assert len(qs.recent(limit=100)) == 12  # the oldest rows went first
     assert qs.recent("quiet") == []
     store.close()
+
+
+def test_a_revoked_robots_retained_presence_does_not_bring_it_back(store_url: str) -> None:
+    from protos import telemetry_pb2
+
+    store = Store.open(store_url)
+    store.add_device("robot-a", "0" * 64)
+    store.revoke_device("robot-a")
+    ing = Ingest(store, CloudMqttSettings(host="127.0.0.1", port=free_port()), IngestSettings())
+    st = telemetry_pb2.DeviceState(device_id="robot-a", online=True, runtime_version="9.9")
+    _process(ing, (topic("robot-a", "state"), st.SerializeToString()))
+    dev = store.require_device("robot-a")
+    assert not dev.online and dev.runtime_version != "9.9"
+    store.close()

@@ -166,6 +166,15 @@ def test_fetch_file_resumes_from_an_offset(plane: RunningPlane) -> None:
         stub.FetchFile(device_pb2.FetchFileRequest(kind=META, path="1.root.json", offset=len(full)))
     )
     assert [(c.data, c.last) for c in at_end] == [(b"", True)]
+    ranged = list(
+        stub.FetchFile(
+            device_pb2.FetchFileRequest(
+                kind=META, path="1.root.json", offset=300, length=250, max_chunk_bytes=100
+            )
+        )
+    )  # a range request (one chunk of a chunked download): exactly those bytes, then last
+    assert b"".join(c.data for c in ranged) == full[300:550] and ranged[-1].last
+    assert [c.last for c in ranged].count(True) == 1
 
 
 @pytest.mark.parametrize(

@@ -53,14 +53,15 @@ class RepoServer:
         if request.kind == device_pb2.FILE_KIND_TARGET:
             data += self.extra_tail
         offset = request.offset
-        while offset < len(data):
-            piece = data[offset : offset + self.chunk]
+        end = min(len(data), offset + request.length) if request.length else len(data)
+        while offset < end:
+            piece = data[offset : min(offset + self.chunk, end)]
             self.bytes_sent += len(piece)
             yield device_pb2.FileChunk(
                 offset=offset,
                 data=piece,
                 total_size=len(data),
-                last=offset + len(piece) >= len(data),
+                last=offset + len(piece) >= end,
             )
             offset += len(piece)
 

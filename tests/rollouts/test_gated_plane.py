@@ -238,3 +238,82 @@ def test_an_approval_survives_a_plane_restart_and_applies_once(tmp_path: Path) -
         history = [h["reason"] for h in p.store.get_rollout(rid).status["history"]]  # type: ignore[union-attr]
         assert sum(h.startswith("wave 0 dispatched") for h in history) == 1
         assert history.count("wave 0 approved by operator:admin") == 1
+
+
+def fail(plane: RunningPlane, device_id: str, name: str, reason: str) -> None:
+    assert plane.store.record_event(
+        EventRecord(
+            device_id=device_id,
+            sequence=next(_seq),
+            at=dt.datetime.now(dt.UTC),
+            kind="update",
+            state="FAILED",
+            reason_code=reason,
+            detail="the robot said why",
+            bundle={"name": name, "version": "1.0.0", "sequence": 1},
+        )
+    )
+
+
+def generation(plane: RunningPlane, device_id: str) -> int:
+    rec = plane.store.get_device(device_id)
+    assert rec is not None
+    return int(rec.desired_generation)
+
+
+def test_a_transient_failure_is_retried_with_backoff_apart_from_the_threshold(
+    plane: RunningPlane, stub: Any
+) -> None:
+    ids = devices(plane, "retry", 1)
+    res = cli(
+        plane,
+        "create",
+        "good@1.0.0",
+        "--label",
+        "group=retry",
+        "--max-failure",
+        "0",
+        "--max-tries",
+        "2",
+        "--retry-backoff",
+        "5",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    rid = json.loads(res.output)["id"]
+    assert json.loads(res.output)["max_tries"] == 2
+    wait_until(lambda: desired(plane, ids[0]) == "good@1.0.0", 30, "the wave went out")
+    first = generation(plane, ids[0])
+    failed_at = time.time()
+    fail(plane, ids[0], "good", "DOWNLOAD_FAILED")
+    wait_until(lambda: bool(get(stub, rid).waves[0].retries), 30, "a retry to be scheduled")
+    got = get(stub, rid)
+    assert got.state == "running" and got.waves[0].failed == 0
+    t = got.waves[0].retries[0]
+    assert (t.device_id, t.tries, t.reason_code) == (ids[0], 1, "DOWNLOAD_FAILED")
+    assert 2.5 - 0.5 <= t.next_at.ToDatetime().timestamp() - failed_at <= 5.0 + 1.0
+    out = cli(plane, "get", rid).output
+    assert f"{ids[0]}  retried, 1 try (last: FAILED DOWNLOAD_FAILED); try 2 at" in out, out
+    wait_until(lambda: generation(plane, ids[0]) == first + 1, 30, "the device pointed again")
+    assert time.time() - failed_at >= 2.5  # not before the backoff
+    commit(plane, ids[0], "good")
+    wait_until(lambda: get(stub, rid).state == "completed", 30, "the rollout to complete")
+    got = get(stub, rid)
+    assert got.waves[0].committed == 1 and got.waves[0].retries[0].tries == 2
+
+
+def test_a_failure_of_the_bundle_itself_counts_at_once(plane: RunningPlane, stub: Any) -> None:
+    ids = devices(plane, "noretry", 1)
+    r = stub.CreateRollout(request("good", "noretry", max_tries=5, retry_base_s=5), timeout=10)
+    wait_until(lambda: desired(plane, ids[0]) == "good@1.0.0", 30, "the wave went out")
+    fail(plane, ids[0], "good", "SHADOW_DIVERGENCE")
+    wait_until(lambda: get(stub, r.id).state == "paused", 30, "the rollout to pause")
+    assert not get(stub, r.id).waves[0].retries
+
+
+def test_bad_retry_settings_are_refused(plane: RunningPlane, stub: Any) -> None:
+    devices(plane, "badretry", 1)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateRollout(request("good", "badretry", max_tries=2, retry_base_s=1), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "retry_base_s = 1.0: must be at least 5 s" in (err.value.details() or "")

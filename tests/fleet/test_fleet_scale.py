@@ -1,0 +1,40 @@
+"""The fleet-scale simulator (bench/fleet_scale.py) at a small size: 200 robots with
+their own certificates for 10 s through the broker-config Mosquitto into PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import mosquitto_binary
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_two_hundred_robots_lose_nothing_and_all_commit_the_fanned_out_update() -> None:
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    args = ["--robots", "200", "--seconds", "10", "--procs", "2", "--connect-s", "15"]
+    proc = subprocess.run(
+        [sys.executable, "bench/fleet_scale.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "consumer" in out and "lag p99" in out and "ingest/postgres" in out, out
+    r = json.loads(out.strip().splitlines()[-1])
+    for key in ("robots", "lost", "duplicates", "ingest_msg_s", "ingest_ratio_vs_ceiling"):
+        assert key in r, r
+    assert r["robots"] == 200 and r["sent"] >= 200 * 9, r  # ~1 Hz for 10 s each
+    assert r["lost"] == 0 and r["duplicates"] == 0, r
+    assert r["fanout_robots"] == 200 and r["fanout_s"] is not None, r
+    assert r["stored_committed_devices"] == 200, r  # read back from PostgreSQL
+    assert r["ingest_msg_s"] > 0 and r["lag_p99_s"] < 30, r
