@@ -37,6 +37,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cloud.lease import AdvisoryLease, lease_for
 from cloud.rollouts import retry
 from cloud.rollouts.attested import admit, record_admission, wave_may_go
 from cloud.rollouts.create import create_rollout, plans_to_pb
@@ -231,6 +232,8 @@ class RolloutService:
         self._wake: asyncio.Queue[str | None] | None = None
         self._mqtt: Any = None
         self._mqtt_failed_at = -1e9
+        # Several replicas on one PostgreSQL: only the lease holder drives rollouts.
+        self.lease: AdvisoryLease | None = None
 
     @property
     def store(self) -> Store:
@@ -401,7 +404,21 @@ class RolloutService:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            loop = asyncio.get_running_loop()
+
+            def changed(held: bool) -> None:
+                if held:  # a new leader starts with a full pass
+                    loop.call_soon_threadsafe(self.kick)
+
+            self.lease = lease_for(
+                self.store.engine.url.render_as_string(hide_password=False),
+                "rollout-engine",
+                on_change=changed,
+            )
+            self._task = loop.create_task(self._run())
+
+    def _leads(self) -> bool:
+        return self.lease is None or self.lease.held
 
     async def _run(self) -> None:
         # The fleet watch brings device changes from any writer (ingest in another
@@ -427,6 +444,8 @@ class RolloutService:
                     item = queue.get_nowait()
         finally:
             self.plane.watch.unsubscribe(token)
+            if self.lease is not None:
+                await asyncio.to_thread(self.lease.stop)
             if self._mqtt is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._mqtt.stop)
@@ -439,6 +458,8 @@ class RolloutService:
 
     async def tick(self) -> None:
         """One driver pass over every active rollout."""
+        if not self._leads():
+            return
         async with self._lock:
             dirty, self._dirty = self._dirty, set()
             if time.monotonic() - self._last_full >= self.full_scan_s:
@@ -450,6 +471,8 @@ class RolloutService:
     def _pass(self, dirty: set[str] | None = None) -> None:
         """Drive every active rollout; check outcomes of `dirty` devices only (None: all)."""
         for rec in self.store.list_rollouts(limit=MAX_PAGE):
+            if not self._leads():  # lost the lease mid-pass: leave the rest to the leader
+                return
             if rec.state not in ACTIVE_STATES:
                 continue
             r = Rollout.from_dicts(rec.id, rec.spec, rec.status)

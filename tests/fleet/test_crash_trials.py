@@ -312,10 +312,12 @@ def _summary_path(tmp_path: Path) -> Path:
     return Path(env) if env else tmp_path / "crash_trials.md"
 
 
+@pytest.mark.timeout(600)
 def test_fifty_random_kill_9_trials_end_on_a_verified_bundle(rig: Rig, tmp_path: Path) -> None:
     _trials(rig, 50, SEED, _summary_path(tmp_path))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60 + 15 * SLOW_TRIALS)
 def test_a_thousand_random_kill_9_trials_end_on_a_verified_bundle(rig: Rig, tmp_path: Path) -> None:
     _trials(rig, SLOW_TRIALS, SEED + 1, _summary_path(tmp_path))

@@ -117,6 +117,8 @@ def test_wave_two_gets_the_bundle_only_after_wave_one_committed(plane: RunningPl
         rid = create(stub, "waves", [0.25, 1.0])
         wait_until(lambda: desired_version(plane, ids[0]) == "1.1.0", 30, "wave 0 dispatched")
         wait_until(lambda: any(ids[0] in t for t in hints), 30, "the wave 0 hint")
+        # the hint goes out during the driver's pass, which saves the rollout after it
+        wait_until(lambda: get(stub, rid).state == "running", 30, "the rollout saved running")
         r = get(stub, rid)
         assert r.state == "running" and [list(w.device_ids) for w in r.waves] == [
             ids[:1],
@@ -134,7 +136,7 @@ def test_wave_two_gets_the_bundle_only_after_wave_one_committed(plane: RunningPl
             "wave 1 dispatched after wave 0 committed",
         )
         wait_until(lambda: all(any(d in t for t in hints) for d in ids), 30, "wave 1 hints")
-        assert get(stub, rid).waves[0].committed == 1
+        wait_until(lambda: get(stub, rid).waves[0].committed == 1, 30, "wave 0 saved committed")
         for d in ids[1:]:
             report(plane, d, "COMMITTED")
         wait_until(lambda: get(stub, rid).state == "completed", 30, "completed")
