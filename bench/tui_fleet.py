@@ -49,10 +49,11 @@ from tests.tui.sim import SimPlane, make_device
 from tui.app import EdgeFluxApp
 from tui.client import AdminClient
 from tui.messages import FleetBatch
+from tui.rows import COLUMNS
 from tui.screens._chrome import fleet_app
 from tui.screens._fleet_table import MARK, FleetTable, column_width
 from tui.screens.fleet import FleetScreen
-from tui.store import COLUMNS, FleetStore
+from tui.store import FleetStore
 
 TARGET_MS = 100.0
 KEY_TIMEOUT_S = 20.0

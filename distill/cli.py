@@ -139,7 +139,8 @@ def envs_cmd(as_json: bool) -> None:
     type=click.Choice(["oracle", "world-model"]),
     default="oracle",
     show_default=True,
-    help="oracle: MPPI over Pendulum's known dynamics; world-model: TD-MPC2 trained online.",
+    help="oracle: MPPI over Pendulum's known dynamics; world-model: MPPI over a learned "
+    "world model (--wm-family trained online, or --wm-checkpoint).",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -167,8 +168,12 @@ def envs_cmd(as_json: bool) -> None:
               help="World-model training: environments stepped together.")  # fmt: skip
 @click.option("--wm-utd", type=float, default=0.5, show_default=True,
               help="World-model training: gradient updates per environment step.")  # fmt: skip
-@click.option("--wm-checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              help="Use this world-model checkpoint instead of training one.")  # fmt: skip
+@click.option("--wm-family", default="tdmpc2", show_default=True,
+              help="World-model family to train (built-in or from an edgeflux.world_models "
+                   "entry point).")  # fmt: skip
+@click.option("--wm-checkpoint", type=click.Path(path_type=Path),
+              help="Distil from this saved world model (a directory `distill run` or "
+                   "`python -m distill.train_wm` wrote) instead of training one.")  # fmt: skip
 @click.option("--mppi-samples", type=int,
               help="World-model teacher: MPPI samples [CPU 256, GPU 512].")  # fmt: skip
 @click.option("--mppi-iterations", type=int,
@@ -196,6 +201,7 @@ def run_cmd(
     wm_seed_steps: int,
     wm_envs: int,
     wm_utd: float,
+    wm_family: str,
     wm_checkpoint: Path | None,
     mppi_samples: int | None,
     mppi_iterations: int | None,
@@ -235,6 +241,7 @@ def run_cmd(
             dagger=DaggerConfig(rounds=rounds, envs_per_round=envs_per_round, epochs=epochs),
             student=StudentConfig(hidden=_hidden(hidden), activation=activation),
             train=TrainConfig(
+                family=wm_family,
                 total_steps=wm_steps,
                 seed_steps=wm_seed_steps,
                 num_envs=wm_envs,
@@ -250,6 +257,10 @@ def run_cmd(
 
         # An unknown id or a bad --variant fails here, before any progress bar or file.
         make_env(env_id, cfg.variant).close()
+        if teacher == "world-model" and wm_checkpoint is None:
+            from distill.wm_registry import load_family
+
+            load_family(wm_family)
     err = Console(stderr=True)
     progress = Progress(
         TextColumn("{task.description:<12}", table_column=Column(min_width=12, no_wrap=True)),

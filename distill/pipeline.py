@@ -41,7 +41,7 @@ from distill.student import StudentConfig
 from distill.teachers import OracleMPPITeacher, Teacher, WorldModelTeacher
 from distill.train_wm import CPU_TRAIN_MPPI, TrainConfig, train_world_model
 from distill.wm_interface import TrainableWorldModel
-from distill.world_model import TDMPC2Model, load_checkpoint, save_checkpoint
+from distill.wm_store import load_world_model, save_pretrained
 from runtime.atomicio import atomic_write_bytes, atomic_write_json
 
 __all__ = ["STAGES", "DistillConfig", "DistillResult", "run_pipeline"]
@@ -74,7 +74,8 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     """World-model training budget (teacher="world-model" without a checkpoint)."""
     checkpoint: Path | None = None
-    """Use this world-model checkpoint instead of training one."""
+    """Use this world model (a saved-model directory, or a TD-MPC2 ``.pt`` checkpoint)
+    instead of training one."""
     teacher_mppi: MPPIConfig | None = None
     """Planner of the world-model teacher while distilling. Default: TD-MPC2's
     (512 samples x 6 iterations) on CUDA; on CPU the training planner (256 x 4), which
@@ -295,12 +296,13 @@ def _make_teacher(
         return oracle, {"teacher_digest": oracle.digest()}
     model: TrainableWorldModel
     if cfg.checkpoint is not None:
-        model, payload = load_checkpoint(
+        model, payload = load_world_model(
             cfg.checkpoint, obs_dim=spec.obs_dim, action_dim=spec.act_dim
         )
         info: dict[str, Any] = {
             "checkpoint": str(cfg.checkpoint),
             "checkpoint_env": payload["env_id"],
+            "world_model_family": model.family,
         }
         recorded = payload.get("extra", {}).get("env_seeds")
         if isinstance(recorded, list):
@@ -312,22 +314,18 @@ def _make_teacher(
             cfg.seed,
             on_progress=lambda done, total, st: rep("teacher", done, total, st),
         )
-        if not isinstance(trained.model, TDMPC2Model):
-            raise DistillError(
-                f"distill run keeps TD-MPC2 world models only; the {cfg.train.family!r} family "
-                "trains with distill.train_wm.train_world_model"
-            )
         model = trained.model
         curves["world_model"] = trained.curves
-        digest = save_checkpoint(
+        digest = save_pretrained(
             model,
-            out / "world_model.pt",
+            out / "world_model",
             cfg.env_id,
             {"train": asdict(cfg.train), "env_seeds": trained.env_seeds},
         )
         trained.buffer.save(out / "world_model_replay.npz")
         info = {
-            "checkpoint": str(out / "world_model.pt"),
+            "checkpoint": str(out / "world_model"),
+            "world_model_family": model.family,
             "world_model_digest": digest,
             "world_model_seeds": trained.env_seeds,
         }

@@ -2,7 +2,10 @@
 
 Single process (CPU by default, CUDA when present)::
 
-    python -m distill.train_wm --env Pendulum-v1 --steps 12000 --out wm.pt
+    python -m distill.train_wm --env Pendulum-v1 --steps 12000 --out world_model/
+
+`--out` names a saved-model directory (`distill.wm_store`), or, for the tdmpc2
+family, a single ``.pt`` checkpoint file.
 
 Data-parallel over processes with torchrun (gloo on CPU, NCCL on GPU); each rank
 collects its own episodes (seed + rank), gradients are averaged across ranks
@@ -38,6 +41,7 @@ from distill.seeds import draw_training
 from distill.teachers import plan_with_model
 from distill.wm_interface import TrainableWorldModel
 from distill.wm_registry import load_family
+from distill.wm_store import save_pretrained
 from distill.world_model import PRESETS, TDMPC2Model, pick_device, save_checkpoint
 
 __all__ = ["CPU_TRAIN_MPPI", "TrainConfig", "TrainResult", "main", "train_world_model"]
@@ -217,11 +221,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed-steps", type=int, default=TrainConfig.seed_steps)
     p.add_argument("--num-envs", type=int, default=TrainConfig.num_envs)
     p.add_argument("--utd", type=float, default=TrainConfig.updates_per_step)
-    p.add_argument("--preset", default=TrainConfig.preset, choices=sorted(PRESETS))
+    p.add_argument("--family", default=TrainConfig.family)
+    p.add_argument("--preset", default=TrainConfig.preset, help=f"tdmpc2: {sorted(PRESETS)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.out.suffix == ".pt" and args.family != "tdmpc2":
+        p.error(f"--out {args.out}: a .pt file holds tdmpc2 models only; name a directory")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         device = pick_device(args.device)
@@ -231,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         spec = env_spec(args.env)
         cfg = TrainConfig(
+            family=args.family,
             preset=args.preset,
             total_steps=args.steps,
             seed_steps=args.seed_steps,
@@ -252,9 +260,10 @@ def main(argv: list[str] | None = None) -> None:
             "env_seeds": seeds,
         }
         print(f"rank {rank} digest {result.model.digest()} steps {result.steps}", flush=True)
-        if rank == 0:
-            assert isinstance(result.model, TDMPC2Model)
+        if rank == 0 and isinstance(result.model, TDMPC2Model) and args.out.suffix == ".pt":
             save_checkpoint(result.model, args.out, spec.env_id, extra)
+        elif rank == 0:
+            save_pretrained(result.model, args.out, spec.env_id, extra)
     finally:
         if world > 1:
             dist.destroy_process_group()

@@ -22,7 +22,10 @@ __all__ = ["ENTRY_POINT_GROUP", "family_names", "load_family", "register_family"
 ENTRY_POINT_GROUP = "edgeflux.world_models"
 # Also declared as entry points in pyproject.toml; listed here so a source tree that
 # was never installed still knows them.
-BUILTIN_FAMILIES = {"tdmpc2": "distill.world_model:TDMPC2_FAMILY"}
+BUILTIN_FAMILIES = {
+    "tdmpc2": "distill.world_model:TDMPC2_FAMILY",
+    "dreamerv3": "distill.dreamer:DREAMER_FAMILY",
+}
 _registered: dict[str, WorldModelFamily] = {}
 
 

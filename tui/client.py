@@ -29,7 +29,7 @@ from protos import (
     router_pb2,
     router_pb2_grpc,
 )
-from tui.store import DeviceRow
+from tui.rows import DeviceRow
 
 __all__ = [
     "AdminClient",

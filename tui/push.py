@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from tui.store import DeviceRow, QueryError, parse_query
+from tui.query import QueryError, parse_query
+from tui.rows import DeviceRow
 
 __all__ = ["PushPlan", "plan_push", "selector_devices"]
 

@@ -5,9 +5,10 @@ distilled from, as its provenance names and digests it:
 
 - ``teacher_kind = "oracle"``: the oracle MPPI planner; its digest on the bundle's
   training variant must equal ``teacher_digest``;
-- ``teacher_kind = "world-model"``: MPPI over the world model whose checkpoint digest
-  is ``world_model_digest``, found among the ``*.pt`` files of the campaign's
-  ``teacher_search`` directories and the bundle's own and parent directory, with the
+- ``teacher_kind = "world-model"``: MPPI over the world model whose digest is
+  ``world_model_digest``, found among the saved-model directories (``*/config.json``)
+  and ``*.pt`` checkpoints of the campaign's ``teacher_search`` directories and the
+  bundle's own and parent directory, with the
   planner settings ``teacher_mppi``; the rebuilt teacher's digest must equal
   ``teacher_digest``.
 
@@ -136,18 +137,19 @@ def _world_model_from_provenance(
 
 def _find_checkpoint(digest: str, dirs: Sequence[Path]) -> Path | None:
     from distill.errors import CheckpointError
-    from distill.world_model import load_checkpoint
+    from distill.wm_store import CONFIG_FILE, load_world_model
 
     seen: set[Path] = set()
     for d in dirs:
         if not d.is_dir():
             continue
-        for path in sorted(d.glob("*.pt")):
+        saved = sorted(p.parent for p in d.glob(f"*/{CONFIG_FILE}"))
+        for path in [*saved, *sorted(d.glob("*.pt"))]:
             if path.resolve() in seen:
                 continue
             seen.add(path.resolve())
             try:
-                model, _ = load_checkpoint(path)
+                model, _ = load_world_model(path)
             except CheckpointError:
                 continue
             if model.digest() == digest:
@@ -195,10 +197,10 @@ def make_reference(recipe: Mapping[str, Any], env_id: str, variant: Mapping[str,
         from distill.envs import env_spec
         from distill.mppi import MPPIConfig
         from distill.teachers import WorldModelTeacher
-        from distill.world_model import load_checkpoint
+        from distill.wm_store import load_world_model
 
         spec = env_spec(env_id)
-        model, _ = load_checkpoint(
+        model, _ = load_world_model(
             recipe["checkpoint"], obs_dim=spec.obs_dim, action_dim=spec.act_dim
         )
         seed = int(recipe.get("seed", 0))

@@ -13,6 +13,7 @@ from cloud.attest.report import render_text
 from distill.envs import env_spec
 from distill.mppi import MPPIConfig
 from distill.teachers import WorldModelTeacher
+from distill.wm_store import save_pretrained
 from distill.world_model import PRESETS, TDMPC2Model, save_checkpoint
 from runtime.kernel import settings_digest
 from runtime.manifest import BundleManifest
@@ -40,7 +41,9 @@ def _with_provenance(**fields: object) -> BundleManifest:
     return BundleManifest.model_validate(data)
 
 
-def _world_model_bundle(tmp_path: Path, make_bundle, keep: Path | None) -> tuple[Path, str]:
+def _world_model_bundle(
+    tmp_path: Path, make_bundle, keep: Path | None, saved_dir: bool = False
+) -> tuple[Path, str]:
     import torch
 
     torch.manual_seed(0)
@@ -48,7 +51,10 @@ def _world_model_bundle(tmp_path: Path, make_bundle, keep: Path | None) -> tuple
     digest = model.digest()
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, keep / "world_model.pt", "Pendulum-v1")
+        if saved_dir:
+            save_pretrained(model, keep / "world_model", "Pendulum-v1")
+        else:
+            save_checkpoint(model, keep / "world_model.pt", "Pendulum-v1")
     teacher = WorldModelTeacher(model, env_spec("Pendulum-v1"), MPPI, seed=0)
     m = _with_provenance(
         teacher_kind="world-model",
@@ -60,10 +66,13 @@ def _world_model_bundle(tmp_path: Path, make_bundle, keep: Path | None) -> tuple
     return make_bundle(manifest=m), teacher.digest()
 
 
+@pytest.mark.parametrize("saved_dir", [False, True], ids=["pt-file", "saved-model-dir"])
 def test_a_world_model_distilled_bundle_is_compared_with_that_world_model_teacher(
-    tmp_path: Path, keys, make_bundle
+    tmp_path: Path, keys, make_bundle, saved_dir: bool
 ) -> None:
-    bundle, teacher_digest = _world_model_bundle(tmp_path, make_bundle, tmp_path / "ckpt")
+    bundle, teacher_digest = _world_model_bundle(
+        tmp_path, make_bundle, tmp_path / "ckpt", saved_dir
+    )
     spec = campaign.parse_campaign(TINY)
     spec = spec.model_copy(update={"teacher_search": [str(tmp_path / "ckpt")]})
     result = campaign.run_campaign(

@@ -19,6 +19,7 @@ from distill import seeds
 from distill.envs import discount_for, env_spec
 from distill.mppi import MPPIConfig
 from distill.train_wm import TrainConfig, train_world_model
+from distill.wm_store import from_pretrained
 from distill.world_model import PRESETS, TDMPC2Model, load_checkpoint
 from edgeflux.cli import root
 
@@ -79,7 +80,7 @@ def test_distill_run_with_a_world_model_trained_online(tmp_path: Path) -> None:
     assert summary["world_model_digest"].startswith("sha256:")
     curves = json.loads((tmp_path / "o" / "curves.json").read_text())
     assert curves["world_model"]["step"] == [200.0, 400.0]
-    _, payload = load_checkpoint(tmp_path / "o" / "world_model.pt", obs_dim=3, action_dim=1)
+    _, payload = from_pretrained(tmp_path / "o" / "world_model", obs_dim=3, action_dim=1)
     manifest = json.loads((tmp_path / "o" / "pendulum-v1-0.1.0" / "edgeflux.json").read_text())
     assert manifest["provenance"]["teacher_kind"] == "world-model"
     assert payload["digest"] in summary["world_model_digest"]

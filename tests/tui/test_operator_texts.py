@@ -14,7 +14,7 @@ from cloud.testing import running_plane
 from edgeflux.cli import root
 from tests.servers import free_port
 from tui.client import speaks_tls
-from tui.store import COLUMN_BY_KEY, DeviceRow, bundle_label, temperature_text
+from tui.rows import COLUMN_BY_KEY, DeviceRow, bundle_label, temperature_text
 
 
 def test_a_plaintext_console_against_an_mtls_plane_says_what_is_missing(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protos.dsse import pae
 from tests.tui.sim import ATTESTATION_KEY, make_attestation, write_attestation_key
 from tui.push import plan_push, selector_devices
-from tui.store import DeviceRow, QueryError
+from tui.query import QueryError
+from tui.rows import DeviceRow
 from tui.verify import TrustedKeyError, load_trusted_keys, verify_envelope
 
 

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from tui.store import DeviceRow, FleetStore, QueryError, parse_query
+from tui.query import QueryError, parse_query
+from tui.rows import DeviceRow
+from tui.store import FleetStore
 
 
 def row(i: int, **kw: object) -> DeviceRow:

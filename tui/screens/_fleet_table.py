@@ -21,7 +21,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tui.store import COLUMNS, Column, FleetStore
+from tui.rows import COLUMNS, Column
+from tui.store import FleetStore
 
 MARK = "●"
 PAD = 1  # cells of padding each side of a column

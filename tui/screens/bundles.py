@@ -17,8 +17,9 @@ from protos import admin_pb2
 from tui.client import AdminError
 from tui.messages import Fetched, FetchFailed
 from tui.push import PushPlan, plan_push, selector_devices
+from tui.query import QueryError
+from tui.rows import DeviceRow
 from tui.screens._chrome import ConnectionBar, fleet_app
-from tui.store import DeviceRow, QueryError
 
 
 def _ts(seconds: int) -> str:

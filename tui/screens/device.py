@@ -16,8 +16,8 @@ from protos import admin_pb2
 from protos.lifecycle import Reason
 from tui.client import AdminError
 from tui.messages import Fetched, FetchFailed
+from tui.rows import bundle_label, temperature_text
 from tui.screens._chrome import ConnectionBar, fleet_app
-from tui.store import bundle_label, temperature_text
 from tui.verify import verify_envelope
 
 

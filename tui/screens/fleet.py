@@ -10,9 +10,11 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
+from tui.query import QueryError
+from tui.rows import COLUMNS
 from tui.screens._chrome import ConnectionBar, fleet_app
 from tui.screens._fleet_table import FleetTable
-from tui.store import COLUMNS, Diff, QueryError
+from tui.store import Diff
 
 _SORT_KEYS = "1234567890"
 
