@@ -25,8 +25,9 @@ the same offered load, one after the other:
 
 Lag = store commit time (bare: receive time) - send time. Lost = telemetry messages
 sent whose (device, sequence) was never stored; duplicates = stored more than once.
-Then the fan-out: one hint per robot through the broker under the publisher identity;
-the time from the first hint to ingest storing the last COMMITTED event is printed.
+Then, once the telemetry is in, the fan-out: one hint per robot through the broker
+under the publisher identity; the time from the first hint to ingest storing the last
+COMMITTED event is printed.
 
 Prints a table and, last, one JSON line. The machine may be shared: compare the
 ratios within one run, not absolute numbers across runs.
@@ -38,6 +39,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import math
 import multiprocessing as mp
 import random
 import sys
@@ -229,7 +231,7 @@ async def _robots_main(
     rate_hz: float,
     start_at: float,
     seconds: float,
-    linger_s: float,
+    stop: Any,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     robots = [_Robot(loop, d, pki, port) for d in devs]
@@ -253,7 +255,10 @@ async def _robots_main(
                 await asyncio.sleep(delay)
             robots[i].send_telemetry()
         tick += 1
-    await asyncio.sleep(linger_s)  # answer hints, flush in-flight messages
+    # Stay connected (answering hints) until the parent is done with this phase.
+    while not stop.is_set() and time.time() < end + 300:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)  # flush in-flight messages
     sent = {r.dev: (r.seq - r.sent, r.sent) for r in robots}
     for r in robots:
         r.client.disconnect()
@@ -268,11 +273,11 @@ def _robot_process(
     rate_hz: float,
     start_at: float,
     seconds: float,
-    linger_s: float,
+    stop: Any,
     q: Any,
 ) -> None:
     try:
-        q.put(asyncio.run(_robots_main(devs, pki, port, rate_hz, start_at, seconds, linger_s)))
+        q.put(asyncio.run(_robots_main(devs, pki, port, rate_hz, start_at, seconds, stop)))
     except Exception as exc:  # reported, not swallowed: the parent fails the run
         q.put({"error": repr(exc)})
 
@@ -283,9 +288,11 @@ class Fleet:
 
     procs: list[Any]
     q: Any
+    stop: Any
     sent: dict[str, tuple[int, int]]
 
     def join(self, timeout_s: float) -> None:
+        self.stop.set()
         errors = []
         for _ in self.procs:
             got = self.q.get(timeout=timeout_s)
@@ -306,11 +313,11 @@ def start_fleet(
     procs: int,
     rate_hz: float,
     seconds: float,
-    linger_s: float,
     warmup_s: float,
 ) -> tuple[Fleet, float]:
     ctx = mp.get_context("spawn")
     q: Any = ctx.Queue()
+    stop = ctx.Event()
     start_at = time.time() + warmup_s
     ps = []
     for k in range(procs):
@@ -319,12 +326,12 @@ def start_fleet(
             continue
         p = ctx.Process(
             target=_robot_process,
-            args=(part, pki, port, rate_hz, start_at, seconds, linger_s, q),
+            args=(part, pki, port, rate_hz, start_at, seconds, stop, q),
             daemon=True,
         )
         p.start()
         ps.append(p)
-    return Fleet(ps, q, {}), start_at
+    return Fleet(ps, q, stop, {}), start_at
 
 
 # --------------------------------------------------------------------------- consumers
@@ -434,29 +441,21 @@ def run_phase(
 ) -> PhaseResult:
     rec = Received()
     fanout = store is not None and args.fanout
-    linger = 3.0 if fanout else 0.5
     consumer = (
         ingest_consumer(pki, port, store, rec)
         if store is not None
         else bare_consumer(pki, port, rec)
     )
+    expected = len(devs) * math.ceil(args.seconds * args.rate)
     with consumer:
         fleet, start_at = start_fleet(
-            devs,
-            pki,
-            port,
-            args.procs,
-            args.rate,
-            args.seconds,
-            linger,
-            warmup_s=args.connect_s,
+            devs, pki, port, args.procs, args.rate, args.seconds, warmup_s=args.connect_s
         )
-        fan_s = None
-        if fanout:
-            # The hints go out in the last second of telemetry: fan-out under load.
-            time.sleep(max(0.0, start_at + args.seconds - 1.0 - time.time()))
-            fan_s = _fanout(pki, port, devs, rec)
-        fleet.join(timeout_s=args.connect_s + args.seconds + linger + 120)
+        # Telemetry lag first, on its own; then the fan-out, while the robots stay online.
+        time.sleep(max(0.0, start_at + args.seconds - time.time()))
+        _wait(lambda: len(rec.seen) >= expected, 60.0)
+        fan_s = _fanout(pki, port, devs, rec) if fanout else None
+        fleet.join(timeout_s=args.connect_s + args.seconds + 120)
         sent = sum(n for _, n in fleet.sent.values())
         _wait(lambda: len(rec.seen) >= sent, 15.0)
     lost, dups = rec.loss(fleet.sent)

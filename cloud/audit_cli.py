@@ -13,36 +13,24 @@ from pathlib import Path
 
 import click
 
+from cloud._cli_common import home_option, load_home, open_store
+
 __all__ = ["audit_cmd"]
 
 SCAN_LIMIT = 10_000
 
 
 @click.command("audit")
-@click.option(
-    "--home",
-    "home_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="EDGEFLUX_CLOUD_HOME",
-    default=Path("."),
-    show_default=True,
-    help="Control-plane home directory (env EDGEFLUX_CLOUD_HOME).",
-)
+@home_option
 @click.option("--action", default="", help="Only this action, e.g. push.dropped.")
 @click.option("--target", default="", help="Only entries about this device, bundle or rollout.")
 @click.option("--limit", type=click.IntRange(1, SCAN_LIMIT), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def audit_cmd(home_dir: Path, action: str, target: str, limit: int, as_json: bool) -> None:
     """Show the audit log, newest first (who did what; why a push left a device out)."""
-    from cloud.home import CloudHome, HomeError
-    from cloud.store import Store, StoreError
+    from cloud.store import StoreError
 
-    try:
-        home = CloudHome.at(home_dir)
-        home.check()
-        store = Store.open(home.database_url(home.config()))
-    except (HomeError, StoreError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    store = open_store(load_home(home_dir))
     try:
         entries = store.audit_log(limit=SCAN_LIMIT if (action or target) else limit)
     except StoreError as exc:

@@ -107,6 +107,9 @@ class CloudConfig(BaseModel):
     )
     fetch_chunk_bytes: int = Field(256 * 1024, gt=0, description="default FetchFile chunk size")
     max_fetch_chunk_bytes: int = Field(1024 * 1024, gt=0, description="largest chunk served")
+    max_concurrent_downloads: int = Field(
+        64, gt=0, description="target (bundle) streams served at once; more wait for a slot"
+    )
 
     @model_validator(mode="after")
     def _check_timestamp_schedule(self) -> CloudConfig:

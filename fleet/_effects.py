@@ -27,6 +27,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from fleet.bandwidth import Pacer
 from fleet.tuf_client import DiskFullError, GrpcFetcher, TufClient, TufClientError, TufView
 from fleet.update import Reason, ShadowResult, StagedBundle, TargetInfo, UpdateError
 from protos import device_pb2, device_pb2_grpc
@@ -95,8 +96,14 @@ class RobotEffects:
         )
         self.channel = grpc.secure_channel(c.grpc_target, creds)
         self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        pacer = Pacer(
+            c.download_max_bytes_per_s,
+            (lambda: len(agent.spool) > 0) if c.download_low_priority else None,
+        )
         self.tuf = TufClient(
-            layout.agent_state, layout.etc / c.tuf_root_file, GrpcFetcher(self.stub.FetchFile)
+            layout.agent_state,
+            layout.etc / c.tuf_root_file,
+            GrpcFetcher(self.stub.FetchFile, pacer=pacer),
         )
         self.director_path = layout.etc / c.director_key_file
         self.runtime = RuntimeControlClient(layout.runtime_socket, timeout_s=60.0)

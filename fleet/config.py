@@ -83,6 +83,12 @@ class AgentConfig(BaseModel):
     download_free_margin_bytes: int = Field(
         16 * 1024 * 1024, ge=0, description="free space kept beyond twice the target size"
     )
+    download_max_bytes_per_s: int = Field(
+        0, ge=0, description="bandwidth cap for update downloads (0: none)"
+    )
+    download_low_priority: bool = Field(
+        False, description="pause update downloads while telemetry is waiting to be sent"
+    )
 
     @field_validator("device_id")
     @classmethod

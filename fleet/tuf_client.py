@@ -32,6 +32,7 @@ from tuf.api import exceptions as tuf_exc
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
+from fleet.bandwidth import Pacer
 from fleet.chunk_store import ChunkError, ChunkStore, FetchStats, parse_chunk_list
 from protos import device_pb2
 
@@ -67,10 +68,18 @@ class FetchFn(Protocol):
 class GrpcFetcher(FetcherInterface):
     """Streams TUF metadata and targets through ``DeviceService.FetchFile``."""
 
-    def __init__(self, fetch: FetchFn, timeout_s: float = 60.0, chunk_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        fetch: FetchFn,
+        timeout_s: float = 60.0,
+        chunk_bytes: int = 0,
+        pacer: Pacer | None = None,
+    ) -> None:
         self._fetch_rpc = fetch
         self.timeout_s = timeout_s
         self.chunk_bytes = chunk_bytes
+        self.pacer = pacer
+        """Paces target downloads (bandwidth cap, low priority); metadata is never paced."""
 
     @staticmethod
     def _split(url: str) -> tuple[int, str]:
@@ -99,6 +108,8 @@ class GrpcFetcher(FetcherInterface):
                     )
                 expected += len(chunk.data)
                 if chunk.data:
+                    if self.pacer is not None and kind == device_pb2.FILE_KIND_TARGET:
+                        self.pacer.take(len(chunk.data))
                     yield chunk.data
                 if chunk.last:
                     return

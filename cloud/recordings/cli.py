@@ -11,40 +11,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
-home_option = click.option(
-    "--home",
-    "home_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="EDGEFLUX_CLOUD_HOME",
-    default=Path("."),
-    show_default=True,
-    help="Control-plane home directory (env EDGEFLUX_CLOUD_HOME).",
-)
-
-
-def _home(home_dir: Path) -> Any:
-    from cloud.home import CloudHome, HomeError
-
-    home = CloudHome.at(home_dir)
-    try:
-        home.check()
-    except HomeError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return home
-
-
-def _store(home: Any) -> Any:
-    from cloud.store import Store, StoreError
-
-    try:
-        return Store.open(home.database_url(home.config()))
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
-
+from cloud._cli_common import home_option, load_home, open_store
 
 __all__ = ["recordings"]
 
@@ -106,7 +76,7 @@ def list_cmd(home_dir: Path, device_id: str | None, limit: int, as_json: bool) -
     from cloud.store import StoreError
     from cloud.store.recordings import RecordingStore
 
-    store = _store(_home(home_dir))
+    store = open_store(load_home(home_dir))
     try:
         rows = RecordingStore(store.engine).list(device_id, limit=limit)
     except StoreError as exc:
@@ -152,8 +122,8 @@ def get_cmd(home_dir: Path, device_id: str, name: str, out: Path) -> None:
 
     if not NAME.match(name) or "/" in device_id or device_id in ("", ".", ".."):
         raise click.BadParameter(f"no segment {device_id}/{name}", param_hint="NAME")
-    home = _home(home_dir)
-    store = _store(home)
+    home = load_home(home_dir)
+    store = open_store(home)
     try:
         rec = RecordingStore(store.engine).get(device_id, name)
     finally:

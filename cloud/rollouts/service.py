@@ -35,7 +35,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from cloud.lease import AdvisoryLease, lease_for
 from cloud.rollouts import retry
@@ -43,171 +42,28 @@ from cloud.rollouts.attested import admit, record_admission, wave_may_go
 from cloud.rollouts.create import create_rollout, plans_to_pb
 from cloud.rollouts.engine import (
     ACTIVE_STATES,
-    COMMITTED,
-    FAILED,
-    FAILURE_OUTCOMES,
-    ROLLED_BACK,
-    SILENT,
     Rollout,
-    RolloutError,
     RolloutSpec,
     TransitionError,
 )
-from cloud.rollouts.gates import AttestationCheck, approval_of, approve, gate_spec
+from cloud.rollouts.gates import AttestationCheck, approve
+from cloud.rollouts.outcomes import device_outcome
 from cloud.rollouts.plan import DevicePlan
+from cloud.rollouts.wire import retry_policy_of, rollout_to_pb
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
 from cloud.server.plane import Plane
 from cloud.store import RolloutRecord, Store
-from protos import admin_pb2, common_pb2
-from runtime.desired_state import BundleRef, DesiredStateError, GatePolicy
+from protos import admin_pb2
+from runtime.desired_state import GatePolicy
 
 __all__ = ["RolloutService", "register", "rollout_to_pb"]
 
 log = logging.getLogger(__name__)
 
-# An agent's clock may lag the plane's: an event stamped this much before the wave's
-# dispatch still counts for that wave.
-CLOCK_SKEW_S = 2.0
 HINT_WAIT_S = 2.0
 MQTT_RETRY_S = 30.0
 MAX_PAGE = 1000
-
-
-def _ts(epoch: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(dt.datetime.fromtimestamp(epoch, dt.UTC))
-    return ts
-
-
-def _ref(obj: object) -> BundleRef | None:
-    """A stored bundle dict as a reference; None for none or for one that is malformed."""
-    try:
-        return BundleRef.from_dict(obj)
-    except DesiredStateError:
-        return None
-
-
-def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
-    b = _ref(r.spec.bundle) or BundleRef(name="?")
-    gates = gate_spec(r)
-    waves = [
-        _with_approval(
-            r,
-            w.index,
-            gates.approval_waves,
-            admin_pb2.RolloutWave(
-                index=w.index,
-                device_ids=w.device_ids,
-                state=w.state,
-                committed=w.count(COMMITTED),
-                failed=w.count(FAILED) + w.count(SILENT),
-                rolled_back=w.count(ROLLED_BACK),
-                outcomes=[
-                    admin_pb2.DeviceOutcome(
-                        device_id=d,
-                        outcome=str(o.get("outcome", "")),
-                        reason_code=str(o.get("reason", "")),
-                        detail=str(o.get("detail", "")),
-                    )
-                    for d, o in sorted(w.outcomes.items())
-                ],
-            ),
-        )
-        for w in r.waves
-    ]
-    return admin_pb2.Rollout(
-        id=r.id,
-        bundle=common_pb2.BundleRef(name=b.name, version=b.version, sequence=b.sequence),
-        state=r.state,
-        waves=waves,
-        created_at=_ts(r.created_at),
-        created_by=r.created_by,
-        reason=r.reason,
-        max_action_divergence=_divergence_limit(r.spec.bundle),
-        allow_unattested=gates.allow_unattested,
-        unattested_override_by=gates.override_by,
-        attestation=str((r.gates.get("attestation") or {}).get("message", "")),
-        max_tries=retry.retry_policy(r).max_tries,
-    )
-
-
-def _retry_policy(request: admin_pb2.CreateRolloutRequest) -> retry.RetryPolicy:
-    default = retry.RetryPolicy()
-    try:
-        return retry.RetryPolicy(
-            max_tries=request.max_tries or 1,
-            base_s=request.retry_base_s or default.base_s,
-            max_s=request.retry_max_s or max(default.max_s, request.retry_base_s),
-        )
-    except RolloutError as exc:
-        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-
-
-def _retries_pb(r: Rollout, device_ids: list[str]) -> list[admin_pb2.DeviceRetry]:
-    out = []
-    for d in device_ids:
-        st = (r.gates.get("retries") or {}).get(d)
-        if not isinstance(st, dict):
-            continue
-        last = st.get("last") or {}
-        pb = admin_pb2.DeviceRetry(
-            device_id=d,
-            tries=int(st.get("tries", 1)),
-            outcome=str(last.get("outcome", "")),
-            reason_code=str(last.get("reason", "")),
-            detail=str(last.get("detail", "")),
-        )
-        if st.get("next_at") is not None:
-            pb.next_at.CopyFrom(_ts(float(st["next_at"])))
-        out.append(pb)
-    return out
-
-
-def _with_approval(
-    r: Rollout, index: int, approval_waves: tuple[int, ...], pb: admin_pb2.RolloutWave
-) -> admin_pb2.RolloutWave:
-    pb.retries.extend(_retries_pb(r, list(pb.device_ids)))
-    pb.approval_required = index in approval_waves
-    done = approval_of(r, index)
-    if done is not None:
-        pb.approved_by = str(done.get("by", ""))
-        pb.approved_at.CopyFrom(_ts(float(done.get("at", 0.0))))
-    return pb
-
-
-def _divergence_limit(bundle: Mapping[str, Any]) -> float | None:
-    gate = bundle.get("gate")
-    limit = gate.get("max_action_divergence") if isinstance(gate, dict) else None
-    return float(limit) if isinstance(limit, int | float) else None
-
-
-def _matches(bundle: Mapping[str, Any] | None, spec_bundle: Mapping[str, Any]) -> bool:
-    ref = _ref(bundle)
-    return ref is not None and ref.same_bundle(_ref(spec_bundle))
-
-
-def device_outcome(
-    store: Store, device_id: str, spec_bundle: Mapping[str, Any], since: float
-) -> tuple[str, str, str] | None:
-    """(outcome, reason code, detail) for `device_id` on `spec_bundle` since `since`, or
-    None yet — the reason and detail exactly as the device's event carried them."""
-    for ev in reversed(store.events(device_id, kind="update", limit=20)):
-        if ev.at.timestamp() < since - CLOCK_SKEW_S:
-            break
-        if ev.state not in (COMMITTED, *FAILURE_OUTCOMES):
-            continue
-        if ev.bundle is not None and not _matches(ev.bundle, spec_bundle):
-            continue
-        return ev.state, ev.reason_code, ev.detail
-    dev = store.get_device(device_id)
-    if (
-        dev is not None
-        and dev.update_state == COMMITTED
-        and _matches(dev.active_bundle, spec_bundle)
-    ):
-        return COMMITTED, "", ""
-    return None
 
 
 Hinter = Callable[[str, bytes], bool]
@@ -278,7 +134,7 @@ class RolloutService:
                 approval_waves=tuple(request.approval_waves),
                 actor=identity.actor,
                 now=now,
-                retry=_retry_policy(request),
+                retry=retry_policy_of(request),
             )
             found.append(check)
             return spec

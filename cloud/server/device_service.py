@@ -59,6 +59,13 @@ def resolve_repo_path(base: Path, rel: str) -> Path:
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
+        self._downloads: asyncio.Semaphore | None = None
+
+    def _download_slots(self) -> asyncio.Semaphore:
+        """Bounds the target streams served at once; metadata is never queued behind them."""
+        if self._downloads is None:
+            self._downloads = asyncio.Semaphore(self.plane.config.max_concurrent_downloads)
+        return self._downloads
 
     @unary
     async def GetDesiredState(
@@ -84,6 +91,17 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         path = resolve_repo_path(base, request.path)
         cfg = self.plane.config
         chunk = min(request.max_chunk_bytes or cfg.fetch_chunk_bytes, cfg.max_fetch_chunk_bytes)
+        if request.kind == device_pb2.FILE_KIND_TARGET:
+            async with self._download_slots():
+                async for piece in self._stream_file(path, request, chunk):
+                    yield piece
+            return
+        async for piece in self._stream_file(path, request, chunk):
+            yield piece
+
+    async def _stream_file(
+        self, path: Path, request: device_pb2.FetchFileRequest, chunk: int
+    ) -> AsyncIterator[device_pb2.FileChunk]:
         try:
             # One open file for the whole stream: a concurrent atomic replace (timestamp
             # re-signing) cannot mix two versions into one download.

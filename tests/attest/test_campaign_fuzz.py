@@ -12,9 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud.attest.spec import CampaignError, CampaignSpec, parse_campaign
+from tests.budgets import slow_budget
 
 SMALL = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-LARGE = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+LARGE = settings(
+    max_examples=slow_budget(full=2000, ci=200),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 EXAMPLE = (Path(__file__).resolve().parents[2] / "examples" / "campaign.toml").read_text()
 VALID: dict[str, Any] = tomllib.loads(EXAMPLE)

@@ -17,10 +17,15 @@ from hypothesis import strategies as st
 from runtime.bundle.archive import unpack_bundle
 from runtime.bundle.errors import BundleArchiveError
 from runtime.manifest import BundleManifest, ManifestError, parse_manifest
+from tests.budgets import slow_budget
 from tests.bundle.conftest import make_manifest
 
 SMALL = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-LARGE = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+LARGE = settings(
+    max_examples=slow_budget(full=2000, ci=200),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 VALID: dict[str, Any] = json.loads(make_manifest().model_dump_json())
 json_values = st.recursive(

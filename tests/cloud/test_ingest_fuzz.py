@@ -23,11 +23,16 @@ from cloud.store import Store
 from fleet._hints import HintGate
 from fleet.mqtt import topic
 from protos import telemetry_pb2
+from tests.budgets import slow_budget
 from tests.cloud.poison import good_batch
 from tests.servers import free_port
 
 SMALL = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
-LARGE = settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+LARGE = settings(
+    max_examples=slow_budget(full=3000, ci=300),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 u64 = st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**63 - 1, 2**63, 2**64 - 1])
 i64 = st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, -1, 253402300799, 253402300800])

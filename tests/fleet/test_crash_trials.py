@@ -291,6 +291,8 @@ def _trials(rig: Rig, count: int, seed: int, summary_path: Path) -> None:
     t0 = time.monotonic()
     for n in range(count):
         trials.append(_one_trial(rig, n, rng))
+        if n % 50 == 49:  # a long run shows its progress in the summary file
+            summary_path.write_text(_summary(trials, seed, time.monotonic() - t0))
     table = _summary(trials, seed, time.monotonic() - t0)
     summary_path.write_text(table)
     print(table)

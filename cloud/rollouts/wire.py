@@ -1,0 +1,142 @@
+"""A rollout on the admin API: the engine's `Rollout` as `admin_pb2.Rollout`, and a
+create request's retry policy."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cloud.rollouts import retry
+from cloud.rollouts.engine import (
+    COMMITTED,
+    FAILED,
+    ROLLED_BACK,
+    SILENT,
+    Rollout,
+    RolloutError,
+)
+from cloud.rollouts.gates import approval_of, gate_spec
+from cloud.server._rpc import RpcError
+from protos import admin_pb2, common_pb2
+from runtime.desired_state import BundleRef, DesiredStateError
+
+__all__ = [
+    "bundle_ref",
+    "retries_pb",
+    "retry_policy_of",
+    "rollout_to_pb",
+    "timestamp",
+    "with_approval",
+]
+
+
+def timestamp(epoch: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(dt.datetime.fromtimestamp(epoch, dt.UTC))
+    return ts
+
+
+def bundle_ref(obj: object) -> BundleRef | None:
+    """A stored bundle dict as a reference; None for none or for one that is malformed."""
+    try:
+        return BundleRef.from_dict(obj)
+    except DesiredStateError:
+        return None
+
+
+def divergence_limit(bundle: Mapping[str, Any]) -> float | None:
+    gate = bundle.get("gate")
+    limit = gate.get("max_action_divergence") if isinstance(gate, dict) else None
+    return float(limit) if isinstance(limit, int | float) else None
+
+
+def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
+    b = bundle_ref(r.spec.bundle) or BundleRef(name="?")
+    gates = gate_spec(r)
+    waves = [
+        with_approval(
+            r,
+            w.index,
+            gates.approval_waves,
+            admin_pb2.RolloutWave(
+                index=w.index,
+                device_ids=w.device_ids,
+                state=w.state,
+                committed=w.count(COMMITTED),
+                failed=w.count(FAILED) + w.count(SILENT),
+                rolled_back=w.count(ROLLED_BACK),
+                outcomes=[
+                    admin_pb2.DeviceOutcome(
+                        device_id=d,
+                        outcome=str(o.get("outcome", "")),
+                        reason_code=str(o.get("reason", "")),
+                        detail=str(o.get("detail", "")),
+                    )
+                    for d, o in sorted(w.outcomes.items())
+                ],
+            ),
+        )
+        for w in r.waves
+    ]
+    return admin_pb2.Rollout(
+        id=r.id,
+        bundle=common_pb2.BundleRef(name=b.name, version=b.version, sequence=b.sequence),
+        state=r.state,
+        waves=waves,
+        created_at=timestamp(r.created_at),
+        created_by=r.created_by,
+        reason=r.reason,
+        max_action_divergence=divergence_limit(r.spec.bundle),
+        allow_unattested=gates.allow_unattested,
+        unattested_override_by=gates.override_by,
+        attestation=str((r.gates.get("attestation") or {}).get("message", "")),
+        max_tries=retry.retry_policy(r).max_tries,
+    )
+
+
+def retry_policy_of(request: admin_pb2.CreateRolloutRequest) -> retry.RetryPolicy:
+    default = retry.RetryPolicy()
+    try:
+        return retry.RetryPolicy(
+            max_tries=request.max_tries or 1,
+            base_s=request.retry_base_s or default.base_s,
+            max_s=request.retry_max_s or max(default.max_s, request.retry_base_s),
+        )
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def retries_pb(r: Rollout, device_ids: list[str]) -> list[admin_pb2.DeviceRetry]:
+    out = []
+    for d in device_ids:
+        st = (r.gates.get("retries") or {}).get(d)
+        if not isinstance(st, dict):
+            continue
+        last = st.get("last") or {}
+        pb = admin_pb2.DeviceRetry(
+            device_id=d,
+            tries=int(st.get("tries", 1)),
+            outcome=str(last.get("outcome", "")),
+            reason_code=str(last.get("reason", "")),
+            detail=str(last.get("detail", "")),
+        )
+        if st.get("next_at") is not None:
+            pb.next_at.CopyFrom(timestamp(float(st["next_at"])))
+        out.append(pb)
+    return out
+
+
+def with_approval(
+    r: Rollout, index: int, approval_waves: tuple[int, ...], pb: admin_pb2.RolloutWave
+) -> admin_pb2.RolloutWave:
+    pb.retries.extend(retries_pb(r, list(pb.device_ids)))
+    pb.approval_required = index in approval_waves
+    done = approval_of(r, index)
+    if done is not None:
+        pb.approved_by = str(done.get("by", ""))
+        pb.approved_at.CopyFrom(timestamp(float(done.get("at", 0.0))))
+    return pb
