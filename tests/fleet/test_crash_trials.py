@@ -19,7 +19,7 @@ Every trial must end with
 - a counter that had not advanced at the moment of the kill unless the kill landed in
   COMMITTING (the commit itself) or later.
 
-`EDGEFLUX_CRASH_TRIALS` sets the number of trials of the slow run (default 1000),
+`EDGEFLUX_CRASH_TRIALS` sets the number of trials of the slow run (default 1000; 30 under CI),
 `EDGEFLUX_CRASH_SEED` the seed, `EDGEFLUX_CRASH_SUMMARY` where the summary table (state
 killed in → outcome counts) is written (default: the test's tmp dir; always printed).
 """
@@ -47,6 +47,7 @@ from runtime.bundle import verify_bundle
 from runtime.control_client import RuntimeControlClient
 from runtime.layout import RobotLayout
 from runtime.trust import TrustStore
+from tests.budgets import slow_budget
 from tests.fleet.test_agent_e2e import _make_root, _manifest
 from tests.servers import wait_until
 
@@ -54,7 +55,7 @@ pytestmark = [pytest.mark.services]
 REPO = Path(__file__).resolve().parents[2]
 DEVICE = "crash-robot"
 SEED = int(os.environ.get("EDGEFLUX_CRASH_SEED", "20261207"))
-SLOW_TRIALS = int(os.environ.get("EDGEFLUX_CRASH_TRIALS", "1000"))
+SLOW_TRIALS = int(os.environ.get("EDGEFLUX_CRASH_TRIALS", slow_budget(full=1000, ci=30)))
 POWER_LOSS_P = 0.2
 MAX_DELAY_S = 0.25  # a random delay into the chosen state (longer lands in a later one)
 
