@@ -209,7 +209,7 @@ class RolloutId(_message.Message):
     def __init__(self, id: _Optional[str] = ..., rollback: bool = ..., wave: _Optional[int] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s")
+    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s", "soak_s", "max_miss_rate_increase", "max_interventions_increase")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,9 @@ class CreateRolloutRequest(_message.Message):
     MAX_TRIES_FIELD_NUMBER: _ClassVar[int]
     RETRY_BASE_S_FIELD_NUMBER: _ClassVar[int]
     RETRY_MAX_S_FIELD_NUMBER: _ClassVar[int]
+    SOAK_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_MISS_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    MAX_INTERVENTIONS_INCREASE_FIELD_NUMBER: _ClassVar[int]
     bundle: _common_pb2.BundleRef
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
@@ -234,7 +237,10 @@ class CreateRolloutRequest(_message.Message):
     max_tries: int
     retry_base_s: float
     retry_max_s: float
-    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ...) -> None: ...
+    soak_s: float
+    max_miss_rate_increase: float
+    max_interventions_increase: float
+    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., soak_s: _Optional[float] = ..., max_miss_rate_increase: _Optional[float] = ..., max_interventions_increase: _Optional[float] = ...) -> None: ...
 
 class DevicePlan(_message.Message):
     __slots__ = ("device_id", "outcome", "detail")
@@ -247,7 +253,7 @@ class DevicePlan(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RolloutWave(_message.Message):
-    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes", "approval_required", "approved_by", "approved_at", "retries")
+    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes", "approval_required", "approved_by", "approved_at", "retries", "soak")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +265,7 @@ class RolloutWave(_message.Message):
     APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
     APPROVED_AT_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
+    SOAK_FIELD_NUMBER: _ClassVar[int]
     index: int
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     state: str
@@ -270,7 +277,8 @@ class RolloutWave(_message.Message):
     approved_by: str
     approved_at: _timestamp_pb2.Timestamp
     retries: _containers.RepeatedCompositeFieldContainer[DeviceRetry]
-    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., approval_required: bool = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retries: _Optional[_Iterable[_Union[DeviceRetry, _Mapping]]] = ...) -> None: ...
+    soak: str
+    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., approval_required: bool = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retries: _Optional[_Iterable[_Union[DeviceRetry, _Mapping]]] = ..., soak: _Optional[str] = ...) -> None: ...
 
 class DeviceRetry(_message.Message):
     __slots__ = ("device_id", "tries", "next_at", "outcome", "reason_code", "detail")
@@ -301,7 +309,7 @@ class DeviceOutcome(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason_code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation", "max_tries")
+    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation", "max_tries", "soak_s")
     ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +323,7 @@ class Rollout(_message.Message):
     UNATTESTED_OVERRIDE_BY_FIELD_NUMBER: _ClassVar[int]
     ATTESTATION_FIELD_NUMBER: _ClassVar[int]
     MAX_TRIES_FIELD_NUMBER: _ClassVar[int]
+    SOAK_S_FIELD_NUMBER: _ClassVar[int]
     id: str
     bundle: _common_pb2.BundleRef
     state: str
@@ -328,7 +337,8 @@ class Rollout(_message.Message):
     unattested_override_by: str
     attestation: str
     max_tries: int
-    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ..., max_tries: _Optional[int] = ...) -> None: ...
+    soak_s: float
+    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ..., max_tries: _Optional[int] = ..., soak_s: _Optional[float] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("page",)

@@ -4,7 +4,7 @@ checks of `cloud.rollouts.gates`; the create-time admission and its audit entry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from cloud.rollouts.gates import (
     record_attestation,
 )
 from cloud.rollouts.retry import RetryPolicy
+from cloud.rollouts.soak import Sample, SoakPolicy, soak_gate
 from cloud.store import Store
 from cloud.store.attestations import AttestationStore
 
@@ -66,6 +67,7 @@ def admit(
     actor: str,
     now: float,
     retry: RetryPolicy | None = None,
+    soak: SoakPolicy | None = None,
 ) -> tuple[RolloutSpec, AttestationCheck]:
     """The spec with its gates, and the attestation found; refused (RpcError) when the
     bundle has no valid attestation and no override was asked for, or when an approval
@@ -92,6 +94,8 @@ def admit(
     recorded = gates.to_dict()
     if retry is not None:
         recorded["retry"] = retry.to_dict()
+    if soak is not None:
+        recorded["soak"] = soak.to_dict()
     return dataclasses.replace(spec, gates=recorded), check
 
 
@@ -114,9 +118,43 @@ def record_admission(store: Store, r: Rollout, check: AttestationCheck, now: flo
     r.note(now, f"created without a valid parity attestation: {text}")
 
 
+def telemetry_samples(
+    store: Store, device_ids: Sequence[str], start: float, end: float
+) -> dict[str, list[Sample]]:
+    """Each device's telemetry counters between `start` and `end` (epoch seconds)."""
+    import datetime as dt
+
+    since = dt.datetime.fromtimestamp(start, dt.UTC)
+    out: dict[str, list[Sample]] = {}
+    for d in device_ids:
+        pts = []
+        for p in store.telemetry(d, since=since, limit=5000):
+            at = p.at.timestamp()
+            if at > end:
+                continue
+            extra = p.extra or {}
+            pts.append(
+                Sample(
+                    at=at,
+                    ticks=_int(extra.get("ticks")),
+                    misses=_int(extra.get("deadline_misses")),
+                    interventions=int(p.safety_interventions),
+                )
+            )
+        out[d] = pts
+    return out
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def wave_may_go(store: Store, trust_dir: Path, r: Rollout, wave: int, now: float) -> bool:
-    """The gates before wave `wave` goes out: its approval, then the attestation (checked
-    again, since it can expire mid-rollout). A failed attestation pauses the rollout."""
+    """The gates before wave `wave` goes out: the soak of the wave before it, its
+    approval, then the attestation (checked again, since it can expire mid-rollout).
+    A failed attestation or a soak regression pauses the rollout."""
+    if not soak_gate(r, wave, now, lambda ids, a, b: telemetry_samples(store, ids, a, b)):
+        return False
     if hold_for_approval(r, wave, now):
         return False
     check = bundle_attestation(store, trust_dir, r.spec.bundle, now)

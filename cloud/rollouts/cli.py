@@ -96,6 +96,8 @@ def _show(r: Any) -> None:
         click.echo(f"  attestation: {r.attestation}")
     if r.max_tries > 1:
         click.echo(f"  up to {r.max_tries} tries per device for transient failures")
+    if r.soak_s > 0:
+        click.echo(f"  soak {r.soak_s:g} s after each wave but the last")
     if r.allow_unattested:
         click.echo(f"  --allow-unattested: override by {r.unattested_override_by}")
     for p in r.plan:
@@ -106,6 +108,8 @@ def _show(r: Any) -> None:
             f"  wave {w.index}: {n} device(s), {w.state}; committed {w.committed}, "
             f"failed {w.failed}, rolled back {w.rolled_back}"
         )
+        if w.soak:
+            click.echo(f"    {w.soak}")
         if w.approved_by:
             click.echo(f"    approved by {w.approved_by}")
         elif w.approval_required:
@@ -271,6 +275,31 @@ resume_cmd = _id_command(
     help="Longest wait between two tries, in seconds.",
 )
 @click.option(
+    "--soak",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Seconds each wave but the last runs the new bundle before the next wave goes "
+    "out; then its deadline-miss rate and interventions are compared with the robots "
+    "not updated yet, and a regression pauses the rollout (0: no soak).",
+)
+@click.option(
+    "--max-miss-rate-increase",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="Soak: how far the wave's deadline-miss rate may exceed the not-yet-updated "
+    "robots' (absolute).",
+)
+@click.option(
+    "--max-interventions-increase",
+    type=click.FloatRange(0),
+    default=1.0,
+    show_default=True,
+    help="Soak: how far the wave's safety interventions per robot-minute may exceed the "
+    "not-yet-updated robots'.",
+)
+@click.option(
     "--allow-unattested",
     is_flag=True,
     help="Roll out even without a valid, unexpired parity attestation for the bundle "
@@ -292,6 +321,9 @@ def create_cmd(
     max_tries: int,
     retry_backoff: float,
     retry_max: float,
+    soak: float,
+    max_miss_rate_increase: float,
+    max_interventions_increase: float,
     allow_unattested: bool,
     as_json: bool,
 ) -> None:
@@ -300,8 +332,9 @@ def create_cmd(
     Gates: each wave goes out only while the bundle has a valid parity attestation
     (checked at create and before every wave; --allow-unattested overrides), after the
     wave before it passed its failure threshold, and, with --approval-wave, once an
-    operator approved it. With --max-tries, transient device failures are retried
-    (exponential backoff with jitter) before they count against --max-failure."""
+    operator approved it; with --soak, after the wave before it ran the bundle that long
+    without a regression of its KPIs. With --max-tries, transient device failures are
+    retried (exponential backoff with jitter) before they count against --max-failure."""
     from protos import admin_pb2, common_pb2
 
     name, sep, version = bundle.partition("@")
@@ -322,6 +355,9 @@ def create_cmd(
         max_tries=max_tries,
         retry_base_s=retry_backoff,
         retry_max_s=max(retry_max, retry_backoff),
+        soak_s=soak,
+        max_miss_rate_increase=max_miss_rate_increase,
+        max_interventions_increase=max_interventions_increase,
     )
     _print(as_json, _call(obj, "CreateRollout", req))
 

@@ -49,7 +49,7 @@ from cloud.rollouts.engine import (
 from cloud.rollouts.gates import AttestationCheck, approve
 from cloud.rollouts.outcomes import device_outcome
 from cloud.rollouts.plan import DevicePlan
-from cloud.rollouts.wire import retry_policy_of, rollout_to_pb
+from cloud.rollouts.wire import retry_policy_of, rollout_to_pb, soak_policy_of
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
 from cloud.server.plane import Plane
@@ -135,6 +135,7 @@ class RolloutService:
                 actor=identity.actor,
                 now=now,
                 retry=retry_policy_of(request),
+                soak=soak_policy_of(request),
             )
             found.append(check)
             return spec

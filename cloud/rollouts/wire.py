@@ -1,5 +1,5 @@
 """A rollout on the admin API: the engine's `Rollout` as `admin_pb2.Rollout`, and a
-create request's retry policy."""
+create request's retry and soak policies."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from cloud.rollouts.engine import (
     RolloutError,
 )
 from cloud.rollouts.gates import approval_of, gate_spec
+from cloud.rollouts.soak import SoakPolicy, soak_policy, soak_text
 from cloud.server._rpc import RpcError
 from protos import admin_pb2, common_pb2
 from runtime.desired_state import BundleRef, DesiredStateError
@@ -29,6 +30,7 @@ __all__ = [
     "retries_pb",
     "retry_policy_of",
     "rollout_to_pb",
+    "soak_policy_of",
     "timestamp",
     "with_approval",
 ]
@@ -95,6 +97,7 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         unattested_override_by=gates.override_by,
         attestation=str((r.gates.get("attestation") or {}).get("message", "")),
         max_tries=retry.retry_policy(r).max_tries,
+        soak_s=soak_policy(r).soak_s,
     )
 
 
@@ -105,6 +108,26 @@ def retry_policy_of(request: admin_pb2.CreateRolloutRequest) -> retry.RetryPolic
             max_tries=request.max_tries or 1,
             base_s=request.retry_base_s or default.base_s,
             max_s=request.retry_max_s or max(default.max_s, request.retry_base_s),
+        )
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def soak_policy_of(request: admin_pb2.CreateRolloutRequest) -> SoakPolicy:
+    default = SoakPolicy()
+    try:
+        return SoakPolicy(
+            soak_s=request.soak_s,
+            max_miss_rate_increase=(
+                request.max_miss_rate_increase
+                if request.HasField("max_miss_rate_increase")
+                else default.max_miss_rate_increase
+            ),
+            max_interventions_increase=(
+                request.max_interventions_increase
+                if request.HasField("max_interventions_increase")
+                else default.max_interventions_increase
+            ),
         )
     except RolloutError as exc:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
@@ -134,6 +157,7 @@ def with_approval(
     r: Rollout, index: int, approval_waves: tuple[int, ...], pb: admin_pb2.RolloutWave
 ) -> admin_pb2.RolloutWave:
     pb.retries.extend(retries_pb(r, list(pb.device_ids)))
+    pb.soak = soak_text(r, index)
     pb.approval_required = index in approval_waves
     done = approval_of(r, index)
     if done is not None:

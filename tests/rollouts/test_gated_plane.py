@@ -15,7 +15,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from cloud.store import EventRecord
+from cloud.store import EventRecord, TelemetryRecord
 from cloud.testing import RunningPlane, running_plane
 from edgeflux.cli import root as cli_root
 from protos import admin_pb2, admin_pb2_grpc, common_pb2
@@ -317,3 +317,96 @@ def test_bad_retry_settings_are_refused(plane: RunningPlane, stub: Any) -> None:
         stub.CreateRollout(request("good", "badretry", max_tries=2, retry_base_s=1), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "retry_base_s = 1.0: must be at least 5 s" in (err.value.details() or "")
+
+
+def telemetry(plane: RunningPlane, device_id: str, start: float, end: float, rate: float) -> None:
+    """Counters as ingest stores them: 50 Hz ticks, `rate` of them missed, in [start, end]."""
+    points = []
+    for i in range(6):
+        at = start + (end - start) * i / 5
+        ticks = 50 * i * 10
+        points.append(
+            TelemetryRecord(
+                at=dt.datetime.fromtimestamp(at, dt.UTC),
+                deadline_miss_rate=rate,
+                extra={"ticks": ticks, "deadline_misses": round(ticks * rate)},
+            )
+        )
+    assert plane.store.record_telemetry(device_id, next(_seq), points)
+
+
+def soak_window(plane: RunningPlane, rid: str) -> tuple[float, float]:
+    def started() -> bool:
+        rec = plane.store.get_rollout(rid)
+        return rec is not None and "0" in (rec.status["gates"].get("soak") or {})
+
+    wait_until(started, 30, "wave 0's soak to start")
+    st = plane.store.get_rollout(rid).status["gates"]["soak"]["0"]  # type: ignore[union-attr]
+    return float(st["started"]), float(st["until"])
+
+
+def test_a_wave_that_raises_the_miss_rate_pauses_after_its_soak(
+    plane: RunningPlane, stub: Any
+) -> None:
+    ids = devices(plane, "soakbad", 4)
+    res = cli(
+        plane,
+        "create",
+        "good@1.0.0",
+        "--label",
+        "group=soakbad",
+        "--waves",
+        "0.5,1",
+        "--soak",
+        "2",
+        "--max-miss-rate-increase",
+        "0.02",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    rid = json.loads(res.output)["id"]
+    wait_until(lambda: desired(plane, ids[1]) == "good@1.0.0", 30, "wave 0 went out")
+    for d in ids[:2]:
+        commit(plane, d, "good")
+    start, end = soak_window(plane, rid)
+    assert desired(plane, ids[2]) == "" and "soaking until" in get(stub, rid).waves[0].soak
+    for d in ids[:2]:
+        telemetry(plane, d, start, end, 0.2)  # on the new bundle
+    for d in ids[2:]:
+        telemetry(plane, d, start, end, 0.0)  # not updated yet
+    wait_until(lambda: get(stub, rid).state == "paused", 30, "the soak to pause the rollout")
+    got = get(stub, rid)
+    assert got.reason.startswith("wave 0 soak regressed: deadline-miss rate up +0.2000 > 0.02")
+    assert got.waves[0].soak.startswith("soak regressed: ")
+    assert [desired(plane, d) for d in ids[2:]] == ["", ""]
+    out = cli(plane, "get", rid).output
+    assert "soak regressed: deadline-miss rate up" in out and "soak 2 s after each wave" in out
+    stub.ResumeRollout(admin_pb2.RolloutId(id=rid), timeout=10)  # the operator accepts it
+    wait_until(lambda: desired(plane, ids[3]) == "good@1.0.0", 30, "wave 1 after the resume")
+    assert get(stub, rid).waves[0].soak.startswith("soak accepted: ")
+
+
+def test_a_soak_survives_a_plane_restart_and_is_decided_once(tmp_path: Path) -> None:
+    home = tmp_path / "plane"
+    with running_plane(home, factories=[FACTORY]) as p:
+        key = p.home.key_path("model-signing", private=True)
+        attest(p, p.publish(make_bundle(tmp_path / "b", key, name="good", version="1.0.0")))
+        ids = devices(p, "soakre", 2)
+        with p.channel(p.operator()) as ch:
+            stub = admin_pb2_grpc.FleetAdminServiceStub(ch)
+            rid = stub.CreateRollout(
+                request("good", "soakre", wave_fractions=[0.5, 1], soak_s=3), timeout=10
+            ).id
+        wait_until(lambda: desired(p, ids[0]) == "good@1.0.0", 30, "wave 0 went out")
+        commit(p, ids[0], "good")
+        start, end = soak_window(p, rid)
+    # the plane is down during the soak; the robots' telemetry is ingested meanwhile
+    with running_plane(home, factories=[FACTORY]) as p:
+        telemetry(p, ids[0], start, end, 0.01)
+        telemetry(p, ids[1], start, end, 0.01)
+        assert desired(p, ids[1]) == "" or time.time() >= end
+        wait_until(lambda: desired(p, ids[1]) == "good@1.0.0", 30, "wave 1 after the soak")
+        assert time.time() >= end  # not before the window closed
+        history = [h["reason"] for h in p.store.get_rollout(rid).status["history"]]  # type: ignore[union-attr]
+        assert sum(h.startswith("wave 0 soak passed: ") for h in history) == 1
+        assert sum(h.startswith("wave 0 soaks for 3 s") for h in history) == 1

@@ -228,3 +228,26 @@ def test_property_each_wave_is_approved_at_most_once(required, attempts) -> None
     for w in range(3):
         assert waiting_for_approval(r, w) == (w in required and w not in approved)
         assert hold_for_approval(r, w, 99.0) == waiting_for_approval(r, w)
+
+
+def test_rollout_create_help_shows_every_gate() -> None:
+    from click.testing import CliRunner
+
+    from edgeflux.cli import root
+
+    res = CliRunner().invoke(root, ["rollout", "create", "--help"])
+    assert res.exit_code == 0, res.output
+    for option in (
+        "--allow-unattested",
+        "--approval-wave",
+        "--max-failure",
+        "--max-tries",
+        "--retry-backoff",
+        "--retry-max",
+        "--soak",
+        "--max-miss-rate-increase",
+        "--max-interventions-increase",
+    ):
+        assert option in res.output, option
+    res = CliRunner().invoke(root, ["rollout", "approve", "--help"])
+    assert res.exit_code == 0 and "--wave" in res.output

@@ -1,0 +1,169 @@
+"""The pure KPI soak gate: figures from the robots' counters, the judgement against
+the not-yet-updated robots, the decision taken once and kept across a reload."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloud.rollouts.engine import Rollout, RolloutSpec, SpecError
+from cloud.rollouts.soak import (
+    Figures,
+    Sample,
+    SoakPolicy,
+    figures,
+    judge,
+    soak_gate,
+    soak_text,
+)
+
+BUNDLE = {"name": "pendulum", "version": "1.1.0", "sequence": 2}
+
+
+def series(rate: float, interventions_per_min: float, n: int = 7, t0: float = 0.0):
+    """Samples every 10 s at 50 Hz with the given miss rate and intervention rate."""
+    return [
+        Sample(
+            at=t0 + 10 * i,
+            ticks=500 * i,
+            misses=round(500 * i * rate),
+            interventions=round(interventions_per_min * i / 6),
+        )
+        for i in range(n)
+    ]
+
+
+def test_figures_are_counter_increases_and_a_reset_counts_from_zero() -> None:
+    got = figures(["a", "b", "c"], {"a": series(0.02, 6.0), "b": series(0.0, 0.0), "c": []})
+    assert (got.devices, got.reporting) == (3, 2)
+    assert got.ticks == 6000 and got.misses == 60 and got.miss_rate == pytest.approx(0.01)
+    assert got.minutes == pytest.approx(2.0) and got.interventions_per_min == pytest.approx(3.0)
+    reset = [Sample(0, 100, 10, 0), Sample(10, 200, 20, 0), Sample(20, 50, 5, 0)]
+    f = figures(["r"], {"r": reset})
+    assert (f.ticks, f.misses) == (150, 15)  # +100, then a restart: +50 from zero
+    empty = figures(["x"], {})
+    assert empty.miss_rate == 0.0 and empty.interventions_per_min == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=20))
+def test_property_figures_never_go_negative_and_the_rate_is_at_most_one(pairs) -> None:
+    pts = [Sample(float(i), t, min(m, t), 0) for i, (t, m) in enumerate(pairs)]
+    f = figures(["r"], {"r": pts})
+    assert f.ticks >= 0 and f.misses >= 0 and f.minutes >= 0
+    assert f.interventions_per_min >= 0
+
+
+def test_judge_compares_with_the_baseline_and_names_the_figures() -> None:
+    policy = SoakPolicy(60, max_miss_rate_increase=0.01, max_interventions_increase=1.0)
+    base = figures(["b"], {"b": series(0.005, 1.0)})
+    ok, text = judge(figures(["w"], {"w": series(0.01, 1.0)}), base, policy)
+    assert ok and "wave: deadline-miss rate 0.0100" in text and "not yet updated:" in text
+    ok, text = judge(figures(["w"], {"w": series(0.05, 1.0)}), base, policy)
+    assert not ok and text.startswith("deadline-miss rate up +0.0450 > 0.01; wave: ")
+    ok, text = judge(figures(["w"], {"w": series(0.005, 4.0)}), base, policy)
+    assert not ok and text.startswith("interventions/min up +3.00 > 1; ")
+    ok, text = judge(figures(["w"], {}), base, policy)
+    assert not ok and text.startswith("no telemetry from the wave's robots during the soak")
+
+
+def test_the_policy_refuses_bad_thresholds_by_name() -> None:
+    for kwargs, match in (
+        ({"soak_s": -1.0}, "soak_s = -1.0"),
+        ({"soak_s": float("inf")}, "soak_s = inf"),
+        ({"max_miss_rate_increase": 2.0}, "a rate is at most 1"),
+        ({"max_interventions_increase": float("nan")}, "max_interventions_increase"),
+    ):
+        with pytest.raises(SpecError, match=match):
+            SoakPolicy(**kwargs)
+    with pytest.raises(SpecError, match=r"gates\.soak"):
+        SoakPolicy.from_dict({"soak_s": 1})
+    assert SoakPolicy.from_dict(None) == SoakPolicy() and SoakPolicy().soak_s == 0
+
+
+def make(soak_s: float = 60.0) -> Rollout:
+    spec = RolloutSpec(
+        BUNDLE,
+        ("a", "b", "c", "d"),
+        (0.5, 1.0),
+        gates={"soak": SoakPolicy(soak_s).to_dict()},
+    )
+    r = Rollout.create("ro-1", spec, now=0.0, created_by="operator:alice")
+    r.start(0.0)
+    w = r.next_dispatch()
+    assert w is not None
+    r.dispatched(0, 0.0, {d: None for d in w.device_ids})
+    for d in w.device_ids:
+        r.observe(d, "COMMITTED", "", 1.0)
+    r.evaluate(1.0)
+    assert r.current == 1
+    return r
+
+
+def reload(r: Rollout) -> Rollout:
+    spec, status = json.loads(json.dumps(r.spec.to_dict())), json.loads(json.dumps(r.to_status()))
+    return Rollout.from_dicts(r.id, spec, status)
+
+
+class Telemetry:
+    """A measure function that counts its calls."""
+
+    def __init__(self, by_device: Mapping[str, Sequence[Sample]]) -> None:
+        self.by_device = by_device
+        self.calls: list[tuple[list[str], float, float]] = []
+
+    def __call__(self, ids: Sequence[str], start: float, end: float):
+        self.calls.append((list(ids), start, end))
+        return self.by_device
+
+
+def test_a_healthy_wave_soaks_then_the_next_goes_out_once_decided() -> None:
+    good = Telemetry({d: series(0.01, 0.0, t0=2.0) for d in "abcd"})
+    r = make()
+    assert soak_gate(r, 0, 2.0, good)  # nothing soaks before the first wave
+    assert not soak_gate(r, 1, 2.0, good)  # starts the soak
+    assert soak_text(r, 0).startswith("soaking until ")
+    r = reload(r)  # a plane restart mid-soak keeps the same window
+    assert not soak_gate(r, 1, 61.0, good) and good.calls == []
+    assert soak_gate(r, 1, 62.0, good)
+    assert good.calls == [(["a", "b", "c", "d"], 2.0, 62.0)]
+    r = reload(r)
+    assert soak_gate(r, 1, 63.0, good) and len(good.calls) == 1  # decided once
+    assert soak_text(r, 0).startswith("soak passed: wave: deadline-miss rate 0.0100")
+    st_ = r.gates["soak"]["0"]
+    assert st_["wave"]["reporting"] == 2 and st_["baseline"]["devices"] == 2
+
+
+def test_a_regression_pauses_and_a_resume_accepts_it() -> None:
+    bad = Telemetry(
+        {
+            **{d: series(0.2, 0.0, t0=2.0) for d in "ab"},  # wave 0 on the new bundle
+            **{d: series(0.0, 0.0, t0=2.0) for d in "cd"},  # not yet updated
+        }
+    )
+    r = make()
+    assert not soak_gate(r, 1, 2.0, bad)
+    assert not soak_gate(r, 1, 62.0, bad)
+    assert r.state == "paused"
+    assert r.reason.startswith("wave 0 soak regressed: deadline-miss rate up +0.2000 > 0.01")
+    r = reload(r)
+    r.resume(70.0, "operator:bob")
+    assert soak_gate(r, 1, 70.0, bad) and len(bad.calls) == 1
+    assert r.gates["soak"]["0"]["verdict"] == "accepted"
+    assert soak_text(r, 0).startswith("soak accepted: deadline-miss rate up")
+
+
+def test_no_soak_is_no_gate() -> None:
+    r = make(soak_s=0.0)
+    assert soak_gate(r, 1, 2.0, Telemetry({})) and "soak" not in r.gates
+    assert soak_text(r, 0) == ""
+
+
+def test_figures_round_trip_as_json() -> None:
+    f = Figures(2, 1, 100, 3, 4, 2.0)
+    d = json.loads(json.dumps(f.to_dict()))
+    assert d["miss_rate"] == pytest.approx(0.03) and d["interventions_per_min"] == 2.0
