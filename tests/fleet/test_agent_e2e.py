@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -440,10 +441,22 @@ def test_failure_reasons_reach_rollout_get_and_cloud_devices_intact(fleet: Fleet
         pytest.fail(f"{[fleet.update_events(r.id) for r, *_ in cases]}\n{fleet.logs()}")
 
     base = ["--home", str(fleet.plane.home.root)]
+
+    def device_rows() -> dict[str, Any]:
+        as_json = CliRunner().invoke(cloud, ["devices", *base, "--json"])
+        return {d["id"]: d for d in json.loads(as_json.output)["devices"]}
+
+    # A rollout pauses on the first failure event; the robot's last word (ROLLED_BACK
+    # after the rollback it reports from HEALTH_WINDOW) may still be on its way.
+    for r, _, outcome, _ in cases:
+        wait_until(
+            lambda r=r, outcome=outcome: device_rows()[r.id]["update_state"] == outcome,  # type: ignore[misc]
+            60,
+            f"{r.id} to report {outcome}",
+        )
     devices = CliRunner().invoke(cloud, ["devices", *base])
     assert devices.exit_code == 0, devices.output
-    as_json = CliRunner().invoke(cloud, ["devices", *base, "--json"])
-    rows = {d["id"]: d for d in json.loads(as_json.output)["devices"]}
+    rows = device_rows()
     for (r, _, outcome, code), rid in zip(cases, rollouts, strict=True):
         got = CliRunner().invoke(
             cli_root, ["rollout", *base, "--server", fleet.plane.address, "get", rid]
