@@ -171,6 +171,11 @@ def envs_cmd(as_json: bool) -> None:
 @click.option("--wm-family", default="tdmpc2", show_default=True,
               help="World-model family to train (built-in or from an edgeflux.world_models "
                    "entry point).")  # fmt: skip
+@click.option("--wm-dataset", type=click.Path(file_okay=False, path_type=Path),
+              help="Train the world model offline from this directory of .npz episodes "
+                   "(observations, actions, rewards, terminations).")  # fmt: skip
+@click.option("--wm-updates", type=int, default=2_000, show_default=True,
+              help="Offline training (--wm-dataset): gradient steps.")  # fmt: skip
 @click.option("--wm-checkpoint", type=click.Path(path_type=Path),
               help="Distil from this saved world model (a directory `distill run` or "
                    "`python -m distill.train_wm` wrote) instead of training one.")  # fmt: skip
@@ -202,6 +207,8 @@ def run_cmd(
     wm_envs: int,
     wm_utd: float,
     wm_family: str,
+    wm_dataset: Path | None,
+    wm_updates: int,
     wm_checkpoint: Path | None,
     mppi_samples: int | None,
     mppi_iterations: int | None,
@@ -247,6 +254,8 @@ def run_cmd(
                 num_envs=wm_envs,
                 updates_per_step=wm_utd,
             ),
+            dataset=wm_dataset,
+            offline_updates=wm_updates,
             checkpoint=wm_checkpoint,
             teacher_mppi=_planner(mppi_samples, mppi_iterations),
             threads=threads,
@@ -293,8 +302,12 @@ def _units(cfg: Any) -> dict[str, tuple[str, int | None]]:
     """What each stage counts, and how many, as far as the configuration says."""
     d = cfg.dagger
     world_model = cfg.teacher == "world-model" and cfg.checkpoint is None
+    teacher: tuple[str, int | None] = ("", None)
+    if world_model:
+        offline = cfg.dataset is not None
+        teacher = ("updates", cfg.offline_updates) if offline else ("steps", cfg.train.total_steps)
     return {
-        "teacher": ("steps", cfg.train.total_steps) if world_model else ("", None),
+        "teacher": teacher,
         "teacher-eval": ("episodes", 2 * cfg.eval_episodes),  # teacher and random arms
         "dagger": ("epochs", d.rounds * d.epochs),
         "student-eval": ("episodes", cfg.eval_episodes),
@@ -360,6 +373,12 @@ def _print_summary(s: dict[str, Any], console: Any) -> None:
         "numeric parity torch vs onnx",
         f"{'PASS' if p['passed'] else 'FAIL'} n={p['n']} max|Δ|={p['max_abs']:.2e}",
     )
+    v = s.get("world_model_validation")
+    if v:
+        table.add_row(
+            f"world-model reward MSE, {v['val_episodes']:.0f} held-out episodes",
+            f"{v['val_reward_mse']:.3g} (untrained {v['val_reward_mse_untrained']:.3g})",
+        )
     for stage, secs in s["seconds"].items():
         table.add_row(f"time: {stage}", f"{secs:.1f} s")
     table.add_row("bundle", s["bundle_dir"] + ("" if s["signed"] else " (UNSIGNED)"))

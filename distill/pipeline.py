@@ -35,6 +35,7 @@ from distill.errors import DistillError, ExportError
 from distill.evaluate import OnnxPolicy, RandomPolicy, episode_returns
 from distill.export import check_parity, export_student, parity_inputs
 from distill.mppi import MPPIConfig
+from distill.offline import OfflineConfig, train_offline
 from distill.package import check_signing_key, package_bundle
 from distill.seeds import evaluation_seeds
 from distill.student import StudentConfig
@@ -73,6 +74,11 @@ class DistillConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     """World-model training budget (teacher="world-model" without a checkpoint)."""
+    dataset: Path | None = None
+    """Train the world model offline from this directory of ``.npz`` episodes
+    (`distill.offline`) instead of online."""
+    offline_updates: int = 2_000
+    """Gradient steps of offline training."""
     checkpoint: Path | None = None
     """Use this world model (a saved-model directory, or a TD-MPC2 ``.pt`` checkpoint)
     instead of training one."""
@@ -86,6 +92,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.eval_episodes < 1:
             raise ValueError("eval_episodes must be >= 1")
+        if self.dataset is not None and self.checkpoint is not None:
+            raise ValueError("a world model comes from a checkpoint or a dataset, not both")
 
     @property
     def bundle_name(self) -> str:
@@ -196,6 +204,11 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
             **(
                 {
                     "world_model_digest": teacher_info["world_model_digest"],
+                    **{
+                        k: teacher_info[k]
+                        for k in ("world_model_family", "world_model_dataset_digest")
+                        if k in teacher_info
+                    },
                     "teacher_mppi": teacher_mppi,
                     "teacher_seed": cfg.seed,
                 }
@@ -307,6 +320,34 @@ def _make_teacher(
         recorded = payload.get("extra", {}).get("env_seeds")
         if isinstance(recorded, list):
             info["world_model_seeds"] = recorded
+    elif cfg.dataset is not None:
+        offline = train_offline(
+            spec,
+            cfg.dataset,
+            OfflineConfig(cfg.train.family, cfg.train.preset, cfg.offline_updates),
+            cfg.seed,
+            on_progress=lambda done, total, st: rep("teacher", done, total, st),
+        )
+        model = offline.model
+        curves["world_model_offline"] = offline.curves
+        dataset_digest = offline.train.digest()
+        digest = save_pretrained(
+            model,
+            out / "world_model",
+            cfg.env_id,
+            {
+                "dataset": str(cfg.dataset),
+                "train_dataset_digest": dataset_digest,
+                "validation": offline.validation,
+            },
+        )
+        info = {
+            "checkpoint": str(out / "world_model"),
+            "world_model_family": model.family,
+            "world_model_digest": digest,
+            "world_model_dataset_digest": dataset_digest,
+            "world_model_validation": offline.validation,
+        }
     else:
         trained = train_world_model(
             spec,
