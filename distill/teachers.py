@@ -10,7 +10,8 @@
 `OracleMPPITeacher` plans over Pendulum's *known* dynamics (the equations of
 gymnasium's Pendulum-v1, with the same variant parameters), so distillation and
 parity attestation can be tested deterministically in seconds, without training.
-See docs/distill_plugins.md for a worked example of both plug points.
+docs/world-models.md describes world-model families (the trainable extension of
+`WorldModel`); examples/distill_custom_teacher.py is a worked example of both plug points.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def test_the_generated_config_starts_as_root_and_drops_to_its_user(tmp_path: Pat
             ],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        conf = Path(json.loads(result.output)["config"]).read_text()
+        conf = Path(json.loads(result.stdout)["config"]).read_text()
         assert "user mosquitto" in conf and str(home) not in conf
         key = base / "edgeflux" / "tls" / "key.pem"
         assert oct(key.stat().st_mode & 0o777) == "0o640"

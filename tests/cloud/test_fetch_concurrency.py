@@ -33,7 +33,7 @@ def test_a_second_download_waits_for_a_slot_while_metadata_is_served(
         cloud, ["device", "add", "r1", "--home", str(plane.home.root), "--json"]
     )
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     creds = ClientCredentials("r1", Path(info["cert"]), Path(info["key"]), Path(info["ca"]))
     stub = device_pb2_grpc.DeviceServiceStub(plane.channel(creds))
     # Larger than what HTTP/2 flow control lets the server push ahead of the reader.
@@ -44,7 +44,7 @@ def test_a_second_download_waits_for_a_slot_while_metadata_is_served(
         cloud, ["publish", str(bundle), "--home", str(plane.home.root), "--json"]
     )
     assert published.exit_code == 0, published.output
-    pub = json.loads(published.output)
+    pub = json.loads(published.stdout)
     remote = f"bundles/{pub['sha256']}.pendulum-1.0.0.efb"
 
     def target_stream() -> Iterator[device_pb2.FileChunk]:

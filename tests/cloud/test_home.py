@@ -17,7 +17,7 @@ from cloud.pki import parse_identity
 def test_init_creates_ca_certs_tuf_keys_and_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(cloud, ["init", str(tmp_path / "plane"), "--json"])
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     home = CloudHome.at(info["home"])
     home.check()
     ca = x509.load_pem_x509_certificate(home.ca_cert.read_bytes())

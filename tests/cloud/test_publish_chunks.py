@@ -40,7 +40,7 @@ def test_publish_lists_chunks_and_prints_the_dedup_against_the_previous_version(
         cloud, ["publish", str(_bundle(tmp_path, key, "1.0.0", 1)), "--home", str(home), "--json"]
     )
     assert first.exit_code == 0, first.output
-    assert "dedup" not in json.loads(first.output)  # nothing earlier to compare with
+    assert "dedup" not in json.loads(first.stdout)  # nothing earlier to compare with
     second = CliRunner().invoke(
         cloud, ["publish", str(_bundle(tmp_path, key, "1.1.0", 2)), "--home", str(home)]
     )
@@ -52,7 +52,7 @@ def test_publish_lists_chunks_and_prints_the_dedup_against_the_previous_version(
     again = CliRunner().invoke(
         cloud, ["publish", str(_bundle(tmp_path, key, "1.2.0", 3)), "--home", str(home), "--json"]
     )
-    dedup = json.loads(again.output)["dedup"]
+    dedup = json.loads(again.stdout)["dedup"]
     # Only the archive's head (manifest, signature, tar headers) differs between versions.
     assert dedup["against"] == "1.1.0" and dedup["ratio"] > 0.5
     assert dedup["fetch_bytes"] < target.length / 2

@@ -60,7 +60,7 @@ def test_export_cuts_episodes_and_keeps_what_the_robot_saw(tmp_path: Path) -> No
         root, ["cloud", "recordings", "export", str(tmp_path / "rec"), "--npz", str(out), "--json"]
     )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     buf = load_replay(out)
     assert summary["dataset_digest"] == buf.digest()
     # 1..49 | 52..119 | (120 has no observation) 121..149 | 150..200 (switch)

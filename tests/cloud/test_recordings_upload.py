@@ -118,7 +118,7 @@ def test_segments_upload_resume_and_export(plane: RunningPlane, tmp_path: Path) 
         cloud, ["recordings", "list", "--device", "robot-up", "--json", *home]
     )
     assert listed.exit_code == 0, listed.output
-    assert {r["name"] for r in json.loads(listed.output)} == {p.name for p in local}
+    assert {r["name"] for r in json.loads(listed.stdout)} == {p.name for p in local}
     got = tmp_path / "got.mcap"
     result = CliRunner().invoke(
         cloud, ["recordings", "get", "robot-up", local[1].name, "--out", str(got), *home]
@@ -138,7 +138,7 @@ def test_segments_upload_resume_and_export(plane: RunningPlane, tmp_path: Path) 
          "--npz", str(out), "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["steps"] == 599 == len(load_replay(out))
+    assert json.loads(result.stdout)["steps"] == 599 == len(load_replay(out))
 
 
 def test_uploads_are_refused_unless_they_are_the_devices_own_and_intact(

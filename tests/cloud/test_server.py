@@ -58,7 +58,7 @@ def _device_from_cli(plane: RunningPlane, device_id: str, *labels: str) -> Clien
         args += ["--label", lb]
     result = CliRunner().invoke(cloud, args)
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     return ClientCredentials(device_id, Path(info["cert"]), Path(info["key"]), Path(info["ca"]))
 
 
@@ -110,7 +110,7 @@ def test_device_from_cli_gets_signed_desired_state_and_fetches_bundle_through_tu
         cloud, ["publish", str(bundle), "--home", str(plane.home.root), "--json"]
     )
     assert published.exit_code == 0, published.output
-    info = json.loads(published.output)
+    info = json.loads(published.stdout)
     plane.store.set_desired(["robot-1"], {"name": "pendulum", "version": "1.0.0", "sequence": 1})
 
     stub = _device_stub(plane, creds)

@@ -24,7 +24,7 @@ def test_status_reports_update_state_and_spool_backlog(tmp_path: Path) -> None:
     spool.close()
     res = CliRunner().invoke(root, ["agent", "status", "--root", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["update"]["state"] == "FAILED" and out["update"]["reason"] == "DISK_FULL"
     assert out["spool"]["messages"] == 1 and out["spool"]["last_sequence"] == 1
 

@@ -444,7 +444,7 @@ def test_failure_reasons_reach_rollout_get_and_cloud_devices_intact(fleet: Fleet
 
     def device_rows() -> dict[str, Any]:
         as_json = CliRunner().invoke(cloud, ["devices", *base, "--json"])
-        return {d["id"]: d for d in json.loads(as_json.output)["devices"]}
+        return {d["id"]: d for d in json.loads(as_json.stdout)["devices"]}
 
     # A rollout pauses on the first failure event; the robot's last word (ROLLED_BACK
     # after the rollback it reports from HEALTH_WINDOW) may still be on its way.

@@ -33,7 +33,7 @@ def test_writes_an_mtls_listener_with_identity_acls_and_deep_queues(
     out = tmp_path / "conf"
     res = CliRunner().invoke(broker_config, [*_args(pki, out, "--port", "8883"), "--json"])
     assert res.exit_code == 0, res.output
-    paths = json.loads(res.output)
+    paths = json.loads(res.stdout)
     conf = Path(paths["config"]).read_text()
     for line in (
         "listener 8883 0.0.0.0",

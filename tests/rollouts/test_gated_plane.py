@@ -128,12 +128,11 @@ def test_the_override_is_explicit_and_audited_with_the_operator(
     ]
     assert audit[0].detail["reason"] == "missing"  # type: ignore[index]
 
-    def noted() -> bool:  # the pass that dispatched saves the rollout after the push
-        rec = plane.store.get_rollout(r.id)
-        history = [h["reason"] for h in rec.status["history"]] if rec else []
+    def overridden() -> bool:  # the hint goes out before the driver's pass saves
+        history = [h["reason"] for h in plane.store.get_rollout(r.id).status["history"]]  # type: ignore[union-attr]
         return any("override by operator:admin" in h and h.startswith("wave 0:") for h in history)
 
-    wait_until(noted, 30, "the wave's override noted in the history")
+    wait_until(overridden, 30, "wave 0's history to name the override")
     res = cli(plane, "get", r.id)
     assert "--allow-unattested: override by operator:admin" in res.output, res.output
 
@@ -176,7 +175,7 @@ def test_a_wave_waits_for_approval_which_is_recorded_once(plane: RunningPlane, s
         "--json",
     )
     assert res.exit_code == 0, res.output
-    rid = json.loads(res.output)["id"]
+    rid = json.loads(res.stdout)["id"]
     wait_until(lambda: desired(plane, ids[0]) == "good@1.0.0", 30, "wave 0 went out")
     commit(plane, ids[0], "good")
 
@@ -290,8 +289,8 @@ def test_a_transient_failure_is_retried_with_backoff_apart_from_the_threshold(
         "--json",
     )
     assert res.exit_code == 0, res.output
-    rid = json.loads(res.output)["id"]
-    assert json.loads(res.output)["max_tries"] == 2
+    rid = json.loads(res.stdout)["id"]
+    assert json.loads(res.stdout)["max_tries"] == 2
     wait_until(lambda: desired(plane, ids[0]) == "good@1.0.0", 30, "the wave went out")
     first = generation(plane, ids[0])
     failed_at = time.time()
@@ -374,7 +373,7 @@ def test_a_wave_that_raises_the_miss_rate_pauses_after_its_soak(
         "--json",
     )
     assert res.exit_code == 0, res.output
-    rid = json.loads(res.output)["id"]
+    rid = json.loads(res.stdout)["id"]
     wait_until(lambda: desired(plane, ids[1]) == "good@1.0.0", 30, "wave 0 went out")
     for d in ids[:2]:
         commit(plane, d, "good")

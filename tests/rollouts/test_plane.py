@@ -372,7 +372,7 @@ def test_the_cli_drives_a_rollout_end_to_end(plane: RunningPlane) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
-    created = json.loads(res.output)
+    created = json.loads(res.stdout)
     rid = created["id"]
     assert {p["outcome"] for p in created["plan"]} == {"offline"}
     wait_until(lambda: desired_version(plane, ids[0]) == "1.1.0", 30, "wave 0 dispatched")
@@ -384,12 +384,12 @@ def test_the_cli_drives_a_rollout_end_to_end(plane: RunningPlane) -> None:
     assert "wave 0: 1 device(s), running" in res.output
     assert "shadow action divergence enforced at 0.4" in res.output
     res = run("list", "--json")
-    assert rid in [r["id"] for r in json.loads(res.output)]
+    assert rid in [r["id"] for r in json.loads(res.stdout)]
     res = run("resume", rid)
     assert res.exit_code == 0 and "running" in res.output
     res = run("abort", rid, "--rollback", "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["state"] == "aborted"
+    assert json.loads(res.stdout)["state"] == "aborted"
     assert [desired_version(plane, d) for d in ids] == ["1.0.0", "1.0.0"]
     # user mistakes: a message, no traceback
     res = run("abort", rid)

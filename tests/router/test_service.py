@@ -163,7 +163,7 @@ def test_a_robot_routes_a_planning_task_to_a_real_planner_with_budget_and_audit(
             ],
         )
         assert res.exit_code == 0, res.output
-        assert json.loads(res.output)["backends"][0]["name"] == "planner-1"
+        assert json.loads(res.stdout)["backends"][0]["name"] == "planner-1"
         # A device may not read operator statistics.
         with plane.channel(dev) as ch, pytest.raises(grpc.RpcError) as err:
             router_pb2_grpc.RouterServiceStub(ch).RouterStats(
@@ -176,7 +176,7 @@ def test_a_robot_routes_a_planning_task_to_a_real_planner_with_budget_and_audit(
         root, ["cloud", "router", "audit", "verify", "--home", str(root_dir), "--json"]
     )
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     assert report["ok"] and report["records"] >= 2
     # ... and catches an edited record.
     log = root_dir / "state" / "router-audit.jsonl"

@@ -104,7 +104,7 @@ def test_runtime_run_drives_pendulum_swaps_rolls_back_and_stops_on_sigterm(
     args = ["runtime", "status", "--root", str(layout.root), "--json"]
     result = CliRunner().invoke(cli_root, args)
     assert result.exit_code == 0, result.output
-    status = json.loads(result.output)
+    status = json.loads(result.stdout)
     assert status["active"]["bundle"]["version"] == "1.1.0"
     assert status["anti_rollback"] == {"pendulum": "2"}
     text = CliRunner().invoke(cli_root, ["runtime", "status", "--root", str(layout.root)])
