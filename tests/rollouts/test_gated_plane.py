@@ -236,6 +236,11 @@ def test_an_approval_survives_a_plane_restart_and_applies_once(tmp_path: Path) -
         res = cli(p, "approve", rid)
         assert res.exit_code == 0, res.output
         wait_until(lambda: desired(p, ids[0]) == "good@1.0.0", 30, "wave 0 after approval")
+        wait_until(
+            lambda: p.store.get_rollout(rid).status["waves"][0]["state"] == "running",  # type: ignore[union-attr]
+            30,
+            "the dispatch saved",
+        )
     with running_plane(home, factories=[FACTORY]) as p:
         commit(p, ids[0], "good")
         wait_until(lambda: p.store.get_rollout(rid).state == "completed", 30, "completed")  # type: ignore[union-attr]
