@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distill.envs import EnvBatch, EnvSpec, discount_for, env_spec
+from distill.errors import UnknownFamilyError
 from distill.mppi import MPPIConfig
 from distill.replay import ReplayBuffer, Trajectory
 from distill.seeds import draw_training
@@ -229,6 +230,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.out.suffix == ".pt" and args.family != "tdmpc2":
         p.error(f"--out {args.out}: a .pt file holds tdmpc2 models only; name a directory")
+    try:
+        load_family(args.family)
+    except UnknownFamilyError as exc:
+        p.error(f"--family: {exc}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         device = pick_device(args.device)

@@ -63,7 +63,10 @@ class Demo(DemoStack):
             if f.name != "model.sig":
                 shutil.copy2(f, out / f.name)
         self.cli(f"sign-{version}", "bundle", "sign", str(out), "--key", str(self._signing_key()))
-        if (run_dir / "world_model.pt").is_file():  # the campaign finds its teacher by digest
+        # The campaign finds a world-model teacher by digest beside the bundles.
+        if (run_dir / "world_model" / "config.json").is_file():
+            shutil.copytree(run_dir / "world_model", self.bundles / f"world_model-{version}")
+        elif (run_dir / "world_model.pt").is_file():  # a run cached before saved-model dirs
             shutil.copy2(run_dir / "world_model.pt", self.bundles / f"world_model-{version}.pt")
         self.summary.bundles[version] = {
             "path": str(out),

@@ -99,3 +99,18 @@ def test_example_plugin_registers_by_entry_point_and_trains_through_the_trainer(
     assert np.isfinite(result.curves["total_loss"][-1])  # 20 real updates happened
     assert result.model.digest() != fresh.digest()
     assert np.all(np.abs(result.buffer.episodes[1].actions) <= 2.0)  # planned, within bounds
+
+
+def test_the_trainer_command_refuses_an_unknown_family_or_a_pt_file_for_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from distill.train_wm import main
+
+    for argv, message in (
+        (["--family", "nope"], "--family: no world-model family named 'nope'"),
+        (["--family", "dreamerv3", "--out", str(tmp_path / "x.pt")], "holds tdmpc2 models only"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--out", str(tmp_path / "wm"), "--steps", "1", *argv])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
