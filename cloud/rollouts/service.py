@@ -18,7 +18,10 @@ watch announces a device change:
 3. the pure engine (``cloud.rollouts.engine``) decides: advance, complete, or pause.
 
 Every change is persisted (``Store.put_rollout``) before the next pass, so a plane
-restart resumes where it was. One plane process drives rollouts (no leader election).
+restart resumes where it was. A dispatch or retry is applied exactly once across a
+restart: its intent (wave, devices, their generations) is saved first, a replay leaves
+devices it already pointed at the bundle at their generation, then it is marked done.
+One plane process drives rollouts (no leader election).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -57,6 +60,9 @@ from cloud.store import RolloutRecord, Store
 from protos import admin_pb2
 from runtime.desired_state import GatePolicy
 
+if TYPE_CHECKING:
+    from cloud.push import PushResult
+
 __all__ = ["RolloutService", "register", "rollout_to_pb"]
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,7 @@ log = logging.getLogger(__name__)
 HINT_WAIT_S = 2.0
 MQTT_RETRY_S = 30.0
 MAX_PAGE = 1000
+INTENT = "intent"  # in Rollout.gates: the dispatch or retry being applied
 
 
 Hinter = Callable[[str, bytes], bool]
@@ -343,6 +350,8 @@ class RolloutService:
         now = time.time()
         if r.state == "pending":
             r.start(now)
+        if r.state == "running" and isinstance(r.gates.get(INTENT), dict):
+            self._replay(r)  # a pass cut off between its side effect and its save
         for _ in range(len(r.waves) + 1):
             for wave, device_id in list(r.dispatched_devices()):
                 if dirty is not None and device_id not in dirty:
@@ -366,51 +375,113 @@ class RolloutService:
             self._dispatch(r, todo.index, todo.device_ids)
             now = time.time()
 
-    def _retry(self, r: Rollout, device_ids: list[str]) -> None:
-        """Point devices whose retry is due at the bundle again (a new generation)."""
-        from cloud.push import PushError, push
-
-        if not device_ids:
-            return
-        b = r.spec.bundle
-        try:
-            push(
-                self.plane.home,
-                self.store,
-                f"{b['name']}@{b['version']}",
-                device_ids=device_ids,
-                hint=self._hinter(),
-                actor=f"rollout:{r.id} (retry)",
-                gate=GatePolicy.model_validate(b["gate"]) if b.get("gate") else None,
-            )
-        except PushError as exc:
-            r.pause(time.time(), f"retry of {', '.join(device_ids[:10])} failed: {exc}")
-            return
-        retry.redispatched(r, device_ids, time.time())
-
-    def _dispatch(self, r: Rollout, index: int, device_ids: list[str]) -> None:
-        from cloud.push import PushError, push
-
-        previous = {}
+    # Each dispatch or retry is applied exactly once across a plane restart: the intent
+    # (what, to which devices, from which generation) is saved before any side effect,
+    # replaying it skips devices whose desired state it already set, and the pass's
+    # result is saved with the intent cleared.
+    def _intend(self, r: Rollout, kind: str, index: int, device_ids: list[str]) -> dict[str, Any]:
+        previous: dict[str, Any] = {}
+        generations: dict[str, int] = {}
         for d in device_ids:
             rec = self.store.get_device(d)
             previous[d] = rec.desired_bundle if rec is not None else None
+            generations[d] = rec.desired_generation if rec is not None else 0
+        intent = {
+            "kind": kind,
+            "wave": index,
+            "at": time.time(),
+            "device_ids": list(device_ids),
+            "previous": previous,
+            "generations": generations,
+        }
+        r.gates[INTENT] = intent
+        self._save(r)
+        return intent
+
+    def _done(self, r: Rollout) -> None:
+        r.gates.pop(INTENT, None)
+        self._save(r)
+
+    def _replay(self, r: Rollout) -> None:
+        intent = r.gates[INTENT]
+        if intent.get("kind") == "retry":
+            self._retry(r, list(intent["device_ids"]))
+        elif r.next_dispatch() is not None and r.current == intent.get("wave"):
+            self._dispatch(r, r.current, list(intent["device_ids"]))
+        else:  # the wave moved on (an operator's change): nothing left to apply
+            self._done(r)
+
+    def _apply(self, r: Rollout, intent: Mapping[str, Any], actor: str) -> PushResult | None:
+        """Set the desired state of the intent's devices that do not have it yet and hint
+        them; the others (set before a restart) keep their generation and get a hint."""
+        from cloud.push import push
+
         b = r.spec.bundle
-        try:
-            result = push(
-                self.plane.home,
-                self.store,
-                f"{b['name']}@{b['version']}",
-                device_ids=device_ids,
-                hint=self._hinter(),
-                actor=f"rollout:{r.id}",
-                gate=GatePolicy.model_validate(b["gate"]) if b.get("gate") else None,
+        todo: list[str] = []
+        done: list[str] = []
+        for d in intent["device_ids"]:
+            rec = self.store.get_device(d)
+            have = (rec.desired_bundle or {}) if rec is not None else {}
+            applied = rec is not None and rec.desired_generation > int(
+                intent["generations"].get(d, 0)
             )
+            same = all(have.get(k) == b.get(k) for k in ("name", "version", "sequence"))
+            (done if applied and same else todo).append(d)
+        if done:
+            self._hint(done, str(b["name"]), int(b.get("sequence", 0) or 0), r.id)
+        if not todo:
+            return None
+        return push(
+            self.plane.home,
+            self.store,
+            f"{b['name']}@{b['version']}",
+            device_ids=todo,
+            hint=self._hinter(),
+            actor=actor,
+            gate=GatePolicy.model_validate(b["gate"]) if b.get("gate") else None,
+        )
+
+    def _pending(self, r: Rollout, kind: str, index: int, device_ids: list[str]) -> dict[str, Any]:
+        """The saved intent for this very step, or a new one (saved before it is applied)."""
+        intent = r.gates.get(INTENT)
+        if (
+            isinstance(intent, dict)
+            and intent.get("kind") == kind
+            and intent.get("wave") == index
+            and (kind == "wave" or intent.get("device_ids") == device_ids)
+        ):
+            return intent
+        return self._intend(r, kind, index, device_ids)
+
+    def _retry(self, r: Rollout, device_ids: list[str]) -> None:
+        """Point devices whose retry is due at the bundle again (a new generation)."""
+        from cloud.push import PushError
+
+        if not device_ids:
+            return
+        intent = self._pending(r, "retry", r.current, device_ids)
+        try:
+            self._apply(r, intent, f"rollout:{r.id} (retry)")
+        except PushError as exc:
+            r.pause(time.time(), f"retry of {', '.join(device_ids[:10])} failed: {exc}")
+            self._done(r)
+            return
+        retry.redispatched(r, device_ids, float(intent["at"]))
+        self._done(r)
+
+    def _dispatch(self, r: Rollout, index: int, device_ids: list[str]) -> None:
+        from cloud.push import PushError
+
+        intent = self._pending(r, "wave", index, device_ids)
+        try:
+            result = self._apply(r, intent, f"rollout:{r.id}")
         except PushError as exc:
             r.pause(time.time(), f"wave {index} could not be dispatched: {exc}")
+            self._done(r)
             return
-        r.dispatched(index, time.time(), previous)
-        if result.hint_failed:
+        r.dispatched(index, float(intent["at"]), intent["previous"])
+        self._done(r)
+        if result is not None and result.hint_failed:
             r.note(
                 time.time(),
                 f"wave {index}: no hint acknowledged for {len(result.hint_failed)} device(s); "
