@@ -21,7 +21,8 @@ Every change is persisted (``Store.put_rollout``) before the next pass, so a pla
 restart resumes where it was. A dispatch or retry is applied exactly once across a
 restart: its intent (wave, devices, their generations) is saved first, a replay leaves
 devices it already pointed at the bundle at their generation, then it is marked done.
-One plane process drives rollouts (no leader election).
+One plane drives rollouts at a time: on PostgreSQL, replicas elect it through an advisory-lock
+lease (``cloud.lease``); on SQLite the one plane process drives them.
 """
 
 from __future__ import annotations
