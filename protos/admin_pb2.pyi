@@ -209,7 +209,7 @@ class RolloutId(_message.Message):
     def __init__(self, id: _Optional[str] = ..., rollback: bool = ..., wave: _Optional[int] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s", "soak_s", "max_miss_rate_increase", "max_interventions_increase")
+    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s", "soak_s", "max_miss_rate_increase", "max_interventions_increase", "abort_threshold")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,7 @@ class CreateRolloutRequest(_message.Message):
     SOAK_S_FIELD_NUMBER: _ClassVar[int]
     MAX_MISS_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
     MAX_INTERVENTIONS_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     bundle: _common_pb2.BundleRef
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
@@ -240,7 +241,8 @@ class CreateRolloutRequest(_message.Message):
     soak_s: float
     max_miss_rate_increase: float
     max_interventions_increase: float
-    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., soak_s: _Optional[float] = ..., max_miss_rate_increase: _Optional[float] = ..., max_interventions_increase: _Optional[float] = ...) -> None: ...
+    abort_threshold: float
+    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., soak_s: _Optional[float] = ..., max_miss_rate_increase: _Optional[float] = ..., max_interventions_increase: _Optional[float] = ..., abort_threshold: _Optional[float] = ...) -> None: ...
 
 class DevicePlan(_message.Message):
     __slots__ = ("device_id", "outcome", "detail")
@@ -309,7 +311,7 @@ class DeviceOutcome(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason_code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation", "max_tries", "soak_s")
+    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation", "max_tries", "soak_s", "abort_threshold", "abort")
     ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +326,8 @@ class Rollout(_message.Message):
     ATTESTATION_FIELD_NUMBER: _ClassVar[int]
     MAX_TRIES_FIELD_NUMBER: _ClassVar[int]
     SOAK_S_FIELD_NUMBER: _ClassVar[int]
+    ABORT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
     id: str
     bundle: _common_pb2.BundleRef
     state: str
@@ -338,7 +342,9 @@ class Rollout(_message.Message):
     attestation: str
     max_tries: int
     soak_s: float
-    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ..., max_tries: _Optional[int] = ..., soak_s: _Optional[float] = ...) -> None: ...
+    abort_threshold: float
+    abort: str
+    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ..., max_tries: _Optional[int] = ..., soak_s: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., abort: _Optional[str] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("page",)

@@ -68,6 +68,7 @@ def admit(
     now: float,
     retry: RetryPolicy | None = None,
     soak: SoakPolicy | None = None,
+    abort_threshold: float | None = None,
 ) -> tuple[RolloutSpec, AttestationCheck]:
     """The spec with its gates, and the attestation found; refused (RpcError) when the
     bundle has no valid attestation and no override was asked for, or when an approval
@@ -96,6 +97,8 @@ def admit(
         recorded["retry"] = retry.to_dict()
     if soak is not None:
         recorded["soak"] = soak.to_dict()
+    if abort_threshold is not None:
+        recorded["abort_threshold"] = abort_threshold
     return dataclasses.replace(spec, gates=recorded), check
 
 

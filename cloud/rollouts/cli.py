@@ -98,6 +98,13 @@ def _show(r: Any) -> None:
         click.echo(f"  up to {r.max_tries} tries per device for transient failures")
     if r.soak_s > 0:
         click.echo(f"  soak {r.soak_s:g} s after each wave but the last")
+    if r.HasField("abort_threshold"):
+        click.echo(
+            f"  aborted with rollback past {r.abort_threshold:g} of the dispatched robots "
+            "failed or regressed"
+        )
+    if r.abort:
+        click.echo(f"  abort threshold crossed: {r.abort}")
     if r.allow_unattested:
         click.echo(f"  --allow-unattested: override by {r.unattested_override_by}")
     for p in r.plan:
@@ -300,6 +307,15 @@ resume_cmd = _id_command(
     "not-yet-updated robots'.",
 )
 @click.option(
+    "--abort-threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="FRACTION",
+    help="Abort the rollout and roll its devices back to their previous bundle once more "
+    "than this fraction of the robots it dispatched so far failed (failed, rolled back, "
+    "silent) or regressed in a soak (default: never aborted on its own).",
+)
+@click.option(
     "--allow-unattested",
     is_flag=True,
     help="Roll out even without a valid, unexpired parity attestation for the bundle "
@@ -324,6 +340,7 @@ def create_cmd(
     soak: float,
     max_miss_rate_increase: float,
     max_interventions_increase: float,
+    abort_threshold: float | None,
     allow_unattested: bool,
     as_json: bool,
 ) -> None:
@@ -333,7 +350,8 @@ def create_cmd(
     (checked at create and before every wave; --allow-unattested overrides), after the
     wave before it passed its failure threshold, and, with --approval-wave, once an
     operator approved it; with --soak, after the wave before it ran the bundle that long
-    without a regression of its KPIs. With --max-tries, transient device failures are
+    without a regression of its KPIs; with --abort-threshold, too many failed or
+    regressed robots abort it with rollback. With --max-tries, transient device failures are
     retried (exponential backoff with jitter) before they count against --max-failure."""
     from protos import admin_pb2, common_pb2
 
@@ -358,6 +376,7 @@ def create_cmd(
         soak_s=soak,
         max_miss_rate_increase=max_miss_rate_increase,
         max_interventions_increase=max_interventions_increase,
+        abort_threshold=abort_threshold,
     )
     _print(as_json, _call(obj, "CreateRollout", req))
 

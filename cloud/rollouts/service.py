@@ -53,7 +53,13 @@ from cloud.rollouts.engine import (
 from cloud.rollouts.gates import AttestationCheck, approve
 from cloud.rollouts.outcomes import device_outcome
 from cloud.rollouts.plan import DevicePlan
-from cloud.rollouts.wire import retry_policy_of, rollout_to_pb, soak_policy_of
+from cloud.rollouts.soak import abort_due
+from cloud.rollouts.wire import (
+    abort_threshold_of,
+    retry_policy_of,
+    rollout_to_pb,
+    soak_policy_of,
+)
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
 from cloud.server.plane import Plane
@@ -144,6 +150,7 @@ class RolloutService:
                 now=now,
                 retry=retry_policy_of(request),
                 soak=soak_policy_of(request),
+                abort_threshold=abort_threshold_of(request),
             )
             found.append(check)
             return spec
@@ -224,30 +231,83 @@ class RolloutService:
     ) -> admin_pb2.Rollout:
         """Abort: no further wave; with ``request.rollback`` devices already pointed at
         this bundle get their previous desired bundle back (and a hint)."""
-        rollback = request.rollback
         async with self._lock:
             r = await self.plane.db(self._load, request.id)
             try:
-                restore = r.abort(time.time(), identity.actor, rollback=rollback)
+                await self.plane.db(self._abort, r, identity.actor, request.rollback)
             except TransitionError as exc:
                 raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
-            if rollback:
-                note = await self.plane.db(self._restore, r, restore, identity.actor)
-                r.note(time.time(), note)
-            await self.plane.db(self._save, r)
         return rollout_to_pb(r)
 
-    def _restore(self, r: Rollout, restore: Mapping[str, Any], actor: str) -> str:
-        """Point each device back at its previous desired bundle (grouped per bundle)."""
+    def _abort(
+        self, r: Rollout, by: str, rollback: bool, decision: Mapping[str, Any] | None = None
+    ) -> None:
+        """Abort `r` (by an operator, or on its abort threshold's `decision`); with
+        `rollback`, point its devices back at their previous desired bundle.
+
+        Applied exactly once across a plane restart: the aborted state, the decision and
+        the restore (an intent) are saved before any device is touched; a replay
+        (`_finish_abort`) skips devices it already restored."""
+        now = time.time()
+        restore = r.abort(now, by, rollback=rollback)
+        if decision is not None:
+            r.gates["abort"] = {**decision, "at": now, "audited": False}
+        if not rollback:
+            self._save(r)
+            self._audit_abort(r)
+            return
+        actor = by if decision is None else f"rollout:{r.id}"
+        self._intend(r, "abort", r.current, sorted(restore), restore=restore, actor=actor)
+        self._finish_abort(r)
+
+    def _audit_abort(self, r: Rollout) -> None:
+        got = r.gates.get("abort")
+        if not isinstance(got, dict) or got.get("audited", True):
+            return
+        figures = {k: v for k, v in got.items() if k != "audited"}
+        self.store.audit("rollout-engine", "rollout.abort_threshold", r.id, figures)
+        got["audited"] = True
+        self._save(r)
+
+    def _finish_abort(self, r: Rollout) -> None:
+        """Apply (or, after a restart, finish) a saved abort intent's rollback."""
+        intent = r.gates[INTENT]
+        self._audit_abort(r)
+        note = self._restore(
+            r,
+            intent.get("restore") or {},
+            str(intent.get("actor") or f"rollout:{r.id}"),
+            generations=intent.get("generations") or {},
+        )
+        r.note(time.time(), note)
+        self._done(r)
+
+    def _restore(
+        self,
+        r: Rollout,
+        restore: Mapping[str, Any],
+        actor: str,
+        generations: Mapping[str, int] | None = None,
+    ) -> str:
+        """Point each device back at its previous desired bundle (grouped per bundle);
+        a device whose desired generation moved past `generations` was restored already."""
         groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
         orphans = []
+        done = 0
         for device_id, prev in sorted(restore.items()):
             if not prev:
                 orphans.append(device_id)
                 continue
+            rec = self.store.get_device(device_id)
+            if (
+                generations is not None
+                and rec is not None
+                and rec.desired_generation > int(generations.get(device_id, 0))
+            ):
+                done += 1  # restored before a restart
+                continue
             key = f"{prev.get('name')}@{prev.get('version')}#{prev.get('sequence')}"
             groups.setdefault(key, (dict(prev), []))[1].append(device_id)
-        done = 0
         for prev, ids in groups.values():
             self.store.set_desired(ids, prev, actor=f"{actor} (rollback of {r.id})")
             done += len(ids)
@@ -338,9 +398,13 @@ class RolloutService:
         for rec in self.store.list_rollouts(limit=MAX_PAGE):
             if not self._leads():  # lost the lease mid-pass: leave the rest to the leader
                 return
+            r = Rollout.from_dicts(rec.id, rec.spec, rec.status)
+            intent = r.gates.get(INTENT)
+            if isinstance(intent, dict) and intent.get("kind") == "abort":
+                self._finish_abort(r)  # cut off between the abort's save and its rollback
+                continue
             if rec.state not in ACTIVE_STATES:
                 continue
-            r = Rollout.from_dicts(rec.id, rec.spec, rec.status)
             before = r.to_status()
             self.step(r, dirty)
             if r.to_status() != before:
@@ -368,19 +432,32 @@ class RolloutService:
                     r.observe(device_id, seen[0], seen[1], now, detail=seen[2])
             self._retry(r, retry.due(r, now))
             r.evaluate(now)
+            if self._over_threshold(r):
+                return
             todo = r.next_dispatch()
-            if todo is None or not wave_may_go(
-                self.store, self.plane.home.trust, r, todo.index, now
-            ):
+            if todo is None:
+                return
+            if not wave_may_go(self.store, self.plane.home.trust, r, todo.index, now):
+                self._over_threshold(r)  # a soak decision may have crossed it
                 return
             self._dispatch(r, todo.index, todo.device_ids)
             now = time.time()
+
+    def _over_threshold(self, r: Rollout) -> bool:
+        """Abort `r` with rollback when its abort threshold is crossed."""
+        decision = abort_due(r)
+        if decision is None:
+            return False
+        self._abort(r, f"the abort threshold ({decision['text']})", True, decision)
+        return True
 
     # Each dispatch or retry is applied exactly once across a plane restart: the intent
     # (what, to which devices, from which generation) is saved before any side effect,
     # replaying it skips devices whose desired state it already set, and the pass's
     # result is saved with the intent cleared.
-    def _intend(self, r: Rollout, kind: str, index: int, device_ids: list[str]) -> dict[str, Any]:
+    def _intend(
+        self, r: Rollout, kind: str, index: int, device_ids: list[str], **extra: Any
+    ) -> dict[str, Any]:
         previous: dict[str, Any] = {}
         generations: dict[str, int] = {}
         for d in device_ids:
@@ -394,6 +471,7 @@ class RolloutService:
             "device_ids": list(device_ids),
             "previous": previous,
             "generations": generations,
+            **extra,
         }
         r.gates[INTENT] = intent
         self._save(r)

@@ -15,6 +15,12 @@ telemetry in the window regresses too (nothing shows it is healthy). A regressio
 the rollout with the figures; resuming it accepts the regression and the next wave goes
 out. The decision and its figures are kept with the rollout (``Rollout.gates["soak"]``)
 and taken once: a plane restarted mid-soak waits out the same window.
+
+The abort threshold (``gates["abort_threshold"]``, a fraction; absent: off) counts the
+rollout's dispatched robots that FAILED, ROLLED_BACK or went SILENT, and those whose
+own soak figures regressed against the not-yet-updated robots (each counted once);
+when more than that fraction of the dispatched robots are such, :func:`abort_due`
+returns the decision with its figures and the caller aborts the rollout with rollback.
 """
 
 from __future__ import annotations
@@ -24,16 +30,22 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any
 
-from cloud.rollouts.engine import Rollout, SpecError
+from cloud.rollouts.engine import FAILURE_OUTCOMES, Rollout, SpecError
 
 __all__ = [
     "Figures",
     "Sample",
     "SoakPolicy",
+    "abort_due",
+    "abort_threshold",
+    "check_abort_threshold",
+    "crossed",
     "figures",
     "judge",
+    "regressed",
     "soak_gate",
     "soak_policy",
     "soak_text",
@@ -164,6 +176,85 @@ def judge(wave: Figures, baseline: Figures, policy: SoakPolicy) -> tuple[bool, s
 Measure = Callable[[Sequence[str], float, float], Mapping[str, Sequence[Sample]]]
 
 
+def regressed(
+    device_ids: Sequence[str],
+    samples: Mapping[str, Sequence[Sample]],
+    baseline: Figures,
+    policy: SoakPolicy,
+) -> list[str]:
+    """The devices whose own figures regressed against `baseline` (one without
+    telemetry in the window is not counted: nothing shows it regressed)."""
+    out = []
+    for d in device_ids:
+        f = figures([d], samples)
+        if f.reporting and f.ticks and not judge(f, baseline, policy)[0]:
+            out.append(d)
+    return out
+
+
+def check_abort_threshold(value: object) -> float | None:
+    """A valid abort threshold (a fraction in [0, 1]) or None (off); SpecError otherwise."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= 1
+    ):
+        raise SpecError(f"abort_threshold = {value!r}: expected a fraction from 0 to 1")
+    return float(value)
+
+
+def abort_threshold(r: Rollout) -> float | None:
+    return check_abort_threshold(r.spec.gates.get("abort_threshold"))
+
+
+def crossed(dispatched: int, bad: int, threshold: float) -> bool:
+    """More than `threshold` of `dispatched` devices are bad (none dispatched: no). The
+    threshold is taken as written (0.3 of 10 is 3, not 3.0000000000000004)."""
+    return dispatched > 0 and bad > Fraction(repr(threshold)) * dispatched
+
+
+def abort_due(r: Rollout) -> dict[str, Any] | None:
+    """The abort decision and its figures when the rollout's bad devices are past its
+    abort threshold, else None. Pure: the caller aborts with rollback and records it."""
+    threshold = abort_threshold(r)
+    if threshold is None:
+        return None
+    dispatched = [d for w in r.waves if w.dispatched_at is not None for d in w.device_ids]
+    failed = sorted(
+        d
+        for w in r.waves
+        if w.dispatched_at is not None
+        for d, o in w.outcomes.items()
+        if o.get("outcome") in FAILURE_OUTCOMES
+    )
+    soaked = {
+        d
+        for st in (r.gates.get("soak") or {}).values()
+        if isinstance(st, dict)
+        for d in st.get("regressed") or ()
+    }
+    worse = sorted(soaked - set(failed))
+    bad = len(failed) + len(worse)
+    if not crossed(len(dispatched), bad, threshold):
+        return None
+    fraction = bad / len(dispatched)
+    return {
+        "threshold": threshold,
+        "dispatched": len(dispatched),
+        "failed": failed,
+        "regressed": worse,
+        "fraction": fraction,
+        "text": (
+            f"{bad}/{len(dispatched)} dispatched robot(s) failed or regressed "
+            f"({len(failed)} failed, {len(worse)} regressed in a soak) = {fraction:.2f} "
+            f"> abort threshold {threshold:g}"
+        ),
+    }
+
+
 def soak_gate(r: Rollout, wave: int, now: float, measure: Measure) -> bool:
     """Whether wave `wave` may go out as far as the soak of the wave before it goes.
 
@@ -200,6 +291,7 @@ def soak_gate(r: Rollout, wave: int, now: float, measure: Measure) -> bool:
         text=text,
         wave=wave_f.to_dict(),
         baseline=base_f.to_dict(),
+        regressed=regressed(updated, got, base_f, policy),
     )
     if ok:
         r.note(now, f"wave {prev} soak passed: {text}")

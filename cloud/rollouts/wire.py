@@ -20,12 +20,19 @@ from cloud.rollouts.engine import (
     RolloutError,
 )
 from cloud.rollouts.gates import approval_of, gate_spec
-from cloud.rollouts.soak import SoakPolicy, soak_policy, soak_text
+from cloud.rollouts.soak import (
+    SoakPolicy,
+    abort_threshold,
+    check_abort_threshold,
+    soak_policy,
+    soak_text,
+)
 from cloud.server._rpc import RpcError
 from protos import admin_pb2, common_pb2
 from runtime.desired_state import BundleRef, DesiredStateError
 
 __all__ = [
+    "abort_threshold_of",
     "bundle_ref",
     "retries_pb",
     "retry_policy_of",
@@ -98,6 +105,8 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         attestation=str((r.gates.get("attestation") or {}).get("message", "")),
         max_tries=retry.retry_policy(r).max_tries,
         soak_s=soak_policy(r).soak_s,
+        abort_threshold=abort_threshold(r),
+        abort=str((r.gates.get("abort") or {}).get("text", "")),
     )
 
 
@@ -129,6 +138,15 @@ def soak_policy_of(request: admin_pb2.CreateRolloutRequest) -> SoakPolicy:
                 else default.max_interventions_increase
             ),
         )
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def abort_threshold_of(request: admin_pb2.CreateRolloutRequest) -> float | None:
+    if not request.HasField("abort_threshold"):
+        return None
+    try:
+        return check_abort_threshold(request.abort_threshold)
     except RolloutError as exc:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
 

@@ -50,6 +50,15 @@ def crash_after_side_effect(url: str, where: str) -> None:
     """Child: one driver pass that dies as soon as the side effect is done."""
     if where == "dispatch":
         Rollout.dispatched = lambda *a, **k: os._exit(3)  # type: ignore[method-assign]
+    elif where == "abort":  # the rollback is done; its note and the save are not
+        note = Rollout.note
+
+        def crash(r: Rollout, now: float, reason: str) -> None:
+            if reason.startswith("rolled back"):
+                os._exit(3)
+            note(r, now, reason)
+
+        Rollout.note = crash  # type: ignore[method-assign]
     else:
         retry.redispatched = lambda *a, **k: os._exit(3)  # type: ignore[assignment]
     store = Store.open(url)
@@ -144,5 +153,45 @@ def test_a_retry_cut_off_before_its_save_is_counted_and_applied_once(tmp_path: P
         assert retry.tries(r, "d0") == 2  # one retry counted
         assert "intent" not in r.gates
         assert sorted(dispatches(store)) == ["rollout:ro-x", "rollout:ro-x (retry)"]
+    finally:
+        store.close()
+
+
+def test_an_abort_threshold_cut_off_after_its_rollback_is_applied_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/plane.db"
+    gates = unattested()
+    gates["abort_threshold"] = 0.0  # any failed robot aborts
+    prepare(url, gates)
+    old = {**BUNDLE, "version": "1.0.0", "sequence": 1, "target": "p-1.0.0.efb"}
+    store = Store.open(url)
+    try:
+        store.set_desired(list(DEVICES), old, actor="setup")
+        service(store)._pass()  # dispatches the wave (generation 2)
+        store.record_event(
+            EventRecord("d0", 1, dt.datetime.now(dt.UTC), "update", "FAILED", "VERIFY", "", BUNDLE)
+        )
+    finally:
+        store.close()
+    run_crashing(url, "abort")
+
+    store = Store.open(url)
+    try:
+        gens = {d: store.get_device(d).desired_generation for d in DEVICES}  # type: ignore[union-attr]
+        assert gens == dict.fromkeys(DEVICES, 3)  # rolled back before the crash
+        service(store)._pass()
+        service(store)._pass()
+        rec = store.get_rollout("ro-x")
+        assert rec is not None and rec.state == "aborted"
+        r = Rollout.from_dicts(rec.id, rec.spec, rec.status)
+        assert "intent" not in r.gates and r.gates["abort"]["failed"] == ["d0"]
+        for d in DEVICES:
+            dev = store.get_device(d)
+            assert dev is not None and dev.desired_generation == 3
+            assert (dev.desired_bundle or {})["version"] == "1.0.0"
+        actions = [(a.actor, a.action) for a in store.audit_log(limit=1000)]
+        assert actions.count(("rollout-engine", "rollout.abort_threshold")) == 1
+        assert actions.count(("rollout:ro-x (rollback of ro-x)", "device.set_desired")) == 1
+        said = [h["reason"] for h in r.history if h["reason"].startswith("rolled back")]
+        assert said == ["rolled back 3 device(s) to their previous bundle"]
     finally:
         store.close()

@@ -419,3 +419,69 @@ def test_a_soak_survives_a_plane_restart_and_is_decided_once(tmp_path: Path) -> 
         history = [h["reason"] for h in p.store.get_rollout(rid).status["history"]]  # type: ignore[union-attr]
         assert sum(h.startswith("wave 0 soak passed: ") for h in history) == 1
         assert sum(h.startswith("wave 0 soaks for 3 s") for h in history) == 1
+
+
+def test_a_wave_regressed_past_the_abort_threshold_is_aborted_and_rolled_back(
+    plane: RunningPlane, stub: Any
+) -> None:
+    ids = devices(plane, "soakabort", 4)
+    old = plane.store.get_bundle("plain", "1.0.0")
+    assert old is not None
+    previous = {
+        "name": "plain",
+        "version": "1.0.0",
+        "sequence": 1,
+        "target": old.target_path,
+        "sha256": old.efb_sha256,
+        "length": old.size_bytes,
+    }
+    plane.store.set_desired(ids, previous)
+    res = cli(
+        plane,
+        "create",
+        "good@1.0.0",
+        "--label",
+        "group=soakabort",
+        "--waves",
+        "0.5,1",
+        "--soak",
+        "2",
+        "--max-miss-rate-increase",
+        "0.02",
+        "--abort-threshold",
+        "0.5",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    rid = json.loads(res.stdout)["id"]
+    assert json.loads(res.stdout)["abort_threshold"] == 0.5
+    wait_until(lambda: desired(plane, ids[1]) == "good@1.0.0", 30, "wave 0 went out")
+    gens = [plane.store.get_device(d).desired_generation for d in ids[:2]]  # type: ignore[union-attr]
+    for d in ids[:2]:
+        commit(plane, d, "good")
+    start, end = soak_window(plane, rid)
+    for d in ids[:2]:
+        telemetry(plane, d, start, end, 0.2)  # both robots of wave 0 regress
+    for d in ids[2:]:
+        telemetry(plane, d, start, end, 0.0)
+    wait_until(lambda: get(stub, rid).state == "aborted", 30, "the abort threshold to abort")
+    got = get(stub, rid)
+    assert got.abort.startswith("2/2 dispatched robot(s) failed or regressed (0 failed, 2 ")
+    assert got.abort.endswith("= 1.00 > abort threshold 0.5")
+    assert "aborted by the abort threshold (2/2 dispatched" in got.reason
+    assert got.waves[1].state == "cancelled"
+    assert [desired(plane, d) for d in ids] == ["plain@1.0.0"] * 4  # rolled back, held
+    after = [plane.store.get_device(d).desired_generation for d in ids[:2]]  # type: ignore[union-attr]
+    assert after == [g + 1 for g in gens]  # one rollback each
+    rec = plane.store.get_rollout(rid)
+    assert rec is not None
+    history = [h["reason"] for h in rec.status["history"]]
+    assert any(h.startswith("wave 0 soak regressed: ") for h in history)
+    assert any("rolled back 2 device(s)" in h for h in history)
+    assert "intent" not in rec.status["gates"]
+    audit = [a for a in plane.store.audit_log(limit=1000) if a.target == rid]
+    assert [(a.actor, a.action) for a in audit] == [("rollout-engine", "rollout.abort_threshold")]
+    assert audit[0].detail["regressed"] == ids[:2]  # type: ignore[index]
+    out = cli(plane, "get", rid).output
+    assert "abort threshold crossed: 2/2 dispatched robot(s)" in out
+    assert "aborted with rollback past 0.5 of the dispatched robots" in out

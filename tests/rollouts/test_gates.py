@@ -238,6 +238,7 @@ def test_rollout_create_help_shows_every_gate() -> None:
     res = CliRunner().invoke(root, ["rollout", "create", "--help"])
     assert res.exit_code == 0, res.output
     for option in (
+        "--abort-threshold",
         "--allow-unattested",
         "--approval-wave",
         "--max-failure",

@@ -15,8 +15,12 @@ from cloud.rollouts.soak import (
     Figures,
     Sample,
     SoakPolicy,
+    abort_due,
+    check_abort_threshold,
+    crossed,
     figures,
     judge,
+    regressed,
     soak_gate,
     soak_text,
 )
@@ -167,3 +171,83 @@ def test_figures_round_trip_as_json() -> None:
     f = Figures(2, 1, 100, 3, 4, 2.0)
     d = json.loads(json.dumps(f.to_dict()))
     assert d["miss_rate"] == pytest.approx(0.03) and d["interventions_per_min"] == 2.0
+
+
+# ---------------------------------------------------------------------- abort threshold
+def make_abort(threshold: float | None, n: int = 10, first: float = 0.5) -> Rollout:
+    gates: dict[str, object] = {"soak": SoakPolicy(60).to_dict()}
+    if threshold is not None:
+        gates["abort_threshold"] = threshold
+    ids = tuple(f"r{i}" for i in range(n))
+    r = Rollout.create(
+        "ro-2", RolloutSpec(BUNDLE, ids, (first, 1.0), gates=gates), now=0.0, created_by="x"
+    )
+    r.start(0.0)
+    r.dispatched(0, 0.0, {d: None for d in r.waves[0].device_ids})
+    return r
+
+
+def test_failed_and_soak_regressed_robots_count_once_against_the_threshold() -> None:
+    r = make_abort(0.3)
+    r.observe("r0", "FAILED", "VERIFY", 1.0)
+    r.observe("r1", "COMMITTED", "", 1.0)
+    assert abort_due(r) is None  # 1/5 dispatched
+    r.gates["soak"] = {"0": {"verdict": "regressed", "regressed": ["r0", "r1"]}}
+    got = abort_due(r)  # r0 failed and regressed: counted once; 2/5 = 0.4 > 0.3
+    assert got is not None
+    assert (got["failed"], got["regressed"], got["dispatched"]) == (["r0"], ["r1"], 5)
+    assert got["fraction"] == pytest.approx(0.4) and got["threshold"] == 0.3
+    assert got["text"] == (
+        "2/5 dispatched robot(s) failed or regressed (1 failed, 1 regressed in a soak) = 0.40 "
+        "> abort threshold 0.3"
+    )
+    assert abort_due(reload(r)) == got
+
+
+def test_no_threshold_never_aborts_and_bad_ones_are_refused_by_name() -> None:
+    r = make_abort(None)
+    for d in r.waves[0].device_ids:
+        r.observe(d, "FAILED", "VERIFY", 1.0)
+    assert abort_due(r) is None
+    for bad in (-0.1, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(SpecError, match=r"abort_threshold = .*: expected a fraction"):
+            check_abort_threshold(bad)
+    assert check_abort_threshold(None) is None and check_abort_threshold(1) == 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 200), st.integers(0, 200), st.floats(0, 1))
+def test_property_crossed_is_strictly_past_the_fraction(dispatched, bad, threshold) -> None:
+    bad = min(bad, dispatched)
+    assert not crossed(dispatched, bad, 1.0)  # every robot bad is not past 100 %
+    assert not crossed(0, 0, threshold)
+    if crossed(dispatched, bad, threshold):  # monotonic in the bad robots
+        assert bad / dispatched >= threshold
+        assert crossed(dispatched, min(bad + 1, dispatched), threshold)
+    elif bad < dispatched and dispatched:
+        assert bad / dispatched <= threshold
+    if dispatched:
+        assert crossed(dispatched, dispatched, threshold) == (threshold < 1.0)
+        assert crossed(dispatched, 0, threshold) is False
+
+
+def test_the_threshold_is_taken_as_written() -> None:
+    assert not crossed(10, 3, 0.3) and crossed(10, 4, 0.3)
+    assert not crossed(3, 1, 0.34) and crossed(3, 1, 0.33)
+    assert crossed(5, 1, 0.0) and not crossed(5, 0, 0.0)
+
+
+def test_the_soak_decision_names_the_regressed_robots() -> None:
+    bad = Telemetry(
+        {
+            "a": series(0.2, 0.0, t0=2.0),  # regressed on the new bundle
+            "b": series(0.0, 0.0, t0=2.0),
+            **{d: series(0.0, 0.0, t0=2.0) for d in "cd"},
+        }
+    )
+    r = make()
+    assert not soak_gate(r, 1, 2.0, bad) and not soak_gate(r, 1, 62.0, bad)
+    assert r.gates["soak"]["0"]["regressed"] == ["a"]
+    assert regressed(
+        ["a", "b", "z"], bad.by_device, figures(["c"], bad.by_device), SoakPolicy()
+    ) == ["a"]
