@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cloud.cli import cloud
-from tests.servers import free_port, run_mosquitto
+from tests.servers import free_port, missing_service, run_mosquitto
 
 # tmp_path is 0700: a broker started as root keeps root to read the test's files.
 RUN_AS = ("--run-as", "root" if os.geteuid() == 0 else "mosquitto")
@@ -144,7 +144,7 @@ def test_the_generated_config_starts_as_root_and_drops_to_its_user(tmp_path: Pat
     try:
         pwd.getpwnam("mosquitto")
     except KeyError:
-        pytest.skip("no mosquitto user on this machine")
+        missing_service("no mosquitto user on this machine (Debian's mosquitto package makes it)")
     home = tmp_path / "plane"
     assert CliRunner().invoke(cloud, ["init", str(home)]).exit_code == 0
     assert CliRunner().invoke(cloud, ["device", "add", "r1", "--home", str(home)]).exit_code == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import mosquitto_binary
+from tests.servers import missing_service, mosquitto_binary
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_two_hundred_robots_lose_nothing_and_all_commit_the_fanned_out_update() -> None:
     if mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed")
+        missing_service("mosquitto is not installed")
     args = ["--robots", "200", "--seconds", "10", "--procs", "2", "--connect-s", "15"]
     proc = subprocess.run(
         [sys.executable, "bench/fleet_scale.py", *args],
