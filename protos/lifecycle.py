@@ -67,6 +67,12 @@ class UpdateState(enum.StrEnum):
     """The candidate drove the robot and was reverted to the last good bundle."""
 
 
+ENDED_STATES = frozenset({UpdateState.COMMITTED, UpdateState.FAILED, UpdateState.ROLLED_BACK})
+"""An update's last word. The plane keeps it (with its reason) on the device until the
+robot's next update event: a telemetry sample taken before it, or an idle agent's, never
+replaces it."""
+
+
 class RuntimeState(enum.StrEnum):
     """The runtime's state, as ``RuntimeStatus.state`` reports it."""
 

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from cloud.store._store import Store, TelemetryRecord
 from cloud.store.models import Device, TelemetryBatch, TelemetryPoint, table
+from cloud.store.telemetry import telemetry_update_state
 
 __all__ = ["TelemetryWrite", "record_telemetry_many"]
 
@@ -133,7 +134,7 @@ def record_telemetry_many(
                         held = ""
                     if not (held and held > p.at.isoformat()):
                         health = _health(p)
-                        update_state = p.update_state or update_state
+                        update_state = telemetry_update_state(update_state, p.update_state)
                         active = dict(p.active_bundle) if p.active_bundle else active
                 rows.append(
                     {

@@ -12,8 +12,22 @@ import sqlalchemy as sa
 from cloud.store._base import StoreBase, as_utc, utcnow
 from cloud.store.errors import ConflictError
 from cloud.store.models import Device, TelemetryBatch, TelemetryPoint, table
+from protos.lifecycle import ENDED_STATES
 
-__all__ = ["TelemetryQueries", "TelemetryRecord"]
+__all__ = ["TelemetryQueries", "TelemetryRecord", "telemetry_update_state"]
+
+
+def telemetry_update_state(stored: str, sampled: str) -> str:
+    """The device's update state after a telemetry sample reporting `sampled`.
+
+    Update events are the authority: an update's last word (``ENDED_STATES``, set by its
+    event with the reason) stays until the next update event, so a sample taken before
+    it, replayed late from the robot's spool, cannot turn FAILED back into SHADOWING.
+    """
+    if not sampled or stored in ENDED_STATES:
+        return stored
+    return sampled
+
 
 devices_t = table(Device)
 batches_t = table(TelemetryBatch)
@@ -83,9 +97,12 @@ class TelemetryQueries(StoreBase):
                     )
                 values: dict[str, Any] = {"last_seen": received_at, "updated_at": utcnow()}
                 last = max(points, key=lambda p: p.at) if points else None
-                current = conn.execute(
-                    sa.select(devices_t.c.health).where(devices_t.c.id == device_id)
-                ).scalar()
+                row = conn.execute(
+                    sa.select(devices_t.c.health, devices_t.c.update_state).where(
+                        devices_t.c.id == device_id
+                    )
+                ).first()
+                current, row_state = (row[0], row[1]) if row is not None else (None, "")
                 # Batches can arrive out of order (spool replay): health is the newest point.
                 if last is not None and not (
                     current and str(current.get("at", "")) > last.at.isoformat()
@@ -100,8 +117,9 @@ class TelemetryQueries(StoreBase):
                         "memory_percent": last.memory_percent,
                         "temperature_c": last.temperature_c,
                     }
-                    if last.update_state:
-                        values["update_state"] = last.update_state
+                    state = telemetry_update_state(str(row_state or ""), last.update_state)
+                    if state:
+                        values["update_state"] = state
                     if last.active_bundle:
                         values["active_bundle"] = dict(last.active_bundle)
                 conn.execute(devices_t.update().where(devices_t.c.id == device_id).values(**values))

@@ -117,6 +117,38 @@ def test_events_are_deduplicated_and_move_update_state(store: Store) -> None:
     assert store.require_device("d1").update_detail == ""  # a new update starts clean
 
 
+@pytest.mark.parametrize("path", ["record_telemetry", "record_telemetry_many"])
+def test_a_late_telemetry_sample_never_replaces_an_updates_last_word(
+    store: Store, path: str
+) -> None:
+    """The robot's spool may deliver a sample taken while shadowing after the FAILED
+    event: the device keeps FAILED and its reason until its next update event."""
+    from cloud.store.ingest_batch import record_telemetry_many
+
+    def sample(seq: int, state: str) -> None:
+        point = TelemetryRecord(at=NOW + dt.timedelta(seconds=seq), update_state=state)
+        if path == "record_telemetry":
+            assert store.record_telemetry("d1", seq, [point])
+        else:
+            assert record_telemetry_many(store, [("d1", seq, [point], NOW)]) == [True]
+
+    store.add_device("d1", "fp1")
+    sample(1, "SHADOWING")
+    assert store.require_device("d1").update_state == "SHADOWING"  # progress from telemetry
+    store.record_event(EventRecord("d1", 1, NOW, "update", "FAILED", "SHADOW_DIVERGENCE", "x"))
+    sample(2, "SHADOWING")  # sampled before the failure, delivered after it
+    sample(3, "IDLE")
+    dev = store.require_device("d1")
+    assert (dev.update_state, dev.update_reason, dev.update_detail) == (
+        "FAILED",
+        "SHADOW_DIVERGENCE",
+        "x",
+    )
+    store.record_event(EventRecord("d1", 2, NOW, "update", "REFRESHING", "OK"))
+    sample(4, "STAGING")  # a new update's progress shows again
+    assert store.require_device("d1").update_state == "STAGING"
+
+
 def test_presence_and_inventory(store: Store) -> None:
     store.add_device("d1", "fp1")
     assert store.set_online("d1", True, NOW, runtime_version="0.1.0")
