@@ -163,10 +163,13 @@ class Ingest:
         self._mqtt.start()
 
     def stop(self) -> None:
-        self._mqtt.stop()
+        # The writer stops first, while the connection still carries its acknowledgements:
+        # a message it counted and acknowledged is never redelivered; one it did not reach
+        # stays unacknowledged, so the broker redelivers it to the next ingest.
         self._stop.set()
         if self._writer is not None:
             self._writer.join(10)
+        self._mqtt.stop()
 
     def is_connected(self) -> bool:
         return self._mqtt.is_connected()
