@@ -449,11 +449,14 @@ def test_failure_reasons_reach_rollout_get_and_cloud_devices_intact(fleet: Fleet
     # A rollout pauses on the first failure event; the robot's last word (ROLLED_BACK
     # after the rollback it reports from HEALTH_WINDOW) may still be on its way.
     for r, _, outcome, _ in cases:
-        wait_until(
-            lambda r=r, outcome=outcome: device_rows()[r.id]["update_state"] == outcome,  # type: ignore[misc]
-            60,
-            f"{r.id} to report {outcome}",
-        )
+        try:
+            wait_until(
+                lambda r=r, outcome=outcome: device_rows()[r.id]["update_state"] == outcome,  # type: ignore[misc]
+                60,
+                f"{r.id} to report {outcome}",
+            )
+        except TimeoutError:
+            pytest.fail(f"{device_rows()[r.id]}\n{fleet.update_events(r.id)}\n{fleet.logs()}")
     devices = CliRunner().invoke(cloud, ["devices", *base])
     assert devices.exit_code == 0, devices.output
     rows = device_rows()
