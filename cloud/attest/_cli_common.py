@@ -36,14 +36,9 @@ home_option = click.option(
 
 
 def load_home(home_dir: Path) -> Any:
-    from cloud.home import CloudHome, HomeError
+    from cloud._cli_common import load_home as load_cloud_home
 
-    home = CloudHome.at(home_dir)
-    try:
-        home.check()
-    except HomeError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return home
+    return load_cloud_home(home_dir)
 
 
 def trusted_keys(trust_dir: Path) -> dict[str, Any]:

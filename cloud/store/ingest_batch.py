@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from cloud.store._store import Store, TelemetryRecord
 from cloud.store.models import Device, TelemetryBatch, TelemetryPoint, table
-from cloud.store.telemetry import telemetry_update_state
+from cloud.store.telemetry import health_summary, telemetry_update_state
 
 __all__ = ["TelemetryWrite", "record_telemetry_many"]
 
@@ -33,19 +33,6 @@ T = table(TelemetryPoint)
 
 TelemetryWrite = tuple[str, int, Sequence[TelemetryRecord], dt.datetime]
 """(device id, sequence, points, received at)."""
-
-
-def _health(p: TelemetryRecord) -> dict[str, Any]:
-    return {
-        "at": p.at.isoformat(),
-        "loop_p50_ms": p.loop_p50_ms,
-        "loop_p99_ms": p.loop_p99_ms,
-        "deadline_miss_rate": p.deadline_miss_rate,
-        "safety_interventions": p.safety_interventions,
-        "cpu_percent": p.cpu_percent,
-        "memory_percent": p.memory_percent,
-        "temperature_c": p.temperature_c,
-    }
 
 
 def record_telemetry_many(
@@ -133,7 +120,7 @@ def record_telemetry_many(
                     if limit is not None and held > limit:
                         held = ""
                     if not (held and held > p.at.isoformat()):
-                        health = _health(p)
+                        health = health_summary(p)
                         update_state = telemetry_update_state(update_state, p.update_state)
                         active = dict(p.active_bundle) if p.active_bundle else active
                 rows.append(

@@ -14,7 +14,21 @@ from cloud.store.errors import ConflictError
 from cloud.store.models import Device, TelemetryBatch, TelemetryPoint, table
 from protos.lifecycle import ENDED_STATES
 
-__all__ = ["TelemetryQueries", "TelemetryRecord", "telemetry_update_state"]
+__all__ = ["TelemetryQueries", "TelemetryRecord", "health_summary", "telemetry_update_state"]
+
+
+def health_summary(p: TelemetryRecord) -> dict[str, Any]:
+    """The device row's health: the figures of its newest telemetry point."""
+    return {
+        "at": p.at.isoformat(),
+        "loop_p50_ms": p.loop_p50_ms,
+        "loop_p99_ms": p.loop_p99_ms,
+        "deadline_miss_rate": p.deadline_miss_rate,
+        "safety_interventions": p.safety_interventions,
+        "cpu_percent": p.cpu_percent,
+        "memory_percent": p.memory_percent,
+        "temperature_c": p.temperature_c,
+    }
 
 
 def telemetry_update_state(stored: str, sampled: str) -> str:
@@ -107,16 +121,7 @@ class TelemetryQueries(StoreBase):
                 if last is not None and not (
                     current and str(current.get("at", "")) > last.at.isoformat()
                 ):
-                    values["health"] = {
-                        "at": last.at.isoformat(),
-                        "loop_p50_ms": last.loop_p50_ms,
-                        "loop_p99_ms": last.loop_p99_ms,
-                        "deadline_miss_rate": last.deadline_miss_rate,
-                        "safety_interventions": last.safety_interventions,
-                        "cpu_percent": last.cpu_percent,
-                        "memory_percent": last.memory_percent,
-                        "temperature_c": last.temperature_c,
-                    }
+                    values["health"] = health_summary(last)
                     state = telemetry_update_state(str(row_state or ""), last.update_state)
                     if state:
                         values["update_state"] = state
