@@ -269,6 +269,10 @@ def main(argv: list[str] | None = None) -> None:
             save_checkpoint(result.model, args.out, spec.env_id, extra)
         elif rank == 0:
             save_pretrained(result.model, args.out, spec.env_id, extra)
+        if world > 1:
+            # Every rank is done (rank 0 has saved) before any tears gloo down: destroying
+            # the group while a peer is still in it aborted that peer at exit.
+            dist.barrier()
     finally:
         if world > 1:
             dist.destroy_process_group()
