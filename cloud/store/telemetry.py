@@ -9,12 +9,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cloud.store import telemetry_partitions as partitions
 from cloud.store._base import StoreBase, as_utc, utcnow
 from cloud.store.errors import ConflictError
 from cloud.store.models import Device, TelemetryBatch, TelemetryPoint, table
+from cloud.store.telemetry_partitions import retention_start
 from protos.lifecycle import ENDED_STATES
 
-__all__ = ["TelemetryQueries", "TelemetryRecord", "health_summary", "telemetry_update_state"]
+__all__ = [
+    "RetentionResult",
+    "TelemetryQueries",
+    "TelemetryRecord",
+    "health_summary",
+    "telemetry_update_state",
+]
 
 
 def health_summary(p: TelemetryRecord) -> dict[str, Any]:
@@ -161,13 +169,6 @@ class TelemetryQueries(StoreBase):
             )
         return out
 
-    def prune_telemetry(self, older_than: dt.datetime) -> int:
-        """Retention: delete telemetry points and batch markers older than `older_than`."""
-        with self._tx() as conn:
-            n = conn.execute(points_t.delete().where(points_t.c.at < older_than)).rowcount
-            conn.execute(batches_t.delete().where(batches_t.c.received_at < older_than))
-        return int(n)
-
     def telemetry_window(
         self, device_ids: Sequence[str], start: dt.datetime, end: dt.datetime
     ) -> dict[str, list[TelemetryRecord]]:
@@ -193,6 +194,46 @@ class TelemetryQueries(StoreBase):
                         )
                     )
         return out
+
+    def prune_telemetry(self, older_than: dt.datetime) -> RetentionResult:
+        """Retention, by whole UTC days: remove the telemetry of the days before the day
+        `older_than` falls in (so between one and two days' more than asked stay).
+
+        PostgreSQL drops those days' partitions (cost independent of their size) and
+        deletes the default partition's older points; SQLite deletes the rows. Both keep
+        exactly the same points. Batch markers (the (device, sequence) de-duplication
+        keys) received before the same instant are deleted too.
+        """
+        start = retention_start(older_than)
+        with self._tx() as conn:
+            if partitions.is_partitioned(conn):
+                dropped = partitions.drop_days_before(conn, start)
+                points = None
+            else:
+                dropped = []
+                points = int(conn.execute(points_t.delete().where(points_t.c.at < start)).rowcount)
+            conn.execute(batches_t.delete().where(batches_t.c.received_at < start))
+        return RetentionResult(start, points, tuple(dropped))
+
+    def prepare_telemetry_days(self, today: dt.date, ahead_days: int = 3) -> list[str]:
+        """Create the day partitions from `today` to `ahead_days` ahead (PostgreSQL; a no-op
+        on SQLite). Returns the partitions created."""
+        with self._tx() as conn:
+            if not partitions.is_partitioned(conn):
+                return []
+            return partitions.ensure_days(conn, today, today + dt.timedelta(days=ahead_days))
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """What one retention pass removed."""
+
+    kept_from: dt.datetime
+    """The first instant kept (a UTC midnight)."""
+    points: int | None
+    """Points deleted row by row (SQLite); None where whole partitions were dropped."""
+    partitions: tuple[str, ...]
+    """Day partitions dropped (PostgreSQL)."""
 
 
 _IN_CHUNK = 500  # ids per IN list: far below SQLite's and PostgreSQL's parameter limits
