@@ -46,7 +46,11 @@ import click
 from cloud.ingest_decode import DEFAULT_MAX_SKEW_S, Decoded, Dropped, decode
 from cloud.mqtt import PREFIX, SHARE_GROUP, CloudMqtt, CloudMqttSettings, Delivery
 from cloud.store import ConflictError, Store, StoreUnavailable
-from cloud.store.ingest_batch import record_telemetry_many
+from cloud.store.ingest_batch import (
+    record_events_many,
+    record_telemetry_many,
+    set_online_many,
+)
 from cloud.store.quarantine import QuarantineRecord, QuarantineStore
 
 __all__ = [
@@ -214,7 +218,7 @@ class Ingest:
     def _process(self, batch: list[Work]) -> None:
         s = self.settings
         done: list[Decoded] = []
-        telemetry: list[tuple[Decoded, Work]] = []
+        kinds: dict[str, list[tuple[Decoded, Work]]] = {"state": [], "event": [], "telemetry": []}
         dropped: list[QuarantineRecord] = []
         for work in batch:
             delivery, received = work
@@ -226,21 +230,19 @@ class Ingest:
                 continue
             if result.clamped:
                 self.counters["clamped_time"] += result.clamped
-            if result.kind == "telemetry":
-                key = (result.device_id, result.kind, result.sequence)
-                if key in self._seen:
-                    self.counters["skipped"] += 1
-                else:
-                    telemetry.append((result, work))
+            if result.kind != "state" and (result.device_id, result.kind, result.sequence) in (
+                self._seen
+            ):
+                self.counters["skipped"] += 1
                 continue
-            try:
-                if self._write(result, received):
-                    done.append(result)
-            except StoreUnavailable:
-                raise
-            except Exception as exc:  # this one message: refused by the store
-                dropped.append(self._drop(_refused(result, exc), work))
-        done += self._write_telemetry(telemetry, dropped)
+            kinds[result.kind if result.kind in ("state", "telemetry") else "event"].append(
+                (result, work)
+            )
+        # Presence, then events, then telemetry: a sample in the same batch as an update
+        # event sees the state that event set, as when they were written one at a time.
+        done += self._write_kind("state", kinds["state"], dropped)
+        done += self._write_kind("event", kinds["event"], dropped)
+        done += self._write_kind("telemetry", kinds["telemetry"], dropped)
         # Every write of this batch committed (or its message was dropped for good):
         # only now may the broker forget them.
         for delivery, _ in batch:
@@ -275,72 +277,74 @@ class Ingest:
         if len(self._seen) > self.settings.dedup_cache:
             self._seen.popitem(last=False)
 
-    def _write_telemetry(
-        self, items: list[tuple[Decoded, Work]], dropped: list[QuarantineRecord]
+    def _write_kind(
+        self, kind: str, items: list[tuple[Decoded, Work]], dropped: list[QuarantineRecord]
     ) -> list[Decoded]:
-        """One transaction for all telemetry of the batch; row by row if that fails.
+        """One transaction for all messages of one kind; row by row if that fails.
 
         Row by row on a conflict (replicas racing on one key) and on any other store
         error, so the one row the store refuses is dropped and the others are stored.
         """
         if not items:
             return []
-        writes = [(m.device_id, m.sequence, m.telemetry or [], w[1]) for m, w in items]
         stored: list[bool | Exception]
         try:
-            stored = list(record_telemetry_many(self.store, writes, self._future_limit()))
+            stored = list(self._write_many(kind, items))
         except StoreUnavailable:
             raise
         except Exception as exc:
             conflict = isinstance(exc, ConflictError)
             self.counters["batch_conflicts" if conflict else "batch_row_by_row"] += 1
-            stored = [self._write_one(m, w) for m, w in items]
+            stored = [self._write_one(kind, m, w) for m, w in items]
         out = []
         for (m, work), ok in zip(items, stored, strict=True):
             if isinstance(ok, Exception):
                 dropped.append(self._drop(_refused(m, ok), work))
                 continue
-            self._remember((m.device_id, m.kind, m.sequence))
-            # False: a duplicate (device, sequence), or a device unknown to / revoked by
-            # the store.
-            self.counters["stored" if ok else "skipped"] += 1
+            if kind == "state":
+                self.counters["state" if ok else "skipped"] += 1  # unknown or revoked
+            else:
+                self._remember((m.device_id, m.kind, m.sequence))
+                # False: a duplicate (device, sequence), or a device unknown to /
+                # revoked by the store.
+                self.counters["stored" if ok else "skipped"] += 1
             if ok:
                 out.append(m)
         return out
 
+    def _write_many(self, kind: str, items: list[tuple[Decoded, Work]]) -> list[bool]:
+        if kind == "telemetry":
+            writes = [(m.device_id, m.sequence, m.telemetry or [], w[1]) for m, w in items]
+            return record_telemetry_many(self.store, writes, self._future_limit())
+        if kind == "event":
+            events = [m.event for m, _ in items]
+            assert all(e is not None for e in events)
+            return record_events_many(self.store, events)  # type: ignore[arg-type]
+        presence = [
+            (m.device_id, bool(m.online), m.at or w[1], m.runtime_version) for m, w in items
+        ]
+        return set_online_many(self.store, presence)
+
     def _future_limit(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.settings.max_clock_skew_s)
 
-    def _write_one(self, m: Decoded, work: Work) -> bool | Exception:
-        """Store one telemetry message; the store's error if it refuses this one."""
+    def _write_one(self, kind: str, m: Decoded, work: Work) -> bool | Exception:
+        """Store one message; the store's error if it refuses this one."""
         try:
             try:
-                one = [(m.device_id, m.sequence, m.telemetry or [], work[1])]
-                return record_telemetry_many(self.store, one, self._future_limit())[0]
-            except ConflictError:  # a replica wrote it meanwhile
-                return self.store.record_telemetry(
-                    m.device_id, m.sequence, m.telemetry or [], work[1]
-                )
+                return self._write_many(kind, [(m, work)])[0]
+            except ConflictError:  # a replica wrote it meanwhile: the one-row path
+                if kind == "telemetry":
+                    return self.store.record_telemetry(
+                        m.device_id, m.sequence, m.telemetry or [], work[1]
+                    )
+                if kind == "event" and m.event is not None:
+                    return self.store.record_event(m.event)
+                raise
         except StoreUnavailable:
             raise
         except Exception as exc:
             return exc
-
-    def _write(self, m: Decoded, received: dt.datetime) -> bool:
-        if m.kind == "state":
-            assert m.online is not None
-            ok = self.store.set_online(m.device_id, m.online, m.at, m.runtime_version or None)
-            self.counters["state" if ok else "skipped"] += 1  # unknown or revoked: ignored
-            return ok
-        key = (m.device_id, m.kind, m.sequence)
-        if key in self._seen:
-            self.counters["skipped"] += 1
-            return False
-        assert m.event is not None
-        stored = self.store.record_event(m.event)
-        self._remember(key)
-        self.counters["stored" if stored else "skipped"] += 1
-        return stored
 
 
 def _refused(m: Decoded, exc: BaseException | None) -> Dropped:
