@@ -169,6 +169,32 @@ class TelemetryQueries(StoreBase):
             )
         return out
 
+    def telemetry_window(
+        self, device_ids: Sequence[str], start: dt.datetime, end: dt.datetime
+    ) -> dict[str, list[TelemetryRecord]]:
+        """The points of `device_ids` from `start` to `end` (both included), per device,
+        oldest first, in one query (a few for thousands of devices)."""
+        out: dict[str, list[TelemetryRecord]] = {d: [] for d in device_ids}
+        ids = list(out)
+        cols = [points_t.c[n] for n in ("device_id", "at", *_WINDOW_FIELDS, "extra")]
+        with self._connect() as conn:
+            for i in range(0, len(ids), _IN_CHUNK):
+                q = (
+                    sa.select(*cols)
+                    .where(points_t.c.device_id.in_(ids[i : i + _IN_CHUNK]))
+                    .where(points_t.c.at >= start, points_t.c.at <= end)
+                    .order_by(points_t.c.device_id, points_t.c.at, points_t.c.id)
+                )
+                for m in (r._mapping for r in conn.execute(q)):
+                    out[m["device_id"]].append(
+                        TelemetryRecord(
+                            at=as_utc(m["at"]),  # type: ignore[arg-type]
+                            extra=m["extra"],
+                            **{n: m[n] for n in _WINDOW_FIELDS},
+                        )
+                    )
+        return out
+
     def prune_telemetry(self, older_than: dt.datetime) -> RetentionResult:
         """Retention, by whole UTC days: remove the telemetry of the days before the day
         `older_than` falls in (so between one and two days' more than asked stay).
@@ -208,3 +234,15 @@ class RetentionResult:
     """Points deleted row by row (SQLite); None where whole partitions were dropped."""
     partitions: tuple[str, ...]
     """Day partitions dropped (PostgreSQL)."""
+
+
+_IN_CHUNK = 500  # ids per IN list: far below SQLite's and PostgreSQL's parameter limits
+_WINDOW_FIELDS = (
+    "loop_p50_ms",
+    "loop_p99_ms",
+    "deadline_miss_rate",
+    "safety_interventions",
+    "cpu_percent",
+    "memory_percent",
+    "temperature_c",
+)
