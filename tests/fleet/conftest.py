@@ -20,7 +20,7 @@ from tests.servers import Mosquitto, free_port, run_mosquitto
 DEVICES = ("robot-1", "robot-2", "robot-3")
 REVOKED = "robot-revoked"
 INGEST = "edgeflux-ingest"
-INGEST_REPLICAS = ("edgeflux-ingest-a", "edgeflux-ingest-b")
+INGEST_REPLICAS = ("edgeflux-ingest-a", "edgeflux-ingest-b", "edgeflux-ingest-c")
 PUBLISHER = "edgeflux-control-plane"
 
 
