@@ -26,6 +26,7 @@ from typing import Any
 from fleet._hints import Hint, HintGate
 from fleet.config import AgentConfig
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles, topic
+from fleet.mqtt_fetch import HEADER_ROOM
 from fleet.spool import ClassBudget, Spool, SpoolPump
 from fleet.telemetry import HostSampler, TelemetryBatcher, make_point
 from fleet.update import (
@@ -99,7 +100,11 @@ class Agent:
                 reconnect_base_s=c.reconnect_base_s,
                 reconnect_cap_s=c.reconnect_cap_s,
                 max_inflight=c.inflight_window,
-                max_payload_bytes=c.max_payload_bytes,
+                # Blocks of update files over MQTT are larger than any other message.
+                max_payload_bytes=max(
+                    c.max_payload_bytes,
+                    c.mqtt_fetch_block_bytes + HEADER_ROOM if c.mqtt_fetch else 0,
+                ),
             ),
             self.device_id,
             will=(self._state_topic, self._state(False)),
