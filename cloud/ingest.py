@@ -46,7 +46,11 @@ import click
 from cloud.ingest_decode import DEFAULT_MAX_SKEW_S, Decoded, Dropped, decode
 from cloud.mqtt import PREFIX, SHARE_GROUP, CloudMqtt, CloudMqttSettings, Delivery
 from cloud.store import ConflictError, Store, StoreUnavailable
-from cloud.store.ingest_batch import record_telemetry_many
+from cloud.store.ingest_batch import (
+    record_events_many,
+    record_telemetry_many,
+    set_online_many,
+)
 from cloud.store.quarantine import QuarantineRecord, QuarantineStore
 
 __all__ = [
@@ -214,7 +218,7 @@ class Ingest:
     def _process(self, batch: list[Work]) -> None:
         s = self.settings
         done: list[Decoded] = []
-        telemetry: list[tuple[Decoded, Work]] = []
+        kinds: dict[str, list[tuple[Decoded, Work]]] = {"state": [], "event": [], "telemetry": []}
         dropped: list[QuarantineRecord] = []
         for work in batch:
             delivery, received = work
@@ -226,21 +230,19 @@ class Ingest:
                 continue
             if result.clamped:
                 self.counters["clamped_time"] += result.clamped
-            if result.kind == "telemetry":
-                key = (result.device_id, result.kind, result.sequence)
-                if key in self._seen:
-                    self.counters["skipped"] += 1
-                else:
-                    telemetry.append((result, work))
+            if result.kind != "state" and (result.device_id, result.kind, result.sequence) in (
+                self._seen
+            ):
+                self.counters["skipped"] += 1
                 continue
-            try:
-                if self._write(result, received):
-                    done.append(result)
-            except StoreUnavailable:
-                raise
-            except Exception as exc:  # this one message: refused by the store
-                dropped.append(self._drop(_refused(result, exc), work))
-        done += self._write_telemetry(telemetry, dropped)
+            kinds[result.kind if result.kind in ("state", "telemetry") else "event"].append(
+                (result, work)
+            )
+        # Presence, then events, then telemetry: a sample in the same batch as an update
+        # event sees the state that event set, as when they were written one at a time.
+        done += self._write_kind("state", kinds["state"], dropped)
+        done += self._write_kind("event", kinds["event"], dropped)
+        done += self._write_kind("telemetry", kinds["telemetry"], dropped)
         # Every write of this batch committed (or its message was dropped for good):
         # only now may the broker forget them.
         for delivery, _ in batch:
@@ -275,72 +277,74 @@ class Ingest:
         if len(self._seen) > self.settings.dedup_cache:
             self._seen.popitem(last=False)
 
-    def _write_telemetry(
-        self, items: list[tuple[Decoded, Work]], dropped: list[QuarantineRecord]
+    def _write_kind(
+        self, kind: str, items: list[tuple[Decoded, Work]], dropped: list[QuarantineRecord]
     ) -> list[Decoded]:
-        """One transaction for all telemetry of the batch; row by row if that fails.
+        """One transaction for all messages of one kind; row by row if that fails.
 
         Row by row on a conflict (replicas racing on one key) and on any other store
         error, so the one row the store refuses is dropped and the others are stored.
         """
         if not items:
             return []
-        writes = [(m.device_id, m.sequence, m.telemetry or [], w[1]) for m, w in items]
         stored: list[bool | Exception]
         try:
-            stored = list(record_telemetry_many(self.store, writes, self._future_limit()))
+            stored = list(self._write_many(kind, items))
         except StoreUnavailable:
             raise
         except Exception as exc:
             conflict = isinstance(exc, ConflictError)
             self.counters["batch_conflicts" if conflict else "batch_row_by_row"] += 1
-            stored = [self._write_one(m, w) for m, w in items]
+            stored = [self._write_one(kind, m, w) for m, w in items]
         out = []
         for (m, work), ok in zip(items, stored, strict=True):
             if isinstance(ok, Exception):
                 dropped.append(self._drop(_refused(m, ok), work))
                 continue
-            self._remember((m.device_id, m.kind, m.sequence))
-            # False: a duplicate (device, sequence), or a device unknown to / revoked by
-            # the store.
-            self.counters["stored" if ok else "skipped"] += 1
+            if kind == "state":
+                self.counters["state" if ok else "skipped"] += 1  # unknown or revoked
+            else:
+                self._remember((m.device_id, m.kind, m.sequence))
+                # False: a duplicate (device, sequence), or a device unknown to /
+                # revoked by the store.
+                self.counters["stored" if ok else "skipped"] += 1
             if ok:
                 out.append(m)
         return out
 
+    def _write_many(self, kind: str, items: list[tuple[Decoded, Work]]) -> list[bool]:
+        if kind == "telemetry":
+            writes = [(m.device_id, m.sequence, m.telemetry or [], w[1]) for m, w in items]
+            return record_telemetry_many(self.store, writes, self._future_limit())
+        if kind == "event":
+            events = [m.event for m, _ in items]
+            assert all(e is not None for e in events)
+            return record_events_many(self.store, events)  # type: ignore[arg-type]
+        presence = [
+            (m.device_id, bool(m.online), m.at or w[1], m.runtime_version) for m, w in items
+        ]
+        return set_online_many(self.store, presence)
+
     def _future_limit(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.settings.max_clock_skew_s)
 
-    def _write_one(self, m: Decoded, work: Work) -> bool | Exception:
-        """Store one telemetry message; the store's error if it refuses this one."""
+    def _write_one(self, kind: str, m: Decoded, work: Work) -> bool | Exception:
+        """Store one message; the store's error if it refuses this one."""
         try:
             try:
-                one = [(m.device_id, m.sequence, m.telemetry or [], work[1])]
-                return record_telemetry_many(self.store, one, self._future_limit())[0]
-            except ConflictError:  # a replica wrote it meanwhile
-                return self.store.record_telemetry(
-                    m.device_id, m.sequence, m.telemetry or [], work[1]
-                )
+                return self._write_many(kind, [(m, work)])[0]
+            except ConflictError:  # a replica wrote it meanwhile: the one-row path
+                if kind == "telemetry":
+                    return self.store.record_telemetry(
+                        m.device_id, m.sequence, m.telemetry or [], work[1]
+                    )
+                if kind == "event" and m.event is not None:
+                    return self.store.record_event(m.event)
+                raise
         except StoreUnavailable:
             raise
         except Exception as exc:
             return exc
-
-    def _write(self, m: Decoded, received: dt.datetime) -> bool:
-        if m.kind == "state":
-            assert m.online is not None
-            ok = self.store.set_online(m.device_id, m.online, m.at, m.runtime_version or None)
-            self.counters["state" if ok else "skipped"] += 1  # unknown or revoked: ignored
-            return ok
-        key = (m.device_id, m.kind, m.sequence)
-        if key in self._seen:
-            self.counters["skipped"] += 1
-            return False
-        assert m.event is not None
-        stored = self.store.record_event(m.event)
-        self._remember(key)
-        self.counters["stored" if stored else "skipped"] += 1
-        return stored
 
 
 def _refused(m: Decoded, exc: BaseException | None) -> Dropped:
@@ -370,13 +374,30 @@ def _refused(m: Decoded, exc: BaseException | None) -> Dropped:
     "and list them in `cloud broker-config --ingest-identity`.",
 )
 @click.option("--shared", is_flag=True, help="Split the load with other --shared replicas.")
-def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bool) -> None:
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Run this many --shared replicas as processes of their own, named "
+    "<client-id>-1 … <client-id>-N (list each in `cloud broker-config --ingest-identity`).",
+)
+def ingest_cmd(
+    home_dir: str, broker_url: str | None, client_id: str, shared: bool, replicas: int
+) -> None:
     """Run MQTT ingest (telemetry, events, presence → store) until SIGTERM / Ctrl-C."""
+    if replicas == 1:
+        _serve_ingest(home_dir, broker_url, client_id, shared)
+        return
+    _serve_replicas(home_dir, broker_url, [f"{client_id}-{i}" for i in range(1, replicas + 1)])
+
+
+def _open_ingest(
+    home_dir: str, broker_url: str | None, client_id: str
+) -> tuple[Store, CloudMqttSettings]:
     import dataclasses
-    import signal
 
     from cloud.home import CloudHome, HomeError
-    from cloud.mqtt import CloudMqttError
     from cloud.push import PushError, broker_settings
     from cloud.store import StoreError
 
@@ -391,7 +412,17 @@ def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bo
             broker_settings(home, broker_url, client_id), client_id=client_id
         )
     except PushError as exc:
+        store.close()
         raise click.ClickException(str(exc)) from exc
+    return store, mqtt
+
+
+def _serve_ingest(home_dir: str, broker_url: str | None, client_id: str, shared: bool) -> None:
+    import signal
+
+    from cloud.mqtt import CloudMqttError
+
+    store, mqtt = _open_ingest(home_dir, broker_url, client_id)
     ingest = Ingest(store, mqtt, IngestSettings(subscription="shared" if shared else "exclusive"))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -406,6 +437,47 @@ def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bo
     ingest.stop()
     store.close()
     click.echo(json.dumps(dict(ingest.counters), sort_keys=True), err=True)
+
+
+def _replica_main(home_dir: str, broker_url: str | None, client_id: str) -> None:
+    try:
+        _serve_ingest(home_dir, broker_url, client_id, shared=True)
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+
+
+def _serve_replicas(home_dir: str, broker_url: str | None, names: list[str]) -> None:
+    """Shared replicas, one process each (one writer thread each: they use every core).
+
+    Their certificates are issued here first, one after the other; SIGTERM / Ctrl-C is
+    passed on to every replica, and the command fails if any replica failed.
+    """
+    import multiprocessing as mp
+    import signal
+
+    for name in names:  # issue the certificates (and migrate the store) once, up front
+        store, _ = _open_ingest(home_dir, broker_url, name)
+        store.close()
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_replica_main, args=(home_dir, broker_url, n), name=n) for n in names
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(*_: object) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                p.terminate()  # SIGTERM: the replica stops cleanly
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    for p in procs:
+        p.join()
+    failed = [p.name for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        raise click.ClickException(f"ingest replicas failed: {', '.join(failed)}")
 
 
 @click.command("quarantine")

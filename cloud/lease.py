@@ -13,6 +13,20 @@ exactly as long as that database session, so
   stops acting as leader as soon as its own heartbeat (a ``SELECT`` every ``retry_s``)
   fails, before the server releases the lock to someone else.
 
+A process that is stopped (SIGSTOP, a VM frozen, a stall) keeps its socket, so the
+server keeps its session and lock: the leader therefore renews ``renewed_at`` in the
+``edgeflux_leases`` row of its lease every ``retry_s``, and a candidate that finds the
+row older than ``lease_s`` ends the holder's lease session (``pg_terminate_backend``)
+and takes the lock.
+
+Fencing: each term of leadership gets the next ``epoch`` of that row. The leader's
+writes carry it (``cloud.store.fence.fenced`` around the store calls); the store checks
+it in the same transaction (``SELECT ... FOR SHARE`` of the lease row, so a new term
+cannot begin while such a write is in flight) and refuses a write of an older term with
+:class:`cloud.store.FencedError`. A deposed leader that wakes up mid-step thus writes
+nothing, notices, and stands down. A fenced transaction that stalls holds the row for
+at most ``lease_s`` (``idle_in_transaction_session_timeout``): the server then ends it.
+
 The lease connection's ``application_name`` is ``edgeflux-lease:<name>:<host>:<pid>``,
 so ``pg_locks`` joined with ``pg_stat_activity`` shows who leads (:func:`leader`).
 
@@ -27,12 +41,39 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AdvisoryLease", "leader", "lease_for", "lease_key"]
+from cloud.store.fence import DEFAULT_LEASE_S, TABLE
+
+__all__ = [
+    "DEFAULT_LEASE_S",
+    "AdvisoryLease",
+    "current_epoch",
+    "leader",
+    "lease_for",
+    "lease_key",
+]
 
 log = logging.getLogger(__name__)
+
+_CREATE = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} (name text PRIMARY KEY, epoch bigint NOT NULL, "
+    "holder text NOT NULL, renewed_at timestamptz NOT NULL)"
+)
+
+
+def current_epoch(url: str, name: str) -> int | None:
+    """The epoch of lease `name`'s latest term, or None if it was never held."""
+    import psycopg
+
+    with psycopg.connect(_conninfo(url), autocommit=True, connect_timeout=5) as conn:
+        try:
+            row = conn.execute(f"SELECT epoch FROM {TABLE} WHERE name = %s", (name,)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+    return None if row is None else int(row[0])
 
 
 def lease_key(name: str) -> int:
@@ -52,8 +93,9 @@ def _conninfo(url: str) -> str:
 class AdvisoryLease:
     """Holds, or keeps trying to take, the advisory lock of `name` on `url`'s database.
 
-    ``held`` is True while this process leads; `on_change(held)` is called (from the
-    lease thread) on every change. :meth:`stop` gives the lease up.
+    ``held`` is True while this process leads, ``epoch`` is the current term's number;
+    `on_change(held)` is called (from the lease thread) on every change. :meth:`stop`
+    gives the lease up. A holder that has not renewed for `lease_s` is deposed.
     """
 
     def __init__(
@@ -63,6 +105,7 @@ class AdvisoryLease:
         *,
         retry_s: float = 1.0,
         keepalive_s: int = 3,
+        lease_s: float = DEFAULT_LEASE_S,
         on_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.conninfo = _conninfo(url)
@@ -70,6 +113,9 @@ class AdvisoryLease:
         self.key = lease_key(name)
         self.retry_s = retry_s
         self.keepalive_s = keepalive_s
+        self.lease_s = lease_s
+        self.epoch = 0
+        self._renewed = 0.0  # monotonic time of the last renewal
         self.on_change = on_change
         self.application_name = f"edgeflux-lease:{name}:{socket.gethostname()}:{os.getpid()}"
         self._held = threading.Event()
@@ -79,7 +125,8 @@ class AdvisoryLease:
 
     @property
     def held(self) -> bool:
-        return self._held.is_set()
+        # a holder that stalled past its lease may have been deposed meanwhile
+        return self._held.is_set() and time.monotonic() - self._renewed <= self.lease_s
 
     def wait_held(self, timeout_s: float) -> bool:
         return self._held.wait(timeout_s)
@@ -140,12 +187,68 @@ class AdvisoryLease:
     def _step(self) -> None:
         if self._conn is None:
             self._conn = self._connect()
+            self._ensure_table()
         if self.held:
-            self._conn.execute("SELECT 1")  # heartbeat: the session (and lock) still live
+            self._renew()
             return
+        if not self._try_lock():
+            if not self._depose_stale():
+                return
+            if not self._try_lock():
+                return
+        self._begin_term()
+
+    def _ensure_table(self) -> None:
+        with self._conn.transaction():
+            # one creator at a time: concurrent CREATE ... IF NOT EXISTS may collide
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (lease_key("table"),))
+            self._conn.execute(_CREATE)
+
+    def _try_lock(self) -> bool:
         row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        if row is not None and row[0]:
-            self._set(True)
+        return bool(row is not None and row[0])
+
+    def _begin_term(self) -> None:
+        """Holding the lock: start the next term (epoch + 1) and lead."""
+        self._conn.execute(f"SET statement_timeout = {int(self.lease_s * 3000)}")
+        row = self._conn.execute(
+            f"INSERT INTO {TABLE} AS l (name, epoch, holder, renewed_at) "
+            "VALUES (%s, 1, %s, now()) ON CONFLICT (name) DO UPDATE "
+            "SET epoch = l.epoch + 1, holder = excluded.holder, renewed_at = now() "
+            "RETURNING epoch",
+            (self.name, self.application_name),
+        ).fetchone()
+        self.epoch = int(row[0])
+        self._renewed = time.monotonic()
+        log.warning("lease %s: term %d begins", self.name, self.epoch)
+        self._set(True)
+
+    def _renew(self) -> None:
+        if time.monotonic() - self._renewed > self.lease_s:
+            # stalled past the lease (stopped, frozen): another replica may lead by now
+            raise RuntimeError(f"not renewed for over {self.lease_s:g} s")
+        cur = self._conn.execute(
+            f"UPDATE {TABLE} SET renewed_at = now() WHERE name = %s AND epoch = %s",
+            (self.name, self.epoch),
+        )
+        if cur.rowcount != 1:
+            raise RuntimeError(f"term {self.epoch} is over")
+        self._renewed = time.monotonic()
+
+    def _depose_stale(self) -> bool:
+        """End the lease session of a holder that stopped renewing; True if one was."""
+        row = self._conn.execute(
+            "SELECT l.pid FROM pg_locks l JOIN "
+            f"{TABLE} t ON t.name = %s AND t.renewed_at < now() - make_interval(secs => %s) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.classid = %s::oid AND l.objid = %s::oid",
+            (self.name, self.lease_s, *_oids(self.key)),
+        ).fetchone()
+        if row is None:
+            return False
+        log.warning("lease %s: the holder stopped renewing; ending its session", self.name)
+        self._conn.execute("SELECT pg_terminate_backend(%s, 5000)", (row[0],))
+        return True
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -157,6 +260,12 @@ class AdvisoryLease:
                 self._close()
             self._stop.wait(self.retry_s)
         self._close()
+
+
+def _oids(key: int) -> tuple[int, int]:
+    """The (classid, objid) under which ``pg_locks`` shows bigint advisory key `key`."""
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
 
 
 def lease_for(
@@ -172,8 +281,7 @@ def leader(url: str, name: str) -> str | None:
     """The ``application_name`` of the session holding lease `name`, or None."""
     import psycopg
 
-    unsigned = lease_key(name) & 0xFFFF_FFFF_FFFF_FFFF  # a bigint key shows as two oids
-    classid, objid = unsigned >> 32, unsigned & 0xFFFF_FFFF
+    classid, objid = _oids(lease_key(name))
     with psycopg.connect(_conninfo(url), autocommit=True, connect_timeout=5) as conn:
         row = conn.execute(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "

@@ -25,6 +25,7 @@ and in its update events; the next update tries gRPC again.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -48,6 +49,7 @@ from runtime.desired_state import (
     DesiredState,
     DesiredStateError,
 )
+from runtime.maintenance_window import MaintenanceWindow
 
 if TYPE_CHECKING:
     from fleet.agent import Agent
@@ -279,6 +281,7 @@ class RobotEffects:
             length=target.length,
             sha256=target.sha256,
             max_action_divergence=bundle.gate.max_action_divergence if bundle.gate else None,
+            windows=_windows_json(bundle.gate.windows) if bundle.gate else "",
         )
 
     def download(self, target: TargetInfo, timeout_s: float) -> Path:
@@ -399,6 +402,13 @@ class RobotEffects:
             # "nothing to roll back": the candidate is not active (never switched, or
             # the runtime already reverted it); the old bundle runs.
             log.info("rollback: %s", exc)
+
+
+def _windows_json(windows: tuple[MaintenanceWindow, ...]) -> str:
+    """The desired state's maintenance windows as the update record keeps them."""
+    if not windows:
+        return ""
+    return json.dumps([w.to_dict() for w in windows], sort_keys=True)
 
 
 def robot_effects(agent: Agent) -> RobotEffects:

@@ -103,6 +103,9 @@ class AgentConfig(BaseModel):
     )
     mqtt_fetch_timeout_s: float = Field(10.0, gt=0, description="wait per MQTT block")
     mqtt_fetch_retries: int = Field(5, ge=0, le=100, description="tries again per MQTT block")
+    update_lock_poll_s: float = Field(
+        0.5, gt=0, le=60, description="how often a held update looks at the locks again"
+    )
 
     @field_validator("device_id")
     @classmethod

@@ -22,7 +22,9 @@ restart resumes where it was. A dispatch or retry is applied exactly once across
 restart: its intent (wave, devices, their generations) is saved first, a replay leaves
 devices it already pointed at the bundle at their generation, then it is marked done.
 One plane drives rollouts at a time: on PostgreSQL, replicas elect it through an advisory-lock
-lease (``cloud.lease``); on SQLite the one plane process drives them.
+lease (``cloud.lease``); on SQLite the one plane process drives them. Every write of a
+pass carries the lease's epoch: a driver deposed mid-pass (stalled past its lease while
+another replica took over) has its writes refused (``FencedError``) and stands down.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from cloud.rollouts.outcomes import device_outcome
 from cloud.rollouts.plan import DevicePlan
 from cloud.rollouts.soak import abort_due
 from cloud.rollouts.wire import (
+    abort_min_robots_of,
     abort_threshold_of,
     retry_policy_of,
     rollout_to_pb,
@@ -63,7 +66,8 @@ from cloud.rollouts.wire import (
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
 from cloud.server.plane import Plane
-from cloud.store import RolloutRecord, Store
+from cloud.store import FencedError, RolloutRecord, Store
+from cloud.store.fence import fenced
 from protos import admin_pb2
 from runtime.desired_state import GatePolicy
 
@@ -104,6 +108,7 @@ class RolloutService:
         self._mqtt_failed_at = -1e9
         # Several replicas on one PostgreSQL: only the lease holder drives rollouts.
         self.lease: AdvisoryLease | None = None
+        self._deposed_epoch = 0  # the term whose write the store refused
 
     @property
     def store(self) -> Store:
@@ -151,6 +156,7 @@ class RolloutService:
                 retry=retry_policy_of(request),
                 soak=soak_policy_of(request),
                 abort_threshold=abort_threshold_of(request),
+                abort_min_robots=abort_min_robots_of(request),
             )
             found.append(check)
             return spec
@@ -251,7 +257,7 @@ class RolloutService:
         now = time.time()
         restore = r.abort(now, by, rollback=rollback)
         if decision is not None:
-            r.gates["abort"] = {**decision, "at": now, "audited": False}
+            r.gates["abort"] = {**decision, "at": now, "key": uuid.uuid4().hex}
         if not rollback:
             self._save(r)
             self._audit_abort(r)
@@ -261,13 +267,20 @@ class RolloutService:
         self._finish_abort(r)
 
     def _audit_abort(self, r: Rollout) -> None:
+        """Audit the abort-threshold decision once: its entry is keyed on the decision
+        saved (with the abort's intent) before anything was applied, so a replay after
+        a restart between the audit write and the next save writes no second one."""
         got = r.gates.get("abort")
-        if not isinstance(got, dict) or got.get("audited", True):
-            return
-        figures = {k: v for k, v in got.items() if k != "audited"}
-        self.store.audit("rollout-engine", "rollout.abort_threshold", r.id, figures)
-        got["audited"] = True
-        self._save(r)
+        if not isinstance(got, dict) or "key" not in got:
+            return  # an operator's abort: recorded in the rollout's history
+        figures = {k: v for k, v in got.items() if k != "key"}
+        self.store.audit_once(
+            f"{r.id}:abort:{got['key']}",
+            "rollout-engine",
+            "rollout.abort_threshold",
+            r.id,
+            figures,
+        )
 
     def _finish_abort(self, r: Rollout) -> None:
         """Apply (or, after a restart, finish) a saved abort intent's rollback."""
@@ -343,7 +356,9 @@ class RolloutService:
             self._task = loop.create_task(self._run())
 
     def _leads(self) -> bool:
-        return self.lease is None or self.lease.held
+        if self.lease is None:
+            return True
+        return self.lease.held and self.lease.epoch != self._deposed_epoch
 
     async def _run(self) -> None:
         # The fleet watch brings device changes from any writer (ingest in another
@@ -391,7 +406,21 @@ class RolloutService:
                 dirty = None
             if dirty is None:
                 self._last_full = time.monotonic()
-            await self.plane.db(self._pass, dirty)
+            try:
+                await self.plane.db(self._fenced_pass, dirty)
+            except FencedError as exc:
+                assert self.lease is not None
+                self._deposed_epoch = self.lease.epoch
+                self._dirty = None  # a later term starts with a full pass
+                log.warning("rollout driver stands down: %s", exc)
+
+    def _fenced_pass(self, dirty: set[str] | None) -> None:
+        lease = self.lease
+        if lease is None:
+            self._pass(dirty)
+            return
+        with fenced(lease.name, lease.epoch, lease.lease_s):
+            self._pass(dirty)
 
     def _pass(self, dirty: set[str] | None = None) -> None:
         """Drive every active rollout; check outcomes of `dirty` devices only (None: all)."""

@@ -13,7 +13,13 @@ from cloud.store._store import Store
 from cloud.store.audit import AuditRecord
 from cloud.store.bundles import BundleRecord
 from cloud.store.devices import parse_label_selector
-from cloud.store.errors import ConflictError, NotFoundError, StoreError, StoreUnavailable
+from cloud.store.errors import (
+    ConflictError,
+    FencedError,
+    NotFoundError,
+    StoreError,
+    StoreUnavailable,
+)
 from cloud.store.rollouts import RolloutRecord
 from cloud.store.telemetry import TelemetryRecord
 from cloud.store.updates import EventRecord
@@ -25,6 +31,7 @@ __all__ = [
     "DevicePage",
     "DeviceRecord",
     "EventRecord",
+    "FencedError",
     "NotFoundError",
     "RolloutRecord",
     "Store",

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud.store._device_rows import HOT_READS
 from cloud.store.errors import ConflictError, StoreError, StoreUnavailable
+from cloud.store.fence import check_fence
 from cloud.store.models import AuditEntry, Device, table
 
 __all__ = ["StoreBase", "as_utc", "utcnow"]
@@ -197,6 +198,8 @@ class StoreBase:
     def _tx(self) -> Iterator[Connection]:
         try:
             with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    check_fence(conn)  # a rollout driver's write carries its lease's epoch
                 yield conn
         except exc.IntegrityError as e:
             raise ConflictError(str(e.orig).splitlines()[0]) from e

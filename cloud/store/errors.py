@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConflictError", "NotFoundError", "StoreError", "StoreUnavailable"]
+__all__ = ["ConflictError", "FencedError", "NotFoundError", "StoreError", "StoreUnavailable"]
 
 
 class StoreError(Exception):
@@ -19,3 +19,7 @@ class ConflictError(StoreError):
 
 class NotFoundError(StoreError):
     """The requested row does not exist."""
+
+
+class FencedError(StoreError):
+    """The writer's term of leadership is over (a newer one began); nothing was written."""

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cloud.home import init_home
-from cloud.lease import AdvisoryLease, leader, lease_for, lease_key
+from cloud.lease import AdvisoryLease, current_epoch, leader, lease_for, lease_key
+from cloud.rollouts.engine import Rollout, RolloutSpec
+from cloud.rollouts.gates import GateSpec
+from cloud.rollouts.service import RolloutService
+from cloud.store import BundleRecord, EventRecord, FencedError, Store
+from cloud.store.fence import fenced
 from tests.servers import Postgres, run_postgres, wait_until
 
 pytestmark = [pytest.mark.services]
@@ -63,11 +72,60 @@ def test_exactly_one_holder_and_the_other_takes_over_when_it_lets_go(pg: Postgre
     assert leader(url, "t") is None
 
 
-def _replica(home: Path, url: str, log: Path) -> subprocess.Popen[str]:
+def test_each_term_gets_the_next_epoch_and_a_stalled_holder_is_deposed(pg: Postgres) -> None:
+    url = pg.create_database("lease_epochs")
+    a = AdvisoryLease(url, "t", retry_s=0.2, lease_s=1.0).start()
+    b = AdvisoryLease(url, "t", retry_s=0.2, lease_s=1.0)
+    try:
+        assert a.wait_held(10) and a.epoch == 1 == current_epoch(url, "t")
+        b.start()
+        time.sleep(1.5)  # a renews every 0.2 s: b must not depose it
+        assert a.held and not b.held
+        a._renew = lambda: time.sleep(30)  # type: ignore[method-assign]  # a stalls
+        assert b.wait_held(10)
+        assert b.epoch == 2 == current_epoch(url, "t")
+        assert not a.held  # not renewed for over lease_s: a no longer counts itself leader
+    finally:
+        b.stop()
+    assert current_epoch(url, "never-held") is None
+
+
+def _setup_store(url: str, devices: tuple[str, ...], bundle: dict[str, object]) -> Store:
+    store = Store.open(url)
+    store.add_devices_bulk([(d, f"{i:02d}" * 32, {"g": "x"}) for i, d in enumerate(devices)])
+    store.add_bundle(BundleRecord("p", "1.1.0", 2, "ab" * 32, 10, "p-1.1.0.efb"))
+    return store
+
+
+def test_the_store_refuses_a_write_of_an_older_epoch_and_nothing_is_written(
+    pg: Postgres,
+) -> None:
+    url = pg.create_database("lease_fence")
+    store = _setup_store(url, ("d0",), {})
+    lease = AdvisoryLease(url, "rollout-engine", retry_s=0.2).start()
+    try:
+        assert lease.wait_held(10)
+        with fenced("rollout-engine", lease.epoch):
+            assert store.set_desired(["d0"], {"name": "p", "version": "1"}) == {"d0": 1}
+        stale = pytest.raises(FencedError, match=r"in epoch 1, this writer's term \(epoch 0\)")
+        with stale, fenced("rollout-engine", lease.epoch - 1):
+            store.set_desired(["d0"], {"name": "p", "version": "2"})
+        dev = store.get_device("d0")
+        assert dev is not None and dev.desired_generation == 1
+        assert (dev.desired_bundle or {})["version"] == "1"
+        store.set_desired(["d0"], {"name": "p", "version": "3"})  # unfenced writes go on
+    finally:
+        lease.stop()
+        store.close()
+
+
+def _replica(
+    home: Path, url: str, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.cloud._plane_replica", str(home), url],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=log.open("a"),
         text=True,
@@ -114,3 +172,137 @@ def test_killing_the_leading_plane_hands_the_rollout_engine_over_within_10_s(
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(5)
+
+
+class _Lines:
+    """The stdout lines of a process, read by a thread (so waits can time out)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.q: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        out = proc.stdout
+        threading.Thread(target=lambda: [self.q.put(x.strip()) for x in out], daemon=True).start()
+
+    def wait_for(self, prefix: str, timeout_s: float, log: Path) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.q.get(timeout=left)
+            except queue.Empty:
+                break
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no line {prefix!r} in {timeout_s} s; log:\n{log.read_text()}")
+
+
+BUNDLE = {
+    "name": "p",
+    "version": "1.1.0",
+    "sequence": 2,
+    "target": "p-1.1.0.efb",
+    "sha256": "ab" * 32,
+    "length": 10,
+}
+
+
+def _stop(*procs: subprocess.Popen[str] | None) -> None:
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+def test_a_leader_stopped_mid_wave_is_fenced_off_and_the_wave_is_applied_once(
+    pg: Postgres, tmp_path: Path
+) -> None:
+    """SIGSTOP the leading plane between a wave's saved intent and its side effect; the
+    other plane takes over and applies the wave; SIGCONT: the old leader's write is
+    refused, it stands down, and the rollout completes with each wave applied once."""
+    url = pg.create_database("lease_fencing")
+    home = tmp_path / "home"
+    init_home(home)
+    devices = ("d0", "d1", "d2", "d3")
+    store = _setup_store(url, devices, BUNDLE)
+    gates = GateSpec(allow_unattested=True, override_by="test").to_dict()
+    spec = RolloutSpec(BUNDLE, devices, (0.5, 1.0), 0.0, 600, gates=gates)
+    fake_plane = types.SimpleNamespace(store=store, home=None, config=None)
+    RolloutService(fake_plane, hints=False)._save(  # type: ignore[arg-type]
+        Rollout.create("ro-f", spec, now=time.time(), created_by="test")
+    )
+    log = tmp_path / "replicas.log"
+    env = {"EDGEFLUX_TEST_APPLY_PAUSE_S": "2"}
+    a = b = None
+    try:
+        a = _replica(home, url, log, env)
+        a_out = _Lines(a)
+        a_out.wait_for("ready", 60, log)
+        b = _replica(home, url, log, env)
+        b_out = _Lines(b)
+        b_out.wait_for("ready", 60, log)
+        first = a_out.wait_for("applying ro-f", 30, log)  # a leads: it started the rollout
+        assert first == "applying ro-f wave 0"
+        a.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        assert current_epoch(url, "rollout-engine") == 1
+        wait_until(lambda: _pid_of(leader(url, "rollout-engine")) == b.pid, 10, "b to lead")
+        takeover = time.monotonic() - stopped
+        print(f"takeover from a stopped leader: {takeover:.2f} s")
+        assert takeover < 10
+        assert current_epoch(url, "rollout-engine") == 2
+        assert b_out.wait_for("applying ro-f", 15, log) == "applying ro-f wave 0"
+        a.send_signal(signal.SIGCONT)  # a wakes in the middle of its wave-0 step
+        wait_until(lambda: "rollout driver stands down" in log.read_text(), 20, "a to stand down")
+        assert "epoch 2" in log.read_text()
+
+        def commit(index: int) -> None:
+            wait_until(lambda: _dispatched(store, index) is not None, 30, f"wave {index} out")
+            r = _dispatched(store, index)
+            assert r is not None
+            for d in r.waves[index].device_ids:
+                gen = store.get_device(d).desired_generation  # type: ignore[union-attr]
+                store.record_event(
+                    EventRecord(
+                        d, gen, dt.datetime.now(dt.UTC), "update", "COMMITTED", "", "", BUNDLE
+                    )
+                )
+
+        commit(0)
+        commit(1)
+        wait_until(lambda: _state(store) == "completed", 30, "the rollout to complete")
+        for d in devices:
+            dev = store.get_device(d)
+            assert dev is not None and dev.desired_generation == 1, d  # applied once
+            assert (dev.desired_bundle or {})["version"] == "1.1.0"
+        sets = [
+            a.actor
+            for a in store.audit_log(limit=1000)
+            if a.action == "device.set_desired" and a.actor.startswith("rollout:ro-f")
+        ]
+        assert len(sets) == 2  # one per wave
+        rec = store.get_rollout("ro-f")
+        assert rec is not None
+        said = [h["reason"] for h in rec.status["history"] if "dispatched" in h["reason"]]
+        assert said == ["wave 0 dispatched to 2 device(s)", "wave 1 dispatched to 2 device(s)"]
+        assert not any("could not be dispatched" in h["reason"] for h in rec.status["history"])
+        assert _pid_of(leader(url, "rollout-engine")) == b.pid
+    finally:
+        _stop(a, b)
+        store.close()
+
+
+def _dispatched(store: Store, index: int) -> Rollout | None:
+    rec = store.get_rollout("ro-f")
+    if rec is None:
+        return None
+    r = Rollout.from_dicts(rec.id, rec.spec, rec.status)
+    return r if r.waves[index].dispatched_at is not None else None
+
+
+def _state(store: Store) -> str | None:
+    rec = store.get_rollout("ro-f")
+    return None if rec is None else rec.state

@@ -1,16 +1,21 @@
-"""Batched telemetry writes on SQLite and on a real PostgreSQL: exactly once per
-(device, sequence), unknown and revoked devices refused, health = the newest point."""
+"""Batched ingest writes (telemetry, events, presence) on SQLite and on a real
+PostgreSQL: exactly once per (device, sequence), unknown and revoked devices refused,
+health = the newest point, and the same outcome as writing one message at a time."""
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cloud.store import Store, TelemetryRecord
-from cloud.store.ingest_batch import record_telemetry_many
+from cloud.store.ingest_batch import record_events_many, record_telemetry_many, set_online_many
+from cloud.store.updates import EventRecord
 from tests.servers import Postgres
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -57,3 +62,103 @@ def test_batch_stores_each_sequence_once_and_refuses_unknown_devices(store: Stor
     assert health is not None and health["loop_p99_ms"] == 2.0  # newest point wins
     assert store.require_device("robot-1").last_seen is not None
     assert store.telemetry("ghost") == [] and store.telemetry("robot-revoked") == []
+
+
+def _ev(dev: str, seq: int, state: str, kind: str = "update") -> EventRecord:
+    return EventRecord(dev, seq, T0 + dt.timedelta(seconds=seq), kind, state, "OK", f"at {seq}")
+
+
+def test_events_batch_stores_each_once_and_the_last_update_event_sets_the_state(
+    store: Store,
+) -> None:
+    got = record_events_many(
+        store,
+        [
+            _ev("robot-1", 1, "DOWNLOADING"),
+            _ev("robot-1", 1, "DOWNLOADING"),  # duplicate inside the batch
+            _ev("robot-1", 2, "COMMITTED"),
+            _ev("robot-1", 3, "", kind="log"),  # not an update: the state stays
+            _ev("robot-2", 1, "FAILED"),
+            _ev("ghost", 1, "COMMITTED"),
+            _ev("robot-revoked", 1, "COMMITTED"),
+        ],
+    )
+    assert got == [True, False, True, True, True, False, False]
+    assert record_events_many(store, [_ev("robot-1", 2, "COMMITTED")]) == [False]
+    r1 = store.require_device("robot-1")
+    assert (r1.update_state, r1.update_reason) == ("COMMITTED", "OK")
+    assert store.require_device("robot-2").update_state == "FAILED"
+    assert [e.sequence for e in store.events("robot-1")] == [1, 2, 3]
+    assert store.events("ghost") == [] and store.events("robot-revoked") == []
+
+
+def test_presence_batch_last_message_per_device_wins_and_revoked_stay_offline(
+    store: Store,
+) -> None:
+    got = set_online_many(
+        store,
+        [
+            ("robot-1", True, T0, "1.0"),
+            ("robot-1", False, T0 + dt.timedelta(seconds=1), ""),
+            ("robot-2", True, T0, "2.0"),
+            ("robot-revoked", True, T0, ""),
+            ("ghost", True, T0, ""),
+        ],
+    )
+    assert got == [True, True, True, False, False]
+    r1, r2 = store.require_device("robot-1"), store.require_device("robot-2")
+    assert (r1.online, r1.runtime_version) == (False, "1.0")
+    assert (r2.online, r2.runtime_version) == (True, "2.0")
+    assert store.require_device("robot-revoked").online is False
+
+
+# A random stream of update events (duplicates, unknown and revoked devices included),
+# cut into random batches: the batched writer must leave the store exactly as writing
+# the events one at a time does.
+_streams = st.lists(
+    st.tuples(
+        st.sampled_from(["robot-1", "robot-2", "robot-revoked", "ghost"]),
+        st.integers(1, 6),
+        st.sampled_from(["DOWNLOADING", "COMMITTED", "FAILED", ""]),
+        st.sampled_from(["update", "log"]),
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(stream=_streams, cuts=st.lists(st.integers(1, 8), max_size=8))
+def test_batched_events_agree_with_one_at_a_time(
+    store: Store, stream: list[tuple[str, int, str, str]], cuts: list[int]
+) -> None:
+    run = uuid.uuid4().hex[:8]  # fresh devices per example on the shared store
+    for side in "ab":
+        for d in ("robot-1", "robot-2", "robot-revoked"):
+            store.add_device(f"{d}-{run}-{side}", uuid.uuid4().hex)
+        store.revoke_device(f"robot-revoked-{run}-{side}")
+
+    def events(side: str) -> list[EventRecord]:
+        return [
+            _ev(f"{d}-{run}-{side}" if d != "ghost" else f"ghost-{run}", q, s, k)
+            for d, q, s, k in stream
+        ]
+
+    one = [store.record_event(e) for e in events("a")]
+    batched: list[bool] = []
+    rest = events("b")
+    for n in [*cuts, len(rest)]:
+        batched += record_events_many(store, rest[:n])
+        rest = rest[n:]
+    assert batched == one
+    for d in ("robot-1", "robot-2", "robot-revoked"):
+        a, b = store.require_device(f"{d}-{run}-a"), store.require_device(f"{d}-{run}-b")
+        assert (a.update_state, a.update_reason, a.update_detail) == (
+            b.update_state,
+            b.update_reason,
+            b.update_detail,
+        )
+        ka = [(e.sequence, e.kind, e.state) for e in store.events(f"{d}-{run}-a")]
+        kb = [(e.sequence, e.kind, e.state) for e in store.events(f"{d}-{run}-b")]
+        assert ka == kb

@@ -84,6 +84,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "broker-config",
             *("--home", str(home.root), "--out", str(out), "--port", str(port)),
             *("--run-as", "root" if os.geteuid() == 0 else "mosquitto"),
+            *("--reload-hook", "pid-file"),  # devices added later: the ACL is rewritten
         ],
     )
     assert res.exit_code == 0, res.output

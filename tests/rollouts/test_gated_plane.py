@@ -450,6 +450,8 @@ def test_a_wave_regressed_past_the_abort_threshold_is_aborted_and_rolled_back(
         "0.02",
         "--abort-threshold",
         "0.5",
+        "--abort-min-robots",
+        "2",
         "--json",
     )
     assert res.exit_code == 0, res.output

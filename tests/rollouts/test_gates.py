@@ -248,6 +248,11 @@ def test_rollout_create_help_shows_every_gate() -> None:
         "--soak",
         "--max-miss-rate-increase",
         "--max-interventions-increase",
+        "--max-latency-p99-ms",
+        "--max-latency-ratio",
+        "--max-divergence",
+        "--max-errors-increase",
+        "--abort-min-robots",
     ):
         assert option in res.output, option
     res = CliRunner().invoke(root, ["rollout", "approve", "--help"])
