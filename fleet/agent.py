@@ -26,7 +26,6 @@ from typing import Any
 from fleet._hints import Hint, HintGate
 from fleet.config import AgentConfig
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles, topic
-from fleet.mqtt_fetch import HEADER_ROOM
 from fleet.spool import ClassBudget, Spool, SpoolPump
 from fleet.telemetry import HostSampler, TelemetryBatcher, make_point
 from fleet.update import (
@@ -102,11 +101,7 @@ class Agent:
                 reconnect_base_s=c.reconnect_base_s,
                 reconnect_cap_s=c.reconnect_cap_s,
                 max_inflight=c.inflight_window,
-                # Blocks of update files over MQTT are larger than any other message.
-                max_payload_bytes=max(
-                    c.max_payload_bytes,
-                    c.mqtt_fetch_block_bytes + HEADER_ROOM if c.mqtt_fetch else 0,
-                ),
+                max_payload_bytes=c.max_payload_bytes,
             ),
             self.device_id,
             will=(self._state_topic, self._state(False)),

@@ -52,7 +52,13 @@ class MqttFetchError(RuntimeError):
 class _Transport(Protocol):
     def publish(self, topic_name: str, payload: bytes) -> bool: ...
 
-    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None: ...
+    def subscribe(
+        self,
+        topic_filter: str,
+        handler: Callable[[str, bytes], None],
+        *,
+        max_payload_bytes: int | None = None,
+    ) -> None: ...
 
 
 class _Waiter:
@@ -90,7 +96,10 @@ class MqttBlockClient:
             "bad_responses": 0,
             "stale_responses": 0,
         }
-        transport.subscribe(self._resp, self._on_response)
+        # Blocks are larger than any other message the robot takes: this topic only.
+        transport.subscribe(
+            self._resp, self._on_response, max_payload_bytes=block_bytes + HEADER_ROOM
+        )
 
     def _on_response(self, topic_name: str, payload: bytes) -> None:
         try:

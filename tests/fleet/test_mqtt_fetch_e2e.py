@@ -59,7 +59,7 @@ class Env:
                 tls=TlsFiles(creds.ca, creds.cert, creds.key),
                 reconnect_base_s=0.05,
                 reconnect_cap_s=0.5,
-                max_payload_bytes=1 << 21,
+                max_payload_bytes=64 * 1024,  # the agent's default cap
             ),
             name,
             clean_session=True,
@@ -207,6 +207,12 @@ def test_hostile_requests_over_the_broker_are_refused_and_the_responder_keeps_se
         with pytest.raises(MqttFetchError, match="no such file"):
             blocks.request("metadata", "nope.json", 0, 10)
         assert blocks.request("metadata", "1.root.json", 0, 10).status == "ok"  # still serving
+        # Whole blocks pass the robot's 64 KiB cap: it is raised on files/resp alone.
+        big = env.plane.home.tuf / "targets" / "big.bin"
+        big.write_bytes(os.urandom(300_000))
+        block = blocks.request("target", "big.bin", 0, 256 * 1024)
+        assert block.data == big.read_bytes()[: 256 * 1024] and block.total == 300_000
+        assert t.counters["dropped_oversize"] == 0
     env.responder.on_answer = None
 
 
