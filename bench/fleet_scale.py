@@ -105,7 +105,7 @@ def make_pki(directory: Path, robots: list[str], services: tuple[str, ...]) -> P
 
 
 @contextmanager
-def fleet_broker(pki: Pki, directory: Path) -> Iterator[int]:
+def fleet_broker(pki: Pki, directory: Path, robots: list[str]) -> Iterator[int]:
     """Mosquitto with the configuration `cloud broker-config` writes; yields its port."""
     port = free_port()
     cert, key = pki.files("server")
@@ -119,6 +119,7 @@ def fleet_broker(pki: Pki, directory: Path) -> Iterator[int]:
         more_ingest_identities=(BARE_IDENTITY,),
         publisher_identity=PUBLISHER_IDENTITY,
         max_queued_messages=1_000_000,
+        devices=tuple(robots),
     )
     conf, _ = write_broker_config(cfg, directory)
     with run_mosquitto(conf.read_text(), port=port):
@@ -498,7 +499,7 @@ def run(args: Any) -> dict[str, Any]:
             Path(tmp) / "pki", devs, (INGEST_IDENTITY, BARE_IDENTITY, PUBLISHER_IDENTITY)
         )
         print(f"{args.robots} robot certificates in {time.time() - t0:.1f} s", flush=True)
-        with fleet_broker(pki, Path(tmp) / "broker") as port, _store(args, tmp) as store:
+        with fleet_broker(pki, Path(tmp) / "broker", devs) as port, _store(args, tmp) as store:
             register(store, devs)
             print(
                 f"Mosquitto (broker-config, mTLS) on {port}; {args.procs} robot processes; "

@@ -3,16 +3,23 @@
 What it writes:
 
 - a TLS listener that **requires a client certificate** signed by the fleet CA and
-  takes the MQTT username **and client id** from the certificate CN
-  (``use_identity_as_username``, ``use_username_as_clientid``), so a client cannot
-  claim another identity nor take over another's session; ``allow_anonymous false``;
-  an optional CRL so a revoked device is refused at the handshake;
-- an ACL file: a device (``%u`` = its CN) may publish only its own ``telemetry``,
-  ``events`` and ``state`` and read only its own ``updates``; the ingest identity
-  identities (``edgeflux-ingest``, more with ``--ingest-identity``) read every
-  device's uplink topics (directly or through ``$share/edgeflux-ingest/...``) and the
-  publisher (``edgeflux-push``) writes ``updates``. Those names start with the
-  reserved ``edgeflux``, which no device or operator certificate can have;
+  takes the MQTT username **and client id** from the certificate's whole subject
+  (``use_subject_as_username``, ``use_username_as_clientid``): the subject carries
+  the role (``OU=device``, ``OU=operator``, ``OU=service``), so a client cannot
+  claim another identity, another role, nor take over another's session;
+  ``allow_anonymous false``; an optional CRL so a revoked device is refused at the
+  handshake;
+- an ACL file naming every identity by its exact subject: a device
+  (``O=EdgeFlux fleet,OU=device,CN=<id>``) may publish only its own ``telemetry``,
+  ``events`` and ``state`` and read only its own ``updates``; the ingest
+  identities (``edgeflux-ingest``, more with ``--ingest-identity``, ``OU=service``)
+  read every device's uplink topics (directly or through
+  ``$share/edgeflux-ingest/...``) and the publisher (``edgeflux-push``) writes
+  ``updates``. Any other subject — an operator, a certificate of the wrong role with
+  a device's name — has no rights at all. The device list comes from the plane's
+  home (``--home``: every certificate under ``pki/devices`` not in the CRL) or from
+  ``--device``; ``cloud device add`` and ``revoke`` rewrite the ACL and reload the
+  broker (:mod:`cloud.broker_reload`);
 - queue limits sized for ingest: Mosquitto's default ``max_queued_messages 1000``
   silently drops QoS 1 messages to a subscriber that falls behind ("Outgoing
   messages are being dropped") — the ingest session needs a deep queue.
@@ -27,13 +34,18 @@ Usage::
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cloud.home import INGEST_IDENTITY, PUBLISHER_IDENTITY
-from cloud.pki import RESERVED_PREFIX
+from cloud.pki import ID_PATTERN, RESERVED_PREFIX, broker_username, subject_for
+
+if TYPE_CHECKING:
+    from cloud.home import CloudHome
 from runtime.atomicio import atomic_write_text
 
 __all__ = [
@@ -43,7 +55,9 @@ __all__ = [
     "BrokerConfigError",
     "acl_text",
     "broker_config",
+    "home_devices",
     "mosquitto_conf_text",
+    "render_acl",
     "write_broker_config",
 ]
 
@@ -51,6 +65,21 @@ PREFIX = "edgeflux/v1/devices"
 # The plane's MQTT clients have certificates of their own (cloud.home.service_identity):
 # ingest and the hint publisher. Names starting with "edgeflux" are reserved for them.
 _IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# What each role may do, as (access, topic kind) under PREFIX. A device's grants are on
+# its own topics only; the plane's are on every device's (``+``).
+DEVICE_GRANTS: tuple[tuple[str, str], ...] = (
+    ("write", "telemetry"),
+    ("write", "events"),
+    ("write", "state"),
+    ("read", "updates"),
+)
+INGEST_GRANTS: tuple[tuple[str, str], ...] = (
+    ("read", "telemetry"),
+    ("read", "events"),
+    ("read", "state"),
+)
+PUBLISHER_GRANTS: tuple[tuple[str, str], ...] = (("write", "updates"), ("read", "state"))
 
 
 class BrokerConfigError(ValueError):
@@ -79,6 +108,8 @@ class BrokerConfig:
     """Where Mosquitto writes its pid (for the ``pid-file`` reload hook)."""
     run_as: str | None = None
     """The user Mosquitto drops to when started as root (``user``); None: its default."""
+    devices: tuple[str, ...] = ()
+    """Every device id the broker accepts (the ACL names each one's subject)."""
 
     @property
     def ingest_identities(self) -> tuple[str, ...]:
@@ -103,6 +134,9 @@ class BrokerConfig:
                     f"{label} {ident!r} must start with {RESERVED_PREFIX + '-'!r} (names "
                     "no device or operator can be issued)"
                 )
+        for dev in self.devices:
+            if not ID_PATTERN.match(dev) or dev.lower().startswith(RESERVED_PREFIX):
+                raise BrokerConfigError(f"--device {dev!r} is not a valid device id")
         if self.max_queued_messages < 1000:
             raise BrokerConfigError(
                 f"--max-queued-messages {self.max_queued_messages} is below Mosquitto's "
@@ -110,30 +144,72 @@ class BrokerConfig:
             )
 
 
+def _block(kind: str, name: str, grants: Iterable[tuple[str, str]], device: str) -> list[str]:
+    lines = [f"user {broker_username(subject_for(kind, name))}"]
+    lines += [f"topic {access} {PREFIX}/{device}/{what}" for access, what in grants]
+    return [*lines, ""]
+
+
 def acl_text(cfg: BrokerConfig) -> str:
-    """The Mosquitto ACL file. Patterns substitute ``%u`` = the certificate CN."""
-    grants: dict[str, list[str]] = {}
-    for ident in cfg.ingest_identities:
-        for kind in ("telemetry", "events", "state"):
-            grants.setdefault(ident, []).append(f"topic read {PREFIX}/+/{kind}")
-    grants.setdefault(cfg.publisher_identity, [])
-    for line in (f"topic write {PREFIX}/+/updates", f"topic read {PREFIX}/+/state"):
-        if line not in grants[cfg.publisher_identity]:
-            grants[cfg.publisher_identity].append(line)
+    """The Mosquitto ACL file: one ``user`` block per identity, named by its subject."""
+    return render_acl(cfg.ingest_identities, cfg.publisher_identity, cfg.devices)
+
+
+def render_acl(
+    ingest_identities: tuple[str, ...], publisher_identity: str, devices: tuple[str, ...]
+) -> str:
+    """:func:`acl_text` from its inputs alone (what a revocation rewrites)."""
     lines = [
-        "# Generated by `edgeflux cloud broker-config`. Identities come from certificate CNs.",
-        "# Devices: publish only under their own id, read only their own updates.",
-        f"pattern write {PREFIX}/%u/telemetry",
-        f"pattern write {PREFIX}/%u/events",
-        f"pattern write {PREFIX}/%u/state",
-        f"pattern read {PREFIX}/%u/updates",
+        "# Generated by `edgeflux cloud broker-config`; rewritten by `cloud device add`",
+        "# and `revoke`. Each client is named by its certificate's subject, role included;",
+        "# a subject not listed here may do nothing.",
         "",
         "# Control plane: ingest reads every device's uplink (directly or through",
         "# $share/edgeflux-ingest/...); push writes update hints.",
     ]
-    for user, topics in grants.items():
-        lines += [f"user {user}", *topics, ""]
+    for ident in dict.fromkeys(ingest_identities):
+        grants = list(INGEST_GRANTS)
+        if ident == publisher_identity:
+            grants += [g for g in PUBLISHER_GRANTS if g not in grants]
+        lines += _block("service", ident, grants, "+")
+    if publisher_identity not in ingest_identities:
+        lines += _block("service", publisher_identity, PUBLISHER_GRANTS, "+")
+    lines.append("# Devices: publish only under their own id, read only their own updates.")
+    for dev in dict.fromkeys(devices):
+        lines += _block("device", dev, DEVICE_GRANTS, dev)
     return "\n".join(lines)
+
+
+def home_devices(home: CloudHome) -> tuple[str, ...]:
+    """The device ids of `home` the broker should accept: every certificate under
+    ``pki/devices`` whose serial is not in the home's CRL, in name order.
+
+    Raises BrokerConfigError for a certificate whose subject is not the one this
+    plane issues (the broker could not name it in the ACL)."""
+    from cryptography import x509
+
+    revoked: set[int] = set()
+    if home.crl.is_file():
+        try:
+            crl = x509.load_pem_x509_crl(home.crl.read_bytes())
+        except ValueError as exc:
+            raise BrokerConfigError(f"{home.crl} is not a PEM CRL: {exc}") from exc
+        revoked = {r.serial_number for r in crl}
+    out = []
+    for path in sorted(home.devices.glob("*.crt")):
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except ValueError as exc:
+            raise BrokerConfigError(f"{path} is not a PEM certificate: {exc}") from exc
+        if cert.serial_number in revoked:
+            continue
+        if cert.subject != subject_for("device", path.stem):
+            raise BrokerConfigError(
+                f"{path}: subject {cert.subject.rfc4514_string()!r} is not the device "
+                f"subject this plane issues for {path.stem!r}"
+            )
+        out.append(path.stem)
+    return tuple(out)
 
 
 def mosquitto_conf_text(cfg: BrokerConfig, acl_path: Path) -> str:
@@ -153,9 +229,10 @@ def mosquitto_conf_text(cfg: BrokerConfig, acl_path: Path) -> str:
         f"keyfile {cfg.key}",
         "tls_version tlsv1.2",
         "require_certificate true",
-        "use_identity_as_username true",
-        # The client id is the certificate's name too: nobody can connect with another
-        # identity's client id and take its session (and queued messages) over.
+        # The username is the certificate's whole subject (role included), and the
+        # client id is that too: nobody can connect with another identity's client id
+        # and take its session (and queued messages) over.
+        "use_subject_as_username true",
         "use_username_as_clientid true",
     ]
     if cfg.crl is not None:
@@ -216,6 +293,13 @@ def _abs(p: str | None) -> Path | None:
     help="Certificate name of an ingest client (repeatable: one per `cloud ingest` replica).",
 )
 @click.option("--publisher-identity", default=PUBLISHER_IDENTITY, show_default=True)
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    help="A device id the broker accepts (repeatable). With --home: every device of the "
+    "home that is not revoked, and `cloud device add`/`revoke` keep the ACL current.",
+)
 @click.option("--max-queued-messages", default=100_000, show_default=True, type=int)
 @click.option("--persistence-dir", type=click.Path(file_okay=False))
 @click.option(
@@ -244,6 +328,7 @@ def broker_config(
     bind: str,
     ingest_identities: tuple[str, ...],
     publisher_identity: str,
+    devices: tuple[str, ...],
     max_queued_messages: int,
     persistence_dir: str | None,
     reload_hook: str | None,
@@ -265,6 +350,10 @@ def broker_config(
                 "(`cloud operator revoke NAME`) and remove it from pki/operators first. "
                 "Nothing was written."
             )
+        try:
+            devices = tuple(dict.fromkeys((*home_devices(home), *devices)))
+        except BrokerConfigError as exc:
+            raise click.ClickException(f"{exc}. Nothing was written.") from exc
         ca = ca or str(home.ca_cert)
         cert = cert or str(home.server_cert)
         key = key or str(home.server_key)
@@ -308,24 +397,27 @@ def broker_config(
         max_queued_messages=max_queued_messages,
         persistence_dir=_abs(persistence_dir),
         pid_file=pid_file,
+        devices=devices,
     )
     try:
         conf, acl = write_broker_config(cfg, Path(out_dir))
     except BrokerConfigError as exc:
         raise click.ClickException(f"{exc}. Nothing was written.") from exc
     hook_file = None
-    if reload_hook and home_dir:
+    if home_dir:
         from cloud.broker_reload import ReloadHook, install_hook
         from cloud.home import CloudHome
 
         target = str(pid_file) if pid_file is not None else systemd_unit
-        hook = ReloadHook(reload_hook, target, str(tls["crl"]) if "crl" in tls else "")
+        hook = ReloadHook(
+            reload_hook or "none",
+            target if reload_hook else "",
+            str(tls["crl"]) if "crl" in tls else "",
+            acl=str(acl),
+            ingest_identities=cfg.ingest_identities,
+            publisher_identity=cfg.publisher_identity,
+        )
         hook_file = install_hook(CloudHome.at(home_dir), hook)
-    elif "crl" in tls and home_dir:
-        from cloud.broker_reload import ReloadHook, install_hook
-        from cloud.home import CloudHome
-
-        hook_file = install_hook(CloudHome.at(home_dir), ReloadHook("none", "", str(tls["crl"])))
     if as_json:
         import json
 
@@ -335,5 +427,14 @@ def broker_config(
         click.echo(json.dumps(info))
     else:
         click.echo(f"wrote {conf}\nwrote {acl}\nstart with: mosquitto -c {conf}")
-        if hook_file is not None:
-            click.echo(f"revocations reload the broker ({reload_hook}; {hook_file})")
+        click.echo(f"{len(devices)} device(s) in the ACL")
+        if hook_file is not None and reload_hook:
+            click.echo(
+                f"device add/revoke rewrite the ACL and reload the broker ({reload_hook}; "
+                f"{hook_file})"
+            )
+        elif hook_file is not None:
+            click.echo(
+                "device add/revoke rewrite the ACL; reload the broker after them "
+                "(or pass --reload-hook systemd|pid-file)"
+            )

@@ -1,20 +1,22 @@
-"""A revocation takes effect on a running Mosquitto at once, without a manual step.
+"""Device changes take effect on a running Mosquitto at once, without a manual step.
 
-Mosquitto reads its ``crlfile`` again on SIGHUP (a reload), which refuses new
-connections of a revoked certificate; a client already connected stays connected.
-:func:`apply_revocation` therefore
+The broker's ACL names every device by its certificate subject, and Mosquitto reads
+its ``acl_file`` and ``crlfile`` again on SIGHUP (a reload). ``edgeflux cloud
+broker-config --home`` records in the plane's home (``broker-reload.json``) where the
+ACL is and how to reload the broker (``--reload-hook``: ``systemd`` runs ``systemctl
+reload <unit>``, ``pid-file`` sends SIGHUP to the pid Mosquitto wrote there).
 
-1. reloads the broker with the hook that ``edgeflux cloud broker-config
-   --reload-hook`` recorded in the plane's home (``broker-reload.json``):
-   ``systemd`` runs ``systemctl reload <unit>``, ``pid-file`` sends SIGHUP to the
-   pid Mosquitto wrote there;
-2. closes the revoked client's connection: the broker makes a certificate's name the
-   client id (``use_username_as_clientid``), so connecting once with a certificate of
-   that name takes the session over, and the revoked client is disconnected. That
-   certificate is issued for this one connection (valid 10 minutes, organisational
-   unit ``session-close``, which the plane's gRPC refuses), lives in a private
-   temporary directory and is deleted right after. Its reconnects then fail at the
-   TLS handshake.
+- :func:`apply_device_added` rewrites the ACL with the new device and reloads.
+- :func:`apply_revocation` rewrites the ACL without the revoked device, refreshes the
+  broker's CRL copy and reloads: new connections of the revoked certificate are
+  refused at the handshake and, from the reload on, an open one may no longer publish
+  or receive. It then closes that open connection: the broker makes a certificate's
+  subject the client id (``use_username_as_clientid``), so connecting once with a
+  certificate of the same subject takes the session over and the revoked client is
+  disconnected. That certificate is issued for this one connection (valid 10
+  minutes; the plane's gRPC refuses it, its fingerprint is not the registered one),
+  lives in a private temporary directory and is deleted right after. Operators have
+  no rights on the broker, so their connections need no closing.
 
 Without a hook the caller is told exactly what to run.
 """
@@ -39,18 +41,25 @@ from runtime.atomicio import atomic_write_text
 __all__ = [
     "BrokerReloadError",
     "ReloadHook",
+    "apply_device_added",
     "apply_revocation",
     "close_session",
     "hook_path",
     "install_hook",
+    "refresh_acl",
     "reload_broker",
 ]
 
 HOOK_NAME = "broker-reload.json"
 MANUAL = (
-    "reload the broker so it reads the new CRL (`systemctl reload mosquitto`, or "
+    "reload the broker so it reads the new ACL and CRL (`systemctl reload mosquitto`, or "
     "`kill -HUP` its pid); `edgeflux cloud broker-config --home ... --reload-hook "
-    "systemd|pid-file` makes revocations do this themselves"
+    "systemd|pid-file` makes device add and revoke do this themselves"
+)
+RERUN = (
+    "the broker configuration predates ACLs that name each identity with its role: "
+    "re-run `edgeflux cloud broker-config --home ...` (same options) so the broker "
+    "refuses certificates of the wrong role"
 )
 
 
@@ -66,6 +75,11 @@ class ReloadHook:
     """The systemd unit, or the path of Mosquitto's pid file."""
     crl_copy: str = ""
     """The broker's copy of the CRL (``<out>/tls/crl.pem``), refreshed before a reload."""
+    acl: str = ""
+    """The broker's ACL file, rewritten when devices are added or revoked; empty in a
+    hook written before the ACL named identities by subject."""
+    ingest_identities: tuple[str, ...] = ()
+    publisher_identity: str = ""
 
 
 def hook_path(home: CloudHome) -> Path:
@@ -77,7 +91,14 @@ def install_hook(home: CloudHome, hook: ReloadHook) -> Path:
     if hook.kind not in ("systemd", "pid-file", "none"):
         raise BrokerReloadError(f"reload hook {hook.kind!r}: expected systemd or pid-file")
     path = hook_path(home)
-    raw = {"kind": hook.kind, "target": hook.target, "crl_copy": hook.crl_copy}
+    raw = {
+        "kind": hook.kind,
+        "target": hook.target,
+        "crl_copy": hook.crl_copy,
+        "acl": hook.acl,
+        "ingest_identities": list(hook.ingest_identities),
+        "publisher_identity": hook.publisher_identity,
+    }
     atomic_write_text(path, json.dumps(raw) + "\n")
     return path
 
@@ -86,11 +107,35 @@ def _load_hook(home: CloudHome) -> ReloadHook | None:
     path = hook_path(home)
     try:
         raw = json.loads(path.read_text())
-        return ReloadHook(str(raw["kind"]), str(raw["target"]), str(raw.get("crl_copy", "")))
+        return ReloadHook(
+            str(raw["kind"]),
+            str(raw["target"]),
+            str(raw.get("crl_copy", "")),
+            acl=str(raw.get("acl", "")),
+            ingest_identities=tuple(str(i) for i in raw.get("ingest_identities", ())),
+            publisher_identity=str(raw.get("publisher_identity", "")),
+        )
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
         raise BrokerReloadError(f"{path} is not a reload hook: {exc}") from exc
+
+
+def refresh_acl(home: CloudHome) -> Path | None:
+    """Rewrite the broker's ACL from the home's devices; its path, or None when the
+    recorded hook names no ACL (no hook, or one from an older ``broker-config``)."""
+    from cloud.broker_config import BrokerConfigError, home_devices, render_acl
+
+    hook = _load_hook(home)
+    if hook is None or not hook.acl:
+        return None
+    path = Path(hook.acl)
+    try:
+        text = render_acl(hook.ingest_identities, hook.publisher_identity, home_devices(home))
+        atomic_write_text(path, text, mode=0o644)
+    except (BrokerConfigError, PKIError, OSError) as exc:
+        raise BrokerReloadError(f"cannot rewrite the broker's ACL {path}: {exc}") from exc
+    return path
 
 
 def reload_broker(home: CloudHome) -> str | None:
@@ -158,15 +203,44 @@ def close_session(home: CloudHome, identity: str, timeout_s: float = 10.0) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def apply_revocation(home: CloudHome, identity: str) -> list[str]:
-    """Reload the broker and close `identity`'s session; lines for the operator."""
+def _acl_and_reload(home: CloudHome) -> tuple[list[str], bool]:
+    """Rewrite the ACL and reload: lines for the operator, and whether it reloaded."""
+    lines = []
     try:
+        hook = _load_hook(home)
+        if hook is not None and not hook.acl:
+            lines.append(f"note: {RERUN}")
+        acl = refresh_acl(home)
         done = reload_broker(home)
     except BrokerReloadError as exc:
-        return [f"warning: {exc}; {MANUAL}"]
+        return [*lines, f"warning: {exc}; {MANUAL}"], False
     if done is None:
-        return [f"note: {MANUAL}"]
-    lines = [done]
+        lines.append(f"note: rewrote {acl}; {MANUAL}" if acl else f"note: {MANUAL}")
+        return lines, False
+    return [done, *lines], True
+
+
+def apply_device_added(home: CloudHome, device_id: str) -> list[str]:
+    """Let the broker accept a new device (ACL rewritten, broker reloaded); lines for
+    the operator. Nothing to do where no ``broker-config --home`` was run."""
+    try:
+        hook = _load_hook(home)
+    except BrokerReloadError as exc:
+        return [f"warning: {exc}; {MANUAL}"]
+    if hook is None:
+        return []
+    if not hook.acl:  # the broker's pattern ACL already lets the device in
+        return [f"note: {RERUN}"]
+    lines, _ = _acl_and_reload(home)
+    return lines
+
+
+def apply_revocation(home: CloudHome, identity: str) -> list[str]:
+    """Rewrite the ACL, reload the broker and close `identity`'s session (devices
+    only: operators have no rights there); lines for the operator."""
+    lines, reloaded = _acl_and_reload(home)
+    if not reloaded or not (home.devices / f"{identity}.crt").exists():
+        return lines
     try:
         close_session(home, identity)
         lines.append(f"closed {identity}'s MQTT connection")

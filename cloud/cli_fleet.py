@@ -72,6 +72,10 @@ def device_add_cmd(
         click.echo(json.dumps(info))
     else:
         click.echo(f"device {device_id}: certificate {crt}, key {key} (CA {home.ca_cert})")
+    from cloud.broker_reload import apply_device_added
+
+    for line in apply_device_added(home, device_id):  # the broker's ACL names each device
+        click.echo(line, err=line.startswith(("warning", "note")))
 
 
 @device_group.command("revoke")

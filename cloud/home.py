@@ -97,7 +97,10 @@ class CloudConfig(BaseModel):
         64 * 1024 * 1024, gt=1024, description="largest gRPC request accepted (bytes)"
     )
     telemetry_retention_days: float = Field(
-        30.0, gt=0, description="telemetry older than this is deleted (checked hourly)"
+        30.0,
+        gt=0,
+        description="telemetry older than this is removed, by whole UTC days (checked hourly; "
+        "PostgreSQL drops day partitions)",
     )
     watch_poll_s: float = Field(
         0.5, gt=0, le=60, description="how often WatchFleet polls the store for changes"

@@ -374,13 +374,30 @@ def _refused(m: Decoded, exc: BaseException | None) -> Dropped:
     "and list them in `cloud broker-config --ingest-identity`.",
 )
 @click.option("--shared", is_flag=True, help="Split the load with other --shared replicas.")
-def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bool) -> None:
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Run this many --shared replicas as processes of their own, named "
+    "<client-id>-1 … <client-id>-N (list each in `cloud broker-config --ingest-identity`).",
+)
+def ingest_cmd(
+    home_dir: str, broker_url: str | None, client_id: str, shared: bool, replicas: int
+) -> None:
     """Run MQTT ingest (telemetry, events, presence → store) until SIGTERM / Ctrl-C."""
+    if replicas == 1:
+        _serve_ingest(home_dir, broker_url, client_id, shared)
+        return
+    _serve_replicas(home_dir, broker_url, [f"{client_id}-{i}" for i in range(1, replicas + 1)])
+
+
+def _open_ingest(
+    home_dir: str, broker_url: str | None, client_id: str
+) -> tuple[Store, CloudMqttSettings]:
     import dataclasses
-    import signal
 
     from cloud.home import CloudHome, HomeError
-    from cloud.mqtt import CloudMqttError
     from cloud.push import PushError, broker_settings
     from cloud.store import StoreError
 
@@ -395,7 +412,17 @@ def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bo
             broker_settings(home, broker_url, client_id), client_id=client_id
         )
     except PushError as exc:
+        store.close()
         raise click.ClickException(str(exc)) from exc
+    return store, mqtt
+
+
+def _serve_ingest(home_dir: str, broker_url: str | None, client_id: str, shared: bool) -> None:
+    import signal
+
+    from cloud.mqtt import CloudMqttError
+
+    store, mqtt = _open_ingest(home_dir, broker_url, client_id)
     ingest = Ingest(store, mqtt, IngestSettings(subscription="shared" if shared else "exclusive"))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -410,6 +437,47 @@ def ingest_cmd(home_dir: str, broker_url: str | None, client_id: str, shared: bo
     ingest.stop()
     store.close()
     click.echo(json.dumps(dict(ingest.counters), sort_keys=True), err=True)
+
+
+def _replica_main(home_dir: str, broker_url: str | None, client_id: str) -> None:
+    try:
+        _serve_ingest(home_dir, broker_url, client_id, shared=True)
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+
+
+def _serve_replicas(home_dir: str, broker_url: str | None, names: list[str]) -> None:
+    """Shared replicas, one process each (one writer thread each: they use every core).
+
+    Their certificates are issued here first, one after the other; SIGTERM / Ctrl-C is
+    passed on to every replica, and the command fails if any replica failed.
+    """
+    import multiprocessing as mp
+    import signal
+
+    for name in names:  # issue the certificates (and migrate the store) once, up front
+        store, _ = _open_ingest(home_dir, broker_url, name)
+        store.close()
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_replica_main, args=(home_dir, broker_url, n), name=n) for n in names
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(*_: object) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                p.terminate()  # SIGTERM: the replica stops cleanly
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    for p in procs:
+        p.join()
+    failed = [p.name for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        raise click.ClickException(f"ingest replicas failed: {', '.join(failed)}")
 
 
 @click.command("quarantine")

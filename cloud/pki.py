@@ -11,6 +11,12 @@ certificate (and the CA that signed it)::
     OU = device | operator | server
     title = admin | viewer   (operators only: the role)
 
+The MQTT broker knows a client by its whole subject (Mosquitto
+``use_subject_as_username``), in OpenSSL's RFC 2253 form, attributes last to first:
+``O=EdgeFlux fleet,OU=device,CN=robot-7``. :func:`broker_username` computes it, so
+the broker's ACL names each identity with its role and an operator certificate named
+like a device is a different client there.
+
 The CA key is encrypted at rest (PKCS#8, ``BestAvailableEncryption``); every other
 private key is written unencrypted with mode 0600 because the process that uses it
 (server, robot agent) must start unattended.
@@ -38,8 +44,10 @@ __all__ = [
     "FleetCA",
     "PKIError",
     "PeerIdentity",
+    "broker_username",
     "fingerprint",
     "parse_identity",
+    "subject_for",
 ]
 
 Kind = Literal["device", "operator", "server"]
@@ -113,6 +121,56 @@ def parse_identity(cert_pem: bytes) -> PeerIdentity:
 RESERVED_PREFIX = "edgeflux"
 """Names starting with this (any case) belong to the control plane's own identities
 (its server certificate ``edgeflux-cloud``, ingest, push): never a device or operator."""
+
+
+FLEET_ORG = "EdgeFlux fleet"
+_SHORT_NAMES = {
+    NameOID.COMMON_NAME: "CN",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+    NameOID.ORGANIZATION_NAME: "O",
+    NameOID.TITLE: "title",
+}
+_RFC2253_SPECIAL = set(',+"\\<>;')
+
+
+def subject_for(kind: str, ident: str, role: str = "") -> x509.Name:
+    """The subject this CA gives `kind` (``device``, ``operator``, ``service``,
+    ``server``) named `ident`; `role` for operators. Not validated: callers check."""
+    attrs = [
+        x509.NameAttribute(NameOID.COMMON_NAME, ident),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+    ]
+    if kind == "operator":
+        attrs.append(x509.NameAttribute(NameOID.TITLE, role))
+    attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, FLEET_ORG))
+    return x509.Name(attrs)
+
+
+def _escape_2253(value: str) -> str:
+    if any(not (0x20 <= ord(ch) < 0x7F) for ch in value):
+        raise PKIError(f"subject value {value!r} is not printable ASCII")
+    out = "".join(f"\\{ch}" if ch in _RFC2253_SPECIAL else ch for ch in value)
+    if out.startswith(("#", " ")):
+        out = "\\" + out
+    if out.endswith(" ") and not out.endswith("\\ "):
+        out = out[:-1] + "\\ "
+    return out
+
+
+def broker_username(subject: x509.Name) -> str:
+    """The MQTT username Mosquitto gives a client with this certificate subject
+    (``use_subject_as_username``: OpenSSL's ``XN_FLAG_RFC2253`` form, attributes
+    last to first, short names, ``,`` between them)."""
+    rdns = []
+    for rdn in reversed(list(subject.rdns)):
+        parts = []
+        for attr in rdn:
+            short = _SHORT_NAMES.get(attr.oid)
+            if short is None:
+                raise PKIError(f"subject attribute {attr.oid.dotted_string} is not a fleet one")
+            parts.append(f"{short}={_escape_2253(str(attr.value))}")
+        rdns.append("+".join(parts))
+    return ",".join(rdns)
 
 
 def _check_id(ident: str, what: str) -> None:
@@ -276,13 +334,7 @@ class FleetCA:
     ) -> Credentials:
         """A client certificate for a robot: CN = device id (also its MQTT client id)."""
         _check_id(device_id, "device")
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, device_id),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "device"),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFlux fleet"),
-            ]
-        )
+        subject = subject_for("device", device_id)
         return self._issue(subject, [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days, None, not_before)
 
     def issue_operator(self, name: str, role: str, valid_days: float = 365) -> Credentials:
@@ -290,14 +342,7 @@ class FleetCA:
         _check_id(name, "operator")
         if role not in ROLES:
             raise PKIError(f"operator role must be one of {', '.join(ROLES)}, not {role!r}")
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, name),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "operator"),
-                x509.NameAttribute(NameOID.TITLE, role),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFlux fleet"),
-            ]
-        )
+        subject = subject_for("operator", name, role)
         return self._issue(subject, [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days)
 
     def issue_service(self, name: str, valid_days: float = 825) -> Credentials:
@@ -310,30 +355,20 @@ class FleetCA:
         _check_id(name, "service")
         if not name.startswith(f"{RESERVED_PREFIX}-"):
             raise PKIError(f"service id {name!r} must start with {RESERVED_PREFIX + '-'!r}")
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, name),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "service"),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFlux fleet"),
-            ]
-        )
+        subject = subject_for("service", name)
         return self._issue(subject, [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days)
 
-    def issue_session_closer(self, name: str, valid_minutes: float = 10) -> Credentials:
-        """A short-lived client certificate named `name` for one MQTT connection.
+    def issue_session_closer(self, device_id: str, valid_minutes: float = 10) -> Credentials:
+        """A short-lived client certificate with device `device_id`'s subject, for one
+        MQTT connection.
 
-        The broker gives a client its certificate's name as client id, so connecting
-        with this closes the connection of a just-revoked `name` (cloud.broker_reload).
-        Its organisational unit ``session-close`` is no role the plane accepts.
+        The broker gives a client its certificate's subject as client id, so connecting
+        with this closes the connection of a just-revoked device (cloud.broker_reload).
+        The plane's gRPC refuses it: its fingerprint is not the one the device was
+        registered with.
         """
-        _check_id(name, "session")
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, name),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "session-close"),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFlux fleet"),
-            ]
-        )
+        _check_id(device_id, "session")
+        subject = subject_for("device", device_id)
         return self._issue(subject, [ExtendedKeyUsageOID.CLIENT_AUTH], valid_minutes / 1440)
 
     def issue_server(
@@ -347,13 +382,7 @@ class FleetCA:
                 sans.append(x509.IPAddress(ipaddress.ip_address(h)))
             except ValueError:
                 sans.append(x509.DNSName(h))
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, name),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "server"),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFlux fleet"),
-            ]
-        )
+        subject = subject_for("server", name)
         return self._issue(
             subject,
             [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],

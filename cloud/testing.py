@@ -110,9 +110,13 @@ class RunningPlane:
         hardware_tags: tuple[str, ...] = (),
     ) -> ClientCredentials:
         """Issue a device certificate and register the device (what `cloud device add` does)."""
+        from cloud.broker_reload import apply_device_added
+
         creds = self.home.load_ca().issue_device(device_id)
         self.store.add_device(device_id, fingerprint(creds.cert_pem), labels, hardware_tags)
-        return self._write(creds, self.home.devices, device_id)
+        written = self._write(creds, self.home.devices, device_id)
+        apply_device_added(self.home, device_id)  # the broker's ACL names each device
+        return written
 
     def operator(self, name: str = "admin", role: str = "admin") -> ClientCredentials:
         crt, key = self.home.operator_paths(name)

@@ -2,7 +2,7 @@
 
 Single process (CPU by default, CUDA when present)::
 
-    python -m distill.train_wm --env Pendulum-v1 --steps 12000 --out world_model/
+    python -m distill.train_wm --env Pendulum-v1 --steps 10000 --out world_model/
 
 `--out` names a saved-model directory (`distill.wm_store`), or, for the tdmpc2
 family, a single ``.pt`` checkpoint file.
@@ -12,7 +12,7 @@ collects its own episodes (seed + rank), gradients are averaged across ranks
 before every optimiser step, so all ranks hold identical weights; rank 0 writes
 the checkpoint::
 
-    torchrun --nproc-per-node 2 -m distill.train_wm --env Pendulum-v1 --steps 12000 --out wm.pt
+    torchrun --nproc-per-node 2 -m distill.train_wm --env Pendulum-v1 --steps 10000 --out wm.pt
 
 The averaging is an explicit all-reduce rather than a `DistributedDataParallel`
 wrapper because TD-MPC2's update calls sub-networks directly and has two
@@ -59,7 +59,7 @@ class TrainConfig:
     """A world-model family of `distill.wm_registry` (built-in or from an entry point)."""
     preset: str = "cpu-small"
     """A size the family knows (for tdmpc2: a key of distill.world_model.PRESETS)."""
-    total_steps: int = 12_000
+    total_steps: int = 10_000
     """Environment steps collected by this process."""
     seed_steps: int = 1_000
     """Steps of uniform random actions before the planner takes over."""

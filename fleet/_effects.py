@@ -18,6 +18,7 @@ target (name, sequence, hash) the refresh resolved.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -41,6 +42,7 @@ from runtime.desired_state import (
     DesiredState,
     DesiredStateError,
 )
+from runtime.maintenance_window import MaintenanceWindow
 
 if TYPE_CHECKING:
     from fleet.agent import Agent
@@ -218,6 +220,7 @@ class RobotEffects:
             length=target.length,
             sha256=target.sha256,
             max_action_divergence=bundle.gate.max_action_divergence if bundle.gate else None,
+            windows=_windows_json(bundle.gate.windows) if bundle.gate else "",
         )
 
     def download(self, target: TargetInfo, timeout_s: float) -> Path:
@@ -338,6 +341,13 @@ class RobotEffects:
             # "nothing to roll back": the candidate is not active (never switched, or
             # the runtime already reverted it); the old bundle runs.
             log.info("rollback: %s", exc)
+
+
+def _windows_json(windows: tuple[MaintenanceWindow, ...]) -> str:
+    """The desired state's maintenance windows as the update record keeps them."""
+    if not windows:
+        return ""
+    return json.dumps([w.to_dict() for w in windows], sort_keys=True)
 
 
 def robot_effects(agent: Agent) -> RobotEffects:

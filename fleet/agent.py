@@ -38,6 +38,8 @@ from fleet.update import (
     UpdateState,
     UpdateStateFile,
 )
+from fleet.update_hold import SwitchHold
+from fleet.update_lock import LOCK_DIR, UpdateLocks
 from protos import common_pb2, runtime_control_pb2, telemetry_pb2
 from runtime.layout import RobotLayout
 
@@ -133,6 +135,11 @@ class Agent:
                 ),
                 on_event=self._on_update_event,
                 on_persisted=_fault_pause_hook(),
+                hold=SwitchHold(
+                    UpdateLocks(layout.agent_state / LOCK_DIR),
+                    poll_s=c.update_lock_poll_s,
+                    stop=self._stop,
+                ),
             )
         self.transport.subscribe(topic(self.device_id, "updates"), self._on_hint)
 

@@ -5,6 +5,8 @@ Usage::
     edgeflux agent run --root /                      # reads /etc/edgeflux/agent.toml
     edgeflux agent run --root ./robots/r1 --mqtt-port 18883 --device-id r1
     edgeflux agent status --root ./robots/r1 --json
+    edgeflux agent lock --reason "mid-task" --ttl 10m --who nav   # hold the switch
+    edgeflux agent unlock --who nav
 """
 
 from __future__ import annotations
@@ -110,10 +112,21 @@ def status_cmd(root: Path, as_json: bool) -> None:
         record = UpdateStateFile(state_dir / "update.json").load()
     except UpdateStateError as exc:
         raise click.ClickException(str(exc)) from exc
+    from fleet.update_lock import LOCK_DIR, UpdateLocks
+
+    locks = UpdateLocks(state_dir / LOCK_DIR).read()
     spool = Spool(state_dir / "spool.db")
     try:
         out = {
             "update": json.loads(record.model_dump_json()),
+            "locks": [
+                {"who": lk.who, "reason": lk.reason, "expires_at": lk.expires_at.isoformat()}
+                for lk in locks.locks
+            ]
+            + [
+                {"file": str(p.path), "field": p.field, "problem": p.message}
+                for p in locks.problems
+            ],
             "spool": {
                 "messages": len(spool),
                 "bytes": spool.pending_bytes(),
@@ -128,7 +141,68 @@ def status_cmd(root: Path, as_json: bool) -> None:
         return
     u = out["update"]
     click.echo(f"update: {u['state']} {u['reason']} {u['bundle_name']} {u['detail']}".rstrip())
+    if locks.held:
+        click.echo(f"locks: {locks.describe()}")
     s = out["spool"]
     click.echo(
         f"spool: {s['messages']} messages, {s['bytes']} bytes, last sequence {s['last_sequence']}"
     )
+
+
+_TTL_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _ttl_seconds(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``2h``, ``1d`` as seconds."""
+    t = text.strip().lower()
+    unit = _TTL_UNITS.get(t[-1:])
+    number = t[:-1] if unit is not None else t
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 10m, 2h or 1d") from None
+    if not value > 0:
+        raise click.BadParameter(f"{text!r} is not a positive duration")
+    return value
+
+
+@agent.command("lock")
+@root_option
+@click.option("--reason", required=True, help="One line for the operator (shown on the plane).")
+@click.option("--ttl", "ttl", required=True, help="How long it holds: 90s, 10m, 2h, 1d (max 7d).")
+@click.option("--who", default="cli", show_default=True, help="The holder's name (its file).")
+def lock_cmd(root: Path, reason: str, ttl: str, who: str) -> None:
+    """Hold updates on this robot: they download and stage, but do not switch.
+
+    Writes <agent state>/locks/<who>.json atomically; running it again renews it.
+    """
+    from fleet.update_lock import LOCK_DIR, LockError, UpdateLocks
+
+    locks = UpdateLocks(RobotLayout.at(root).agent_state / LOCK_DIR)
+    try:
+        lock = locks.acquire(who, reason, _ttl_seconds(ttl))
+    except LockError as exc:
+        raise click.ClickException(f"{exc}. No lock was written.") from exc
+    click.echo(f"{lock.describe()}; file {lock.path}")
+
+
+@agent.command("unlock")
+@root_option
+@click.option("--who", default="cli", show_default=True, help="Whose lock to remove.")
+@click.option("--all", "all_", is_flag=True, help="Remove every lock file, valid or not.")
+def unlock_cmd(root: Path, who: str, all_: bool) -> None:
+    """Release a hold taken with `edgeflux agent lock` (or by an integrator's process)."""
+    from fleet.update_lock import LOCK_DIR, LockError, UpdateLocks
+
+    locks = UpdateLocks(RobotLayout.at(root).agent_state / LOCK_DIR)
+    if all_:
+        removed = locks.release_all()
+        click.echo(f"released {len(removed)} lock(s): {', '.join(removed) or '-'}")
+        return
+    try:
+        released = locks.release(who)
+    except LockError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not released:
+        raise click.ClickException(f"no lock held by {who!r} under {locks.directory}")
+    click.echo(f"released the lock of {who}")

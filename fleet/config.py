@@ -93,6 +93,9 @@ class AgentConfig(BaseModel):
     download_low_priority: bool = Field(
         False, description="pause update downloads while telemetry is waiting to be sent"
     )
+    update_lock_poll_s: float = Field(
+        0.5, gt=0, le=60, description="how often a held update looks at the locks again"
+    )
 
     @field_validator("device_id")
     @classmethod

@@ -4,6 +4,11 @@
 HEALTH_WINDOW → COMMITTING → COMMITTED``, with ``FAILED(reason)`` and
 ``ROLLED_BACK(reason)`` exits (the words of :mod:`protos.lifecycle`).
 
+Before the switch the runner asks its :class:`~fleet.update_hold.SwitchHold` (when it
+has one): while an update lock holds or the maintenance window is closed, the update
+waits in ``HELD`` — reported again whenever the reason or its detail changes — and
+goes on to ``SWITCHING`` as soon as nothing holds.
+
 For each state :class:`UpdateRunner`
 
 1. persists the record (``runtime.atomicio``: temp file + fsync + rename) *before*
@@ -46,6 +51,7 @@ from fleet.update_core import (
     recovery_plan,
     shadow_summary,
 )
+from fleet.update_hold import Hold, SwitchHold
 from protos.lifecycle import Failure, Reason, UpdateState
 
 __all__ = [
@@ -125,6 +131,8 @@ class UpdateRunner:
     clock: Callable[[], float] = time.time
     #: Test hook: called with each state right after it is persisted, before its effect.
     on_persisted: Callable[[UpdateState], None] | None = None
+    #: Update locks and maintenance windows; None: the switch never waits.
+    hold: SwitchHold | None = None
 
     # ---- entry points
 
@@ -193,6 +201,8 @@ class UpdateRunner:
                     raise UpdateError(
                         Reason.DEADLINE_EXCEEDED, f"{state.value} took longer than {budget:.0f} s"
                     )
+            except _Stopped:
+                return record  # still HELD on disk: a restarted agent starts it afresh
             except UpdateError as exc:
                 if state in ACTUATED:
                     return self._rollback(record, exc.reason, exc.detail)
@@ -202,10 +212,40 @@ class UpdateRunner:
                 if state in ACTUATED:
                     return self._rollback(record, Reason.HEALTH_CRASH, repr(exc))
                 return self._fail(record, _reason_for(state), repr(exc))
-            nxt = S.COMMITTED if state is S.COMMITTING else PATH[PATH.index(state) + 1]
+            nxt = _next(state)
             detail = str(update.pop("detail", ""))
-            record = self._enter(record.model_copy(update=update), nxt, Reason.OK, detail)
+            record = record.model_copy(update=update)
+            held = self._held(record) if nxt is S.SWITCHING and state is not S.HELD else None
+            if held is not None:
+                record = self._enter(record, S.HELD, held.reason, held.detail)
+                continue
+            record = self._enter(record, nxt, Reason.OK, detail)
         return record
+
+    def _held(self, record: UpdateRecord) -> Hold | None:
+        if self.hold is None:
+            return None
+        try:
+            return self.hold.check(record.target_info().maintenance_windows())
+        except Exception as exc:  # never switch on a check that did not answer
+            log.exception("update hold check failed")
+            return Hold(Reason.UPDATE_LOCKED, f"the hold check failed: {exc!r}", self.clock())
+
+    def _wait_for_switch(self, record: UpdateRecord) -> dict[str, object]:
+        """HELD: wait until nothing holds, reporting each change of reason or detail."""
+        hold = self.hold
+        if hold is None:
+            return {}
+        windows = record.target_info().maintenance_windows()
+        since = self.clock()
+        while True:
+            held = hold.check(windows)
+            if held is None:
+                return {"detail": f"released after {self.clock() - since:.0f} s held"}
+            if (held.reason, held.detail) != (record.reason, record.detail):
+                record = self._enter(record, S.HELD, held.reason, held.detail)
+            if not hold.wait(held):
+                raise _Stopped
 
     def _act(self, record: UpdateRecord, budget: float) -> dict[str, object]:
         e = self.effects
@@ -243,6 +283,8 @@ class UpdateRunner:
                 raise UpdateError(*verdict)
             # The evidence travels with the next event (and so into the store).
             return {"detail": shadow_summary(result, self.shadow_thresholds, limit)}
+        elif s is S.HELD:
+            return self._wait_for_switch(record)
         elif s is S.SWITCHING:
             # SWITCHING is on disk before the switch, so a kill mid-call rolls back.
             e.switch(budget)
@@ -278,6 +320,18 @@ class UpdateRunner:
         return self._enter(record, S.ROLLED_BACK, reason, detail)
 
 
+class _Stopped(Exception):
+    """The agent is shutting down while the update is held."""
+
+
+def _next(state: UpdateState) -> UpdateState:
+    if state is S.COMMITTING:
+        return S.COMMITTED
+    if state is S.HELD:
+        return S.SWITCHING
+    return PATH[PATH.index(state) + 1]
+
+
 def _reason_for(state: UpdateState) -> Reason:
     """The reason of an unexpected error in a step that has not actuated anything."""
     reasons: Mapping[UpdateState, Reason] = {
@@ -286,5 +340,6 @@ def _reason_for(state: UpdateState) -> Reason:
         S.STAGING: Reason.STAGE_FAILED,
         S.ATTESTING: Reason.ATTESTATION_INVALID,
         S.SHADOWING: Reason.SHADOW_FAILED,
+        S.HELD: Reason.UPDATE_LOCKED,
     }
     return reasons.get(state, Reason.HEALTH_CRASH)

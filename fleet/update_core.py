@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protos.lifecycle import Reason, UpdateState
 from runtime.atomicio import atomic_write_text
+from runtime.maintenance_window import MaintenanceWindow
 
 __all__ = [
     "ACTUATED",
@@ -67,7 +68,7 @@ TERMINAL = frozenset({S.IDLE, S.COMMITTED, S.FAILED, S.ROLLED_BACK})
 #: From here on the candidate may have driven the actuators.
 ACTUATED = frozenset({S.SWITCHING, S.HEALTH_WINDOW, S.COMMITTING})
 #: A candidate sits in the runtime's inactive slot: a failure discards it.
-HOLDS_CANDIDATE = frozenset({S.STAGING, S.ATTESTING, S.SHADOWING})
+HOLDS_CANDIDATE = frozenset({S.STAGING, S.ATTESTING, S.SHADOWING, S.HELD})
 
 # Records written by earlier agents (no "staged" key) named each state after the step
 # before it; their COMMITTED was persisted before the commit ran.
@@ -112,6 +113,15 @@ class TargetInfo:
     sha256: str
     max_action_divergence: float | None = None
     """The rollout's action-divergence limit for the shadow check (None: not set)."""
+    windows: str = ""
+    """The maintenance windows the switch waits for, as the signed desired state gave
+    them (a JSON list; empty: none)."""
+
+    def maintenance_windows(self) -> tuple[MaintenanceWindow, ...]:
+        """The windows, parsed (they were validated when the desired state was)."""
+        if not self.windows:
+            return ()
+        return tuple(MaintenanceWindow.model_validate(w) for w in json.loads(self.windows))
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,8 @@ class StepDeadlines:
     """Includes waiting for the robot to allow a switch."""
     health_s: float = 120.0
     commit_s: float = 30.0
+    hold_s: float = 15 * 24 * 3600.0
+    """How long the switch may wait for locks and windows (HELD) before the update fails."""
 
     def for_state(self, state: UpdateState) -> float:
         return {
@@ -173,6 +185,7 @@ class StepDeadlines:
             S.SWITCHING: self.switch_s,
             S.HEALTH_WINDOW: self.health_s,
             S.COMMITTING: self.commit_s,
+            S.HELD: self.hold_s,
         }.get(state, 60.0)
 
 
@@ -258,6 +271,7 @@ class UpdateRecord(BaseModel):
             length=int(t["length"]),
             sha256=str(t["sha256"]),
             max_action_divergence=_limit(t.get("max_action_divergence")),
+            windows=str(t.get("windows", "")),
         )
 
     def staged_bundle(self) -> StagedBundle:

@@ -209,7 +209,7 @@ class RolloutId(_message.Message):
     def __init__(self, id: _Optional[str] = ..., rollback: bool = ..., wave: _Optional[int] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s", "soak_s", "max_miss_rate_increase", "max_interventions_increase", "abort_threshold")
+    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s", "soak_s", "max_miss_rate_increase", "max_interventions_increase", "abort_threshold", "max_latency_p99_ms", "max_latency_ratio", "max_divergence", "max_errors_increase", "abort_min_robots", "approval_url", "approval_timeout_s", "offline_policy")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +226,14 @@ class CreateRolloutRequest(_message.Message):
     MAX_MISS_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
     MAX_INTERVENTIONS_INCREASE_FIELD_NUMBER: _ClassVar[int]
     ABORT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERRORS_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_MIN_ROBOTS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_URL_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_POLICY_FIELD_NUMBER: _ClassVar[int]
     bundle: _common_pb2.BundleRef
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
@@ -242,7 +250,15 @@ class CreateRolloutRequest(_message.Message):
     max_miss_rate_increase: float
     max_interventions_increase: float
     abort_threshold: float
-    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., soak_s: _Optional[float] = ..., max_miss_rate_increase: _Optional[float] = ..., max_interventions_increase: _Optional[float] = ..., abort_threshold: _Optional[float] = ...) -> None: ...
+    max_latency_p99_ms: float
+    max_latency_ratio: float
+    max_divergence: float
+    max_errors_increase: float
+    abort_min_robots: int
+    approval_url: str
+    approval_timeout_s: float
+    offline_policy: str
+    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., soak_s: _Optional[float] = ..., max_miss_rate_increase: _Optional[float] = ..., max_interventions_increase: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., max_latency_p99_ms: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., max_divergence: _Optional[float] = ..., max_errors_increase: _Optional[float] = ..., abort_min_robots: _Optional[int] = ..., approval_url: _Optional[str] = ..., approval_timeout_s: _Optional[float] = ..., offline_policy: _Optional[str] = ...) -> None: ...
 
 class DevicePlan(_message.Message):
     __slots__ = ("device_id", "outcome", "detail")
@@ -255,7 +271,7 @@ class DevicePlan(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RolloutWave(_message.Message):
-    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes", "approval_required", "approved_by", "approved_at", "retries", "soak")
+    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes", "approval_required", "approved_by", "approved_at", "retries", "soak", "soak_verdict", "soak_figures", "approval_check", "skipped", "joined")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +284,11 @@ class RolloutWave(_message.Message):
     APPROVED_AT_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     SOAK_FIELD_NUMBER: _ClassVar[int]
+    SOAK_VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SOAK_FIGURES_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_CHECK_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
     index: int
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     state: str
@@ -280,7 +301,32 @@ class RolloutWave(_message.Message):
     approved_at: _timestamp_pb2.Timestamp
     retries: _containers.RepeatedCompositeFieldContainer[DeviceRetry]
     soak: str
-    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., approval_required: bool = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retries: _Optional[_Iterable[_Union[DeviceRetry, _Mapping]]] = ..., soak: _Optional[str] = ...) -> None: ...
+    soak_verdict: str
+    soak_figures: _containers.RepeatedCompositeFieldContainer[SoakFigures]
+    approval_check: str
+    skipped: _containers.RepeatedCompositeFieldContainer[DeviceOutcome]
+    joined: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., approval_required: bool = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retries: _Optional[_Iterable[_Union[DeviceRetry, _Mapping]]] = ..., soak: _Optional[str] = ..., soak_verdict: _Optional[str] = ..., soak_figures: _Optional[_Iterable[_Union[SoakFigures, _Mapping]]] = ..., approval_check: _Optional[str] = ..., skipped: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., joined: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SoakFigures(_message.Message):
+    __slots__ = ("group", "devices", "reporting", "miss_rate", "interventions_per_min", "latency_p99_ms", "errors_per_robot", "divergence")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    REPORTING_FIELD_NUMBER: _ClassVar[int]
+    MISS_RATE_FIELD_NUMBER: _ClassVar[int]
+    INTERVENTIONS_PER_MIN_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_PER_ROBOT_FIELD_NUMBER: _ClassVar[int]
+    DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    devices: int
+    reporting: int
+    miss_rate: float
+    interventions_per_min: float
+    latency_p99_ms: float
+    errors_per_robot: float
+    divergence: float
+    def __init__(self, group: _Optional[str] = ..., devices: _Optional[int] = ..., reporting: _Optional[int] = ..., miss_rate: _Optional[float] = ..., interventions_per_min: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., errors_per_robot: _Optional[float] = ..., divergence: _Optional[float] = ...) -> None: ...
 
 class DeviceRetry(_message.Message):
     __slots__ = ("device_id", "tries", "next_at", "outcome", "reason_code", "detail")
@@ -311,7 +357,7 @@ class DeviceOutcome(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason_code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation", "max_tries", "soak_s", "abort_threshold", "abort")
+    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation", "max_tries", "soak_s", "abort_threshold", "abort", "abort_min_robots", "approval_url", "offline_policy", "soak_thresholds")
     ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -328,6 +374,10 @@ class Rollout(_message.Message):
     SOAK_S_FIELD_NUMBER: _ClassVar[int]
     ABORT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
+    ABORT_MIN_ROBOTS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_URL_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    SOAK_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     bundle: _common_pb2.BundleRef
     state: str
@@ -344,7 +394,11 @@ class Rollout(_message.Message):
     soak_s: float
     abort_threshold: float
     abort: str
-    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ..., max_tries: _Optional[int] = ..., soak_s: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., abort: _Optional[str] = ...) -> None: ...
+    abort_min_robots: int
+    approval_url: str
+    offline_policy: str
+    soak_thresholds: str
+    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ..., max_tries: _Optional[int] = ..., soak_s: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., abort: _Optional[str] = ..., abort_min_robots: _Optional[int] = ..., approval_url: _Optional[str] = ..., offline_policy: _Optional[str] = ..., soak_thresholds: _Optional[str] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("page",)

@@ -11,7 +11,7 @@ An update on the robot goes through these steps; the state a record holds names 
 step in progress, so a process killed mid-step finds on disk what it was doing::
 
     IDLE → REFRESHING → DOWNLOADING → STAGING → ATTESTING → SHADOWING
-         → SWITCHING → HEALTH_WINDOW → COMMITTING → COMMITTED
+         [→ HELD] → SWITCHING → HEALTH_WINDOW → COMMITTING → COMMITTED
     (any step) → FAILED(reason)         before anything was actuated
     SWITCHING … COMMITTING → ROLLED_BACK(reason)
 
@@ -53,6 +53,10 @@ class UpdateState(enum.StrEnum):
     """Checking the parity attestation against the digests the runtime verified."""
     SHADOWING = "SHADOWING"
     """The candidate runs beside the active policy; its actions are not applied."""
+    HELD = "HELD"
+    """The candidate is staged and shadowed; the switch waits for the robot's update
+    locks to be released (``UPDATE_LOCKED``) or for its maintenance window to open
+    (``OUTSIDE_WINDOW``). Only entered while something holds. Nothing is actuated."""
     SWITCHING = "SWITCHING"
     """The runtime switches to the candidate on a tick where the robot allows it."""
     HEALTH_WINDOW = "HEALTH_WINDOW"
@@ -135,6 +139,11 @@ class Reason(enum.StrEnum):
     SHADOW_NAN = "SHADOW_NAN"
     SHADOW_LATENCY = "SHADOW_LATENCY"
     SHADOW_ENVELOPE = "SHADOW_ENVELOPE"
+    # waiting before the switch (state HELD; the detail says who holds, or when it opens)
+    UPDATE_LOCKED = "UPDATE_LOCKED"
+    """A lock on the robot holds the switch (its holder and reason in the detail)."""
+    OUTSIDE_WINDOW = "OUTSIDE_WINDOW"
+    """The maintenance window is closed (its next opening in the detail)."""
     # switch, health, commit
     UNSAFE_TO_SWITCH = "UNSAFE_TO_SWITCH"
     """The robot never allowed a switch within the time-out."""

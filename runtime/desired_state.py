@@ -26,6 +26,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 from protos import common_pb2
+from runtime.maintenance_window import MaintenanceWindow
 
 __all__ = [
     "PAYLOAD_TYPE",
@@ -125,11 +126,16 @@ class GatePolicy(BaseModel):
     ``max_action_divergence``: refuse when the candidate's actions differ from the
     active policy's by more than this (always measured and reported; enforced only
     when set).
+
+    ``windows``: maintenance windows (:class:`~runtime.maintenance_window.MaintenanceWindow`);
+    the device downloads, stages and shadows at any time but switches only while all
+    of them are open, by its own clock. Left out of the document when there are none.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
     max_action_divergence: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    windows: tuple[MaintenanceWindow, ...] = Field(default=(), max_length=16)
 
 
 class DesiredBundle(BundleRef):

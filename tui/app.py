@@ -1,5 +1,5 @@
-"""The EdgeFlux operator console: an App composing the fleet, bundles, attestations and
-routing screens over one `AdminClient`.
+"""The EdgeFlux operator console: an App composing the fleet, bundles, attestations,
+routing and rollouts screens over one `AdminClient`.
 
 Usage::
 
@@ -36,6 +36,7 @@ from tui.screens.attestations import AttestationsScreen
 from tui.screens.bundles import BundlesScreen
 from tui.screens.device import DeviceScreen
 from tui.screens.fleet import FleetScreen
+from tui.screens.rollouts import RolloutsScreen
 from tui.screens.routing import RoutingScreen
 from tui.store import FleetStore
 from tui.verify import TrustedKey
@@ -57,7 +58,7 @@ HIGH_CONTRAST = Theme(
     dark=True,
 )
 THEMES = ("textual-dark", "textual-light", HIGH_CONTRAST.name)
-SCREEN_NAMES = ("fleet", "bundles", "attestations", "routing")
+SCREEN_NAMES = ("fleet", "bundles", "attestations", "routing", "rollouts")
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
 
 
@@ -72,6 +73,7 @@ class EdgeFluxApp(ConsoleApp):
         "bundles": BundlesScreen,
         "attestations": AttestationsScreen,
         "routing": RoutingScreen,
+        "rollouts": RolloutsScreen,
     }
     DEFAULT_MODE = "fleet"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -81,6 +83,7 @@ class EdgeFluxApp(ConsoleApp):
         Binding("f3", "go('bundles')", "Bundles"),
         Binding("f4", "go('attestations')", "Attest."),
         Binding("f5", "go('routing')", "Routing"),
+        Binding("f6", "go('rollouts')", "Rollouts"),
         Binding("ctrl+t", "next_theme", "Theme", show=False),
         Binding("q", "quit", "Quit"),
     ]

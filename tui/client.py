@@ -42,6 +42,13 @@ __all__ = [
     "device_row",
 ]
 
+ROLLOUT_ACTIONS = {
+    "approve": "ApproveRollout",
+    "pause": "PauseRollout",
+    "resume": "ResumeRollout",
+    "abort": "AbortRollout",
+}
+
 # Codes that mean "this plane does not offer that service", not "you did something wrong".
 NOT_AVAILABLE = {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE}
 
@@ -324,6 +331,31 @@ class AdminClient:
             wave_fractions=[1.0],
         )
         return self._call(self.admin.CreateRollout, req, "CreateRollout")  # type: ignore[no-any-return]
+
+    # ---- rollouts ------------------------------------------------------------
+    def list_rollouts(self, limit: int = 200) -> list[admin_pb2.Rollout]:
+        """The plane's rollouts, newest first (one page of at most `limit`)."""
+        resp = self._call(
+            self.admin.ListRollouts,
+            admin_pb2.ListRolloutsRequest(page=common_pb2.PageRequest(page_size=limit)),
+            "ListRollouts",
+        )
+        return list(resp.rollouts)
+
+    def get_rollout(self, rollout_id: str) -> admin_pb2.Rollout:
+        return self._call(  # type: ignore[no-any-return]
+            self.admin.GetRollout, admin_pb2.RolloutId(id=rollout_id), "GetRollout"
+        )
+
+    def rollout_action(
+        self, action: str, rollout_id: str, *, wave: int | None = None, rollback: bool = False
+    ) -> admin_pb2.Rollout:
+        """`action` is approve, pause, resume or abort; the plane checks the role."""
+        rpc = ROLLOUT_ACTIONS.get(action)
+        if rpc is None:
+            raise AdminError(f"no rollout action {action!r}; expected {', '.join(ROLLOUT_ACTIONS)}")
+        req = admin_pb2.RolloutId(id=rollout_id, rollback=rollback, wave=wave)
+        return self._call(getattr(self.admin, rpc), req, rpc)  # type: ignore[no-any-return]
 
     # ---- attestations and routing --------------------------------------------
     def list_attestations(self) -> list[attestation_pb2.Attestation]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.rollouts.engine import Rollout, RolloutError, RolloutSpec, plan_waves
+from cloud.rollouts.external import DEFAULT_TIMEOUT_S, allowed, external_gate
 from cloud.rollouts.gates import (
     MISSING,
     AttestationCheck,
@@ -19,8 +20,9 @@ from cloud.rollouts.gates import (
     hold_for_approval,
     record_attestation,
 )
+from cloud.rollouts.readings import readings
 from cloud.rollouts.retry import RetryPolicy
-from cloud.rollouts.soak import Sample, SoakPolicy, soak_gate
+from cloud.rollouts.soak import Readings, SoakPolicy, soak_gate
 from cloud.store import Store
 from cloud.store.attestations import AttestationStore
 
@@ -69,6 +71,8 @@ def admit(
     retry: RetryPolicy | None = None,
     soak: SoakPolicy | None = None,
     abort_threshold: float | None = None,
+    abort_min_robots: int | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[RolloutSpec, AttestationCheck]:
     """The spec with its gates, and the attestation found; refused (RpcError) when the
     bundle has no valid attestation and no override was asked for, or when an approval
@@ -99,6 +103,9 @@ def admit(
         recorded["soak"] = soak.to_dict()
     if abort_threshold is not None:
         recorded["abort_threshold"] = abort_threshold
+    if abort_min_robots is not None:
+        recorded["abort_min_robots"] = abort_min_robots
+    recorded.update(extra or {})
     return dataclasses.replace(spec, gates=recorded), check
 
 
@@ -121,44 +128,42 @@ def record_admission(store: Store, r: Rollout, check: AttestationCheck, now: flo
     r.note(now, f"created without a valid parity attestation: {text}")
 
 
-def telemetry_samples(
-    store: Store, device_ids: Sequence[str], start: float, end: float
-) -> dict[str, list[Sample]]:
-    """Each device's telemetry counters between `start` and `end` (epoch seconds)."""
-    import datetime as dt
-
-    since = dt.datetime.fromtimestamp(start, dt.UTC)
-    out: dict[str, list[Sample]] = {}
-    for d in device_ids:
-        pts = []
-        for p in store.telemetry(d, since=since, limit=5000):
-            at = p.at.timestamp()
-            if at > end:
-                continue
-            extra = p.extra or {}
-            pts.append(
-                Sample(
-                    at=at,
-                    ticks=_int(extra.get("ticks")),
-                    misses=_int(extra.get("deadline_misses")),
-                    interventions=int(p.safety_interventions),
-                )
-            )
-        out[d] = pts
-    return out
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+def external_check(store: Store, r: Rollout, wave: int, now: float) -> bool:
+    """The rollout's external approval check for `wave` (none configured: passes); a new
+    allow is audited once, with the URL and the answer."""
+    url = str(r.spec.gates.get("approval_url") or "")
+    if not url:
+        return True
+    timeout_s = float(r.spec.gates.get("approval_timeout_s") or DEFAULT_TIMEOUT_S)
+    if not external_gate(r, wave, now, url, timeout_s):
+        return False
+    st = allowed(r, wave)
+    if st is not None and not st.get("audited"):
+        store.audit_once(
+            f"{r.id}:external:{wave}",
+            "rollout-engine",
+            "rollout.external_approval",
+            r.id,
+            {"wave": wave, "url": url, "answer": st.get("last")},
+        )
+        st["audited"] = True
+    return True
 
 
 def wave_may_go(store: Store, trust_dir: Path, r: Rollout, wave: int, now: float) -> bool:
     """The gates before wave `wave` goes out: the soak of the wave before it, its
-    approval, then the attestation (checked again, since it can expire mid-rollout).
-    A failed attestation or a soak regression pauses the rollout."""
-    if not soak_gate(r, wave, now, lambda ids, a, b: telemetry_samples(store, ids, a, b)):
+    approval, the external approval check, then the attestation (checked again, since
+    it can expire mid-rollout). A failed attestation or a soak regression pauses the
+    rollout; an approval not given yet keeps the wave waiting."""
+
+    def measure(ids: Sequence[str], start: float, end: float) -> Readings:
+        return readings(store, ids, start, end, r.spec.bundle)
+
+    if not soak_gate(r, wave, now, measure):
         return False
     if hold_for_approval(r, wave, now):
+        return False
+    if not external_check(store, r, wave, now):
         return False
     check = bundle_attestation(store, trust_dir, r.spec.bundle, now)
     record_attestation(r, wave, check, now)

@@ -100,14 +100,16 @@ def _show(r: Any) -> None:
     if r.max_tries > 1:
         click.echo(f"  up to {r.max_tries} tries per device for transient failures")
     if r.soak_s > 0:
-        click.echo(f"  soak {r.soak_s:g} s after each wave but the last")
+        click.echo(f"  soak {r.soak_s:g} s after each wave but the last ({r.soak_thresholds})")
     if r.HasField("abort_threshold"):
         click.echo(
             f"  aborted with rollback past {r.abort_threshold:g} of the dispatched robots "
-            "failed or regressed"
+            f"failed or regressed, once {r.abort_min_robots} were dispatched"
         )
     if r.abort:
         click.echo(f"  abort threshold crossed: {r.abort}")
+    if r.approval_url:
+        click.echo(f"  each wave waits for the approval check at {r.approval_url}")
     if r.allow_unattested:
         click.echo(f"  --allow-unattested: override by {r.unattested_override_by}")
     for p in r.plan:
@@ -120,10 +122,14 @@ def _show(r: Any) -> None:
         )
         if w.soak:
             click.echo(f"    {w.soak}")
+        for f in w.soak_figures:
+            click.echo(f"      {_figures(f)}")
         if w.approved_by:
             click.echo(f"    approved by {w.approved_by}")
         elif w.approval_required:
             click.echo(f"    waits for approval: edgeflux rollout approve {r.id} --wave {w.index}")
+        if w.approval_check:
+            click.echo(f"    {w.approval_check}")
         for t in w.retries:
             when = (
                 f"; try {t.tries + 1} at {t.next_at.ToDatetime().strftime('%H:%M:%S')} UTC"
@@ -138,6 +144,18 @@ def _show(r: Any) -> None:
             if o.outcome != Outcome.COMMITTED:
                 why = ": ".join(x for x in (o.reason_code, o.detail) if x)
                 click.echo(f"    {o.device_id}  {o.outcome}  {why}".rstrip())
+
+
+def _figures(f: Any) -> str:
+    """One group's soak figures on one line."""
+    text = (
+        f"{f.group}: {f.reporting}/{f.devices} reporting, miss rate {f.miss_rate:.4f}, "
+        f"{f.interventions_per_min:.2f} interventions/min, loop p99 {f.latency_p99_ms:.2f} ms, "
+        f"{f.errors_per_robot:.2f} error events/robot"
+    )
+    if f.HasField("divergence"):
+        text += f", shadow divergence {f.divergence:.4g}"
+    return text
 
 
 def _print(as_json: bool, r: Any) -> None:
@@ -262,6 +280,21 @@ resume_cmd = _id_command(
     "before it goes out (repeatable).",
 )
 @click.option(
+    "--approval-url",
+    default=None,
+    metavar="URL",
+    help="Before each wave, POST its facts and figures as JSON to URL; the wave goes out "
+    'once it answers {"decision": "allow"}. A deny, a time-out or a bad answer keeps the '
+    "wave waiting (asked again with backoff); an allow is audited with the URL and answer.",
+)
+@click.option(
+    "--approval-timeout",
+    type=click.FloatRange(0, 60, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds the approval URL has to answer.",
+)
+@click.option(
     "--max-tries",
     type=click.IntRange(1, 20),
     default=1,
@@ -310,6 +343,35 @@ resume_cmd = _id_command(
     "not-yet-updated robots'.",
 )
 @click.option(
+    "--max-latency-p99-ms",
+    type=click.FloatRange(0),
+    default=None,
+    help="Soak: the highest loop latency p99 the wave's robots may report (default: no cap).",
+)
+@click.option(
+    "--max-latency-ratio",
+    type=click.FloatRange(1),
+    default=1.5,
+    show_default=True,
+    help="Soak: how many times the not-yet-updated robots' loop latency p99, or the wave's "
+    "own on the previous bundle, the wave's may be.",
+)
+@click.option(
+    "--max-divergence",
+    type=click.FloatRange(0),
+    default=None,
+    help="Soak: the highest mean shadow action divergence the wave's robots may have "
+    "reported for the bundle (default: no cap).",
+)
+@click.option(
+    "--max-errors-increase",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Soak: how many more error events per robot the wave's robots may send than the "
+    "not-yet-updated robots, or than themselves before the update.",
+)
+@click.option(
     "--abort-threshold",
     type=click.FloatRange(0, 1),
     default=None,
@@ -317,6 +379,14 @@ resume_cmd = _id_command(
     help="Abort the rollout and roll its devices back to their previous bundle once more "
     "than this fraction of the robots it dispatched so far failed (failed, rolled back, "
     "silent) or regressed in a soak (default: never aborted on its own).",
+)
+@click.option(
+    "--abort-min-robots",
+    type=click.IntRange(0),
+    default=None,
+    metavar="N",
+    help="The abort threshold applies only once at least N robots were dispatched "
+    "(default: 10, or every robot of a smaller rollout).",
 )
 @click.option(
     "--allow-unattested",
@@ -337,13 +407,20 @@ def create_cmd(
     health_window: int,
     max_action_divergence: float | None,
     approval_waves: tuple[int, ...],
+    approval_url: str | None,
+    approval_timeout: float,
     max_tries: int,
     retry_backoff: float,
     retry_max: float,
     soak: float,
     max_miss_rate_increase: float,
     max_interventions_increase: float,
+    max_latency_p99_ms: float | None,
+    max_latency_ratio: float,
+    max_divergence: float | None,
+    max_errors_increase: float,
     abort_threshold: float | None,
+    abort_min_robots: int | None,
     allow_unattested: bool,
     as_json: bool,
 ) -> None:
@@ -352,10 +429,14 @@ def create_cmd(
     Gates: each wave goes out only while the bundle has a valid parity attestation
     (checked at create and before every wave; --allow-unattested overrides), after the
     wave before it passed its failure threshold, and, with --approval-wave, once an
-    operator approved it; with --soak, after the wave before it ran the bundle that long
-    without a regression of its KPIs; with --abort-threshold, too many failed or
-    regressed robots abort it with rollback. With --max-tries, transient device failures are
-    retried (exponential backoff with jitter) before they count against --max-failure."""
+    operator approved it; with --approval-url, once that endpoint allowed it; with
+    --soak, after the wave before it ran the bundle that long without a regression of
+    its KPIs (deadline-miss rate, interventions, loop latency p99, error events against
+    the not-yet-updated robots and against its own robots before the update; shadow
+    divergence); with --abort-threshold, too many failed or regressed robots (once
+    --abort-min-robots were dispatched) abort it with rollback. With --max-tries,
+    transient device failures are retried (exponential backoff with jitter) before they
+    count against --max-failure."""
     from protos import admin_pb2, common_pb2
 
     name, sep, version = bundle.partition("@")
@@ -380,6 +461,13 @@ def create_cmd(
         max_miss_rate_increase=max_miss_rate_increase,
         max_interventions_increase=max_interventions_increase,
         abort_threshold=abort_threshold,
+        max_latency_p99_ms=max_latency_p99_ms,
+        max_latency_ratio=max_latency_ratio,
+        max_divergence=max_divergence,
+        max_errors_increase=max_errors_increase,
+        abort_min_robots=abort_min_robots or 0,
+        approval_url=approval_url or "",
+        approval_timeout_s=approval_timeout if approval_url else 0.0,
     )
     _print(as_json, _call(obj, "CreateRollout", req))
 

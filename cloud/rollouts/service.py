@@ -57,7 +57,9 @@ from cloud.rollouts.outcomes import device_outcome
 from cloud.rollouts.plan import DevicePlan
 from cloud.rollouts.soak import abort_due
 from cloud.rollouts.wire import (
+    abort_min_robots_of,
     abort_threshold_of,
+    approval_check_of,
     retry_policy_of,
     rollout_to_pb,
     soak_policy_of,
@@ -155,6 +157,8 @@ class RolloutService:
                 retry=retry_policy_of(request),
                 soak=soak_policy_of(request),
                 abort_threshold=abort_threshold_of(request),
+                abort_min_robots=abort_min_robots_of(request),
+                extra=approval_check_of(request),
             )
             found.append(check)
             return spec
@@ -255,7 +259,7 @@ class RolloutService:
         now = time.time()
         restore = r.abort(now, by, rollback=rollback)
         if decision is not None:
-            r.gates["abort"] = {**decision, "at": now, "audited": False}
+            r.gates["abort"] = {**decision, "at": now, "key": uuid.uuid4().hex}
         if not rollback:
             self._save(r)
             self._audit_abort(r)
@@ -265,13 +269,20 @@ class RolloutService:
         self._finish_abort(r)
 
     def _audit_abort(self, r: Rollout) -> None:
+        """Audit the abort-threshold decision once: its entry is keyed on the decision
+        saved (with the abort's intent) before anything was applied, so a replay after
+        a restart between the audit write and the next save writes no second one."""
         got = r.gates.get("abort")
-        if not isinstance(got, dict) or got.get("audited", True):
-            return
-        figures = {k: v for k, v in got.items() if k != "audited"}
-        self.store.audit("rollout-engine", "rollout.abort_threshold", r.id, figures)
-        got["audited"] = True
-        self._save(r)
+        if not isinstance(got, dict) or "key" not in got:
+            return  # an operator's abort: recorded in the rollout's history
+        figures = {k: v for k, v in got.items() if k != "key"}
+        self.store.audit_once(
+            f"{r.id}:abort:{got['key']}",
+            "rollout-engine",
+            "rollout.abort_threshold",
+            r.id,
+            figures,
+        )
 
     def _finish_abort(self, r: Rollout) -> None:
         """Apply (or, after a restart, finish) a saved abort intent's rollback."""

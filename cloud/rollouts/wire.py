@@ -19,9 +19,12 @@ from cloud.rollouts.engine import (
     Rollout,
     RolloutError,
 )
+from cloud.rollouts.external import external_text
 from cloud.rollouts.gates import approval_of, gate_spec
 from cloud.rollouts.soak import (
+    Figures,
     SoakPolicy,
+    abort_min_robots,
     abort_threshold,
     check_abort_threshold,
     soak_policy,
@@ -32,7 +35,9 @@ from protos import admin_pb2, common_pb2
 from runtime.desired_state import BundleRef, DesiredStateError
 
 __all__ = [
+    "abort_min_robots_of",
     "abort_threshold_of",
+    "approval_check_of",
     "bundle_ref",
     "retries_pb",
     "retry_policy_of",
@@ -63,30 +68,63 @@ def divergence_limit(bundle: Mapping[str, Any]) -> float | None:
     return float(limit) if isinstance(limit, int | float) else None
 
 
+SOAK_GROUPS = (("wave", "wave"), ("before", "before"), ("baseline", "not yet updated"))
+
+
+def soak_pb(r: Rollout, wave: int, msg: admin_pb2.RolloutWave) -> admin_pb2.RolloutWave:
+    """The wave's soak decision: its verdict and the figures compared."""
+    st = (r.gates.get("soak") or {}).get(str(wave))
+    if not isinstance(st, dict):
+        return msg
+    msg.soak_verdict = str(st.get("verdict") or "")
+    for key, group in SOAK_GROUPS:
+        got = st.get(key)
+        if not isinstance(got, dict):
+            continue
+        f = Figures.from_dict(got)
+        msg.soak_figures.append(
+            admin_pb2.SoakFigures(
+                group=group,
+                devices=f.devices,
+                reporting=f.reporting,
+                miss_rate=f.miss_rate,
+                interventions_per_min=f.interventions_per_min,
+                latency_p99_ms=f.latency_p99_ms,
+                errors_per_robot=f.errors_per_robot,
+                divergence=f.divergence,
+            )
+        )
+    return msg
+
+
 def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
     b = bundle_ref(r.spec.bundle) or BundleRef(name="?")
     gates = gate_spec(r)
     waves = [
-        with_approval(
+        soak_pb(
             r,
             w.index,
-            gates.approval_waves,
-            admin_pb2.RolloutWave(
-                index=w.index,
-                device_ids=w.device_ids,
-                state=w.state,
-                committed=w.count(COMMITTED),
-                failed=w.count(FAILED) + w.count(SILENT),
-                rolled_back=w.count(ROLLED_BACK),
-                outcomes=[
-                    admin_pb2.DeviceOutcome(
-                        device_id=d,
-                        outcome=str(o.get("outcome", "")),
-                        reason_code=str(o.get("reason", "")),
-                        detail=str(o.get("detail", "")),
-                    )
-                    for d, o in sorted(w.outcomes.items())
-                ],
+            with_approval(
+                r,
+                w.index,
+                gates.approval_waves,
+                admin_pb2.RolloutWave(
+                    index=w.index,
+                    device_ids=w.device_ids,
+                    state=w.state,
+                    committed=w.count(COMMITTED),
+                    failed=w.count(FAILED) + w.count(SILENT),
+                    rolled_back=w.count(ROLLED_BACK),
+                    outcomes=[
+                        admin_pb2.DeviceOutcome(
+                            device_id=d,
+                            outcome=str(o.get("outcome", "")),
+                            reason_code=str(o.get("reason", "")),
+                            detail=str(o.get("detail", "")),
+                        )
+                        for d, o in sorted(w.outcomes.items())
+                    ],
+                ),
             ),
         )
         for w in r.waves
@@ -107,6 +145,9 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         soak_s=soak_policy(r).soak_s,
         abort_threshold=abort_threshold(r),
         abort=str((r.gates.get("abort") or {}).get("text", "")),
+        abort_min_robots=abort_min_robots(r) if abort_threshold(r) is not None else 0,
+        soak_thresholds=soak_policy(r).text() if soak_policy(r).soak_s > 0 else "",
+        approval_url=str(r.spec.gates.get("approval_url") or ""),
     )
 
 
@@ -137,9 +178,47 @@ def soak_policy_of(request: admin_pb2.CreateRolloutRequest) -> SoakPolicy:
                 if request.HasField("max_interventions_increase")
                 else default.max_interventions_increase
             ),
+            max_latency_p99_ms=(
+                request.max_latency_p99_ms if request.HasField("max_latency_p99_ms") else None
+            ),
+            max_latency_ratio=(
+                request.max_latency_ratio
+                if request.HasField("max_latency_ratio")
+                else default.max_latency_ratio
+            ),
+            max_divergence=request.max_divergence if request.HasField("max_divergence") else None,
+            max_errors_increase=(
+                request.max_errors_increase
+                if request.HasField("max_errors_increase")
+                else default.max_errors_increase
+            ),
         )
     except RolloutError as exc:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def approval_check_of(request: admin_pb2.CreateRolloutRequest) -> dict[str, Any]:
+    """The request's external approval check as the spec keeps it ({} for none)."""
+    from cloud.rollouts.external import DEFAULT_TIMEOUT_S, check_approval_url, check_timeout
+
+    if not request.approval_url:
+        if request.approval_timeout_s:
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, "approval_timeout_s without an approval_url"
+            )
+        return {}
+    try:
+        return {
+            "approval_url": check_approval_url(request.approval_url),
+            "approval_timeout_s": check_timeout(request.approval_timeout_s or DEFAULT_TIMEOUT_S),
+        }
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def abort_min_robots_of(request: admin_pb2.CreateRolloutRequest) -> int | None:
+    """The request's minimum robot count for the abort threshold (0: the default)."""
+    return int(request.abort_min_robots) or None
 
 
 def abort_threshold_of(request: admin_pb2.CreateRolloutRequest) -> float | None:
@@ -176,6 +255,7 @@ def with_approval(
 ) -> admin_pb2.RolloutWave:
     pb.retries.extend(retries_pb(r, list(pb.device_ids)))
     pb.soak = soak_text(r, index)
+    pb.approval_check = external_text(r, index)
     pb.approval_required = index in approval_waves
     done = approval_of(r, index)
     if done is not None:

@@ -241,19 +241,13 @@ class ControlPlane:
                 delay = min(delay, 30.0)
             await asyncio.sleep(delay)
 
-    async def _retention(self, every_s: float = 3600.0) -> None:
-        """Delete telemetry older than `telemetry_retention_days` (at start, then hourly)."""
+    async def _retention(self) -> None:
+        """Telemetry day partitions made ahead and `telemetry_retention_days` applied
+        (at start, then hourly; on PostgreSQL by the lease holder among the replicas)."""
+        from cloud.telemetry_retention import run_upkeep
+
         assert self.plane is not None
-        plane = self.plane
-        while True:
-            cutoff = _utcnow() - dt.timedelta(days=self.config.telemetry_retention_days)
-            try:
-                n = await plane.db(plane.store.prune_telemetry, cutoff)
-                if n:
-                    log.info("retention: deleted %d telemetry points older than %s", n, cutoff)
-            except Exception as exc:
-                log.warning("telemetry retention failed (retrying later): %s", exc)
-            await asyncio.sleep(every_s)
+        await run_upkeep(self.plane.store, self.config.telemetry_retention_days)
 
     async def _poll_changes(self) -> None:
         """Feed WatchFleet with device changes written by any process (ingest, CLI, replicas).

@@ -287,7 +287,8 @@ def set_online_many(store: Store, writes: Sequence[PresenceWrite]) -> list[bool]
     """Record presence for many devices; result[i] False for an unknown or revoked device.
 
     Of several messages from one device in the batch the last one wins (its retained
-    state is the newest), keeping the newest runtime version any of them reported. A revoked robot's retained "online" does not bring it back.
+    state is the newest), keeping the newest runtime version any of them reported.
+    A revoked robot's retained "online" does not bring it back.
     """
     if not writes:
         return []
@@ -309,10 +310,11 @@ def set_online_many(store: Store, writes: Sequence[PresenceWrite]) -> list[bool]
                 "last_seen": sa.bindparam("b_at"),
                 "updated_at": now,
             }
-            for group, extra in (
+            groups: tuple[tuple[list[PresenceWrite], dict[str, Any]], ...] = (
                 (plain, {}),
                 (versioned, {"runtime_version": sa.bindparam("b_rv")}),
-            ):
+            )
+            for group, extra in groups:
                 if group:
                     conn.execute(
                         stmt.values(**values, **extra),

@@ -1,19 +1,26 @@
-"""Rollouts: the rollout engine's records (it owns their spec and status JSON)."""
+"""Rollouts: the rollout engine's records (it owns their spec and status JSON), the
+bulk read of a wave's update events its gates judge, and its audit entries written
+once."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from cloud.store._base import StoreBase, as_utc
-from cloud.store.models import Rollout, table
+from cloud.store.models import AuditEntry, Event, Rollout, table
+from cloud.store.updates import EventRecord
 
 __all__ = ["RolloutQueries", "RolloutRecord"]
 
 rollouts_t = table(Rollout)
+events_t = table(Event)
+audit_t = table(AuditEntry)
+_IN_CHUNK = 500  # ids per IN list
 
 
 @dataclass(frozen=True)
@@ -76,3 +83,50 @@ class RolloutQueries(StoreBase):
         q = rollouts_t.select().order_by(rollouts_t.c.created_at.desc()).limit(limit).offset(offset)
         with self._connect() as conn:
             return [_rollout(r) for r in conn.execute(q).fetchall()]
+
+    def events_window(
+        self, device_ids: Sequence[str], start: dt.datetime, end: dt.datetime
+    ) -> dict[str, list[EventRecord]]:
+        """The events of `device_ids` from `start` to `end` (both included), per device,
+        oldest first, in one query (a few for thousands of devices)."""
+        out: dict[str, list[EventRecord]] = {d: [] for d in device_ids}
+        ids = list(out)
+        with self._connect() as conn:
+            for i in range(0, len(ids), _IN_CHUNK):
+                q = (
+                    events_t.select()
+                    .where(events_t.c.device_id.in_(ids[i : i + _IN_CHUNK]))
+                    .where(events_t.c.at >= start, events_t.c.at <= end)
+                    .order_by(events_t.c.device_id, events_t.c.at, events_t.c.id)
+                )
+                for m in (r._mapping for r in conn.execute(q)):
+                    out[m["device_id"]].append(
+                        EventRecord(
+                            device_id=m["device_id"],
+                            sequence=int(m["sequence"]),
+                            at=as_utc(m["at"]),  # type: ignore[arg-type]
+                            kind=m["kind"],
+                            state=m["state"],
+                            reason_code=m["reason_code"],
+                            detail=m["detail"],
+                            bundle=m["bundle"],
+                        )
+                    )
+        return out
+
+    def audit_once(
+        self, key: str, actor: str, action: str, target: str, detail: dict[str, Any]
+    ) -> bool:
+        """Write an audit entry unless one with this `key` (kept in its detail as
+        ``key``) exists for `action` on `target`; True if written. Replaying a decision
+        after a restart so audits it once."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(audit_t.c.detail).where(
+                    audit_t.c.action == action, audit_t.c.target == target
+                )
+            ).fetchall()
+            if any(isinstance(r[0], dict) and r[0].get("key") == key for r in rows):
+                return False
+            self._audit(conn, actor, action, target, {**detail, "key": key})
+        return True

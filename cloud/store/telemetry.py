@@ -9,12 +9,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cloud.store import telemetry_partitions as partitions
 from cloud.store._base import StoreBase, as_utc, utcnow
 from cloud.store.errors import ConflictError
 from cloud.store.models import Device, TelemetryBatch, TelemetryPoint, table
+from cloud.store.telemetry_partitions import retention_start
 from protos.lifecycle import ENDED_STATES
 
-__all__ = ["TelemetryQueries", "TelemetryRecord", "health_summary", "telemetry_update_state"]
+__all__ = [
+    "RetentionResult",
+    "TelemetryQueries",
+    "TelemetryRecord",
+    "health_summary",
+    "telemetry_update_state",
+]
 
 
 def health_summary(p: TelemetryRecord) -> dict[str, Any]:
@@ -161,9 +169,80 @@ class TelemetryQueries(StoreBase):
             )
         return out
 
-    def prune_telemetry(self, older_than: dt.datetime) -> int:
-        """Retention: delete telemetry points and batch markers older than `older_than`."""
+    def telemetry_window(
+        self, device_ids: Sequence[str], start: dt.datetime, end: dt.datetime
+    ) -> dict[str, list[TelemetryRecord]]:
+        """The points of `device_ids` from `start` to `end` (both included), per device,
+        oldest first, in one query (a few for thousands of devices)."""
+        out: dict[str, list[TelemetryRecord]] = {d: [] for d in device_ids}
+        ids = list(out)
+        cols = [points_t.c[n] for n in ("device_id", "at", *_WINDOW_FIELDS, "extra")]
+        with self._connect() as conn:
+            for i in range(0, len(ids), _IN_CHUNK):
+                q = (
+                    sa.select(*cols)
+                    .where(points_t.c.device_id.in_(ids[i : i + _IN_CHUNK]))
+                    .where(points_t.c.at >= start, points_t.c.at <= end)
+                    .order_by(points_t.c.device_id, points_t.c.at, points_t.c.id)
+                )
+                for m in (r._mapping for r in conn.execute(q)):
+                    out[m["device_id"]].append(
+                        TelemetryRecord(
+                            at=as_utc(m["at"]),  # type: ignore[arg-type]
+                            extra=m["extra"],
+                            **{n: m[n] for n in _WINDOW_FIELDS},
+                        )
+                    )
+        return out
+
+    def prune_telemetry(self, older_than: dt.datetime) -> RetentionResult:
+        """Retention, by whole UTC days: remove the telemetry of the days before the day
+        `older_than` falls in (so between one and two days' more than asked stay).
+
+        PostgreSQL drops those days' partitions (cost independent of their size) and
+        deletes the default partition's older points; SQLite deletes the rows. Both keep
+        exactly the same points. Batch markers (the (device, sequence) de-duplication
+        keys) received before the same instant are deleted too.
+        """
+        start = retention_start(older_than)
         with self._tx() as conn:
-            n = conn.execute(points_t.delete().where(points_t.c.at < older_than)).rowcount
-            conn.execute(batches_t.delete().where(batches_t.c.received_at < older_than))
-        return int(n)
+            if partitions.is_partitioned(conn):
+                dropped = partitions.drop_days_before(conn, start)
+                points = None
+            else:
+                dropped = []
+                points = int(conn.execute(points_t.delete().where(points_t.c.at < start)).rowcount)
+            conn.execute(batches_t.delete().where(batches_t.c.received_at < start))
+        return RetentionResult(start, points, tuple(dropped))
+
+    def prepare_telemetry_days(self, today: dt.date, ahead_days: int = 3) -> list[str]:
+        """Create the day partitions from `today` to `ahead_days` ahead (PostgreSQL; a no-op
+        on SQLite). Returns the partitions created."""
+        with self._tx() as conn:
+            if not partitions.is_partitioned(conn):
+                return []
+            return partitions.ensure_days(conn, today, today + dt.timedelta(days=ahead_days))
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """What one retention pass removed."""
+
+    kept_from: dt.datetime
+    """The first instant kept (a UTC midnight)."""
+    points: int | None
+    """Points deleted row by row (SQLite); None where whole partitions were dropped."""
+    partitions: tuple[str, ...]
+    """Day partitions dropped (PostgreSQL)."""
+
+
+_IN_CHUNK = 500  # ids per IN list: far below SQLite's and PostgreSQL's parameter limits
+_WINDOW_FIELDS = (
+    "loop_p50_ms",
+    "loop_p99_ms",
+    "deadline_miss_rate",
+    "safety_interventions",
+    "cpu_percent",
+    "memory_percent",
+    "temperature_c",
+)

@@ -47,7 +47,12 @@ def _home(tmp: Path, store_url: str) -> CloudHome:
 def _broker(home: CloudHome, tmp: Path) -> Iterator[Mosquitto]:
     port = free_port()
     cfg = BrokerConfig(
-        ca=home.ca_cert, cert=home.server_cert, key=home.server_key, port=port, bind="127.0.0.1"
+        ca=home.ca_cert,
+        cert=home.server_cert,
+        key=home.server_key,
+        port=port,
+        bind="127.0.0.1",
+        devices=(*GOOD, POISON),
     )
     conf, _ = write_broker_config(cfg, tmp / "mosq")
     with run_mosquitto(conf.read_text(), port=port) as b:

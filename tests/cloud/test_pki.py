@@ -66,3 +66,37 @@ def test_foreign_subject_is_not_a_fleet_identity() -> None:
     other = FleetCA.create("other")
     with pytest.raises(PKIError, match="not a fleet identity"):
         parse_identity(other.cert_pem)
+
+
+def test_broker_username_is_the_subject_openssl_prints_for_mosquitto(tmp_path: Path) -> None:
+    """Differential: Mosquitto's use_subject_as_username is OpenSSL's RFC 2253 form."""
+    import subprocess
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from cloud.pki import broker_username
+
+    ca = FleetCA.create()
+    odd = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, 'a,b+c;d<e>f"g\\h'),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "#lead"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, " both "),
+        ]
+    )
+    certs = [
+        ca.issue_device("robot-7").cert_pem,
+        ca.issue_operator("robot-7", "viewer").cert_pem,
+        ca.issue_service("edgeflux-ingest").cert_pem,
+        ca._issue(odd, [], 1).cert_pem,
+    ]
+    for pem in certs:
+        path = tmp_path / "c.pem"
+        path.write_bytes(pem)
+        out = subprocess.run(
+            ["openssl", "x509", "-in", str(path), "-noout", "-subject", "-nameopt", "RFC2253"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        subject = x509.load_pem_x509_certificate(pem).subject
+        assert out == f"subject={broker_username(subject)}"

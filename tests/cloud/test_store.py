@@ -100,8 +100,11 @@ def test_telemetry_batches_are_deduplicated_by_device_and_sequence(store: Store)
     assert dev.health is not None and dev.health["loop_p99_ms"] == 3.0
     assert dev.update_state == "IDLE" and dev.last_seen is not None
     assert seen == ["d1", "d1"]
-    assert store.prune_telemetry(NOW + dt.timedelta(seconds=1, microseconds=1)) == 3
-    assert [p.loop_p99_ms for p in store.telemetry("d1")] == [3.0]
+    # Retention removes whole UTC days: a cutoff inside the points' day keeps them all.
+    store.prune_telemetry(NOW + dt.timedelta(seconds=1, microseconds=1))
+    assert len(store.telemetry("d1")) == 4
+    store.prune_telemetry(NOW + dt.timedelta(days=1))
+    assert store.telemetry("d1") == []
 
 
 def test_events_are_deduplicated_and_move_update_state(store: Store) -> None:

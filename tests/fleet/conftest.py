@@ -20,7 +20,7 @@ from tests.servers import Mosquitto, free_port, run_mosquitto
 DEVICES = ("robot-1", "robot-2", "robot-3")
 REVOKED = "robot-revoked"
 INGEST = "edgeflux-ingest"
-INGEST_REPLICAS = ("edgeflux-ingest-a", "edgeflux-ingest-b")
+INGEST_REPLICAS = ("edgeflux-ingest-a", "edgeflux-ingest-b", "edgeflux-ingest-c")
 PUBLISHER = "edgeflux-control-plane"
 
 
@@ -47,9 +47,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     server_crt, server_key = server.write(d, "server")
     for name in (*DEVICES, REVOKED):
         ca.issue_device(name).write(d, name)
-    for service in (INGEST, *INGEST_REPLICAS):
+    for service in (INGEST, *INGEST_REPLICAS, PUBLISHER):
         ca.issue_service(service).write(d, service)
-    ca.issue_server(PUBLISHER).write(d, PUBLISHER)
     # A CRL revoking one device, signed by the CA key (the PKI API has no CRL yet).
     ca_key = serialization.load_pem_private_key(
         (d / "ca.key").read_bytes(), password=b"test-passphrase"
@@ -87,6 +86,7 @@ def tls_broker(pki: Pki, tmp: Path, **overrides: object) -> Iterator[Mosquitto]:
         ingest_identity=INGEST,
         more_ingest_identities=INGEST_REPLICAS,
         publisher_identity=PUBLISHER,
+        devices=(*DEVICES, REVOKED),
         **overrides,  # type: ignore[arg-type]
     )
     conf, _ = write_broker_config(cfg, tmp)

@@ -181,6 +181,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 str(port),
                 "--run-as",  # tmp_path is 0700: the broker keeps the test's user
                 "root" if os.geteuid() == 0 else "mosquitto",
+                "--reload-hook",  # devices added later: the plane reloads the broker's ACL
+                "pid-file",
             ],
         )
         assert res.exit_code == 0, res.output

@@ -13,6 +13,19 @@ from cloud.broker_config import broker_config
 from tests.fleet.conftest import Pki
 
 
+def acl_blocks(text: str) -> dict[str, list[str]]:
+    """``user`` line → its ``topic`` lines."""
+    blocks: dict[str, list[str]] = {}
+    user = ""
+    for ln in text.splitlines():
+        if ln.startswith("user "):
+            user = ln
+            blocks[user] = []
+        elif ln.startswith("topic "):
+            blocks[user].append(ln)
+    return blocks
+
+
 def _args(pki: Pki, out: Path, *extra: str) -> list[str]:
     return [
         "--out",
@@ -31,23 +44,50 @@ def test_writes_an_mtls_listener_with_identity_acls_and_deep_queues(
     pki: Pki, tmp_path: Path
 ) -> None:
     out = tmp_path / "conf"
-    res = CliRunner().invoke(broker_config, [*_args(pki, out, "--port", "8883"), "--json"])
+    devices = ("--device", "robot-1", "--device", "robot-2")
+    res = CliRunner().invoke(
+        broker_config, [*_args(pki, out, "--port", "8883", *devices), "--json"]
+    )
     assert res.exit_code == 0, res.output
     paths = json.loads(res.stdout)
     conf = Path(paths["config"]).read_text()
     for line in (
         "listener 8883 0.0.0.0",
         "require_certificate true",
-        "use_identity_as_username true",
+        "use_subject_as_username true",
+        "use_username_as_clientid true",
         "allow_anonymous false",
         "max_queued_messages 100000",
     ):
         assert line in conf.splitlines()
-    acl = Path(paths["acl"]).read_text().splitlines()
-    assert "pattern write edgeflux/v1/devices/%u/telemetry" in acl
-    assert "pattern read edgeflux/v1/devices/%u/updates" in acl
-    # devices never get a wildcard grant
-    assert not [ln for ln in acl if ln.startswith("pattern") and "/+/" in ln]
+    text = Path(paths["acl"]).read_text()
+    blocks = acl_blocks(text)
+    dev = blocks["user O=EdgeFlux fleet,OU=device,CN=robot-1"]
+    assert dev == [
+        "topic write edgeflux/v1/devices/robot-1/telemetry",
+        "topic write edgeflux/v1/devices/robot-1/events",
+        "topic write edgeflux/v1/devices/robot-1/state",
+        "topic read edgeflux/v1/devices/robot-1/updates",
+    ]
+    assert (
+        "topic read edgeflux/v1/devices/+/telemetry"
+        in (blocks["user O=EdgeFlux fleet,OU=service,CN=edgeflux-ingest"])
+    )
+    assert (
+        "topic write edgeflux/v1/devices/+/updates"
+        in (blocks["user O=EdgeFlux fleet,OU=service,CN=edgeflux-push"])
+    )
+    # no patterns (%u is a whole subject now), no operator, no wildcard grant for devices
+    assert "pattern" not in text and "OU=operator" not in text
+    for user, lines in blocks.items():
+        if "OU=device" in user:
+            assert not [ln for ln in lines if "/+/" in ln or "#" in ln]
+
+
+def test_an_invalid_device_id_is_refused(pki: Pki, tmp_path: Path) -> None:
+    for bad in ("robot/1", "+", "edgeflux-ingest"):
+        res = CliRunner().invoke(broker_config, _args(pki, tmp_path / "c", "--device", bad))
+        assert res.exit_code == 1 and "--device" in res.output, res.output
 
 
 def test_missing_certificate_is_a_clear_error_and_writes_nothing(pki: Pki, tmp_path: Path) -> None:

@@ -13,6 +13,9 @@ import os
 import time
 import types
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cloud.rollouts import retry
 from cloud.rollouts.engine import Rollout, RolloutSpec
@@ -59,6 +62,14 @@ def crash_after_side_effect(url: str, where: str) -> None:
             note(r, now, reason)
 
         Rollout.note = crash  # type: ignore[method-assign]
+    elif where == "audit":  # the abort's audit entry is written; nothing after it is
+        audit_once = Store.audit_once
+
+        def crash_audit(self: Store, *args: Any, **kwargs: Any) -> bool:
+            audit_once(self, *args, **kwargs)
+            os._exit(3)
+
+        Store.audit_once = crash_audit  # type: ignore[method-assign]
     else:
         retry.redispatched = lambda *a, **k: os._exit(3)  # type: ignore[assignment]
     store = Store.open(url)
@@ -157,7 +168,12 @@ def test_a_retry_cut_off_before_its_save_is_counted_and_applied_once(tmp_path: P
         store.close()
 
 
-def test_an_abort_threshold_cut_off_after_its_rollback_is_applied_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["abort", "audit"])
+def test_an_abort_threshold_cut_off_after_its_rollback_is_applied_once(
+    tmp_path: Path, where: str
+) -> None:
+    """Cut off after the rollback (before its note and save), or right after the audit
+    entry is written (before the rollback): one rollback, one audit entry."""
     url = f"sqlite:///{tmp_path}/plane.db"
     gates = unattested()
     gates["abort_threshold"] = 0.0  # any failed robot aborts
@@ -172,12 +188,13 @@ def test_an_abort_threshold_cut_off_after_its_rollback_is_applied_once(tmp_path:
         )
     finally:
         store.close()
-    run_crashing(url, "abort")
+    run_crashing(url, where)
 
     store = Store.open(url)
     try:
         gens = {d: store.get_device(d).desired_generation for d in DEVICES}  # type: ignore[union-attr]
-        assert gens == dict.fromkeys(DEVICES, 3)  # rolled back before the crash
+        # rolled back before the crash, or not yet
+        assert gens == dict.fromkeys(DEVICES, 3 if where == "abort" else 2)
         service(store)._pass()
         service(store)._pass()
         rec = store.get_rollout("ro-x")

@@ -248,6 +248,13 @@ def test_rollout_create_help_shows_every_gate() -> None:
         "--soak",
         "--max-miss-rate-increase",
         "--max-interventions-increase",
+        "--max-latency-p99-ms",
+        "--max-latency-ratio",
+        "--max-divergence",
+        "--max-errors-increase",
+        "--abort-min-robots",
+        "--approval-url",
+        "--approval-timeout",
     ):
         assert option in res.output, option
     res = CliRunner().invoke(root, ["rollout", "approve", "--help"])

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from cloud.rollouts.engine import Rollout, RolloutSpec, SpecError
 from cloud.rollouts.soak import (
     Figures,
+    Readings,
     Sample,
     SoakPolicy,
     abort_due,
@@ -26,6 +27,10 @@ from cloud.rollouts.soak import (
 )
 
 BUNDLE = {"name": "pendulum", "version": "1.1.0", "sequence": 2}
+
+
+def R(samples: Mapping[str, Sequence[Sample]]) -> Readings:
+    return Readings(samples)
 
 
 def series(rate: float, interventions_per_min: float, n: int = 7, t0: float = 0.0):
@@ -42,14 +47,14 @@ def series(rate: float, interventions_per_min: float, n: int = 7, t0: float = 0.
 
 
 def test_figures_are_counter_increases_and_a_reset_counts_from_zero() -> None:
-    got = figures(["a", "b", "c"], {"a": series(0.02, 6.0), "b": series(0.0, 0.0), "c": []})
+    got = figures(["a", "b", "c"], R({"a": series(0.02, 6.0), "b": series(0.0, 0.0), "c": []}))
     assert (got.devices, got.reporting) == (3, 2)
     assert got.ticks == 6000 and got.misses == 60 and got.miss_rate == pytest.approx(0.01)
     assert got.minutes == pytest.approx(2.0) and got.interventions_per_min == pytest.approx(3.0)
     reset = [Sample(0, 100, 10, 0), Sample(10, 200, 20, 0), Sample(20, 50, 5, 0)]
-    f = figures(["r"], {"r": reset})
+    f = figures(["r"], R({"r": reset}))
     assert (f.ticks, f.misses) == (150, 15)  # +100, then a restart: +50 from zero
-    empty = figures(["x"], {})
+    empty = figures(["x"], R({}))
     assert empty.miss_rate == 0.0 and empty.interventions_per_min == 0.0
 
 
@@ -57,21 +62,23 @@ def test_figures_are_counter_increases_and_a_reset_counts_from_zero() -> None:
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=20))
 def test_property_figures_never_go_negative_and_the_rate_is_at_most_one(pairs) -> None:
     pts = [Sample(float(i), t, min(m, t), 0) for i, (t, m) in enumerate(pairs)]
-    f = figures(["r"], {"r": pts})
+    f = figures(["r"], R({"r": pts}))
     assert f.ticks >= 0 and f.misses >= 0 and f.minutes >= 0
     assert f.interventions_per_min >= 0
 
 
 def test_judge_compares_with_the_baseline_and_names_the_figures() -> None:
     policy = SoakPolicy(60, max_miss_rate_increase=0.01, max_interventions_increase=1.0)
-    base = figures(["b"], {"b": series(0.005, 1.0)})
-    ok, text = judge(figures(["w"], {"w": series(0.01, 1.0)}), base, policy)
+    base = figures(["b"], R({"b": series(0.005, 1.0)}))
+    ok, text = judge(figures(["w"], R({"w": series(0.01, 1.0)})), base, policy)
     assert ok and "wave: deadline-miss rate 0.0100" in text and "not yet updated:" in text
-    ok, text = judge(figures(["w"], {"w": series(0.05, 1.0)}), base, policy)
-    assert not ok and text.startswith("deadline-miss rate up +0.0450 > 0.01; wave: ")
-    ok, text = judge(figures(["w"], {"w": series(0.005, 4.0)}), base, policy)
-    assert not ok and text.startswith("interventions/min up +3.00 > 1; ")
-    ok, text = judge(figures(["w"], {}), base, policy)
+    ok, text = judge(figures(["w"], R({"w": series(0.05, 1.0)})), base, policy)
+    assert not ok and text.startswith(
+        "deadline-miss rate up +0.0450 > 0.01 against the robots not updated yet; wave: "
+    )
+    ok, text = judge(figures(["w"], R({"w": series(0.005, 4.0)})), base, policy)
+    assert not ok and text.startswith("interventions/min up +3.00 > 1 against the robots")
+    ok, text = judge(figures(["w"], R({})), base, policy)
     assert not ok and text.startswith("no telemetry from the wave's robots during the soak")
 
 
@@ -122,7 +129,7 @@ class Telemetry:
 
     def __call__(self, ids: Sequence[str], start: float, end: float):
         self.calls.append((list(ids), start, end))
-        return self.by_device
+        return Readings(self.by_device)
 
 
 def test_a_healthy_wave_soaks_then_the_next_goes_out_once_decided() -> None:
@@ -134,7 +141,8 @@ def test_a_healthy_wave_soaks_then_the_next_goes_out_once_decided() -> None:
     r = reload(r)  # a plane restart mid-soak keeps the same window
     assert not soak_gate(r, 1, 61.0, good) and good.calls == []
     assert soak_gate(r, 1, 62.0, good)
-    assert good.calls == [(["a", "b", "c", "d"], 2.0, 62.0)]
+    # one reading: from a soak's length before the wave's dispatch to the window's end
+    assert good.calls == [(["a", "b", "c", "d"], -60.0, 62.0)]
     r = reload(r)
     assert soak_gate(r, 1, 63.0, good) and len(good.calls) == 1  # decided once
     assert soak_text(r, 0).startswith("soak passed: wave: deadline-miss rate 0.0100")
@@ -153,7 +161,7 @@ def test_a_regression_pauses_and_a_resume_accepts_it() -> None:
     assert not soak_gate(r, 1, 2.0, bad)
     assert not soak_gate(r, 1, 62.0, bad)
     assert r.state == "paused"
-    assert r.reason.startswith("wave 0 soak regressed: deadline-miss rate up +0.2000 > 0.01")
+    assert r.reason.startswith("wave 0 soak regressed: deadline-miss rate up +0.2000 > 0.01 ")
     r = reload(r)
     r.resume(70.0, "operator:bob")
     assert soak_gate(r, 1, 70.0, bad) and len(bad.calls) == 1
@@ -174,8 +182,12 @@ def test_figures_round_trip_as_json() -> None:
 
 
 # ---------------------------------------------------------------------- abort threshold
-def make_abort(threshold: float | None, n: int = 10, first: float = 0.5) -> Rollout:
+def make_abort(
+    threshold: float | None, n: int = 10, first: float = 0.5, min_robots: int | None = 1
+) -> Rollout:
     gates: dict[str, object] = {"soak": SoakPolicy(60).to_dict()}
+    if min_robots is not None:
+        gates["abort_min_robots"] = min_robots
     if threshold is not None:
         gates["abort_threshold"] = threshold
     ids = tuple(f"r{i}" for i in range(n))
@@ -248,6 +260,5 @@ def test_the_soak_decision_names_the_regressed_robots() -> None:
     r = make()
     assert not soak_gate(r, 1, 2.0, bad) and not soak_gate(r, 1, 62.0, bad)
     assert r.gates["soak"]["0"]["regressed"] == ["a"]
-    assert regressed(
-        ["a", "b", "z"], bad.by_device, figures(["c"], bad.by_device), SoakPolicy()
-    ) == ["a"]
+    got = Readings(bad.by_device)
+    assert regressed(["a", "b", "z"], got, figures(["c"], got), SoakPolicy()) == ["a"]

@@ -98,6 +98,7 @@ class SimState:
     subscribers: list[queue.Queue[admin_pb2.FleetEvent | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     attestations: list[attestation_pb2.Attestation] = field(default_factory=list)
+    fixed_rollouts: list[admin_pb2.Rollout] = field(default_factory=list)
     router_enabled: bool = True
     attestation_enabled: bool = True
 
@@ -178,6 +179,71 @@ class _Admin(admin_pb2_grpc.FleetAdminServiceServicer):
             state="running",
             waves=[admin_pb2.RolloutWave(index=0, device_ids=request.device_ids, state="running")],
         )
+
+    def ListRollouts(self, request, context):
+        return admin_pb2.ListRolloutsResponse(rollouts=self.s.fixed_rollouts)
+
+    def GetRollout(self, request, context):
+        for r in self.s.fixed_rollouts:
+            if r.id == request.id:
+                return r
+        context.abort(grpc.StatusCode.NOT_FOUND, f"no rollout {request.id!r}")
+
+
+def make_rollouts(devices: list[str]) -> list[admin_pb2.Rollout]:
+    """A gated rollout waiting for approval after a passed soak, and an aborted one."""
+    soak = (
+        "soak passed: wave: deadline-miss rate 0.0040, 0.00 interventions/min (2/2 robot(s) "
+        "reporting); not yet updated: deadline-miss rate 0.0035, 0.00 interventions/min "
+        "(10/10 robot(s) reporting)"
+    )
+    bundle = common_pb2.BundleRef(name="pendulum", version="1.2.0", sequence=3)
+    w0 = admin_pb2.RolloutWave(index=0, device_ids=devices[:2], state="succeeded", committed=2)
+    w0.outcomes.add(device_id=devices[0], outcome="COMMITTED")
+    w0.outcomes.add(device_id=devices[1], outcome="COMMITTED")
+    w0.retries.add(device_id=devices[1], tries=2, outcome="FAILED", reason_code="DOWNLOAD_FAILED")
+    w0.soak = soak
+    w1 = admin_pb2.RolloutWave(
+        index=1, device_ids=devices[2:6], state="pending", approval_required=True
+    )
+    w2 = admin_pb2.RolloutWave(index=2, device_ids=devices[6:], state="pending")
+    gated = admin_pb2.Rollout(
+        id="ro-00000000gate",
+        bundle=bundle,
+        state="running",
+        waves=[w0, w1, w2],
+        created_at=ts(T0 - 1800),
+        created_by="operator:alice",
+        reason="wave 1 waits for approval",
+        attestation="valid: attested, expires 2026-12-20",
+        max_tries=3,
+        soak_s=600,
+        abort_threshold=0.2,
+    )
+    bad = admin_pb2.RolloutWave(
+        index=0, device_ids=devices[:2], state="failed", rolled_back=1, committed=1
+    )
+    bad.outcomes.add(
+        device_id=devices[0],
+        outcome="ROLLED_BACK",
+        reason_code="HEALTH_WINDOW_FAILED",
+        detail="12/100 tick slots missed their deadline",
+    )
+    bad.outcomes.add(device_id=devices[1], outcome="COMMITTED")
+    aborted = admin_pb2.Rollout(
+        id="ro-0000000abort",
+        bundle=common_pb2.BundleRef(name="pendulum", version="1.1.0", sequence=2),
+        state="aborted",
+        waves=[bad, admin_pb2.RolloutWave(index=1, device_ids=devices[2:], state="cancelled")],
+        created_at=ts(T0 - 86400),
+        created_by="operator:bob",
+        reason="aborted by the abort threshold; rolled back 2 device(s)",
+        attestation="valid: attested",
+        abort_threshold=0.3,
+        abort="1/2 dispatched robot(s) failed or regressed (1 failed, 0 regressed in a soak) "
+        "= 0.50 > abort threshold 0.3",
+    )
+    return [gated, aborted]
 
 
 class _Attestation(attestation_pb2_grpc.AttestationServiceServicer):
@@ -330,6 +396,7 @@ class SimPlane:
         for i in range(devices):
             d = make_device(i)
             self.state.devices[d.id] = d
+        self.state.fixed_rollouts = make_rollouts(sorted(self.state.devices))
         self.state.attestations = [
             make_attestation(ATTESTATION_KEY, "ab" * 32, "1.1.0"),
             make_attestation(ATTESTATION_KEY, "ef" * 32, "1.2.0", verdict="underpowered"),

@@ -92,7 +92,17 @@ FLOWS = {
     "attestations": _flow("f4", wait=_static_has("#att-state", "2 attestation(s)")),
     "routing": _flow("f5", wait=_static_has("#route-state", "audit log")),
     "help": _flow("question_mark"),
+    "rollouts": _flow("f6", wait=_static_has("#rollout-gates", "wave 1 (pending)")),
 }
+
+
+async def _abort_modal(pilot: Any) -> None:
+    await _static_has("#rollout-gates", "wave 1 (pending)")(pilot)
+    await pilot.press("x", *"ro-00000000gate")
+    await until(pilot, lambda: bool(pilot.app.screen.query("#confirm-what")))
+
+
+FLOWS["rollout_abort_confirmation"] = _flow("f6", wait=_abort_modal)
 
 
 async def _push_modal(pilot: Pilot[Any]) -> None:

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from tui.console import ConsoleApp
 
-JUMP_TARGETS = ("fleet", "bundles", "attestations", "routing", "device ")
+JUMP_TARGETS = ("fleet", "bundles", "attestations", "routing", "rollouts", "device ")
 
 
 def fleet_app(widget: object) -> ConsoleApp:
@@ -70,7 +70,9 @@ class JumpScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="jump-box"):
-            yield Label("Jump to: fleet · bundles · attestations · routing · device <id>")
+            yield Label(
+                "Jump to: fleet · bundles · attestations · routing · rollouts · device <id>"
+            )
             yield Input(
                 placeholder=":",
                 id="jump-input",

@@ -1,0 +1,343 @@
+"""What naming every identity in the broker's ACL costs Mosquitto, at fleet size.
+
+``cloud broker-config`` writes an ACL with one ``user`` block per identity, named by
+its certificate's whole subject (``use_subject_as_username``), so the broker refuses
+a certificate of the wrong role. The baseline is the configuration it wrote before:
+the username is the certificate's CN (``use_identity_as_username``) and four
+``pattern`` lines serve every device. Both run in one process against the same
+Mosquitto binary, with the same certificates:
+
+- start: from spawning Mosquitto to its listener accepting (reads the ACL);
+- connect: ``--clients`` robots connect over mTLS (each its own certificate);
+- publish: ``--publishers`` robots send ``--messages`` QoS 1 telemetry messages in
+  all while an ingest client reads ``+/telemetry``; messages/s until every PUBACK
+  and every delivery is in;
+- reload: SIGHUP (what ``device add``/``revoke`` do) with ``--clients`` connected:
+  the longest time a QoS 1 publish then waits for its PUBACK (the broker is one
+  thread; it serves nobody while it reads the ACL and applies it to every client).
+
+The clients speak MQTT 3.1.1 from hand-encoded packets over TLS sockets, so the
+broker, not a Python MQTT library, is what is measured. Usage::
+
+    python bench/broker_acl.py                          # 10,000 identities
+    python bench/broker_acl.py --identities 2000 --clients 100 --messages 20000
+
+Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cloud.broker_config import BrokerConfig, write_broker_config
+from cloud.pki import FleetCA
+from tests.servers import Mosquitto, free_port, run_mosquitto
+
+PREFIX = "edgeflux/v1/devices"
+INGEST = "edgeflux-ingest"
+PUBLISHER = "edgeflux-push"
+
+# The ACL `broker-config` wrote before identities were named by subject.
+PATTERN_ACL = f"""pattern write {PREFIX}/%u/telemetry
+pattern write {PREFIX}/%u/events
+pattern write {PREFIX}/%u/state
+pattern read {PREFIX}/%u/updates
+
+user {INGEST}
+topic read {PREFIX}/+/telemetry
+topic read {PREFIX}/+/events
+topic read {PREFIX}/+/state
+
+user {PUBLISHER}
+topic write {PREFIX}/+/updates
+topic read {PREFIX}/+/state
+"""
+
+
+# --------------------------------------------------------------------------- MQTT bytes
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n % 128, n // 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def _connect_packet(client_id: str) -> bytes:
+    body = _str("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _str(client_id)
+    return b"\x10" + _varint(len(body)) + body
+
+
+def _publish_packet(topic: str, mid: int, payload: bytes) -> bytes:
+    body = _str(topic) + struct.pack("!H", mid) + payload
+    return b"\x32" + _varint(len(body)) + body
+
+
+def _subscribe_packet(topic: str) -> bytes:
+    body = struct.pack("!H", 1) + _str(topic) + b"\x00"
+    return b"\x82" + _varint(len(body)) + body
+
+
+class _Reader:
+    """Reads MQTT packets (type, body) off a socket."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("broker closed the connection")
+        self.buf += chunk
+
+    def packet(self) -> tuple[int, bytes]:
+        while True:
+            if len(self.buf) >= 2:
+                n, mult, i = 0, 1, 1
+                while i < len(self.buf):
+                    b = self.buf[i]
+                    n += (b & 0x7F) * mult
+                    mult *= 128
+                    i += 1
+                    if not b & 0x80:
+                        break
+                else:
+                    self._fill()
+                    continue
+                if len(self.buf) >= i + n:
+                    kind = self.buf[0] >> 4
+                    body = bytes(self.buf[i : i + n])
+                    del self.buf[: i + n]
+                    return kind, body
+            self._fill()
+
+
+def _tls_context(ca: Path, crt: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    ctx.load_cert_chain(str(crt), str(key))
+    ctx.check_hostname = False
+    return ctx
+
+
+def _open(port: int, ctx: ssl.SSLContext, client_id: str) -> tuple[ssl.SSLSocket, _Reader]:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = ctx.wrap_socket(raw)
+    sock.sendall(_connect_packet(client_id))
+    reader = _Reader(sock)
+    kind, body = reader.packet()
+    if kind != 2 or body[1] != 0:
+        raise ConnectionError(f"CONNACK refused: {body!r}")
+    return sock, reader
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+class Fleet:
+    def __init__(self, d: Path, identities: int, clients: int, publishers: int) -> None:
+        ca = FleetCA.create()
+        d.mkdir(parents=True, exist_ok=True)
+        self.dir = d
+        self.ca = d / "ca.crt"
+        self.ca.write_bytes(ca.cert_pem)
+        ca.issue_server("broker", ("localhost", "127.0.0.1")).write(d, "server")
+        for name in (INGEST, PUBLISHER):
+            ca.issue_service(name).write(d, name)
+        self.names = [f"sim-{i:05d}" for i in range(identities)]
+        self.clients = self.names[:clients]
+        self.publishers = self.names[clients : clients + publishers]
+        for name in (*self.clients, *self.publishers):
+            ca.issue_device(name).write(d, name)
+
+    def ctx(self, name: str) -> ssl.SSLContext:
+        return _tls_context(self.ca, self.dir / f"{name}.crt", self.dir / f"{name}.key")
+
+
+def _config(fleet: Fleet, out: Path, variant: str, port: int) -> str:
+    cfg = BrokerConfig(
+        ca=fleet.ca,
+        cert=fleet.dir / "server.crt",
+        key=fleet.dir / "server.key",
+        port=port,
+        bind="127.0.0.1",
+        ingest_identity=INGEST,
+        publisher_identity=PUBLISHER,
+        devices=tuple(fleet.names),
+        max_queued_messages=1_000_000,
+    )
+    conf, acl = write_broker_config(cfg, out)
+    text = conf.read_text()
+    if variant == "pattern":
+        acl.write_text(PATTERN_ACL)
+        text = text.replace("use_subject_as_username true", "use_identity_as_username true")
+    return text
+
+
+@contextlib.contextmanager
+def _broker(fleet: Fleet, out: Path, variant: str) -> Iterator[tuple[Mosquitto, float]]:
+    port = free_port()
+    text = _config(fleet, out, variant, port)
+    t0 = time.perf_counter()
+    with run_mosquitto(text, port=port) as broker:
+        yield broker, time.perf_counter() - t0
+
+
+def _connect_all(port: int, fleet: Fleet) -> tuple[list[ssl.SSLSocket], float]:
+    t0 = time.perf_counter()
+    socks = [_open(port, fleet.ctx(n), n)[0] for n in fleet.clients]
+    return socks, time.perf_counter() - t0
+
+
+def _publish(port: int, fleet: Fleet, messages: int) -> float:
+    """Messages/s through the broker: publishers' PUBACKs and ingest's deliveries."""
+    sub, sub_reader = _open(port, fleet.ctx(INGEST), INGEST)
+    sub.sendall(_subscribe_packet(f"{PREFIX}/+/telemetry"))
+    assert sub_reader.packet()[0] == 9  # SUBACK
+    per = messages // len(fleet.publishers)
+    total = per * len(fleet.publishers)
+    conns = [(n, *_open(port, fleet.ctx(n), n)) for n in fleet.publishers]
+    delivered = 0
+
+    def ingest() -> None:
+        nonlocal delivered
+        while delivered < total:
+            kind, _ = sub_reader.packet()
+            if kind == 3:
+                delivered += 1
+
+    def publisher(name: str, sock: ssl.SSLSocket, reader: _Reader) -> None:
+        topic = f"{PREFIX}/{name}/telemetry"
+        payload = b"x" * 200
+        window, sent, acked = 500, 0, 0
+        while acked < per:
+            batch = []
+            while sent < per and sent - acked < window:
+                batch.append(_publish_packet(topic, sent % 65535 + 1, payload))
+                sent += 1
+            if batch:
+                sock.sendall(b"".join(batch))
+            kind, _ = reader.packet()
+            if kind == 4:
+                acked += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=ingest)]
+    threads += [threading.Thread(target=publisher, args=c) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    elapsed = time.perf_counter() - t0
+    for s in [sub, *(c[1] for c in conns)]:
+        s.close()
+    if delivered != total:
+        raise RuntimeError(f"ingest got {delivered} of {total} messages")
+    return total / elapsed
+
+
+def _reload_pause(broker: Mosquitto, port: int, fleet: Fleet, tries: int) -> float:
+    """The longest PUBACK wait right after a SIGHUP (median over `tries`)."""
+    name = fleet.publishers[0]
+    sock, reader = _open(port, fleet.ctx(name), name)
+    pauses = []
+    for _ in range(tries):
+        os.kill(broker.proc.pid, signal.SIGHUP)
+        t0 = time.perf_counter()
+        worst = 0.0
+        deadline = t0 + 2.0  # keep publishing until the reload is surely over
+        mid = 1
+        while time.perf_counter() < deadline:
+            t1 = time.perf_counter()
+            sock.sendall(_publish_packet(f"{PREFIX}/{name}/telemetry", mid, b"r"))
+            while reader.packet()[0] != 4:
+                pass
+            worst = max(worst, time.perf_counter() - t1)
+            mid = mid % 65535 + 1
+        pauses.append(worst)
+    sock.close()
+    return statistics.median(pauses)
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        fleet = Fleet(Path(tmp) / "pki", args.identities, args.clients, args.publishers)
+        print(
+            f"{args.clients + args.publishers} certificates in {time.perf_counter() - t0:.1f} s;"
+            f" ACL with {args.identities} devices",
+            flush=True,
+        )
+        results: dict[str, dict[str, float]] = {}
+        for variant in ("pattern", "subject"):
+            out = Path(tmp) / variant
+            with _broker(fleet, out, variant) as (broker, start_s):
+                socks, connect_s = _connect_all(broker.port, fleet)
+                rate = _publish(broker.port, fleet, args.messages)
+                pause = _reload_pause(broker, broker.port, fleet, args.reloads)
+                for s in socks:
+                    s.close()
+            results[variant] = {
+                "start_s": start_s,
+                "connect_per_s": args.clients / connect_s,
+                "publish_per_s": rate,
+                "reload_pause_ms": pause * 1000,
+                "acl_bytes": (out / "acl").stat().st_size,
+            }
+            print(f"  {variant}: {results[variant]}", flush=True)
+    return {"identities": args.identities, "clients": args.clients, "results": results}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--identities", type=int, default=10_000)
+    p.add_argument("--clients", type=int, default=300)
+    p.add_argument("--publishers", type=int, default=4)
+    p.add_argument("--messages", type=int, default=40_000)
+    p.add_argument("--reloads", type=int, default=3)
+    args = p.parse_args()
+    out = run(args)
+    res = out["results"]
+    assert isinstance(res, dict)
+    base, ours = res["pattern"], res["subject"]
+    print()
+    print(f"{'':24}{'pattern ACL (before)':>22}{'subject ACL (ours)':>22}{'ours/before':>13}")
+    for key, label in (
+        ("start_s", "broker start (s)"),
+        ("connect_per_s", "mTLS connects/s"),
+        ("publish_per_s", "QoS 1 publishes/s"),
+        ("reload_pause_ms", "reload pause (ms)"),
+        ("acl_bytes", "ACL size (bytes)"),
+    ):
+        ratio = ours[key] / base[key] if base[key] else float("nan")
+        print(f"{label:24}{base[key]:>22.2f}{ours[key]:>22.2f}{ratio:>13.2f}")
+    print(json.dumps({"bench": "broker_acl", **out}))
+
+
+if __name__ == "__main__":
+    main()
