@@ -42,6 +42,7 @@ from fleet.update import Reason, ShadowResult, StagedBundle, TargetInfo, UpdateE
 from protos import device_pb2, device_pb2_grpc
 from protos.dsse import Envelope, EnvelopeFormatError
 from protos.lifecycle import Failure, RuntimeState
+from protos.plane_target import plane_target
 from runtime.desired_state import (
     PAYLOAD_TYPE,
     SCHEMA,
@@ -104,7 +105,8 @@ class RobotEffects:
             private_key=key.read_bytes(),
             certificate_chain=crt.read_bytes(),
         )
-        self.channel = grpc.secure_channel(c.grpc_target, creds)
+        plane = plane_target(c.grpc_target)  # one address or replicas, round-robin
+        self.channel = grpc.secure_channel(plane.target, creds, options=list(plane.options))
         self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)  # type: ignore[no-untyped-call]
         pacer = Pacer(
             c.download_max_bytes_per_s,
