@@ -59,6 +59,7 @@ from cloud.rollouts.soak import abort_due
 from cloud.rollouts.wire import (
     abort_min_robots_of,
     abort_threshold_of,
+    approval_check_of,
     retry_policy_of,
     rollout_to_pb,
     soak_policy_of,
@@ -157,6 +158,7 @@ class RolloutService:
                 soak=soak_policy_of(request),
                 abort_threshold=abort_threshold_of(request),
                 abort_min_robots=abort_min_robots_of(request),
+                extra=approval_check_of(request),
             )
             found.append(check)
             return spec

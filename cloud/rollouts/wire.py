@@ -19,6 +19,7 @@ from cloud.rollouts.engine import (
     Rollout,
     RolloutError,
 )
+from cloud.rollouts.external import external_text
 from cloud.rollouts.gates import approval_of, gate_spec
 from cloud.rollouts.soak import (
     Figures,
@@ -36,6 +37,7 @@ from runtime.desired_state import BundleRef, DesiredStateError
 __all__ = [
     "abort_min_robots_of",
     "abort_threshold_of",
+    "approval_check_of",
     "bundle_ref",
     "retries_pb",
     "retry_policy_of",
@@ -145,6 +147,7 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         abort=str((r.gates.get("abort") or {}).get("text", "")),
         abort_min_robots=abort_min_robots(r) if abort_threshold(r) is not None else 0,
         soak_thresholds=soak_policy(r).text() if soak_policy(r).soak_s > 0 else "",
+        approval_url=str(r.spec.gates.get("approval_url") or ""),
     )
 
 
@@ -194,6 +197,25 @@ def soak_policy_of(request: admin_pb2.CreateRolloutRequest) -> SoakPolicy:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
+def approval_check_of(request: admin_pb2.CreateRolloutRequest) -> dict[str, Any]:
+    """The request's external approval check as the spec keeps it ({} for none)."""
+    from cloud.rollouts.external import DEFAULT_TIMEOUT_S, check_approval_url, check_timeout
+
+    if not request.approval_url:
+        if request.approval_timeout_s:
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, "approval_timeout_s without an approval_url"
+            )
+        return {}
+    try:
+        return {
+            "approval_url": check_approval_url(request.approval_url),
+            "approval_timeout_s": check_timeout(request.approval_timeout_s or DEFAULT_TIMEOUT_S),
+        }
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
 def abort_min_robots_of(request: admin_pb2.CreateRolloutRequest) -> int | None:
     """The request's minimum robot count for the abort threshold (0: the default)."""
     return int(request.abort_min_robots) or None
@@ -233,6 +255,7 @@ def with_approval(
 ) -> admin_pb2.RolloutWave:
     pb.retries.extend(retries_pb(r, list(pb.device_ids)))
     pb.soak = soak_text(r, index)
+    pb.approval_check = external_text(r, index)
     pb.approval_required = index in approval_waves
     done = approval_of(r, index)
     if done is not None:

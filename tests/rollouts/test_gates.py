@@ -253,6 +253,8 @@ def test_rollout_create_help_shows_every_gate() -> None:
         "--max-divergence",
         "--max-errors-increase",
         "--abort-min-robots",
+        "--approval-url",
+        "--approval-timeout",
     ):
         assert option in res.output, option
     res = CliRunner().invoke(root, ["rollout", "approve", "--help"])
