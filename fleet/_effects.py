@@ -231,6 +231,25 @@ class RobotEffects:
             return None
         return doc.bundle.name, doc.bundle.sequence, doc.generation
 
+    def desired_windows(self, target: TargetInfo, timeout_s: float) -> str:
+        """The maintenance windows the verified desired state now gives `target` (as
+        ``TargetInfo.windows``); UpdateError when it names another bundle."""
+        reply = self.stub.GetDesiredState(device_pb2.GetDesiredStateRequest(), timeout=timeout_s)
+        doc = verify_desired_state(
+            bytes(reply.envelope.dsse_json),
+            self._director(),
+            self.agent.device_id,
+            dt.datetime.now(dt.UTC),
+        )
+        b = doc.bundle
+        if b is None or b.name != target.name or b.sequence != target.sequence:
+            raise UpdateError(
+                Reason.DESIRED_STATE_MISMATCH,
+                f"the signed desired state now wants {b.key() if b else 'no bundle'}, not "
+                f"{target.name} sequence {target.sequence}; the held update is dropped",
+            )
+        return _windows_json(b.gate.windows) if b.gate else ""
+
     def refresh(self, bundle_name: str, timeout_s: float) -> TargetInfo:
         try:  # first: it decides whether this update goes over gRPC or MQTT
             envelope = self._desired_envelope(min(timeout_s, 30.0))
