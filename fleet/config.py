@@ -89,6 +89,20 @@ class AgentConfig(BaseModel):
     download_low_priority: bool = Field(
         False, description="pause update downloads while telemetry is waiting to be sent"
     )
+    grpc_probe_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="an update whose first gRPC call gets no answer within this falls back "
+        "to fetching over MQTT",
+    )
+    mqtt_fetch: bool = Field(
+        True, description="fetch updates over MQTT when the plane's gRPC port is unreachable"
+    )
+    mqtt_fetch_block_bytes: int = Field(
+        256 * 1024, ge=1024, le=1 << 20, description="bytes asked for per MQTT block"
+    )
+    mqtt_fetch_timeout_s: float = Field(10.0, gt=0, description="wait per MQTT block")
+    mqtt_fetch_retries: int = Field(5, ge=0, le=100, description="tries again per MQTT block")
     update_lock_poll_s: float = Field(
         0.5, gt=0, le=60, description="how often a held update looks at the locks again"
     )

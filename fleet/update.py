@@ -259,10 +259,10 @@ class UpdateRunner:
                     f"TUF target {target.name} sequence {target.sequence} is not newer than "
                     f"the installed {installed}",
                 )
-            return {"target": plain(target)}
+            return {"target": plain(target), "detail": _transport_note(e)}
         target = record.target_info()
         if s is S.DOWNLOADING:
-            return {"download_path": str(e.download(target, budget))}
+            return {"download_path": str(e.download(target, budget)), "detail": _transport_note(e)}
         if s is S.STAGING:
             staged = e.stage(target, Path(record.download_path), budget)
             # Record first: a mismatch fails here, and a failure discards the candidate.
@@ -318,6 +318,13 @@ class UpdateRunner:
             log.exception("rollback call failed")
             detail = f"{detail}; rollback call failed: {exc!r}"
         return self._enter(record, S.ROLLED_BACK, reason, detail)
+
+
+def _transport_note(effects: UpdateEffects) -> str:
+    """What effects that can fetch over more than one transport say about this update
+    (e.g. "fetched over MQTT: ..."); empty for the others."""
+    note = getattr(effects, "transport_note", None)
+    return str(note()) if callable(note) else ""
 
 
 class _Stopped(Exception):
