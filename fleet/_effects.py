@@ -42,6 +42,7 @@ from fleet.update import Reason, ShadowResult, StagedBundle, TargetInfo, UpdateE
 from protos import device_pb2, device_pb2_grpc
 from protos.dsse import Envelope, EnvelopeFormatError
 from protos.lifecycle import Failure, RuntimeState
+from protos.plane_target import plane_target
 from runtime.desired_state import (
     PAYLOAD_TYPE,
     SCHEMA,
@@ -104,7 +105,8 @@ class RobotEffects:
             private_key=key.read_bytes(),
             certificate_chain=crt.read_bytes(),
         )
-        self.channel = grpc.secure_channel(c.grpc_target, creds)
+        plane = plane_target(c.grpc_target)  # one address or replicas, round-robin
+        self.channel = grpc.secure_channel(plane.target, creds, options=list(plane.options))
         self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)  # type: ignore[no-untyped-call]
         pacer = Pacer(
             c.download_max_bytes_per_s,
@@ -228,6 +230,25 @@ class RobotEffects:
         if doc.bundle is None:
             return None
         return doc.bundle.name, doc.bundle.sequence, doc.generation
+
+    def desired_windows(self, target: TargetInfo, timeout_s: float) -> str:
+        """The maintenance windows the verified desired state now gives `target` (as
+        ``TargetInfo.windows``); UpdateError when it names another bundle."""
+        reply = self.stub.GetDesiredState(device_pb2.GetDesiredStateRequest(), timeout=timeout_s)
+        doc = verify_desired_state(
+            bytes(reply.envelope.dsse_json),
+            self._director(),
+            self.agent.device_id,
+            dt.datetime.now(dt.UTC),
+        )
+        b = doc.bundle
+        if b is None or b.name != target.name or b.sequence != target.sequence:
+            raise UpdateError(
+                Reason.DESIRED_STATE_MISMATCH,
+                f"the signed desired state now wants {b.key() if b else 'no bundle'}, not "
+                f"{target.name} sequence {target.sequence}; the held update is dropped",
+            )
+        return _windows_json(b.gate.windows) if b.gate else ""
 
     def refresh(self, bundle_name: str, timeout_s: float) -> TargetInfo:
         try:  # first: it decides whether this update goes over gRPC or MQTT

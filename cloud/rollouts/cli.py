@@ -26,6 +26,8 @@ from typing import Any
 
 import click
 
+from protos.plane_target import plane_target
+
 __all__ = ["rollout"]
 
 
@@ -65,7 +67,8 @@ def _call(ctx_obj: dict[str, Any], rpc: str, request: Any) -> Any:
     from protos import admin_pb2_grpc
 
     address, creds = _connection(ctx_obj["home"], ctx_obj["server"], ctx_obj["operator"])
-    with grpc.secure_channel(address, creds) as channel:
+    plane = plane_target(address)  # one address or several replicas
+    with grpc.secure_channel(plane.target, creds, options=plane.options) as channel:
         stub = admin_pb2_grpc.FleetAdminServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             return getattr(stub, rpc)(request, timeout=30)
