@@ -418,7 +418,7 @@ def broker_config(
         raise click.ClickException(f"{exc}. Nothing was written.") from exc
     hook_file = None
     if home_dir:
-        from cloud.broker_reload import ReloadHook, install_hook
+        from cloud.broker_hook import ReloadHook, install_hook
         from cloud.home import CloudHome
 
         target = str(pid_file) if pid_file is not None else systemd_unit
