@@ -105,6 +105,7 @@ class Plane:
     _desired_cache: dict[tuple[str, int, str], tuple[float, bytes]] = field(default_factory=dict)
     _touched: dict[str, float] = field(default_factory=dict)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _download_slots: asyncio.Semaphore | None = None
 
     @classmethod
     def load(cls, home: CloudHome, config: CloudConfig, store: Store, metrics: Metrics) -> Plane:
@@ -136,6 +137,13 @@ class Plane:
         if self.store.is_sqlite:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
+
+    def download_slots(self) -> asyncio.Semaphore:
+        """Bounds the target reads served at once (gRPC streams and MQTT blocks together:
+        `max_concurrent_downloads`); metadata is never queued behind them."""
+        if self._download_slots is None:
+            self._download_slots = asyncio.Semaphore(self.config.max_concurrent_downloads)
+        return self._download_slots
 
     def touch_later(self, device_id: str, every_s: float = 30.0) -> None:
         """Record last seen at most every `every_s` per device, off the request path."""
