@@ -1,13 +1,14 @@
 """World-model families compared on one environment with one budget: each family is
-trained online, planned over by MPPI as the teacher, and distilled into an ONNX
-student through the same `distill run` pipeline.
+trained online, acts as the teacher (with its own actor, or `--teacher-policy mppi`:
+MPPI over the model), and is distilled into an ONNX student through the same
+`distill run` pipeline.
 
 Usage::
 
-    .venv/bin/python bench/compare_world_models.py                     # Pendulum-v1, 12,000 steps
+    .venv/bin/python bench/compare_world_models.py                     # Pendulum-v1, 10,000 steps
     .venv/bin/python bench/compare_world_models.py --steps 600 --quick # smoke check
 
-Prints a table (teacher = the MPPI planner over the model, student = the distilled
+Prints a table (teacher = the model's actor or planner, student = the distilled
 ONNX policy through the runtime's kernel, both on the same shared initial states;
 world-model training time; model parameters) and a JSON line, and writes the
 learning curves (episode return while training) to a PNG.
@@ -48,6 +49,7 @@ def _run(family: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         dagger=DaggerConfig(rounds=2, envs_per_round=2, epochs=2) if args.quick else DaggerConfig(),
         train=TrainConfig(family=family, total_steps=args.steps, seed_steps=args.seed_steps,
                           num_envs=args.num_envs, updates_per_step=args.utd, mppi=mppi),
+        teacher_policy=args.teacher_policy,
         teacher_mppi=mppi,
     )  # fmt: skip
     result = run_pipeline(cfg)
@@ -57,6 +59,7 @@ def _run(family: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         raise TypeError(f"{family}: parameters can be counted for torch modules only")
     return {
         "family": family,
+        "teacher_policy": s["teacher_policy"],
         "teacher_return": s["teacher_return"],
         "student_return": s["student_return"],
         "random_return": s["random_return"],
@@ -91,10 +94,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="Pendulum-v1")
     p.add_argument("--families", default="tdmpc2,dreamerv3")
-    p.add_argument("--steps", type=int, default=12_000)
+    p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--seed-steps", type=int, default=1_000)
     p.add_argument("--num-envs", type=int, default=4)
-    p.add_argument("--utd", type=float, default=0.5)
+    p.add_argument("--utd", type=float, default=1.0)
+    p.add_argument("--teacher-policy", choices=["auto", "actor", "mppi"], default="auto",
+                   help="the teacher: each model's own actor, or MPPI over it")  # fmt: skip
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny planner and DAgger (smoke check)")
@@ -109,12 +114,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     rows = [_run(f, args, args.out) for f in args.families.split(",")]
     print(
-        f"{'family':<10} {'teacher':>9} {'student':>9} {'random':>9} {'train s':>8} {'params':>8}"
+        f"{'family':<10} {'teacher':>9} {'student':>9} {'random':>9} {'train s':>8} "
+        f"{'params':>8}  teacher acts with"
     )
     for r in rows:
         cells = (r["teacher_return"], r["student_return"], r["random_return"])
         returns = " ".join(f"{c:>9.1f}" for c in cells)
-        print(f"{r['family']:<10} {returns} {r['train_seconds']:>8.1f} {r['parameters']:>8}")
+        print(
+            f"{r['family']:<10} {returns} {r['train_seconds']:>8.1f} {r['parameters']:>8}  "
+            f"{r['teacher_policy']}"
+        )
     _plot(rows, args.out / "learning_curves.png", args.env)
     line = {"env_id": args.env, "steps": args.steps, "seed": args.seed,
             "families": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}  # fmt: skip

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cloud.home import INGEST_IDENTITY, PUBLISHER_IDENTITY
+from cloud.home import FILES_IDENTITY, INGEST_IDENTITY, PUBLISHER_IDENTITY
 from cloud.pki import ID_PATTERN, RESERVED_PREFIX, broker_username, subject_for
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 from runtime.atomicio import atomic_write_text
 
 __all__ = [
+    "FILES_IDENTITY",
     "INGEST_IDENTITY",
     "PUBLISHER_IDENTITY",
     "BrokerConfig",
@@ -73,6 +74,9 @@ DEVICE_GRANTS: tuple[tuple[str, str], ...] = (
     ("write", "events"),
     ("write", "state"),
     ("read", "updates"),
+    # Update files in blocks, for a robot that cannot reach the plane's gRPC port.
+    ("write", "files/req"),
+    ("read", "files/resp"),
 )
 INGEST_GRANTS: tuple[tuple[str, str], ...] = (
     ("read", "telemetry"),
@@ -80,6 +84,8 @@ INGEST_GRANTS: tuple[tuple[str, str], ...] = (
     ("read", "state"),
 )
 PUBLISHER_GRANTS: tuple[tuple[str, str], ...] = (("write", "updates"), ("read", "state"))
+FILES_GRANTS: tuple[tuple[str, str], ...] = (("read", "files/req"), ("write", "files/resp"))
+"""The plane's file responder (``edgeflux-files``, :mod:`cloud.server.file_responder`)."""
 
 
 class BrokerConfigError(ValueError):
@@ -156,7 +162,10 @@ def acl_text(cfg: BrokerConfig) -> str:
 
 
 def render_acl(
-    ingest_identities: tuple[str, ...], publisher_identity: str, devices: tuple[str, ...]
+    ingest_identities: tuple[str, ...],
+    publisher_identity: str,
+    devices: tuple[str, ...],
+    files_identity: str = FILES_IDENTITY,
 ) -> str:
     """:func:`acl_text` from its inputs alone (what a revocation rewrites)."""
     lines = [
@@ -174,6 +183,7 @@ def render_acl(
         lines += _block("service", ident, grants, "+")
     if publisher_identity not in ingest_identities:
         lines += _block("service", publisher_identity, PUBLISHER_GRANTS, "+")
+    lines += _block("service", files_identity, FILES_GRANTS, "+")
     lines.append("# Devices: publish only under their own id, read only their own updates.")
     for dev in dict.fromkeys(devices):
         lines += _block("device", dev, DEVICE_GRANTS, dev)
@@ -405,7 +415,7 @@ def broker_config(
         raise click.ClickException(f"{exc}. Nothing was written.") from exc
     hook_file = None
     if home_dir:
-        from cloud.broker_reload import ReloadHook, install_hook
+        from cloud.broker_hook import ReloadHook, install_hook
         from cloud.home import CloudHome
 
         target = str(pid_file) if pid_file is not None else systemd_unit

@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Issue an operator certificate (role admin | viewer).",
         "cloud.cli_fleet:operator_group",
     ),
+    "window": (
+        "Maintenance windows per label: set, list, remove.",
+        "cloud.windows_cli:window_group",
+    ),
     "push": ("Push a bundle to devices now (desired state + MQTT hint).", "cloud.push:push_cmd"),
     "audit": (
         "Show the audit log (who changed what; pushes left out).",

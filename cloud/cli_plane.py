@@ -121,7 +121,12 @@ def up_cmd(
     overrides = {"listen_host": listen_host, "grpc_port": grpc_port, "metrics_port": metrics_port}
     try:
         control = ControlPlane(
-            home, overrides, broker=broker, ingest=ingest, factories=PLANE_SERVICES
+            home,
+            overrides,
+            broker=broker,
+            ingest=ingest,
+            files_over_mqtt=None,  # whenever there is a broker
+            factories=PLANE_SERVICES,
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc

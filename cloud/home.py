@@ -44,6 +44,7 @@ from runtime.config import load_config
 from runtime.trust import TrustStore, TrustStoreError
 
 __all__ = [
+    "FILES_IDENTITY",
     "INGEST_IDENTITY",
     "PUBLISHER_IDENTITY",
     "CloudConfig",
@@ -58,7 +59,9 @@ INGEST_IDENTITY = "edgeflux-ingest"
 """The plane's MQTT ingest client (certificate CN, and so its MQTT client id)."""
 PUBLISHER_IDENTITY = "edgeflux-push"
 """The plane's MQTT client that publishes update hints (push, rollouts)."""
-SERVICE_IDENTITIES = (INGEST_IDENTITY, PUBLISHER_IDENTITY)
+FILES_IDENTITY = "edgeflux-files"
+"""The plane's MQTT client that serves files in blocks (cloud.server.file_responder)."""
+SERVICE_IDENTITIES = (INGEST_IDENTITY, PUBLISHER_IDENTITY, FILES_IDENTITY)
 
 
 class HomeError(Exception):

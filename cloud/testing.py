@@ -18,7 +18,7 @@ Usage (sync test; the plane runs its own event loop in a background thread)::
 PEM files (``cert``, ``key``, ``ca``) for clients that take files (agent config, MQTT).
 The embedded broker is off unless ``broker=True`` (then ``plane.broker_port``);
 ``ingest=True`` also runs MQTT ingest in the plane (against that broker or the
-configured ``broker_url``).
+configured ``broker_url``), ``files_over_mqtt=True`` the MQTT file responder.
 The plane's home is a real one (``cloud.home.init_home``): its model-signing key is
 ``plane.home.key_path("model-signing", private=True)``.
 """
@@ -149,6 +149,7 @@ def running_plane(
     factories: list[str] | None = None,
     metrics: bool = False,
     ingest: bool = False,
+    files_over_mqtt: bool = False,
 ) -> Iterator[RunningPlane]:
     """Create a home at `home_dir` (unless one is there) and run a plane on free ports.
 
@@ -164,7 +165,9 @@ def running_plane(
     if broker and "embedded_broker_port" not in cfg:
         cfg["embedded_broker_port"] = _free_port()
     services = PLANE_SERVICES if factories is None else factories
-    control = ControlPlane(home, cfg, broker=broker, factories=services, ingest=ingest)
+    control = ControlPlane(
+        home, cfg, broker=broker, factories=services, ingest=ingest, files_over_mqtt=files_over_mqtt
+    )
 
     loop = asyncio.new_event_loop()
     started = threading.Event()

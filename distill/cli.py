@@ -139,8 +139,18 @@ def envs_cmd(as_json: bool) -> None:
     type=click.Choice(["oracle", "world-model"]),
     default="oracle",
     show_default=True,
-    help="oracle: MPPI over Pendulum's known dynamics; world-model: MPPI over a learned "
-    "world model (--wm-family trained online, or --wm-checkpoint).",
+    help="oracle: MPPI over Pendulum's known dynamics; world-model: a learned world model "
+    "(--wm-family trained online, --wm-dataset offline, or --wm-checkpoint) acting as "
+    "--teacher-policy says.",
+)
+@click.option(
+    "--teacher-policy",
+    type=click.Choice(["auto", "actor", "mppi"]),
+    default="auto",
+    show_default=True,
+    help="World-model teacher: act with the model's own policy prior (actor), plan with "
+    "MPPI over the model (mppi; hundreds of times slower per step on a CPU), or auto: "
+    "the actor when the model has a policy prior, else MPPI.",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -160,13 +170,13 @@ def envs_cmd(as_json: bool) -> None:
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--hidden", default="64,64", show_default=True, help="Student hidden widths.")
 @click.option("--activation", type=click.Choice(["relu", "elu", "silu"]), default="elu")
-@click.option("--wm-steps", type=int, default=12_000, show_default=True,
+@click.option("--wm-steps", type=int, default=10_000, show_default=True,
               help="World-model training: environment steps.")  # fmt: skip
 @click.option("--wm-seed-steps", type=int, default=1_000, show_default=True,
               help="World-model training: random-action steps before planning.")  # fmt: skip
 @click.option("--wm-envs", type=int, default=4, show_default=True,
               help="World-model training: environments stepped together.")  # fmt: skip
-@click.option("--wm-utd", type=float, default=0.5, show_default=True,
+@click.option("--wm-utd", type=float, default=1.0, show_default=True,
               help="World-model training: gradient updates per environment step.")  # fmt: skip
 @click.option("--wm-family", default="tdmpc2", show_default=True,
               help="World-model family to train (built-in or from an edgeflux.world_models "
@@ -188,6 +198,7 @@ def envs_cmd(as_json: bool) -> None:
 def run_cmd(
     env_id: str,
     teacher: str,
+    teacher_policy: str,
     out_dir: Path,
     sign_key: Path | None,
     passphrase_env: str | None,
@@ -257,6 +268,7 @@ def run_cmd(
             dataset=wm_dataset,
             offline_updates=wm_updates,
             checkpoint=wm_checkpoint,
+            teacher_policy=teacher_policy,  # type: ignore[arg-type]
             teacher_mppi=_planner(mppi_samples, mppi_iterations),
             threads=threads,
         )

@@ -167,6 +167,10 @@ class DreamerModel(nn.Module):
         eps = torch.randn(d.loc.shape, generator=self._gen, device=d.loc.device)
         return (d.loc + d.scale * eps).clamp(-1, 1)
 
+    def pi_mode(self, z: torch.Tensor) -> torch.Tensor:
+        """The actor's deterministic action (the mean of its Gaussian)."""
+        return self._dist(z).loc
+
     def set_generator(self, gen: torch.Generator) -> None:
         self._gen = gen
 

@@ -39,7 +39,14 @@ from distill.offline import OfflineConfig, train_offline
 from distill.package import check_signing_key, package_bundle
 from distill.seeds import evaluation_seeds
 from distill.student import StudentConfig
-from distill.teachers import OracleMPPITeacher, Teacher, WorldModelTeacher
+from distill.teachers import (
+    TEACHER_POLICIES,
+    ActorTeacher,
+    OracleMPPITeacher,
+    Teacher,
+    WorldModelTeacher,
+    has_policy_prior,
+)
 from distill.train_wm import CPU_TRAIN_MPPI, TrainConfig, train_world_model
 from distill.wm_interface import TrainableWorldModel
 from distill.wm_store import load_world_model, save_pretrained
@@ -82,8 +89,13 @@ class DistillConfig:
     checkpoint: Path | None = None
     """Use this world model (a saved-model directory, or a TD-MPC2 ``.pt`` checkpoint)
     instead of training one."""
+    teacher_policy: Literal["auto", "actor", "mppi"] = "auto"
+    """How the world-model teacher acts while distilling and in evaluation: with the
+    model's own policy prior ("actor", an encoder and a policy pass per step), by MPPI
+    over the model ("mppi", hundreds of model passes per step), or "auto": the actor
+    when the model has a policy prior, else MPPI."""
     teacher_mppi: MPPIConfig | None = None
-    """Planner of the world-model teacher while distilling. Default: TD-MPC2's
+    """Planner of the world-model teacher (teacher_policy="mppi"). Default: TD-MPC2's
     (512 samples x 6 iterations) on CUDA; on CPU the training planner (256 x 4), which
     costs a third as much per step — evaluation and DAgger query it ~36,000 times."""
     threads: int = 1
@@ -94,6 +106,10 @@ class DistillConfig:
             raise ValueError("eval_episodes must be >= 1")
         if self.dataset is not None and self.checkpoint is not None:
             raise ValueError("a world model comes from a checkpoint or a dataset, not both")
+        if self.teacher_policy not in TEACHER_POLICIES:
+            raise ValueError(
+                f"teacher_policy must be one of {TEACHER_POLICIES}, not {self.teacher_policy!r}"
+            )
 
     @property
     def bundle_name(self) -> str:
@@ -142,6 +158,7 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
         check_signing_key(cfg.sign_key, cfg.passphrase)  # before minutes of training
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     curves: dict[str, Any] = {}
     summary: dict[str, Any] = {
         "env_id": cfg.env_id,
@@ -152,10 +169,11 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
 
     @contextmanager
     def stage(name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         rep(name, 0, 1, {})
         yield
         timings[name] = time.perf_counter() - start
+        cpu[name] = time.process_time() - cpu_start
         rep(name, 1, 1, {"seconds": timings[name]})
 
     with stage("teacher"):
@@ -209,7 +227,8 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
                         for k in ("world_model_family", "world_model_dataset_digest")
                         if k in teacher_info
                     },
-                    "teacher_mppi": teacher_mppi,
+                    "teacher_policy": teacher_info["teacher_policy"],
+                    **({"teacher_mppi": teacher_mppi} if teacher_mppi is not None else {}),
                     "teacher_seed": cfg.seed,
                 }
                 if cfg.teacher != "oracle"
@@ -285,6 +304,9 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
     summary["bundle_dir"] = str(bundle_dir)
     summary["signed"] = cfg.sign_key is not None
     summary["seconds"] = {**timings, "total": sum(timings.values())}
+    # CPU seconds of this process per stage: on a shared machine, what the stage cost
+    # (wall time also counts the time other processes held the cores).
+    summary["cpu_seconds"] = {**cpu, "total": sum(cpu.values())}
     curves["returns"] = {
         "teacher": teacher_returns.tolist(),
         "student": student_returns.tolist(),
@@ -371,9 +393,16 @@ def _make_teacher(
             "world_model_seeds": trained.env_seeds,
         }
     model.set_generator(torch.Generator(device=model.device).manual_seed(cfg.seed))
+    info.setdefault("world_model_digest", model.digest())
+    policy = cfg.teacher_policy
+    if policy == "auto":
+        policy = "actor" if has_policy_prior(model, spec, str(model.device)) else "mppi"
+    info["teacher_policy"] = policy
+    if policy == "actor":
+        actor = ActorTeacher(model, spec, device=str(model.device))
+        return actor, {**info, "teacher_digest": actor.digest()}
     planner = cfg.teacher_mppi or (MPPIConfig() if model.device.type == "cuda" else CPU_TRAIN_MPPI)
     teacher = WorldModelTeacher(model, spec, planner, seed=cfg.seed, device=str(model.device))
-    info.setdefault("world_model_digest", model.digest())
     return teacher, {**info, "teacher_digest": teacher.digest(), "teacher_mppi": asdict(planner)}
 
 

@@ -5,7 +5,9 @@
   DreamerV3 actor, a TD-MPC2 agent trained elsewhere).
 * `WorldModel` — a latent model (encode, next, reward, value, policy prior) in
   normalised action units [-1, 1]. `WorldModelTeacher` plans over any
-  `WorldModel` with batched MPPI, so a user who brings only a model gets a teacher.
+  `WorldModel` with batched MPPI, so a user who brings only a model gets a teacher;
+  `ActorTeacher` acts with the model's own policy prior (its deterministic mode), a
+  few hundred times cheaper per step than planning.
 
 `OracleMPPITeacher` plans over Pendulum's *known* dynamics (the equations of
 gymnasium's Pendulum-v1, with the same variant parameters), so distillation and
@@ -31,10 +33,13 @@ from distill.mppi import MPPIConfig, mppi_plan
 
 __all__ = [
     "ORACLE_MPPI",
+    "TEACHER_POLICIES",
+    "ActorTeacher",
     "OracleMPPITeacher",
     "Teacher",
     "WorldModel",
     "WorldModelTeacher",
+    "has_policy_prior",
 ]
 
 
@@ -80,6 +85,11 @@ class WorldModel(Protocol):
     def pi(self, z: torch.Tensor) -> torch.Tensor | None: ...
 
     def digest(self) -> str: ...
+
+
+# How a world-model teacher chooses actions: its policy prior, or MPPI over the model
+# ("auto": the policy prior when the model has one).
+TEACHER_POLICIES = ("auto", "actor", "mppi")
 
 
 class _MPPITeacher:
@@ -211,6 +221,56 @@ class WorldModelTeacher(_MPPITeacher):
             init_mean=self._warm(len(obs)),
             keep=self,
         )
+
+
+class ActorTeacher:
+    """Acts with a `WorldModel`'s own policy prior: encode, then the prior's mode.
+
+    A model may offer ``pi_mode(z)`` (the deterministic action of its policy prior,
+    e.g. tanh of the Gaussian's mean); without it the sampled ``pi(z)`` is used, drawn
+    from the model's generator, which `reset` does not re-seed (set it with
+    ``model.set_generator``). One call costs an encoder and a policy pass for the
+    whole batch.
+    """
+
+    def __init__(self, model: WorldModel, spec: EnvSpec, device: str = "cpu") -> None:
+        if model.action_dim != spec.act_dim:
+            raise UnknownEnvError(
+                f"world model acts in {model.action_dim} dims but {spec.env_id} has {spec.act_dim}"
+            )
+        if not has_policy_prior(model, spec, device):
+            raise UnknownEnvError(
+                "this world model has no policy prior to act with; use the MPPI teacher"
+            )
+        self.model, self.spec, self.device = model, spec, torch.device(device)
+        self._low = torch.as_tensor(spec.act_low, device=self.device)
+        self._high = torch.as_tensor(spec.act_high, device=self.device)
+
+    def reset(self, n: int) -> None:
+        return None
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        o = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        z = self.model.encode(o)
+        mode = getattr(self.model, "pi_mode", None)
+        a = mode(z) if mode is not None else self.model.pi(z)
+        assert a is not None  # checked in __init__
+        out = self._low + (a.clamp(-1, 1) + 1) * 0.5 * (self._high - self._low)
+        return out.cpu().numpy().astype(np.float32)
+
+    def digest(self) -> str:
+        desc = json.dumps({"kind": "world-model-actor"}, sort_keys=True)
+        return "sha256:" + hashlib.sha256((self.model.digest() + desc).encode()).hexdigest()
+
+
+@torch.no_grad()
+def has_policy_prior(model: WorldModel, spec: EnvSpec, device: str = "cpu") -> bool:
+    """Whether `model` can act by itself (`ActorTeacher`): a ``pi_mode`` or a ``pi``
+    that returns actions."""
+    if getattr(model, "pi_mode", None) is not None:
+        return True
+    return model.pi(model.encode(torch.zeros(1, spec.obs_dim, device=device))) is not None
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 Single process (CPU by default, CUDA when present)::
 
-    python -m distill.train_wm --env Pendulum-v1 --steps 12000 --out world_model/
+    python -m distill.train_wm --env Pendulum-v1 --steps 10000 --out world_model/
 
 `--out` names a saved-model directory (`distill.wm_store`), or, for the tdmpc2
 family, a single ``.pt`` checkpoint file.
@@ -12,7 +12,7 @@ collects its own episodes (seed + rank), gradients are averaged across ranks
 before every optimiser step, so all ranks hold identical weights; rank 0 writes
 the checkpoint::
 
-    torchrun --nproc-per-node 2 -m distill.train_wm --env Pendulum-v1 --steps 12000 --out wm.pt
+    torchrun --nproc-per-node 2 -m distill.train_wm --env Pendulum-v1 --steps 10000 --out wm.pt
 
 The averaging is an explicit all-reduce rather than a `DistributedDataParallel`
 wrapper because TD-MPC2's update calls sub-networks directly and has two
@@ -45,7 +45,14 @@ from distill.wm_registry import load_family
 from distill.wm_store import save_pretrained
 from distill.world_model import PRESETS, TDMPC2Model, pick_device, save_checkpoint
 
-__all__ = ["CPU_TRAIN_MPPI", "TrainConfig", "TrainResult", "main", "train_world_model"]
+__all__ = [
+    "CPU_TRAIN_MPPI",
+    "TrainConfig",
+    "TrainResult",
+    "estimate_training_seconds",
+    "main",
+    "train_world_model",
+]
 
 # Planner while training on CPU (a CPU preset: 128-256 samples, 3-4 iterations).
 CPU_TRAIN_MPPI = MPPIConfig(
@@ -59,7 +66,7 @@ class TrainConfig:
     """A world-model family of `distill.wm_registry` (built-in or from an entry point)."""
     preset: str = "cpu-small"
     """A size the family knows (for tdmpc2: a key of distill.world_model.PRESETS)."""
-    total_steps: int = 12_000
+    total_steps: int = 10_000
     """Environment steps collected by this process."""
     seed_steps: int = 1_000
     """Steps of uniform random actions before the planner takes over."""
@@ -86,6 +93,39 @@ class TrainResult:
     seconds: float = 0.0
     env_seeds: list[int] = field(default_factory=list)
     """Every environment seed this rank reset from (recorded in the bundle's provenance)."""
+
+
+def estimate_training_seconds(spec: EnvSpec, cfg: TrainConfig, probes: int = 8) -> float:
+    """Wall seconds `train_world_model(spec, cfg, ...)` would take on this machine now.
+
+    Measured, not assumed: times `probes` gradient steps and planning calls of a fresh
+    model of the configured family and size (about a second), then scales by the
+    budget — (steps - seed_steps) · utd updates and (steps - seed_steps) / num_envs
+    planning calls. The machine's current load is in the measurement.
+    """
+    device = pick_device(cfg.device)
+    family = load_family(cfg.family)
+    config = {**family.default_config(cfg.preset), "discount": discount_for(spec.max_episode_steps)}
+    model = family.build(spec.obs_dim, spec.act_dim, config).to(device)
+    batch_size, horizon = int(config.get("batch_size", 256)), int(config.get("horizon", 3))
+    gen = torch.Generator(device=device).manual_seed(0)
+    model.set_generator(gen)
+    obs = torch.zeros(horizon + 1, batch_size, spec.obs_dim, device=device)
+    act = torch.zeros(horizon, batch_size, spec.act_dim, device=device)
+    rew = torch.zeros(horizon, batch_size, device=device)
+    model.train_step(obs, act, rew)  # first step builds the optimisers
+    start = time.perf_counter()
+    for _ in range(probes):
+        model.train_step(obs, act, rew)
+    per_update = (time.perf_counter() - start) / probes
+    model.eval()
+    plan_obs = torch.zeros(cfg.num_envs, spec.obs_dim, device=device)
+    start = time.perf_counter()
+    for _ in range(probes):
+        plan_with_model(model, plan_obs, cfg.mppi, gen)
+    per_plan = (time.perf_counter() - start) / probes
+    planned = max(0, cfg.total_steps - cfg.seed_steps)
+    return planned * cfg.updates_per_step * per_update + planned / cfg.num_envs * per_plan
 
 
 def _average_grads(world: int) -> Callable[[list[nn.Parameter]], None]:

@@ -3,8 +3,9 @@
     world_model/
       config.json          format, family, env_id, dimensions, the family's config,
                            the weights file's name and sha256, and the model digest
-      weights.safetensors  the state dict (safetensors, when that package is installed)
-      weights.pt           ... or torch's own tensor format (loaded with weights_only)
+      weights.safetensors  the state dict (safetensors: tensors only, no code)
+      weights.pt           ... in directories written before safetensors (torch's own
+                           tensor format, still read, with weights_only)
 
 The *digest* is the model's own content digest (its config and every tensor), the
 same whichever file format holds the weights; bundle provenance records it as
@@ -13,14 +14,23 @@ checks, in order: the directory and config.json exist and parse, the format, the
 family is registered, the dimensions fit the environment, the weights file exists
 and matches its sha256, the tensors fit the config, the digest matches. Each
 failure is one `CheckpointError` line naming the file and what was expected.
+
+Writing is atomic for the directory as a whole: every file goes to a temporary
+directory beside the target, each is fsynced, and one rename puts the directory in
+place (a previous model is moved aside first and removed after). A crash leaves the
+previous model or none, never a mix of two or a half-written file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +39,7 @@ import torch
 from distill.errors import CheckpointError, UnknownFamilyError
 from distill.wm_interface import TrainableWorldModel
 from distill.wm_registry import load_family
-from runtime.atomicio import atomic_write_bytes, atomic_write_json
+from runtime.atomicio import fsync_dir
 
 __all__ = [
     "CONFIG_FILE",
@@ -46,19 +56,17 @@ _WEIGHTS = {"safetensors": "weights.safetensors", "torch": "weights.pt"}
 
 
 def weights_format() -> str:
-    """ "safetensors" when the safetensors package is importable, else "torch"."""
+    """ "safetensors" when the safetensors package is importable, else "torch"
+    (what this installation can read; new directories are always written as
+    safetensors)."""
     return "safetensors" if importlib.util.find_spec("safetensors") else "torch"
 
 
-def _encode(state: dict[str, torch.Tensor], fmt: str) -> bytes:
-    if fmt == "safetensors":
-        from safetensors.torch import save
+def _encode(state: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
 
-        out: bytes = save(state)
-        return out
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
+    out: bytes = save(state)
+    return out
 
 
 def _decode(data: bytes, fmt: str) -> dict[str, torch.Tensor]:
@@ -79,41 +87,93 @@ def save_pretrained(
     env_id: str,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """Write `model` as a saved-model directory; returns its digest.
+    """Write `model` as a saved-model directory (safetensors weights); returns its digest.
 
-    The weights are written first and config.json last (each atomically), so a
-    reader sees either the previous model or the new one, or — after a crash
-    between the two — a sha256 mismatch it reports, never a silent mix.
+    The directory appears whole or not at all (see the module's docstring). An existing
+    `directory` is replaced only if it is a saved model or empty; anything else is
+    refused, so a mistyped path never deletes other files.
     """
     directory = Path(directory)
-    fmt = weights_format()
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = _encode(state, fmt)
-    digest = model.digest()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / _WEIGHTS[fmt], data)
-        atomic_write_json(
-            directory / CONFIG_FILE,
-            {
-                "format": SAVED_FORMAT,
-                "family": model.family,
-                "env_id": env_id,
-                "obs_dim": model.obs_dim,
-                "action_dim": model.action_dim,
-                "config": model.config_dict(),
-                "weights": {
-                    "file": _WEIGHTS[fmt],
-                    "format": fmt,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                },
-                "digest": digest,
-                "extra": extra or {},
-            },
+    if weights_format() != "safetensors":
+        raise CheckpointError(
+            f"could not write {directory}: saving a world model needs the safetensors "
+            "package (pip install safetensors, or the edgeflux[distill] extra)"
         )
+    if directory.exists() and not _replaceable(directory):
+        raise CheckpointError(
+            f"could not write {directory}: it exists and is not a saved world model "
+            f"(no {CONFIG_FILE}); choose another path"
+        )
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = _encode(state)
+    digest = model.digest()
+    config = {
+        "format": SAVED_FORMAT,
+        "family": model.family,
+        "env_id": env_id,
+        "obs_dim": model.obs_dim,
+        "action_dim": model.action_dim,
+        "config": model.config_dict(),
+        "weights": {
+            "file": _WEIGHTS["safetensors"],
+            "format": "safetensors",
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+        "digest": digest,
+        "extra": extra or {},
+    }
+    files = {
+        _WEIGHTS["safetensors"]: data,
+        CONFIG_FILE: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+    }
+    try:
+        _write_directory(directory, files)
     except OSError as exc:
-        raise CheckpointError(f"could not write {directory}: {exc.strerror or exc}") from exc
+        raise CheckpointError(
+            f"could not write {directory}: {exc.strerror or exc}; the previous model "
+            "(if any) is unchanged"
+        ) from exc
     return digest
+
+
+def _replaceable(directory: Path) -> bool:
+    if not directory.is_dir():
+        return False
+    return (directory / CONFIG_FILE).is_file() or not any(directory.iterdir())
+
+
+def _write_directory(directory: Path, files: dict[str, bytes]) -> None:
+    """Every file fsynced in a temporary sibling directory, then one rename into place."""
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+    old: Path | None = None
+    try:
+        for name, data in files.items():
+            with open(tmp / name, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)
+        fsync_dir(tmp)
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=parent))
+            os.rename(directory, old / "model")
+        try:
+            os.rename(tmp, directory)
+        except OSError:
+            if old is not None:  # put the previous model back
+                os.rename(old / "model", directory)
+            raise
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not (old / "model").exists():
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(old)
 
 
 def _field(meta: dict[str, Any], name: str, kind: type, where: Path) -> Any:

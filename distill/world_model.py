@@ -208,6 +208,11 @@ class TDMPC2Model(nn.Module):
     def pi(self, z: torch.Tensor) -> torch.Tensor:
         return self._pi_sample(z)[0]
 
+    def pi_mode(self, z: torch.Tensor) -> torch.Tensor:
+        """The policy prior's deterministic action: tanh of the Gaussian's mean."""
+        mu, _ = self._pi(z).chunk(2, dim=-1)
+        return torch.tanh(mu)
+
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.cfg)
 

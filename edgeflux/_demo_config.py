@@ -6,12 +6,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ATTESTED_ONLY", "BUNDLE_NAME", "ROBOTS", "DemoOptions", "DemoSummary", "StageResult"]
+__all__ = [
+    "ATTESTED_ONLY",
+    "BUNDLE_NAME",
+    "LEARNED_TEACHER_BUDGET_S",
+    "ROBOTS",
+    "DemoOptions",
+    "DemoSummary",
+    "StageResult",
+]
 
 ROBOTS = ("robot-1", "robot-2", "robot-3")
 ATTESTED_ONLY = "robot-3"
 """This robot runs with `require_parity_attestation`: it refuses unattested bundles."""
 BUNDLE_NAME = "pendulum"
+LEARNED_TEACHER_BUDGET_S = 15 * 60
+"""What `--teacher world-model` may add to the demo: training one world model (v1.1.0 is
+distilled from the same one) and distilling from its actor twice."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.attest.cli import EXIT_NOT_ATTESTED
-from edgeflux._demo_config import ATTESTED_ONLY, BUNDLE_NAME, ROBOTS
+from edgeflux._demo_config import ATTESTED_ONLY, BUNDLE_NAME, LEARNED_TEACHER_BUDGET_S, ROBOTS
 from edgeflux._demo_stack import DemoStack, json_out, live
 from edgeflux._processes import edgeflux_command
 from protos.lifecycle import UpdateState
@@ -20,14 +20,66 @@ __all__ = ["Demo"]
 class Demo(DemoStack):
     """The orchestration; one method per stage, each leaving facts in `summary`."""
 
+    teacher_model: Path | None = None
+    """The world model the first learned-teacher distillation trained; later versions
+    are distilled from it (a new student of the same teacher)."""
+
+    def run_dir(self, version: str, seed: int) -> Path:
+        """Where `distill run` works for `version` (the cache, keyed by seed and budget)."""
+        budget = "quick" if self.opts.quick else "full"
+        return self.cache / f"{BUNDLE_NAME}-s{seed}-{self.opts.teacher}-{budget}-{version}"
+
+    def is_cached(self, version: str, seed: int) -> bool:
+        run_dir = self.run_dir(version, seed)
+        bundle = run_dir / f"{BUNDLE_NAME}-{version}"  # where `distill run` puts the bundle
+        return (bundle / "edgeflux.json").is_file() and (run_dir / "summary.json").is_file()
+
+    def learned_teacher_plan(self, first: tuple[str, int]) -> str:
+        """What `--teacher world-model` will cost on this machine now, said before starting:
+        the training time is measured here (a second of probe steps), not assumed."""
+        if not self.opts.fresh and self.is_cached(*first):
+            return (
+                "learned teacher: the world model and policies cached in "
+                f"{self.cache} are reused (no training); --fresh retrains them"
+            )
+        import os
+
+        import torch
+
+        from distill.envs import env_spec
+        from distill.train_wm import TrainConfig, estimate_training_seconds
+
+        torch.set_num_threads(1)
+        cfg = TrainConfig()
+        train_s = estimate_training_seconds(env_spec("Pendulum-v1"), cfg)
+        total_s = train_s + 2 * 60  # and about a minute per version to distil and evaluate
+        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+        head = (
+            f"learned teacher: a {cfg.family} world model trained online for "
+            f"{cfg.total_steps:,} steps, then v1.0.0 and v1.1.0 distilled from its actor: "
+            f"about {total_s / 60:.0f} min on this machine now (load {load:.1f} on {cpus} "
+            f"CPUs), training measured at {train_s / 60:.1f} min"
+        )
+        budget = LEARNED_TEACHER_BUDGET_S / 60
+        if total_s <= LEARNED_TEACHER_BUDGET_S:
+            return f"{head}; within the demo's {budget:.0f}-min budget for it"
+        return (
+            f"{head}. That is over the demo's {budget:.0f}-min budget for the learned "
+            f"teacher because this machine is {'busy' if load > cpus / 2 else 'slow'}; the "
+            "demo goes on (Ctrl-C stops everything) and caches the trained model and "
+            f"policies in {self.cache} for the next run"
+        )
+
     def distill(self, version: str, sequence: int, seed: int) -> str:
         """Distil (or reuse the cached policy for this seed and budget) and sign."""
-        budget = "quick" if self.opts.quick else "full"
-        run_dir = self.cache / f"{BUNDLE_NAME}-s{seed}-{self.opts.teacher}-{budget}-{version}"
+        run_dir = self.run_dir(version, seed)
         cached = run_dir / f"{BUNDLE_NAME}-{version}"  # where `distill run` puts the bundle
         summary_file = run_dir / "summary.json"
         detail = " (cached policy, re-signed)"
-        if not (cached / "edgeflux.json").is_file() or not summary_file.is_file():
+        reuse: list[str] = []
+        if self.opts.teacher == "world-model" and self.teacher_model is not None:
+            reuse = ["--wm-checkpoint", str(self.teacher_model)]
+        if not self.is_cached(version, seed):
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # an interrupted run: start it over
             self.cli(
@@ -51,10 +103,13 @@ class Demo(DemoStack):
                 "--sequence",
                 str(sequence),
                 *self.opts.distill_args,
+                *reuse,
                 "--json",
                 timeout_s=3600,
             )
             detail = ""
+        if self.opts.teacher == "world-model" and self.teacher_model is None:
+            self.teacher_model = run_dir / "world_model"
         stats = json.loads(summary_file.read_text())
         # The policy is cached; the signature is made for this run's control plane.
         out = self.bundles / f"{BUNDLE_NAME}-{version}"

@@ -51,6 +51,8 @@ __all__ = ["DemoOptions", "DemoSummary", "demo", "run_demo"]
 def run_demo(opts: DemoOptions, echo: Callable[[str], None], keep_running: bool) -> DemoSummary:
     procs = ProcessGroup(opts.workdir / "logs")
     d = Demo(opts, procs, echo)
+    if opts.teacher == "world-model":
+        echo(d.learned_teacher_plan(first=("1.0.0", 0)))
     stages: list[tuple[str, Callable[[], str]]] = [
         ("prepare", d.reset),
         ("cloud up", d.cloud_up),
@@ -135,7 +137,8 @@ def _print_next_steps(d: Demo, echo: Callable[[str], None]) -> None:
     type=click.Choice(["oracle", "world-model"]),
     default="oracle",
     show_default=True,
-    help="world-model: learn the teacher (much slower).",
+    help="world-model: learn the teacher (trains a world model first; the demo says "
+    "how long that takes on this machine before it starts).",
 )
 @click.option("--telemetry-seconds", type=float, default=6.0, show_default=True)
 @click.option(

@@ -24,6 +24,8 @@ from typing import Any
 
 import click
 
+from protos.plane_target import TargetError, parse_addresses
+
 __all__ = ["flash_cmd"]
 
 
@@ -53,6 +55,17 @@ def _host_port(value: str, flag: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
     return host.strip("[]"), int(port)
+
+
+def _plane_addresses(value: str) -> str:
+    """`--cloud`: one HOST:PORT or a comma-separated list (plane replicas), normalized."""
+    try:
+        parsed = parse_addresses(value)
+    except TargetError:
+        raise click.BadParameter(
+            f"{value!r} is not HOST:PORT (or a comma-separated list of them)", param_hint="--cloud"
+        ) from None
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parsed)
 
 
 def _parse_broker(value: str) -> tuple[str, int, bool]:
@@ -132,7 +145,12 @@ def _read(path: Path | None, flag: str) -> bytes:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="The first bundle (a signed bundle directory).",
 )
-@click.option("--cloud", "cloud_target", required=True, help="Control plane HOST:PORT (gRPC).")
+@click.option(
+    "--cloud",
+    "cloud_target",
+    required=True,
+    help="Control plane HOST:PORT (gRPC); several replicas: HOST:PORT,HOST:PORT.",
+)
 @click.option(
     "--broker",
     required=True,
@@ -270,7 +288,7 @@ def flash_cmd(
     console = Console(stderr=True)
     plat = target_platform or _host_platform()
     py = target_python or f"{sys.version_info.major}.{sys.version_info.minor}"
-    grpc_host, grpc_port = _host_port(cloud_target, "--cloud")
+    grpc_target = _plane_addresses(cloud_target)
     mqtt_host, mqtt_port, mqtt_tls = _parse_broker(broker)
     label_map = dict(pair.split("=", 1) for pair in labels if "=" in pair)
 
@@ -295,7 +313,7 @@ def flash_cmd(
             "mqtt_host": mqtt_host,
             "mqtt_port": mqtt_port,
             "mqtt_tls": mqtt_tls,
-            "grpc_target": f"{grpc_host}:{grpc_port}",
+            "grpc_target": grpc_target,
         }
         runtime_given = {
             **REALTIME_DEFAULTS,

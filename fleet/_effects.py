@@ -13,6 +13,13 @@ key (Ed25519, ``<trust>/director.pub`` on the robot); the agent verifies it here
 `cryptography` — payloadType checked, only the verified bytes parsed — and requires
 it to name this device, the hinted bundle, an unexpired validity, and the very TUF
 target (name, sequence, hash) the refresh resolved.
+
+gRPC first: each update (and each desired-state poll) starts with
+``GetDesiredState`` under `grpc_probe_timeout_s`. When the plane's gRPC port is
+unreachable (UNAVAILABLE or no answer in time) and the broker is, that update
+fetches its desired state, TUF metadata and bundle over MQTT in blocks
+(:mod:`fleet.mqtt_fetch`) — verified exactly as over gRPC — and says so in the log
+and in its update events; the next update tries gRPC again.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fleet.bandwidth import Pacer
+from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError
 from fleet.tuf_client import DiskFullError, GrpcFetcher, TufClient, TufClientError, TufView
 from fleet.update import Reason, ShadowResult, StagedBundle, TargetInfo, UpdateError
 from protos import device_pb2, device_pb2_grpc
 from protos.dsse import Envelope, EnvelopeFormatError
 from protos.lifecycle import Failure, RuntimeState
+from protos.plane_target import plane_target
 from runtime.desired_state import (
     PAYLOAD_TYPE,
     SCHEMA,
@@ -96,7 +105,8 @@ class RobotEffects:
             private_key=key.read_bytes(),
             certificate_chain=crt.read_bytes(),
         )
-        self.channel = grpc.secure_channel(c.grpc_target, creds)
+        plane = plane_target(c.grpc_target)  # one address or replicas, round-robin
+        self.channel = grpc.secure_channel(plane.target, creds, options=list(plane.options))
         self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)  # type: ignore[no-untyped-call]
         pacer = Pacer(
             c.download_max_bytes_per_s,
@@ -107,6 +117,24 @@ class RobotEffects:
             layout.etc / c.tuf_root_file,
             GrpcFetcher(self.stub.FetchFile, pacer=pacer),
         )
+        self.mqtt_blocks: MqttBlockClient | None = None
+        self.mqtt_tuf: TufClient | None = None
+        if c.mqtt_fetch:
+            self.mqtt_blocks = MqttBlockClient(
+                agent.transport,
+                agent.device_id,
+                block_bytes=c.mqtt_fetch_block_bytes,
+                timeout_s=c.mqtt_fetch_timeout_s,
+                retries=c.mqtt_fetch_retries,
+            )
+            self.mqtt_tuf = TufClient(
+                layout.agent_state,
+                layout.etc / c.tuf_root_file,
+                MqttFetcher(self.mqtt_blocks, pacer=pacer),
+            )
+        self.via_mqtt = False
+        """Whether the update in progress fetches over MQTT (gRPC was unreachable)."""
+        self._why_mqtt = ""
         self.director_path = layout.etc / c.director_key_file
         self.runtime = RuntimeControlClient(layout.runtime_socket, timeout_s=60.0)
         # Status is also asked from the MQTT thread (hint checks): never block it long.
@@ -152,11 +180,49 @@ class RobotEffects:
             return 0
         return int(status.anti_rollback.get(bundle_name, 0))
 
+    def _desired_envelope(self, timeout_s: float) -> bytes:
+        """The desired-state envelope over gRPC, or over MQTT when gRPC is unreachable
+        (which also decides the transport of the update that follows)."""
+        c = self.agent.config
+        try:
+            reply = self.stub.GetDesiredState(
+                device_pb2.GetDesiredStateRequest(),
+                timeout=min(timeout_s, c.grpc_probe_timeout_s),
+            )
+        except grpc.RpcError as exc:
+            code = exc.code()
+            unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            if self.mqtt_blocks is None or code not in unreachable:
+                raise
+            why = f"the plane's gRPC endpoint {c.grpc_target} is unreachable ({code.name})"
+            if not self.via_mqtt:
+                log.warning("%s: fetching updates over MQTT", why)
+            self.via_mqtt, self._why_mqtt = True, why
+            try:
+                return self.mqtt_blocks.fetch_whole("desired", "", MAX_ENVELOPE_BYTES)
+            except MqttFetchError as mexc:
+                raise UpdateError(
+                    Reason.DESIRED_STATE_INVALID, f"{why}; over MQTT: {mexc}"
+                ) from mexc
+        if self.via_mqtt:
+            log.warning("the plane's gRPC endpoint %s answers again: back to gRPC", c.grpc_target)
+        self.via_mqtt, self._why_mqtt = False, ""
+        return bytes(reply.envelope.dsse_json)
+
+    def transport_note(self) -> str:
+        """For the update's events: which transport fetched it, when not gRPC."""
+        if not self.via_mqtt:
+            return ""
+        note = f"fetched over MQTT: {self._why_mqtt}"
+        if self.mqtt_blocks is not None:
+            n = self.mqtt_blocks.counters
+            note += f" ({n['blocks']} blocks, {n['bytes']} bytes, {n['retries']} retried so far)"
+        return note
+
     def desired_bundle(self, timeout_s: float) -> tuple[str, int, int] | None:
         """(name, sequence, generation) of the verified desired state, None if none."""
-        reply = self.stub.GetDesiredState(device_pb2.GetDesiredStateRequest(), timeout=timeout_s)
         doc = verify_desired_state(
-            bytes(reply.envelope.dsse_json),
+            self._desired_envelope(timeout_s),
             self._director(),
             self.agent.device_id,
             dt.datetime.now(dt.UTC),
@@ -165,21 +231,39 @@ class RobotEffects:
             return None
         return doc.bundle.name, doc.bundle.sequence, doc.generation
 
-    def refresh(self, bundle_name: str, timeout_s: float) -> TargetInfo:
-        try:
-            view = self.tuf.refresh()
-        except TufClientError as exc:
-            raise UpdateError(Reason.TUF_REFRESH_FAILED, str(exc)) from exc
-        try:
-            reply = self.stub.GetDesiredState(
-                device_pb2.GetDesiredStateRequest(), timeout=min(timeout_s, 30.0)
+    def desired_windows(self, target: TargetInfo, timeout_s: float) -> str:
+        """The maintenance windows the verified desired state now gives `target` (as
+        ``TargetInfo.windows``); UpdateError when it names another bundle."""
+        reply = self.stub.GetDesiredState(device_pb2.GetDesiredStateRequest(), timeout=timeout_s)
+        doc = verify_desired_state(
+            bytes(reply.envelope.dsse_json),
+            self._director(),
+            self.agent.device_id,
+            dt.datetime.now(dt.UTC),
+        )
+        b = doc.bundle
+        if b is None or b.name != target.name or b.sequence != target.sequence:
+            raise UpdateError(
+                Reason.DESIRED_STATE_MISMATCH,
+                f"the signed desired state now wants {b.key() if b else 'no bundle'}, not "
+                f"{target.name} sequence {target.sequence}; the held update is dropped",
             )
+        return _windows_json(b.gate.windows) if b.gate else ""
+
+    def refresh(self, bundle_name: str, timeout_s: float) -> TargetInfo:
+        try:  # first: it decides whether this update goes over gRPC or MQTT
+            envelope = self._desired_envelope(min(timeout_s, 30.0))
         except grpc.RpcError as exc:
             raise UpdateError(
                 Reason.DESIRED_STATE_INVALID, f"GetDesiredState failed: {exc.code()}"
             ) from exc
+        tuf = self.mqtt_tuf if self.via_mqtt and self.mqtt_tuf is not None else self.tuf
+        try:
+            view = tuf.refresh()
+        except TufClientError as exc:
+            raise UpdateError(Reason.TUF_REFRESH_FAILED, str(exc)) from exc
         doc = verify_desired_state(
-            bytes(reply.envelope.dsse_json),
+            envelope,
             self._director(),
             self.agent.device_id,
             dt.datetime.now(dt.UTC),

@@ -142,6 +142,8 @@ class Agent:
                     poll_s=c.update_lock_poll_s,
                     stop=self._stop,
                 ),
+                recheck_windows=getattr(self._effects, "desired_windows", None),
+                recheck_s=c.desired_state_poll_s or 300.0,
             )
         self.transport.subscribe(topic(self.device_id, "updates"), self._on_hint)
 

@@ -11,9 +11,11 @@ its bytes hashed to the signed digest, and records it in a journal
 (``.chunked.done``), both fsynced every few megabytes: a download killed at any
 point resumes with every journalled chunk (re-hashed when read back, so a chunk
 the journal names but the disk lost is fetched again) and never trusts a partial
-one. The whole file is hashed as it is built and must equal the target's signed
-sha256 before it is renamed into place. Only the indexes of the last
-`KEEP_TARGETS` assembled targets are kept.
+one. A chunk whose bytes do not hash to its signed digest is never written; it is
+requested again (`REFETCHES` times) before the download fails, so one block garbled
+by a transport costs one chunk, not the update. The whole file is hashed as it is
+built and must equal the target's signed sha256 before it is renamed into place.
+Only the indexes of the last `KEEP_TARGETS` assembled targets are kept.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +32,7 @@ from pathlib import Path
 
 __all__ = [
     "KEEP_TARGETS",
+    "REFETCHES",
     "ChunkError",
     "ChunkRef",
     "ChunkStore",
@@ -37,7 +41,11 @@ __all__ = [
     "parse_chunk_list",
 ]
 
+log = logging.getLogger(__name__)
+
 KEEP_TARGETS = 2
+REFETCHES = 2
+"""How often a chunk that arrived with wrong bytes is requested again."""
 # Fetched bytes between fsyncs: what a power loss may cost again. A journalled chunk
 # is hashed again when a resume reads it back, so the journal may run ahead of the
 # data safely; a process kill loses nothing (the page cache survives it).
@@ -67,6 +75,8 @@ class FetchStats:
     fetched_bytes: int = 0
     reused_bytes: int = 0
     """Bytes taken from disk: journalled before an interruption, or held by old targets."""
+    refused_chunks: int = 0
+    """Chunks that arrived with bytes not matching their signed digest (fetched again)."""
 
 
 def parse_chunk_list(raw: object, total_length: int, where: str) -> list[ChunkRef]:
@@ -172,6 +182,34 @@ class _Run:
             close()
 
 
+def _fetch_verified(
+    fetch: RangeFetch,
+    refs: Sequence[ChunkRef],
+    need: Sequence[bool],
+    i: int,
+    run: _Run | None,
+    where: str,
+    stats: FetchStats,
+) -> tuple[bytes, _Run | None]:
+    """Chunk `i`'s verified bytes, from `run` or a new range request; a chunk that
+    arrives with wrong bytes is requested again, up to `REFETCHES` times."""
+    ref = refs[i]
+    for attempt in range(REFETCHES + 1):
+        if run is None or run.end <= ref.offset:
+            if run is not None:
+                run.close()
+            run = _Run(fetch, refs, need, i)
+        try:
+            return run.take(ref, where), run
+        except ChunkError as exc:
+            run = None  # take() closed it; its stream is past the refused chunk
+            stats.refused_chunks += 1
+            if attempt == REFETCHES:
+                raise
+            log.warning("%s; requesting it again (%d of %d)", exc, attempt + 1, REFETCHES)
+    raise AssertionError("unreachable")
+
+
 class ChunkStore:
     """Chunked downloads into `downloads`, reusing chunks of targets assembled there."""
 
@@ -241,11 +279,7 @@ class ChunkStore:
                         data = None if need[i] else self._from_disk(ref, held, written, fd)
                         fetched = data is None
                         if data is None:
-                            if run is None or run.end <= ref.offset:
-                                if run is not None:
-                                    run.close()
-                                run = _Run(fetch, refs, need, i)
-                            data = run.take(ref, where)
+                            data, run = _fetch_verified(fetch, refs, need, i, run, where, stats)
                             stats.fetched_chunks += 1
                             stats.fetched_bytes += ref.length
                         else:

@@ -7,7 +7,7 @@ Example::
     device_id = "robot-7"
     mqtt_host = "broker.fleet.example"
     mqtt_port = 8883
-    grpc_target = "plane.fleet.example:7443"
+    grpc_target = "plane.fleet.example:7443"   # or replicas: "10.0.0.5:7443,10.0.0.6:7443"
     telemetry_period_s = 5.0
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from protos.plane_target import parse_addresses
 from runtime.config import load_config
 from runtime.layout import RobotLayout
 
@@ -36,7 +37,10 @@ class AgentConfig(BaseModel):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(8883, ge=1, le=65535)
     mqtt_tls: bool = Field(True, description="mTLS with the device identity (off only in dev)")
-    grpc_target: str = Field("127.0.0.1:7443", description="control plane DeviceService")
+    grpc_target: str = Field(
+        "127.0.0.1:7443",
+        description="control plane DeviceService: HOST:PORT, or replicas as A:PORT,B:PORT",
+    )
     cert_file: str = Field("identity/device.crt", description="relative to <root>/etc/edgeflux")
     key_file: str = "identity/device.key"
     ca_file: str = "trust/ca.crt"
@@ -96,6 +100,20 @@ class AgentConfig(BaseModel):
     download_low_priority: bool = Field(
         False, description="pause update downloads while telemetry is waiting to be sent"
     )
+    grpc_probe_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="an update whose first gRPC call gets no answer within this falls back "
+        "to fetching over MQTT",
+    )
+    mqtt_fetch: bool = Field(
+        True, description="fetch updates over MQTT when the plane's gRPC port is unreachable"
+    )
+    mqtt_fetch_block_bytes: int = Field(
+        256 * 1024, ge=1024, le=1 << 20, description="bytes asked for per MQTT block"
+    )
+    mqtt_fetch_timeout_s: float = Field(10.0, gt=0, description="wait per MQTT block")
+    mqtt_fetch_retries: int = Field(5, ge=0, le=100, description="tries again per MQTT block")
     update_lock_poll_s: float = Field(
         0.5, gt=0, le=60, description="how often a held update looks at the locks again"
     )
@@ -105,6 +123,12 @@ class AgentConfig(BaseModel):
     def _check_id(cls, v: str) -> str:
         if not _ID.match(v):
             raise ValueError("use 1-63 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("grpc_target")
+    @classmethod
+    def _check_target(cls, v: str) -> str:
+        parse_addresses(v)  # a TargetError is a ValueError: pydantic names the field
         return v
 
     def tls_paths(self, layout: RobotLayout) -> tuple[Path, Path, Path]:

@@ -182,6 +182,7 @@ class MqttTransport:
         self._clean_session = clean_session
         self._will = will
         self._handlers: dict[str, Handler] = {}
+        self._limits: dict[str, int] = {}  # per-filter incoming caps above the default
         self._acks: dict[int, Callable[[], None]] = {}
         self._early: dict[int, bool] = {}  # PUBACKs that beat publish(): accepted?
         self._sub_mids: dict[int, str] = {}
@@ -344,10 +345,17 @@ class MqttTransport:
                 on_ack()
         return True
 
-    def subscribe(self, topic_filter: str, handler: Handler) -> None:
-        """Subscribe now and after every reconnect; `handler(topic, payload)`."""
+    def subscribe(
+        self, topic_filter: str, handler: Handler, *, max_payload_bytes: int | None = None
+    ) -> None:
+        """Subscribe now and after every reconnect; `handler(topic, payload)`.
+
+        `max_payload_bytes`: a larger incoming cap for this filter only (e.g. blocks of
+        update files); every other topic keeps ``settings.max_payload_bytes``."""
         with self._lock:
             self._handlers[topic_filter] = handler
+            if max_payload_bytes is not None:
+                self._limits[topic_filter] = max_payload_bytes
         if self.is_connected():
             self._send_subscribe(self._client, topic_filter)
 
@@ -451,21 +459,22 @@ class MqttTransport:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         payload = bytes(message.payload)
-        if len(payload) > self.settings.max_payload_bytes:
-            self.counters["dropped_oversize"] += 1
-            log.warning(
-                "dropped a %d-byte message on %s (limit %d)",
-                len(payload),
-                message.topic,
-                self.settings.max_payload_bytes,
-            )
-            return
         with self._lock:
-            handlers = [
-                h
+            matching = [
+                (f, h)
                 for f, h in self._handlers.items()
                 if paho.topic_matches_sub(_unshare(f), message.topic)
             ]
+            limit = max(
+                [self.settings.max_payload_bytes, *(self._limits.get(f, 0) for f, _ in matching)]
+            )
+        handlers = [h for _, h in matching]
+        if len(payload) > limit:
+            self.counters["dropped_oversize"] += 1
+            log.warning(
+                "dropped a %d-byte message on %s (limit %d)", len(payload), message.topic, limit
+            )
+            return
         for h in handlers:
             try:
                 h(message.topic, payload)

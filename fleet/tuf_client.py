@@ -4,10 +4,12 @@
   Updater keeps its own trusted copy in ``<agent state>/tuf/``.
 - python-tuf allows one ``refresh()`` per Updater, so every update cycle builds a
   fresh one (:meth:`TufClient.refresh`).
-- The fetcher is the plug point: :class:`GrpcFetcher` maps the
-  Updater's URLs onto ``FetchFile(kind, path, offset)``; a missing file becomes
-  HTTP 404 so the root-rotation walk stops where it should. The transport is never
-  trusted: lengths and hashes come from signed metadata.
+- The fetcher is the plug point (:class:`TransportFetcher`: offset-addressed
+  ranges of a metadata file or a target): :class:`GrpcFetcher` maps the Updater's
+  URLs onto ``FetchFile(kind, path, offset)``, ``fleet.mqtt_fetch.MqttFetcher`` onto
+  blocks over MQTT; a missing file becomes HTTP 404 so the root-rotation walk stops
+  where it should. The transport is never trusted: lengths and hashes come from
+  signed metadata, whichever transport brought the bytes.
 - Targets are downloaded by :meth:`TufView.download` — resumable from a ``.part``
   file (FetchFile is offset-addressed), after checking free disk space for the
   target plus its extraction, and verified against the signed length and sha256
@@ -42,6 +44,7 @@ __all__ = [
     "DiskFullError",
     "FetchFn",
     "GrpcFetcher",
+    "TransportFetcher",
     "TufClient",
     "TufClientError",
     "TufView",
@@ -65,7 +68,28 @@ class FetchFn(Protocol):
     ) -> Iterator[device_pb2.FileChunk]: ...
 
 
-class GrpcFetcher(FetcherInterface):
+class TransportFetcher(FetcherInterface):
+    """Ranges of TUF metadata files and targets over some transport."""
+
+    @staticmethod
+    def _split(url: str) -> tuple[int, str]:
+        if url.startswith(METADATA_URL):
+            return device_pb2.FILE_KIND_METADATA, url[len(METADATA_URL) :]
+        if url.startswith(TARGETS_URL):
+            return device_pb2.FILE_KIND_TARGET, url[len(TARGETS_URL) :]
+        raise tuf_exc.DownloadError(f"{url} is not an EdgeFlux repository URL")
+
+    def stream(self, kind: int, path: str, offset: int = 0, length: int = 0) -> Iterator[bytes]:
+        """The bytes of `path` (a ``device_pb2.FILE_KIND_*``) from `offset`, `length` of
+        them (0: to the end); raises ``tuf`` download errors (404 for a missing file)."""
+        raise NotImplementedError
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        kind, path = self._split(url)
+        return self.stream(kind, path)
+
+
+class GrpcFetcher(TransportFetcher):
     """Streams TUF metadata and targets through ``DeviceService.FetchFile``."""
 
     def __init__(
@@ -80,14 +104,6 @@ class GrpcFetcher(FetcherInterface):
         self.chunk_bytes = chunk_bytes
         self.pacer = pacer
         """Paces target downloads (bandwidth cap, low priority); metadata is never paced."""
-
-    @staticmethod
-    def _split(url: str) -> tuple[int, str]:
-        if url.startswith(METADATA_URL):
-            return device_pb2.FILE_KIND_METADATA, url[len(METADATA_URL) :]
-        if url.startswith(TARGETS_URL):
-            return device_pb2.FILE_KIND_TARGET, url[len(TARGETS_URL) :]
-        raise tuf_exc.DownloadError(f"{url} is not an EdgeFlux gRPC URL")
 
     def stream(self, kind: int, path: str, offset: int = 0, length: int = 0) -> Iterator[bytes]:
         """Chunks of `path` from `offset` (`length` bytes of it, 0: to the end); each
@@ -122,10 +138,6 @@ class GrpcFetcher(FetcherInterface):
             details = exc.details() if hasattr(exc, "details") else str(exc)
             raise tuf_exc.DownloadError(f"FetchFile {path}: {code}: {details}") from exc
 
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        kind, path = self._split(url)
-        return self.stream(kind, path)
-
 
 @dataclass(frozen=True)
 class TufTarget:
@@ -138,7 +150,7 @@ class TufTarget:
 class TufView:
     """What one refresh made trustworthy: target lookups and verified downloads."""
 
-    def __init__(self, updater: Updater, fetcher: GrpcFetcher, downloads: Path) -> None:
+    def __init__(self, updater: Updater, fetcher: TransportFetcher, downloads: Path) -> None:
         self._updater = updater
         self._fetcher = fetcher
         self.downloads = downloads
@@ -265,7 +277,7 @@ def _disk_free(path: Path) -> int:
 class TufClient:
     """Builds one fresh, refreshed Updater per update cycle."""
 
-    def __init__(self, state_dir: Path, bootstrap_root: Path, fetcher: GrpcFetcher) -> None:
+    def __init__(self, state_dir: Path, bootstrap_root: Path, fetcher: TransportFetcher) -> None:
         self.metadata_dir = state_dir / "tuf" / "metadata"
         self.downloads = state_dir / "downloads"
         self.bootstrap_root = bootstrap_root

@@ -27,8 +27,8 @@ _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
     "target",
     required=True,
     envvar="EDGEFLUX_CLOUD",
-    metavar="HOST:PORT",
-    help="Control-plane admin gRPC address.",
+    metavar="HOST:PORT[,HOST:PORT...]",
+    help="Control-plane admin gRPC address; several plane replicas: a comma-separated list.",
 )
 @click.option("--cert", type=_PATH, envvar="EDGEFLUX_CERT", help="Operator certificate (PEM).")
 @click.option("--key", type=_PATH, envvar="EDGEFLUX_KEY", help="Operator private key (PEM).")
@@ -68,19 +68,22 @@ def tui(
     export_dir: Path,
 ) -> None:
     """The operator console: live fleet, devices, bundles and pushes, attestations, routing."""
+    from protos.plane_target import TargetError, parse_addresses
     from tui.client import AdminClient, AdminError, TlsFiles, certificate_role, speaks_tls
     from tui.verify import TrustedKeyError, load_trusted_keys
 
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise click.ClickException(f"--cloud must be HOST:PORT, got {target!r}")
+    try:
+        host, port = parse_addresses(target)[0]
+    except TargetError as exc:
+        detail = f" ({exc})" if "," in target else ""  # which replica's entry is bad
+        raise click.ClickException(f"--cloud must be HOST:PORT, got {target!r}{detail}") from exc
     given = [n for n, v in (("--cert", cert), ("--key", key), ("--ca", ca)) if v is not None]
     if given and len(given) != 3:
         missing = sorted({"--cert", "--key", "--ca"} - set(given))
         raise click.ClickException(
             f"mTLS needs --cert, --key and --ca together; missing {', '.join(missing)}"
         )
-    if not given and speaks_tls(host.strip("[]"), int(port)):
+    if not given and speaks_tls(host, port):
         raise click.ClickException(
             f"the control plane at {target} requires mTLS: give --cert, --key and --ca "
             "(an operator's files from `edgeflux cloud init`: <home>/pki/operators/admin.crt, "

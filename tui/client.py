@@ -29,6 +29,7 @@ from protos import (
     router_pb2,
     router_pb2_grpc,
 )
+from protos.plane_target import plane_target
 from tui.rows import DeviceRow
 
 __all__ = [
@@ -257,12 +258,15 @@ class AdminClient:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
+        plane = plane_target(target)  # one address or several replicas, round-robin
+        options += plane.options
         if tls is not None:
-            if tls.server_name:
+            if tls.server_name:  # a name given explicitly wins over the first host's
+                options = [o for o in options if o[0] != "grpc.ssl_target_name_override"]
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
+            self._channel = grpc.secure_channel(plane.target, tls.credentials(), options=options)
         else:
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc.insecure_channel(plane.target, options=options)
         self.admin = admin_pb2_grpc.FleetAdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.attestation = attestation_pb2_grpc.AttestationServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.router = router_pb2_grpc.RouterServiceStub(self._channel)  # type: ignore[no-untyped-call]

@@ -44,6 +44,7 @@ from cloud.attest._cli_common import (
     trusted_keys,
 )
 from cloud.attest.cli_run import run_cmd
+from protos.plane_target import plane_target
 
 __all__ = ["EXIT_NOT_ATTESTED", "attest"]
 
@@ -88,7 +89,8 @@ def get_cmd(
     digest = _policy_digest(digest)
 
     server, creds = connection(home_dir, server, operator, cert, key_file, ca)
-    with grpc.secure_channel(server, creds) as channel:
+    plane = plane_target(server)  # one address or several replicas
+    with grpc.secure_channel(plane.target, creds, options=plane.options) as channel:
         stub = attestation_pb2_grpc.AttestationServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             reply = stub.GetAttestation(

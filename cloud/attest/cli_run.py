@@ -20,6 +20,7 @@ from cloud.attest._cli_common import (
     trusted_keys,
 )
 from distill.errors import DistillError
+from protos.plane_target import plane_target
 
 __all__ = ["run_cmd"]
 
@@ -248,8 +249,9 @@ def _run_remote(
     )
     final = None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    plane = plane_target(address)  # one address or several replicas
     with (
-        grpc.secure_channel(address, creds) as channel,
+        grpc.secure_channel(plane.target, creds, options=plane.options) as channel,
         Progress(*columns, console=err_console(), transient=as_json) as bar,
     ):
         task_id = bar.add_task(f"campaign on {address}", total=None)

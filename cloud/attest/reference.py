@@ -5,12 +5,13 @@ distilled from, as its provenance names and digests it:
 
 - ``teacher_kind = "oracle"``: the oracle MPPI planner; its digest on the bundle's
   training variant must equal ``teacher_digest``;
-- ``teacher_kind = "world-model"``: MPPI over the world model whose digest is
+- ``teacher_kind = "world-model"``: the world model whose digest is
   ``world_model_digest``, found among the saved-model directories (``*/config.json``)
   and ``*.pt`` checkpoints of the campaign's ``teacher_search`` directories and the
-  bundle's own and parent directory, with the
-  planner settings ``teacher_mppi``; the rebuilt teacher's digest must equal
-  ``teacher_digest``.
+  bundle's own and parent directory, acting as it did in distillation:
+  ``teacher_policy = "actor"`` (its own policy prior) or MPPI with the planner
+  settings ``teacher_mppi`` (the default for bundles that name no policy); the
+  rebuilt teacher's digest must equal ``teacher_digest``.
 
 When the teacher cannot be reproduced the campaign is refused with the reason
 (`ReferenceError_`), rather than compared against another teacher. A campaign may
@@ -103,8 +104,14 @@ def _world_model_from_provenance(
     prov: Any, extra: Mapping[str, Any], bundle_dir: Path, search: Sequence[str | Path]
 ) -> dict[str, Any]:
     wanted = extra.get("world_model_digest")
+    policy = extra.get("teacher_policy", "mppi")
     mppi = extra.get("teacher_mppi")
-    if not isinstance(wanted, str) or not isinstance(mppi, dict):
+    if policy not in ("actor", "mppi"):
+        raise ReferenceUnavailable(
+            f"the bundle's teacher_policy {policy!r} is neither 'actor' nor 'mppi': the "
+            "teacher cannot be reproduced"
+        )
+    if not isinstance(wanted, str) or (policy == "mppi" and not isinstance(mppi, dict)):
         raise ReferenceUnavailable(
             "the bundle was distilled from a world-model teacher but its provenance lacks "
             "world_model_digest or teacher_mppi: the teacher cannot be reproduced"
@@ -122,7 +129,7 @@ def _world_model_from_provenance(
         "source": "bundle provenance",
         "checkpoint": str(checkpoint),
         "world_model_digest": wanted,
-        "mppi": dict(mppi),
+        **({"policy": "actor"} if policy == "actor" else {"mppi": dict(mppi or {})}),
         "seed": int(extra.get("teacher_seed", (prov.seeds or [0])[0])),
     }
     teacher = make_reference(recipe, prov.env_id or "Pendulum-v1", {})
@@ -196,7 +203,7 @@ def make_reference(recipe: Mapping[str, Any], env_id: str, variant: Mapping[str,
 
         from distill.envs import env_spec
         from distill.mppi import MPPIConfig
-        from distill.teachers import WorldModelTeacher
+        from distill.teachers import ActorTeacher, WorldModelTeacher
         from distill.wm_store import load_world_model
 
         spec = env_spec(env_id)
@@ -205,6 +212,8 @@ def make_reference(recipe: Mapping[str, Any], env_id: str, variant: Mapping[str,
         )
         seed = int(recipe.get("seed", 0))
         model.set_generator(torch.Generator(device=model.device).manual_seed(seed))
+        if recipe.get("policy") == "actor":
+            return ActorTeacher(model, spec, device=str(model.device))
         return WorldModelTeacher(model, spec, MPPIConfig(**recipe["mppi"]), seed=seed)
     if kind == "bundle":
         from runtime.kernel import KernelPolicy, load_kernel

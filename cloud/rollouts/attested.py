@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.rollouts.engine import Rollout, RolloutError, RolloutSpec, plan_waves
+from cloud.rollouts.external import DEFAULT_TIMEOUT_S, allowed, external_gate
 from cloud.rollouts.gates import (
     MISSING,
     AttestationCheck,
@@ -127,10 +128,33 @@ def record_admission(store: Store, r: Rollout, check: AttestationCheck, now: flo
     r.note(now, f"created without a valid parity attestation: {text}")
 
 
+def external_check(store: Store, r: Rollout, wave: int, now: float) -> bool:
+    """The rollout's external approval check for `wave` (none configured: passes); a new
+    allow is audited once, with the URL and the answer."""
+    url = str(r.spec.gates.get("approval_url") or "")
+    if not url:
+        return True
+    timeout_s = float(r.spec.gates.get("approval_timeout_s") or DEFAULT_TIMEOUT_S)
+    if not external_gate(r, wave, now, url, timeout_s):
+        return False
+    st = allowed(r, wave)
+    if st is not None and not st.get("audited"):
+        store.audit_once(
+            f"{r.id}:external:{wave}",
+            "rollout-engine",
+            "rollout.external_approval",
+            r.id,
+            {"wave": wave, "url": url, "answer": st.get("last")},
+        )
+        st["audited"] = True
+    return True
+
+
 def wave_may_go(store: Store, trust_dir: Path, r: Rollout, wave: int, now: float) -> bool:
     """The gates before wave `wave` goes out: the soak of the wave before it, its
-    approval, then the attestation (checked again, since it can expire mid-rollout).
-    A failed attestation or a soak regression pauses the rollout."""
+    approval, the external approval check, then the attestation (checked again, since
+    it can expire mid-rollout). A failed attestation or a soak regression pauses the
+    rollout; an approval not given yet keeps the wave waiting."""
 
     def measure(ids: Sequence[str], start: float, end: float) -> Readings:
         return readings(store, ids, start, end, r.spec.bundle)
@@ -138,6 +162,8 @@ def wave_may_go(store: Store, trust_dir: Path, r: Rollout, wave: int, now: float
     if not soak_gate(r, wave, now, measure):
         return False
     if hold_for_approval(r, wave, now):
+        return False
+    if not external_check(store, r, wave, now):
         return False
     check = bundle_attestation(store, trust_dir, r.spec.bundle, now)
     record_attestation(r, wave, check, now)

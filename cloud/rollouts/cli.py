@@ -26,6 +26,8 @@ from typing import Any
 
 import click
 
+from protos.plane_target import plane_target
+
 __all__ = ["rollout"]
 
 
@@ -65,7 +67,8 @@ def _call(ctx_obj: dict[str, Any], rpc: str, request: Any) -> Any:
     from protos import admin_pb2_grpc
 
     address, creds = _connection(ctx_obj["home"], ctx_obj["server"], ctx_obj["operator"])
-    with grpc.secure_channel(address, creds) as channel:
+    plane = plane_target(address)  # one address or several replicas
+    with grpc.secure_channel(plane.target, creds, options=plane.options) as channel:
         stub = admin_pb2_grpc.FleetAdminServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             return getattr(stub, rpc)(request, timeout=30)
@@ -105,6 +108,10 @@ def _show(r: Any) -> None:
         )
     if r.abort:
         click.echo(f"  abort threshold crossed: {r.abort}")
+    if r.approval_url:
+        click.echo(f"  each wave waits for the approval check at {r.approval_url}")
+    if r.offline_policy and r.offline_policy != "wait":
+        click.echo(f"  offline devices: {r.offline_policy}")
     if r.allow_unattested:
         click.echo(f"  --allow-unattested: override by {r.unattested_override_by}")
     for p in r.plan:
@@ -123,6 +130,12 @@ def _show(r: Any) -> None:
             click.echo(f"    approved by {w.approved_by}")
         elif w.approval_required:
             click.echo(f"    waits for approval: edgeflux rollout approve {r.id} --wave {w.index}")
+        if w.approval_check:
+            click.echo(f"    {w.approval_check}")
+        if w.joined:
+            click.echo(f"    joined while running: {', '.join(w.joined)}")
+        for o in w.skipped:
+            click.echo(f"    {o.device_id}  skipped: {o.detail}")
         for t in w.retries:
             when = (
                 f"; try {t.tries + 1} at {t.next_at.ToDatetime().strftime('%H:%M:%S')} UTC"
@@ -273,6 +286,30 @@ resume_cmd = _id_command(
     "before it goes out (repeatable).",
 )
 @click.option(
+    "--approval-url",
+    default=None,
+    metavar="URL",
+    help="Before each wave, POST its facts and figures as JSON to URL; the wave goes out "
+    'once it answers {"decision": "allow"}. A deny, a time-out or a bad answer keeps the '
+    "wave waiting (asked again with backoff); an allow is audited with the URL and answer.",
+)
+@click.option(
+    "--approval-timeout",
+    type=click.FloatRange(0, 60, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds the approval URL has to answer.",
+)
+@click.option(
+    "--offline-policy",
+    default="wait",
+    show_default=True,
+    metavar="wait|skip-after=DURATION",
+    help="Devices that stay offline: the wave waits for them up to its health window "
+    "(wait), or skips one offline for DURATION (e.g. 30m) since its wave went out; a "
+    "skipped device counts as no failure and updates when it comes back.",
+)
+@click.option(
     "--max-tries",
     type=click.IntRange(1, 20),
     default=1,
@@ -385,6 +422,9 @@ def create_cmd(
     health_window: int,
     max_action_divergence: float | None,
     approval_waves: tuple[int, ...],
+    approval_url: str | None,
+    approval_timeout: float,
+    offline_policy: str,
     max_tries: int,
     retry_backoff: float,
     retry_max: float,
@@ -405,13 +445,15 @@ def create_cmd(
     Gates: each wave goes out only while the bundle has a valid parity attestation
     (checked at create and before every wave; --allow-unattested overrides), after the
     wave before it passed its failure threshold, and, with --approval-wave, once an
-    operator approved it; with --soak, after the wave before it ran the bundle that long
-    without a regression of its KPIs (deadline-miss rate, interventions, loop latency p99,
-    error events against the not-yet-updated robots and against its own robots before
-    the update; shadow divergence); with --abort-threshold, too many failed or regressed
-    robots (once --abort-min-robots were dispatched) abort it with rollback. With
-    --max-tries, transient device failures are retried (exponential backoff with jitter)
-    before they count against --max-failure."""
+    operator approved it; with --approval-url, once that endpoint allowed it; with
+    --soak, after the wave before it ran the bundle that long without a regression of
+    its KPIs (deadline-miss rate, interventions, loop latency p99, error events against
+    the not-yet-updated robots and against its own robots before the update; shadow
+    divergence); with --abort-threshold, too many failed or regressed robots (once
+    --abort-min-robots were dispatched) abort it with rollback. With --max-tries,
+    transient device failures are retried (exponential backoff with jitter) before they
+    count against --max-failure. Devices that join the --label while it runs join its
+    current wave; --offline-policy says whether a wave waits for offline devices."""
     from protos import admin_pb2, common_pb2
 
     name, sep, version = bundle.partition("@")
@@ -441,6 +483,9 @@ def create_cmd(
         max_divergence=max_divergence,
         max_errors_increase=max_errors_increase,
         abort_min_robots=abort_min_robots or 0,
+        approval_url=approval_url or "",
+        approval_timeout_s=approval_timeout if approval_url else 0.0,
+        offline_policy=offline_policy,
     )
     _print(as_json, _call(obj, "CreateRollout", req))
 

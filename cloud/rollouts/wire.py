@@ -11,6 +11,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cloud.rollouts import retry
+from cloud.rollouts.dynamic import offline_policy
 from cloud.rollouts.engine import (
     COMMITTED,
     FAILED,
@@ -19,6 +20,7 @@ from cloud.rollouts.engine import (
     Rollout,
     RolloutError,
 )
+from cloud.rollouts.external import external_text
 from cloud.rollouts.gates import approval_of, gate_spec
 from cloud.rollouts.soak import (
     Figures,
@@ -36,7 +38,9 @@ from runtime.desired_state import BundleRef, DesiredStateError
 __all__ = [
     "abort_min_robots_of",
     "abort_threshold_of",
+    "approval_check_of",
     "bundle_ref",
+    "offline_policy_of",
     "retries_pb",
     "retry_policy_of",
     "rollout_to_pb",
@@ -145,6 +149,8 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         abort=str((r.gates.get("abort") or {}).get("text", "")),
         abort_min_robots=abort_min_robots(r) if abort_threshold(r) is not None else 0,
         soak_thresholds=soak_policy(r).text() if soak_policy(r).soak_s > 0 else "",
+        approval_url=str(r.spec.gates.get("approval_url") or ""),
+        offline_policy=offline_policy(r).text(),
     )
 
 
@@ -194,6 +200,36 @@ def soak_policy_of(request: admin_pb2.CreateRolloutRequest) -> SoakPolicy:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
+def approval_check_of(request: admin_pb2.CreateRolloutRequest) -> dict[str, Any]:
+    """The request's external approval check as the spec keeps it ({} for none)."""
+    from cloud.rollouts.external import DEFAULT_TIMEOUT_S, check_approval_url, check_timeout
+
+    if not request.approval_url:
+        if request.approval_timeout_s:
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, "approval_timeout_s without an approval_url"
+            )
+        return {}
+    try:
+        return {
+            "approval_url": check_approval_url(request.approval_url),
+            "approval_timeout_s": check_timeout(request.approval_timeout_s or DEFAULT_TIMEOUT_S),
+        }
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def offline_policy_of(request: admin_pb2.CreateRolloutRequest) -> dict[str, Any]:
+    """The request's offline policy as the spec keeps it ({} for the default, wait)."""
+    from cloud.rollouts.dynamic import OfflinePolicy
+
+    try:
+        policy = OfflinePolicy.parse(request.offline_policy)
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+    return {} if policy == OfflinePolicy() else {"offline": policy.to_dict()}
+
+
 def abort_min_robots_of(request: admin_pb2.CreateRolloutRequest) -> int | None:
     """The request's minimum robot count for the abort threshold (0: the default)."""
     return int(request.abort_min_robots) or None
@@ -233,6 +269,13 @@ def with_approval(
 ) -> admin_pb2.RolloutWave:
     pb.retries.extend(retries_pb(r, list(pb.device_ids)))
     pb.soak = soak_text(r, index)
+    pb.approval_check = external_text(r, index)
+    w = r.waves[index]
+    pb.joined.extend(w.joined)
+    pb.skipped.extend(
+        admin_pb2.DeviceOutcome(device_id=d, outcome="SKIPPED", detail=str(s.get("reason", "")))
+        for d, s in sorted(w.skipped.items())
+    )
     pb.approval_required = index in approval_waves
     done = approval_of(r, index)
     if done is not None:

@@ -19,6 +19,8 @@ from typing import Any
 
 import click
 
+from protos.plane_target import plane_target
+
 __all__ = ["router_group"]
 
 home_option = click.option(
@@ -280,7 +282,8 @@ def stats_cmd(home_dir: Path | None, address: str | None, operator: str, as_json
         private_key=key.read_bytes(),
         certificate_chain=crt.read_bytes(),
     )
-    with grpc.secure_channel(address, creds) as ch:
+    plane = plane_target(address)  # one address or several replicas
+    with grpc.secure_channel(plane.target, creds, options=plane.options) as ch:
         stub = router_pb2_grpc.RouterServiceStub(ch)  # type: ignore[no-untyped-call]
         try:
             resp = stub.RouterStats(router_pb2.RouterStatsRequest(), timeout=10)

@@ -40,6 +40,7 @@ __all__ = ["ControlPlane", "Plane", "PlaneStartError"]
 
 if TYPE_CHECKING:
     from cloud.ingest import Ingest
+    from cloud.server.file_responder import FileResponder
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,17 @@ class ControlPlane:
         broker: bool | None = None,
         factories: Sequence[str] = (),
         ingest: bool | None = False,
+        files_over_mqtt: bool | None = False,
     ) -> None:
+        """`ingest`, `files_over_mqtt` (the MQTT file responder): None = whenever there
+        is a broker (what `edgeflux cloud up` does)."""
         self.home = home
         self.config: CloudConfig = home.config(overrides)
         self._want_broker = broker
         self._want_ingest = ingest
         self.ingest: Ingest | None = None
+        self._want_files = files_over_mqtt
+        self.files: FileResponder | None = None
         self._factories = list(factories)
         self.metrics = Metrics()
         self.plane: Plane | None = None
@@ -180,6 +186,11 @@ class ControlPlane:
             want_ingest = self.broker is not None or bool(cfg.broker_url)
         if want_ingest:
             await asyncio.to_thread(self._start_ingest, store)
+        want_files = self._want_files
+        if want_files is None:
+            want_files = self.broker is not None or bool(cfg.broker_url)
+        if want_files:
+            await self._start_files(plane)
         self._tasks.append(asyncio.create_task(self._refresh_timestamp()))
         self._tasks.append(asyncio.create_task(self._poll_changes()))
         self._tasks.append(asyncio.create_task(self._retention()))
@@ -216,6 +227,31 @@ class ControlPlane:
             ) from exc
         self.ingest = ingest
         log.info("MQTT ingest connected to %s:%d", settings.host, settings.port)
+
+    async def _start_files(self, plane: Plane) -> None:
+        """The MQTT file responder (robots without gRPC), as its own identity."""
+        from cloud.home import FILES_IDENTITY
+        from cloud.mqtt import CloudMqttError, CloudMqttSettings
+        from cloud.push import PushError, broker_settings
+        from cloud.server.file_responder import FileResponder
+
+        if self.broker is not None:
+            settings = CloudMqttSettings(host=self.broker.host, port=self.broker.port)
+        else:
+            try:
+                settings = broker_settings(self.home, self.config.broker_url, FILES_IDENTITY)
+            except PushError as exc:
+                raise PlaneStartError(str(exc)) from exc
+        settings = dataclasses.replace(settings, client_id=FILES_IDENTITY)
+        responder = FileResponder(plane, settings)
+        try:
+            await responder.start()
+        except CloudMqttError as exc:
+            raise PlaneStartError(
+                f"cannot start the MQTT file responder against {settings.host}:"
+                f"{settings.port}: {exc}"
+            ) from exc
+        self.files = responder
 
     async def _refresh_timestamp(self) -> None:
         """Re-sign the TUF timestamp so it never expires while the plane runs."""
@@ -301,6 +337,9 @@ class ControlPlane:
         router = self.plane.extensions.get("router") if self.plane is not None else None
         if router is not None:  # settles calls in flight, signs the audit log's final head
             await router.close()
+        if self.files is not None:
+            await self.files.stop()
+            self.files = None
         if self.ingest is not None:
             await asyncio.to_thread(self.ingest.stop)
             self.ingest = None

@@ -59,13 +59,10 @@ def resolve_repo_path(base: Path, rel: str) -> Path:
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
-        self._downloads: asyncio.Semaphore | None = None
 
     def _download_slots(self) -> asyncio.Semaphore:
         """Bounds the target streams served at once; metadata is never queued behind them."""
-        if self._downloads is None:
-            self._downloads = asyncio.Semaphore(self.plane.config.max_concurrent_downloads)
-        return self._downloads
+        return self.plane.download_slots()
 
     @unary
     async def GetDesiredState(

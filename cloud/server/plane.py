@@ -28,7 +28,9 @@ from cloud.home import CloudConfig, CloudHome
 from cloud.server._metrics import Metrics
 from cloud.server.auth import Authenticator
 from cloud.store import DeviceRecord, Store
+from cloud.store.windows import WindowStore
 from cloud.tuf_repo import TufRepository
+from cloud.windows import WindowBook, fingerprint, with_windows
 from runtime.desired_state import PAYLOAD_TYPE, DesiredBundle, DesiredState
 
 __all__ = ["DESIRED_STATE_PAYLOAD_TYPE", "FleetWatch", "Plane"]
@@ -98,9 +100,12 @@ class Plane:
     metrics: Metrics
     watch: FleetWatch = field(default_factory=FleetWatch)
     extensions: dict[str, Any] = field(default_factory=dict)
-    _desired_cache: dict[tuple[str, int], tuple[float, bytes]] = field(default_factory=dict)
+    windows: WindowBook | None = None
+    """Maintenance windows per label, added to each device's desired state."""
+    _desired_cache: dict[tuple[str, int, str], tuple[float, bytes]] = field(default_factory=dict)
     _touched: dict[str, float] = field(default_factory=dict)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _download_slots: asyncio.Semaphore | None = None
 
     @classmethod
     def load(cls, home: CloudHome, config: CloudConfig, store: Store, metrics: Metrics) -> Plane:
@@ -115,6 +120,7 @@ class Plane:
             auth=Authenticator(store),
             director=CryptoSigner(key),
             metrics=metrics,
+            windows=WindowBook(WindowStore(store.engine).all),
         )
 
     async def db(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
@@ -131,6 +137,13 @@ class Plane:
         if self.store.is_sqlite:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
+
+    def download_slots(self) -> asyncio.Semaphore:
+        """Bounds the target reads served at once (gRPC streams and MQTT blocks together:
+        `max_concurrent_downloads`); metadata is never queued behind them."""
+        if self._download_slots is None:
+            self._download_slots = asyncio.Semaphore(self.config.max_concurrent_downloads)
+        return self._download_slots
 
     def touch_later(self, device_id: str, every_s: float = 30.0) -> None:
         """Record last seen at most every `every_s` per device, off the request path."""
@@ -155,15 +168,18 @@ class Plane:
         Payload: a :class:`runtime.desired_state.DesiredState`, signed with the director
         key (``keys/director.pub`` in the home; flashed into robots' trust).
         """
-        key = (device.id, device.desired_generation)
+        wanted = bool(device.desired_bundle)
+        windows = self.windows.for_labels(device.labels) if self.windows and wanted else ()
+        key = (device.id, device.desired_generation, fingerprint(windows))
         now = time.monotonic()
         ttl = self.config.desired_state_ttl_s
         cached = self._desired_cache.get(key)
         if cached is not None and now - cached[0] < ttl / 2:
             return cached[1]
+        bundle = DesiredBundle.from_dict(device.desired_bundle)
         doc = DesiredState.issue(
             device.id,
-            DesiredBundle.from_dict(device.desired_bundle),
+            with_windows(bundle, windows) if bundle is not None else None,
             device.desired_generation,
             now=dt.datetime.now(dt.UTC),
             ttl_s=ttl,

@@ -13,7 +13,9 @@ The functions here write a whole ingest batch in one transaction with the same r
   the messages written one by one in batch order: health = the newest telemetry
   point, update state = the last stored update event, presence = the last state;
 - ``updated_at`` stamped so `WatchFleet` sees the change, listeners notified after
-  the commit.
+  the commit;
+- rows are locked in one order (keys and device ids sorted), so replicas writing
+  batches that share devices cannot deadlock.
 
 Telemetry points go to PostgreSQL with ``COPY`` (measured fastest:
 ``bench/telemetry_write.py``); SQLite gets one executemany.
@@ -153,7 +155,7 @@ def record_telemetry_many(
                 .returning(TB.c.device_id, TB.c.sequence),
                 [
                     {"device_id": d, "sequence": q, "received_at": writes[i][3]}
-                    for (d, q), i in candidates.items()
+                    for (d, q), i in sorted(candidates.items())
                 ],
             )
         }
@@ -174,7 +176,7 @@ def record_telemetry_many(
         if last_seen:
             now = dt.datetime.now(dt.UTC)
             rows = []
-            for device, seen in last_seen.items():
+            for device, seen in sorted(last_seen.items()):
                 health, update_state, active = current[device]
                 if device in newest:
                     p = newest[device]
@@ -245,7 +247,7 @@ def record_events_many(store: Store, events: Sequence[EventRecord]) -> list[bool
                         "detail": ev.detail,
                         "bundle": ev.bundle,
                     }
-                    for ev in (events[i] for i in candidates.values())
+                    for ev in (events[i] for _, i in sorted(candidates.items()))
                 ],
             )
         }
@@ -276,7 +278,7 @@ def record_events_many(store: Store, events: Sequence[EventRecord]) -> list[bool
                         "b_reason": ev.reason_code,
                         "b_detail": ev.detail,
                     }
-                    for d, ev in last_update.items()
+                    for d, ev in sorted(last_update.items())
                 ],
             )
     store._notify(sorted({events[i].device_id for i, ok in enumerate(result) if ok}))
@@ -303,8 +305,8 @@ def set_online_many(store: Store, writes: Sequence[PresenceWrite]) -> list[bool]
         if last:
             now = dt.datetime.now(dt.UTC)
             stmt = D.update().where(D.c.id == sa.bindparam("b_id"))
-            plain = [w for w in last.values() if not w[3]]
-            versioned = [w for w in last.values() if w[3]]
+            plain = [w for _, w in sorted(last.items()) if not w[3]]
+            versioned = [w for _, w in sorted(last.items()) if w[3]]
             values: dict[str, Any] = {
                 "online": sa.bindparam("b_online"),
                 "last_seen": sa.bindparam("b_at"),

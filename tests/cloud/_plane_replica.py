@@ -1,5 +1,6 @@
 """One control-plane replica as its own process: ``python -m tests.cloud._plane_replica
-HOME DATABASE_URL``. Prints ``ready <address>`` once serving, then runs until killed.
+HOME DATABASE_URL``. Prints ``ready <address> <metrics port>`` once serving, then runs
+until killed.
 
 With ``EDGEFLUX_TEST_APPLY_PAUSE_S`` set, the rollout driver prints
 ``applying <rollout> wave <n>`` and waits that long before each wave or retry's side
@@ -34,8 +35,8 @@ def main(home: str, url: str) -> None:
     pause = os.environ.get("EDGEFLUX_TEST_APPLY_PAUSE_S")
     if pause:
         _pause_before_apply(float(pause))
-    with running_plane(home, overrides={"database_url": url}) as plane:
-        print(f"ready {plane.address}", flush=True)
+    with running_plane(home, overrides={"database_url": url}, metrics=True) as plane:
+        print(f"ready {plane.address} {plane.metrics_port}", flush=True)
         threading.Event().wait()
 
 

@@ -189,3 +189,90 @@ def test_a_plugin_family_trains_and_distils_through_distill_run(
     manifest = json.loads((tmp_path / "o" / "pendulum-v1-0.1.0" / "edgeflux.json").read_text())
     assert manifest["provenance"]["world_model_digest"] == model.digest()
     assert manifest["provenance"]["world_model_seeds"] == meta["extra"]["env_seeds"]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_model_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    d = _saved(tmp_path)
+    before = _tree(tmp_path)
+    real_fsync, calls = os.fsync, []
+
+    def failing_fsync(fd: int) -> None:  # the disk fills after the weights are written
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous model"):
+        save_pretrained(_model(seed=1), d, "Pendulum-v1")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert _tree(tmp_path) == before  # no temporary directory, no changed byte
+    assert from_pretrained(d)[0].digest() == _model().digest()
+
+
+def test_a_failed_rename_into_place_puts_the_previous_model_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    d = _saved(tmp_path)
+    before = _tree(tmp_path)
+    real_rename = os.rename
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        if Path(dst) == d and ".tmp-" in str(src):
+            raise OSError(5, "Input/output error")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(CheckpointError, match="Input/output error"):
+        save_pretrained(_model(seed=1), d, "Pendulum-v1")
+    assert _tree(tmp_path) == before
+    assert from_pretrained(d)[0].digest() == _model().digest()
+
+
+def test_saving_replaces_a_model_whole_and_refuses_a_directory_that_is_not_one(
+    tmp_path: Path,
+) -> None:
+    d = _saved(tmp_path)
+    new = _model(seed=1)
+    assert save_pretrained(new, d, "Pendulum-v1") == new.digest()
+    assert from_pretrained(d)[0].digest() == new.digest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wm"]  # nothing left beside it
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="is not a saved world model"):
+        save_pretrained(new, other, "Pendulum-v1")
+    assert _tree(other) == {"todo.txt": b"keep me"}
+
+
+def test_weights_are_safetensors_and_a_directory_with_torch_weights_still_loads(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+    import io
+
+    from safetensors.torch import load
+
+    d = _saved(tmp_path)
+    meta = json.loads((d / "config.json").read_text())
+    assert meta["weights"]["format"] == "safetensors"
+    assert set(load((d / "weights.safetensors").read_bytes())) == set(_model().state_dict())
+    # A directory written before safetensors: weights.pt in torch's tensor format.
+    buf = io.BytesIO()
+    torch.save({k: v.contiguous() for k, v in _model().state_dict().items()}, buf)
+    (d / "weights.safetensors").unlink()
+    (d / "weights.pt").write_bytes(buf.getvalue())
+    meta["weights"] = {"file": "weights.pt", "format": "torch",
+                       "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}  # fmt: skip
+    (d / "config.json").write_text(json.dumps(meta))
+    assert from_pretrained(d)[0].digest() == _model().digest()

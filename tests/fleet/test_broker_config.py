@@ -68,6 +68,12 @@ def test_writes_an_mtls_listener_with_identity_acls_and_deep_queues(
         "topic write edgeflux/v1/devices/robot-1/events",
         "topic write edgeflux/v1/devices/robot-1/state",
         "topic read edgeflux/v1/devices/robot-1/updates",
+        "topic write edgeflux/v1/devices/robot-1/files/req",
+        "topic read edgeflux/v1/devices/robot-1/files/resp",
+    ]
+    assert blocks["user O=EdgeFlux fleet,OU=service,CN=edgeflux-files"] == [
+        "topic read edgeflux/v1/devices/+/files/req",
+        "topic write edgeflux/v1/devices/+/files/resp",
     ]
     assert (
         "topic read edgeflux/v1/devices/+/telemetry"

@@ -1,5 +1,6 @@
 """The fleet-scale simulator (bench/fleet_scale.py) at a small size: 200 robots with
-their own certificates for 10 s through the broker-config Mosquitto into PostgreSQL."""
+their own certificates for 10 s through the broker-config Mosquitto into PostgreSQL,
+a two-step ladder for the bare consumer, then ingest with one and three replicas."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def test_two_hundred_robots_lose_nothing_and_all_commit_the_fanned_out_update() 
     if mosquitto_binary() is None:
         missing_service("mosquitto is not installed")
     args = ["--robots", "200", "--seconds", "10", "--procs", "2", "--connect-s", "15"]
+    args += ["--ladder", "1,2", "--ingest-replicas", "1,3"]
     proc = subprocess.run(
         [sys.executable, "bench/fleet_scale.py", *args],
         cwd=REPO,
@@ -33,8 +35,10 @@ def test_two_hundred_robots_lose_nothing_and_all_commit_the_fanned_out_update() 
     r = json.loads(out.strip().splitlines()[-1])
     for key in ("robots", "lost", "duplicates", "ingest_msg_s", "ingest_ratio_vs_ceiling"):
         assert key in r, r
-    assert r["robots"] == 200 and r["sent"] >= 200 * 9, r  # ~1 Hz for 10 s each
-    assert r["lost"] == 0 and r["duplicates"] == 0, r
+    assert r["robots"] == 200 and r["replicas"] == 3, r
+    assert next(p["rate_hz"] for p in r["phases"] if p["consumer"] == "bare") == 1.0, r
+    assert r["sent"] >= 200 * 10 * r["rate_hz"] * 0.9, r
+    assert r["lost"] == 0 and r["duplicates"] == 0 and r["db_duplicates"] == 0, r
     assert r["fanout_robots"] == 200 and r["fanout_s"] is not None, r
     assert r["stored_committed_devices"] == 200, r  # read back from PostgreSQL
     assert r["ingest_msg_s"] > 0 and r["lag_p99_s"] < 30, r

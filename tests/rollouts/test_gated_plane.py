@@ -487,3 +487,122 @@ def test_a_wave_regressed_past_the_abort_threshold_is_aborted_and_rolled_back(
     out = cli(plane, "get", rid).output
     assert "abort threshold crossed: 2/2 dispatched robot(s)" in out
     assert "aborted with rollback past 0.5 of the dispatched robots" in out
+
+
+def test_a_wave_waits_for_the_external_check_which_is_audited_with_its_answer(
+    plane: RunningPlane, stub: Any
+) -> None:
+    from tests.rollouts.approval_server import approval_server
+
+    ids = devices(plane, "external", 2)
+    with approval_server("deny") as srv:
+        srv.reason = "change freeze"
+        res = cli(
+            plane,
+            "create",
+            "good@1.0.0",
+            "--label",
+            "group=external",
+            "--waves",
+            "0.5,1",
+            "--approval-url",
+            srv.url,
+            "--approval-timeout",
+            "1",
+            "--json",
+        )
+        assert res.exit_code == 0, res.output
+        rid = json.loads(res.stdout)["id"]
+        wait_until(lambda: len(srv.posts) >= 1, 30, "the plane to ask the approval URL")
+        wait_until(
+            lambda: "change freeze" in get(stub, rid).waves[0].approval_check,
+            30,
+            "the deny to show",
+        )
+        assert [desired(plane, d) for d in ids] == ["", ""]
+        post = srv.posts[0]
+        assert (post["rollout"], post["wave"], post["devices"]) == (rid, 0, 1)
+        assert post["bundle"]["name"] == "good" and len(post["bundle"]["sha256"]) == 64
+        out = cli(plane, "get", rid).output
+        assert f"each wave waits for the approval check at {srv.url}" in out
+        assert "denied by the approval check: change freeze; " in out
+        srv.mode = "hang"  # past the 1 s time-out: still waiting, with the reason
+        wait_until(
+            lambda: "no answer within 1 s" in get(stub, rid).waves[0].approval_check,
+            30,
+            "the time-out to show",
+        )
+        assert [desired(plane, d) for d in ids] == ["", ""]
+        srv.mode, srv.reason = "allow", "CAB-123 approved"
+        srv.release.set()
+        wait_until(lambda: desired(plane, ids[0]) == "good@1.0.0", 60, "wave 0 to go out")
+        commit(plane, ids[0], "good")
+        wait_until(lambda: desired(plane, ids[1]) == "good@1.0.0", 60, "wave 1 to go out")
+    got = get(stub, rid)
+    assert got.waves[0].approval_check == "allowed by the approval check: CAB-123 approved"
+    audit = [
+        a
+        for a in plane.store.audit_log(limit=1000)
+        if a.target == rid and a.action == "rollout.external_approval"
+    ]
+    assert [a.detail["wave"] for a in audit] == [1, 0]  # type: ignore[index]
+    assert all(a.actor == "rollout-engine" and a.detail["url"] == srv.url for a in audit)  # type: ignore[index]
+    assert audit[1].detail["answer"]["reason"] == "CAB-123 approved"  # type: ignore[index]
+    assert audit[1].detail["answer"]["decision"] == "allow"  # type: ignore[index]
+
+
+def test_a_bad_approval_url_is_refused_at_create(plane: RunningPlane, stub: Any) -> None:
+    devices(plane, "badurl", 1)
+    for url, why in (
+        ("file:///etc/passwd", "expected an http:// or https:// URL"),
+        ("http://u:p@example.com/", "credentials in the URL are refused"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CreateRollout(request("good", "badurl", approval_url=url), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert why in (err.value.details() or "")
+
+
+def test_a_robot_joining_the_label_mid_rollout_gets_the_target_and_offline_ones_are_skipped(
+    plane: RunningPlane, stub: Any
+) -> None:
+    ids = devices(plane, "dyn", 2)
+    for d in ids:
+        plane.store.set_online(d, True)
+    res = cli(
+        plane,
+        "create",
+        "good@1.0.0",
+        "--label",
+        "group=dyn",
+        "--waves",
+        "0.5,1",
+        "--offline-policy",
+        "skip-after=2s",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    rid = json.loads(res.stdout)["id"]
+    assert json.loads(res.stdout)["offline_policy"] == "skip-after=2s"
+    wait_until(lambda: desired(plane, ids[0]) == "good@1.0.0", 30, "wave 0 went out")
+    plane.device("dyn-2", labels={"group": "dyn"})  # joins while wave 0 runs
+    plane.store.set_online("dyn-2", True)
+    wait_until(lambda: desired(plane, "dyn-2") == "good@1.0.0", 30, "the newcomer's target")
+    assert list(get(stub, rid).waves[0].joined) == ["dyn-2"]
+    assert desired(plane, ids[1]) == ""  # wave 1 still waits
+    commit(plane, ids[0], "good")
+    plane.store.set_online("dyn-2", False)  # never reports: skipped after 2 s
+    wait_until(lambda: desired(plane, ids[1]) == "good@1.0.0", 60, "wave 1 to go out")
+    commit(plane, ids[1], "good")
+    wait_until(lambda: get(stub, rid).state == "completed", 30, "the rollout to complete")
+    got = get(stub, rid)
+    assert [o.device_id for o in got.waves[0].skipped] == ["dyn-2"]
+    assert got.waves[0].skipped[0].detail.startswith("offline for ")
+    assert got.waves[0].failed == 0
+    out = cli(plane, "get", rid).output
+    assert "offline devices: skip-after=2s" in out and "joined while running: dyn-2" in out
+    assert "dyn-2  skipped: offline for " in out
+    res = cli(
+        plane, "create", "good@1.0.0", "--label", "group=dyn", "--offline-policy", "skip-after=soon"
+    )
+    assert res.exit_code == 1 and "INVALID_ARGUMENT: offline_policy: skip-after=soon" in res.output

@@ -1,0 +1,67 @@
+"""Maintenance windows on the plane: the operator's commands and the desired state.
+
+The operator's commands are in :mod:`cloud.windows_cli`:
+``edgeflux cloud window set NAME --label k=v --days mon-fri --start 02:00 --end 04:00
+--tz Europe/Berlin`` stores a window for the devices carrying those labels (``list``,
+``remove``). When the plane signs a device's desired state it adds every window that
+applies to that device to the bundle's gate (``gate.windows``), so the robot keeps to
+them with its own clock, also while offline; a window changed on the plane reaches a
+device with its next desired-state poll or refresh. Windows apply to every update of
+a matching device, pushed or rolled out; remove the window to let one through now.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from cloud.store.windows import LabeledWindow
+from runtime.desired_state import DesiredBundle, GatePolicy
+from runtime.maintenance_window import MaintenanceWindow
+
+__all__ = ["WindowBook", "fingerprint", "with_windows"]
+
+
+def with_windows(bundle: DesiredBundle, windows: Sequence[MaintenanceWindow]) -> DesiredBundle:
+    """`bundle` with `windows` added to its gate (by name; the bundle's own come first).
+
+    No windows: `bundle` itself, so a document without windows keeps its exact bytes."""
+    if not windows:
+        return bundle
+    gate = bundle.gate.model_dump(mode="json", exclude_unset=True) if bundle.gate else {}
+    have = [MaintenanceWindow.model_validate(w) for w in gate.get("windows", [])]
+    names = {w.name for w in have}
+    merged = have + [w for w in windows if w.name not in names]
+    gate["windows"] = [w.to_dict() for w in merged]
+    return bundle.model_copy(update={"gate": GatePolicy.model_validate(gate)})
+
+
+class WindowBook:
+    """The windows table, re-read at most every `ttl_s` (a tiny table, read often)."""
+
+    def __init__(
+        self,
+        load: Callable[[], list[LabeledWindow]],
+        ttl_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load = load
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._at = -float("inf")
+        self._rows: list[LabeledWindow] = []
+
+    def for_labels(self, labels: Mapping[str, str]) -> tuple[MaintenanceWindow, ...]:
+        with self._lock:
+            if self._clock() - self._at >= self.ttl_s:
+                self._rows = self._load()
+                self._at = self._clock()
+            rows = self._rows
+        return tuple(r.window for r in rows if r.applies_to(labels))
+
+
+def fingerprint(windows: Sequence[MaintenanceWindow]) -> str:
+    """A short text that changes whenever `windows` do ('' for none): a cache key."""
+    return "|".join(w.model_dump_json() for w in windows)

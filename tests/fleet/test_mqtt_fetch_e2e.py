@@ -1,0 +1,271 @@
+"""Updates over MQTT alone, with every real component: Mosquitto configured by
+`edgeflux cloud broker-config --home`, a control plane started as `cloud up` starts it
+with a broker (ingest and the MQTT file responder), and robots whose gRPC target is a
+closed port.
+
+- a robot (`edgeflux runtime run` + `edgeflux agent run`) that cannot reach the
+  plane's gRPC port updates to COMMITTED over MQTT, and says so in its events;
+- a block with wrong bytes from the transport is refused and fetched again; when
+  every answer is garbled the download fails and nothing is kept;
+- a device can neither ask through nor read another device's file topics (ACL);
+- hostile requests over the broker get specific refusals and the responder keeps
+  serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cloud.cli import cloud
+from cloud.home import init_home
+from cloud.server.file_responder import FileResponder
+from cloud.testing import RunningPlane, running_plane
+from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles
+from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError
+from fleet.tuf_client import TufClient, TufClientError
+from protos.file_blocks import FileBlock, FileRequest, request_topic, response_topic
+from runtime.layout import RobotLayout
+from tests.fleet.test_agent_e2e import Robot, _bundle, _make_root, _spawn
+from tests.servers import Mosquitto, free_port, run_mosquitto, wait_until
+
+pytestmark = pytest.mark.services
+
+
+@dataclass
+class Env:
+    plane: RunningPlane
+    broker: Mosquitto
+    tmp: Path
+
+    @property
+    def responder(self) -> FileResponder:
+        assert self.plane.control.files is not None, "the plane started no file responder"
+        return self.plane.control.files
+
+    @contextlib.contextmanager
+    def device(self, name: str) -> Iterator[MqttTransport]:
+        """A registered device's own MQTT connection (its certificate, its CN)."""
+        creds = self.plane.device(name)
+        t = MqttTransport(
+            MqttSettings(
+                port=self.broker.port,
+                tls=TlsFiles(creds.ca, creds.cert, creds.key),
+                reconnect_base_s=0.05,
+                reconnect_cap_s=0.5,
+                max_payload_bytes=64 * 1024,  # the agent's default cap
+            ),
+            name,
+            clean_session=True,
+        )
+        t.start()
+        try:
+            assert t.wait_connected(10), f"{name}: {t.last_error}"
+            yield t
+        finally:
+            t.stop()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("mqttfetch")
+    home = init_home(tmp / "plane")
+    port = free_port()
+    out = tmp / "broker"
+    res = CliRunner().invoke(
+        cloud,
+        [
+            "broker-config",
+            *("--home", str(home.root), "--out", str(out), "--port", str(port)),
+            *("--run-as", "root" if os.geteuid() == 0 else "mosquitto"),
+            *("--reload-hook", "pid-file"),  # devices added later: the ACL is rewritten
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    conf = (out / "mosquitto.conf").read_text().replace("0.0.0.0", "127.0.0.1")
+    with (
+        run_mosquitto(conf, port=port) as broker,
+        running_plane(
+            home.root,
+            overrides={"broker_url": f"mqtts://127.0.0.1:{port}"},
+            ingest=True,
+            files_over_mqtt=True,
+        ) as plane,
+    ):
+        yield Env(plane, broker, tmp)
+
+
+def _publish(env: Env, version: str, seq: int) -> tuple[str, bytes]:
+    rec = env.plane.publish(_bundle(env.tmp, env.plane, version, seq))
+    stored = next((env.plane.home.tuf / "targets").rglob(f"*.{Path(rec.target_path).name}"))
+    return rec.target_path, stored.read_bytes()
+
+
+class Garbling(MqttBlockClient):
+    """What a faulty link does: flips a byte in the next `garble` target blocks."""
+
+    garble = 0
+
+    def request(self, kind: str, path: str, offset: int, length: int) -> FileBlock:
+        block = super().request(kind, path, offset, length)
+        if kind == "target" and self.garble and block.data:
+            self.garble -= 1
+            data = bytearray(block.data)
+            data[len(data) // 2] ^= 0x5A
+            return FileBlock(block.id, block.status, block.offset, block.total, bytes(data))
+        return block
+
+
+def test_a_block_with_wrong_bytes_is_refused_and_fetched_again(env: Env, tmp_path: Path) -> None:
+    target_path, efb = _publish(env, "1.0.0", 1)
+    with env.device("robot-garble") as t:
+        blocks = Garbling(t, "robot-garble", block_bytes=4096, timeout_s=5)
+        root = env.plane.home.tuf / "metadata" / "1.root.json"
+        view = TufClient(tmp_path / "agent", root, MqttFetcher(blocks)).refresh()
+        target = view.target(target_path)
+        assert target is not None and "chunks" in target.custom
+        blocks.garble = 1
+        path = view.download(target)
+        assert path.read_bytes() == efb  # only verified bytes were assembled
+        stats = view.last_chunk_stats
+        assert stats is not None and stats.refused_chunks == 1
+        assert stats.fetched_bytes == len(efb)
+        assert blocks.counters["bytes"] > len(efb)  # the refused chunk crossed twice
+
+        # Garbled every time: the download fails, and nothing of it is kept as the target.
+        target2_path, _ = _publish(env, "1.0.1", 2)
+        view = TufClient(tmp_path / "agent2", root, MqttFetcher(blocks)).refresh()
+        target2 = view.target(target2_path)
+        assert target2 is not None
+        blocks.garble = 10**6
+        with pytest.raises(TufClientError, match="do not match its signed sha256"):
+            view.download(target2)
+        assert not (tmp_path / "agent2" / "downloads" / f"{target2.sha256}.efb").exists()
+
+
+def test_a_device_cannot_fetch_through_another_devices_topics(env: Env) -> None:
+    seen: list[tuple[str, FileBlock]] = []
+    env.responder.on_answer = lambda device, block: seen.append((device, block))
+    stolen: list[bytes] = []
+    try:
+        with env.device("robot-a") as a, env.device("robot-b") as b:
+            a.subscribe(response_topic("robot-b"), lambda _t, p: stolen.append(p))
+            a_blocks = MqttBlockClient(a, "robot-a", timeout_s=5)
+            b_blocks = MqttBlockClient(b, "robot-b", timeout_s=5)
+            a_blocks.request("metadata", "1.root.json", 0, 1024)  # a's subscriptions are live
+            forged = FileRequest("00000000000000f1", "metadata", "1.root.json", 0, 100)
+            assert a.publish(request_topic("robot-b"), forged.encode())  # the broker drops it
+            got = b_blocks.request("metadata", "1.root.json", 0, 1024)  # b's own, answered
+            assert got.status == "ok"
+            a_blocks.request("metadata", "1.root.json", 0, 10)  # after b's answer went out
+    finally:
+        env.responder.on_answer = None
+    assert not stolen, "robot-a read robot-b's answers"
+    assert all(block.id != "00000000000000f1" for _, block in seen), seen
+    assert {device for device, _ in seen} == {"robot-a", "robot-b"}
+
+
+def test_hostile_requests_over_the_broker_are_refused_and_the_responder_keeps_serving(
+    env: Env,
+) -> None:
+    answers: list[FileBlock] = []
+
+    def on_answer(device: str, block: FileBlock) -> None:
+        if device == "robot-hostile":
+            answers.append(block)
+
+    env.responder.on_answer = on_answer
+    with env.device("robot-hostile") as t:
+        blocks = MqttBlockClient(t, "robot-hostile", timeout_s=5)
+        blocks.request("metadata", "1.root.json", 0, 10)  # subscribed and answered
+        hostile = [
+            b"\x00\x01garbage",
+            b'{"id": "00000000000000a1", "kind": "target", "path": "../../keys/director.key",'
+            b' "offset": 0, "length": 10}',
+            b'{"id": "00000000000000a2", "kind": "metadata", "path": "1.root.json",'
+            b' "offset": 0, "length": 1073741824}',
+            b"x" * 100_000,
+        ]
+        for raw in hostile:
+            n = len(answers)
+            assert t.publish(request_topic("robot-hostile"), raw)
+            wait_until(lambda n=n: len(answers) > n, 20, "a refusal")  # type: ignore[misc]
+        # The robot got each refusal too (none matched a request it was waiting on).
+        wait_until(lambda: blocks.counters["stale_responses"] >= len(hostile), 20, "refusals")
+        refusals = [a for a in answers if a.status == "invalid"]
+        reasons = [a.reason for a in refusals]
+        assert any("not UTF-8 JSON" in r for r in reasons), reasons
+        assert any("'..'" in r for r in reasons), reasons
+        assert any("'length' is '1073741824'" in r for r in reasons), reasons
+        assert any("at most 2048" in r for r in reasons), reasons
+        with pytest.raises(MqttFetchError, match="no such file"):
+            blocks.request("metadata", "nope.json", 0, 10)
+        assert blocks.request("metadata", "1.root.json", 0, 10).status == "ok"  # still serving
+        # Whole blocks pass the robot's 64 KiB cap: it is raised on files/resp alone.
+        big = env.plane.home.tuf / "targets" / "big.bin"
+        big.write_bytes(os.urandom(300_000))
+        block = blocks.request("target", "big.bin", 0, 256 * 1024)
+        assert block.data == big.read_bytes()[: 256 * 1024] and block.total == 300_000
+        assert t.counters["dropped_oversize"] == 0
+    env.responder.on_answer = None
+
+
+@pytest.mark.slow
+def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> None:
+    plane, tmp = env.plane, env.tmp
+    device = "robot-mqtt"
+    root = tmp / device
+    _make_root(plane, root, device, env.broker.port)
+    layout = RobotLayout.at(root)
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens: gRPC is UNAVAILABLE
+    text = layout.agent_config.read_text().replace(f'"{plane.address}"', f'"{closed}"')
+    layout.agent_config.write_text(
+        text + "grpc_probe_timeout_s = 2.0\nmqtt_fetch_timeout_s = 5.0\nupload_recordings = false\n"
+        # A hint sent before the agent's first connection has no session to wait in.
+        "desired_state_poll_s = 2.0\n"
+    )
+    (tmp / device).mkdir(exist_ok=True)
+    first = _bundle(tmp / device, plane, "1.0.0", 1)  # installed at flash, never published
+    log = tmp / f"{device}.log"
+    rt = _spawn(["runtime", "run", "--root", str(root), "--bundle", str(first)], log)
+    robot = Robot(device, root, rt, None, log)  # type: ignore[arg-type]
+    try:
+        wait_until(layout.runtime_socket.exists, 60, "runtime socket")
+        robot.agent = _spawn(["--log-level", "info", "agent", "run", "--root", str(root)], log)
+        good = _bundle(tmp, plane, "2.0.0", 10)
+        args = ["push", str(good), "--home", str(plane.home.root), "--json", "--device", device]
+        res = CliRunner().invoke(
+            cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
+        )
+        assert res.exit_code == 0, res.output
+        events = lambda: plane.store.events(device, kind="update")  # noqa: E731
+        try:
+            wait_until(lambda: robot.counter() == 10, 150, "the commit")
+            wait_until(lambda: any(e.state == "COMMITTED" for e in events()), 30, "COMMITTED")
+        except TimeoutError:
+            pytest.fail(
+                f"{[(e.state, e.reason_code) for e in events()]}\n{log.read_text()[-4000:]}"
+            )
+        assert robot.active_version() == "2.0.0"
+        details = {e.state: e.detail for e in events()}
+        assert "fetched over MQTT" in details["DOWNLOADING"], details
+        assert closed in details["DOWNLOADING"] and "UNAVAILABLE" in details["DOWNLOADING"]
+        assert "blocks" in details["STAGING"], details
+        assert "fetching updates over MQTT" in log.read_text()
+        assert env.responder.counters["ok"] > 0
+    finally:
+        for p in (robot.agent, robot.runtime):
+            if p is not None and p.poll() is None:
+                p.terminate()
+        for p in (robot.agent, robot.runtime):
+            if p is not None:
+                try:
+                    p.wait(15)
+                except Exception:
+                    p.kill()
