@@ -110,6 +110,8 @@ def _show(r: Any) -> None:
         click.echo(f"  abort threshold crossed: {r.abort}")
     if r.approval_url:
         click.echo(f"  each wave waits for the approval check at {r.approval_url}")
+    if r.offline_policy and r.offline_policy != "wait":
+        click.echo(f"  offline devices: {r.offline_policy}")
     if r.allow_unattested:
         click.echo(f"  --allow-unattested: override by {r.unattested_override_by}")
     for p in r.plan:
@@ -130,6 +132,10 @@ def _show(r: Any) -> None:
             click.echo(f"    waits for approval: edgeflux rollout approve {r.id} --wave {w.index}")
         if w.approval_check:
             click.echo(f"    {w.approval_check}")
+        if w.joined:
+            click.echo(f"    joined while running: {', '.join(w.joined)}")
+        for o in w.skipped:
+            click.echo(f"    {o.device_id}  skipped: {o.detail}")
         for t in w.retries:
             when = (
                 f"; try {t.tries + 1} at {t.next_at.ToDatetime().strftime('%H:%M:%S')} UTC"
@@ -302,6 +308,15 @@ resume_cmd = _id_command(
     help="Seconds the approval URL has to answer.",
 )
 @click.option(
+    "--offline-policy",
+    default="wait",
+    show_default=True,
+    metavar="wait|skip-after=DURATION",
+    help="Devices that stay offline: the wave waits for them up to its health window "
+    "(wait), or skips one offline for DURATION (e.g. 30m) since its wave went out; a "
+    "skipped device counts as no failure and updates when it comes back.",
+)
+@click.option(
     "--max-tries",
     type=click.IntRange(1, 20),
     default=1,
@@ -417,6 +432,7 @@ def create_cmd(
     approval_waves: tuple[int, ...],
     approval_url: str | None,
     approval_timeout: float,
+    offline_policy: str,
     max_tries: int,
     retry_backoff: float,
     retry_max: float,
@@ -444,8 +460,10 @@ def create_cmd(
     divergence); with --abort-threshold, too many failed or regressed robots (once
     --abort-min-robots were dispatched) abort it with rollback. With --max-tries,
     transient device failures are retried (exponential backoff with jitter) before they
-    count against --max-failure. With --window, the devices download and stage at once
-    but switch only inside that maintenance window."""
+    count against --max-failure. Devices that join the --label while it runs join its
+    current wave; --offline-policy says whether a wave waits for offline devices. With
+    --window, the devices download and stage at once but switch only inside that
+    maintenance window."""
     from protos import admin_pb2, common_pb2
 
     name, sep, version = bundle.partition("@")
@@ -478,6 +496,7 @@ def create_cmd(
         abort_min_robots=abort_min_robots or 0,
         approval_url=approval_url or "",
         approval_timeout_s=approval_timeout if approval_url else 0.0,
+        offline_policy=offline_policy,
     )
     _print(as_json, _call(obj, "CreateRollout", req))
 

@@ -274,6 +274,10 @@ def figures(device_ids: Sequence[str], got: Readings) -> Figures:
 
 
 EPS = 1e-12
+# The same robots before the update are compared with only when their window covered
+# this many control ticks (20 robot-seconds at 50 Hz): over fewer, a single missed tick
+# moves the rate by more than the thresholds do.
+MIN_BEFORE_TICKS = 1000
 
 
 def _worse(wave: Figures, name: str, base: Figures, policy: SoakPolicy) -> str:
@@ -312,8 +316,9 @@ def judge(
     before: Figures | None = None,
 ) -> tuple[bool, str]:
     """(passed, text with the figures behind it). The wave is compared with the robots
-    not updated yet (`baseline`) and, when they reported, with the same robots on the
-    previous bundle (`before`); the absolute caps apply to the wave alone."""
+    not updated yet (`baseline`) and, when they reported over at least
+    ``MIN_BEFORE_TICKS``, with the same robots on the previous bundle (`before`); the
+    absolute caps apply to the wave alone."""
     figs = f"wave: {wave.text()}; not yet updated: {baseline.text()}"
     if before is not None:
         figs += f"; same robots before: {before.text()}"
@@ -326,7 +331,7 @@ def judge(
     if limit is not None and wave.divergence is not None and wave.divergence > limit + EPS:
         return False, f"shadow divergence {wave.divergence:.4g} > {limit:g}; {figs}"
     against = [("the robots not updated yet", baseline)]
-    if before is not None and before.reporting:
+    if before is not None and before.reporting and before.ticks >= MIN_BEFORE_TICKS:
         against.append(("the same robots before", before))
     for name, base in against:
         why = _worse(wave, name, base, policy)
