@@ -191,7 +191,8 @@ def payload(r: Rollout, wave: int) -> dict[str, Any]:
 
 
 def _state(r: Rollout, wave: int) -> dict[str, Any]:
-    return r.gates.setdefault("external", {}).setdefault(str(wave), {"tries": 0})
+    st: dict[str, Any] = r.gates.setdefault("external", {}).setdefault(str(wave), {"tries": 0})
+    return st
 
 
 def allowed(r: Rollout, wave: int) -> dict[str, Any] | None:
