@@ -278,6 +278,13 @@ resume_cmd = _id_command(
     "policy's by more than this (default: reported, not enforced).",
 )
 @click.option(
+    "--window",
+    default=None,
+    metavar="NAME",
+    help="Devices switch only inside this maintenance window (`edgeflux cloud window set`), "
+    "besides their labels' windows; they download and stage before it opens.",
+)
+@click.option(
     "--approval-wave",
     "approval_waves",
     type=click.IntRange(0),
@@ -422,6 +429,7 @@ def create_cmd(
     max_failure: float,
     health_window: int,
     max_action_divergence: float | None,
+    window: str | None,
     approval_waves: tuple[int, ...],
     approval_url: str | None,
     approval_timeout: float,
@@ -454,7 +462,9 @@ def create_cmd(
     --abort-min-robots were dispatched) abort it with rollback. With --max-tries,
     transient device failures are retried (exponential backoff with jitter) before they
     count against --max-failure. Devices that join the --label while it runs join its
-    current wave; --offline-policy says whether a wave waits for offline devices."""
+    current wave; --offline-policy says whether a wave waits for offline devices. With
+    --window, the devices download and stage at once but switch only inside that
+    maintenance window."""
     from protos import admin_pb2, common_pb2
 
     name, sep, version = bundle.partition("@")
@@ -470,6 +480,7 @@ def create_cmd(
         max_failure_fraction=max_failure,
         health_window_s=health_window,
         max_action_divergence=max_action_divergence,
+        maintenance_window=window or "",
         approval_waves=list(approval_waves),
         allow_unattested=allow_unattested,
         max_tries=max_tries,

@@ -191,8 +191,8 @@ def payload(r: Rollout, wave: int) -> dict[str, Any]:
 
 
 def _state(r: Rollout, wave: int) -> dict[str, Any]:
-    st: dict[str, Any] = r.gates.setdefault("external", {}).setdefault(str(wave), {"tries": 0})
-    return st
+    state: dict[str, Any] = r.gates.setdefault("external", {}).setdefault(str(wave), {"tries": 0})
+    return state
 
 
 def allowed(r: Rollout, wave: int) -> dict[str, Any] | None:
