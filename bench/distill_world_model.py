@@ -44,13 +44,46 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _campaign_toml(episodes: int, calibration: int, workers: int) -> str:
+def _campaign_toml(episodes: int, calibration: int, workers: int, search: Path | None) -> str:
     return (
         '[campaign]\nname = "bench-world-model"\n'
-        f"workers = {workers}\nmin_pairs = {min(30, episodes)}\n\n"
+        f"workers = {workers}\nmin_pairs = {min(30, episodes)}\n"
+        + (f"teacher_search = [{json.dumps(str(search))}]\n" if search else "")
+        + "\n"
         '[[task]]\nname = "nominal"\nenv_id = "Pendulum-v1"\n'
         f"episodes = {episodes}\ncalibration_episodes = {calibration}\n"
     )
+
+
+def _baseline(summary: dict[str, Any], model_dir: Path, args: Any) -> dict[str, Any]:
+    """The teacher distillation queried before: MPPI over the same world model (the CPU
+    planner, 256 samples x 4 iterations), against its actor, on the same initial states.
+    Evaluation, DAgger and the campaign's reference arm all pay this per step."""
+    import torch
+
+    from distill.envs import env_spec
+    from distill.evaluate import episode_returns
+    from distill.seeds import evaluation_seeds
+    from distill.teachers import ActorTeacher, WorldModelTeacher
+    from distill.train_wm import CPU_TRAIN_MPPI
+    from distill.wm_store import load_world_model
+
+    spec = env_spec("Pendulum-v1")
+    model, _ = load_world_model(model_dir, obs_dim=spec.obs_dim, action_dim=spec.act_dim)
+    model.set_generator(torch.Generator().manual_seed(args.seed))
+    seeds = evaluation_seeds(args.seed, args.baseline_episodes)
+    out: dict[str, Any] = {"episodes": len(seeds), "mppi": str(CPU_TRAIN_MPPI)}
+    teachers = {
+        "mppi": WorldModelTeacher(model, spec, CPU_TRAIN_MPPI, seed=args.seed),
+        "actor": ActorTeacher(model, spec),
+    }
+    for name, teacher in teachers.items():
+        c0 = time.process_time()
+        returns = episode_returns("Pendulum-v1", teacher, seeds)
+        out[f"{name}_cpu_s_per_episode"] = (time.process_time() - c0) / len(seeds)
+        out[f"{name}_return"] = float(returns.mean())
+    out["ratio"] = out["mppi_cpu_s_per_episode"] / max(out["actor_cpu_s_per_episode"], 1e-9)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -73,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--calibration", type=int, default=30, help="campaign calibration episodes")
     p.add_argument("--workers", type=int, default=2, help="campaign worker processes")
     p.add_argument("--rounds", type=int, default=DaggerConfig.rounds)
+    p.add_argument("--baseline-episodes", type=int, default=10,
+                   help="episodes of the baseline teacher (MPPI over the same model)")  # fmt: skip
     p.add_argument("--keep", type=Path, help="work directory to keep (default: a temp dir)")
     args = p.parse_args(argv)
 
@@ -123,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run_pipeline(cfg, report)
     s = result.summary
 
-    spec = campaign.parse_campaign(_campaign_toml(args.episodes, args.calibration, args.workers))
+    model_dir = args.wm_checkpoint or work / "out" / "world_model"
+    spec = campaign.parse_campaign(
+        _campaign_toml(args.episodes, args.calibration, args.workers, model_dir.parent)
+    )
     w1, c1, k1, l1 = time.perf_counter(), time.process_time(), _children_cpu(), os.getloadavg()[0]
     attested = campaign.run_campaign(
         result.bundle_dir, spec, workdir=work / "campaign", trust_dir=work / "trust", key=key
@@ -138,6 +176,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_max": max(l1, l2),
     }
     total_s, total_cpu = w2 - t0, (c2 - c0) + (k2 - k0)
+    baseline = _baseline(result.summary, model_dir, args) if (
+        args.baseline_episodes > 0
+    ) else None  # fmt: skip
     reference = attested.statement["predicate"]["teacher"]
     ref_digest = str(reference.get("digests", {}).get("nominal", ""))
 
@@ -174,6 +215,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"campaign verdict: {attested.verdict} (reference arm: {reference.get('kind')} "
         f"{ref_digest[:23]}…, the bundle's own teacher: {ref_digest == s['teacher_digest']})"
     )
+    if baseline is not None:
+        print(
+            f"teacher cost per episode, same world model and initial states "
+            f"({baseline['episodes']} episodes): MPPI {baseline['mppi_cpu_s_per_episode']:.2f} "
+            f"CPU s (return {baseline['mppi_return']:.1f}), actor "
+            f"{baseline['actor_cpu_s_per_episode']:.4f} CPU s (return "
+            f"{baseline['actor_return']:.1f}): {baseline['ratio']:.0f}x cheaper"
+        )
     print(
         f"({os.cpu_count()} CPUs, shared; load = 1-minute load average, sampled at each "
         "progress report; the pipeline runs on one thread and the campaign on --workers "
@@ -198,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_start": load_start,
         "load_end": l2,
         "targets": {"total_seconds": TARGET_SECONDS, "teacher_return": TARGET_TEACHER_RETURN},
+        "baseline": baseline,
         "work_dir": str(work),
     }
     print(json.dumps(out))
