@@ -181,9 +181,16 @@ def envs_cmd(as_json: bool) -> None:
 @click.option("--wm-family", default="tdmpc2", show_default=True,
               help="World-model family to train (built-in or from an edgeflux.world_models "
                    "entry point).")  # fmt: skip
-@click.option("--wm-dataset", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--wm-dataset", type=click.Path(path_type=Path),
               help="Train the world model offline from this directory of .npz episodes "
-                   "(observations, actions, rewards, terminations).")  # fmt: skip
+                   "(observations, actions, rewards, terminations), or from one "
+                   "edgeflux.replay/v1 file such as `cloud recordings export --npz` "
+                   "writes.")  # fmt: skip
+@click.option("--wm-rewards", type=click.Choice(["recorded", "env"]), default="recorded",
+              show_default=True,
+              help="Offline training: the dataset's rewards, or the environment's reward "
+                   "function of observation and action (for flight recordings, which "
+                   "carry none).")  # fmt: skip
 @click.option("--wm-updates", type=int, default=2_000, show_default=True,
               help="Offline training (--wm-dataset): gradient steps.")  # fmt: skip
 @click.option("--wm-checkpoint", type=click.Path(path_type=Path),
@@ -222,6 +229,7 @@ def run_cmd(
     wm_utd: float,
     wm_family: str,
     wm_dataset: Path | None,
+    wm_rewards: str,
     wm_updates: int,
     wm_checkpoint: Path | None,
     mppi_samples: int | None,
@@ -270,6 +278,7 @@ def run_cmd(
                 updates_per_step=wm_utd,
             ),
             dataset=wm_dataset,
+            dataset_rewards=wm_rewards,
             offline_updates=wm_updates,
             checkpoint=wm_checkpoint,
             teacher_policy=teacher_policy,  # type: ignore[arg-type]

@@ -82,8 +82,11 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     """World-model training budget (teacher="world-model" without a checkpoint)."""
     dataset: Path | None = None
-    """Train the world model offline from this directory of ``.npz`` episodes
-    (`distill.offline`) instead of online."""
+    """Train the world model offline from this directory of ``.npz`` episodes, or one
+    ``edgeflux.replay/v1`` file (`distill.offline`), instead of online."""
+    dataset_rewards: str = "recorded"
+    """Offline: the dataset's rewards ("recorded") or the environment's reward function
+    of observation and action ("env"; flight recordings carry no reward)."""
     offline_updates: int = 2_000
     """Gradient steps of offline training."""
     checkpoint: Path | None = None
@@ -357,7 +360,9 @@ def _make_teacher(
         offline = train_offline(
             spec,
             cfg.dataset,
-            OfflineConfig(cfg.train.family, cfg.train.preset, cfg.offline_updates),
+            OfflineConfig(
+                cfg.train.family, cfg.train.preset, cfg.offline_updates, rewards=cfg.dataset_rewards
+            ),
             cfg.seed,
             on_progress=lambda done, total, st: rep("teacher", done, total, st),
         )
@@ -370,6 +375,7 @@ def _make_teacher(
             cfg.env_id,
             {
                 "dataset": str(cfg.dataset),
+                "dataset_rewards": cfg.dataset_rewards,
                 "train_dataset_digest": dataset_digest,
                 "validation": offline.validation,
             },

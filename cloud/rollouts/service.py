@@ -484,13 +484,11 @@ class RolloutService:
     # ------------------------------------------------------------------ dynamic
     def _admit_newcomers(self, r: Rollout, dirty: set[str] | None, now: float) -> None:
         """Devices that joined the rollout's label selector join its current wave (a
-        dispatched one points them at the bundle at once)."""
-        if not r.spec.label_selector:
+        dispatched one points them at the bundle at once). Looked for on full passes
+        only: the fleet watch announces every device that sent anything, so a pass on
+        its changes would read the label's devices nearly every time."""
+        if not r.spec.label_selector or dirty is not None:
             return
-        if dirty is not None:
-            known = {d for w in r.waves for d in w.device_ids}
-            if not dirty - known:
-                return
         ref = bundle_ref(r.spec.bundle)
         if ref is None:
             return
