@@ -12,6 +12,7 @@ killed during a soak and a new one carries the rollout on, deciding each step on
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -241,6 +242,38 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 store.close()
 
 
+async def console_view(world: World, rollout_id: str) -> dict[str, Any]:
+    """What the operator console's rollouts screen shows of `rollout_id`."""
+    from textual.widgets import DataTable, Static
+
+    from tests.tui.conftest import until
+    from tui.app import EdgeFluxApp
+    from tui.client import AdminClient, TlsFiles
+
+    crt, key = world.home.operator_paths("admin")
+    client = AdminClient(world.plane.address, TlsFiles(crt, key, world.home.ca_cert))
+    app = EdgeFluxApp(client)
+    try:
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.press("f6")
+            gates = lambda: str(app.screen.query_one("#rollout-gates", Static).content)  # noqa: E731
+            await until(pilot, lambda: gates().startswith(rollout_id), timeout=30)
+            await pilot.press("tab", "up")  # the first wave: its own soak and figures
+            await until(pilot, lambda: "wave 0 (" in gates())
+
+            def rows(selector: str) -> list[list[str]]:
+                t = app.screen.query_one(selector, DataTable)
+                return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
+
+            return {
+                "gates": gates(),
+                "waves": rows("#rollout-waves"),
+                "soak": rows("#rollout-soak"),
+            }
+    finally:
+        client.close()
+
+
 def test_the_fleet_is_provisioned_over_mqtt(world: World) -> None:
     devices = [d for ids in world.groups.values() for d in ids]
     assert len(devices) == 50
@@ -270,6 +303,11 @@ def test_a_bundle_that_misses_deadlines_is_paused_after_its_first_wave_then_roll
     assert not paused.abort  # 2 of the 5 dispatched robots regressed: below 0.5
     assert all(world.running(d) == "1.1.0" for d in w0)
     assert all(world.desired(d) == "1.0.0" for d in w1 + w2)
+
+    shown = asyncio.run(console_view(world, r.id))
+    assert "wave 0 soak regressed: deadline-miss rate up" in shown["gates"], shown
+    assert shown["waves"][0][-1] == "regressed" and shown["soak"][0][0] == "wave 0: wave"
+    assert float(shown["soak"][0][3]) >= 0.05  # the wave's miss rate, as the plane measured it
 
     world.admin().ResumeRollout(admin_pb2.RolloutId(id=r.id), timeout=30)
     aborted = world.until_state(r.id, ("aborted",), 60)
