@@ -345,8 +345,9 @@ resume_cmd = _id_command(
     default=0.0,
     show_default=True,
     help="Seconds each wave but the last runs the new bundle before the next wave goes "
-    "out; then its deadline-miss rate and interventions are compared with the robots "
-    "not updated yet, and a regression pauses the rollout (0: no soak).",
+    "out; then its deadline-miss rate, interventions, loop latency p99, error events and "
+    "shadow divergence are compared with the robots not updated yet and with its own "
+    "robots before the update, and a regression pauses the rollout (0: no soak).",
 )
 @click.option(
     "--max-miss-rate-increase",
@@ -354,7 +355,7 @@ resume_cmd = _id_command(
     default=0.01,
     show_default=True,
     help="Soak: how far the wave's deadline-miss rate may exceed the not-yet-updated "
-    "robots' (absolute).",
+    "robots', or its own before the update (absolute).",
 )
 @click.option(
     "--max-interventions-increase",
@@ -362,7 +363,7 @@ resume_cmd = _id_command(
     default=1.0,
     show_default=True,
     help="Soak: how far the wave's safety interventions per robot-minute may exceed the "
-    "not-yet-updated robots'.",
+    "not-yet-updated robots', or its own before the update.",
 )
 @click.option(
     "--max-latency-p99-ms",
