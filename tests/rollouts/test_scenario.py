@@ -6,8 +6,10 @@ The fleet first runs pendulum 1.0.0 (a one-wave rollout provisions it). Then, ea
 own group of robots: a bundle that raises the deadline-miss rate is paused after its
 first wave and, resumed, rolled back once the abort threshold is crossed; a good bundle
 completes with its soak; an unattested bundle is refused before its first wave; a wave
-waits for approval; a robot whose download fails is retried with backoff; the plane is
-killed during a soak and a new one carries the rollout on, deciding each step once.
+waits for approval, another for an external HTTP check that denies, then allows; a robot
+added to the rollout's label mid-rollout gets the bundle; a robot whose download fails
+is retried with backoff; the plane is killed during a soak and a new one carries the
+rollout on, deciding each step once.
 """
 
 from __future__ import annotations
@@ -39,7 +41,17 @@ from tests.servers import free_port, port_open, run_mosquitto, run_postgres, wai
 
 pytestmark = [pytest.mark.services]
 REPO = Path(__file__).resolve().parents[2]
-GROUPS = {"bad": 20, "good": 10, "unattested": 2, "approval": 4, "retry": 4, "restart": 10}
+GROUPS = {
+    "bad": 20,
+    "good": 8,
+    "unattested": 2,
+    "approval": 4,
+    "external": 3,
+    "retry": 4,
+    "dynamic": 2,
+    "spare": 1,  # joins the dynamic group's label mid-rollout
+    "restart": 6,
+}
 # provisioned, bad, good, unattested: published when first used, in that order (the plane
 # refuses a rollout of a sequence below the newest published one)
 VERSIONS = {1: "1.0.0", 2: "1.1.0", 3: "1.2.0", 4: "1.3.0"}
@@ -363,6 +375,101 @@ def test_a_wave_waits_for_approval(world: World) -> None:
     done = world.until_state(r.id, ("completed",), 60)
     assert done.waves[1].approved_by == "operator:admin"
     assert all(world.running(d) == "1.2.0" for d in w0 + w1)
+
+
+class ApprovalEndpoint:
+    """An HTTP endpoint that answers the plane's approval check: allow, or deny while
+    `deny_wave` is the wave asked about."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.asked: list[dict[str, Any]] = []
+        self.deny_wave: int | None = None
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.asked.append(body)
+                deny = body.get("wave") == endpoint.deny_wave
+                answer = {
+                    "decision": "deny" if deny else "allow",
+                    "reason": "change freeze until the shift ends" if deny else "CI is green",
+                }
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gate"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_wave_waits_for_an_external_check_that_denies_then_allows(world: World) -> None:
+    endpoint = ApprovalEndpoint()
+    endpoint.deny_wave = 1
+    try:
+        r = world.create(
+            "external", GOOD, wave_fractions=[0.5, 1.0], soak_s=1, approval_url=endpoint.url
+        )
+        w1 = list(r.waves[1].device_ids)
+
+        def denied() -> bool:
+            return (
+                world.get(r.id)
+                .waves[1]
+                .approval_check.startswith("denied by the approval check: change freeze")
+            )
+
+        wait_until(denied, 60, "the external check to deny the second wave")
+        got = world.get(r.id)
+        assert got.waves[0].state == "succeeded" and got.waves[1].state == "pending"
+        assert all(world.desired(d) == "1.0.0" for d in w1)
+        endpoint.deny_wave = None
+        done = world.until_state(r.id, ("completed",), 90)
+        assert done.waves[1].approval_check.startswith("allowed by the approval check: CI")
+        assert all(world.running(d) == "1.2.0" for d in world.groups["external"])
+        # the endpoint was told the wave and the soak before it
+        second = [a for a in endpoint.asked if a["wave"] == 1]
+        assert len(second) >= 2 and second[-1]["soak"]["verdict"] == "passed", second[-1]
+        assert second[-1]["rollout"] == r.id and second[-1]["bundle"]["version"] == "1.2.0"
+    finally:
+        endpoint.close()
+
+
+def test_a_robot_added_to_the_label_mid_rollout_gets_the_bundle(world: World) -> None:
+    (spare,) = world.groups["spare"]
+    # the driver looks for newcomers on its full passes (every 5 s): a soak longer than that
+    r = world.create("dynamic", GOOD, wave_fractions=[0.5, 1.0], soak_s=7)
+    assert spare not in {d for w in r.waves for d in w.device_ids}
+    wait_until(
+        lambda: world.get(r.id).waves[0].soak.startswith("soaking until"),
+        60,
+        "the first wave's soak",
+    )
+    world.store.set_labels(spare, {"group": "dynamic", "fleet": "a"})
+    wait_until(
+        lambda: any(spare in w.joined for w in world.get(r.id).waves), 30, "the robot to join"
+    )
+    done = world.until_state(r.id, ("completed",), 90)
+    joined = [d for w in done.waves for d in w.joined]
+    assert joined == [spare], [list(w.joined) for w in done.waves]
+    assert world.running(spare) == "1.2.0" and world.desired(spare) == "1.2.0"
+    assert all(world.running(d) == "1.2.0" for d in world.groups["dynamic"])
 
 
 def test_a_failing_robot_is_retried_with_backoff(world: World) -> None:
