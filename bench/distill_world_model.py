@@ -53,7 +53,11 @@ def _campaign_toml(episodes: int, calibration: int, workers: int) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import logging
+
+    # The ONNX exporter warns about every torchvision operator it cannot register.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     from distill.dagger import DaggerConfig
     from distill.pipeline import DistillConfig, run_pipeline
     from distill.train_wm import TrainConfig
@@ -70,7 +74,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="campaign worker processes")
     p.add_argument("--rounds", type=int, default=DaggerConfig.rounds)
     p.add_argument("--keep", type=Path, help="work directory to keep (default: a temp dir)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     from cloud.attest import campaign
     from cloud.attest.statement import generate_key
@@ -184,6 +188,7 @@ def main() -> None:
         "work_dir": str(work),
     }
     print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@ repository through ``FetchFile``; the robot side is `fleet.tuf_client`):
   run again: `resume_refetch_chunks` counts chunks fetched twice (the chunk cut in
   half by the drop is not counted: its bytes were never stored).
 
+MQTT path (``--mqtt-mb``; skipped, with a note, where Mosquitto is not installed): a
+real control plane (``cloud.testing.running_plane``) with its MQTT file responder on a
+local Mosquitto serves one chunked target of that size; a robot downloads it into an
+empty chunk store over gRPC (``FetchFile``, 256 KiB pieces) and over MQTT
+(``fleet.mqtt_fetch``, 256 KiB blocks, four requests in flight), best of two runs
+each, alternating; `mqtt_throughput_ratio` is gRPC time / MQTT time.
+
 What it builds: bundles whose real ONNX policy (obs + Gather rows of each weight
 tensor, loadable by onnxruntime) keeps its weights as ONNX external data in two
 files next to `policy.onnx`. The weight files are sparse (only their first row is
@@ -312,11 +319,72 @@ def distribution(work: Path, policy_bytes: int, key: Path) -> dict[str, float]:
     }
 
 
+MOSQUITTO_CONF = "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+"""Plain MQTT on loopback; no Nagle delay on the broker's sockets (as broker-config)."""
+
+
+def mqtt_path(work: Path, policy_bytes: int) -> dict[str, float] | None:
+    """The same chunked target over gRPC and over MQTT blocks, from one real plane."""
+    from cloud.testing import running_plane
+    from fleet.mqtt import MqttSettings, MqttTransport
+    from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher
+    from fleet.tuf_client import GrpcFetcher, TufClient
+    from protos import device_pb2_grpc
+    from tests.servers import mosquitto_binary, run_mosquitto
+
+    if mosquitto_binary() is None:
+        return None
+    with (
+        run_mosquitto(MOSQUITTO_CONF) as broker,
+        running_plane(
+            work / "plane",
+            overrides={"broker_url": f"mqtt://127.0.0.1:{broker.port}"},
+            files_over_mqtt=True,
+        ) as plane,
+    ):
+        key = plane.home.key_path("model-signing", private=True)
+        (work / "mqtt").mkdir()
+        rec = plane.publish(layered_efb(work / "mqtt", policy_bytes, "1.0.0", 1, key))
+        creds = plane.device("bench-robot")
+        root = plane.home.tuf / "metadata" / "1.root.json"
+        channel = plane.channel(creds)
+        stub = device_pb2_grpc.DeviceServiceStub(channel)
+        transport = MqttTransport(MqttSettings(port=broker.port), "bench-robot")
+        blocks = MqttBlockClient(transport, "bench-robot", block_bytes=256 << 10)
+        transport.start()
+        try:
+            assert transport.wait_connected(10), transport.last_error
+            times = {"grpc": float("inf"), "mqtt": float("inf")}
+            for r in range(2):
+                for name in ("grpc", "mqtt"):
+                    fetcher = (
+                        GrpcFetcher(stub.FetchFile, chunk_bytes=256 << 10)
+                        if name == "grpc"
+                        else MqttFetcher(blocks)
+                    )
+                    view = TufClient(work / f"mqtt-{name}{r}", root, fetcher).refresh()
+                    target = view.target(rec.target_path)
+                    t0 = time.perf_counter()
+                    view.download(target)
+                    times[name] = min(times[name], time.perf_counter() - t0)
+        finally:
+            transport.stop()
+            channel.close()
+        return {
+            "bytes": float(target.length),
+            "t_grpc": times["grpc"],
+            "t_mqtt": times["mqtt"],
+            "blocks": float(blocks.counters["blocks"]),
+            "retries": float(blocks.counters["retries"]),
+        }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small-mb", type=int, default=100)
     ap.add_argument("--large-mb", type=int, default=1000)
     ap.add_argument("--policy-mb", type=int, default=100)
+    ap.add_argument("--mqtt-mb", type=int, default=100, help="0: skip the MQTT path")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgeflux-dist-") as tmp:
         work = Path(tmp)
@@ -326,6 +394,7 @@ def main() -> None:
         dist = distribution(work, args.policy_mb * 1_000_000, work / "k.pem")
         small = measure(work, args.small_mb * 1_000_000, trust, work / "k.pem")
         large = measure(work, args.large_mb * 1_000_000, trust, work / "k.pem")
+        mqtt = mqtt_path(work, args.mqtt_mb * 1_000_000) if args.mqtt_mb else None
     mb = dist["policy_bytes"] / 1e6
     print(f"chunked distribution of a {mb:.0f} MB bundle ({dist['chunks']} chunks)")
     print(f"  plain download          {dist['t_plain']:.3f} s")
@@ -341,6 +410,15 @@ def main() -> None:
         f"  resume after interruption at 50%: {dist['resume_stored_before']} chunks kept, "
         f"{dist['resume_refetch_chunks']} refetched"
     )
+    if mqtt is None:
+        print("MQTT path: skipped (--mqtt-mb 0, or Mosquitto is not installed)")
+    else:
+        print(
+            f"MQTT path, {mqtt['bytes'] / 1e6:.0f} MB from a real plane: gRPC "
+            f"{mqtt['t_grpc']:.3f} s, MQTT {mqtt['t_mqtt']:.3f} s ({mqtt['blocks']:.0f} blocks, "
+            f"{mqtt['retries']:.0f} retried)   throughput ratio "
+            f"{mqtt['t_grpc'] / mqtt['t_mqtt']:.2f}"
+        )
     print(f"{'bundle':>10} {'bare sha256 s':>14} {'verify s':>10} {'ratio':>6} {'peak KiB':>9}")
     for r in (small, large):
         print(
@@ -360,6 +438,8 @@ def main() -> None:
                 "small_bytes": int(small["bytes"]),
                 "large_bytes": int(large["bytes"]),
                 "verify_time_ratio_large": large["verify_s"] / large["bare_s"],
+                "mqtt_throughput_ratio": mqtt["t_grpc"] / mqtt["t_mqtt"] if mqtt else None,
+                "mqtt_bytes": int(mqtt["bytes"]) if mqtt else None,
             }
         )
     )

@@ -733,11 +733,15 @@ def _report(
     db: dict[str, int],
 ) -> dict[str, Any]:
     ing = ingest_rows[-1]
-    saturated = not rows[len(rows) - len(ingest_rows) - 1].kept_up()
+    last_bare = rows[len(rows) - len(ingest_rows) - 1]
+    saturated = not last_bare.kept_up()
     print(
         f"\nbare ceiling: {ceiling.msg_s:.1f} msg/s at {ceiling.rate_hz:g} Hz x {ceiling.robots} "
-        f"robots ({'the bare consumer saturated above it' if saturated else 'not saturated: '}"
-        f"{'' if saturated else 'raise --ladder to find the real ceiling'})"
+        + (
+            f"robots (the bare consumer stopped keeping up at {last_bare.rate_hz:g} Hz)"
+            if saturated
+            else "robots (not saturated: raise --ladder to find the real ceiling)"
+        )
     )
     if ceiling.offered_msg_s < 0.95 * ceiling.robots * ceiling.rate_hz:
         print(

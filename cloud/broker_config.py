@@ -231,6 +231,9 @@ def mosquitto_conf_text(cfg: BrokerConfig, acl_path: Path) -> str:
         f"max_queued_messages {cfg.max_queued_messages}",
         "max_queued_bytes 0",
         f"max_inflight_messages {cfg.max_inflight_messages}",
+        # Without it a large message (a block of an update file) waits on Nagle and
+        # the client's delayed ACK: ~40 ms a message, 30x slower block fetches.
+        "set_tcp_nodelay true",
         "",
         f"listener {cfg.port} {cfg.bind}",
         "protocol mqtt",
@@ -415,7 +418,7 @@ def broker_config(
         raise click.ClickException(f"{exc}. Nothing was written.") from exc
     hook_file = None
     if home_dir:
-        from cloud.broker_reload import ReloadHook, install_hook
+        from cloud.broker_hook import ReloadHook, install_hook
         from cloud.home import CloudHome
 
         target = str(pid_file) if pid_file is not None else systemd_unit

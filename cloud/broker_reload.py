@@ -23,17 +23,16 @@ Without a hook the caller is told exactly what to run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 
 from cloud.broker_files import refresh_crl_copy
+from cloud.broker_hook import BrokerReloadError, ReloadHook, hook_path, install_hook, load_hook
 from cloud.home import CloudHome, HomeError
 from cloud.pki import PKIError
 from runtime.atomicio import atomic_write_text
@@ -50,7 +49,6 @@ __all__ = [
     "reload_broker",
 ]
 
-HOOK_NAME = "broker-reload.json"
 MANUAL = (
     "reload the broker so it reads the new ACL and CRL (`systemctl reload mosquitto`, or "
     "`kill -HUP` its pid); `edgeflux cloud broker-config --home ... --reload-hook "
@@ -63,70 +61,12 @@ RERUN = (
 )
 
 
-class BrokerReloadError(RuntimeError):
-    """The broker could not be reloaded or the session not closed; the message says why."""
-
-
-@dataclass(frozen=True)
-class ReloadHook:
-    kind: str
-    """``systemd``, ``pid-file`` or ``none`` (only the CRL copy is kept current)."""
-    target: str
-    """The systemd unit, or the path of Mosquitto's pid file."""
-    crl_copy: str = ""
-    """The broker's copy of the CRL (``<out>/tls/crl.pem``), refreshed before a reload."""
-    acl: str = ""
-    """The broker's ACL file, rewritten when devices are added or revoked; empty in a
-    hook written before the ACL named identities by subject."""
-    ingest_identities: tuple[str, ...] = ()
-    publisher_identity: str = ""
-
-
-def hook_path(home: CloudHome) -> Path:
-    return home.root / HOOK_NAME
-
-
-def install_hook(home: CloudHome, hook: ReloadHook) -> Path:
-    """Record how to reload the broker (written by ``broker-config --reload-hook``)."""
-    if hook.kind not in ("systemd", "pid-file", "none"):
-        raise BrokerReloadError(f"reload hook {hook.kind!r}: expected systemd or pid-file")
-    path = hook_path(home)
-    raw = {
-        "kind": hook.kind,
-        "target": hook.target,
-        "crl_copy": hook.crl_copy,
-        "acl": hook.acl,
-        "ingest_identities": list(hook.ingest_identities),
-        "publisher_identity": hook.publisher_identity,
-    }
-    atomic_write_text(path, json.dumps(raw) + "\n")
-    return path
-
-
-def _load_hook(home: CloudHome) -> ReloadHook | None:
-    path = hook_path(home)
-    try:
-        raw = json.loads(path.read_text())
-        return ReloadHook(
-            str(raw["kind"]),
-            str(raw["target"]),
-            str(raw.get("crl_copy", "")),
-            acl=str(raw.get("acl", "")),
-            ingest_identities=tuple(str(i) for i in raw.get("ingest_identities", ())),
-            publisher_identity=str(raw.get("publisher_identity", "")),
-        )
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BrokerReloadError(f"{path} is not a reload hook: {exc}") from exc
-
-
 def refresh_acl(home: CloudHome) -> Path | None:
     """Rewrite the broker's ACL from the home's devices; its path, or None when the
     recorded hook names no ACL (no hook, or one from an older ``broker-config``)."""
     from cloud.broker_config import BrokerConfigError, home_devices, render_acl
 
-    hook = _load_hook(home)
+    hook = load_hook(home)
     if hook is None or not hook.acl:
         return None
     path = Path(hook.acl)
@@ -140,7 +80,7 @@ def refresh_acl(home: CloudHome) -> Path | None:
 
 def reload_broker(home: CloudHome) -> str | None:
     """Run the recorded hook; what was done, or None when no hook is installed."""
-    hook = _load_hook(home)
+    hook = load_hook(home)
     if hook is None:
         return None
     if hook.crl_copy:
@@ -207,7 +147,7 @@ def _acl_and_reload(home: CloudHome) -> tuple[list[str], bool]:
     """Rewrite the ACL and reload: lines for the operator, and whether it reloaded."""
     lines = []
     try:
-        hook = _load_hook(home)
+        hook = load_hook(home)
         if hook is not None and not hook.acl:
             lines.append(f"note: {RERUN}")
         acl = refresh_acl(home)
@@ -224,7 +164,7 @@ def apply_device_added(home: CloudHome, device_id: str) -> list[str]:
     """Let the broker accept a new device (ACL rewritten, broker reloaded); lines for
     the operator. Nothing to do where no ``broker-config --home`` was run."""
     try:
-        hook = _load_hook(home)
+        hook = load_hook(home)
     except BrokerReloadError as exc:
         return [f"warning: {exc}; {MANUAL}"]
     if hook is None:

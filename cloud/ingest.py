@@ -156,7 +156,13 @@ class Ingest:
         self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
-        self._mqtt = CloudMqtt(mqtt, on_message=self._enqueue, manual_ack=True)
+        self._mqtt = CloudMqtt(
+            mqtt,
+            on_message=self._enqueue,
+            manual_ack=True,
+            mqtt5=True,
+            on_refused=lambda _f, _code: self.counters.update(["subscriptions_refused"]),
+        )
         shared = self.settings.subscription == "shared"
         for f in shared_filters() if shared else exclusive_filters():
             self._mqtt.subscribe(f)

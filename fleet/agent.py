@@ -102,6 +102,8 @@ class Agent:
                 reconnect_cap_s=c.reconnect_cap_s,
                 max_inflight=c.inflight_window,
                 max_payload_bytes=c.max_payload_bytes,
+                mqtt5=c.mqtt5,
+                session_expiry_s=c.mqtt_session_expiry_s,
             ),
             self.device_id,
             will=(self._state_topic, self._state(False)),
@@ -140,6 +142,8 @@ class Agent:
                     poll_s=c.update_lock_poll_s,
                     stop=self._stop,
                 ),
+                recheck_windows=getattr(self._effects, "desired_windows", None),
+                recheck_s=c.desired_state_poll_s or 300.0,
             )
         self.transport.subscribe(topic(self.device_id, "updates"), self._on_hint)
 

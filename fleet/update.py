@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -133,6 +133,10 @@ class UpdateRunner:
     on_persisted: Callable[[UpdateState], None] | None = None
     #: Update locks and maintenance windows; None: the switch never waits.
     hold: SwitchHold | None = None
+    #: While HELD: the windows the signed desired state gives `target` now (as
+    #: ``TargetInfo.windows``); raises UpdateError when it wants another bundle.
+    recheck_windows: Callable[[TargetInfo, float], str] | None = None
+    recheck_s: float = 300.0
 
     # ---- entry points
 
@@ -231,21 +235,48 @@ class UpdateRunner:
             log.exception("update hold check failed")
             return Hold(Reason.UPDATE_LOCKED, f"the hold check failed: {exc!r}", self.clock())
 
-    def _wait_for_switch(self, record: UpdateRecord) -> dict[str, object]:
-        """HELD: wait until nothing holds, reporting each change of reason or detail."""
+    def _wait_for_switch(self, record: UpdateRecord, budget: float) -> dict[str, object]:
+        """HELD: wait until nothing holds, reporting each change of reason or detail.
+
+        Every `recheck_s` the signed desired state is asked again for this bundle's
+        windows (a window the operator changed or removed applies to the held update);
+        one that now names another bundle drops the held update. Offline, the windows
+        it was given stand."""
         hold = self.hold
         if hold is None:
             return {}
-        windows = record.target_info().maintenance_windows()
-        since = self.clock()
+        target = record.target_info()
+        windows = target.maintenance_windows()
+        started = time.monotonic()
+        next_recheck = started + self.recheck_s
         while True:
+            if self.recheck_windows is not None and time.monotonic() >= next_recheck:
+                next_recheck = time.monotonic() + self.recheck_s
+                text = self._recheck(target)
+                if text != target.windows:
+                    target = replace(target, windows=text)
+                    windows = target.maintenance_windows()
+                    record = record.model_copy(update={"target": plain(target)})
             held = hold.check(windows)
             if held is None:
-                return {"detail": f"released after {self.clock() - since:.0f} s held"}
+                waited = time.monotonic() - started
+                return {"detail": f"released after {waited:.0f} s held", "target": plain(target)}
+            if time.monotonic() - started > budget:
+                raise UpdateError(held.reason, f"held for more than {budget:.0f} s: {held.detail}")
             if (held.reason, held.detail) != (record.reason, record.detail):
                 record = self._enter(record, S.HELD, held.reason, held.detail)
             if not hold.wait(held):
                 raise _Stopped
+
+    def _recheck(self, target: TargetInfo) -> str:
+        assert self.recheck_windows is not None
+        try:
+            return self.recheck_windows(target, 30.0)
+        except UpdateError:
+            raise
+        except Exception as exc:  # offline or the plane is down: keep what we were given
+            log.info("could not re-read the maintenance windows: %s", exc)
+            return target.windows
 
     def _act(self, record: UpdateRecord, budget: float) -> dict[str, object]:
         e = self.effects
@@ -284,7 +315,7 @@ class UpdateRunner:
             # The evidence travels with the next event (and so into the store).
             return {"detail": shadow_summary(result, self.shadow_thresholds, limit)}
         elif s is S.HELD:
-            return self._wait_for_switch(record)
+            return self._wait_for_switch(record, budget)
         elif s is S.SWITCHING:
             # SWITCHING is on disk before the switch, so a kill mid-call rolls back.
             e.switch(budget)

@@ -110,6 +110,8 @@ def _show(r: Any) -> None:
         click.echo(f"  abort threshold crossed: {r.abort}")
     if r.approval_url:
         click.echo(f"  each wave waits for the approval check at {r.approval_url}")
+    if r.offline_policy and r.offline_policy != "wait":
+        click.echo(f"  offline devices: {r.offline_policy}")
     if r.allow_unattested:
         click.echo(f"  --allow-unattested: override by {r.unattested_override_by}")
     for p in r.plan:
@@ -130,6 +132,10 @@ def _show(r: Any) -> None:
             click.echo(f"    waits for approval: edgeflux rollout approve {r.id} --wave {w.index}")
         if w.approval_check:
             click.echo(f"    {w.approval_check}")
+        if w.joined:
+            click.echo(f"    joined while running: {', '.join(w.joined)}")
+        for o in w.skipped:
+            click.echo(f"    {o.device_id}  skipped: {o.detail}")
         for t in w.retries:
             when = (
                 f"; try {t.tries + 1} at {t.next_at.ToDatetime().strftime('%H:%M:%S')} UTC"
@@ -272,6 +278,13 @@ resume_cmd = _id_command(
     "policy's by more than this (default: reported, not enforced).",
 )
 @click.option(
+    "--window",
+    default=None,
+    metavar="NAME",
+    help="Devices switch only inside this maintenance window (`edgeflux cloud window set`), "
+    "besides their labels' windows; they download and stage before it opens.",
+)
+@click.option(
     "--approval-wave",
     "approval_waves",
     type=click.IntRange(0),
@@ -293,6 +306,15 @@ resume_cmd = _id_command(
     default=5.0,
     show_default=True,
     help="Seconds the approval URL has to answer.",
+)
+@click.option(
+    "--offline-policy",
+    default="wait",
+    show_default=True,
+    metavar="wait|skip-after=DURATION",
+    help="Devices that stay offline: the wave waits for them up to its health window "
+    "(wait), or skips one offline for DURATION (e.g. 30m) since its wave went out; a "
+    "skipped device counts as no failure and updates when it comes back.",
 )
 @click.option(
     "--max-tries",
@@ -323,8 +345,9 @@ resume_cmd = _id_command(
     default=0.0,
     show_default=True,
     help="Seconds each wave but the last runs the new bundle before the next wave goes "
-    "out; then its deadline-miss rate and interventions are compared with the robots "
-    "not updated yet, and a regression pauses the rollout (0: no soak).",
+    "out; then its deadline-miss rate, interventions, loop latency p99, error events and "
+    "shadow divergence are compared with the robots not updated yet and with its own "
+    "robots before the update, and a regression pauses the rollout (0: no soak).",
 )
 @click.option(
     "--max-miss-rate-increase",
@@ -332,7 +355,7 @@ resume_cmd = _id_command(
     default=0.01,
     show_default=True,
     help="Soak: how far the wave's deadline-miss rate may exceed the not-yet-updated "
-    "robots' (absolute).",
+    "robots', or its own before the update (absolute).",
 )
 @click.option(
     "--max-interventions-increase",
@@ -340,7 +363,7 @@ resume_cmd = _id_command(
     default=1.0,
     show_default=True,
     help="Soak: how far the wave's safety interventions per robot-minute may exceed the "
-    "not-yet-updated robots'.",
+    "not-yet-updated robots', or its own before the update.",
 )
 @click.option(
     "--max-latency-p99-ms",
@@ -406,9 +429,11 @@ def create_cmd(
     max_failure: float,
     health_window: int,
     max_action_divergence: float | None,
+    window: str | None,
     approval_waves: tuple[int, ...],
     approval_url: str | None,
     approval_timeout: float,
+    offline_policy: str,
     max_tries: int,
     retry_backoff: float,
     retry_max: float,
@@ -436,7 +461,10 @@ def create_cmd(
     divergence); with --abort-threshold, too many failed or regressed robots (once
     --abort-min-robots were dispatched) abort it with rollback. With --max-tries,
     transient device failures are retried (exponential backoff with jitter) before they
-    count against --max-failure."""
+    count against --max-failure. Devices that join the --label while it runs join its
+    current wave; --offline-policy says whether a wave waits for offline devices. With
+    --window, the devices download and stage at once but switch only inside that
+    maintenance window."""
     from protos import admin_pb2, common_pb2
 
     name, sep, version = bundle.partition("@")
@@ -452,6 +480,7 @@ def create_cmd(
         max_failure_fraction=max_failure,
         health_window_s=health_window,
         max_action_divergence=max_action_divergence,
+        maintenance_window=window or "",
         approval_waves=list(approval_waves),
         allow_unattested=allow_unattested,
         max_tries=max_tries,
@@ -468,6 +497,7 @@ def create_cmd(
         abort_min_robots=abort_min_robots or 0,
         approval_url=approval_url or "",
         approval_timeout_s=approval_timeout if approval_url else 0.0,
+        offline_policy=offline_policy,
     )
     _print(as_json, _call(obj, "CreateRollout", req))
 

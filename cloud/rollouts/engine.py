@@ -16,6 +16,9 @@ is a success; FAILED, ROLLED_BACK, or SILENT — no outcome before the wave's de
 are failures) and its failure fraction is at most ``max_failure_fraction``. Once the
 failures already exceed that fraction the rollout pauses at once (no later outcome
 can bring the fraction back under it). Every transition is recorded with a reason.
+A device skipped by the offline policy (``Rollout.skip``) no longer holds its wave and
+is no failure; one that joins while the rollout runs (``Rollout.join``) joins the
+current wave.
 """
 
 from __future__ import annotations
@@ -172,6 +175,10 @@ class Wave:
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # device -> the desired bundle it had before this wave (None: it had none)
     previous: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    # devices the offline policy skipped: device -> {"at": float, "reason": str}
+    skipped: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # devices that joined the wave while the rollout ran (in the order they joined)
+    joined: list[str] = field(default_factory=list)
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes.values() if o["outcome"] == outcome)
@@ -182,8 +189,8 @@ class Wave:
 
     @property
     def waiting(self) -> list[str]:
-        """Devices of a dispatched wave with no terminal outcome yet."""
-        return [d for d in self.device_ids if d not in self.outcomes]
+        """Devices of a dispatched wave with no terminal outcome yet (and not skipped)."""
+        return [d for d in self.device_ids if d not in self.outcomes and d not in self.skipped]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -194,6 +201,8 @@ class Wave:
             "deadline": self.deadline,
             "outcomes": {k: dict(v) for k, v in self.outcomes.items()},
             "previous": {k: (dict(v) if v else None) for k, v in self.previous.items()},
+            "skipped": {k: dict(v) for k, v in self.skipped.items()},
+            "joined": list(self.joined),
         }
 
     @classmethod
@@ -206,6 +215,8 @@ class Wave:
             deadline=d.get("deadline"),
             outcomes={k: dict(v) for k, v in (d.get("outcomes") or {}).items()},
             previous={k: (dict(v) if v else None) for k, v in (d.get("previous") or {}).items()},
+            skipped={k: dict(v) for k, v in (d.get("skipped") or {}).items()},
+            joined=list(d.get("joined") or []),
         )
 
 
@@ -411,6 +422,39 @@ class Rollout:
         what = f"; {len(restore)} device(s) to roll back" if rollback else ""
         self._move(now, ABORTED, f"aborted by {by}{what}")
         return restore
+
+    def join(self, device_id: str, now: float, previous: Mapping[str, Any] | None = None) -> int:
+        """Add a device that joined the rollout's target while it runs to the current
+        wave (the last one, once the others went out); returns the wave. A wave already
+        dispatched records `previous` (the device's desired bundle before the caller
+        pointed it at this one) and gives the device its own health window."""
+        if self.state not in (RUNNING, PAUSED):
+            raise TransitionError(f"rollout {self.id} is {self.state}; no device joins it")
+        for w in self.waves:
+            if device_id in w.device_ids:
+                return w.index
+        w = self.wave
+        w.device_ids.append(device_id)
+        w.joined.append(device_id)
+        if w.dispatched_at is not None:
+            w.previous[device_id] = dict(previous) if previous else None
+            if w.deadline is not None:
+                w.deadline = max(w.deadline, now + self.spec.health_window_s)
+        self.note(now, f"{device_id} joined wave {w.index}")
+        return w.index
+
+    def skip(self, device_id: str, now: float, reason: str) -> bool:
+        """Stop waiting for a device of a dispatched wave that has no outcome yet (the
+        offline policy): it no longer holds its wave nor counts as a failure. True if
+        it was newly skipped."""
+        for w in self.waves:
+            if device_id in w.device_ids and w.dispatched_at is not None:
+                if device_id in w.outcomes or device_id in w.skipped:
+                    return False
+                w.skipped[device_id] = {"at": now, "reason": reason}
+                self.note(now, f"{device_id} skipped in wave {w.index}: {reason}")
+                return True
+        return False
 
     def note(self, now: float, reason: str) -> None:
         """Record an event that is not a state change (e.g. rollback done, hints missed)."""

@@ -46,20 +46,24 @@ from cloud.lease import AdvisoryLease, lease_for
 from cloud.rollouts import retry
 from cloud.rollouts.attested import admit, record_admission, wave_may_go
 from cloud.rollouts.create import create_rollout, plans_to_pb
+from cloud.rollouts.dynamic import newcomers, offline_policy, skip_reason
 from cloud.rollouts.engine import (
     ACTIVE_STATES,
     Rollout,
     RolloutSpec,
     TransitionError,
 )
+from cloud.rollouts.external import BackgroundAsker
 from cloud.rollouts.gates import AttestationCheck, approve
 from cloud.rollouts.outcomes import device_outcome
-from cloud.rollouts.plan import DevicePlan
+from cloud.rollouts.plan import DevicePlan, record_dropped
 from cloud.rollouts.soak import abort_due
 from cloud.rollouts.wire import (
     abort_min_robots_of,
     abort_threshold_of,
     approval_check_of,
+    bundle_ref,
+    offline_policy_of,
     retry_policy_of,
     rollout_to_pb,
     soak_policy_of,
@@ -110,6 +114,8 @@ class RolloutService:
         # Several replicas on one PostgreSQL: only the lease holder drives rollouts.
         self.lease: AdvisoryLease | None = None
         self._deposed_epoch = 0  # the term whose write the store refused
+        # External approval checks run on threads of their own, off the driver's pass.
+        self._asker = BackgroundAsker()
 
     @property
     def store(self) -> Store:
@@ -158,7 +164,7 @@ class RolloutService:
                 soak=soak_policy_of(request),
                 abort_threshold=abort_threshold_of(request),
                 abort_min_robots=abort_min_robots_of(request),
-                extra=approval_check_of(request),
+                extra={**approval_check_of(request), **offline_policy_of(request)},
             )
             found.append(check)
             return spec
@@ -448,6 +454,8 @@ class RolloutService:
             r.start(now)
         if r.state == "running" and isinstance(r.gates.get(INTENT), dict):
             self._replay(r)  # a pass cut off between its side effect and its save
+        if r.state == "running":
+            self._admit_newcomers(r, dirty, now)
         for _ in range(len(r.waves) + 1):
             for wave, device_id in list(r.dispatched_devices()):
                 if dirty is not None and device_id not in dirty:
@@ -461,6 +469,8 @@ class RolloutService:
                     r, device_id, *seen, now=now, u=random.random()
                 ):
                     r.observe(device_id, seen[0], seen[1], now, detail=seen[2])
+            if dirty is None:
+                self._skip_offline(r, now)
             self._retry(r, retry.due(r, now))
             r.evaluate(now)
             if self._over_threshold(r):
@@ -468,11 +478,66 @@ class RolloutService:
             todo = r.next_dispatch()
             if todo is None:
                 return
-            if not wave_may_go(self.store, self.plane.home.trust, r, todo.index, now):
+            if not wave_may_go(self.store, self.plane.home.trust, r, todo.index, now, self._asker):
                 self._over_threshold(r)  # a soak decision may have crossed it
                 return
             self._dispatch(r, todo.index, todo.device_ids)
             now = time.time()
+
+    # ------------------------------------------------------------------ dynamic
+    def _admit_newcomers(self, r: Rollout, dirty: set[str] | None, now: float) -> None:
+        """Devices that joined the rollout's label selector join its current wave (a
+        dispatched one points them at the bundle at once). Looked for on full passes
+        only: the fleet watch announces every device that sent anything, so a pass on
+        its changes would read the label's devices nearly every time."""
+        if not r.spec.label_selector or dirty is not None:
+            return
+        ref = bundle_ref(r.spec.bundle)
+        if ref is None:
+            return
+        plans = newcomers(self.store, r, ref)
+        left = [p for p in plans if not p.receives]
+        if left:
+            r.gates.setdefault("left_out", {}).update({p.device_id: p.detail for p in left})
+            record_dropped(self.store, left, ref, f"rollout:{r.id}")
+            r.note(now, f"left out {len(left)} joining device(s) already newer")
+        ids = sorted(p.device_id for p in plans if p.receives)
+        if not ids:
+            return
+        if r.wave.dispatched_at is None:
+            for d in ids:
+                r.join(d, now)
+            return
+        self._join(r, ids)
+
+    def _join(self, r: Rollout, device_ids: list[str]) -> None:
+        """Point devices that joined a dispatched wave at the bundle, exactly once."""
+        from cloud.push import PushError
+
+        intent = self._pending(r, "join", r.current, device_ids)
+        try:
+            self._apply(r, intent, f"rollout:{r.id} (joined)")
+        except PushError as exc:
+            r.note(time.time(), f"joining {', '.join(device_ids[:10])} failed: {exc}")
+            self._done(r)
+            return
+        for d in device_ids:
+            r.join(d, float(intent["at"]), (intent.get("previous") or {}).get(d))
+        self._done(r)
+
+    def _skip_offline(self, r: Rollout, now: float) -> None:
+        """Apply the rollout's offline policy to the devices its waves wait for."""
+        policy = offline_policy(r)
+        if policy.kind == "wait":
+            return
+        for w, d in list(r.dispatched_devices()):
+            if retry.scheduled(r, d):
+                continue
+            assert w.dispatched_at is not None
+            since = retry.since(r, d, w.dispatched_at)
+            reason = skip_reason(policy, self.store.get_device(d), since, now)
+            if reason is not None:
+                r.skip(d, now, reason)
 
     def _over_threshold(self, r: Rollout) -> bool:
         """Abort `r` with rollback when its abort threshold is crossed."""
@@ -516,6 +581,8 @@ class RolloutService:
         intent = r.gates[INTENT]
         if intent.get("kind") == "retry":
             self._retry(r, list(intent["device_ids"]))
+        elif intent.get("kind") == "join":
+            self._join(r, list(intent["device_ids"]))
         elif r.next_dispatch() is not None and r.current == intent.get("wave"):
             self._dispatch(r, r.current, list(intent["device_ids"]))
         else:  # the wave moved on (an operator's change): nothing left to apply

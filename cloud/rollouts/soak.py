@@ -1,25 +1,32 @@
 """The KPI soak gate: after a wave commits, its robots run the new bundle for a soak
 time before the next wave goes out, and their figures are compared with the robots not
-updated yet.
+updated yet and with their own figures on the previous bundle.
 
 Pure: no I/O. The caller passes the clock (``now``, epoch seconds) and a ``measure``
-function that returns each device's telemetry samples in a time window.
+function that returns what a set of devices reported in a time window (:class:`Readings`:
+telemetry samples, error events, shadow divergences). The gate reads once per decision,
+from a soak's length before the wave's dispatch to the soak's end, and splits it.
 
-The figures are the deadline-miss rate (missed ticks over ticks) and safety-envelope
-interventions per robot-minute, both from the counters the robots report, taken as
-increases within the soak window (a counter that went back, a restarted runtime,
-counts from zero again). The wave regresses when its rate exceeds the not-yet-updated
-robots' by more than ``max_miss_rate_increase`` or its interventions per minute exceed
-theirs by more than ``max_interventions_increase``; a wave none of whose robots reported
-telemetry in the window regresses too (nothing shows it is healthy). A regression pauses
-the rollout with the figures; resuming it accepts the regression and the next wave goes
-out. The decision and its figures are kept with the rollout (``Rollout.gates["soak"]``)
-and taken once: a plane restarted mid-soak waits out the same window.
+The figures (:class:`Figures`): the deadline-miss rate (missed ticks over ticks) and
+safety-envelope interventions per robot-minute, both increases of the robots' counters
+within the window (a counter that went back, a restarted runtime, counts from zero
+again); the loop latency p99 (the 99th percentile of the p99s reported); error events
+per robot; the mean shadow action divergence the wave's robots reported for the bundle.
+The wave regresses (:func:`judge`) when a figure exceeds a baseline's by more than the
+policy allows (:class:`SoakPolicy`: absolute increases, a latency ratio), when it
+passes an absolute cap (latency, divergence), or when none of its robots reported
+telemetry in the window (nothing shows it is healthy). The baselines are the robots not
+updated yet (same window) and the wave's robots before the update (a window of the soak's
+length ending at the dispatch; left out when they reported too little). A regression
+pauses the rollout with the figures; resuming it accepts the regression and the next
+wave goes out. The decision and its figures are kept with the rollout
+(``Rollout.gates["soak"]``) and taken once: a plane restarted mid-soak waits out the
+same window.
 
 The abort threshold (``gates["abort_threshold"]``, a fraction; absent: off) counts the
 rollout's dispatched robots that FAILED, ROLLED_BACK or went SILENT, and those whose
-own soak figures regressed against the not-yet-updated robots (each counted once);
-when more than that fraction of the dispatched robots are such, :func:`abort_due`
+own soak figures regressed (each counted once); once at least ``abort_min_robots``
+robots were dispatched and more than that fraction of them are such, :func:`abort_due`
 returns the decision with its figures and the caller aborts the rollout with rollback.
 """
 
@@ -274,6 +281,10 @@ def figures(device_ids: Sequence[str], got: Readings) -> Figures:
 
 
 EPS = 1e-12
+# The same robots before the update are compared with only when their window covered
+# this many control ticks (20 robot-seconds at 50 Hz): over fewer, a single missed tick
+# moves the rate by more than the thresholds do.
+MIN_BEFORE_TICKS = 1000
 
 
 def _worse(wave: Figures, name: str, base: Figures, policy: SoakPolicy) -> str:
@@ -312,8 +323,9 @@ def judge(
     before: Figures | None = None,
 ) -> tuple[bool, str]:
     """(passed, text with the figures behind it). The wave is compared with the robots
-    not updated yet (`baseline`) and, when they reported, with the same robots on the
-    previous bundle (`before`); the absolute caps apply to the wave alone."""
+    not updated yet (`baseline`) and, when they reported over at least
+    ``MIN_BEFORE_TICKS``, with the same robots on the previous bundle (`before`); the
+    absolute caps apply to the wave alone."""
     figs = f"wave: {wave.text()}; not yet updated: {baseline.text()}"
     if before is not None:
         figs += f"; same robots before: {before.text()}"
@@ -326,7 +338,7 @@ def judge(
     if limit is not None and wave.divergence is not None and wave.divergence > limit + EPS:
         return False, f"shadow divergence {wave.divergence:.4g} > {limit:g}; {figs}"
     against = [("the robots not updated yet", baseline)]
-    if before is not None and before.reporting:
+    if before is not None and before.reporting and before.ticks >= MIN_BEFORE_TICKS:
         against.append(("the same robots before", before))
     for name, base in against:
         why = _worse(wave, name, base, policy)

@@ -11,6 +11,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cloud.rollouts import retry
+from cloud.rollouts.dynamic import offline_policy
 from cloud.rollouts.engine import (
     COMMITTED,
     FAILED,
@@ -39,6 +40,7 @@ __all__ = [
     "abort_threshold_of",
     "approval_check_of",
     "bundle_ref",
+    "offline_policy_of",
     "retries_pb",
     "retry_policy_of",
     "rollout_to_pb",
@@ -148,6 +150,7 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         abort_min_robots=abort_min_robots(r) if abort_threshold(r) is not None else 0,
         soak_thresholds=soak_policy(r).text() if soak_policy(r).soak_s > 0 else "",
         approval_url=str(r.spec.gates.get("approval_url") or ""),
+        offline_policy=offline_policy(r).text(),
     )
 
 
@@ -216,6 +219,17 @@ def approval_check_of(request: admin_pb2.CreateRolloutRequest) -> dict[str, Any]
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
+def offline_policy_of(request: admin_pb2.CreateRolloutRequest) -> dict[str, Any]:
+    """The request's offline policy as the spec keeps it ({} for the default, wait)."""
+    from cloud.rollouts.dynamic import OfflinePolicy
+
+    try:
+        policy = OfflinePolicy.parse(request.offline_policy)
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+    return {} if policy == OfflinePolicy() else {"offline": policy.to_dict()}
+
+
 def abort_min_robots_of(request: admin_pb2.CreateRolloutRequest) -> int | None:
     """The request's minimum robot count for the abort threshold (0: the default)."""
     return int(request.abort_min_robots) or None
@@ -256,6 +270,12 @@ def with_approval(
     pb.retries.extend(retries_pb(r, list(pb.device_ids)))
     pb.soak = soak_text(r, index)
     pb.approval_check = external_text(r, index)
+    w = r.waves[index]
+    pb.joined.extend(w.joined)
+    pb.skipped.extend(
+        admin_pb2.DeviceOutcome(device_id=d, outcome="SKIPPED", detail=str(s.get("reason", "")))
+        for d, s in sorted(w.skipped.items())
+    )
     pb.approval_required = index in approval_waves
     done = approval_of(r, index)
     if done is not None:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -76,11 +77,14 @@ def _insert(conn: Connection, t: sa.Table) -> Any:
     return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(t)
 
 
-def _accepted(conn: Connection, devices: set[str], *columns: sa.Column[Any]) -> dict[str, Any]:
+def _accepted(conn: Connection, devices: set[str], *columns: Any) -> dict[str, Any]:
     """The registered, unrevoked devices among `devices`, with `columns` of each row."""
-    rows = conn.execute(
-        sa.select(D.c.id, *columns).where(D.c.id.in_(sorted(devices)), D.c.revoked.is_(False))
-    )
+    ids = sorted(devices)
+    if conn.dialect.name == "postgresql":  # one array parameter, not one per device
+        which = D.c.id == sa.any_(sa.bindparam("ids", ids, type_=ARRAY(sa.String)))
+    else:
+        which = D.c.id.in_(ids)
+    rows = conn.execute(sa.select(D.c.id, *columns).where(which, D.c.revoked.is_(False)))
     return {str(r[0]): tuple(r[1:]) for r in rows}
 
 
@@ -138,8 +142,9 @@ def record_telemetry_many(
     limit = future_limit.isoformat() if future_limit is not None else None
     result = [False] * len(writes)
     with store._tx() as conn:
+        # Only the stored health's time is needed: the rest is replaced, never merged.
         current = _accepted(
-            conn, {w[0] for w in writes}, D.c.health, D.c.update_state, D.c.active_bundle
+            conn, {w[0] for w in writes}, D.c.health["at"].as_string(), D.c.update_state
         )
         candidates: dict[tuple[str, int], int] = {}
         for i, (device, seq, _pts, _rcv) in enumerate(writes):
@@ -174,43 +179,47 @@ def record_telemetry_many(
             last_seen[device] = max(received, last_seen.get(device, received))
         copy_points(conn, points)
         if last_seen:
-            now = dt.datetime.now(dt.UTC)
-            rows = []
-            for device, seen in sorted(last_seen.items()):
-                health, update_state, active = current[device]
-                if device in newest:
-                    p = newest[device]
-                    # Spool replays arrive out of order: health is the newest point.
-                    held = str(health.get("at", "")) if health else ""
-                    if limit is not None and held > limit:
-                        held = ""
-                    if not (held and held > p.at.isoformat()):
-                        health = health_summary(p)
-                        update_state = telemetry_update_state(update_state, p.update_state)
-                        active = dict(p.active_bundle) if p.active_bundle else active
-                rows.append(
-                    {
-                        "b_id": device,
-                        "b_seen": seen,
-                        "b_health": health,
-                        "b_state": update_state,
-                        "b_active": active,
-                    }
-                )
-            conn.execute(
-                D.update()
-                .where(D.c.id == sa.bindparam("b_id"))
-                .values(
-                    last_seen=sa.bindparam("b_seen"),
-                    updated_at=now,
-                    health=sa.bindparam("b_health", type_=D.c.health.type),
-                    update_state=sa.bindparam("b_state"),
-                    active_bundle=sa.bindparam("b_active", type_=D.c.active_bundle.type),
-                ),
-                rows,
-            )
+            _update_devices(conn, current, newest, last_seen, limit)
     store._notify(list(last_seen))
     return result
+
+
+def _update_devices(
+    conn: Connection,
+    current: dict[str, Any],
+    newest: dict[str, TelemetryRecord],
+    last_seen: dict[str, dt.datetime],
+    limit: str | None,
+) -> None:
+    """Each device's row once: last seen, and health (+ state, active bundle) from its
+    newest point unless the stored health is newer. Rows setting the same columns go
+    in one executemany."""
+    now = dt.datetime.now(dt.UTC)
+    groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
+    for device, seen in sorted(last_seen.items()):
+        held_at, update_state = current[device]
+        row: dict[str, Any] = {"b_id": device, "b_seen": seen}
+        p = newest.get(device)
+        held = str(held_at or "")
+        if limit is not None and held > limit:
+            held = ""
+        # Spool replays arrive out of order: health is the newest point.
+        fresh = p is not None and not (held and held > p.at.isoformat())
+        if fresh:
+            assert p is not None
+            row["b_health"] = health_summary(p)
+            row["b_state"] = telemetry_update_state(str(update_state or ""), p.update_state)
+            if p.active_bundle:
+                row["b_active"] = dict(p.active_bundle)
+        groups.setdefault((fresh, "b_active" in row), []).append(row)
+    for (fresh, active), rows in sorted(groups.items()):
+        values: dict[str, Any] = {"last_seen": sa.bindparam("b_seen"), "updated_at": now}
+        if fresh:
+            values["health"] = sa.bindparam("b_health", type_=D.c.health.type)
+            values["update_state"] = sa.bindparam("b_state")
+        if active:
+            values["active_bundle"] = sa.bindparam("b_active", type_=D.c.active_bundle.type)
+        conn.execute(D.update().where(D.c.id == sa.bindparam("b_id")).values(**values), rows)
 
 
 def record_events_many(store: Store, events: Sequence[EventRecord]) -> list[bool]:

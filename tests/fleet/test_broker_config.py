@@ -58,6 +58,7 @@ def test_writes_an_mtls_listener_with_identity_acls_and_deep_queues(
         "use_username_as_clientid true",
         "allow_anonymous false",
         "max_queued_messages 100000",
+        "set_tcp_nodelay true",
     ):
         assert line in conf.splitlines()
     text = Path(paths["acl"]).read_text()

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from fleet.update import RecoveryAction, UpdateRunner, UpdateState, UpdateStateFile, recovery_plan
+from fleet.update import (
+    RecoveryAction,
+    UpdateError,
+    UpdateRunner,
+    UpdateState,
+    UpdateStateFile,
+    recovery_plan,
+)
 from fleet.update_hold import SwitchHold
 from fleet.update_lock import INVALID_LOCK_HOLD_S, LockError, UpdateLocks
 from protos.lifecycle import Reason
@@ -257,3 +264,94 @@ def test_a_changed_reason_is_reported_again(tmp_path: Path) -> None:
         hold.stop.set()
         worker.join(10)
     assert runner.store.load().state is S.COMMITTED
+
+
+def _windowed(sim: SimRuntime, window: MaintenanceWindow) -> None:
+    """The scripted refresh hands out `window`, as a desired state's gate would."""
+    from dataclasses import replace
+
+    plain_refresh = sim.refresh
+
+    def refresh(name: str, timeout_s: float):  # type: ignore[no-untyped-def]
+        return replace(plain_refresh(name, timeout_s), windows=json.dumps([window.to_dict()]))
+
+    sim.refresh = refresh  # type: ignore[method-assign]
+
+
+CLOSED = MaintenanceWindow.build("dock", "mon-fri", "14:00", "15:00", "Europe/Berlin")
+
+
+def _held_runner(
+    tmp_path: Path, recheck: Callable[..., str] | None, **kw: float
+) -> tuple[UpdateRunner, SimRuntime, list[tuple], SwitchHold]:
+    clock = Clock()
+    hold = SwitchHold(UpdateLocks(tmp_path / "locks", clock), poll_s=0.02, clock=clock)
+    runner, sim, events = _runner(tmp_path, hold)
+    runner.recheck_windows = recheck
+    runner.recheck_s = 0.05
+    for k, v in kw.items():
+        setattr(runner, k, v)
+    _windowed(sim, CLOSED)
+    return runner, sim, events, hold
+
+
+def test_a_window_removed_on_the_plane_releases_a_held_update(tmp_path: Path) -> None:
+    answers = [json.dumps([CLOSED.to_dict()])]
+    runner, sim, events, hold = _held_runner(tmp_path, lambda target, timeout: answers[-1])
+    worker = threading.Thread(target=runner.start, args=("pendulum", 2))
+    worker.start()
+    try:
+        _wait(lambda: any(e[0] is S.HELD for e in events))
+        assert "switch" not in sim.calls
+        answers.append("")  # the operator removed the window
+        worker.join(10)
+    finally:
+        hold.stop.set()
+        worker.join(10)
+    final = runner.store.load()
+    assert final.state is S.COMMITTED and final.target["windows"] == ""
+
+
+def test_a_held_update_the_plane_no_longer_wants_is_dropped(tmp_path: Path) -> None:
+    def recheck(target: object, timeout: float) -> str:
+        raise UpdateError(Reason.DESIRED_STATE_MISMATCH, "now wants pendulum@1.0.0#1")
+
+    runner, sim, events, hold = _held_runner(tmp_path, recheck)
+    try:
+        final = runner.start("pendulum", 2)
+    finally:
+        hold.stop.set()
+    assert final.state is S.FAILED and final.reason is Reason.DESIRED_STATE_MISMATCH
+    assert "switch" not in sim.calls and sim.rollbacks  # the staged candidate discarded
+    assert [e[0] for e in events][-2:] == [S.HELD, S.FAILED]
+
+
+def test_an_unreachable_plane_keeps_the_windows_it_gave(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def recheck(target: object, timeout: float) -> str:
+        asked.append(1)
+        raise ConnectionError("plane unreachable")
+
+    runner, sim, _events, hold = _held_runner(tmp_path, recheck)
+    worker = threading.Thread(target=runner.start, args=("pendulum", 2))
+    worker.start()
+    try:
+        _wait(lambda: len(asked) >= 3)
+        assert runner.store.load().state is S.HELD and "switch" not in sim.calls
+    finally:
+        hold.stop.set()
+        worker.join(10)
+    assert runner.store.load().state is S.HELD
+
+
+def test_an_update_held_too_long_fails_without_switching(tmp_path: Path) -> None:
+    from fleet.update import StepDeadlines
+
+    runner, sim, _events, hold = _held_runner(tmp_path, None, deadlines=StepDeadlines(hold_s=0.2))
+    try:
+        final = runner.start("pendulum", 2)
+    finally:
+        hold.stop.set()
+    assert final.state is S.FAILED and final.reason is Reason.OUTSIDE_WINDOW
+    assert "held for more than" in final.detail and "switch" not in sim.calls

@@ -50,6 +50,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             [
                 *("broker-config", "--home", str(plane.home.root), "--out", str(out)),
                 *("--port", str(port), "--run-as", run_as),
+                # Devices are added after the broker starts: the plane reloads its ACL.
+                *("--reload-hook", "pid-file"),
             ],
         )
         assert res.exit_code == 0, res.output

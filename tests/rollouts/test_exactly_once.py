@@ -40,11 +40,13 @@ def service(store: Store) -> RolloutService:
     return RolloutService(plane, hints=False)  # type: ignore[arg-type]
 
 
-def prepare(url: str, gates: dict[str, object]) -> None:
+def prepare(url: str, gates: dict[str, object], label_selector: str = "") -> None:
     store = Store.open(url)
     store.add_devices_bulk([(d, f"{i:02d}" * 32, {"g": "x"}) for i, d in enumerate(DEVICES)])
     store.add_bundle(BundleRecord("p", "1.1.0", 2, "ab" * 32, 10, "p-1.1.0.efb"))
-    spec = RolloutSpec(BUNDLE, DEVICES, (1.0,), 1.0, 600, gates=gates)
+    spec = RolloutSpec(
+        BUNDLE, DEVICES, (1.0,), 1.0, 600, label_selector=label_selector, gates=gates
+    )
     service(store)._save(Rollout.create("ro-x", spec, now=time.time(), created_by="test"))
     store.close()
 
@@ -62,6 +64,8 @@ def crash_after_side_effect(url: str, where: str) -> None:
             note(r, now, reason)
 
         Rollout.note = crash  # type: ignore[method-assign]
+    elif where == "join":  # the newcomer's desired state is set; its join is not saved
+        Rollout.join = lambda *a, **k: os._exit(3)  # type: ignore[method-assign]
     elif where == "audit":  # the abort's audit entry is written; nothing after it is
         audit_once = Store.audit_once
 
@@ -210,5 +214,37 @@ def test_an_abort_threshold_cut_off_after_its_rollback_is_applied_once(
         assert actions.count(("rollout:ro-x (rollback of ro-x)", "device.set_desired")) == 1
         said = [h["reason"] for h in r.history if h["reason"].startswith("rolled back")]
         assert said == ["rolled back 3 device(s) to their previous bundle"]
+    finally:
+        store.close()
+
+
+def test_a_device_joining_cut_off_before_its_save_is_pointed_at_the_bundle_once(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/plane.db"
+    prepare(url, unattested(), label_selector="g=x")
+    store = Store.open(url)
+    try:
+        service(store)._pass()  # dispatches the wave
+        store.add_devices_bulk([("d3", "33" * 32, {"g": "x"})])  # joins the label
+    finally:
+        store.close()
+    run_crashing(url, "join")
+
+    store = Store.open(url)
+    try:
+        assert store.get_device("d3").desired_generation == 1  # type: ignore[union-attr]
+        service(store)._pass()
+        service(store)._pass()
+        rec = store.get_rollout("ro-x")
+        assert rec is not None
+        r = Rollout.from_dicts(rec.id, rec.spec, rec.status)
+        assert "intent" not in r.gates
+        assert r.waves[0].device_ids == [*DEVICES, "d3"] and r.waves[0].joined == ["d3"]
+        assert r.waves[0].previous["d3"] is None
+        dev = store.get_device("d3")
+        assert dev is not None and dev.desired_generation == 1
+        assert (dev.desired_bundle or {})["version"] == "1.1.0"
+        assert sorted(dispatches(store)) == ["rollout:ro-x", "rollout:ro-x (joined)"]
     finally:
         store.close()

@@ -561,3 +561,48 @@ def test_a_bad_approval_url_is_refused_at_create(plane: RunningPlane, stub: Any)
             stub.CreateRollout(request("good", "badurl", approval_url=url), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert why in (err.value.details() or "")
+
+
+def test_a_robot_joining_the_label_mid_rollout_gets_the_target_and_offline_ones_are_skipped(
+    plane: RunningPlane, stub: Any
+) -> None:
+    ids = devices(plane, "dyn", 2)
+    for d in ids:
+        plane.store.set_online(d, True)
+    res = cli(
+        plane,
+        "create",
+        "good@1.0.0",
+        "--label",
+        "group=dyn",
+        "--waves",
+        "0.5,1",
+        "--offline-policy",
+        "skip-after=2s",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    rid = json.loads(res.stdout)["id"]
+    assert json.loads(res.stdout)["offline_policy"] == "skip-after=2s"
+    wait_until(lambda: desired(plane, ids[0]) == "good@1.0.0", 30, "wave 0 went out")
+    plane.device("dyn-2", labels={"group": "dyn"})  # joins while wave 0 runs
+    plane.store.set_online("dyn-2", True)
+    wait_until(lambda: desired(plane, "dyn-2") == "good@1.0.0", 30, "the newcomer's target")
+    assert list(get(stub, rid).waves[0].joined) == ["dyn-2"]
+    assert desired(plane, ids[1]) == ""  # wave 1 still waits
+    commit(plane, ids[0], "good")
+    plane.store.set_online("dyn-2", False)  # never reports: skipped after 2 s
+    wait_until(lambda: desired(plane, ids[1]) == "good@1.0.0", 60, "wave 1 to go out")
+    commit(plane, ids[1], "good")
+    wait_until(lambda: get(stub, rid).state == "completed", 30, "the rollout to complete")
+    got = get(stub, rid)
+    assert [o.device_id for o in got.waves[0].skipped] == ["dyn-2"]
+    assert got.waves[0].skipped[0].detail.startswith("offline for ")
+    assert got.waves[0].failed == 0
+    out = cli(plane, "get", rid).output
+    assert "offline devices: skip-after=2s" in out and "joined while running: dyn-2" in out
+    assert "dyn-2  skipped: offline for " in out
+    res = cli(
+        plane, "create", "good@1.0.0", "--label", "group=dyn", "--offline-policy", "skip-after=soon"
+    )
+    assert res.exit_code == 1 and "INVALID_ARGUMENT: offline_policy: skip-after=soon" in res.output

@@ -255,6 +255,7 @@ def test_rollout_create_help_shows_every_gate() -> None:
         "--abort-min-robots",
         "--approval-url",
         "--approval-timeout",
+        "--offline-policy",
     ):
         assert option in res.output, option
     res = CliRunner().invoke(root, ["rollout", "approve", "--help"])

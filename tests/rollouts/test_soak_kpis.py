@@ -15,6 +15,7 @@ from cloud.rollouts.engine import Rollout, RolloutSpec, SpecError
 from cloud.rollouts.readings import error_event, shadow_divergence
 from cloud.rollouts.soak import (
     DEFAULT_ABORT_MIN_ROBOTS,
+    MIN_BEFORE_TICKS,
     Figures,
     Readings,
     Sample,
@@ -76,6 +77,11 @@ def test_the_wave_is_compared_with_its_own_robots_before_the_update() -> None:
     # nothing reported before the update (robots just came online): not compared
     nothing = figures(["w"], Readings())
     assert judge(wave, waiting, policy, nothing)[0]
+    # nor over too few ticks for a rate (999 ticks: one miss is 0.001)
+    few = figures(["w"], Readings({"w": [Sample(0, 0, 0, 0), Sample(20, 999, 0, 0)]}))
+    assert few.ticks == MIN_BEFORE_TICKS - 1 and judge(wave, waiting, policy, few)[0]
+    enough = figures(["w"], Readings({"w": [Sample(0, 0, 0, 0), Sample(20, 1000, 0, 0)]}))
+    assert not judge(wave, waiting, policy, enough)[0]
 
 
 def test_error_events_per_robot_over_the_baselines() -> None:

@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Sparkline, Static
 
 from protos import admin_pb2
-from protos.lifecycle import Reason
+from protos.lifecycle import Reason, UpdateState
 from tui.client import AdminError
 from tui.messages import Fetched, FetchFailed
 from tui.rows import bundle_label, temperature_text
@@ -23,6 +23,17 @@ from tui.verify import verify_envelope
 
 def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts > 0 else "—"
+
+
+def _held_line(state: str, reason: str) -> str:
+    """For an update waiting before its switch: what it waits for, on its own line."""
+    if state != UpdateState.HELD:
+        return ""
+    waits = {
+        Reason.UPDATE_LOCKED: "until the robot's update locks are released",
+        Reason.OUTSIDE_WINDOW: "for the maintenance window to open",
+    }.get(Reason.parse(reason, Reason.OK), "")
+    return f"[yellow]held     candidate staged; the switch waits {waits}".rstrip() + "[/yellow]\n"
 
 
 class DeviceScreen(Screen[None]):
@@ -117,6 +128,7 @@ class DeviceScreen(Screen[None]):
             f"update   {row.update_state or '—'}"
             f"{'  reason ' + row.update_reason if row.update_reason else ''}"
             f"{'  ' + row.update_detail if row.update_detail else ''}\n"
+            f"{_held_line(row.update_state, row.update_reason)}"
             f"health   p99 {row.loop_p99_ms:.2f} ms · misses {100 * row.deadline_miss_rate:.2f}%"
             f" · safety {row.safety_interventions} · cpu {row.cpu_percent:.0f}%"
             f" · {temperature_text(row.temperature_c, ' °C')}"

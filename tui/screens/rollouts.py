@@ -17,10 +17,13 @@ from protos import admin_pb2
 from tui.client import AdminError
 from tui.messages import Fetched, FetchFailed
 from tui.rollout_view import (
+    SOAK_COLUMNS,
     ActionRequest,
     device_rows,
     gate_lines,
     rollout_row,
+    soak_rows,
+    soak_wave,
     wave_row,
     wave_to_approve,
 )
@@ -71,6 +74,10 @@ class RolloutsScreen(Screen[None]):
         table.add_columns("Rollout", "Bundle", "State", "Waves", "Created", "By", "Reason")
         yield table
         yield Static("", id="rollout-gates")
+        soak: DataTable[str] = DataTable(id="rollout-soak", cursor_type="none")
+        soak.add_columns(*SOAK_COLUMNS)
+        soak.can_focus = False  # figures only: tab goes from the rollouts to the waves
+        yield soak
         waves: DataTable[str] = DataTable(id="rollout-waves", cursor_type="row")
         waves.add_columns(
             "Wave",
@@ -167,6 +174,7 @@ class RolloutsScreen(Screen[None]):
         waves = self.query_one("#rollout-waves", DataTable)
         if r is None:
             self.query_one("#rollout-gates", Static).update("")
+            self.query_one("#rollout-soak", DataTable).display = False
             waves.clear()
             self.query_one("#rollout-devices", DataTable).clear()
             return
@@ -188,6 +196,12 @@ class RolloutsScreen(Screen[None]):
         index = self._wave_index()
         wave = r.waves[index] if index is not None and index < len(r.waves) else None
         self.query_one("#rollout-gates", Static).update("\n".join(gate_lines(r, wave)))
+        soaked = soak_wave(r, index)
+        soak = self.query_one("#rollout-soak", DataTable)
+        soak.clear()
+        for cells in soak_rows(soaked) if soaked is not None else []:
+            soak.add_row(*cells)
+        soak.display = soak.row_count > 0
         devices = self.query_one("#rollout-devices", DataTable)
         rows = device_rows(wave, fleet_app(self).store.get) if wave is not None else []
         _refill(devices, [(row[0], row) for row in rows])
