@@ -15,6 +15,7 @@ rollout on, deciding each step once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from cloud.pki import fingerprint
 from cloud.publish import publish_bundle
 from cloud.store import Store
 from protos import admin_pb2, admin_pb2_grpc, common_pb2
+from tests.budgets import slow_budget
 from tests.cloud.conftest import make_bundle
 from tests.rollouts.attestations import attest
 from tests.rollouts.simfleet import Behaviour, SimFleet
@@ -209,9 +211,9 @@ def _broker_config(home: CloudHome, out: Path, port: int) -> str:
     return (out / "mosquitto.conf").read_text().replace("0.0.0.0", "127.0.0.1")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("scenario")
+@contextlib.contextmanager
+def make_world(tmp: Path, sizes: dict[str, int], period_s: float = 0.5) -> Iterator[World]:
+    """PostgreSQL, the broker, the plane and `sizes` robots per group, all on 1.0.0."""
     with run_postgres() as pg:
         url = pg.create_database("scenario")
         home = init_home(tmp / "plane")
@@ -221,8 +223,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         store = Store.open(url)
         groups: dict[str, list[str]] = {}
         ca = home.load_ca()
-        for group, n in GROUPS.items():
-            groups[group] = [f"{group}-{i:02d}" for i in range(n)]
+        for group, n in sizes.items():
+            groups[group] = [f"{group}-{i:03d}" for i in range(n)]
             for d in groups[group]:
                 creds = ca.issue_device(d)
                 store.add_device(d, fingerprint(creds.cert_pem), {"group": group, "fleet": "a"})
@@ -232,26 +234,34 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with run_mosquitto(conf, port=port) as broker:
             behaviour = Behaviour(versions=dict(VERSIONS))
             plane = PlaneProcess(home, tmp / "plane.log").start()
-            fleet = SimFleet(home.devices, home.ca_cert, port, behaviour, ("pendulum", "", 0))
+            fleet = SimFleet(
+                home.devices, home.ca_cert, port, behaviour, ("pendulum", "", 0), period_s
+            )
             w = World(home, store, plane, fleet, behaviour, groups, tmp, broker.log)
             try:
-                fleet.add([d for ids in groups.values() for d in ids])
+                fleet.add([d for ids in groups.values() for d in ids], timeout=300)
                 w.bundle(1)
                 # Provisioning: the whole fleet on 1.0.0, so a rollback has a bundle to go to.
                 first = w.admin().CreateRollout(
                     admin_pb2.CreateRolloutRequest(
                         bundle=common_pb2.BundleRef(name="pendulum", version="1.0.0"),
                         label_selector="fleet=a",
-                        health_window_s=120,
+                        health_window_s=300,
                     ),
                     timeout=30,
                 )
-                w.until_state(first.id, ("completed",), 90)
+                w.until_state(first.id, ("completed",), 300)
                 yield w
             finally:
                 fleet.stop()
                 w.plane.stop()
                 store.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with make_world(tmp_path_factory.mktemp("scenario"), GROUPS) as w:
+        yield w
 
 
 async def console_view(world: World, rollout_id: str) -> dict[str, Any]:
@@ -522,3 +532,44 @@ def test_an_unattested_bundle_is_refused_before_its_first_wave(world: World) -> 
     for d in world.groups["unattested"]:
         assert world.desired(d) == "1.0.0" and world.running(d) == "1.0.0"
         assert not any(s == UNATTESTED for _, s, _ in world.behaviour.hints_for(d))
+
+
+@pytest.mark.slow
+def test_a_large_fleet_through_four_soaked_waves_and_a_killed_plane(tmp_path: Path) -> None:
+    """The same fleet at a larger size: four waves with a soak each but the last, a bad
+    robot per wave that the soak names, and the plane killed during the second soak."""
+    n = slow_budget(full=300, ci=100)
+    with make_world(tmp_path, {"big": n}, period_s=1.0) as world:
+        ids = world.groups["big"]
+        world.bundle(BAD)
+        r = world.create(
+            "big",
+            BAD,
+            wave_fractions=[0.1, 0.3, 0.6, 1.0],
+            soak_s=3,
+            max_miss_rate_increase=0.05,
+            abort_threshold=0.2,
+        )
+        waves = [list(w.device_ids) for w in r.waves]
+        flaky = {w[0] for w in waves}  # one robot per wave misses 20 % on the new bundle
+        with world.behaviour.lock:
+            world.behaviour.miss_rates["1.1.0"] = (0.2, frozenset(flaky))
+
+        def soaking(k: int) -> bool:
+            return world.get(r.id).waves[k].soak.startswith("soaking until")
+
+        wait_until(lambda: soaking(1), 240, "the second wave's soak")
+        world.plane.kill()
+        world.plane = PlaneProcess(world.home, world.tmp / "plane-2.log").start()
+        done = world.until_state(r.id, ("completed",), 600)
+        assert all(done.waves[k].soak.startswith("soak passed") for k in range(3))
+        assert all(world.running(d) == "1.1.0" for d in ids)
+        gates = world.store.get_rollout(r.id).status.get("gates") or {}  # type: ignore[union-attr]
+        for k in range(3):  # each soak named its bad robot and was decided once
+            assert gates["soak"][str(k)]["regressed"] == [waves[k][0]], gates["soak"][str(k)]
+        history = world.history(r.id)
+        for k in range(3):
+            assert sum(h.startswith(f"wave {k} soak passed") for h in history) == 1
+        for d in ids:
+            gens = {g for _, s, g in world.behaviour.hints_for(d) if s == BAD}
+            assert len(gens) == 1, (d, gens)
