@@ -201,6 +201,9 @@ def envs_cmd(as_json: bool) -> None:
 @click.option("--mppi-iterations", type=int,
               help="World-model teacher: MPPI iterations per step [CPU 4, GPU 6].")  # fmt: skip
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Keep the student's weights in ONNX external data (policy.onnx.data) "
+                   "[default: when they pass 1 GiB].")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def run_cmd(
     env_id: str,
@@ -232,6 +235,7 @@ def run_cmd(
     mppi_samples: int | None,
     mppi_iterations: int | None,
     threads: int,
+    external_data: bool | None,
     as_json: bool,
 ) -> None:
     """Teacher → DAgger student → ONNX (parity-checked) → signed bundle in OUT."""
@@ -280,6 +284,7 @@ def run_cmd(
             teacher_policy=teacher_policy,  # type: ignore[arg-type]
             teacher_mppi=_planner(mppi_samples, mppi_iterations),
             threads=threads,
+            external_data=external_data,
         )
     _quiet([env_id])
     with _user_errors():

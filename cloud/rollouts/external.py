@@ -10,8 +10,9 @@ wave waiting with the reason shown, and the check is asked again with exponentia
 backoff (``RETRY_BASE_S`` doubling up to ``RETRY_MAX_S``). An allow is kept with the
 rollout (once per wave: it is not asked again) and audited with the URL and the answer.
 
-:func:`ask` is the HTTP exchange; :func:`external_gate` the pure decision around it
-(the caller passes the clock and the asking function).
+:func:`ask` is the HTTP exchange (:class:`BackgroundAsker` runs it off the driver's
+pass); :func:`external_gate` the pure decision around it (the caller passes the clock
+and the asking function).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cloud.rollouts.engine import Rollout, SpecError
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "Answer",
+    "BackgroundAsker",
     "allowed",
     "ask",
     "check_approval_url",
@@ -161,7 +163,37 @@ def ask(url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
 
 
 # ---------------------------------------------------------------------- the gate
-Asker = Callable[[str, Mapping[str, Any], float], Answer]
+# Asks the endpoint: the Answer, or None while a question asked in the background has
+# no answer yet (the gate keeps waiting and asks the asker again on its next pass).
+Asker = Callable[[str, Mapping[str, Any], float], Answer | None]
+
+
+class BackgroundAsker:
+    """An :data:`Asker` that puts each question to the endpoint on a thread of its own,
+    so a slow endpoint holds no driver pass: the first call for a (rollout, wave) starts
+    the question and returns None; a later call returns its answer once there is one."""
+
+    def __init__(self, ask_fn: Callable[[str, Mapping[str, Any], float], Answer] = ask) -> None:
+        self._ask = ask_fn
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, int], list[Answer]] = {}
+
+    def __call__(self, url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer | None:
+        key = (str(doc.get("rollout")), int(doc.get("wave", 0)))
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None:
+                job = self._jobs[key] = []
+                threading.Thread(
+                    target=lambda: job.append(self._ask(url, doc, timeout_s)),
+                    name=f"approval-check {key[0]}#{key[1]}",
+                    daemon=True,
+                ).start()
+                return None
+            if not job:
+                return None
+            del self._jobs[key]
+            return job[0]
 
 
 def payload(r: Rollout, wave: int) -> dict[str, Any]:
@@ -211,6 +243,8 @@ def external_gate(
     if now < float(st.get("next_at", 0.0)):
         return False
     answer = asker(url, payload(r, wave), timeout_s)
+    if answer is None:  # asked in the background; the answer comes on a later pass
+        return False
     st["tries"] = int(st.get("tries", 0)) + 1
     st["last"] = {**answer.to_dict(), "at": now}
     if answer.decision == ALLOW:

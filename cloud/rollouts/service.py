@@ -53,6 +53,7 @@ from cloud.rollouts.engine import (
     RolloutSpec,
     TransitionError,
 )
+from cloud.rollouts.external import BackgroundAsker
 from cloud.rollouts.gates import AttestationCheck, approve
 from cloud.rollouts.outcomes import device_outcome
 from cloud.rollouts.plan import DevicePlan, record_dropped
@@ -113,6 +114,8 @@ class RolloutService:
         # Several replicas on one PostgreSQL: only the lease holder drives rollouts.
         self.lease: AdvisoryLease | None = None
         self._deposed_epoch = 0  # the term whose write the store refused
+        # External approval checks run on threads of their own, off the driver's pass.
+        self._asker = BackgroundAsker()
 
     @property
     def store(self) -> Store:
@@ -475,7 +478,7 @@ class RolloutService:
             todo = r.next_dispatch()
             if todo is None:
                 return
-            if not wave_may_go(self.store, self.plane.home.trust, r, todo.index, now):
+            if not wave_may_go(self.store, self.plane.home.trust, r, todo.index, now, self._asker):
                 self._over_threshold(r)  # a soak decision may have crossed it
                 return
             self._dispatch(r, todo.index, todo.device_ids)

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -340,3 +341,37 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
                     p.wait(15)
                 except Exception:
                     p.kill()
+
+
+class Lossy:
+    """A link that loses the robot's `drop`-th request (1-based)."""
+
+    def __init__(self, transport: MqttTransport, drop: int) -> None:
+        self.transport, self.drop, self.sent = transport, drop, 0
+
+    def publish(self, topic_name: str, payload: bytes) -> bool:
+        self.sent += 1
+        return True if self.sent == self.drop else self.transport.publish(topic_name, payload)
+
+    def subscribe(self, topic_filter: str, handler: Any, **kw: Any) -> None:
+        self.transport.subscribe(topic_filter, handler, **kw)
+
+
+def test_blocks_in_flight_survive_a_lost_request_and_a_plane_serving_smaller_blocks(
+    env: Env,
+) -> None:
+    content = os.urandom(1_000_000)
+    (env.plane.home.tuf / "targets" / "stream.bin").write_bytes(content)
+    with env.device("robot-window") as t:
+        # The robot asks for 512 KiB; the plane serves 256 KiB (fetch_chunk_bytes).
+        wide = MqttBlockClient(t, "robot-window", block_bytes=512 * 1024, timeout_s=5)
+        assert b"".join(wide.blocks("target", "stream.bin")) == content
+        assert (
+            b"".join(wide.blocks("target", "stream.bin", 100_000, 700_000))
+            == content[100_000:800_000]
+        )
+    with env.device("robot-lossy") as t:
+        link = Lossy(t, drop=3)  # the second block in flight never reaches the plane
+        lossy = MqttBlockClient(link, "robot-lossy", block_bytes=64 * 1024, timeout_s=1)
+        assert b"".join(lossy.blocks("target", "stream.bin")) == content
+        assert lossy.counters["requests"] == lossy.counters["blocks"] + 1  # asked once more

@@ -6,8 +6,8 @@ A real plane (gRPC, mTLS, TUF, signed desired state), Mosquitto configured by
 
 - a locked robot downloads, stages and shadows the pushed bundle, waits (HELD,
   UPDATE_LOCKED, with the lock's reason, on the plane and in `cloud devices`), keeps
-  waiting while a corrupt lock file is left (it holds, reported with its file), and
-  switches and commits once the last lock is gone;
+  waiting while a corrupt lock file is left (it holds, reported with its file) and
+  across a kill -9 of its agent, and switches and commits once the last lock is gone;
 - a robot whose label has a maintenance window closed now waits (HELD,
   OUTSIDE_WINDOW, with the opening time) and switches only after the window opens.
 """
@@ -31,7 +31,14 @@ from cloud.mqtt import CloudMqttSettings
 from cloud.testing import running_plane
 from edgeflux.cli import root as cli_root
 from runtime.layout import RobotLayout
-from tests.fleet.test_agent_e2e import Fleet, Robot, _bundle, _make_root, _spawn
+from tests.fleet.test_agent_e2e import (
+    Fleet,
+    Robot,
+    _bundle,
+    _make_root,
+    _restart_agent,
+    _spawn,
+)
 from tests.servers import free_port, run_mosquitto, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -154,6 +161,20 @@ def test_a_locked_robot_stages_and_switches_only_after_release(fleet: Fleet) -> 
         r.id,
     )
     assert _row(fleet, r.id)["update_state"] == "HELD" and r.active_version() == "1.0.0"
+
+    # kill -9 while held: the restarted agent starts the update afresh and holds again.
+    held_before = [s for s, _ in fleet.update_events(r.id)].count("HELD")
+    r.agent.kill()
+    r.agent.wait(20)
+    _restart_agent(fleet, r)
+    _wait(
+        fleet,
+        lambda: [s for s, _ in fleet.update_events(r.id)].count("HELD") > held_before,
+        120,
+        "HELD again after the restart",
+        r.id,
+    )
+    assert r.active_version() == "1.0.0"
 
     bad.unlink()
     _wait(fleet, lambda: r.counter() == 2, 120, "the commit after release", r.id)

@@ -14,6 +14,7 @@ from cloud.rollouts.engine import Rollout, RolloutSpec, SpecError
 from cloud.rollouts.external import (
     RETRY_BASE_S,
     Answer,
+    BackgroundAsker,
     allowed,
     ask,
     check_approval_url,
@@ -172,3 +173,29 @@ def test_the_payload_names_the_rollout_wave_bundle_and_the_soak_figures() -> Non
     assert doc["before"] == {"committed": 1, "failed": 0}
     assert doc["soak"]["verdict"] == "passed" and doc["soak"]["wave"] == {"devices": 1}
     assert payload(r, 0)["soak"] is None
+
+
+def test_the_background_asker_holds_no_pass_while_the_endpoint_hangs() -> None:
+    with approval_server("hang") as srv:
+        bg = BackgroundAsker()
+        doc = {"rollout": "ro-b", "wave": 2}
+        r = rollout()
+        t0 = time.monotonic()
+        assert bg(srv.url, doc, 1.0) is None  # asked; returns at once
+        assert not external_gate(r, 1, 0.0, srv.url, 1.0, bg)  # another wave: its own
+        assert time.monotonic() - t0 < 0.5
+        assert "tries" not in r.gates["external"]["1"] or r.gates["external"]["1"]["tries"] == 0
+        deadline = time.monotonic() + 10
+        got = None
+        while got is None and time.monotonic() < deadline:
+            got = bg(srv.url, doc, 1.0)
+            time.sleep(0.05)
+        assert got == Answer("error", "no answer within 1 s")
+        assert bg(srv.url, doc, 1.0) is None  # the next question starts afresh
+        srv.mode = "allow"
+        srv.release.set()
+        deadline = time.monotonic() + 10
+        while not external_gate(r, 1, time.time(), srv.url, 1.0, bg):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert allowed(r, 1) is not None and r.gates["external"]["1"]["tries"] >= 1

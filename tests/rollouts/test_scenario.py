@@ -6,13 +6,16 @@ The fleet first runs pendulum 1.0.0 (a one-wave rollout provisions it). Then, ea
 own group of robots: a bundle that raises the deadline-miss rate is paused after its
 first wave and, resumed, rolled back once the abort threshold is crossed; a good bundle
 completes with its soak; an unattested bundle is refused before its first wave; a wave
-waits for approval; a robot whose download fails is retried with backoff; the plane is
-killed during a soak and a new one carries the rollout on, deciding each step once.
+waits for approval, another for an external HTTP check that denies, then allows; a robot
+added to the rollout's label mid-rollout gets the bundle; a robot whose download fails
+is retried with backoff; the plane is killed during a soak and a new one carries the
+rollout on, deciding each step once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,6 +35,7 @@ from cloud.pki import fingerprint
 from cloud.publish import publish_bundle
 from cloud.store import Store
 from protos import admin_pb2, admin_pb2_grpc, common_pb2
+from tests.budgets import slow_budget
 from tests.cloud.conftest import make_bundle
 from tests.rollouts.attestations import attest
 from tests.rollouts.simfleet import Behaviour, SimFleet
@@ -39,7 +43,17 @@ from tests.servers import free_port, port_open, run_mosquitto, run_postgres, wai
 
 pytestmark = [pytest.mark.services]
 REPO = Path(__file__).resolve().parents[2]
-GROUPS = {"bad": 20, "good": 10, "unattested": 2, "approval": 4, "retry": 4, "restart": 10}
+GROUPS = {
+    "bad": 20,
+    "good": 8,
+    "unattested": 2,
+    "approval": 4,
+    "external": 3,
+    "retry": 4,
+    "dynamic": 2,
+    "spare": 1,  # joins the dynamic group's label mid-rollout
+    "restart": 6,
+}
 # provisioned, bad, good, unattested: published when first used, in that order (the plane
 # refuses a rollout of a sequence below the newest published one)
 VERSIONS = {1: "1.0.0", 2: "1.1.0", 3: "1.2.0", 4: "1.3.0"}
@@ -197,9 +211,9 @@ def _broker_config(home: CloudHome, out: Path, port: int) -> str:
     return (out / "mosquitto.conf").read_text().replace("0.0.0.0", "127.0.0.1")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("scenario")
+@contextlib.contextmanager
+def make_world(tmp: Path, sizes: dict[str, int], period_s: float = 0.5) -> Iterator[World]:
+    """PostgreSQL, the broker, the plane and `sizes` robots per group, all on 1.0.0."""
     with run_postgres() as pg:
         url = pg.create_database("scenario")
         home = init_home(tmp / "plane")
@@ -209,8 +223,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         store = Store.open(url)
         groups: dict[str, list[str]] = {}
         ca = home.load_ca()
-        for group, n in GROUPS.items():
-            groups[group] = [f"{group}-{i:02d}" for i in range(n)]
+        for group, n in sizes.items():
+            groups[group] = [f"{group}-{i:03d}" for i in range(n)]
             for d in groups[group]:
                 creds = ca.issue_device(d)
                 store.add_device(d, fingerprint(creds.cert_pem), {"group": group, "fleet": "a"})
@@ -220,26 +234,34 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with run_mosquitto(conf, port=port) as broker:
             behaviour = Behaviour(versions=dict(VERSIONS))
             plane = PlaneProcess(home, tmp / "plane.log").start()
-            fleet = SimFleet(home.devices, home.ca_cert, port, behaviour, ("pendulum", "", 0))
+            fleet = SimFleet(
+                home.devices, home.ca_cert, port, behaviour, ("pendulum", "", 0), period_s
+            )
             w = World(home, store, plane, fleet, behaviour, groups, tmp, broker.log)
             try:
-                fleet.add([d for ids in groups.values() for d in ids])
+                fleet.add([d for ids in groups.values() for d in ids], timeout=300)
                 w.bundle(1)
                 # Provisioning: the whole fleet on 1.0.0, so a rollback has a bundle to go to.
                 first = w.admin().CreateRollout(
                     admin_pb2.CreateRolloutRequest(
                         bundle=common_pb2.BundleRef(name="pendulum", version="1.0.0"),
                         label_selector="fleet=a",
-                        health_window_s=120,
+                        health_window_s=300,
                     ),
                     timeout=30,
                 )
-                w.until_state(first.id, ("completed",), 90)
+                w.until_state(first.id, ("completed",), 300)
                 yield w
             finally:
                 fleet.stop()
                 w.plane.stop()
                 store.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with make_world(tmp_path_factory.mktemp("scenario"), GROUPS) as w:
+        yield w
 
 
 async def console_view(world: World, rollout_id: str) -> dict[str, Any]:
@@ -365,6 +387,101 @@ def test_a_wave_waits_for_approval(world: World) -> None:
     assert all(world.running(d) == "1.2.0" for d in w0 + w1)
 
 
+class ApprovalEndpoint:
+    """An HTTP endpoint that answers the plane's approval check: allow, or deny while
+    `deny_wave` is the wave asked about."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.asked: list[dict[str, Any]] = []
+        self.deny_wave: int | None = None
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.asked.append(body)
+                deny = body.get("wave") == endpoint.deny_wave
+                answer = {
+                    "decision": "deny" if deny else "allow",
+                    "reason": "change freeze until the shift ends" if deny else "CI is green",
+                }
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gate"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_wave_waits_for_an_external_check_that_denies_then_allows(world: World) -> None:
+    endpoint = ApprovalEndpoint()
+    endpoint.deny_wave = 1
+    try:
+        r = world.create(
+            "external", GOOD, wave_fractions=[0.5, 1.0], soak_s=1, approval_url=endpoint.url
+        )
+        w1 = list(r.waves[1].device_ids)
+
+        def denied() -> bool:
+            return (
+                world.get(r.id)
+                .waves[1]
+                .approval_check.startswith("denied by the approval check: change freeze")
+            )
+
+        wait_until(denied, 60, "the external check to deny the second wave")
+        got = world.get(r.id)
+        assert got.waves[0].state == "succeeded" and got.waves[1].state == "pending"
+        assert all(world.desired(d) == "1.0.0" for d in w1)
+        endpoint.deny_wave = None
+        done = world.until_state(r.id, ("completed",), 90)
+        assert done.waves[1].approval_check.startswith("allowed by the approval check: CI")
+        assert all(world.running(d) == "1.2.0" for d in world.groups["external"])
+        # the endpoint was told the wave and the soak before it
+        second = [a for a in endpoint.asked if a["wave"] == 1]
+        assert len(second) >= 2 and second[-1]["soak"]["verdict"] == "passed", second[-1]
+        assert second[-1]["rollout"] == r.id and second[-1]["bundle"]["version"] == "1.2.0"
+    finally:
+        endpoint.close()
+
+
+def test_a_robot_added_to_the_label_mid_rollout_gets_the_bundle(world: World) -> None:
+    (spare,) = world.groups["spare"]
+    # the driver looks for newcomers on its full passes (every 5 s): a soak longer than that
+    r = world.create("dynamic", GOOD, wave_fractions=[0.5, 1.0], soak_s=7)
+    assert spare not in {d for w in r.waves for d in w.device_ids}
+    wait_until(
+        lambda: world.get(r.id).waves[0].soak.startswith("soaking until"),
+        60,
+        "the first wave's soak",
+    )
+    world.store.set_labels(spare, {"group": "dynamic", "fleet": "a"})
+    wait_until(
+        lambda: any(spare in w.joined for w in world.get(r.id).waves), 30, "the robot to join"
+    )
+    done = world.until_state(r.id, ("completed",), 90)
+    joined = [d for w in done.waves for d in w.joined]
+    assert joined == [spare], [list(w.joined) for w in done.waves]
+    assert world.running(spare) == "1.2.0" and world.desired(spare) == "1.2.0"
+    assert all(world.running(d) == "1.2.0" for d in world.groups["dynamic"])
+
+
 def test_a_failing_robot_is_retried_with_backoff(world: World) -> None:
     ids = world.groups["retry"]
     flaky = ids[0]
@@ -415,3 +532,44 @@ def test_an_unattested_bundle_is_refused_before_its_first_wave(world: World) -> 
     for d in world.groups["unattested"]:
         assert world.desired(d) == "1.0.0" and world.running(d) == "1.0.0"
         assert not any(s == UNATTESTED for _, s, _ in world.behaviour.hints_for(d))
+
+
+@pytest.mark.slow
+def test_a_large_fleet_through_four_soaked_waves_and_a_killed_plane(tmp_path: Path) -> None:
+    """The same fleet at a larger size: four waves with a soak each but the last, a bad
+    robot per wave that the soak names, and the plane killed during the second soak."""
+    n = slow_budget(full=300, ci=100)
+    with make_world(tmp_path, {"big": n}, period_s=1.0) as world:
+        ids = world.groups["big"]
+        world.bundle(BAD)
+        r = world.create(
+            "big",
+            BAD,
+            wave_fractions=[0.1, 0.3, 0.6, 1.0],
+            soak_s=3,
+            max_miss_rate_increase=0.05,
+            abort_threshold=0.2,
+        )
+        waves = [list(w.device_ids) for w in r.waves]
+        flaky = {w[0] for w in waves}  # one robot per wave misses 20 % on the new bundle
+        with world.behaviour.lock:
+            world.behaviour.miss_rates["1.1.0"] = (0.2, frozenset(flaky))
+
+        def soaking(k: int) -> bool:
+            return world.get(r.id).waves[k].soak.startswith("soaking until")
+
+        wait_until(lambda: soaking(1), 240, "the second wave's soak")
+        world.plane.kill()
+        world.plane = PlaneProcess(world.home, world.tmp / "plane-2.log").start()
+        done = world.until_state(r.id, ("completed",), 600)
+        assert all(done.waves[k].soak.startswith("soak passed") for k in range(3))
+        assert all(world.running(d) == "1.1.0" for d in ids)
+        gates = world.store.get_rollout(r.id).status.get("gates") or {}  # type: ignore[union-attr]
+        for k in range(3):  # each soak named its bad robot and was decided once
+            assert gates["soak"][str(k)]["regressed"] == [waves[k][0]], gates["soak"][str(k)]
+        history = world.history(r.id)
+        for k in range(3):
+            assert sum(h.startswith(f"wave {k} soak passed") for h in history) == 1
+        for d in ids:
+            gens = {g for _, s, g in world.behaviour.hints_for(d) if s == BAD}
+            assert len(gens) == 1, (d, gens)
