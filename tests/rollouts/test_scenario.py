@@ -5,12 +5,13 @@ on the Mosquitto that `cloud broker-config` configures, a control plane run as
 The fleet first runs pendulum 1.0.0 (a one-wave rollout provisions it). Then, each on its
 own group of robots: a bundle that raises the deadline-miss rate is paused after its
 first wave and, resumed, rolled back once the abort threshold is crossed; a good bundle
-completes with its soak; robots held by an update lock or a closed maintenance window
-stage it and switch once released; an unattested bundle is refused before its first wave; a wave
-waits for approval, another for an external HTTP check that denies, then allows; a robot
-added to the rollout's label mid-rollout gets the bundle; a robot whose download fails
-is retried with backoff; the plane is killed during a soak and a new one carries the
-rollout on, deciding each step once.
+completes with its soak; robots whose switch is held (an update lock, a closed
+maintenance window: the simulated robot reports what the agent does) stage it and
+switch once released; an unattested bundle is refused before its first wave; a wave
+waits for approval, another for an external HTTP check that denies, then allows; a
+robot added to the rollout's label mid-rollout gets the bundle; a robot whose download
+fails is retried with backoff; the plane is killed during a soak and a new one carries
+the rollout on, deciding each step once.
 """
 
 from __future__ import annotations
