@@ -291,6 +291,9 @@ async def console_view(world: World, rollout_id: str, wave: int = 0) -> dict[str
                 t = app.screen.query_one(selector, DataTable)
                 return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
 
+            # the devices' live states come with the fleet watch, shown at the next refresh
+            await until(pilot, lambda: all(r[5] != "?" for r in rows("#rollout-devices")))
+
             return {
                 "gates": gates(),
                 "waves": rows("#rollout-waves"),
