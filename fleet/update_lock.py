@@ -9,9 +9,9 @@ battery monitor) holds updates by writing one small JSON file per holder into
 
 ``who`` is the holder's name (letters, digits, ``.``, ``_``, ``-``; the file is
 named after it; it may be left out), ``reason`` a line for people (at most 200
-characters), ``expires_at`` an RFC 3339 time with a zone, at most 7 days ahead. Write the file atomically (a
-temporary file named with a leading dot in the same directory, then rename) — or run
-``edgeflux agent lock``, which does exactly that. Deleting the file releases the lock;
+characters), ``expires_at`` an RFC 3339 time with a zone, at most 7 days ahead.
+Write the file atomically (a temporary file named with a leading dot in the same
+directory, then rename) — or run ``edgeflux agent lock``, which does exactly that. Deleting the file releases the lock;
 so does its expiry: an expired lock is no lock.
 
 While any lock holds, the agent still downloads, verifies, stages and shadows an
