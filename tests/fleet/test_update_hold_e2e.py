@@ -9,7 +9,9 @@ A real plane (gRPC, mTLS, TUF, signed desired state), Mosquitto configured by
   waiting while a corrupt lock file is left (it holds, reported with its file) and
   across a kill -9 of its agent, and switches and commits once the last lock is gone;
 - a robot whose label has a maintenance window closed now waits (HELD,
-  OUTSIDE_WINDOW, with the opening time) and switches only after the window opens.
+  OUTSIDE_WINDOW, with the opening time) and switches only after the window opens;
+- a robot held by a window switches once the operator removes the window (the held
+  agent asks the plane again).
 """
 
 from __future__ import annotations
@@ -235,3 +237,39 @@ def test_a_closed_window_holds_the_switch_until_it_opens(fleet: Fleet) -> None:
     events = fleet.plane.store.events(r.id, kind="update")
     switched = next(e for e in events if e.state == "SWITCHING")
     assert switched.at >= opens, (switched.at, opens)
+
+
+def test_removing_the_window_on_the_plane_releases_a_held_robot(fleet: Fleet) -> None:
+    r = fleet.robots[1]
+    home = ["--home", str(fleet.plane.home.root)]
+    fleet.plane.store.set_labels(r.id, {"site": "lab", "dock": "west"})
+    opens = dt.datetime.now(dt.UTC) + dt.timedelta(hours=6)
+    res = CliRunner().invoke(
+        cloud,
+        [
+            *("window", "set", "west", *home, "--label", "dock=west", "--days", "daily"),
+            *(
+                "--start",
+                opens.strftime("%H:%M"),
+                "--end",
+                (opens + dt.timedelta(hours=1)).strftime("%H:%M"),
+            ),
+            *("--tz", "UTC"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    book = fleet.plane.control.plane.windows  # type: ignore[union-attr]
+    assert book is not None
+    wait_until(lambda: bool(book.for_labels({"dock": "west"})), 10, "the plane to see the window")
+    fleet.push(_bundle(fleet.tmp, fleet.plane, "1.2.0", 3), r.id)
+
+    def outside() -> bool:
+        row = _row(fleet, r.id)
+        return bool(row["update_state"] == "HELD" and "window west" in row["update_detail"])
+
+    _wait(fleet, outside, 90, "the robot to wait for the west window", r.id)
+    res = CliRunner().invoke(cloud, ["window", "remove", "west", *home])
+    assert res.exit_code == 0, res.output
+    # The held agent asks the plane again every desired_state_poll_s (2 s here).
+    _wait(fleet, lambda: r.counter() == 3, 90, "the switch once the window is gone", r.id)
+    assert r.active_version() == "1.2.0"

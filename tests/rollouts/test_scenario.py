@@ -5,11 +5,13 @@ on the Mosquitto that `cloud broker-config` configures, a control plane run as
 The fleet first runs pendulum 1.0.0 (a one-wave rollout provisions it). Then, each on its
 own group of robots: a bundle that raises the deadline-miss rate is paused after its
 first wave and, resumed, rolled back once the abort threshold is crossed; a good bundle
-completes with its soak; an unattested bundle is refused before its first wave; a wave
-waits for approval, another for an external HTTP check that denies, then allows; a robot
-added to the rollout's label mid-rollout gets the bundle; a robot whose download fails
-is retried with backoff; the plane is killed during a soak and a new one carries the
-rollout on, deciding each step once.
+completes with its soak; robots whose switch is held (an update lock, a closed
+maintenance window: the simulated robot reports what the agent does) stage it and
+switch once released; an unattested bundle is refused before its first wave; a wave
+waits for approval, another for an external HTTP check that denies, then allows; a
+robot added to the rollout's label mid-rollout gets the bundle; a robot whose download
+fails is retried with backoff; the plane is killed during a soak and a new one carries
+the rollout on, deciding each step once.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ pytestmark = [pytest.mark.services]
 REPO = Path(__file__).resolve().parents[2]
 GROUPS = {
     "bad": 20,
-    "good": 8,
+    "good": 6,
+    "held": 2,  # one held by an update lock, one by a closed maintenance window
     "unattested": 2,
     "approval": 4,
     "external": 3,
@@ -264,7 +267,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield w
 
 
-async def console_view(world: World, rollout_id: str) -> dict[str, Any]:
+async def console_view(world: World, rollout_id: str, wave: int = 0) -> dict[str, Any]:
     """What the operator console's rollouts screen shows of `rollout_id`."""
     from textual.widgets import DataTable, Static
 
@@ -280,17 +283,22 @@ async def console_view(world: World, rollout_id: str) -> dict[str, Any]:
             await pilot.press("f6")
             gates = lambda: str(app.screen.query_one("#rollout-gates", Static).content)  # noqa: E731
             await until(pilot, lambda: gates().startswith(rollout_id), timeout=30)
-            await pilot.press("tab", "up")  # the first wave: its own soak and figures
-            await until(pilot, lambda: "wave 0 (" in gates())
+            await pilot.press("tab")  # to the waves: highlight `wave`
+            app.screen.query_one("#rollout-waves", DataTable).move_cursor(row=wave)
+            await until(pilot, lambda: f"wave {wave} (" in gates())
 
             def rows(selector: str) -> list[list[str]]:
                 t = app.screen.query_one(selector, DataTable)
                 return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
 
+            # the devices' live states come with the fleet watch, shown at the next refresh
+            await until(pilot, lambda: all(r[5] != "?" for r in rows("#rollout-devices")))
+
             return {
                 "gates": gates(),
                 "waves": rows("#rollout-waves"),
                 "soak": rows("#rollout-soak"),
+                "devices": rows("#rollout-devices"),
             }
     finally:
         client.close()
@@ -480,6 +488,45 @@ def test_a_robot_added_to_the_label_mid_rollout_gets_the_bundle(world: World) ->
     assert joined == [spare], [list(w.joined) for w in done.waves]
     assert world.running(spare) == "1.2.0" and world.desired(spare) == "1.2.0"
     assert all(world.running(d) == "1.2.0" for d in world.groups["dynamic"])
+
+
+def test_held_robots_stage_and_switch_only_once_released(world: World) -> None:
+    locked, outside = world.groups["held"]
+    with world.behaviour.lock:
+        world.behaviour.holds[locked] = ("UPDATE_LOCKED", "held by 'picking' (mid-task), 9m left")
+        world.behaviour.holds[outside] = (
+            "OUTSIDE_WINDOW",
+            "outside maintenance window 'night'; opens at 2026-12-07T22:00:00Z",
+        )
+    r = world.create("held", GOOD, wave_fractions=[1.0])
+
+    def held() -> bool:
+        return all(
+            (rec := world.store.get_device(d)) is not None and rec.update_state == "HELD"
+            for d in (locked, outside)
+        )
+
+    wait_until(held, 60, "both robots to report their held switch")
+    for d, reason in ((locked, "UPDATE_LOCKED"), (outside, "OUTSIDE_WINDOW")):
+        dev = world.admin().GetDevice(admin_pb2.GetDeviceRequest(id=d), timeout=30)
+        assert dev.update_state == "HELD" and dev.update_reason == reason, dev
+        states = [e.state for e in world.store.events(d, kind="update", limit=50)]
+        assert "STAGING" in states and "SHADOWING" in states  # downloaded and staged
+        assert world.running(d) == "1.0.0"  # not switched
+    got = world.get(r.id)
+    assert got.state == "running" and got.waves[0].failed == 0  # a hold is no failure
+    shown = asyncio.run(console_view(world, r.id, wave=0))
+    live = {row[0]: row[4] for row in shown["devices"]}
+    assert live[locked] == "HELD (UPDATE_LOCKED)" and live[outside] == "HELD (OUTSIDE_WINDOW)"
+
+    with world.behaviour.lock:
+        del world.behaviour.holds[outside]  # the window opened
+    wait_until(lambda: world.running(outside) == "1.2.0", 60, "the window's robot to switch")
+    assert world.running(locked) == "1.0.0" and world.get(r.id).state == "running"
+    with world.behaviour.lock:
+        del world.behaviour.holds[locked]  # the integrator released the lock
+    world.until_state(r.id, ("completed",), 60)
+    assert world.running(locked) == "1.2.0"
 
 
 def test_a_failing_robot_is_retried_with_backoff(world: World) -> None:
