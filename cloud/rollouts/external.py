@@ -214,7 +214,7 @@ def payload(r: Rollout, wave: int) -> dict[str, Any]:
         "waves": len(r.waves),
         "devices": len(r.waves[wave].device_ids),
         "bundle": {k: b.get(k) for k in ("name", "version", "sequence", "sha256")},
-        "before": {
+        "earlier_waves": {
             "committed": sum(w.count("COMMITTED") for w in prior),
             "failed": sum(w.failures for w in prior),
         },

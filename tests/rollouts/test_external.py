@@ -170,7 +170,7 @@ def test_the_payload_names_the_rollout_wave_bundle_and_the_soak_figures() -> Non
     doc = payload(r, 1)
     assert doc["rollout"] == "ro-e" and doc["wave"] == 1 and doc["devices"] == 1
     assert doc["bundle"] == {"name": "p", "version": "1.1.0", "sequence": 2, "sha256": "ab" * 32}
-    assert doc["before"] == {"committed": 1, "failed": 0}
+    assert doc["earlier_waves"] == {"committed": 1, "failed": 0}
     assert doc["soak"]["verdict"] == "passed" and doc["soak"]["wave"] == {"devices": 1}
     assert payload(r, 0)["soak"] is None
 
