@@ -144,7 +144,9 @@ class Ingest:
         on_committed: Callable[[Sequence[Decoded], float], None] | None = None,
         on_drop: Callable[[str], None] | None = None,
         quarantine: Quarantine | None = None,
+        mqtt5: bool = True,
     ) -> None:
+        """`mqtt5`: try MQTT 5 first (off for a broker known to speak 3.1.1 only)."""
         self.store = store
         self.settings = settings or IngestSettings()
         self.counters: Counter[str] = Counter()
@@ -160,7 +162,7 @@ class Ingest:
             mqtt,
             on_message=self._enqueue,
             manual_ack=True,
-            mqtt5=True,
+            mqtt5=mqtt5,
             on_refused=lambda _f, _code: self.counters.update(["subscriptions_refused"]),
         )
         shared = self.settings.subscription == "shared"

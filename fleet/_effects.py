@@ -237,9 +237,8 @@ class RobotEffects:
     def desired_windows(self, target: TargetInfo, timeout_s: float) -> str:
         """The maintenance windows the verified desired state now gives `target` (as
         ``TargetInfo.windows``); UpdateError when it names another bundle."""
-        reply = self.stub.GetDesiredState(device_pb2.GetDesiredStateRequest(), timeout=timeout_s)
         doc = verify_desired_state(
-            bytes(reply.envelope.dsse_json),
+            self._desired_envelope(timeout_s),
             self._director(),
             self.agent.device_id,
             dt.datetime.now(dt.UTC),

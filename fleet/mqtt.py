@@ -312,6 +312,14 @@ class MqttTransport:
             self._thread = None
         with contextlib.suppress(Exception):  # already closed
             self._client.disconnect()
+            # The network thread is gone: write the DISCONNECT here, so the broker
+            # ends the connection now (and starts the session's expiry) rather than
+            # at the keep-alive time-out.
+            self._client.loop(timeout=0.2)
+        with contextlib.suppress(Exception):
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
         self._connected.clear()
 
     def is_connected(self) -> bool:

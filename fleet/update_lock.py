@@ -7,12 +7,12 @@ battery monitor) holds updates by writing one small JSON file per holder into
     <agent state>/locks/<who>.json
     {"who": "nav", "reason": "mid-task", "expires_at": "2026-12-07T15:10:00Z"}
 
-``who`` is the holder's name (letters, digits, ``.``, ``_``, ``-``; the file is
-named after it; it may be left out), ``reason`` a line for people (at most 200 characters), ``expires_at`` an
-RFC 3339 time with a zone, at most 7 days ahead. Write the file atomically (a
-temporary file named with a leading dot in the same directory, then rename) — or run
-``edgeflux agent lock``, which does exactly that. Deleting the file releases the lock;
-so does its expiry: an expired lock is no lock.
+``who`` is the holder's name (letters, digits, ``.``, ``_``, ``-``; the file is named
+after it; it may be left out), ``reason`` a line for people (at most 200 characters),
+``expires_at`` an RFC 3339 time with a zone, at most 7 days ahead. Write the file
+atomically (a temporary file named with a leading dot in the same directory, then
+rename) — or run ``edgeflux agent lock``, which does exactly that. Deleting the file
+releases the lock; so does its expiry: an expired lock is no lock.
 
 While any lock holds, the agent still downloads, verifies, stages and shadows an
 update; it then waits before the switch (``HELD``, reason ``UPDATE_LOCKED``) and

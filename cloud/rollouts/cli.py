@@ -26,7 +26,7 @@ from typing import Any
 
 import click
 
-from protos.plane_target import plane_target
+from cloud._cli_common import plane_address
 
 __all__ = ["rollout"]
 
@@ -67,7 +67,7 @@ def _call(ctx_obj: dict[str, Any], rpc: str, request: Any) -> Any:
     from protos import admin_pb2_grpc
 
     address, creds = _connection(ctx_obj["home"], ctx_obj["server"], ctx_obj["operator"])
-    plane = plane_target(address)  # one address or several replicas
+    plane = plane_address(address)  # one address or several replicas
     with grpc.secure_channel(plane.target, creds, options=plane.options) as channel:
         stub = admin_pb2_grpc.FleetAdminServiceStub(channel)  # type: ignore[no-untyped-call]
         try:

@@ -456,6 +456,7 @@ class RolloutService:
             self._replay(r)  # a pass cut off between its side effect and its save
         if r.state == "running":
             self._admit_newcomers(r, dirty, now)
+        offline_checked = False
         for _ in range(len(r.waves) + 1):
             for wave, device_id in list(r.dispatched_devices()):
                 if dirty is not None and device_id not in dirty:
@@ -469,7 +470,8 @@ class RolloutService:
                     r, device_id, *seen, now=now, u=random.random()
                 ):
                     r.observe(device_id, seen[0], seen[1], now, detail=seen[2])
-            if dirty is None:
+            if dirty is None and not offline_checked:  # once a pass: it reads each device
+                offline_checked = True
                 self._skip_offline(r, now)
             self._retry(r, retry.due(r, now))
             r.evaluate(now)

@@ -224,7 +224,12 @@ class ControlPlane:
         # The broker makes the certificate's name the client id (use_username_as_clientid).
         settings = dataclasses.replace(settings, client_id=INGEST_IDENTITY)
         dropped = self.metrics.ingest_dropped
-        ingest = Ingest(store, settings, on_drop=lambda reason: dropped.labels(reason).inc())
+        ingest = Ingest(
+            store,
+            settings,
+            on_drop=lambda reason: dropped.labels(reason).inc(),
+            mqtt5=self.broker is None,  # the embedded broker speaks 3.1.1 only
+        )
         try:
             ingest.start()
         except CloudMqttError as exc:

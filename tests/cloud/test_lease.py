@@ -75,8 +75,8 @@ def test_exactly_one_holder_and_the_other_takes_over_when_it_lets_go(pg: Postgre
 
 def test_each_term_gets_the_next_epoch_and_a_stalled_holder_is_deposed(pg: Postgres) -> None:
     url = pg.create_database("lease_epochs")
-    a = AdvisoryLease(url, "t", retry_s=0.2, lease_s=1.0).start()
-    b = AdvisoryLease(url, "t", retry_s=0.2, lease_s=1.0)
+    a = AdvisoryLease(url, "t", retry_s=0.2, lease_s=3.0).start()
+    b = AdvisoryLease(url, "t", retry_s=0.2, lease_s=3.0)
     try:
         assert a.wait_held(10) and a.epoch == 1 == current_epoch(url, "t")
         b.start()

@@ -18,8 +18,9 @@ def test_the_pipeline_reports_every_stage_and_attests_against_its_own_teacher(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     full = slow_budget(full=1, ci=0) == 1
-    argv = [] if full else ["--wm-steps", "1200", "--episodes", "10", "--calibration", "10",
-                            "--workers", "1", "--rounds", "2"]  # fmt: skip
+    small = ["--wm-steps", "1200", "--episodes", "10", "--calibration", "10", "--workers", "1",
+             "--rounds", "2", "--baseline-episodes", "2"]  # fmt: skip
+    argv = [] if full else small
     out = main([*argv, "--keep", str(tmp_path)])
     printed = capsys.readouterr().out
     assert json.loads(printed.strip().splitlines()[-1]) == out
@@ -30,6 +31,8 @@ def test_the_pipeline_reports_every_stage_and_attests_against_its_own_teacher(
     assert out["reference_is_own_teacher"] is True and out["teacher_policy"] == "actor"
     assert out["verdict"] in ("attested", "not_attested", "underpowered")
     assert "parity campaign vs own teacher" in printed and "total" in printed
+    base = out["baseline"]  # MPPI over the same model costs far more per episode
+    assert base["episodes"] == (10 if full else 2) and base["ratio"] > 10
     if full:  # the acceptance figures of the default budget
         assert out["teacher_return"] >= -170.0
         assert out["verdict"] == "attested"

@@ -39,6 +39,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
+def _subacked(t: MqttTransport) -> bool:
+    """No subscription of `t` still waits for its SUBACK."""
+    with t._lock:
+        return not t._sub_mids
+
+
 def _robot(pki: Pki, port: int, name: str = "robot-1") -> MqttTransport:
     ca, crt, key = pki.identity(name)
     return MqttTransport(MqttSettings(port=port, tls=TlsFiles(ca, crt, key)), name)
@@ -271,3 +277,48 @@ def test_a_publish_the_broker_refuses_is_not_acknowledged_to_the_spool(
         assert not acked.is_set()
     finally:
         t.stop()
+
+
+@pytest.mark.services
+def test_a_robot_session_ends_after_its_configured_expiry(pki: Pki, broker: Mosquitto) -> None:
+    """session_expiry_s is what the broker keeps: 1 s here, so a hint sent 2 s after
+    the robot left finds no session (and the robot converges by polling instead)."""
+    import time
+
+    ca, crt, key = pki.identity("robot-3")
+    settings = MqttSettings(port=broker.port, tls=TlsFiles(ca, crt, key), session_expiry_s=1)
+    got: list[bytes] = []
+    first = MqttTransport(settings, "robot-3")
+    first.subscribe(topic("robot-3", "updates"), lambda _t, p: got.append(p))
+    first.start()
+    assert first.wait_connected(10)
+    first.stop()
+    time.sleep(2.0)  # past the session's expiry (what is tested is time itself)
+    pca, pcrt, pkey = pki.identity("edgeflux-control-plane")
+    pub = CloudMqtt(
+        CloudMqttSettings(port=broker.port, ca=pca, cert=pcrt, key=pkey), clean_session=True
+    )
+    pub.start()
+    try:
+        assert pub.publish(topic("robot-3", "updates"), b"late", wait_s=10)
+    finally:
+        pub.stop()
+    again = MqttTransport(settings, "robot-3")
+    again.subscribe(topic("robot-3", "updates"), lambda _t, p: got.append(p))
+    again.start()
+    try:
+        assert again.wait_connected(10)
+        # A control after the new SUBACK: it arrives, the late hint was never queued.
+        wait_until(lambda: again.refused == {} and _subacked(again), 10, "the SUBACK")
+        pub2 = CloudMqtt(
+            CloudMqttSettings(port=broker.port, ca=pca, cert=pcrt, key=pkey), clean_session=True
+        )
+        pub2.start()
+        try:
+            assert pub2.publish(topic("robot-3", "updates"), b"now", wait_s=10)
+        finally:
+            pub2.stop()
+        wait_until(lambda: b"now" in got, 10, "the control hint")
+        assert got == [b"now"]
+    finally:
+        again.stop()

@@ -1,13 +1,14 @@
 """Simulated robots for rollout scenarios: the fleet simulator's robots (one real mTLS
 MQTT connection each, `bench/fleet_scale.py`) with a behaviour that depends on the
-bundle they run.
+bundle they run, and a switch that waits while the scenario holds it.
 
 Each robot reports telemetry counters every `period_s` (50 Hz ticks and the deadline
 misses of the bundle it runs) and answers an `UpdateHint` as an agent on a no-op
 runtime: the states of the update path up to COMMITTED, after which it runs the hinted
 bundle. The scenario sets, per bundle version, a deadline-miss rate for all robots or
-for chosen ones, and, per robot, a number of first tries that fail with a transient
-reason (a failed download).
+for chosen ones; per robot, a number of first tries that fail with a transient reason
+(a failed download), and a hold (the reason and detail the agent reports while an update
+lock or a closed maintenance window keeps its switch waiting: state HELD).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Behaviour:
     # version -> deadline-miss rate, for the robots named (None: every robot)
     miss_rates: dict[str, tuple[float, frozenset[str] | None]] = field(default_factory=dict)
     fail_tries: dict[str, int] = field(default_factory=dict)  # robot -> first tries that fail
+    # robot -> (reason, detail) that holds its switch, as the agent's update lock or a
+    # closed maintenance window does: it stages, reports HELD, and switches once released
+    holds: dict[str, tuple[str, str]] = field(default_factory=dict)
     hints: list[tuple[float, str, int, int]] = field(default_factory=list)  # at, robot, seq, gen
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -109,11 +113,26 @@ class _SimRobot(_Robot):
             self._event("FAILED", ref, "DOWNLOAD_FAILED", "connection reset while downloading")
             return
         for state in UPDATE_STATES:
+            if state == "SWITCHING":
+                await self._held(ref)
             self.state = state
             if state == "COMMITTED":
                 self.active = ref
             self._event(state, ref)
             await asyncio.sleep(0.01)
+
+    async def _held(self, ref: tuple[str, str, int]) -> None:
+        with self.behaviour.lock:
+            hold = self.behaviour.holds.get(self.dev)
+        if hold is None:
+            return
+        self.state = "HELD"
+        self._event("HELD", ref, *hold)
+        while True:
+            with self.behaviour.lock:
+                if self.dev not in self.behaviour.holds:
+                    return
+            await asyncio.sleep(0.1)
 
     def send_telemetry(self) -> None:
         n = TICK_HZ * self.period_s

@@ -5,16 +5,19 @@ on the Mosquitto that `cloud broker-config` configures, a control plane run as
 The fleet first runs pendulum 1.0.0 (a one-wave rollout provisions it). Then, each on its
 own group of robots: a bundle that raises the deadline-miss rate is paused after its
 first wave and, resumed, rolled back once the abort threshold is crossed; a good bundle
-completes with its soak; an unattested bundle is refused before its first wave; a wave
-waits for approval, another for an external HTTP check that denies, then allows; a robot
-added to the rollout's label mid-rollout gets the bundle; a robot whose download fails
-is retried with backoff; the plane is killed during a soak and a new one carries the
-rollout on, deciding each step once.
+completes with its soak; robots whose switch is held (an update lock, a closed
+maintenance window: the simulated robot reports what the agent does) stage it and
+switch once released; an unattested bundle is refused before its first wave; a wave
+waits for approval, another for an external HTTP check that denies, then allows; a
+robot added to the rollout's label mid-rollout gets the bundle; a robot whose download
+fails is retried with backoff; the plane is killed during a soak and a new one carries
+the rollout on, deciding each step once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,6 +37,7 @@ from cloud.pki import fingerprint
 from cloud.publish import publish_bundle
 from cloud.store import Store
 from protos import admin_pb2, admin_pb2_grpc, common_pb2
+from tests.budgets import slow_budget
 from tests.cloud.conftest import make_bundle
 from tests.rollouts.attestations import attest
 from tests.rollouts.simfleet import Behaviour, SimFleet
@@ -43,7 +47,8 @@ pytestmark = [pytest.mark.services]
 REPO = Path(__file__).resolve().parents[2]
 GROUPS = {
     "bad": 20,
-    "good": 8,
+    "good": 6,
+    "held": 2,  # one held by an update lock, one by a closed maintenance window
     "unattested": 2,
     "approval": 4,
     "external": 3,
@@ -209,9 +214,9 @@ def _broker_config(home: CloudHome, out: Path, port: int) -> str:
     return (out / "mosquitto.conf").read_text().replace("0.0.0.0", "127.0.0.1")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("scenario")
+@contextlib.contextmanager
+def make_world(tmp: Path, sizes: dict[str, int], period_s: float = 0.5) -> Iterator[World]:
+    """PostgreSQL, the broker, the plane and `sizes` robots per group, all on 1.0.0."""
     with run_postgres() as pg:
         url = pg.create_database("scenario")
         home = init_home(tmp / "plane")
@@ -221,8 +226,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         store = Store.open(url)
         groups: dict[str, list[str]] = {}
         ca = home.load_ca()
-        for group, n in GROUPS.items():
-            groups[group] = [f"{group}-{i:02d}" for i in range(n)]
+        for group, n in sizes.items():
+            groups[group] = [f"{group}-{i:03d}" for i in range(n)]
             for d in groups[group]:
                 creds = ca.issue_device(d)
                 store.add_device(d, fingerprint(creds.cert_pem), {"group": group, "fleet": "a"})
@@ -232,21 +237,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with run_mosquitto(conf, port=port) as broker:
             behaviour = Behaviour(versions=dict(VERSIONS))
             plane = PlaneProcess(home, tmp / "plane.log").start()
-            fleet = SimFleet(home.devices, home.ca_cert, port, behaviour, ("pendulum", "", 0))
+            fleet = SimFleet(
+                home.devices, home.ca_cert, port, behaviour, ("pendulum", "", 0), period_s
+            )
             w = World(home, store, plane, fleet, behaviour, groups, tmp, broker.log)
             try:
-                fleet.add([d for ids in groups.values() for d in ids])
+                fleet.add([d for ids in groups.values() for d in ids], timeout=300)
                 w.bundle(1)
                 # Provisioning: the whole fleet on 1.0.0, so a rollback has a bundle to go to.
                 first = w.admin().CreateRollout(
                     admin_pb2.CreateRolloutRequest(
                         bundle=common_pb2.BundleRef(name="pendulum", version="1.0.0"),
                         label_selector="fleet=a",
-                        health_window_s=120,
+                        health_window_s=300,
                     ),
                     timeout=30,
                 )
-                w.until_state(first.id, ("completed",), 90)
+                w.until_state(first.id, ("completed",), 300)
                 yield w
             finally:
                 fleet.stop()
@@ -254,7 +261,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 store.close()
 
 
-async def console_view(world: World, rollout_id: str) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with make_world(tmp_path_factory.mktemp("scenario"), GROUPS) as w:
+        yield w
+
+
+async def console_view(world: World, rollout_id: str, wave: int = 0) -> dict[str, Any]:
     """What the operator console's rollouts screen shows of `rollout_id`."""
     from textual.widgets import DataTable, Static
 
@@ -270,17 +283,22 @@ async def console_view(world: World, rollout_id: str) -> dict[str, Any]:
             await pilot.press("f6")
             gates = lambda: str(app.screen.query_one("#rollout-gates", Static).content)  # noqa: E731
             await until(pilot, lambda: gates().startswith(rollout_id), timeout=30)
-            await pilot.press("tab", "up")  # the first wave: its own soak and figures
-            await until(pilot, lambda: "wave 0 (" in gates())
+            await pilot.press("tab")  # to the waves: highlight `wave`
+            app.screen.query_one("#rollout-waves", DataTable).move_cursor(row=wave)
+            await until(pilot, lambda: f"wave {wave} (" in gates())
 
             def rows(selector: str) -> list[list[str]]:
                 t = app.screen.query_one(selector, DataTable)
                 return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
 
+            # the devices' live states come with the fleet watch, shown at the next refresh
+            await until(pilot, lambda: all(r[5] != "?" for r in rows("#rollout-devices")))
+
             return {
                 "gates": gates(),
                 "waves": rows("#rollout-waves"),
                 "soak": rows("#rollout-soak"),
+                "devices": rows("#rollout-devices"),
             }
     finally:
         client.close()
@@ -472,6 +490,45 @@ def test_a_robot_added_to_the_label_mid_rollout_gets_the_bundle(world: World) ->
     assert all(world.running(d) == "1.2.0" for d in world.groups["dynamic"])
 
 
+def test_held_robots_stage_and_switch_only_once_released(world: World) -> None:
+    locked, outside = world.groups["held"]
+    with world.behaviour.lock:
+        world.behaviour.holds[locked] = ("UPDATE_LOCKED", "held by 'picking' (mid-task), 9m left")
+        world.behaviour.holds[outside] = (
+            "OUTSIDE_WINDOW",
+            "outside maintenance window 'night'; opens at 2026-12-07T22:00:00Z",
+        )
+    r = world.create("held", GOOD, wave_fractions=[1.0])
+
+    def held() -> bool:
+        return all(
+            (rec := world.store.get_device(d)) is not None and rec.update_state == "HELD"
+            for d in (locked, outside)
+        )
+
+    wait_until(held, 60, "both robots to report their held switch")
+    for d, reason in ((locked, "UPDATE_LOCKED"), (outside, "OUTSIDE_WINDOW")):
+        dev = world.admin().GetDevice(admin_pb2.GetDeviceRequest(id=d), timeout=30)
+        assert dev.update_state == "HELD" and dev.update_reason == reason, dev
+        states = [e.state for e in world.store.events(d, kind="update", limit=50)]
+        assert "STAGING" in states and "SHADOWING" in states  # downloaded and staged
+        assert world.running(d) == "1.0.0"  # not switched
+    got = world.get(r.id)
+    assert got.state == "running" and got.waves[0].failed == 0  # a hold is no failure
+    shown = asyncio.run(console_view(world, r.id, wave=0))
+    live = {row[0]: row[4] for row in shown["devices"]}
+    assert live[locked] == "HELD (UPDATE_LOCKED)" and live[outside] == "HELD (OUTSIDE_WINDOW)"
+
+    with world.behaviour.lock:
+        del world.behaviour.holds[outside]  # the window opened
+    wait_until(lambda: world.running(outside) == "1.2.0", 60, "the window's robot to switch")
+    assert world.running(locked) == "1.0.0" and world.get(r.id).state == "running"
+    with world.behaviour.lock:
+        del world.behaviour.holds[locked]  # the integrator released the lock
+    world.until_state(r.id, ("completed",), 60)
+    assert world.running(locked) == "1.2.0"
+
+
 def test_a_failing_robot_is_retried_with_backoff(world: World) -> None:
     ids = world.groups["retry"]
     flaky = ids[0]
@@ -522,3 +579,44 @@ def test_an_unattested_bundle_is_refused_before_its_first_wave(world: World) -> 
     for d in world.groups["unattested"]:
         assert world.desired(d) == "1.0.0" and world.running(d) == "1.0.0"
         assert not any(s == UNATTESTED for _, s, _ in world.behaviour.hints_for(d))
+
+
+@pytest.mark.slow
+def test_a_large_fleet_through_four_soaked_waves_and_a_killed_plane(tmp_path: Path) -> None:
+    """The same fleet at a larger size: four waves with a soak each but the last, a bad
+    robot per wave that the soak names, and the plane killed during the second soak."""
+    n = slow_budget(full=300, ci=100)
+    with make_world(tmp_path, {"big": n}, period_s=1.0) as world:
+        ids = world.groups["big"]
+        world.bundle(BAD)
+        r = world.create(
+            "big",
+            BAD,
+            wave_fractions=[0.1, 0.3, 0.6, 1.0],
+            soak_s=3,
+            max_miss_rate_increase=0.05,
+            abort_threshold=0.2,
+        )
+        waves = [list(w.device_ids) for w in r.waves]
+        flaky = {w[0] for w in waves}  # one robot per wave misses 20 % on the new bundle
+        with world.behaviour.lock:
+            world.behaviour.miss_rates["1.1.0"] = (0.2, frozenset(flaky))
+
+        def soaking(k: int) -> bool:
+            return world.get(r.id).waves[k].soak.startswith("soaking until")
+
+        wait_until(lambda: soaking(1), 240, "the second wave's soak")
+        world.plane.kill()
+        world.plane = PlaneProcess(world.home, world.tmp / "plane-2.log").start()
+        done = world.until_state(r.id, ("completed",), 600)
+        assert all(done.waves[k].soak.startswith("soak passed") for k in range(3))
+        assert all(world.running(d) == "1.1.0" for d in ids)
+        gates = world.store.get_rollout(r.id).status.get("gates") or {}  # type: ignore[union-attr]
+        for k in range(3):  # each soak named its bad robot and was decided once
+            assert gates["soak"][str(k)]["regressed"] == [waves[k][0]], gates["soak"][str(k)]
+        history = world.history(r.id)
+        for k in range(3):
+            assert sum(h.startswith(f"wave {k} soak passed") for h in history) == 1
+        for d in ids:
+            gens = {g for _, s, g in world.behaviour.hints_for(d) if s == BAD}
+            assert len(gens) == 1, (d, gens)
