@@ -264,7 +264,6 @@ class Forwarder:
             c.close()
 
 
-@pytest.mark.slow
 def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> None:
     plane, tmp = env.plane, env.tmp
     device = "robot-mqtt"
