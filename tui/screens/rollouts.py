@@ -66,6 +66,8 @@ class RolloutsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.rollouts: dict[str, admin_pb2.Rollout] = {}
+        self._shown_id: str | None = None  # the rollout whose waves are shown
+        self._live_pending = False  # a refresh of the robots' live states is scheduled
 
     def compose(self) -> ComposeResult:
         yield ConnectionBar(id="conn")
@@ -179,7 +181,7 @@ class RolloutsScreen(Screen[None]):
             waves.clear()
             self.query_one("#rollout-devices", DataTable).clear()
             return
-        if getattr(self, "_shown_id", None) != r.id:
+        if self._shown_id != r.id:
             waves.clear()  # a different rollout: start at its current wave
             self._shown_id = r.id
             _refill(waves, [(str(w.index), wave_row(w)) for w in r.waves])
@@ -221,8 +223,6 @@ class RolloutsScreen(Screen[None]):
                 self._show_wave(r)
 
         self.set_timer(LIVE_S, show)
-
-    _live_pending = False
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "rollouts":
