@@ -20,7 +20,7 @@ The clients speak MQTT 3.1.1 from hand-encoded packets over TLS sockets, so the
 broker, not a Python MQTT library, is what is measured. Usage::
 
     python bench/broker_acl.py                          # 10,000 identities
-    python bench/broker_acl.py --identities 2000 --clients 100 --messages 20000
+    python bench/broker_acl.py --identities 2000 --clients 100 --messages 20000 --rounds 1
 
 Prints a table and one JSON line.
 """
@@ -193,6 +193,18 @@ def _config(fleet: Fleet, out: Path, variant: str, port: int) -> str:
     )
     conf, acl = write_broker_config(cfg, out)
     text = conf.read_text()
+    if variant == "subtree":  # one line per device: its own subtree, both directions
+        lines: list[str] = []
+        device_block = False
+        for ln in acl.read_text().splitlines():
+            if ln.startswith("user "):
+                device_block = "OU=device,CN=" in ln
+                lines.append(ln)
+                if device_block:
+                    lines.append(f"topic readwrite {PREFIX}/{ln.rsplit('CN=', 1)[1]}/#")
+            elif not (device_block and ln.startswith("topic ")):
+                lines.append(ln)
+        acl.write_text("\n".join(lines) + "\n")
     if variant == "pattern":
         acl.write_text(PATTERN_ACL)
         text = text.replace("use_subject_as_username true", "use_identity_as_username true")
@@ -284,7 +296,38 @@ def _reload_pause(broker: Mosquitto, port: int, fleet: Fleet, tries: int) -> flo
     return statistics.median(pauses)
 
 
+VARIANTS = {
+    "pattern": "pattern ACL (before)",
+    "subject": "subject ACL (ours)",
+    "subtree": "subject, 1 line/device",
+}
+METRICS = (
+    ("start_s", "broker start (s)"),
+    ("connect_per_s", "mTLS connects/s"),
+    ("publish_per_s", "QoS 1 publishes/s"),
+    ("reload_pause_ms", "reload pause (ms)"),
+    ("acl_bytes", "ACL size (bytes)"),
+)
+
+
+def _measure(fleet: Fleet, out: Path, variant: str, args: argparse.Namespace) -> dict[str, float]:
+    with _broker(fleet, out, variant) as (broker, start_s):
+        socks, connect_s = _connect_all(broker.port, fleet)
+        rate = _publish(broker.port, fleet, args.messages)
+        pause = _reload_pause(broker, broker.port, fleet, args.reloads)
+        for s in socks:
+            s.close()
+    return {
+        "start_s": start_s,
+        "connect_per_s": args.clients / connect_s,
+        "publish_per_s": rate,
+        "reload_pause_ms": pause * 1000,
+        "acl_bytes": (out / "acl").stat().st_size,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
+    variants = args.variants.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         fleet = Fleet(Path(tmp) / "pki", args.identities, args.clients, args.publishers)
@@ -293,23 +336,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             f" ACL with {args.identities} devices",
             flush=True,
         )
-        results: dict[str, dict[str, float]] = {}
-        for variant in ("pattern", "subject"):
-            out = Path(tmp) / variant
-            with _broker(fleet, out, variant) as (broker, start_s):
-                socks, connect_s = _connect_all(broker.port, fleet)
-                rate = _publish(broker.port, fleet, args.messages)
-                pause = _reload_pause(broker, broker.port, fleet, args.reloads)
-                for s in socks:
-                    s.close()
-            results[variant] = {
-                "start_s": start_s,
-                "connect_per_s": args.clients / connect_s,
-                "publish_per_s": rate,
-                "reload_pause_ms": pause * 1000,
-                "acl_bytes": (out / "acl").stat().st_size,
-            }
-            print(f"  {variant}: {results[variant]}", flush=True)
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+        for r in range(args.rounds):  # interleaved, so a busy moment hits every variant
+            for variant in variants:
+                m = _measure(fleet, Path(tmp) / f"{variant}-{r}", variant, args)
+                runs[variant].append(m)
+                print(f"  round {r + 1} {variant}: {m}", flush=True)
+    results = {
+        v: {k: statistics.median(m[k] for m in ms) for k, _ in METRICS} for v, ms in runs.items()
+    }
     return {"identities": args.identities, "clients": args.clients, "results": results}
 
 
@@ -320,22 +355,22 @@ def main() -> None:
     p.add_argument("--publishers", type=int, default=4)
     p.add_argument("--messages", type=int, default=40_000)
     p.add_argument("--reloads", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2, help="medians over this many rounds")
+    p.add_argument("--variants", default="pattern,subject,subtree")
     args = p.parse_args()
     out = run(args)
     res = out["results"]
     assert isinstance(res, dict)
-    base, ours = res["pattern"], res["subject"]
+    names = list(res)
     print()
-    print(f"{'':24}{'pattern ACL (before)':>22}{'subject ACL (ours)':>22}{'ours/before':>13}")
-    for key, label in (
-        ("start_s", "broker start (s)"),
-        ("connect_per_s", "mTLS connects/s"),
-        ("publish_per_s", "QoS 1 publishes/s"),
-        ("reload_pause_ms", "reload pause (ms)"),
-        ("acl_bytes", "ACL size (bytes)"),
-    ):
-        ratio = ours[key] / base[key] if base[key] else float("nan")
-        print(f"{label:24}{base[key]:>22.2f}{ours[key]:>22.2f}{ratio:>13.2f}")
+    header = "".join(f"{VARIANTS[v]:>24}" for v in names)
+    print(f"{'(medians)':24}{header}{'ours/before':>13}")
+    for key, label in METRICS:
+        row = "".join(f"{res[v][key]:>24.2f}" for v in names)
+        ratio = ""
+        if "pattern" in res and "subject" in res and res["pattern"][key]:
+            ratio = f"{res['subject'][key] / res['pattern'][key]:>13.2f}"
+        print(f"{label:24}{row}{ratio}")
     print(json.dumps({"bench": "broker_acl", **out}))
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/distill_pendulum.py                      # oracle + world model
     .venv/bin/python bench/distill_pendulum.py --skip-world-model   # oracle only (~2 min)
-    .venv/bin/python bench/distill_pendulum.py --wm-checkpoint wm.pt  # reuse a trained model
+    .venv/bin/python bench/distill_pendulum.py --wm-checkpoint out/world_model  # reuse a model
 
 Measures, in one process on this machine:
 1. the oracle pipeline end to end (teacher, student via onnxruntime, random, over 100
@@ -22,6 +22,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ from distill.mppi import MPPIConfig
 from distill.pipeline import DistillConfig, run_pipeline
 from distill.teachers import WorldModelTeacher
 from distill.train_wm import TrainConfig
-from distill.world_model import PRESETS, TDMPC2Model, load_checkpoint
+from distill.wm_store import load_world_model
+from distill.world_model import PRESETS, TDMPC2Model
 
 
 def _pipeline(out: Path, **kw: object) -> tuple[dict, float]:
@@ -56,8 +58,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--skip-world-model", action="store_true")
     p.add_argument("--wm-checkpoint", type=Path)
-    p.add_argument("--wm-steps", type=int, default=10_000)
-    p.add_argument("--wm-utd", type=float, default=0.5)
+    p.add_argument("--wm-steps", type=int, default=TrainConfig.total_steps)
+    p.add_argument("--wm-utd", type=float, default=TrainConfig.updates_per_step)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -77,7 +79,7 @@ def main() -> None:
         ("oracle: pipeline wall time", f"{oracle_s:.1f} s (target <= 120 s)"),
     ]  # fmt: skip
 
-    model: TDMPC2Model
+    model: Any
     if not args.skip_world_model:
         kw: dict[str, object] = {"teacher": "world-model", "seed": args.seed}
         if args.wm_checkpoint:
@@ -97,8 +99,8 @@ def main() -> None:
             ("world model: wall time" + (" (training reused)" if args.wm_checkpoint else ""),
              f"{wm_s:.1f} s (target <= 900 s)"),
         ]  # fmt: skip
-        model = load_checkpoint(
-            args.wm_checkpoint or work / "world-model" / "world_model.pt", obs_dim=3, action_dim=1
+        model = load_world_model(
+            args.wm_checkpoint or work / "world-model" / "world_model", obs_dim=3, action_dim=1
         )[0]
     else:
         model = TDMPC2Model(3, 1, PRESETS["cpu-small"])  # latency does not depend on weights

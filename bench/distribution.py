@@ -25,7 +25,7 @@ MQTT path (``--mqtt-mb``; skipped, with a note, where Mosquitto is not installed
 real control plane (``cloud.testing.running_plane``) with its MQTT file responder on a
 local Mosquitto serves one chunked target of that size; a robot downloads it into an
 empty chunk store over gRPC (``FetchFile``, 256 KiB pieces) and over MQTT
-(``fleet.mqtt_fetch``, 256 KiB blocks, one request per block), best of two runs
+(``fleet.mqtt_fetch``, 256 KiB blocks, four requests in flight), best of two runs
 each, alternating; `mqtt_throughput_ratio` is gRPC time / MQTT time.
 
 What it builds: bundles whose real ONNX policy (obs + Gather rows of each weight

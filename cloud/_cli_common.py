@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from protos.plane_target import PlaneTarget, TargetError, plane_target
+
 if TYPE_CHECKING:
     from cloud.home import CloudHome
     from cloud.store import Store
 
-__all__ = ["home_option", "load_home", "open_store"]
+__all__ = ["home_option", "load_home", "open_store", "plane_address"]
 
 home_option = click.option(
     "--home",
@@ -42,3 +44,12 @@ def open_store(home: CloudHome) -> Store:
         return Store.open(home.database_url(home.config()))
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def plane_address(text: str) -> PlaneTarget:
+    """The gRPC target of a plane address (``HOST:PORT`` or replicas ``A:P,B:P``); a bad
+    one is a usage error that names the entry."""
+    try:
+        return plane_target(text)
+    except TargetError as exc:
+        raise click.UsageError(f"--server: {exc}") from None

@@ -144,7 +144,9 @@ class Ingest:
         on_committed: Callable[[Sequence[Decoded], float], None] | None = None,
         on_drop: Callable[[str], None] | None = None,
         quarantine: Quarantine | None = None,
+        mqtt5: bool = True,
     ) -> None:
+        """`mqtt5`: try MQTT 5 first (off for a broker known to speak 3.1.1 only)."""
         self.store = store
         self.settings = settings or IngestSettings()
         self.counters: Counter[str] = Counter()
@@ -156,7 +158,13 @@ class Ingest:
         self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
-        self._mqtt = CloudMqtt(mqtt, on_message=self._enqueue, manual_ack=True)
+        self._mqtt = CloudMqtt(
+            mqtt,
+            on_message=self._enqueue,
+            manual_ack=True,
+            mqtt5=mqtt5,
+            on_refused=lambda _f, _code: self.counters.update(["subscriptions_refused"]),
+        )
         shared = self.settings.subscription == "shared"
         for f in shared_filters() if shared else exclusive_filters():
             self._mqtt.subscribe(f)

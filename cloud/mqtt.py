@@ -7,6 +7,14 @@ Two uses: ingest subscribes with **manual acknowledgement** — a QoS 1 message 
 PUBACKed only after the store committed it, so an ingest process that dies with
 messages in hand gets them redelivered from its persistent session rather than
 losing them — and the control plane publishes update hints and waits for PUBACK.
+
+Both speak MQTT 5 where the broker does (Mosquitto 2) and fall back to 3.1.1 where
+it refuses, closes or does not answer an MQTT 5 CONNECT (the embedded development
+broker). A persistent MQTT 5 session is ``clean_start=False`` with a Session Expiry
+Interval (:attr:`CloudMqttSettings.session_expiry_s`; ingest's never expires, like
+its 3.1.1 session: it is the only copy of what robots sent while ingest is down).
+A subscription the broker refuses (SUBACK reason code 0x80 or more) is logged with
+the topic and the code, counted and kept in :attr:`CloudMqtt.refused`.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+NEVER_EXPIRES = 0xFFFFFFFF
+"""MQTT 5 Session Expiry Interval meaning "never"."""
 
 HINT_EXPIRY_S = 86_400
 """Update hints expire after a day (MQTT 5): a robot offline longer converges through
@@ -81,6 +92,9 @@ class CloudMqttSettings:
     keepalive_s: int = 30
     client_id: str = "edgeflux-ingest-1"
     max_inflight: int = 1000
+    session_expiry_s: int = NEVER_EXPIRES
+    """MQTT 5, persistent sessions: how long the broker keeps the session (and the
+    QoS 1 messages queued in it) while this client is away."""
 
 
 @dataclass(frozen=True)
@@ -109,17 +123,25 @@ class CloudMqtt:
         manual_ack: bool = False,
         clean_session: bool = False,
         mqtt5: bool = False,
+        on_refused: Callable[[str, int], None] | None = None,
     ) -> None:
-        """`mqtt5`: speak MQTT 5 where the broker does (message expiry on publishes),
-        else fall back to 3.1.1. Only for clean sessions (publishers): a persistent MQTT 5
-        session would also need a session expiry, which 3.1.1 clients here do not set."""
-        if mqtt5 and not clean_session:
-            raise ValueError("mqtt5 is for clean-session publishers")
+        """`mqtt5`: speak MQTT 5 where the broker does (message expiry on publishes,
+        reason codes, a session expiry for a persistent session), else 3.1.1.
+        `on_refused(topic_filter, reason_code)`: a subscription the broker refused."""
+        if not 0 <= settings.session_expiry_s <= NEVER_EXPIRES:
+            raise ValueError(f"session_expiry_s {settings.session_expiry_s} is not 0..2^32-1")
         self.settings = settings
         self._on_message_cb = on_message
         self._manual_ack = manual_ack
         self._clean_session = clean_session
         self._subs: list[str] = []
+        self._sub_mids: dict[int, str] = {}
+        self._early_subacks: dict[int, list[int]] = {}
+        self._on_refused = on_refused
+        self.refused: dict[str, int] = {}
+        """Topic filter → the SUBACK reason code the broker refused it with (last seen)."""
+        self.counters: dict[str, int] = {"subscriptions_refused": 0}
+        self._refused_pubs: dict[int, int] = {}
         self._acks: dict[int, threading.Event] = {}
         self._early: set[int] = set()
         self._lock = threading.Lock()
@@ -161,6 +183,7 @@ class CloudMqtt:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         return c
 
     def start(self, timeout_s: float = 10.0) -> None:
@@ -182,6 +205,9 @@ class CloudMqtt:
             self.stop()
             self.mqtt5 = False
             self.last_error = ""
+            with self._lock:  # message ids start again with the new client
+                self._sub_mids.clear()
+                self._early_subacks.clear()
             self._client = self._make_client()
         self._connect()
         if not self._connected.wait(timeout_s):
@@ -195,7 +221,15 @@ class CloudMqtt:
         s = self.settings
         try:
             if self.mqtt5:
-                self._client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 0 if self._clean_session else s.session_expiry_s
+                self._client.connect(
+                    s.host,
+                    s.port,
+                    keepalive=s.keepalive_s,
+                    clean_start=self._clean_session,
+                    properties=props,
+                )
             else:
                 self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
         except (OSError, ssl.SSLError) as exc:
@@ -215,7 +249,36 @@ class CloudMqtt:
         with self._lock:
             self._subs.append(topic_filter)
         if self.is_connected():
-            self._client.subscribe(topic_filter, qos=1)
+            self._send_subscribe(self._client, topic_filter)
+
+    def _send_subscribe(self, client: Any, topic_filter: str) -> None:
+        _rc, mid = client.subscribe(topic_filter, qos=1)
+        with self._lock:
+            early = self._early_subacks.pop(mid, None)
+            if early is None:
+                self._sub_mids[mid] = topic_filter
+        if early is not None:  # the SUBACK beat us back from paho.subscribe()
+            self._check_suback(topic_filter, early)
+
+    def _check_suback(self, topic_filter: str, codes: list[int]) -> None:
+        for code in codes:
+            if code < 0x80:
+                self.refused.pop(topic_filter, None)
+                continue
+            self.counters["subscriptions_refused"] += 1
+            self.refused[topic_filter] = code
+            log.error(
+                "MQTT %s: the broker refused the subscription to %s with reason code "
+                "0x%02X; nothing will be received on it (is this identity in the broker's ACL?)",
+                self.settings.client_id,
+                topic_filter,
+                code,
+            )
+            if self._on_refused is not None:
+                try:
+                    self._on_refused(topic_filter, code)
+                except Exception:
+                    log.exception("on_refused hook failed")
 
     def publish(
         self,
@@ -244,7 +307,21 @@ class CloudMqtt:
                 done.set()
             else:
                 self._acks[info.mid] = done
-        return done.wait(wait_s) if wait_s is not None else True
+        if wait_s is None:
+            return True
+        if not done.wait(wait_s):
+            return False
+        with self._lock:
+            code = self._refused_pubs.pop(info.mid, None)
+        if code is not None:  # MQTT 5: the broker said no (3.1.1 brokers drop silently)
+            log.error(
+                "MQTT %s: the broker refused the publish to %s with reason code 0x%02X",
+                self.settings.client_id,
+                topic_name,
+                code,
+            )
+            return False
+        return True
 
     # ---- callbacks
 
@@ -258,7 +335,7 @@ class CloudMqtt:
         with self._lock:
             subs = list(self._subs)
         for f in subs:
-            client.subscribe(f, qos=1)
+            self._send_subscribe(client, f)
         self._connected.set()
 
     def _on_disconnect(
@@ -268,8 +345,20 @@ class CloudMqtt:
             self._refused.set()
         self._connected.clear()
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        codes = [int(getattr(r, "value", r)) for r in reasons]
         with self._lock:
+            topic_filter = self._sub_mids.pop(mid, None)
+            if topic_filter is None:
+                self._early_subacks[mid] = codes
+        if topic_filter is not None:
+            self._check_suback(topic_filter, codes)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        code = int(getattr(reason, "value", reason))
+        with self._lock:
+            if code >= 0x80:
+                self._refused_pubs[mid] = code
             ev = self._acks.pop(mid, None)
             if ev is None:
                 self._early.add(mid)

@@ -275,9 +275,9 @@ def push_cmd(
         hint: Hinter | None = None
         if not no_hint:
             try:
-                client = CloudMqtt(
-                    broker_settings(home, broker_url), clean_session=True, mqtt5=True
-                )
+                settings = broker_settings(home, broker_url)
+                # Plain MQTT is the embedded development broker, which speaks 3.1.1 only.
+                client = CloudMqtt(settings, clean_session=True, mqtt5=settings.ca is not None)
                 client.start(timeout_s=10)
                 mqtt = client
 

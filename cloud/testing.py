@@ -149,7 +149,7 @@ def running_plane(
     factories: list[str] | None = None,
     metrics: bool = False,
     ingest: bool = False,
-    files_over_mqtt: bool = False,
+    files_over_mqtt: bool | None = False,
 ) -> Iterator[RunningPlane]:
     """Create a home at `home_dir` (unless one is there) and run a plane on free ports.
 

@@ -20,7 +20,9 @@ from cloud.store.windows import LabeledWindow
 from runtime.desired_state import DesiredBundle, GatePolicy
 from runtime.maintenance_window import MaintenanceWindow
 
-__all__ = ["WindowBook", "fingerprint", "with_windows"]
+__all__ = ["WindowBook", "Windows", "fingerprint", "with_windows"]
+
+Windows = tuple[MaintenanceWindow, ...]
 
 
 def with_windows(bundle: DesiredBundle, windows: Sequence[MaintenanceWindow]) -> DesiredBundle:
@@ -38,7 +40,10 @@ def with_windows(bundle: DesiredBundle, windows: Sequence[MaintenanceWindow]) ->
 
 
 class WindowBook:
-    """The windows table, re-read at most every `ttl_s` (a tiny table, read often)."""
+    """The windows table, re-read at most every `ttl_s` (a tiny table, read often).
+
+    Answers per label set are kept until the next re-read, with a cache key that
+    changes whenever the windows of that label set do."""
 
     def __init__(
         self,
@@ -52,16 +57,32 @@ class WindowBook:
         self._lock = threading.Lock()
         self._at = -float("inf")
         self._rows: list[LabeledWindow] = []
+        self._answers: dict[frozenset[tuple[str, str]], tuple[Windows, str]] = {}
 
-    def for_labels(self, labels: Mapping[str, str]) -> tuple[MaintenanceWindow, ...]:
+    def lookup(self, labels: Mapping[str, str]) -> tuple[Windows, str]:
+        """The windows that apply to a device with `labels`, and their cache key
+        ('' for none)."""
+        key = frozenset(labels.items())
         with self._lock:
             if self._clock() - self._at >= self.ttl_s:
-                self._rows = self._load()
+                rows = self._load()
+                if rows != self._rows:
+                    self._answers.clear()
+                self._rows = rows
                 self._at = self._clock()
-            rows = self._rows
-        return tuple(r.window for r in rows if r.applies_to(labels))
+            answer = self._answers.get(key)
+            if answer is None:
+                found = tuple(r.window for r in self._rows if r.applies_to(labels))
+                answer = (found, fingerprint(found))
+                if len(self._answers) > 10_000:
+                    self._answers.clear()
+                self._answers[key] = answer
+            return answer
+
+    def for_labels(self, labels: Mapping[str, str]) -> Windows:
+        return self.lookup(labels)[0]
 
 
 def fingerprint(windows: Sequence[MaintenanceWindow]) -> str:
-    """A short text that changes whenever `windows` do ('' for none): a cache key."""
+    """A text that changes whenever `windows` do ('' for none): a cache key."""
     return "|".join(w.model_dump_json() for w in windows)

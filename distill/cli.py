@@ -181,9 +181,16 @@ def envs_cmd(as_json: bool) -> None:
 @click.option("--wm-family", default="tdmpc2", show_default=True,
               help="World-model family to train (built-in or from an edgeflux.world_models "
                    "entry point).")  # fmt: skip
-@click.option("--wm-dataset", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--wm-dataset", type=click.Path(path_type=Path),
               help="Train the world model offline from this directory of .npz episodes "
-                   "(observations, actions, rewards, terminations).")  # fmt: skip
+                   "(observations, actions, rewards, terminations), or from one "
+                   "edgeflux.replay/v1 file such as `cloud recordings export --npz` "
+                   "writes.")  # fmt: skip
+@click.option("--wm-rewards", type=click.Choice(["recorded", "env"]), default="recorded",
+              show_default=True,
+              help="Offline training: the dataset's rewards, or the environment's reward "
+                   "function of observation and action (for flight recordings, which "
+                   "carry none).")  # fmt: skip
 @click.option("--wm-updates", type=int, default=2_000, show_default=True,
               help="Offline training (--wm-dataset): gradient steps.")  # fmt: skip
 @click.option("--wm-checkpoint", type=click.Path(path_type=Path),
@@ -194,6 +201,9 @@ def envs_cmd(as_json: bool) -> None:
 @click.option("--mppi-iterations", type=int,
               help="World-model teacher: MPPI iterations per step [CPU 4, GPU 6].")  # fmt: skip
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Keep the student's weights in ONNX external data (policy.onnx.data) "
+                   "[default: when they pass 1 GiB].")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def run_cmd(
     env_id: str,
@@ -219,11 +229,13 @@ def run_cmd(
     wm_utd: float,
     wm_family: str,
     wm_dataset: Path | None,
+    wm_rewards: str,
     wm_updates: int,
     wm_checkpoint: Path | None,
     mppi_samples: int | None,
     mppi_iterations: int | None,
     threads: int,
+    external_data: bool | None,
     as_json: bool,
 ) -> None:
     """Teacher → DAgger student → ONNX (parity-checked) → signed bundle in OUT."""
@@ -266,11 +278,13 @@ def run_cmd(
                 updates_per_step=wm_utd,
             ),
             dataset=wm_dataset,
+            dataset_rewards=wm_rewards,
             offline_updates=wm_updates,
             checkpoint=wm_checkpoint,
             teacher_policy=teacher_policy,  # type: ignore[arg-type]
             teacher_mppi=_planner(mppi_samples, mppi_iterations),
             threads=threads,
+            external_data=external_data,
         )
     _quiet([env_id])
     with _user_errors():

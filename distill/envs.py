@@ -29,6 +29,7 @@ __all__ = [
     "discount_for",
     "env_spec",
     "make_env",
+    "reward_function",
 ]
 
 
@@ -205,3 +206,26 @@ def discount_for(max_episode_steps: int) -> float:
     """TD-MPC2's heuristic discount: (T/5 - 1) / (T/5), clipped to [0.95, 0.995]."""
     frac = max_episode_steps / 5
     return float(min(max((frac - 1) / frac, 0.95), 0.995)) if math.isfinite(frac) else 0.99
+
+
+def _pendulum_reward(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+    # Pendulum-v1's cost of the state a step starts from and the torque applied.
+    th = np.arctan2(obs[:, 1], obs[:, 0])  # already in [-pi, pi]
+    u = np.clip(act[:, 0], -2.0, 2.0)
+    return np.asarray(-(th**2 + 0.1 * obs[:, 2] ** 2 + 0.001 * u**2))
+
+
+_REWARDS = {"Pendulum-v1": _pendulum_reward}
+
+
+def reward_function(env_id: str) -> Any:
+    """`reward(obs (T, obs_dim), actions (T, act_dim)) -> (T,)`: the reward the
+    environment pays for each step that starts from obs and applies the action, for
+    environments whose reward depends on those alone (Pendulum-v1). Labels recorded
+    episodes, which carry no reward."""
+    if env_id not in _REWARDS:
+        raise UnknownEnvError(
+            f"no reward function of observation and action is known for {env_id!r} "
+            f"(known: {', '.join(sorted(_REWARDS))}); record rewards with the episodes"
+        )
+    return _REWARDS[env_id]

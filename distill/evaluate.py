@@ -52,11 +52,22 @@ class OnnxPolicy(KernelPolicy):
         super().__init__(load_kernel(model, manifest))
 
     @classmethod
-    def unpackaged(cls, onnx_bytes: bytes, spec: EnvSpec) -> OnnxPolicy:
+    def unpackaged(cls, onnx_bytes: bytes | Path, spec: EnvSpec) -> OnnxPolicy:
         """An exported graph with the manifest `distill.package` would give it for `spec`
-        (bounds of the environment, default control settings)."""
+        (bounds of the environment, default control settings). A path: a saved model
+        (its external data beside it)."""
         from distill.package import build_manifest
 
+        if isinstance(onnx_bytes, Path):
+            manifest = build_manifest(
+                onnx_path=onnx_bytes,
+                spec=spec,
+                name="unpackaged",
+                version="0.0.0",
+                sequence=0,
+                provenance={},
+            )
+            return cls(onnx_bytes, manifest)
         with tempfile.TemporaryDirectory(prefix="edgeflux-eval-") as tmp:
             onnx_path = Path(tmp) / "policy.onnx"
             onnx_path.write_bytes(onnx_bytes)

@@ -1,14 +1,20 @@
 """ONNX export of the student, graph checks, and numeric parity torch vs onnxruntime.
 
-Export uses the dynamo exporter (``torch.onnx.export(..., dynamo=True,
-external_data=False)``: one self-contained, hashable file — the default would put
-weights in a separate ``.onnx.data``) with a dynamic batch dimension (an example
+Export uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``) with a
+dynamic batch dimension (an example
 batch alone would freeze it, pytorch#151582), and falls back to the legacy
 TorchScript exporter if dynamo fails. The result passes
 ``onnx.checker.check_model(full_check=True)`` and carries the observation/action
 spec and provenance in ``metadata_props``. Parity runs the ONNX graph through the
 runtime's own `PolicySession` — the code path the robot uses — never through
 onnxruntime directly.
+
+A student is one self-contained ``policy.onnx`` unless its weights pass
+`EXTERNAL_DATA_THRESHOLD_BYTES` (or ``external_data=True``): then they go to ONNX
+external data, one ``policy.onnx.data`` file next to the graph, as a protobuf
+cannot hold more than 2 GiB. :meth:`ExportResult.save` writes either form; the
+bundle signs and verifies every file (``runtime.bundle.create_bundle`` copies the
+external file and checks its ranges against the graph).
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +38,7 @@ from distill.student import Student
 from runtime.session import PolicySession, SessionError
 
 __all__ = [
+    "EXTERNAL_DATA_THRESHOLD_BYTES",
     "INPUT_NAME",
     "OPSET",
     "OUTPUT_NAME",
@@ -46,11 +55,49 @@ INPUT_NAME, OUTPUT_NAME = "obs", "action"
 OPSET = 18  # the dynamo exporter's floor; onnxruntime >= 1.14 and TensorRT 8.6+ parse it
 
 
+EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
+"""Weights above this go to ONNX external data (protobuf's hard limit is 2 GiB)."""
+
+
 @dataclass(frozen=True)
 class ExportResult:
-    onnx_bytes: bytes
+    model: onnx.ModelProto
     exporter: Literal["dynamo", "legacy"]
     opset: int
+    external_data: bool = False
+    """The weights live in ``<name>.data`` next to the graph (see :meth:`save`)."""
+
+    @property
+    def onnx_bytes(self) -> bytes:
+        """The self-contained model; an external-data export has no such form."""
+        if self.external_data:
+            raise ExportError(
+                "this student keeps its weights in ONNX external data: write it with "
+                "ExportResult.save(path), not as one file's bytes"
+            )
+        return bytes(self.model.SerializeToString())
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write the model to `path` (``policy.onnx``) and, for an external-data export,
+        its weights to ``<path>.data`` beside it; returns the files written."""
+        out = Path(path)
+        if not self.external_data:
+            out.write_bytes(self.onnx_bytes)
+            return [out]
+        data = out.with_name(out.name + ".data")
+        data.unlink(missing_ok=True)  # onnx appends to an existing data file
+        onnx.save_model(
+            self.model,
+            str(out),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+        # save_model moved the weights out of self.model's tensors: load them back so
+        # the result can be saved again.
+        onnx.load_external_data_for_model(self.model, str(out.parent))
+        return [out, data]
 
 
 @dataclass(frozen=True)
@@ -69,7 +116,7 @@ class ParityReport:
         return asdict(self)
 
 
-def _export_dynamo(student: Student, example: torch.Tensor) -> bytes:
+def _export_dynamo(student: Student, example: torch.Tensor) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -87,10 +134,11 @@ def _export_dynamo(student: Student, example: torch.Tensor) -> bytes:
         )
     if program is None:
         raise RuntimeError("dynamo exporter returned no program")
-    return bytes(program.model_proto.SerializeToString())
+    model: onnx.ModelProto = program.model_proto
+    return model
 
 
-def _export_legacy(student: Student, example: torch.Tensor) -> bytes:
+def _export_legacy(student: Student, example: torch.Tensor) -> onnx.ModelProto:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -104,7 +152,11 @@ def _export_legacy(student: Student, example: torch.Tensor) -> bytes:
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=OPSET,
         )
-    return buf.getvalue()
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
 def export_student(
@@ -113,26 +165,33 @@ def export_student(
     metadata: dict[str, Any],
     *,
     prefer: Literal["dynamo", "legacy"] = "dynamo",
+    external_data: bool | None = None,
 ) -> ExportResult:
-    """Export `student` for `spec`; `metadata` values are JSON-encoded into metadata_props."""
+    """Export `student` for `spec`; `metadata` values are JSON-encoded into metadata_props.
+
+    `external_data`: True keeps the weights in ONNX external data, False in the one
+    file; None (default) decides by `EXTERNAL_DATA_THRESHOLD_BYTES`."""
     student = student.eval()
     example = torch.as_tensor(
         np.stack([spec.obs_low, spec.obs_high]) * 0.5, dtype=torch.float32
     )  # batch of 2: never let an example of 1 look like a fixed batch
     order = ["dynamo", "legacy"] if prefer == "dynamo" else ["legacy"]
     errors = []
-    raw, used = b"", "legacy"
+    exported: onnx.ModelProto | None = None
+    used = "legacy"
     for name in order:
         try:
-            raw = (_export_dynamo if name == "dynamo" else _export_legacy)(student, example)
+            exported = (_export_dynamo if name == "dynamo" else _export_legacy)(student, example)
             used = name
             break
         except Exception as exc:  # exporters raise many internal types
             log.warning("onnx exporter failed", extra={"exporter": name, "error": str(exc)})
             errors.append(f"{name}: {exc}")
-    if not raw:
+    if exported is None:
         raise ExportError("every ONNX exporter failed: " + " | ".join(errors))
-    model = onnx.load_from_string(raw)
+    model = exported
+    if external_data is None:
+        external_data = _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
     props = {
         "edgeflux.obs_spec": {
             "name": INPUT_NAME,
@@ -153,13 +212,20 @@ def export_student(
     for key, value in sorted(props.items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"exported graph fails onnx.checker (full_check): {exc}") from exc
     if len(model.graph.input) != 1 or len(model.graph.output) != 1:
         raise ExportError("exported graph must have exactly one input and one output")
-    return ExportResult(model.SerializeToString(), used, OPSET)  # type: ignore[arg-type]
+    result = ExportResult(model, used, OPSET, external_data)  # type: ignore[arg-type]
+    try:
+        if external_data:  # the checker reads a model over 2 GiB only from its files
+            with tempfile.TemporaryDirectory(prefix="edgeflux-export-") as tmp:
+                path = Path(tmp) / "policy.onnx"
+                result.save(path)
+                onnx.checker.check_model(str(path), full_check=True)
+        else:
+            onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported graph fails onnx.checker (full_check): {exc}") from exc
+    return result
 
 
 def parity_inputs(
@@ -177,12 +243,14 @@ def parity_inputs(
 
 def check_parity(
     student: Student,
-    onnx_bytes: bytes,
+    onnx_bytes: bytes | Path,
     inputs: np.ndarray,
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> ParityReport:
-    """Compare torch and the runtime's onnxruntime session on every row of `inputs`."""
+    """Compare torch and the runtime's onnxruntime session on every row of `inputs`.
+
+    `onnx_bytes`: the model's bytes, or the path of a saved one (external data beside it)."""
     with torch.inference_mode():
         ref = student.eval()(torch.as_tensor(inputs, dtype=torch.float32)).numpy()
     try:

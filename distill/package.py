@@ -69,14 +69,18 @@ def check_signing_key(sign_key: str | os.PathLike[str], passphrase: bytes | None
 
 
 def package_bundle(
-    onnx_bytes: bytes,
+    onnx_bytes: bytes | Path,
     manifest_args: dict[str, Any],
     out_dir: str | os.PathLike[str],
     *,
     sign_key: str | os.PathLike[str] | None,
     passphrase: bytes | None = None,
 ) -> tuple[Path, BundleManifest]:
-    """Write `out_dir` = policy.onnx + edgeflux.json (+ model.sig when `sign_key` is given)."""
+    """Write `out_dir` = policy.onnx + edgeflux.json (+ model.sig when `sign_key` is given).
+
+    `onnx_bytes`: the model's bytes, or the path of a saved model whose ONNX external
+    data files lie beside it (``ExportResult.save``): they are copied, checked against
+    the graph and signed with it."""
     out = Path(out_dir)
     if out.exists():
         raise PackagingError(f"{out}: already exists; choose another --out or remove it")
@@ -85,8 +89,11 @@ def package_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        onnx_path = staging / "policy.onnx"
-        onnx_path.write_bytes(onnx_bytes)
+        if isinstance(onnx_bytes, Path):
+            onnx_path = onnx_bytes
+        else:
+            onnx_path = staging / "policy.onnx"
+            onnx_path.write_bytes(onnx_bytes)
         manifest = build_manifest(onnx_path=onnx_path, **manifest_args)
         # The OMS statement names the directory, so build under the final name.
         bundle = create_bundle(onnx_path, manifest, staging / out.name)

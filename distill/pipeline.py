@@ -82,8 +82,11 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     """World-model training budget (teacher="world-model" without a checkpoint)."""
     dataset: Path | None = None
-    """Train the world model offline from this directory of ``.npz`` episodes
-    (`distill.offline`) instead of online."""
+    """Train the world model offline from this directory of ``.npz`` episodes, or one
+    ``edgeflux.replay/v1`` file (`distill.offline`), instead of online."""
+    dataset_rewards: str = "recorded"
+    """Offline: the dataset's rewards ("recorded") or the environment's reward function
+    of observation and action ("env"; flight recordings carry no reward)."""
     offline_updates: int = 2_000
     """Gradient steps of offline training."""
     checkpoint: Path | None = None
@@ -100,6 +103,9 @@ class DistillConfig:
     costs a third as much per step — evaluation and DAgger query it ~36,000 times."""
     threads: int = 1
     """torch intra-op threads; 1 is fastest on small shared CPUs and keeps runs reproducible."""
+    external_data: bool | None = None
+    """Keep the student's weights in ONNX external data (``policy.onnx.data``): True,
+    False, or None: when they pass `distill.export.EXTERNAL_DATA_THRESHOLD_BYTES`."""
 
     def __post_init__(self) -> None:
         if self.eval_episodes < 1:
@@ -240,23 +246,30 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
             "dagger": asdict(cfg.dagger),
             "eval_seeds": [seeds[0], seeds[-1]],
         }
-        exported = export_student(result.student, spec, {"provenance": provenance})
-        states, _ = result.data.transitions()
-        parity = check_parity(
-            result.student, exported.onnx_bytes, parity_inputs(spec, states, seed=cfg.seed)
+        exported = export_student(
+            result.student, spec, {"provenance": provenance}, external_data=cfg.external_data
         )
+        states, _ = result.data.transitions()
+        # A student with external data is checked, evaluated and packaged from its files.
+        model: bytes | Path = (
+            exported.onnx_bytes if not exported.external_data else out / "policy.onnx"
+        )
+        if isinstance(model, Path):
+            exported.save(model)
+        parity = check_parity(result.student, model, parity_inputs(spec, states, seed=cfg.seed))
         if not parity.passed:
             raise ExportError(
                 f"torch and onnxruntime disagree on the exported student: max abs "
                 f"{parity.max_abs:.3g}, max rel {parity.max_rel:.3g} over {parity.n} inputs "
                 f"(rtol {parity.rtol}, atol {parity.atol}); nothing was packaged"
             )
-        atomic_write_bytes(out / "policy.onnx", exported.onnx_bytes)
+        if isinstance(model, bytes):
+            atomic_write_bytes(out / "policy.onnx", model)
 
     with stage("student-eval"):
         # Through the runtime's policy kernel on the exported bytes, with the manifest
         # the bundle will carry: what the robot will run.
-        student = OnnxPolicy.unpackaged(exported.onnx_bytes, spec)
+        student = OnnxPolicy.unpackaged(model, spec)
         student_returns = episode_returns(cfg.env_id, student, seeds, cfg.variant)
 
     t_mean, s_mean, r_mean = (
@@ -276,6 +289,7 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
             "gap_fraction_of_range": (t_mean - s_mean) / span if span > 0 else float("nan"),
             "numeric_parity": parity.as_dict(),
             "exporter": exported.exporter,
+            "external_data": exported.external_data,
             "opset": exported.opset,
         }
     )
@@ -289,7 +303,7 @@ def run_pipeline(cfg: DistillConfig, report: Reporter | None = None) -> DistillR
             "episodes": len(seeds),
         }
         bundle_dir, _ = package_bundle(
-            exported.onnx_bytes,
+            model,
             {
                 "spec": spec,
                 "name": cfg.bundle_name,
@@ -346,7 +360,9 @@ def _make_teacher(
         offline = train_offline(
             spec,
             cfg.dataset,
-            OfflineConfig(cfg.train.family, cfg.train.preset, cfg.offline_updates),
+            OfflineConfig(
+                cfg.train.family, cfg.train.preset, cfg.offline_updates, rewards=cfg.dataset_rewards
+            ),
             cfg.seed,
             on_progress=lambda done, total, st: rep("teacher", done, total, st),
         )
@@ -359,6 +375,7 @@ def _make_teacher(
             cfg.env_id,
             {
                 "dataset": str(cfg.dataset),
+                "dataset_rewards": cfg.dataset_rewards,
                 "train_dataset_digest": dataset_digest,
                 "validation": offline.validation,
             },

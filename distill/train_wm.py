@@ -35,14 +35,14 @@ import torch.distributed as dist
 from torch import nn
 
 from distill.envs import EnvBatch, EnvSpec, discount_for, env_spec
-from distill.errors import UnknownFamilyError
+from distill.errors import CheckpointError, UnknownFamilyError
 from distill.mppi import MPPIConfig
 from distill.replay import ReplayBuffer, Trajectory
 from distill.seeds import draw_training
 from distill.teachers import plan_with_model
 from distill.wm_interface import TrainableWorldModel
 from distill.wm_registry import load_family
-from distill.wm_store import save_pretrained
+from distill.wm_store import check_writable, save_pretrained
 from distill.world_model import PRESETS, TDMPC2Model, pick_device, save_checkpoint
 
 __all__ = [
@@ -274,6 +274,11 @@ def main(argv: list[str] | None = None) -> None:
         load_family(args.family)
     except UnknownFamilyError as exc:
         p.error(f"--family: {exc}")
+    if args.out.suffix != ".pt":
+        try:
+            check_writable(args.out)
+        except CheckpointError as exc:
+            p.error(f"--out: {exc}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         device = pick_device(args.device)

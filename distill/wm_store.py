@@ -44,6 +44,7 @@ from runtime.atomicio import fsync_dir
 __all__ = [
     "CONFIG_FILE",
     "SAVED_FORMAT",
+    "check_writable",
     "from_pretrained",
     "load_world_model",
     "save_pretrained",
@@ -99,11 +100,7 @@ def save_pretrained(
             f"could not write {directory}: saving a world model needs the safetensors "
             "package (pip install safetensors, or the edgeflux[distill] extra)"
         )
-    if directory.exists() and not _replaceable(directory):
-        raise CheckpointError(
-            f"could not write {directory}: it exists and is not a saved world model "
-            f"(no {CONFIG_FILE}); choose another path"
-        )
+    check_writable(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = _encode(state)
     digest = model.digest()
@@ -136,10 +133,19 @@ def save_pretrained(
     return digest
 
 
-def _replaceable(directory: Path) -> bool:
-    if not directory.is_dir():
-        return False
-    return (directory / CONFIG_FILE).is_file() or not any(directory.iterdir())
+def check_writable(directory: str | Path) -> None:
+    """Refuse (`CheckpointError`) a path `save_pretrained` would not replace: one that
+    exists and is neither a saved world model nor an empty directory. Call it before
+    training, so minutes of work are not lost to a mistyped path."""
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    if directory.is_dir() and ((directory / CONFIG_FILE).is_file() or not any(directory.iterdir())):
+        return
+    raise CheckpointError(
+        f"could not write {directory}: it exists and is not a saved world model "
+        f"(no {CONFIG_FILE}); choose another path"
+    )
 
 
 def _write_directory(directory: Path, files: dict[str, bytes]) -> None:

@@ -315,6 +315,10 @@ def flash_cmd(
             "mqtt_tls": mqtt_tls,
             "grpc_target": grpc_target,
         }
+        if not mqtt_tls:
+            # Plain MQTT is the embedded development broker, which speaks 3.1.1 only: an
+            # MQTT 5 attempt would wait for its time-out at every start.
+            agent_given.setdefault("mqtt5", False)
         runtime_given = {
             **REALTIME_DEFAULTS,
             **parse_key_values(runtime_options, "--runtime-option"),

@@ -106,7 +106,10 @@ class RobotEffects:
             certificate_chain=crt.read_bytes(),
         )
         plane = plane_target(c.grpc_target)  # one address or replicas, round-robin
-        self.channel = grpc.secure_channel(plane.target, creds, options=list(plane.options))
+        # A plane that was unreachable is tried again within seconds (gRPC's default
+        # back-off grows to two minutes), so updates return to gRPC soon after it is back.
+        options = [*plane.options, ("grpc.max_reconnect_backoff_ms", 10_000)]
+        self.channel = grpc.secure_channel(plane.target, creds, options=options)
         self.stub = device_pb2_grpc.DeviceServiceStub(self.channel)  # type: ignore[no-untyped-call]
         pacer = Pacer(
             c.download_max_bytes_per_s,
@@ -234,9 +237,8 @@ class RobotEffects:
     def desired_windows(self, target: TargetInfo, timeout_s: float) -> str:
         """The maintenance windows the verified desired state now gives `target` (as
         ``TargetInfo.windows``); UpdateError when it names another bundle."""
-        reply = self.stub.GetDesiredState(device_pb2.GetDesiredStateRequest(), timeout=timeout_s)
         doc = verify_desired_state(
-            bytes(reply.envelope.dsse_json),
+            self._desired_envelope(timeout_s),
             self._director(),
             self.agent.device_id,
             dt.datetime.now(dt.UTC),

@@ -102,6 +102,8 @@ class Agent:
                 reconnect_cap_s=c.reconnect_cap_s,
                 max_inflight=c.inflight_window,
                 max_payload_bytes=c.max_payload_bytes,
+                mqtt5=c.mqtt5,
+                session_expiry_s=c.mqtt_session_expiry_s,
             ),
             self.device_id,
             will=(self._state_topic, self._state(False)),

@@ -60,6 +60,13 @@ class AgentConfig(BaseModel):
     reconnect_cap_s: float = Field(30.0, gt=0)
     keepalive_s: int = Field(30, ge=2)
     max_payload_bytes: int = Field(64 * 1024, gt=0, description="incoming MQTT cap")
+    mqtt5: bool = Field(True, description="try MQTT 5 first (3.1.1 where the broker lacks it)")
+    mqtt_session_expiry_s: int = Field(
+        86_400,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="MQTT 5: how long the broker keeps this robot's session while offline",
+    )
 
     hint_min_interval_s: float = Field(
         30.0, ge=0, description="at most one TUF refresh per interval, however many hints"

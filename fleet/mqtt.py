@@ -1,8 +1,20 @@
 """The agent's MQTT transport — the only robot-side module that imports paho.
 
-MQTT 3.1.1 (any broker serves), mutual TLS with the device certificate, QoS 1,
-a persistent session (``clean_session=False``) so update hints sent while the robot
-was offline are delivered when it returns. Topics::
+MQTT 5 where the broker speaks it (Mosquitto 2), else MQTT 3.1.1 (any broker
+serves); mutual TLS with the device certificate, QoS 1, a persistent session so
+update hints sent while the robot was offline are delivered when it returns: under
+MQTT 5 ``clean_start=False`` with a Session Expiry Interval
+(:attr:`MqttSettings.session_expiry_s`, a day by default), under 3.1.1
+``clean_session=False``. A broker that refuses an MQTT 5 CONNECT (or closes the
+connection before answering it) is tried with 3.1.1 next; a transport that once
+connected with one protocol keeps it.
+
+Refusals are never silent: a SUBACK reason code of 0x80 or more (0x87 Not
+authorized: the broker's ACL) is logged with the topic and the code, counted
+(``counters["subscriptions_refused"]``) and kept in :attr:`MqttTransport.refused`;
+under MQTT 5 a PUBACK of 0x80 or more does not acknowledge the message (it stays in
+the spool and is offered again; under 3.1.1 a broker acknowledges a denied publish
+and drops it). Topics::
 
     edgeflux/v1/devices/<id>/telemetry   device → cloud, QoS 1 (TelemetryBatch)
     edgeflux/v1/devices/<id>/events      device → cloud, QoS 1 (Event)
@@ -32,6 +44,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +52,12 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 __all__ = [
     "KINDS",
+    "NEVER_EXPIRES",
     "MqttError",
     "MqttSettings",
     "MqttTransport",
@@ -114,9 +130,36 @@ class MqttSettings:
     """paho's in-flight window; the spool pump keeps its own window no larger."""
     max_payload_bytes: int = 256 * 1024
     """Incoming payloads larger than this are dropped and counted, never parsed."""
+    mqtt5: bool = True
+    """Try MQTT 5 first (3.1.1 where the broker does not speak it)."""
+    connack_timeout_s: float = 5.0
+    """An attempt the broker has not answered (CONNACK) within this is given up; a
+    3.1.1-only broker may neither answer an MQTT 5 CONNECT nor close. (A robot whose
+    very first attempt meets a broker too busy to answer in time speaks 3.1.1 until
+    it restarts; it loses nothing but the reason codes.)"""
+    session_expiry_s: int = 86_400
+    """MQTT 5: how long the broker keeps this robot's session (its subscription and the
+    hints queued for it) while the robot is offline. A day: hints expire after a day
+    anyway and a robot offline longer converges through its desired-state poll, and
+    a robot taken out of service does not hold broker memory for ever.
+    ``NEVER_EXPIRES`` keeps it like a 3.1.1 persistent session."""
 
 
 Handler = Callable[[str, bytes], None]
+
+NEVER_EXPIRES = 0xFFFFFFFF
+"""MQTT 5 Session Expiry Interval meaning "never"."""
+_LOG_EVERY_S = 10.0
+_UNSUPPORTED_PROTOCOL = (0x01, 0x84)  # 3.1.1 CONNACK return code 1; MQTT 5 reason 0x84
+
+
+def _code(reason: Any) -> int:
+    """The numeric value of a paho ReasonCode (or of a plain int)."""
+    return int(getattr(reason, "value", reason))
+
+
+def _describe(reason: Any) -> str:
+    return f"0x{_code(reason):02X} {reason}"
 
 
 class MqttTransport:
@@ -136,30 +179,65 @@ class MqttTransport:
         self.client_id = client_id
         self._rng = rng or random.Random()
         self._on_connected = on_connected
+        self._clean_session = clean_session
+        self._will = will
         self._handlers: dict[str, Handler] = {}
         self._limits: dict[str, int] = {}  # per-filter incoming caps above the default
         self._acks: dict[int, Callable[[], None]] = {}
-        self._early: set[int] = set()
+        self._early: dict[int, bool] = {}  # PUBACKs that beat publish(): accepted?
+        self._sub_mids: dict[int, str] = {}
+        self._early_subacks: dict[int, list[int]] = {}
+        self._connack: int | None = None  # this attempt's CONNACK code, None: none yet
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.counters: dict[str, int] = {"connects": 0, "disconnects": 0, "dropped_oversize": 0}
+        self._last_refusal_log = 0.0
+        self.counters: dict[str, int] = {
+            "connects": 0,
+            "disconnects": 0,
+            "dropped_oversize": 0,
+            "subscriptions_refused": 0,
+            "publishes_refused": 0,
+        }
+        self.refused: dict[str, int] = {}
+        """Topic filter → the SUBACK reason code the broker refused it with (last seen)."""
         self.last_error = ""
-
-        c = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=clean_session,
-            protocol=MQTTProtocolVersion.MQTTv311,
-            reconnect_on_failure=False,
-        )
-        c.max_inflight_messages_set(settings.max_inflight)
-        c.max_queued_messages_set(0)
         if settings.tls is not None:
             for p in (settings.tls.ca, settings.tls.cert, settings.tls.key):
                 if not Path(p).is_file():
                     raise MqttError(f"TLS file {p} does not exist (device identity incomplete)")
+        if not 0 <= settings.session_expiry_s <= NEVER_EXPIRES:
+            raise MqttError(f"session_expiry_s {settings.session_expiry_s} is not 0..2^32-1")
+        self._v5 = settings.mqtt5
+        self._settled = not settings.mqtt5  # True once a CONNACK fixed the protocol
+        self._client = self._make_client()
+
+    @property
+    def protocol(self) -> str:
+        """``"5"`` or ``"3.1.1"``: what this transport speaks (or tries next)."""
+        return "5" if self._v5 else "3.1.1"
+
+    def _make_client(self) -> Any:
+        settings = self.settings
+        if self._v5:
+            c = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=MQTTProtocolVersion.MQTTv5,
+                reconnect_on_failure=False,
+            )
+        else:
+            c = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                clean_session=self._clean_session,
+                protocol=MQTTProtocolVersion.MQTTv311,
+                reconnect_on_failure=False,
+            )
+        c.max_inflight_messages_set(settings.max_inflight)
+        c.max_queued_messages_set(0)
+        if settings.tls is not None:
             c.tls_set(
                 ca_certs=str(settings.tls.ca),
                 certfile=str(settings.tls.cert),
@@ -167,8 +245,8 @@ class MqttTransport:
                 cert_reqs=ssl.CERT_REQUIRED,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
-        if will is not None:
-            c.will_set(will[0], will[1], qos=1, retain=True)
+        if self._will is not None:
+            c.will_set(self._will[0], self._will[1], qos=1, retain=True)
         c.on_socket_open = self._on_socket_open
         # Only the network thread touches the socket: without this hook paho writes a
         # publish from the caller's thread while the loop reads, and concurrent use of
@@ -179,7 +257,38 @@ class MqttTransport:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
-        self._client = c
+        c.on_subscribe = self._on_subscribe
+        return c
+
+    def _connect(self) -> None:
+        """The first CONNECT of the current client (later ones: ``reconnect()``)."""
+        s = self.settings
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0 if self._clean_session else s.session_expiry_s
+            self._client.connect(
+                s.host,
+                s.port,
+                keepalive=s.keepalive_s,
+                clean_start=self._clean_session,
+                properties=props,
+            )
+        else:
+            self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
+
+    def _other_protocol(self) -> None:
+        """Try the other protocol on the next attempt (no CONNACK settled it yet)."""
+        with contextlib.suppress(Exception):
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
+        self._v5 = not self._v5
+        with self._lock:  # message ids start again with the new client
+            self._acks.clear()
+            self._early.clear()
+            self._sub_mids.clear()
+            self._early_subacks.clear()
+        self._client = self._make_client()
 
     # ---- lifecycle
 
@@ -203,6 +312,14 @@ class MqttTransport:
             self._thread = None
         with contextlib.suppress(Exception):  # already closed
             self._client.disconnect()
+            # The network thread is gone: write the DISCONNECT here, so the broker
+            # ends the connection now (and starts the session's expiry) rather than
+            # at the keep-alive time-out.
+            self._client.loop(timeout=0.2)
+        with contextlib.suppress(Exception):
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
         self._connected.clear()
 
     def is_connected(self) -> bool:
@@ -229,11 +346,10 @@ class MqttTransport:
             return False
         if on_ack is not None:
             with self._lock:
-                early = info.mid in self._early
-                self._early.discard(info.mid)
-                if not early:
+                early = self._early.pop(info.mid, None)
+                if early is None:
                     self._acks[info.mid] = on_ack
-            if early:  # the PUBACK beat us back from paho.publish()
+            if early:  # the PUBACK beat us back from paho.publish(), and accepted it
                 on_ack()
         return True
 
@@ -249,7 +365,31 @@ class MqttTransport:
             if max_payload_bytes is not None:
                 self._limits[topic_filter] = max_payload_bytes
         if self.is_connected():
-            self._client.subscribe(topic_filter, qos=1)
+            self._send_subscribe(self._client, topic_filter)
+
+    def _send_subscribe(self, client: Any, topic_filter: str) -> None:
+        _rc, mid = client.subscribe(topic_filter, qos=1)
+        with self._lock:
+            early = self._early_subacks.pop(mid, None)
+            if early is None:
+                self._sub_mids[mid] = topic_filter
+        if early is not None:  # the SUBACK beat us back from paho.subscribe()
+            self._check_suback(topic_filter, early)
+
+    def _check_suback(self, topic_filter: str, codes: list[int]) -> None:
+        for code in codes:
+            if code < 0x80:
+                self.refused.pop(topic_filter, None)
+                continue
+            self.counters["subscriptions_refused"] += 1
+            self.refused[topic_filter] = code
+            log.error(
+                "MQTT %s: the broker refused the subscription to %s with reason code "
+                "0x%02X; nothing will be received on it (is this identity in the broker's ACL?)",
+                self.client_id,
+                topic_filter,
+                code,
+            )
 
     # ---- paho callbacks (network thread)
 
@@ -261,15 +401,20 @@ class MqttTransport:
         """Nothing to register: the loop's select() already watches the socket."""
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connack = _code(reason)
         if reason.is_failure:
-            self.last_error = f"broker refused the connection: {reason}"
-            log.warning("MQTT %s: %s", self.client_id, self.last_error)
+            self.last_error = f"broker refused the connection: {_describe(reason)}"
+            log.warning("MQTT %s (MQTT %s): %s", self.client_id, self.protocol, self.last_error)
             return
+        if not self._settled:
+            self._settled = True
+            if self.settings.mqtt5 and not self._v5:
+                log.info("MQTT %s: the broker does not speak MQTT 5; using 3.1.1", self.client_id)
         self.counters["connects"] += 1
         with self._lock:
             filters = list(self._handlers)
         for f in filters:
-            client.subscribe(f, qos=1)
+            self._send_subscribe(client, f)
         self._connected.set()
         if self._on_connected is not None:
             try:
@@ -284,11 +429,36 @@ class MqttTransport:
             self.counters["disconnects"] += 1
         self._connected.clear()
 
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        codes = [_code(r) for r in reasons]
+        with self._lock:
+            topic_filter = self._sub_mids.pop(mid, None)
+            if topic_filter is None:
+                self._early_subacks[mid] = codes
+        if topic_filter is not None:
+            self._check_suback(topic_filter, codes)
+
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        accepted = _code(reason) < 0x80
         with self._lock:
             cb = self._acks.pop(mid, None)
             if cb is None:
-                self._early.add(mid)
+                self._early[mid] = accepted
+        if not accepted:
+            # MQTT 5 only (3.1.1 brokers acknowledge a denied publish): not acknowledged,
+            # so the spool keeps the message and offers it again.
+            self.counters["publishes_refused"] += 1
+            now = time.monotonic()
+            if now - self._last_refusal_log >= _LOG_EVERY_S:
+                self._last_refusal_log = now
+                log.error(
+                    "MQTT %s: the broker refused a publish: %s (%d refused so far; kept "
+                    "for a later try)",
+                    self.client_id,
+                    _describe(reason),
+                    self.counters["publishes_refused"],
+                )
+            return
         if cb is not None:
             try:
                 cb()
@@ -326,15 +496,18 @@ class MqttTransport:
         attempt = 0
         first = True
         up = False
+        began = 0.0
         while not self._stop.is_set():
             if not up:
                 try:
+                    self._connack = None
                     if first:
-                        self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
+                        self._connect()
                         first = False
                     else:
                         self._client.reconnect()
                     up = True
+                    began = time.monotonic()
                 except (OSError, ssl.SSLError, ValueError) as exc:
                     self.last_error = f"cannot connect to {s.host}:{s.port}: {exc}"
                     log.debug("MQTT %s: %s", self.client_id, self.last_error)
@@ -350,9 +523,17 @@ class MqttTransport:
                 rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
             if self._connected.is_set():
                 attempt = 0
+            elif self._connack is None and time.monotonic() - began > s.connack_timeout_s:
+                self.last_error = f"no CONNACK within {s.connack_timeout_s:g} s"
+                rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 up = False
                 self._connected.clear()
+                if not self._settled and self._connack in (None, *_UNSUPPORTED_PROTOCOL):
+                    # Answered "unsupported protocol", or closed before any CONNACK (a
+                    # 3.1.1-only broker given an MQTT 5 CONNECT): the other one next.
+                    self._other_protocol()
+                    first = True
                 self._stop.wait(
                     backoff_delay(attempt, s.reconnect_base_s, s.reconnect_cap_s, self._rng)
                 )

@@ -19,6 +19,7 @@ Usage (what ``fleet._effects.RobotEffects`` does when gRPC is unreachable)::
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 import threading
@@ -78,12 +79,15 @@ class MqttBlockClient:
         block_bytes: int = 256 * 1024,
         timeout_s: float = 10.0,
         retries: int = 5,
+        window: int = 4,
     ) -> None:
         self.transport = transport
         self.device_id = device_id
         self.block_bytes = block_bytes
         self.timeout_s = timeout_s
         self.retries = retries
+        self.window = max(1, window)
+        """Requests in flight at once while streaming a file."""
         self._req = request_topic(device_id)
         self._resp = response_topic(device_id)
         self._lock = threading.Lock()
@@ -160,35 +164,83 @@ class MqttBlockClient:
             "timeout", f"{kind} {path!r} at offset {offset}: {last} ({self.retries + 1} tries)"
         )
 
+    def _send(self, kind: str, path: str, offset: int, length: int) -> tuple[str, _Waiter] | None:
+        """Publish one request; (its id, its waiter), None if the connection is down."""
+        req = FileRequest(secrets.token_hex(8), kind, path, offset, length)
+        waiter = _Waiter()
+        with self._lock:
+            self._waiting[req.id] = waiter
+        self.counters["requests"] += 1
+        if self.transport.publish(self._req, req.encode()):
+            return req.id, waiter
+        self._forget(req.id)
+        return None
+
+    def _forget(self, request_id: str) -> None:
+        with self._lock:
+            self._waiting.pop(request_id, None)
+
     def blocks(self, kind: str, path: str, offset: int = 0, length: int = 0) -> Iterator[bytes]:
-        """The bytes of `path` from `offset`: `length` of them (0: to the end), in blocks."""
+        """The bytes of `path` from `offset`: `length` of them (0: to the end), in blocks,
+        with up to `window` requests in flight; a block that does not come back in time
+        (or finds the plane busy) is asked for again on its own, with retries."""
         first = self.request(kind, path, offset, length or self.block_bytes)
         total = first.total
         end = min(offset + length, total) if length else total
-        at = offset
+        if not first.data:
+            if offset < end:
+                raise MqttFetchError("invalid", f"{path!r}: empty block at {offset} of {total}")
+            return
+        data = first.data[: end - offset]
+        at = offset + len(data)
+        yield data
         started = time.monotonic()
         next_log = started + 5.0
-        block = first
-        while True:
-            if not block.data:
-                if at < end:
-                    raise MqttFetchError("invalid", f"{path!r}: empty block at {at} of {total}")
-                return
-            data = block.data[: end - at]
-            at += len(data)
-            yield data
-            if at >= end:
-                return
-            now = time.monotonic()
-            if kind == "target" and now >= next_log:
-                next_log = now + 5.0
-                rate = (at - offset) / max(now - started, 1e-6)
-                log.info(
-                    "MQTT download %s: %d of %d bytes (%.0f KiB/s)", path, at, end, rate / 1024
-                )
-            block = self.request(kind, path, at, end - at)
-            if block.total != total:
-                raise MqttFetchError("invalid", f"{path!r} changed size while it was fetched")
+        window: collections.deque[tuple[int, int, tuple[str, _Waiter] | None]] = collections.deque()
+        ahead = at  # the next offset to ask for
+        try:
+            while at < end:
+                while len(window) < self.window and ahead < end:
+                    want = min(self.block_bytes, end - ahead)
+                    window.append((ahead, want, self._send(kind, path, ahead, want)))
+                    ahead += want
+                off, want, sent = window.popleft()
+                block: FileBlock | None = None
+                if sent is not None:
+                    if sent[1].done.wait(self.timeout_s):
+                        block = sent[1].block
+                    self._forget(sent[0])
+                if block is not None and block.status not in ("ok", "busy"):
+                    raise MqttFetchError(block.status, f"{kind} {path!r}: {block.reason}")
+                if block is None or block.status == "busy" or block.offset != off:
+                    block = self.request(kind, path, off, want)  # alone, with retries
+                else:
+                    self.counters["blocks"] += 1
+                    self.counters["bytes"] += len(block.data)
+                if block.total != total:
+                    raise MqttFetchError("invalid", f"{path!r} changed size while it was fetched")
+                if not block.data:
+                    raise MqttFetchError("invalid", f"{path!r}: empty block at {off} of {total}")
+                data = block.data[: end - at]
+                at += len(data)
+                yield data
+                if len(data) < want and at < end:  # the plane serves smaller blocks: re-plan
+                    for _, _, queued in window:
+                        if queued is not None:
+                            self._forget(queued[0])
+                    window.clear()
+                    ahead = at
+                now = time.monotonic()
+                if kind == "target" and now >= next_log:
+                    next_log = now + 5.0
+                    rate = (at - offset) / max(now - started, 1e-6)
+                    log.info(
+                        "MQTT download %s: %d of %d bytes (%.0f KiB/s)", path, at, end, rate / 1024
+                    )
+        finally:
+            for _, _, queued in window:
+                if queued is not None:
+                    self._forget(queued[0])
 
     def fetch_whole(self, kind: str, path: str, max_bytes: int = 1 << 20) -> bytes:
         """A small file in full (the desired state), refused when over `max_bytes`."""

@@ -7,12 +7,12 @@ battery monitor) holds updates by writing one small JSON file per holder into
     <agent state>/locks/<who>.json
     {"who": "nav", "reason": "mid-task", "expires_at": "2026-12-07T15:10:00Z"}
 
-``who`` is the holder's name (letters, digits, ``.``, ``_``, ``-``; it is also the
-file name), ``reason`` a line for people (at most 200 characters), ``expires_at`` an
-RFC 3339 time with a zone, at most 7 days ahead. Write the file atomically (a
-temporary file named with a leading dot in the same directory, then rename) — or run
-``edgeflux agent lock``, which does exactly that. Deleting the file releases the lock;
-so does its expiry: an expired lock is no lock.
+``who`` is the holder's name (letters, digits, ``.``, ``_``, ``-``; the file is named
+after it; it may be left out), ``reason`` a line for people (at most 200 characters),
+``expires_at`` an RFC 3339 time with a zone, at most 7 days ahead. Write the file
+atomically (a temporary file named with a leading dot in the same directory, then
+rename) — or run ``edgeflux agent lock``, which does exactly that. Deleting the file
+releases the lock; so does its expiry: an expired lock is no lock.
 
 While any lock holds, the agent still downloads, verifies, stages and shadows an
 update; it then waits before the switch (``HELD``, reason ``UPDATE_LOCKED``) and
@@ -229,6 +229,8 @@ class UpdateLocks:
         who = obj.get("who", path.stem)
         if not isinstance(who, str) or not _WHO.match(who):
             return bad("who", "expected a holder name (letters, digits, '.', '_', '-')")
+        if who != path.stem:
+            return bad("who", f"{who!r} does not match the file name {path.name!r}")
         reason = obj.get("reason")
         if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
             return bad("reason", f"expected a string of 1-{MAX_REASON} characters")
@@ -244,14 +246,3 @@ class UpdateLocks:
         if expires.timestamp() > now + MAX_TTL_S:
             return bad("expires_at", f"{text[:40]!r} is more than 7 days ahead")
         return UpdateLock(who, " ".join(reason.split()), expires, path)
-
-    def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
-        """Changes whenever a lock file is added, removed or rewritten (cheap to poll)."""
-        out = []
-        for path in self._entries():
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            out.append((path.name, st.st_mtime_ns, st.st_size))
-        return tuple(out)

@@ -209,7 +209,7 @@ class RolloutId(_message.Message):
     def __init__(self, id: _Optional[str] = ..., rollback: bool = ..., wave: _Optional[int] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s", "soak_s", "max_miss_rate_increase", "max_interventions_increase", "abort_threshold", "max_latency_p99_ms", "max_latency_ratio", "max_divergence", "max_errors_increase", "abort_min_robots", "approval_url", "approval_timeout_s", "offline_policy")
+    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s", "soak_s", "max_miss_rate_increase", "max_interventions_increase", "abort_threshold", "max_latency_p99_ms", "max_latency_ratio", "max_divergence", "max_errors_increase", "abort_min_robots", "approval_url", "approval_timeout_s", "offline_policy", "maintenance_window")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +234,7 @@ class CreateRolloutRequest(_message.Message):
     APPROVAL_URL_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    MAINTENANCE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     bundle: _common_pb2.BundleRef
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
@@ -258,7 +259,8 @@ class CreateRolloutRequest(_message.Message):
     approval_url: str
     approval_timeout_s: float
     offline_policy: str
-    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., soak_s: _Optional[float] = ..., max_miss_rate_increase: _Optional[float] = ..., max_interventions_increase: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., max_latency_p99_ms: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., max_divergence: _Optional[float] = ..., max_errors_increase: _Optional[float] = ..., abort_min_robots: _Optional[int] = ..., approval_url: _Optional[str] = ..., approval_timeout_s: _Optional[float] = ..., offline_policy: _Optional[str] = ...) -> None: ...
+    maintenance_window: str
+    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., soak_s: _Optional[float] = ..., max_miss_rate_increase: _Optional[float] = ..., max_interventions_increase: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., max_latency_p99_ms: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., max_divergence: _Optional[float] = ..., max_errors_increase: _Optional[float] = ..., abort_min_robots: _Optional[int] = ..., approval_url: _Optional[str] = ..., approval_timeout_s: _Optional[float] = ..., offline_policy: _Optional[str] = ..., maintenance_window: _Optional[str] = ...) -> None: ...
 
 class DevicePlan(_message.Message):
     __slots__ = ("device_id", "outcome", "detail")

@@ -91,6 +91,10 @@ MISTAKES = [
             "is not KEY=NUMBER", 2),
     Mistake("distill eval of a non-bundle", "distill eval {w}/plane", "is not a bundle directory"),
     Mistake("tui without a port", "tui --cloud plane.lan", "--cloud must be HOST:PORT"),
+    Mistake("tui with a bad replica in its list", "tui --cloud 127.0.0.1:7443,plane.lan",
+            "plane address 'plane.lan'"),
+    Mistake("rollouts against a plane without a port", "rollout list --home {w}/plane "
+            "--server 127.0.0.1:7443,plane:x", "--server: plane address 'plane:x'", 2),
     Mistake("tui with half the mTLS files",
             "tui --cloud 127.0.0.1:7443 --cert {w}/plane/pki/ca.crt",
             "missing --ca, --key"),

@@ -21,7 +21,9 @@ __all__ = [
     "device_rows",
     "gate_lines",
     "rollout_row",
+    "soak_rows",
     "soak_short",
+    "soak_wave",
     "wave_row",
     "wave_to_approve",
 ]
@@ -81,25 +83,34 @@ def approval_text(w: admin_pb2.RolloutWave) -> str:
     return "—"
 
 
-def soak_short(text: str) -> str:
+def soak_short(text: str, verdict: str = "") -> str:
     """The soak column: the verdict only ("soak passed: …" -> "passed")."""
+    if verdict:
+        return verdict
     if not text:
         return "—"
     head = text.split(":", 1)[0] if text.startswith("soak ") else text
     return head.removeprefix("soak ")
 
 
+def wave_devices(w: admin_pb2.RolloutWave) -> str:
+    """The wave's device count, with those that joined it and those skipped."""
+    extra = [f"+{len(w.joined)} joined"] if w.joined else []
+    extra += [f"{len(w.skipped)} skipped"] if w.skipped else []
+    return f"{len(w.device_ids)}" + (f" ({', '.join(extra)})" if extra else "")
+
+
 def wave_row(w: admin_pb2.RolloutWave) -> tuple[str, ...]:
     return (
         str(w.index),
-        str(len(w.device_ids)),
+        wave_devices(w),
         w.state,
         str(w.committed),
         str(w.failed),
         str(w.rolled_back),
         str(len(w.retries)),
         approval_text(w),
-        soak_short(w.soak),
+        soak_short(w.soak, w.soak_verdict),
     )
 
 
@@ -112,13 +123,16 @@ def gate_lines(r: admin_pb2.Rollout, wave: admin_pb2.RolloutWave | None = None) 
     if r.allow_unattested:
         lines.append(f"attestation: overridden (--allow-unattested by {r.unattested_override_by})")
     lines.append(f"attestation: {r.attestation or '—'}")
+    abort = "no abort threshold"
+    if r.HasField("abort_threshold"):
+        abort = (
+            f"abort threshold {r.abort_threshold:g} of the dispatched robots failed or regressed"
+        )
+        if r.abort_min_robots > 1:
+            abort += f", once {r.abort_min_robots} were dispatched"
     gates = [
         f"soak {r.soak_s:g} s after each wave but the last" if r.soak_s > 0 else "no soak",
-        (
-            f"abort threshold {r.abort_threshold:g} of the dispatched robots failed or regressed"
-            if r.HasField("abort_threshold")
-            else "no abort threshold"
-        ),
+        abort,
         f"up to {r.max_tries} tries per device" if r.max_tries > 1 else "no retries",
         (
             f"shadow divergence enforced at {r.max_action_divergence:g}"
@@ -126,18 +140,71 @@ def gate_lines(r: admin_pb2.Rollout, wave: admin_pb2.RolloutWave | None = None) 
             else "shadow divergence reported"
         ),
     ]
+    if r.approval_url:
+        gates.append(f"external approval check {r.approval_url}")
+    if r.offline_policy:
+        gates.append(f"offline robots: {r.offline_policy}")
     lines.append(" · ".join(gates))
+    if r.soak_s > 0 and r.soak_thresholds:
+        lines.append(f"soak thresholds: {r.soak_thresholds}")
     if r.abort:
         lines.append(f"ABORT threshold crossed: {r.abort}")
     if wave is not None:
         lines.append(f"wave {wave.index} ({wave.state}): {approval_text(wave)}")
         if wave.approved_by:
             lines.append(f"  approved at {_clock(wave.approved_at)} UTC")
+        if wave.approval_check:
+            lines.append(f"  external check: {wave.approval_check}")
+        if wave.joined:
+            lines.append(f"  joined while the rollout ran: {', '.join(wave.joined[:10])}")
+        for o in wave.skipped[:10]:
+            why = ": ".join(x for x in (o.reason_code, o.detail) if x)
+            lines.append(f"  skipped {o.device_id}: {why}".rstrip(": "))
         if wave.soak:
             lines.append(f"  after it: {wave.soak}")
         if 0 < wave.index <= len(r.waves) and r.waves[wave.index - 1].soak:
             lines.append(f"  before it, wave {wave.index - 1}'s {r.waves[wave.index - 1].soak}")
     return lines
+
+
+SOAK_COLUMNS = (
+    "Soak figures",
+    "Robots",
+    "Reporting",
+    "Miss rate",
+    "Interv./min",
+    "Loop p99 ms",
+    "Errors/robot",
+    "Divergence",
+)
+
+
+def soak_wave(r: admin_pb2.Rollout, highlighted: int | None) -> admin_pb2.RolloutWave | None:
+    """The wave whose soak figures to show: the highlighted one's own, else those of the
+    wave before it (the soak that gates it); None when neither has figures."""
+    if highlighted is None or highlighted >= len(r.waves):
+        return None
+    for index in (highlighted, highlighted - 1):
+        if index >= 0 and r.waves[index].soak_figures:
+            return r.waves[index]
+    return None
+
+
+def soak_rows(w: admin_pb2.RolloutWave) -> list[tuple[str, ...]]:
+    """One row per group the soak decision compared (the wave, before, not yet updated)."""
+    return [
+        (
+            f"wave {w.index}: {f.group}",
+            str(f.devices),
+            str(f.reporting),
+            f"{f.miss_rate:.4f}",
+            f"{f.interventions_per_min:.2f}",
+            f"{f.latency_p99_ms:.2f}",
+            f"{f.errors_per_robot:.2f}",
+            f"{f.divergence:.4g}" if f.HasField("divergence") else "—",
+        )
+        for f in w.soak_figures
+    ]
 
 
 def wave_to_approve(r: admin_pb2.Rollout, highlighted: int | None) -> int | None:
@@ -152,7 +219,9 @@ def device_rows(
     w: admin_pb2.RolloutWave, live: Callable[[str], DeviceRow | None]
 ) -> list[tuple[str, ...]]:
     """One row per device of the wave: its outcome in the rollout, retries, live state."""
-    outcomes = {o.device_id: o for o in w.outcomes}
+    outcomes = {o.device_id: o for o in w.skipped}
+    outcomes.update({o.device_id: o for o in w.outcomes})
+    joined = set(w.joined)
     retries = {t.device_id: t for t in w.retries}
     rows: list[tuple[str, ...]] = []
     for d in w.device_ids:
@@ -175,5 +244,7 @@ def device_rows(
             state = f"{row.update_state or '—'}{reason}"
             online = "● online" if row.online else "○ offline"
         why = ": ".join(x for x in (o.reason_code, o.detail) if x) if o is not None else ""
+        if d in joined:
+            why = "; ".join(x for x in ("joined while the rollout ran", why) if x)
         rows.append((d, o.outcome if o is not None else "—", why, tried, state, online))
     return rows

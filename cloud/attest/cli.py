@@ -34,6 +34,7 @@ from pathlib import Path
 
 import click
 
+from cloud._cli_common import plane_address
 from cloud.attest._cli_common import (
     EXIT_NOT_ATTESTED,
     connection,
@@ -44,7 +45,6 @@ from cloud.attest._cli_common import (
     trusted_keys,
 )
 from cloud.attest.cli_run import run_cmd
-from protos.plane_target import plane_target
 
 __all__ = ["EXIT_NOT_ATTESTED", "attest"]
 
@@ -89,7 +89,7 @@ def get_cmd(
     digest = _policy_digest(digest)
 
     server, creds = connection(home_dir, server, operator, cert, key_file, ca)
-    plane = plane_target(server)  # one address or several replicas
+    plane = plane_address(server)  # one address or several replicas
     with grpc.secure_channel(plane.target, creds, options=plane.options) as channel:
         stub = attestation_pb2_grpc.AttestationServiceStub(channel)  # type: ignore[no-untyped-call]
         try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cloud._cli_common import plane_address
 from cloud.attest._cli_common import (
     connection,
     decode,
@@ -20,7 +21,6 @@ from cloud.attest._cli_common import (
     trusted_keys,
 )
 from distill.errors import DistillError
-from protos.plane_target import plane_target
 
 __all__ = ["run_cmd"]
 
@@ -249,7 +249,7 @@ def _run_remote(
     )
     final = None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    plane = plane_target(address)  # one address or several replicas
+    plane = plane_address(address)  # one address or several replicas
     with (
         grpc.secure_channel(plane.target, creds, options=plane.options) as channel,
         Progress(*columns, console=err_console(), transient=as_json) as bar,

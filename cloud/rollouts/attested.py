@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.rollouts.engine import Rollout, RolloutError, RolloutSpec, plan_waves
-from cloud.rollouts.external import DEFAULT_TIMEOUT_S, allowed, external_gate
+from cloud.rollouts.external import DEFAULT_TIMEOUT_S, Asker, allowed, ask, external_gate
 from cloud.rollouts.gates import (
     MISSING,
     AttestationCheck,
@@ -128,14 +128,14 @@ def record_admission(store: Store, r: Rollout, check: AttestationCheck, now: flo
     r.note(now, f"created without a valid parity attestation: {text}")
 
 
-def external_check(store: Store, r: Rollout, wave: int, now: float) -> bool:
+def external_check(store: Store, r: Rollout, wave: int, now: float, asker: Asker = ask) -> bool:
     """The rollout's external approval check for `wave` (none configured: passes); a new
     allow is audited once, with the URL and the answer."""
     url = str(r.spec.gates.get("approval_url") or "")
     if not url:
         return True
     timeout_s = float(r.spec.gates.get("approval_timeout_s") or DEFAULT_TIMEOUT_S)
-    if not external_gate(r, wave, now, url, timeout_s):
+    if not external_gate(r, wave, now, url, timeout_s, asker):
         return False
     st = allowed(r, wave)
     if st is not None and not st.get("audited"):
@@ -150,7 +150,9 @@ def external_check(store: Store, r: Rollout, wave: int, now: float) -> bool:
     return True
 
 
-def wave_may_go(store: Store, trust_dir: Path, r: Rollout, wave: int, now: float) -> bool:
+def wave_may_go(
+    store: Store, trust_dir: Path, r: Rollout, wave: int, now: float, asker: Asker = ask
+) -> bool:
     """The gates before wave `wave` goes out: the soak of the wave before it, its
     approval, the external approval check, then the attestation (checked again, since
     it can expire mid-rollout). A failed attestation or a soak regression pauses the
@@ -163,7 +165,7 @@ def wave_may_go(store: Store, trust_dir: Path, r: Rollout, wave: int, now: float
         return False
     if hold_for_approval(r, wave, now):
         return False
-    if not external_check(store, r, wave, now):
+    if not external_check(store, r, wave, now, asker):
         return False
     check = bundle_attestation(store, trust_dir, r.spec.bundle, now)
     record_attestation(r, wave, check, now)

@@ -26,7 +26,7 @@ from typing import Any
 
 import click
 
-from protos.plane_target import plane_target
+from cloud._cli_common import plane_address
 
 __all__ = ["rollout"]
 
@@ -67,7 +67,7 @@ def _call(ctx_obj: dict[str, Any], rpc: str, request: Any) -> Any:
     from protos import admin_pb2_grpc
 
     address, creds = _connection(ctx_obj["home"], ctx_obj["server"], ctx_obj["operator"])
-    plane = plane_target(address)  # one address or several replicas
+    plane = plane_address(address)  # one address or several replicas
     with grpc.secure_channel(plane.target, creds, options=plane.options) as channel:
         stub = admin_pb2_grpc.FleetAdminServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
@@ -278,6 +278,13 @@ resume_cmd = _id_command(
     "policy's by more than this (default: reported, not enforced).",
 )
 @click.option(
+    "--window",
+    default=None,
+    metavar="NAME",
+    help="Devices switch only inside this maintenance window (`edgeflux cloud window set`), "
+    "besides their labels' windows; they download and stage before it opens.",
+)
+@click.option(
     "--approval-wave",
     "approval_waves",
     type=click.IntRange(0),
@@ -338,8 +345,9 @@ resume_cmd = _id_command(
     default=0.0,
     show_default=True,
     help="Seconds each wave but the last runs the new bundle before the next wave goes "
-    "out; then its deadline-miss rate and interventions are compared with the robots "
-    "not updated yet, and a regression pauses the rollout (0: no soak).",
+    "out; then its deadline-miss rate, interventions, loop latency p99, error events and "
+    "shadow divergence are compared with the robots not updated yet and with its own "
+    "robots before the update, and a regression pauses the rollout (0: no soak).",
 )
 @click.option(
     "--max-miss-rate-increase",
@@ -347,7 +355,7 @@ resume_cmd = _id_command(
     default=0.01,
     show_default=True,
     help="Soak: how far the wave's deadline-miss rate may exceed the not-yet-updated "
-    "robots' (absolute).",
+    "robots', or its own before the update (absolute).",
 )
 @click.option(
     "--max-interventions-increase",
@@ -355,7 +363,7 @@ resume_cmd = _id_command(
     default=1.0,
     show_default=True,
     help="Soak: how far the wave's safety interventions per robot-minute may exceed the "
-    "not-yet-updated robots'.",
+    "not-yet-updated robots', or its own before the update.",
 )
 @click.option(
     "--max-latency-p99-ms",
@@ -421,6 +429,7 @@ def create_cmd(
     max_failure: float,
     health_window: int,
     max_action_divergence: float | None,
+    window: str | None,
     approval_waves: tuple[int, ...],
     approval_url: str | None,
     approval_timeout: float,
@@ -453,7 +462,9 @@ def create_cmd(
     --abort-min-robots were dispatched) abort it with rollback. With --max-tries,
     transient device failures are retried (exponential backoff with jitter) before they
     count against --max-failure. Devices that join the --label while it runs join its
-    current wave; --offline-policy says whether a wave waits for offline devices."""
+    current wave; --offline-policy says whether a wave waits for offline devices. With
+    --window, the devices download and stage at once but switch only inside that
+    maintenance window."""
     from protos import admin_pb2, common_pb2
 
     name, sep, version = bundle.partition("@")
@@ -469,6 +480,7 @@ def create_cmd(
         max_failure_fraction=max_failure,
         health_window_s=health_window,
         max_action_divergence=max_action_divergence,
+        maintenance_window=window or "",
         approval_waves=list(approval_waves),
         allow_unattested=allow_unattested,
         max_tries=max_tries,

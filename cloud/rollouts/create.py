@@ -49,6 +49,23 @@ def _gate(request: admin_pb2.CreateRolloutRequest) -> GatePolicy | None:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
+def with_named_window(store: Store, gate: GatePolicy | None, name: str) -> GatePolicy | None:
+    """`gate` plus the maintenance window called `name` (none named: `gate` itself)."""
+    if not name:
+        return gate
+    from cloud.store.windows import WindowStore
+
+    found = WindowStore(store.engine).get(name)
+    if found is None:
+        raise RpcError(
+            grpc.StatusCode.NOT_FOUND,
+            f"no maintenance window {name!r}; add it with `edgeflux cloud window set {name} ...`",
+        )
+    fields = gate.model_dump(mode="json", exclude_unset=True) if gate else {}
+    fields["windows"] = [found.window.to_dict()]
+    return GatePolicy.model_validate(fields)
+
+
 def _device_ids(store: Store, request: admin_pb2.CreateRolloutRequest) -> set[str]:
     from cloud.push import PushError, resolve_devices
 
@@ -98,7 +115,7 @@ def create_rollout(
         check_newest(store, rec)
     except StaleBundleError as exc:
         raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
-    gate = _gate(request)
+    gate = with_named_window(store, _gate(request), request.maintenance_window)
     ids = _device_ids(store, request)
     ref = bundle_ref(rec)
     plans = plan_devices(store, ids, ref)

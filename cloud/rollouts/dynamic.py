@@ -4,7 +4,7 @@ runs, and the policy for devices that stay offline.
 - **Joining.** A device that matches the rollout's label selector and is in none of its
   waves (registered, or labelled, after the rollout was created) joins the current wave
   — the last one once the others went out — when the driver next looks (every full
-  pass, and when the fleet watch announces a device the rollout does not know). One
+  pass: every few seconds, and after a create or resume). One
   that already has this bundle's sequence or a newer one is left out once, as at
   create. A rollout created from explicit device ids only has no target to join.
 - **Offline devices.** ``wait`` (the default): the wave waits for a device that is

@@ -16,6 +16,9 @@ is a success; FAILED, ROLLED_BACK, or SILENT — no outcome before the wave's de
 are failures) and its failure fraction is at most ``max_failure_fraction``. Once the
 failures already exceed that fraction the rollout pauses at once (no later outcome
 can bring the fraction back under it). Every transition is recorded with a reason.
+A device skipped by the offline policy (``Rollout.skip``) no longer holds its wave and
+is no failure; one that joins while the rollout runs (``Rollout.join``) joins the
+current wave.
 """
 
 from __future__ import annotations

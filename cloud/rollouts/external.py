@@ -10,13 +10,15 @@ wave waiting with the reason shown, and the check is asked again with exponentia
 backoff (``RETRY_BASE_S`` doubling up to ``RETRY_MAX_S``). An allow is kept with the
 rollout (once per wave: it is not asked again) and audited with the URL and the answer.
 
-:func:`ask` is the HTTP exchange; :func:`external_gate` the pure decision around it
-(the caller passes the clock and the asking function).
+:func:`ask` is the HTTP exchange (:class:`BackgroundAsker` runs it off the driver's
+pass); :func:`external_gate` the pure decision around it (the caller passes the clock
+and the asking function).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import math
 import threading
@@ -32,6 +34,7 @@ from cloud.rollouts.engine import Rollout, SpecError
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "Answer",
+    "BackgroundAsker",
     "allowed",
     "ask",
     "check_approval_url",
@@ -133,6 +136,8 @@ def _exchange(url: str, body: bytes, timeout_s: float) -> Answer:
             where = exc.headers.get("Location", "?") if exc.headers else "?"
             return Answer(ERROR, f"redirect ({exc.code} to {where[:200]}) refused", exc.code)
         return Answer(ERROR, f"HTTP {exc.code} {str(exc.reason)[:100]}", exc.code)
+    except http.client.HTTPException as exc:  # a broken status line, headers, body
+        return Answer(ERROR, f"bad answer: {type(exc).__name__}: {str(exc)[:200]}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(why, TimeoutError) or "timed out" in str(why):
@@ -143,6 +148,14 @@ def _exchange(url: str, body: bytes, timeout_s: float) -> Answer:
     return _judge_body(status, raw)
 
 
+def _guarded(url: str, body: bytes, timeout_s: float) -> Answer:
+    """`_exchange`, with whatever else goes wrong turned into no approval."""
+    try:
+        return _exchange(url, body, timeout_s)
+    except Exception as exc:  # an answer must come back, whatever the endpoint did
+        return Answer(ERROR, f"the check failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
 def ask(url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
     """POST `doc` as JSON to `url` and read the answer, within `timeout_s` in all
     (connect, a slow answer, a body trickling in)."""
@@ -150,7 +163,7 @@ def ask(url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
     got: list[Answer] = []
 
     def run() -> None:
-        got.append(_exchange(url, body, timeout_s))
+        got.append(_guarded(url, body, timeout_s))
 
     worker = threading.Thread(target=run, name="approval-check", daemon=True)
     worker.start()
@@ -161,7 +174,43 @@ def ask(url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
 
 
 # ---------------------------------------------------------------------- the gate
-Asker = Callable[[str, Mapping[str, Any], float], Answer]
+# Asks the endpoint: the Answer, or None while a question asked in the background has
+# no answer yet (the gate keeps waiting and asks the asker again on its next pass).
+Asker = Callable[[str, Mapping[str, Any], float], Answer | None]
+
+
+class BackgroundAsker:
+    """An :data:`Asker` that puts each question to the endpoint on a thread of its own,
+    so a slow endpoint holds no driver pass: the first call for a (rollout, wave) starts
+    the question and returns None; a later call returns its answer once there is one."""
+
+    def __init__(self, ask_fn: Callable[[str, Mapping[str, Any], float], Answer] = ask) -> None:
+        self._ask = ask_fn
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, int], list[Answer]] = {}
+
+    def _guarded(self, url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
+        try:
+            return self._ask(url, doc, timeout_s)
+        except Exception as exc:  # the gate must get an answer, or it waits forever
+            return Answer(ERROR, f"the check failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def __call__(self, url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer | None:
+        key = (str(doc.get("rollout")), int(doc.get("wave", 0)))
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None:
+                job = self._jobs[key] = []
+                threading.Thread(
+                    target=lambda: job.append(self._guarded(url, doc, timeout_s)),
+                    name=f"approval-check {key[0]}#{key[1]}",
+                    daemon=True,
+                ).start()
+                return None
+            if not job:
+                return None
+            del self._jobs[key]
+            return job[0]
 
 
 def payload(r: Rollout, wave: int) -> dict[str, Any]:
@@ -182,7 +231,7 @@ def payload(r: Rollout, wave: int) -> dict[str, Any]:
         "waves": len(r.waves),
         "devices": len(r.waves[wave].device_ids),
         "bundle": {k: b.get(k) for k in ("name", "version", "sequence", "sha256")},
-        "before": {
+        "earlier_waves": {
             "committed": sum(w.count("COMMITTED") for w in prior),
             "failed": sum(w.failures for w in prior),
         },
@@ -211,6 +260,8 @@ def external_gate(
     if now < float(st.get("next_at", 0.0)):
         return False
     answer = asker(url, payload(r, wave), timeout_s)
+    if answer is None:  # asked in the background; the answer comes on a later pass
+        return False
     st["tries"] = int(st.get("tries", 0)) + 1
     st["last"] = {**answer.to_dict(), "at": now}
     if answer.decision == ALLOW:

@@ -58,7 +58,8 @@ def readings(
     telemetry query and one event query, whatever the number of robots."""
     lo, hi = (dt.datetime.fromtimestamp(t, dt.UTC) for t in (start, end))
     samples: dict[str, list[Sample]] = {}
-    for d, pts in store.telemetry_window(device_ids, lo, hi).items():
+    window = store.telemetry_window(device_ids, lo, hi, extra_keys=("ticks", "deadline_misses"))
+    for d, pts in window.items():
         samples[d] = [
             Sample(
                 at=p.at.timestamp(),

@@ -53,6 +53,7 @@ from cloud.rollouts.engine import (
     RolloutSpec,
     TransitionError,
 )
+from cloud.rollouts.external import BackgroundAsker
 from cloud.rollouts.gates import AttestationCheck, approve
 from cloud.rollouts.outcomes import device_outcome
 from cloud.rollouts.plan import DevicePlan, record_dropped
@@ -113,6 +114,8 @@ class RolloutService:
         # Several replicas on one PostgreSQL: only the lease holder drives rollouts.
         self.lease: AdvisoryLease | None = None
         self._deposed_epoch = 0  # the term whose write the store refused
+        # External approval checks run on threads of their own, off the driver's pass.
+        self._asker = BackgroundAsker()
 
     @property
     def store(self) -> Store:
@@ -453,6 +456,7 @@ class RolloutService:
             self._replay(r)  # a pass cut off between its side effect and its save
         if r.state == "running":
             self._admit_newcomers(r, dirty, now)
+        offline_checked = False
         for _ in range(len(r.waves) + 1):
             for wave, device_id in list(r.dispatched_devices()):
                 if dirty is not None and device_id not in dirty:
@@ -466,7 +470,8 @@ class RolloutService:
                     r, device_id, *seen, now=now, u=random.random()
                 ):
                     r.observe(device_id, seen[0], seen[1], now, detail=seen[2])
-            if dirty is None:
+            if dirty is None and not offline_checked:  # once a pass: it reads each device
+                offline_checked = True
                 self._skip_offline(r, now)
             self._retry(r, retry.due(r, now))
             r.evaluate(now)
@@ -475,7 +480,7 @@ class RolloutService:
             todo = r.next_dispatch()
             if todo is None:
                 return
-            if not wave_may_go(self.store, self.plane.home.trust, r, todo.index, now):
+            if not wave_may_go(self.store, self.plane.home.trust, r, todo.index, now, self._asker):
                 self._over_threshold(r)  # a soak decision may have crossed it
                 return
             self._dispatch(r, todo.index, todo.device_ids)
@@ -484,13 +489,11 @@ class RolloutService:
     # ------------------------------------------------------------------ dynamic
     def _admit_newcomers(self, r: Rollout, dirty: set[str] | None, now: float) -> None:
         """Devices that joined the rollout's label selector join its current wave (a
-        dispatched one points them at the bundle at once)."""
-        if not r.spec.label_selector:
+        dispatched one points them at the bundle at once). Looked for on full passes
+        only: the fleet watch announces every device that sent anything, so a pass on
+        its changes would read the label's devices nearly every time."""
+        if not r.spec.label_selector or dirty is not None:
             return
-        if dirty is not None:
-            known = {d for w in r.waves for d in w.device_ids}
-            if not dirty - known:
-                return
         ref = bundle_ref(r.spec.bundle)
         if ref is None:
             return

@@ -1,25 +1,32 @@
 """The KPI soak gate: after a wave commits, its robots run the new bundle for a soak
 time before the next wave goes out, and their figures are compared with the robots not
-updated yet.
+updated yet and with their own figures on the previous bundle.
 
 Pure: no I/O. The caller passes the clock (``now``, epoch seconds) and a ``measure``
-function that returns each device's telemetry samples in a time window.
+function that returns what a set of devices reported in a time window (:class:`Readings`:
+telemetry samples, error events, shadow divergences). The gate reads once per decision,
+from a soak's length before the wave's dispatch to the soak's end, and splits it.
 
-The figures are the deadline-miss rate (missed ticks over ticks) and safety-envelope
-interventions per robot-minute, both from the counters the robots report, taken as
-increases within the soak window (a counter that went back, a restarted runtime,
-counts from zero again). The wave regresses when its rate exceeds the not-yet-updated
-robots' by more than ``max_miss_rate_increase`` or its interventions per minute exceed
-theirs by more than ``max_interventions_increase``; a wave none of whose robots reported
-telemetry in the window regresses too (nothing shows it is healthy). A regression pauses
-the rollout with the figures; resuming it accepts the regression and the next wave goes
-out. The decision and its figures are kept with the rollout (``Rollout.gates["soak"]``)
-and taken once: a plane restarted mid-soak waits out the same window.
+The figures (:class:`Figures`): the deadline-miss rate (missed ticks over ticks) and
+safety-envelope interventions per robot-minute, both increases of the robots' counters
+within the window (a counter that went back, a restarted runtime, counts from zero
+again); the loop latency p99 (the 99th percentile of the p99s reported); error events
+per robot; the mean shadow action divergence the wave's robots reported for the bundle.
+The wave regresses (:func:`judge`) when a figure exceeds a baseline's by more than the
+policy allows (:class:`SoakPolicy`: absolute increases, a latency ratio), when it
+passes an absolute cap (latency, divergence), or when none of its robots reported
+telemetry in the window (nothing shows it is healthy). The baselines are the robots not
+updated yet (same window) and the wave's robots before the update (a window of the soak's
+length ending at the dispatch; left out when they reported too little). A regression
+pauses the rollout with the figures; resuming it accepts the regression and the next
+wave goes out. The decision and its figures are kept with the rollout
+(``Rollout.gates["soak"]``) and taken once: a plane restarted mid-soak waits out the
+same window.
 
 The abort threshold (``gates["abort_threshold"]``, a fraction; absent: off) counts the
 rollout's dispatched robots that FAILED, ROLLED_BACK or went SILENT, and those whose
-own soak figures regressed against the not-yet-updated robots (each counted once);
-when more than that fraction of the dispatched robots are such, :func:`abort_due`
+own soak figures regressed (each counted once); once at least ``abort_min_robots``
+robots were dispatched and more than that fraction of them are such, :func:`abort_due`
 returns the decision with its figures and the caller aborts the rollout with rollback.
 """
 

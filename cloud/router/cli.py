@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from protos.plane_target import plane_target
+from cloud._cli_common import plane_address
 
 __all__ = ["router_group"]
 
@@ -282,7 +282,7 @@ def stats_cmd(home_dir: Path | None, address: str | None, operator: str, as_json
         private_key=key.read_bytes(),
         certificate_chain=crt.read_bytes(),
     )
-    plane = plane_target(address)  # one address or several replicas
+    plane = plane_address(address)  # one address or several replicas
     with grpc.secure_channel(plane.target, creds, options=plane.options) as ch:
         stub = router_pb2_grpc.RouterServiceStub(ch)  # type: ignore[no-untyped-call]
         try:

@@ -190,7 +190,13 @@ class ControlPlane:
         if want_files is None:
             want_files = self.broker is not None or bool(cfg.broker_url)
         if want_files:
-            await self._start_files(plane)
+            try:
+                await self._start_files(plane)
+            except PlaneStartError as exc:
+                if self._want_files:  # asked for by name: the plane does not start
+                    raise
+                # A fallback path: the plane still serves gRPC (and ingest) without it.
+                log.error("%s; robots without gRPC cannot update until it runs", exc)
         self._tasks.append(asyncio.create_task(self._refresh_timestamp()))
         self._tasks.append(asyncio.create_task(self._poll_changes()))
         self._tasks.append(asyncio.create_task(self._retention()))
@@ -218,7 +224,12 @@ class ControlPlane:
         # The broker makes the certificate's name the client id (use_username_as_clientid).
         settings = dataclasses.replace(settings, client_id=INGEST_IDENTITY)
         dropped = self.metrics.ingest_dropped
-        ingest = Ingest(store, settings, on_drop=lambda reason: dropped.labels(reason).inc())
+        ingest = Ingest(
+            store,
+            settings,
+            on_drop=lambda reason: dropped.labels(reason).inc(),
+            mqtt5=self.broker is None,  # the embedded broker speaks 3.1.1 only
+        )
         try:
             ingest.start()
         except CloudMqttError as exc:

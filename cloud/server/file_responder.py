@@ -132,7 +132,7 @@ class FileResponder:
         *,
         block_bytes: int | None = None,
         max_pending: int | None = None,
-        per_device_pending: int = 4,
+        per_device_pending: int = 8,
         expiry_s: int = 30,
     ) -> None:
         self.plane = plane

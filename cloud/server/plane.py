@@ -30,7 +30,7 @@ from cloud.server.auth import Authenticator
 from cloud.store import DeviceRecord, Store
 from cloud.store.windows import WindowStore
 from cloud.tuf_repo import TufRepository
-from cloud.windows import WindowBook, fingerprint, with_windows
+from cloud.windows import WindowBook, with_windows
 from runtime.desired_state import PAYLOAD_TYPE, DesiredBundle, DesiredState
 
 __all__ = ["DESIRED_STATE_PAYLOAD_TYPE", "FleetWatch", "Plane"]
@@ -168,9 +168,12 @@ class Plane:
         Payload: a :class:`runtime.desired_state.DesiredState`, signed with the director
         key (``keys/director.pub`` in the home; flashed into robots' trust).
         """
-        wanted = bool(device.desired_bundle)
-        windows = self.windows.for_labels(device.labels) if self.windows and wanted else ()
-        key = (device.id, device.desired_generation, fingerprint(windows))
+        windows, windows_key = (
+            self.windows.lookup(device.labels)
+            if self.windows and device.desired_bundle
+            else ((), "")
+        )
+        key = (device.id, device.desired_generation, windows_key)
         now = time.monotonic()
         ttl = self.config.desired_state_ttl_s
         cached = self._desired_cache.get(key)

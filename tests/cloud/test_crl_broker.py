@@ -170,3 +170,60 @@ def test_the_generated_config_starts_as_root_and_drops_to_its_user(tmp_path: Pat
             assert _connects(port, home, "r1")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.services
+def test_device_add_and_revoke_rewrite_the_acl_and_reload_the_broker(tmp_path: Path) -> None:
+    """A robot added after `broker-config` may publish at once (MQTT 5 PUBACK 0); a
+    revoked one leaves the ACL; a home configured by an older broker-config is told
+    to re-run it."""
+    import time
+
+    from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles, topic
+
+    home = tmp_path / "plane"
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(cloud, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("init", str(home))
+    run("device", "add", "r1", "--home", str(home))
+    port = free_port()
+    out = run(
+        "broker-config", "--home", str(home), "--crl", str(home / "pki" / "crl.pem"),
+        "--out", str(tmp_path / "mosq"), "--port", str(port), "--bind", "127.0.0.1",
+        "--reload-hook", "pid-file", "--json", *RUN_AS,
+    )  # fmt: skip
+    paths = json.loads(out)
+    acl = Path(paths["acl"])
+    assert "CN=r2" not in acl.read_text()
+    with run_mosquitto(config_text=Path(paths["config"]).read_text(), port=port):
+        wait_pid = tmp_path / "mosq" / "mosquitto.pid"
+        deadline = time.monotonic() + 10
+        while not wait_pid.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = run("device", "add", "r2", "--home", str(home))
+        assert "broker reloaded" in lines
+        assert "user O=EdgeFlux fleet,OU=device,CN=r2" in acl.read_text()
+        d = home / "pki" / "devices"
+        tls = TlsFiles(home / "pki" / "ca.crt", d / "r2.crt", d / "r2.key")
+        r2 = MqttTransport(MqttSettings(host="localhost", port=port, tls=tls), "r2")
+        r2.start()
+        try:
+            assert r2.wait_connected(10), r2.last_error
+            acked = threading.Event()
+            assert r2.publish(topic("r2", "telemetry"), b"x", on_ack=acked.set)
+            assert acked.wait(10) and r2.counters["publishes_refused"] == 0
+        finally:
+            r2.stop()
+        run("device", "revoke", "r2", "--home", str(home))
+        text = acl.read_text()
+        assert "CN=r2" not in text and "CN=r1" in text
+    # A hook recorded by an older broker-config names no ACL: the operator is told.
+    hook = home / "broker-reload.json"
+    hook.write_text(json.dumps({"kind": "none", "target": "", "crl_copy": ""}))
+    result = CliRunner().invoke(cloud, ["device", "add", "r3", "--home", str(home)])
+    assert result.exit_code == 0
+    assert "re-run `edgeflux cloud broker-config --home" in result.output

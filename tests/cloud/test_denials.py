@@ -34,8 +34,9 @@ def test_denials_name_the_service_that_refused(tmp_path: Path) -> None:
 
 
 def test_the_planes_mqtt_certificates_cannot_call_grpc(tmp_path: Path) -> None:
-    """A session-close certificate carries a device's name, a service certificate the
-    plane's: the organisational unit says what they are, and the plane refuses both."""
+    """A session-close certificate carries a device's subject (the broker must take it
+    for that device) but not its registered fingerprint; a service certificate says
+    what it is in its organisational unit. The plane refuses both."""
     from cloud.home import INGEST_IDENTITY
     from cloud.testing import ClientCredentials
     from protos import device_pb2, device_pb2_grpc
@@ -46,14 +47,13 @@ def test_the_planes_mqtt_certificates_cannot_call_grpc(tmp_path: Path) -> None:
         closer = ca.issue_session_closer("robot-1")
         crt, key = closer.write(tmp_path / "closer", "robot-1")
         scrt, skey = plane.home.service_identity(INGEST_IDENTITY)
-        for creds, kind in (
-            (ClientCredentials("robot-1", crt, key, plane.home.ca_cert), "session-close"),
-            (ClientCredentials(INGEST_IDENTITY, scrt, skey, plane.home.ca_cert), "service"),
+        for creds, why in (
+            (ClientCredentials("robot-1", crt, key, plane.home.ca_cert), "revoked or replaced"),
+            (ClientCredentials(INGEST_IDENTITY, scrt, skey, plane.home.ca_cert), "OU=service"),
         ):
             with plane.channel(creds) as ch, pytest.raises(grpc.RpcError) as err:
                 device_pb2_grpc.DeviceServiceStub(ch).GetDesiredState(
                     device_pb2.GetDesiredStateRequest(), timeout=10
                 )
-            # Not a fleet identity (device / operator): refused before any lookup.
-            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, kind
-            assert f"OU={kind}" in (err.value.details() or "")
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, why
+            assert why in (err.value.details() or "")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud.pki import FleetCA, PKIError, fingerprint, parse_identity
 
@@ -100,3 +102,38 @@ def test_broker_username_is_the_subject_openssl_prints_for_mosquitto(tmp_path: P
         ).stdout.strip()  # fmt: skip
         subject = x509.load_pem_x509_certificate(pem).subject
         assert out == f"subject={broker_username(subject)}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cn=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1),
+    ou=st.sampled_from(["device", "operator", "service", " x", "a#", "b "]),
+)
+def test_broker_username_agrees_with_openssl_on_any_printable_subject(cn: str, ou: str) -> None:
+    """Differential, property-based: every printable-ASCII value, escapes included."""
+    import subprocess
+    import tempfile
+
+    from cryptography.x509.oid import NameOID
+
+    from cloud.pki import broker_username
+
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn[:64]),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFlux fleet"),
+        ]
+    )
+    pem = _PROPERTY_CA._issue(name, [], 1).cert_pem
+    with tempfile.NamedTemporaryFile(suffix=".pem") as f:
+        f.write(pem)
+        f.flush()
+        out = subprocess.run(
+            ["openssl", "x509", "-in", f.name, "-noout", "-subject", "-nameopt", "RFC2253"],
+            capture_output=True, text=True, check=True,
+        ).stdout.rstrip("\n")  # fmt: skip
+    assert out == f"subject={broker_username(name)}"
+
+
+_PROPERTY_CA = FleetCA.create()

@@ -10,9 +10,8 @@ change to its configuration and no restart.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import signal
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +19,12 @@ from pathlib import Path
 import pytest
 
 from cloud.home import init_home
-from cloud.pki import fingerprint
 from cloud.publish import publish_bundle
 from cloud.push import push
 from cloud.store import Store
-from runtime.layout import RobotLayout
-from runtime.trust import TrustStore
+from tests.cloud._robots import make_root, running_robot
 from tests.cloud.test_lease import _Lines, _replica, _stop
-from tests.fleet.test_agent_e2e import Robot, _bundle, _spawn
+from tests.fleet.test_agent_e2e import _bundle
 from tests.servers import Postgres, run_mosquitto, run_postgres, wait_until
 
 pytestmark = [pytest.mark.services]
@@ -53,33 +50,6 @@ def _calls(metrics_port: int, method: str) -> float:
     return total
 
 
-def _make_root(home_dir: Path, store: Store, root: Path, target: str, mqtt_port: int) -> None:
-    from cloud.home import CloudHome
-
-    home = CloudHome.at(home_dir)
-    layout = RobotLayout.at(root)
-    layout.ensure()
-    creds = home.load_ca().issue_device(DEVICE)
-    store.add_device(DEVICE, fingerprint(creds.cert_pem), {"site": "lab"}, ())
-    creds.write(layout.identity, "device")
-    shutil.copy(home.ca_cert, layout.trust / "ca.crt")
-    shutil.copy(home.key_path("director"), layout.trust / "director.pub")
-    shutil.copy(home.tuf / "metadata" / "1.root.json", layout.trust / "tuf-root.json")
-    TrustStore(layout.trust).add("models", home.key_path("model-signing").read_bytes())
-    layout.runtime_config.write_text(
-        '[runtime]\nadapter = "null"\nadapter_options = { obs_dim = 3, value = 0.5 }\n'
-        "warmup_runs = 2\nhealth_max_fallback_rate = 0.5\nhealth_max_miss_rate = 0.5\n"
-    )
-    layout.agent_config.write_text(
-        "[agent]\n"
-        f'device_id = "{DEVICE}"\nmqtt_port = {mqtt_port}\nmqtt_tls = false\n'
-        f'grpc_target = "{target}"\n'
-        "desired_state_poll_s = 0.5\ntelemetry_period_s = 0.5\nhint_min_interval_s = 0.0\n"
-        "shadow_ticks = 20\nhealth_window_ticks = 30\nreconnect_base_s = 0.1\n"
-        "reconnect_cap_s = 1.0\n"
-    )
-
-
 @pytest.mark.timeout(300)
 def test_a_robot_with_two_replica_addresses_keeps_updating_after_one_is_killed(
     pg: Postgres, tmp_path: Path
@@ -99,8 +69,7 @@ def test_a_robot_with_two_replica_addresses_keeps_updating_after_one_is_killed(
     log = tmp_path / "replicas.log"
     robot_log = tmp_path / "robot.log"
     a = b = None
-    rt = agent = None
-    with run_mosquitto() as broker:
+    with run_mosquitto() as broker, contextlib.ExitStack() as stack:
         try:
             a = _replica(home_dir, url, log)
             b = _replica(home_dir, url, log)
@@ -111,14 +80,9 @@ def test_a_robot_with_two_replica_addresses_keeps_updating_after_one_is_killed(
             )
             target = f"{a_addr},{b_addr}"
             root = tmp_path / DEVICE
-            _make_root(home_dir, store, root, target, broker.port)
-            rt = _spawn(
-                ["runtime", "run", "--root", str(root), "--bundle", str(bundles[0])], robot_log
-            )
-            sock = RobotLayout.at(root).runtime_socket
-            wait_until(sock.exists, 60, "the robot's runtime socket")
-            agent = _spawn(["agent", "run", "--root", str(root)], robot_log)
-            robot = Robot(DEVICE, root, rt, agent, robot_log)
+            make_root(home, store, root, DEVICE, target, broker.port)
+            robot = stack.enter_context(running_robot(root, DEVICE, bundles[0], robot_log))
+            agent = robot.agent
 
             def committed(counter: int) -> bool:
                 try:
@@ -155,13 +119,6 @@ def test_a_robot_with_two_replica_addresses_keeps_updating_after_one_is_killed(
             assert _calls(b_metrics, "GetDesiredState") > b_before
             assert _calls(b_metrics, "FetchFile") > 0
         finally:
-            for p in (agent, rt):
-                if p is not None and p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(15)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait(5)
+            stack.close()
             _stop(a, b)
             store.close()

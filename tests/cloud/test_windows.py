@@ -165,3 +165,43 @@ def test_window_set_refuses_bad_words_and_changes_nothing(
     assert code != 0 and expect in out and "Traceback" not in out
     code, out = _run("window", "list", "--home", str(home), "--json")
     assert json.loads(out)["windows"] == []
+
+
+def test_book_answers_per_label_set_and_its_key_follows_the_windows() -> None:
+    rows = [LabeledWindow(DOCK, {"site": "dock"})]
+    now = [0.0]
+    book = WindowBook(lambda: list(rows), ttl_s=2.0, clock=lambda: now[0])
+    windows, key = book.lookup({"site": "dock", "role": "arm"})
+    assert windows == (DOCK,) and key
+    assert book.lookup({"site": "lab"}) == ((), "")
+    rows[0] = LabeledWindow(
+        MaintenanceWindow.build("dock", "sat", "01:00", "02:00", "UTC"), {"site": "dock"}
+    )
+    assert book.lookup({"site": "dock", "role": "arm"})[1] == key  # until the re-read
+    now[0] = 5.0
+    changed = book.lookup({"site": "dock", "role": "arm"})
+    assert changed[1] != key and changed[0][0].days == ("sat",)
+
+
+def test_the_bench_prints_its_table_and_json() -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "bench" / "desired_windows.py"),
+            "--rounds",
+            "1",
+            "--calls",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "book-3" in out.splitlines()[3]
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["bench"] == "desired_windows" and last["book-3_hit_us"] > 0

@@ -276,3 +276,17 @@ def test_weights_are_safetensors_and_a_directory_with_torch_weights_still_loads(
                        "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}  # fmt: skip
     (d / "config.json").write_text(json.dumps(meta))
     assert from_pretrained(d)[0].digest() == _model().digest()
+
+
+def test_train_wm_refuses_an_out_path_it_would_not_replace_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from distill.train_wm import main
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exc:
+        main(["--steps", "10", "--out", str(tmp_path / "notes")])
+    assert exc.value.code == 2
+    assert "is not a saved world model" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"

@@ -50,6 +50,8 @@ def test_flash_to_dir_lays_out_a_verified_robot(plane: Plane, bundle: Path, tmp_
     assert (layout.trust / "director.pub").is_file()
     assert 'device_id = "robot-1"' in layout.agent_config.read_text()
     assert "mqtt_tls = false" in layout.agent_config.read_text()
+    # plain MQTT is the embedded dev broker (3.1.1 only): no MQTT 5 attempt to time out
+    assert "mqtt5 = false" in layout.agent_config.read_text()
     assert 'env = "Pendulum-v1"' in layout.runtime_config.read_text()
     units = robot / "etc/systemd/system"
     assert "Restart=always" in (units / "edgeflux-runtime.service").read_text()

@@ -193,3 +193,21 @@ def test_unknown_and_revoked_devices_are_refused(plane: RunningPlane) -> None:
     for device, says in (("robot-unknown", "not registered"), ("robot-gone", "revoked")):
         got = _ask(plane, device, _req())
         assert got.status == "forbidden" and says in got.reason, got
+
+
+def test_a_responder_that_cannot_start_stops_the_plane_only_when_asked_for(
+    tmp_path: Path,
+) -> None:
+    from cloud.server.app import PlaneStartError
+    from tests.servers import free_port
+
+    closed = {"broker_url": f"mqtt://127.0.0.1:{free_port()}"}
+    # As `cloud up` starts it (whenever there is a broker): a fallback path, so the
+    # plane serves gRPC without it and says why in its log.
+    with running_plane(tmp_path / "a", overrides=closed, files_over_mqtt=None) as p:
+        assert p.control.files is None and p.control.server is not None
+    with (
+        pytest.raises(PlaneStartError, match="MQTT file responder"),
+        running_plane(tmp_path / "b", overrides=closed, files_over_mqtt=True),
+    ):
+        pass

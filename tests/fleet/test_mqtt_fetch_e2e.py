@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +30,7 @@ from click.testing import CliRunner
 from cloud.cli import cloud
 from cloud.home import init_home
 from cloud.server.file_responder import FileResponder
+from cloud.store import EventRecord
 from cloud.testing import RunningPlane, running_plane
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles
 from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError
@@ -216,14 +221,58 @@ def test_hostile_requests_over_the_broker_are_refused_and_the_responder_keeps_se
     env.responder.on_answer = None
 
 
-@pytest.mark.slow
+def _port_outside_ephemeral_range() -> int:
+    """A free port no outgoing connection can take as its source port (a port in the
+    ephemeral range may be, by the agent's own connect attempts: TCP self-connect)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.Random().sample(range(max(1024, low - 12_000), low), 200):
+        with contextlib.suppress(OSError), socket.create_server(("127.0.0.1", port)):
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+class Forwarder:
+    """A TCP relay from `port` to the plane's gRPC port: "the link to the plane is back"."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.target = target
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
 def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> None:
     plane, tmp = env.plane, env.tmp
     device = "robot-mqtt"
     root = tmp / device
     _make_root(plane, root, device, env.broker.port)
     layout = RobotLayout.at(root)
-    closed = f"127.0.0.1:{free_port()}"  # nothing listens: gRPC is UNAVAILABLE
+    closed_port = _port_outside_ephemeral_range()
+    closed = f"127.0.0.1:{closed_port}"  # nothing listens: gRPC is UNAVAILABLE
     text = layout.agent_config.read_text().replace(f'"{plane.address}"', f'"{closed}"')
     layout.agent_config.write_text(
         text + "grpc_probe_timeout_s = 2.0\nmqtt_fetch_timeout_s = 5.0\nupload_recordings = false\n"
@@ -244,7 +293,10 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
             cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
         )
         assert res.exit_code == 0, res.output
-        events = lambda: plane.store.events(device, kind="update")  # noqa: E731
+
+        def events() -> list[EventRecord]:
+            return plane.store.events(device, kind="update")
+
         try:
             wait_until(lambda: robot.counter() == 10, 150, "the commit")
             wait_until(lambda: any(e.state == "COMMITTED" for e in events()), 30, "COMMITTED")
@@ -259,6 +311,29 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
         assert "blocks" in details["STAGING"], details
         assert "fetching updates over MQTT" in log.read_text()
         assert env.responder.counters["ok"] > 0
+
+        # The link to the plane's gRPC port comes back: the next update uses it.
+        relay = Forwarder(closed_port, plane.port)
+        try:
+            wait_until(lambda: "answers again: back to gRPC" in log.read_text(), 60, "gRPC")
+            served = env.responder.counters["ok"]
+            newer = _bundle(tmp, plane, "2.1.0", 11)
+            args = ["push", str(newer), "--home", str(plane.home.root), "--device", device]
+            res = CliRunner().invoke(
+                cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
+            )
+            assert res.exit_code == 0, res.output
+            try:
+                wait_until(lambda: robot.counter() == 11, 150, "the commit over gRPC")
+            except TimeoutError:
+                pytest.fail(f"{[(e.state, e.detail) for e in events()]}\n{log.read_text()[-4000:]}")
+            wait_until(lambda: events()[-1].state == "COMMITTED", 30, "COMMITTED")
+            last = events()
+            start = max(i for i, e in enumerate(last) if e.state == "REFRESHING")
+            assert not any("MQTT" in e.detail for e in last[start:]), last[start:]
+            assert env.responder.counters["ok"] == served  # not one block over MQTT
+        finally:
+            relay.close()
     finally:
         for p in (robot.agent, robot.runtime):
             if p is not None and p.poll() is None:
@@ -269,3 +344,37 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
                     p.wait(15)
                 except Exception:
                     p.kill()
+
+
+class Lossy:
+    """A link that loses the robot's `drop`-th request (1-based)."""
+
+    def __init__(self, transport: MqttTransport, drop: int) -> None:
+        self.transport, self.drop, self.sent = transport, drop, 0
+
+    def publish(self, topic_name: str, payload: bytes) -> bool:
+        self.sent += 1
+        return True if self.sent == self.drop else self.transport.publish(topic_name, payload)
+
+    def subscribe(self, topic_filter: str, handler: Any, **kw: Any) -> None:
+        self.transport.subscribe(topic_filter, handler, **kw)
+
+
+def test_blocks_in_flight_survive_a_lost_request_and_a_plane_serving_smaller_blocks(
+    env: Env,
+) -> None:
+    content = os.urandom(1_000_000)
+    (env.plane.home.tuf / "targets" / "stream.bin").write_bytes(content)
+    with env.device("robot-window") as t:
+        # The robot asks for 512 KiB; the plane serves 256 KiB (fetch_chunk_bytes).
+        wide = MqttBlockClient(t, "robot-window", block_bytes=512 * 1024, timeout_s=5)
+        assert b"".join(wide.blocks("target", "stream.bin")) == content
+        assert (
+            b"".join(wide.blocks("target", "stream.bin", 100_000, 700_000))
+            == content[100_000:800_000]
+        )
+    with env.device("robot-lossy") as t:
+        link = Lossy(t, drop=3)  # the second block in flight never reaches the plane
+        lossy = MqttBlockClient(link, "robot-lossy", block_bytes=64 * 1024, timeout_s=1)
+        assert b"".join(lossy.blocks("target", "stream.bin")) == content
+        assert lossy.counters["requests"] == lossy.counters["blocks"] + 1  # asked once more

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.update import (
     RecoveryAction,
@@ -94,6 +96,7 @@ HOSTILE = {
     "garbage-time": (b'{"reason": "x", "expires_at": "soon"}', "expires_at"),
     "too-far": (b'{"reason": "x", "expires_at": "2027-12-07T13:00:00Z"}', "expires_at"),
     "bad-who": (b'{"who": "a/b", "reason": "x", "expires_at": "2026-12-07T13:00:00Z"}', "who"),
+    "other-who": (b'{"who": "nav", "reason": "x", "expires_at": "2026-12-07T13:00:00Z"}', "who"),
     "binary": (b"\xff\xfe\x00", "document"),
     "huge": (b'{"reason": "' + b"x" * 5000 + b'"}', "file"),
 }
@@ -355,3 +358,42 @@ def test_an_update_held_too_long_fails_without_switching(tmp_path: Path) -> None
         hold.stop.set()
     assert final.state is S.FAILED and final.reason is Reason.OUTSIDE_WINDOW
     assert "held for more than" in final.detail and "switch" not in sim.calls
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.dictionaries(
+            st.sampled_from(["who", "reason", "expires_at", "extra"]),
+            st.one_of(st.none(), st.integers(), st.text(max_size=300), st.lists(st.integers())),
+        ).map(lambda d: json.dumps(d).encode()),
+    )
+)
+def test_any_lock_file_content_is_a_lock_or_a_named_problem(body: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "fuzz.json").write_bytes(body)
+        state = UpdateLocks(d).read()  # never raises
+        assert len(state.locks) + len(state.problems) <= 1
+        for p in state.problems:
+            assert p.field in ("file", "document", "who", "reason", "expires_at")
+            assert str(d / "fuzz.json") in p.describe()
+        assert (d / "fuzz.json").read_bytes() == body
+
+
+def test_a_lock_is_reported_before_a_closed_window(tmp_path: Path) -> None:
+    clock = Clock()
+    locks = UpdateLocks(tmp_path / "locks", clock)
+    hold = SwitchHold(locks, clock=clock)
+    assert hold.check([CLOSED]) is not None
+    assert hold.check([CLOSED]).reason is Reason.OUTSIDE_WINDOW  # type: ignore[union-attr]
+    locks.acquire("nav", "mid-task", 60)
+    held = hold.check([CLOSED])
+    assert held is not None and held.reason is Reason.UPDATE_LOCKED
+    apart = MaintenanceWindow.build("late", "daily", "20:00", "21:00", "UTC")
+    locks.release("nav")
+    never = hold.check([CLOSED, apart])
+    assert never is not None and "never open together" in never.detail

@@ -6,10 +6,12 @@ A real plane (gRPC, mTLS, TUF, signed desired state), Mosquitto configured by
 
 - a locked robot downloads, stages and shadows the pushed bundle, waits (HELD,
   UPDATE_LOCKED, with the lock's reason, on the plane and in `cloud devices`), keeps
-  waiting while a corrupt lock file is left (it holds, reported with its file), and
-  switches and commits once the last lock is gone;
+  waiting while a corrupt lock file is left (it holds, reported with its file) and
+  across a kill -9 of its agent, and switches and commits once the last lock is gone;
 - a robot whose label has a maintenance window closed now waits (HELD,
-  OUTSIDE_WINDOW, with the opening time) and switches only after the window opens.
+  OUTSIDE_WINDOW, with the opening time) and switches only after the window opens;
+- a robot held by a window switches once the operator removes the window (the held
+  agent asks the plane again).
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from cloud.mqtt import CloudMqttSettings
 from cloud.testing import running_plane
 from edgeflux.cli import root as cli_root
 from runtime.layout import RobotLayout
-from tests.fleet.test_agent_e2e import Fleet, Robot, _bundle, _make_root, _spawn
+from tests.fleet.test_agent_e2e import (
+    Fleet,
+    Robot,
+    _bundle,
+    _make_root,
+    _restart_agent,
+    _spawn,
+)
 from tests.servers import free_port, run_mosquitto, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -155,6 +164,20 @@ def test_a_locked_robot_stages_and_switches_only_after_release(fleet: Fleet) -> 
     )
     assert _row(fleet, r.id)["update_state"] == "HELD" and r.active_version() == "1.0.0"
 
+    # kill -9 while held: the restarted agent starts the update afresh and holds again.
+    held_before = [s for s, _ in fleet.update_events(r.id)].count("HELD")
+    r.agent.kill()
+    r.agent.wait(20)
+    _restart_agent(fleet, r)
+    _wait(
+        fleet,
+        lambda: [s for s, _ in fleet.update_events(r.id)].count("HELD") > held_before,
+        120,
+        "HELD again after the restart",
+        r.id,
+    )
+    assert r.active_version() == "1.0.0"
+
     bad.unlink()
     _wait(fleet, lambda: r.counter() == 2, 120, "the commit after release", r.id)
     assert r.active_version() == "1.1.0"
@@ -214,3 +237,39 @@ def test_a_closed_window_holds_the_switch_until_it_opens(fleet: Fleet) -> None:
     events = fleet.plane.store.events(r.id, kind="update")
     switched = next(e for e in events if e.state == "SWITCHING")
     assert switched.at >= opens, (switched.at, opens)
+
+
+def test_removing_the_window_on_the_plane_releases_a_held_robot(fleet: Fleet) -> None:
+    r = fleet.robots[1]
+    home = ["--home", str(fleet.plane.home.root)]
+    fleet.plane.store.set_labels(r.id, {"site": "lab", "dock": "west"})
+    opens = dt.datetime.now(dt.UTC) + dt.timedelta(hours=6)
+    res = CliRunner().invoke(
+        cloud,
+        [
+            *("window", "set", "west", *home, "--label", "dock=west", "--days", "daily"),
+            *(
+                "--start",
+                opens.strftime("%H:%M"),
+                "--end",
+                (opens + dt.timedelta(hours=1)).strftime("%H:%M"),
+            ),
+            *("--tz", "UTC"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    book = fleet.plane.control.plane.windows  # type: ignore[union-attr]
+    assert book is not None
+    wait_until(lambda: bool(book.for_labels({"dock": "west"})), 10, "the plane to see the window")
+    fleet.push(_bundle(fleet.tmp, fleet.plane, "1.2.0", 3), r.id)
+
+    def outside() -> bool:
+        row = _row(fleet, r.id)
+        return bool(row["update_state"] == "HELD" and "window west" in row["update_detail"])
+
+    _wait(fleet, outside, 90, "the robot to wait for the west window", r.id)
+    res = CliRunner().invoke(cloud, ["window", "remove", "west", *home])
+    assert res.exit_code == 0, res.output
+    # The held agent asks the plane again every desired_state_poll_s (2 s here).
+    _wait(fleet, lambda: r.counter() == 3, 90, "the switch once the window is gone", r.id)
+    assert r.active_version() == "1.2.0"

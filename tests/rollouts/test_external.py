@@ -14,6 +14,7 @@ from cloud.rollouts.engine import Rollout, RolloutSpec, SpecError
 from cloud.rollouts.external import (
     RETRY_BASE_S,
     Answer,
+    BackgroundAsker,
     allowed,
     ask,
     check_approval_url,
@@ -46,6 +47,8 @@ def test_allow_and_deny_are_read_with_their_reason() -> None:
         ("huge", "bad answer: body over 65536 bytes"),
         ("redirect", "redirect (302 to http://127.0.0.1:9/allow) refused"),
         ("error", "HTTP 500"),
+        ("bad-status", "bad answer: BadStatusLine"),
+        ("headers", "bad answer: LineTooLong"),
     ],
 )
 def test_hostile_answers_are_no_approval_with_a_specific_reason(mode: str, reason: str) -> None:
@@ -169,6 +172,47 @@ def test_the_payload_names_the_rollout_wave_bundle_and_the_soak_figures() -> Non
     doc = payload(r, 1)
     assert doc["rollout"] == "ro-e" and doc["wave"] == 1 and doc["devices"] == 1
     assert doc["bundle"] == {"name": "p", "version": "1.1.0", "sequence": 2, "sha256": "ab" * 32}
-    assert doc["before"] == {"committed": 1, "failed": 0}
+    assert doc["earlier_waves"] == {"committed": 1, "failed": 0}
     assert doc["soak"]["verdict"] == "passed" and doc["soak"]["wave"] == {"devices": 1}
     assert payload(r, 0)["soak"] is None
+
+
+def test_the_background_asker_holds_no_pass_while_the_endpoint_hangs() -> None:
+    with approval_server("hang") as srv:
+        bg = BackgroundAsker()
+        doc = {"rollout": "ro-b", "wave": 2}
+        r = rollout()
+        t0 = time.monotonic()
+        assert bg(srv.url, doc, 1.0) is None  # asked; returns at once
+        assert not external_gate(r, 1, 0.0, srv.url, 1.0, bg)  # another wave: its own
+        assert time.monotonic() - t0 < 0.5
+        assert "tries" not in r.gates["external"]["1"] or r.gates["external"]["1"]["tries"] == 0
+        deadline = time.monotonic() + 10
+        got = None
+        while got is None and time.monotonic() < deadline:
+            got = bg(srv.url, doc, 1.0)
+            time.sleep(0.05)
+        assert got == Answer("error", "no answer within 1 s")
+        assert bg(srv.url, doc, 1.0) is None  # the next question starts afresh
+        srv.mode = "allow"
+        srv.release.set()
+        deadline = time.monotonic() + 10
+        while not external_gate(r, 1, time.time(), srv.url, 1.0, bg):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert allowed(r, 1) is not None and r.gates["external"]["1"]["tries"] >= 1
+
+
+def test_an_asker_that_raises_still_gives_the_gate_an_answer() -> None:
+    def broken(url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
+        raise RuntimeError("boom")
+
+    bg = BackgroundAsker(broken)
+    doc = {"rollout": "ro-x", "wave": 0}
+    assert bg("http://ci/a", doc, 1.0) is None
+    deadline = time.monotonic() + 10
+    got = None
+    while got is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        got = bg("http://ci/a", doc, 1.0)
+    assert got == Answer("error", "the check failed: RuntimeError: boom")

@@ -606,3 +606,90 @@ def test_a_robot_joining_the_label_mid_rollout_gets_the_target_and_offline_ones_
         plane, "create", "good@1.0.0", "--label", "group=dyn", "--offline-policy", "skip-after=soon"
     )
     assert res.exit_code == 1 and "INVALID_ARGUMENT: offline_policy: skip-after=soon" in res.output
+
+
+def test_the_soak_compares_a_wave_with_its_own_robots_before_and_shows_the_figures(
+    plane: RunningPlane, stub: Any
+) -> None:
+    from fleet.update_core import ShadowResult, ShadowThresholds, shadow_summary
+
+    ids = devices(plane, "soaklat", 4)
+
+    def points(device_id: str, t0: float, t1: float, p99: float) -> None:
+        pts = [
+            TelemetryRecord(
+                at=dt.datetime.fromtimestamp(t0 + (t1 - t0) * i / 5, dt.UTC),
+                loop_p99_ms=p99,
+                extra={"ticks": 500 * i, "deadline_misses": 0},
+            )
+            for i in range(6)
+        ]
+        assert plane.store.record_telemetry(device_id, next(_seq), pts)
+
+    res = cli(
+        plane,
+        "create",
+        "good@1.0.0",
+        "--label",
+        "group=soaklat",
+        "--waves",
+        "0.5,1",
+        "--soak",
+        "4",
+        "--max-divergence",
+        "0.5",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    rid = json.loads(res.stdout)["id"]
+    wait_until(lambda: desired(plane, ids[1]) == "good@1.0.0", 30, "wave 0 went out")
+
+    def sent() -> float | None:
+        rec = plane.store.get_rollout(rid)
+        return rec.status["waves"][0]["dispatched_at"] if rec is not None else None
+
+    wait_until(lambda: sent() is not None, 30, "wave 0's dispatch to be saved")
+    dispatched = float(sent())  # type: ignore[arg-type]
+    for d in ids[:2]:  # on the previous bundle, in the soak's length before: 1 ms
+        points(d, dispatched - 3.5, dispatched - 0.1, 1.0)
+    summary = shadow_summary(
+        ShadowResult(
+            ticks=200, divergence_max=0.125, nan_rate=0.0, latency_p99_ms=0.5, envelope_violations=0
+        ),
+        ShadowThresholds(),
+    )
+    for d in ids[:2]:
+        assert plane.store.record_event(
+            EventRecord(
+                device_id=d,
+                sequence=next(_seq),
+                at=dt.datetime.now(dt.UTC),
+                kind="update",
+                state="SWITCHING",
+                reason_code="OK",
+                detail=summary,
+                bundle={"name": "good", "version": "1.0.0", "sequence": 1},
+            )
+        )
+        commit(plane, d, "good")
+    start, end = soak_window(plane, rid)
+    for d in ids:  # 3 ms on the new bundle, and on the robots not updated yet
+        points(d, start, end, 3.0)
+    wait_until(lambda: get(stub, rid).state == "paused", 30, "the soak to pause the rollout")
+    got = get(stub, rid)
+    assert got.reason.startswith(
+        "wave 0 soak regressed: loop latency p99 3.00 ms is 3.00x the same robots before's "
+        "1.00 ms > 1.5x"
+    ), got.reason
+    w = got.waves[0]
+    assert w.soak_verdict == "regressed"
+    figs = {f.group: f for f in w.soak_figures}
+    assert set(figs) == {"wave", "before", "not yet updated"}
+    assert figs["wave"].latency_p99_ms == 3.0 and figs["before"].latency_p99_ms == 1.0
+    assert figs["wave"].divergence == pytest.approx(0.125)
+    assert not figs["not yet updated"].HasField("divergence")
+    assert (figs["wave"].reporting, figs["before"].reporting) == (2, 2)
+    out = cli(plane, "get", rid).output
+    assert "      wave: 2/2 reporting, miss rate 0.0000" in out
+    assert "loop p99 3.00 ms" in out and "shadow divergence 0.125" in out
+    assert "      before: 2/2 reporting" in out and "shadow divergence <= 0.5" in out

@@ -60,6 +60,25 @@ def test_the_window_reads_match_the_per_device_reads(store: Store) -> None:
         assert all(at(15) <= p.at <= at(55) for p in got[d])
     assert sum(len(v) for v in got.values()) == len(ids[:1100:7]) * 4  # 20, 30, 40, 50 s
     assert store.telemetry_window([], at(0), at(99)) == {}
+    # with extra_keys the database reads just those keys; the rest is the same
+    keys = ("ticks", "deadline_misses", "absent")
+    narrow = store.telemetry_window(ids, at(15), at(55), extra_keys=keys)
+    for d in ids:
+        assert [(p.at, p.loop_p99_ms) for p in narrow[d]] == [(p.at, p.loop_p99_ms) for p in got[d]]
+        assert [p.extra for p in narrow[d]] == [
+            {k: (p.extra or {}).get(k) for k in keys} for p in got[d]
+        ]
+
+
+def test_extra_keys_read_back_any_json_scalar(store: Store) -> None:
+    values = [7, 2.5, "text", None, {"nested": 1}]
+    store.record_telemetry(
+        "r0001", 1, [TelemetryRecord(at=at(i), extra={"v": v}) for i, v in enumerate(values)]
+    )
+    got = store.telemetry_window(["r0001"], at(0), at(10), extra_keys=("v",))["r0001"]
+    read = [p.extra["v"] for p in got]  # type: ignore[index]
+    assert read[:4] == [7, 2.5, "text", None]
+    assert read[4] is not None  # an object comes back in the database's own text
 
 
 def test_the_events_window_and_the_readings_the_soak_judges(store: Store) -> None:

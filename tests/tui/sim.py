@@ -203,6 +203,21 @@ def make_rollouts(devices: list[str]) -> list[admin_pb2.Rollout]:
     w0.outcomes.add(device_id=devices[1], outcome="COMMITTED")
     w0.retries.add(device_id=devices[1], tries=2, outcome="FAILED", reason_code="DOWNLOAD_FAILED")
     w0.soak = soak
+    w0.soak_verdict = "passed"
+    for group, n, rate in (
+        ("wave", 2, 0.004),
+        ("before", 2, 0.0035),
+        ("not yet updated", 10, 0.0035),
+    ):
+        w0.soak_figures.add(
+            group=group,
+            devices=n,
+            reporting=n,
+            miss_rate=rate,
+            latency_p99_ms=2.4,
+            errors_per_robot=0.0,
+        )
+    w0.joined.append(devices[1])
     w1 = admin_pb2.RolloutWave(
         index=1, device_ids=devices[2:6], state="pending", approval_required=True
     )
@@ -219,6 +234,9 @@ def make_rollouts(devices: list[str]) -> list[admin_pb2.Rollout]:
         max_tries=3,
         soak_s=600,
         abort_threshold=0.2,
+        abort_min_robots=4,
+        soak_thresholds="deadline-miss rate +0.01, interventions/min +1, loop p99 x1.5",
+        offline_policy="wait",
     )
     bad = admin_pb2.RolloutWave(
         index=0, device_ids=devices[:2], state="failed", rolled_back=1, committed=1

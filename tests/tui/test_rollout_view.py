@@ -68,3 +68,30 @@ def test_which_wave_an_approval_names() -> None:
     assert "next wave waiting" in ActionRequest("approve", "ro-1").describe()
     assert "previous bundle back" in ActionRequest("abort", "ro-1", rollback=True).describe()
     assert "previous bundle" not in ActionRequest("abort", "ro-1").describe()
+
+
+def test_soak_figures_joined_skipped_and_the_external_check() -> None:
+    from tui.rollout_view import soak_rows, soak_wave, wave_devices
+
+    r = rollout()
+    w0 = r.waves[0]
+    w0.soak_figures.add(group="wave", devices=2, reporting=2, miss_rate=0.05, divergence=0.12)
+    w0.soak_figures.add(group="not yet updated", devices=1, reporting=1, miss_rate=0.0)
+    w0.joined.append("b")
+    w0.skipped.add(device_id="z", outcome="SKIPPED", reason_code="OFFLINE", detail="offline 10m")
+    w0.approval_check = "allow from https://ci.example/gate (200 in 0.1 s)"
+    r.approval_url = "https://ci.example/gate"
+    r.abort_min_robots = 5
+    assert soak_wave(r, 1) is w0 and soak_wave(r, 0) is w0  # the wave before, or its own
+    assert soak_wave(r, None) is None
+    rows = soak_rows(w0)
+    assert rows[0] == ("wave 0: wave", "2", "2", "0.0500", "0.00", "0.00", "0.00", "0.12")
+    assert rows[1][0] == "wave 0: not yet updated" and rows[1][-1] == "—"
+    assert wave_devices(w0) == "2 (+1 joined, 1 skipped)"
+    text = "\n".join(gate_lines(r, w0))
+    assert "external approval check https://ci.example/gate" in text
+    assert "once 5 were dispatched" in text
+    assert "external check: allow from https://ci.example/gate" in text
+    assert "skipped z: OFFLINE: offline 10m" in text
+    by_id = {row[0]: row for row in device_rows(w0, lambda d: None)}
+    assert by_id["b"][2].startswith("joined while the rollout ran")

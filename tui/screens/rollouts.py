@@ -17,16 +17,20 @@ from protos import admin_pb2
 from tui.client import AdminError
 from tui.messages import Fetched, FetchFailed
 from tui.rollout_view import (
+    SOAK_COLUMNS,
     ActionRequest,
     device_rows,
     gate_lines,
     rollout_row,
+    soak_rows,
+    soak_wave,
     wave_row,
     wave_to_approve,
 )
 from tui.screens._chrome import ConnectionBar, fleet_app
 
 POLL_S = 2.0
+LIVE_S = 0.5
 MUTATING = ("approve", "pause", "resume", "abort")
 
 
@@ -62,6 +66,8 @@ class RolloutsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.rollouts: dict[str, admin_pb2.Rollout] = {}
+        self._shown_id: str | None = None  # the rollout whose waves are shown
+        self._live_pending = False  # a refresh of the robots' live states is scheduled
 
     def compose(self) -> ComposeResult:
         yield ConnectionBar(id="conn")
@@ -71,6 +77,10 @@ class RolloutsScreen(Screen[None]):
         table.add_columns("Rollout", "Bundle", "State", "Waves", "Created", "By", "Reason")
         yield table
         yield Static("", id="rollout-gates")
+        soak: DataTable[str] = DataTable(id="rollout-soak", cursor_type="none")
+        soak.add_columns(*SOAK_COLUMNS)
+        soak.can_focus = False  # figures only: tab goes from the rollouts to the waves
+        yield soak
         waves: DataTable[str] = DataTable(id="rollout-waves", cursor_type="row")
         waves.add_columns(
             "Wave",
@@ -167,10 +177,11 @@ class RolloutsScreen(Screen[None]):
         waves = self.query_one("#rollout-waves", DataTable)
         if r is None:
             self.query_one("#rollout-gates", Static).update("")
+            self.query_one("#rollout-soak", DataTable).display = False
             waves.clear()
             self.query_one("#rollout-devices", DataTable).clear()
             return
-        if getattr(self, "_shown_id", None) != r.id:
+        if self._shown_id != r.id:
             waves.clear()  # a different rollout: start at its current wave
             self._shown_id = r.id
             _refill(waves, [(str(w.index), wave_row(w)) for w in r.waves])
@@ -188,9 +199,30 @@ class RolloutsScreen(Screen[None]):
         index = self._wave_index()
         wave = r.waves[index] if index is not None and index < len(r.waves) else None
         self.query_one("#rollout-gates", Static).update("\n".join(gate_lines(r, wave)))
+        soaked = soak_wave(r, index)
+        soak = self.query_one("#rollout-soak", DataTable)
+        soak.clear()
+        for cells in soak_rows(soaked) if soaked is not None else []:
+            soak.add_row(*cells)
+        soak.display = soak.row_count > 0
         devices = self.query_one("#rollout-devices", DataTable)
         rows = device_rows(wave, fleet_app(self).store.get) if wave is not None else []
         _refill(devices, [(row[0], row) for row in rows])
+
+    def fleet_changed(self) -> None:
+        """The fleet watch brought changes: show the robots' live states soon (at most
+        twice a second, however many batches arrive)."""
+        if self._live_pending:
+            return
+        self._live_pending = True
+
+        def show() -> None:
+            self._live_pending = False
+            r = self.selected()
+            if r is not None and self.is_current:
+                self._show_wave(r)
+
+        self.set_timer(LIVE_S, show)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "rollouts":
