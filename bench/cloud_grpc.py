@@ -14,6 +14,10 @@ for every call, so a revocation by any process holds from the next call), and th
 DSSE document (cached per device generation).
 Targets: throughput >= 0.7x the echo's, p99 <= 1.5x the echo's.
 
+With `--client-process` part 1 runs a second time with the callers in a child process,
+as robots are: the servers then have their process (and its interpreter lock) to
+themselves, while the in-process run also charges the callers' work to the servers.
+
 Part 1b: `--fleet` robots polling every `--poll-s` seconds (open loop, Poisson
 arrivals at fleet/poll_s calls/s, from the `--channels` certificates) against the
 shipped plane with `--fleet` devices registered; target p99 <= 100 ms.
@@ -31,6 +35,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -145,46 +150,96 @@ def _channels(address: str, creds: list[ClientCredentials], n: int) -> list[grpc
     ]
 
 
+async def _rounds(
+    addresses: dict[str, str],
+    devices: list[ClientCredentials],
+    callers: int,
+    seconds: float,
+    n_channels: int,
+    rounds: int,
+) -> dict[str, dict[str, float]]:
+    """The closed-loop callers against each server in turn, in interleaved rounds."""
+    chans = {k: _channels(a, devices, n_channels) for k, a in addresses.items()}
+    payload = b"x" * 64
+    req = device_pb2.GetDesiredStateRequest()
+
+    def call(kind: str, i: int) -> Callable[[], Awaitable[Any]]:
+        ch = chans[kind][i % n_channels]
+        if kind == "echo":
+            echo = ch.unary_unary(ECHO_METHOD)
+            return lambda: echo(payload)
+        stub = device_pb2_grpc.DeviceServiceStub(ch)  # type: ignore[no-untyped-call]
+        return lambda: stub.GetDesiredState(req)
+
+    calls = {k: [call(k, i) for i in range(callers)] for k in chans}
+    for k in calls:  # connect + warm
+        for c in calls[k][:n_channels]:
+            await c()
+    # Interleave short rounds so load from other processes hits both alike.
+    lat: dict[str, list[float]] = {k: [] for k in calls}
+    took = dict.fromkeys(calls, 0.0)
+    for _ in range(rounds):
+        for k in calls:
+            took[k] += await _drive(calls[k], seconds / rounds, lat[k])
+    for cs in chans.values():
+        for ch in cs:
+            await ch.close()
+    return {k: _summary(lat[k], took[k]) for k in calls}
+
+
 def bench_grpc(
-    tmp: Path, callers: int, seconds: float, n_channels: int, rounds: int
+    tmp: Path,
+    callers: int,
+    seconds: float,
+    n_channels: int,
+    rounds: int,
+    client_process: bool = False,
 ) -> dict[str, Any]:
+    """Echo vs GetDesiredState; with `client_process` the callers run in a child process
+    (as robots do: the servers then have this process to themselves)."""
     with running_plane(tmp / "plane") as plane:
         devices = [plane.device(f"bench-{i:03d}", {"fleet": "bench"}) for i in range(n_channels)]
         plane.store.set_desired(
             [d.id for d in devices], {"name": "pendulum", "version": "1.0.0", "sequence": 1}
         )
-
-        async def run(echo_port: int) -> dict[str, dict[str, float]]:
-            addresses = {"echo": f"127.0.0.1:{echo_port}", "plane": plane.address}
-            chans = {k: _channels(a, devices, n_channels) for k, a in addresses.items()}
-            payload = b"x" * 64
-            req = device_pb2.GetDesiredStateRequest()
-
-            def call(kind: str, i: int) -> Callable[[], Awaitable[Any]]:
-                ch = chans[kind][i % n_channels]
-                if kind == "echo":
-                    echo = ch.unary_unary(ECHO_METHOD)
-                    return lambda: echo(payload)
-                stub = device_pb2_grpc.DeviceServiceStub(ch)  # type: ignore[no-untyped-call]
-                return lambda: stub.GetDesiredState(req)
-
-            calls = {k: [call(k, i) for i in range(callers)] for k in chans}
-            for k in calls:  # connect + warm
-                for c in calls[k][:n_channels]:
-                    await c()
-            # Interleave short rounds so load from other processes hits both alike.
-            lat: dict[str, list[float]] = {k: [] for k in calls}
-            took = dict.fromkeys(calls, 0.0)
-            for _ in range(rounds):
-                for k in calls:
-                    took[k] += await _drive(calls[k], seconds / rounds, lat[k])
-            for cs in chans.values():
-                for ch in cs:
-                    await ch.close()
-            return {k: _summary(lat[k], took[k]) for k in calls}
-
         with EchoServer(plane.home) as echo:
-            return asyncio.run(run(echo.port))
+            addresses = {"echo": f"127.0.0.1:{echo.port}", "plane": plane.address}
+            if not client_process:
+                return asyncio.run(
+                    _rounds(addresses, devices, callers, seconds, n_channels, rounds)
+                )
+            job = {
+                "addresses": addresses,
+                "devices": [[d.id, str(d.cert), str(d.key), str(d.ca)] for d in devices],
+                "callers": callers,
+                "seconds": seconds,
+                "channels": n_channels,
+                "rounds": rounds,
+            }
+            out = subprocess.run(
+                [sys.executable, __file__, "--client-job", json.dumps(job)],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=seconds * 4 + 120,
+            )
+            return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _client_job(text: str) -> None:
+    job = json.loads(text)
+    devices = [ClientCredentials(i, Path(c), Path(k), Path(a)) for i, c, k, a in job["devices"]]
+    res = asyncio.run(
+        _rounds(
+            job["addresses"],
+            devices,
+            job["callers"],
+            job["seconds"],
+            job["channels"],
+            job["rounds"],
+        )
+    )
+    print(json.dumps(res))
 
 
 def bench_fleet(
@@ -282,10 +337,24 @@ def main() -> None:
     ap.add_argument("--fleet", type=int, default=10_000, help="robots polling (part 1b)")
     ap.add_argument("--poll-s", type=float, default=30.0, help="their poll period")
     ap.add_argument("--fleet-seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--client-process",
+        action="store_true",
+        help="also run the callers in a child process (servers alone in this one)",
+    )
+    ap.add_argument("--client-job", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.client_job:
+        _client_job(args.client_job)
+        return
     with tempfile.TemporaryDirectory(prefix="edgeflux-bench-") as d:
         tmp = Path(d)
         g = bench_grpc(tmp, args.callers, args.seconds, args.channels, args.rounds)
+        apart = (
+            bench_grpc(tmp / "apart", args.callers, args.seconds, args.channels, args.rounds, True)
+            if args.client_process
+            else None
+        )
         fleet = bench_fleet(tmp, args.fleet, args.poll_s, args.fleet_seconds, 64)
         listing = bench_listing(tmp, args.devices)
     e, p = g["echo"], g["plane"]
@@ -313,6 +382,13 @@ def main() -> None:
         f"calls/s offered, open loop, {args.fleet_seconds:g} s): served {fleet['rps']:.0f}/s, "
         f"p50 {fleet['p50_ms']:.2f} ms, p99 {fleet['p99_ms']:.2f} ms (target <= 100 ms)"
     )
+    if apart is not None:
+        ea, pa = apart["echo"], apart["plane"]
+        print(
+            f"callers in a child process: echo {ea['rps']:.0f}/s p99 {ea['p99_ms']:.2f} ms, "
+            f"GetDesiredState {pa['rps']:.0f}/s p99 {pa['p99_ms']:.2f} ms: throughput ratio "
+            f"{pa['rps'] / ea['rps']:.2f}x, p99 ratio {pa['p99_ms'] / ea['p99_ms']:.2f}x"
+        )
     print(
         f"list {int(listing['devices'])} devices by label (SQLite): {listing['list_all_ms']:.1f} ms"
         f" wall, {listing['list_all_cpu_ms']:.1f} ms CPU (target < 100 ms); one 100-device "
@@ -328,6 +404,13 @@ def main() -> None:
                 "throughput_ratio": round(thr_ratio, 3),
                 "p99_ratio": round(p99_ratio, 3),
                 "fleet_poll": {"robots": args.fleet, "poll_s": args.poll_s, **fleet},
+                "client_process": None
+                if apart is None
+                else {
+                    **apart,
+                    "throughput_ratio": round(apart["plane"]["rps"] / apart["echo"]["rps"], 3),
+                    "p99_ratio": round(apart["plane"]["p99_ms"] / apart["echo"]["p99_ms"], 3),
+                },
                 "listing": listing,
                 "loadavg_1m": round(load, 2),
                 "cpus": os.cpu_count(),

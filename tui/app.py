@@ -174,6 +174,8 @@ class EdgeFluxApp(ConsoleApp):
             diff = self.store.apply(batch.changes)
             if self.fleet_screen is not None:
                 self.fleet_screen.show_diff(diff)
+        if isinstance(self.screen, RolloutsScreen):
+            self.screen.fleet_changed()
         self.refresh_status()
 
     def on_connection_changed(self, msg: ConnectionChanged) -> None:

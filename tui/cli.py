@@ -67,7 +67,8 @@ def tui(
     theme: str,
     export_dir: Path,
 ) -> None:
-    """The operator console: live fleet, devices, bundles and pushes, attestations, routing."""
+    """The operator console: live fleet, devices, bundles and pushes, attestations, routing,
+    rollouts."""
     from protos.plane_target import TargetError, parse_addresses
     from tui.client import AdminClient, AdminError, TlsFiles, certificate_role, speaks_tls
     from tui.verify import TrustedKeyError, load_trusted_keys

@@ -18,6 +18,7 @@ and the asking function).
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import math
 import threading
@@ -135,6 +136,8 @@ def _exchange(url: str, body: bytes, timeout_s: float) -> Answer:
             where = exc.headers.get("Location", "?") if exc.headers else "?"
             return Answer(ERROR, f"redirect ({exc.code} to {where[:200]}) refused", exc.code)
         return Answer(ERROR, f"HTTP {exc.code} {str(exc.reason)[:100]}", exc.code)
+    except http.client.HTTPException as exc:  # a broken status line, headers, body
+        return Answer(ERROR, f"bad answer: {type(exc).__name__}: {str(exc)[:200]}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(why, TimeoutError) or "timed out" in str(why):
@@ -145,6 +148,14 @@ def _exchange(url: str, body: bytes, timeout_s: float) -> Answer:
     return _judge_body(status, raw)
 
 
+def _guarded(url: str, body: bytes, timeout_s: float) -> Answer:
+    """`_exchange`, with whatever else goes wrong turned into no approval."""
+    try:
+        return _exchange(url, body, timeout_s)
+    except Exception as exc:  # an answer must come back, whatever the endpoint did
+        return Answer(ERROR, f"the check failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
 def ask(url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
     """POST `doc` as JSON to `url` and read the answer, within `timeout_s` in all
     (connect, a slow answer, a body trickling in)."""
@@ -152,7 +163,7 @@ def ask(url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
     got: list[Answer] = []
 
     def run() -> None:
-        got.append(_exchange(url, body, timeout_s))
+        got.append(_guarded(url, body, timeout_s))
 
     worker = threading.Thread(target=run, name="approval-check", daemon=True)
     worker.start()
@@ -178,6 +189,12 @@ class BackgroundAsker:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, int], list[Answer]] = {}
 
+    def _guarded(self, url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
+        try:
+            return self._ask(url, doc, timeout_s)
+        except Exception as exc:  # the gate must get an answer, or it waits forever
+            return Answer(ERROR, f"the check failed: {type(exc).__name__}: {str(exc)[:200]}")
+
     def __call__(self, url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer | None:
         key = (str(doc.get("rollout")), int(doc.get("wave", 0)))
         with self._lock:
@@ -185,7 +202,7 @@ class BackgroundAsker:
             if job is None:
                 job = self._jobs[key] = []
                 threading.Thread(
-                    target=lambda: job.append(self._ask(url, doc, timeout_s)),
+                    target=lambda: job.append(self._guarded(url, doc, timeout_s)),
                     name=f"approval-check {key[0]}#{key[1]}",
                     daemon=True,
                 ).start()

@@ -118,10 +118,11 @@ def test_a_fan_out_survives_database_restart_broker_restart_and_a_replica_kill(
                 version = f"1.{seq - 1}.0"
                 publish_bundle(home, store, bundles[seq - 1], actor="test")
                 sent = push(home, store, f"pendulum@{version}", device_ids=list(ROBOTS))
-                # the robots start fetching within a poll or two; then the fault
+                # the robots start fetching within a poll or two (a download in progress
+                # is a *.chunked file); then the fault
                 wait_until(
                     lambda: any(
-                        any((RobotLayout.at(r.root).agent_state / "downloads").glob("*"))
+                        any((RobotLayout.at(r.root).agent_state / "downloads").glob("*.chunked"))
                         for r in robots
                     ),
                     30,

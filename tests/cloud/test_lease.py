@@ -21,7 +21,7 @@ from cloud.lease import AdvisoryLease, current_epoch, leader, lease_for, lease_k
 from cloud.rollouts.engine import Rollout, RolloutSpec
 from cloud.rollouts.gates import GateSpec
 from cloud.rollouts.service import RolloutService
-from cloud.store import BundleRecord, EventRecord, FencedError, Store
+from cloud.store import BundleRecord, EventRecord, FencedError, Store, StoreUnavailable
 from cloud.store.fence import fenced
 from tests.servers import Postgres, run_postgres, wait_until
 
@@ -43,6 +43,11 @@ def test_lease_keys_are_stable_distinct_signed_64_bit() -> None:
 
 def test_sqlite_needs_no_lease() -> None:
     assert lease_for("sqlite:////tmp/x.db", "rollout-engine") is None
+
+
+def test_a_lease_shorter_than_two_renewals_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least twice retry_s"):
+        AdvisoryLease("postgresql://x/y", "t", retry_s=3.0, lease_s=5.0)
 
 
 def test_exactly_one_holder_and_the_other_takes_over_when_it_lets_go(pg: Postgres) -> None:
@@ -88,6 +93,7 @@ def test_each_term_gets_the_next_epoch_and_a_stalled_holder_is_deposed(pg: Postg
         assert not a.held  # not renewed for over lease_s: a no longer counts itself leader
     finally:
         b.stop()
+        a.stop(timeout_s=0.1)  # its thread sleeps in the stalled renewal: close the session
     assert current_epoch(url, "never-held") is None
 
 
@@ -117,6 +123,46 @@ def test_the_store_refuses_a_write_of_an_older_epoch_and_nothing_is_written(
         store.set_desired(["d0"], {"name": "p", "version": "3"})  # unfenced writes go on
     finally:
         lease.stop()
+        store.close()
+
+
+def test_a_writer_stalled_inside_a_fenced_transaction_cannot_block_the_next_term(
+    pg: Postgres,
+) -> None:
+    """The old leader stops mid-transaction, holding the lease row FOR SHARE: the server
+    ends that transaction after lease_s idle, the next term begins, and the stalled
+    write is lost (its commit fails) instead of landing in the new term."""
+    url = pg.create_database("lease_stalled_tx")
+    store = _setup_store(url, ("d0",), {})
+    a = AdvisoryLease(url, "t", retry_s=0.2, lease_s=1.0).start()
+    b = AdvisoryLease(url, "t", retry_s=0.2, lease_s=1.0)
+    outcome: list[BaseException | None] = []
+    try:
+        assert a.wait_held(10) and a.epoch == 1
+
+        def stalled_write() -> None:
+            try:
+                with fenced("t", 1, lease_s=1.0), store._tx() as conn:
+                    conn.exec_driver_sql("UPDATE devices SET desired_generation = 42")
+                    time.sleep(4.0)  # stopped mid-transaction, past its lease
+                outcome.append(None)
+            except Exception as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=stalled_write)
+        writer.start()
+        time.sleep(0.5)  # the writer holds the lease row
+        a._renew = lambda: time.sleep(30)  # type: ignore[method-assign]  # a stalls too
+        b.start()
+        assert b.wait_held(10), "the next term did not begin"
+        assert b.epoch == 2
+        writer.join(15)
+        assert outcome and isinstance(outcome[0], StoreUnavailable), outcome
+        dev = store.get_device("d0")
+        assert dev is not None and dev.desired_generation == 0  # nothing of it landed
+    finally:
+        b.stop()
+        a.stop(timeout_s=0.1)  # its thread sleeps in the stalled renewal: close the session
         store.close()
 
 

@@ -30,6 +30,7 @@ from click.testing import CliRunner
 from cloud.cli import cloud
 from cloud.home import init_home
 from cloud.server.file_responder import FileResponder
+from cloud.store import EventRecord
 from cloud.testing import RunningPlane, running_plane
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles
 from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError
@@ -264,7 +265,6 @@ class Forwarder:
             c.close()
 
 
-@pytest.mark.slow
 def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> None:
     plane, tmp = env.plane, env.tmp
     device = "robot-mqtt"
@@ -293,7 +293,10 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
             cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
         )
         assert res.exit_code == 0, res.output
-        events = lambda: plane.store.events(device, kind="update")  # noqa: E731
+
+        def events() -> list[EventRecord]:
+            return plane.store.events(device, kind="update")
+
         try:
             wait_until(lambda: robot.counter() == 10, 150, "the commit")
             wait_until(lambda: any(e.state == "COMMITTED" for e in events()), 30, "COMMITTED")

@@ -66,6 +66,12 @@ def _handler(state: Approver) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps({"decision": "allow", "reason": pad}).encode())
             elif mode == "redirect":
                 self._send(302, b"", {"Location": "http://127.0.0.1:9/allow"})
+            elif mode == "bad-status":  # not HTTP at all
+                self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+                self.close_connection = True
+            elif mode == "headers":  # one header line longer than any client reads
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: " + b"x" * 100_000 + b"\r\n\r\n")
+                self.close_connection = True
             elif mode == "error":
                 self._send(500, b"boom")
             else:

@@ -47,6 +47,8 @@ def test_allow_and_deny_are_read_with_their_reason() -> None:
         ("huge", "bad answer: body over 65536 bytes"),
         ("redirect", "redirect (302 to http://127.0.0.1:9/allow) refused"),
         ("error", "HTTP 500"),
+        ("bad-status", "bad answer: BadStatusLine"),
+        ("headers", "bad answer: LineTooLong"),
     ],
 )
 def test_hostile_answers_are_no_approval_with_a_specific_reason(mode: str, reason: str) -> None:
@@ -199,3 +201,18 @@ def test_the_background_asker_holds_no_pass_while_the_endpoint_hangs() -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert allowed(r, 1) is not None and r.gates["external"]["1"]["tries"] >= 1
+
+
+def test_an_asker_that_raises_still_gives_the_gate_an_answer() -> None:
+    def broken(url: str, doc: Mapping[str, Any], timeout_s: float) -> Answer:
+        raise RuntimeError("boom")
+
+    bg = BackgroundAsker(broken)
+    doc = {"rollout": "ro-x", "wave": 0}
+    assert bg("http://ci/a", doc, 1.0) is None
+    deadline = time.monotonic() + 10
+    got = None
+    while got is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        got = bg("http://ci/a", doc, 1.0)
+    assert got == Answer("error", "the check failed: RuntimeError: boom")

@@ -134,6 +134,25 @@ async def test_watch_approve_a_wave_then_abort_with_the_rollout_id_typed(
         await until(pilot, lambda: cells(waves, 1)[7] == "approved by alice", timeout=20)
         assert plane.store.get_rollout(r.id) is not None
         await until(pilot, lambda: cells(waves, 1)[2] == "running", timeout=20)
+        # a robot of the wave reports its switch held: the wave's device list shows it live
+        assert plane.store.record_event(
+            EventRecord(
+                device_id=second[0],
+                sequence=next(_seq),
+                at=dt.datetime.now(dt.UTC),
+                kind="update",
+                state="HELD",
+                reason_code="UPDATE_LOCKED",
+                detail="held by 'picking' (mid-task)",
+                bundle={"name": "pendulum", "version": "1.1.0", "sequence": 2},
+            )
+        )
+
+        def live(device: str) -> str:
+            rows = [cells(devices, i) for i in range(devices.row_count)]
+            return next((row[4] for row in rows if row[0] == device), "")
+
+        await until(pilot, lambda: live(second[0]) == "HELD (UPDATE_LOCKED)", timeout=20)
 
         # approving again: the plane refuses, the view says why
         await confirm(pilot, app, "a", r.id)

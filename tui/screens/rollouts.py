@@ -30,6 +30,7 @@ from tui.rollout_view import (
 from tui.screens._chrome import ConnectionBar, fleet_app
 
 POLL_S = 2.0
+LIVE_S = 0.5
 MUTATING = ("approve", "pause", "resume", "abort")
 
 
@@ -65,6 +66,8 @@ class RolloutsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.rollouts: dict[str, admin_pb2.Rollout] = {}
+        self._shown_id: str | None = None  # the rollout whose waves are shown
+        self._live_pending = False  # a refresh of the robots' live states is scheduled
 
     def compose(self) -> ComposeResult:
         yield ConnectionBar(id="conn")
@@ -178,7 +181,7 @@ class RolloutsScreen(Screen[None]):
             waves.clear()
             self.query_one("#rollout-devices", DataTable).clear()
             return
-        if getattr(self, "_shown_id", None) != r.id:
+        if self._shown_id != r.id:
             waves.clear()  # a different rollout: start at its current wave
             self._shown_id = r.id
             _refill(waves, [(str(w.index), wave_row(w)) for w in r.waves])
@@ -205,6 +208,21 @@ class RolloutsScreen(Screen[None]):
         devices = self.query_one("#rollout-devices", DataTable)
         rows = device_rows(wave, fleet_app(self).store.get) if wave is not None else []
         _refill(devices, [(row[0], row) for row in rows])
+
+    def fleet_changed(self) -> None:
+        """The fleet watch brought changes: show the robots' live states soon (at most
+        twice a second, however many batches arrive)."""
+        if self._live_pending:
+            return
+        self._live_pending = True
+
+        def show() -> None:
+            self._live_pending = False
+            r = self.selected()
+            if r is not None and self.is_current:
+                self._show_wave(r)
+
+        self.set_timer(LIVE_S, show)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "rollouts":
