@@ -108,6 +108,10 @@ class AdvisoryLease:
         lease_s: float = DEFAULT_LEASE_S,
         on_change: Callable[[bool], None] | None = None,
     ) -> None:
+        if not 0 < 2 * retry_s <= lease_s:
+            # the holder renews every retry_s: a lease shorter than two renewals would
+            # depose healthy holders
+            raise ValueError(f"lease_s ({lease_s:g}) must be at least twice retry_s ({retry_s:g})")
         self.conninfo = _conninfo(url)
         self.name = name
         self.key = lease_key(name)

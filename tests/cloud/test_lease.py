@@ -45,6 +45,11 @@ def test_sqlite_needs_no_lease() -> None:
     assert lease_for("sqlite:////tmp/x.db", "rollout-engine") is None
 
 
+def test_a_lease_shorter_than_two_renewals_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least twice retry_s"):
+        AdvisoryLease("postgresql://x/y", "t", retry_s=3.0, lease_s=5.0)
+
+
 def test_exactly_one_holder_and_the_other_takes_over_when_it_lets_go(pg: Postgres) -> None:
     url = pg.create_database("lease_unit")
     changes: list[tuple[str, bool]] = []
