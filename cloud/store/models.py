@@ -187,6 +187,7 @@ class Event(Base):
 
 class AuditEntry(Base):
     __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_action_target", "action", "target"),)  # audit_0001
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[dt.datetime] = mapped_column(Stamp)
