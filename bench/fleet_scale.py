@@ -85,6 +85,9 @@ def replica_identities(n: int) -> list[str]:
 
 
 ALL_REPLICAS = tuple(replica_identities(MAX_REPLICAS))
+BROKER_PID = [0]
+CONSUMER_PIDS: list[int] = []
+DB_PID = [0]
 UPDATE_STATES = (
     "REFRESHING",
     "DOWNLOADING",
@@ -141,7 +144,8 @@ def fleet_broker(pki: Pki, directory: Path, robots: list[str]) -> Iterator[int]:
         devices=tuple(robots),
     )
     conf, _ = write_broker_config(cfg, directory)
-    with run_mosquitto(conf.read_text(), port=port):
+    with run_mosquitto(conf.read_text(), port=port) as broker:
+        BROKER_PID[0] = broker.proc.pid
         yield port
 
 
@@ -259,7 +263,8 @@ async def _robots_main(
         r.connect()  # the TLS handshake is blocking in paho; the loop serves the rest
         if i % 20 == 19:
             await asyncio.sleep(0)
-    await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in robots)), 120)
+    connect_s = max(120.0, start_at - time.time() + 60.0)
+    await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in robots)), connect_s)
     period = 1.0 / rate_hz
     await asyncio.sleep(max(0.0, start_at - time.time()))
     end = start_at + seconds
@@ -352,6 +357,53 @@ def start_fleet(
         p.start()
         ps.append(p)
     return Fleet(ps, q, stop, {}), start_at
+
+
+# --------------------------------------------------------------------------- CPU use
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+class CpuMeter:
+    """Cores used by each part of the run (robots, broker, consumer, database) over a
+    phase: where the 2 shared cores went, to say which part is the limit."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self._t0 = 0.0
+        self._start: dict[str, dict[int, float]] = {}
+
+    def start(self) -> None:
+        self._t0 = time.time()
+        self._start = {g: {p: _cpu_s(p) for p in pids()} for g, pids in self.groups.items()}
+
+    def cores(self) -> dict[str, float]:
+        wall = max(1e-6, time.time() - self._t0)
+        out = {}
+        for g, pids in self.groups.items():
+            before = self._start.get(g, {})
+            used = sum(_cpu_s(p) - before.get(p, 0.0) for p in pids())
+            out[g] = round(used / wall, 2)
+        return out
 
 
 # --------------------------------------------------------------------------- consumers
@@ -468,6 +520,7 @@ def ingest_consumer(
     ]
     for p in procs:
         p.start()
+    CONSUMER_PIDS[:] = [p.pid for p in procs if p.pid is not None]
     counters: dict[str, dict[str, int]] = {}
     ready: set[str] = set()
     errors: list[str] = []
@@ -542,6 +595,8 @@ class PhaseResult:
     fanout_s: float | None = None
     fanout_robots: int = 0
     counters: dict[str, dict[str, int]] | None = None
+    cores: dict[str, float] | None = None
+    """Cores each part used during the load (robots, broker, consumer, db)."""
 
     def kept_up(self) -> bool:
         """Everything delivered, at the rate it was sent, with p99 lag under 2 s."""
@@ -573,8 +628,19 @@ def run_phase(
         fleet, start_at = start_fleet(
             devs, pki, port, args.procs, rate, args.seconds, warmup_s=args.connect_s
         )
+        meter = CpuMeter(
+            {
+                "robots": lambda: [p.pid for p in fleet.procs],
+                "broker": lambda: BROKER_PID[:1],
+                "consumer": lambda: list(CONSUMER_PIDS) if store_url else [os.getpid()],
+                "db": lambda: [DB_PID[0], *_children(DB_PID[0])] if DB_PID[0] else [],
+            }
+        )
+        time.sleep(max(0.0, start_at - time.time()))
+        meter.start()
         # Telemetry lag first, on its own; then the fan-out, while the robots stay online.
         time.sleep(max(0.0, start_at + args.seconds - time.time()))
+        cores = meter.cores()
         load = os.getloadavg()[0]
         _wait(lambda: len(rec.seen) >= expected, 60.0)
         fan_s = _fanout(pki, port, devs, rec) if fanout else None
@@ -599,6 +665,7 @@ def run_phase(
         fan_s,
         len(rec.committed) if fanout else 0,
         counters,
+        cores,
     )
 
 
@@ -698,6 +765,7 @@ def _store(args: Any, tmp: str) -> Iterator[tuple[Store, str]]:
             store.close()
         return
     with run_postgres() as pg:
+        DB_PID[0] = int((pg.datadir / "postmaster.pid").read_text().split()[0])
         url = pg.create_database("scale")
         store = Store.open(url)
         try:
@@ -709,6 +777,7 @@ def _store(args: Any, tmp: str) -> Iterator[tuple[Store, str]]:
 HEADER = (
     f"{'consumer':20s} {'robots':>7s} {'Hz':>5s} {'sent':>8s} {'stored':>8s} {'lost':>6s} "
     f"{'dups':>5s} {'offered/s':>10s} {'msg/s':>9s} {'lag p50':>9s} {'lag p99':>9s} {'load':>6s}"
+    "  cores used"
 )
 
 
@@ -719,7 +788,8 @@ def _row(r: PhaseResult) -> None:
     print(
         f"{r.consumer:20s} {r.robots:7d} {r.rate_hz:5g} {r.sent:8d} {r.delivered:8d} "
         f"{r.lost:6d} {r.duplicates:5d} {r.offered_msg_s:10.1f} {r.msg_s:9.1f} "
-        f"{r.lag_p50_s:8.3f}s {r.lag_p99_s:8.3f}s {r.loadavg_1m:6.2f}",
+        f"{r.lag_p50_s:8.3f}s {r.lag_p99_s:8.3f}s {r.loadavg_1m:6.2f}  "
+        + " ".join(f"{k} {v:.2f}" for k, v in (r.cores or {}).items()),
         flush=True,
     )
 
@@ -791,6 +861,7 @@ def _report(
                 "duplicates": r.duplicates,
                 "lag_p99_s": round(r.lag_p99_s, 3),
                 "loadavg_1m": r.loadavg_1m,
+                "cores": r.cores,
             }
             for r in rows
         ],

@@ -101,6 +101,8 @@ def test_cloud_ingest_replicas_runs_three_shared_processes_until_sigterm(tmp_pat
     share the load; SIGTERM stops all three cleanly."""
     home = init_home(tmp_path / "plane")
     names = [f"edgeflux-ingest-{i}" for i in (1, 2, 3)]
+    with running_plane(home.root) as plane:
+        plane.device("robot-1")
     port = free_port()
     cfg = BrokerConfig(
         ca=home.ca_cert,
@@ -110,10 +112,9 @@ def test_cloud_ingest_replicas_runs_three_shared_processes_until_sigterm(tmp_pat
         bind="127.0.0.1",
         ingest_identity=names[0],
         more_ingest_identities=tuple(names[1:]),
+        devices=("robot-1",),
     )
     conf, _ = write_broker_config(cfg, tmp_path / "mosq")
-    with run_mosquitto(conf.read_text(), port=port), running_plane(home.root) as plane:
-        plane.device("robot-1")
     store = Store.open(home.database_url(home.config()))
     cmd = [
         sys.executable,
