@@ -34,7 +34,6 @@ Usage::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,6 +62,9 @@ __all__ = [
 ]
 
 PREFIX = "edgeflux/v1/devices"
+AUTHZ = ("acl-file", "dynsec")
+DEFAULT_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+"""Where Debian's ``mosquitto`` package installs the dynamic-security plugin."""
 # The plane's MQTT clients have certificates of their own (cloud.home.service_identity):
 # ingest and the hint publisher. Names starting with "edgeflux" are reserved for them.
 _IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -116,6 +118,11 @@ class BrokerConfig:
     """The user Mosquitto drops to when started as root (``user``); None: its default."""
     devices: tuple[str, ...] = ()
     """Every device id the broker accepts (the ACL names each one's subject)."""
+    authz: str = "acl-file"
+    """``acl-file`` (Mosquitto's ``acl_file``) or ``dynsec`` (its dynamic-security
+    plugin: refused subscriptions answered 0x87, rights changed without a reload)."""
+    dynsec_plugin: Path | None = None
+    """The plugin library (``authz == "dynsec"``)."""
 
     @property
     def ingest_identities(self) -> tuple[str, ...]:
@@ -143,6 +150,13 @@ class BrokerConfig:
         for dev in self.devices:
             if not ID_PATTERN.match(dev) or dev.lower().startswith(RESERVED_PREFIX):
                 raise BrokerConfigError(f"--device {dev!r} is not a valid device id")
+        if self.authz not in AUTHZ:
+            raise BrokerConfigError(f"--authz {self.authz!r}: expected one of {', '.join(AUTHZ)}")
+        if self.authz == "dynsec" and not (self.dynsec_plugin and self.dynsec_plugin.is_file()):
+            raise BrokerConfigError(
+                f"--dynsec-plugin {self.dynsec_plugin} does not exist: install Mosquitto's "
+                "dynamic-security plugin (Debian: package mosquitto) or use --authz acl-file"
+            )
         if self.max_queued_messages < 1000:
             raise BrokerConfigError(
                 f"--max-queued-messages {self.max_queued_messages} is below Mosquitto's "
@@ -150,9 +164,56 @@ class BrokerConfig:
             )
 
 
-def _block(kind: str, name: str, grants: Iterable[tuple[str, str]], device: str) -> list[str]:
-    lines = [f"user {broker_username(subject_for(kind, name))}"]
-    lines += [f"topic {access} {PREFIX}/{device}/{what}" for access, what in grants]
+@dataclass(frozen=True)
+class Grantee:
+    """One broker identity and its topic rights: the single description both the ACL
+    file (:func:`render_acl`) and the dynamic-security document
+    (:mod:`cloud.broker_dynsec`) are generated from."""
+
+    kind: str
+    """``service`` (the plane's own clients) or ``device``."""
+    name: str
+    grants: tuple[tuple[str, str], ...]
+    """(``read`` | ``write``, topic kind) pairs under :data:`PREFIX`."""
+    scope: str
+    """The device level of its topics: its own id for a device, ``+`` for the plane."""
+
+    @property
+    def username(self) -> str:
+        return broker_username(subject_for(self.kind, self.name))
+
+    def topics(self) -> list[tuple[str, str]]:
+        """(access, full topic filter) for each grant."""
+        return [(access, f"{PREFIX}/{self.scope}/{what}") for access, what in self.grants]
+
+
+def service_grantees(
+    ingest_identities: tuple[str, ...],
+    publisher_identity: str,
+    files_identity: str = FILES_IDENTITY,
+) -> list[Grantee]:
+    """The plane's identities: ingest reads every device's uplink, push writes hints,
+    files answers block requests."""
+    out = []
+    for ident in dict.fromkeys(ingest_identities):
+        grants = list(INGEST_GRANTS)
+        if ident == publisher_identity:
+            grants += [g for g in PUBLISHER_GRANTS if g not in grants]
+        out.append(Grantee("service", ident, tuple(grants), "+"))
+    if publisher_identity not in ingest_identities:
+        out.append(Grantee("service", publisher_identity, PUBLISHER_GRANTS, "+"))
+    out.append(Grantee("service", files_identity, FILES_GRANTS, "+"))
+    return out
+
+
+def device_grantee(device: str) -> Grantee:
+    """A device: publish only under its own id, read only its own downlink."""
+    return Grantee("device", device, DEVICE_GRANTS, device)
+
+
+def _block(g: Grantee) -> list[str]:
+    lines = [f"user {g.username}"]
+    lines += [f"topic {access} {t}" for access, t in g.topics()]
     return [*lines, ""]
 
 
@@ -176,17 +237,11 @@ def render_acl(
         "# Control plane: ingest reads every device's uplink (directly or through",
         "# $share/edgeflux-ingest/...); push writes update hints.",
     ]
-    for ident in dict.fromkeys(ingest_identities):
-        grants = list(INGEST_GRANTS)
-        if ident == publisher_identity:
-            grants += [g for g in PUBLISHER_GRANTS if g not in grants]
-        lines += _block("service", ident, grants, "+")
-    if publisher_identity not in ingest_identities:
-        lines += _block("service", publisher_identity, PUBLISHER_GRANTS, "+")
-    lines += _block("service", files_identity, FILES_GRANTS, "+")
+    for g in service_grantees(ingest_identities, publisher_identity, files_identity):
+        lines += _block(g)
     lines.append("# Devices: publish only under their own id, read only their own updates.")
     for dev in dict.fromkeys(devices):
-        lines += _block("device", dev, DEVICE_GRANTS, dev)
+        lines += _block(device_grantee(dev))
     return "\n".join(lines)
 
 
@@ -223,11 +278,17 @@ def home_devices(home: CloudHome) -> tuple[str, ...]:
 
 
 def mosquitto_conf_text(cfg: BrokerConfig, acl_path: Path) -> str:
+    """The configuration; `acl_path` is the ACL file, or with ``authz == "dynsec"`` the
+    plugin's document."""
+    if cfg.authz == "dynsec":
+        authz = [f"plugin {cfg.dynsec_plugin}", f"plugin_opt_config_file {acl_path}"]
+    else:
+        authz = [f"acl_file {acl_path}"]
     lines = [
         "# Generated by `edgeflux cloud broker-config`.",
         "per_listener_settings false",
         "allow_anonymous false",
-        f"acl_file {acl_path}",
+        *authz,
         f"max_queued_messages {cfg.max_queued_messages}",
         "max_queued_bytes 0",
         f"max_inflight_messages {cfg.max_inflight_messages}",
@@ -262,12 +323,29 @@ def mosquitto_conf_text(cfg: BrokerConfig, acl_path: Path) -> str:
 
 
 def write_broker_config(cfg: BrokerConfig, out_dir: Path) -> tuple[Path, Path]:
-    """Validate, then write ``mosquitto.conf`` and ``acl`` atomically into `out_dir`."""
+    """Validate, then write ``mosquitto.conf`` and ``acl`` atomically into `out_dir`
+    (with ``authz == "dynsec"``: ``dynsec/dynsec.json`` instead of ``acl``, in a
+    directory the broker may write, as the plugin saves every change there)."""
     cfg.validate()
     out_dir.mkdir(parents=True, exist_ok=True)
-    acl = out_dir.resolve() / "acl"
     conf = out_dir.resolve() / "mosquitto.conf"
-    atomic_write_text(acl, acl_text(cfg), mode=0o644)
+    if cfg.authz == "dynsec":
+        import json
+
+        from cloud.broker_dynsec import dynsec_document
+        from cloud.broker_files import own_dir, own_file
+        from cloud.mqtt import SHARE_GROUP
+
+        acl = out_dir.resolve() / "dynsec" / "dynsec.json"
+        own_dir(acl.parent, cfg.run_as)
+        doc = dynsec_document(
+            cfg.ingest_identities, cfg.publisher_identity, cfg.devices, (SHARE_GROUP,)
+        )
+        atomic_write_text(acl, json.dumps(doc, indent=1) + "\n", mode=0o600)
+        own_file(acl, cfg.run_as)
+    else:
+        acl = out_dir.resolve() / "acl"
+        atomic_write_text(acl, acl_text(cfg), mode=0o644)
     atomic_write_text(conf, mosquitto_conf_text(cfg, acl), mode=0o644)
     return conf, acl
 
@@ -329,6 +407,23 @@ def _abs(p: str | None) -> Path | None:
     help="The user Mosquitto runs as after starting as root; the TLS files are copied "
     "into --out/tls readable by it (the plane's home stays 0700).",
 )
+@click.option(
+    "--authz",
+    type=click.Choice(AUTHZ),
+    default="acl-file",
+    show_default=True,
+    help="How the broker authorises: `acl-file` (Mosquitto's acl_file: every subscription "
+    "is answered granted and filtered at delivery; device add/revoke reload the broker) or "
+    "`dynsec` (its dynamic-security plugin: refused subscriptions are answered 0x87, and "
+    "with --home device add/revoke change rights through its control topic, no reload).",
+)
+@click.option(
+    "--dynsec-plugin",
+    default=str(DEFAULT_PLUGIN),
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Mosquitto's dynamic-security plugin library (with --authz dynsec).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
 def broker_config(
     out_dir: str,
@@ -347,6 +442,8 @@ def broker_config(
     reload_hook: str | None,
     systemd_unit: str,
     run_as: str,
+    authz: str,
+    dynsec_plugin: str,
     as_json: bool,
 ) -> None:
     """Write a Mosquitto configuration: mTLS listener, identity from the certificate,
@@ -389,6 +486,11 @@ def broker_config(
         for label, p in sources.items():
             if not p.is_file():
                 raise BrokerConfigError(f"--{label} {p} does not exist or is not a file")
+        if authz == "dynsec" and not Path(dynsec_plugin).is_file():
+            raise BrokerConfigError(
+                f"--dynsec-plugin {dynsec_plugin} does not exist: install Mosquitto's "
+                "dynamic-security plugin (Debian: package mosquitto) or use --authz acl-file"
+            )
         out.mkdir(parents=True, exist_ok=True)
         tls = copy_tls_files(out, sources, run_as)
         if persistence_dir:
@@ -411,6 +513,8 @@ def broker_config(
         persistence_dir=_abs(persistence_dir),
         pid_file=pid_file,
         devices=devices,
+        authz=authz,
+        dynsec_plugin=Path(dynsec_plugin),
     )
     try:
         conf, acl = write_broker_config(cfg, Path(out_dir))
@@ -422,26 +526,39 @@ def broker_config(
         from cloud.home import CloudHome
 
         target = str(pid_file) if pid_file is not None else systemd_unit
+        home = CloudHome.at(home_dir)
+        dynsec = authz == "dynsec"
+        if dynsec:  # the plane's certificate for the plugin's control topic
+            from cloud.broker_dynsec import ADMIN_IDENTITY
+
+            home.service_identity(ADMIN_IDENTITY)
         hook = ReloadHook(
             reload_hook or "none",
             target if reload_hook else "",
             str(tls["crl"]) if "crl" in tls else "",
-            acl=str(acl),
+            acl="" if dynsec else str(acl),
             ingest_identities=cfg.ingest_identities,
             publisher_identity=cfg.publisher_identity,
+            dynsec=str(acl) if dynsec else "",
         )
-        hook_file = install_hook(CloudHome.at(home_dir), hook)
+        hook_file = install_hook(home, hook)
     if as_json:
         import json
 
-        info = {"config": str(conf), "acl": str(acl)}
+        info = {"config": str(conf), "acl" if authz == "acl-file" else "dynsec": str(acl)}
         if hook_file is not None:
             info["reload_hook"] = str(hook_file)
         click.echo(json.dumps(info))
     else:
         click.echo(f"wrote {conf}\nwrote {acl}\nstart with: mosquitto -c {conf}")
-        click.echo(f"{len(devices)} device(s) in the ACL")
-        if hook_file is not None and reload_hook:
+        click.echo(f"{len(devices)} device(s) in the {'ACL' if authz == 'acl-file' else 'plugin'}")
+        if hook_file is not None and authz == "dynsec":
+            click.echo(
+                "device add/revoke change the broker's rights through its dynamic-security "
+                "control topic (no reload); a revocation still reloads the broker for the "
+                + (f"CRL ({reload_hook})" if reload_hook else "CRL: pass --reload-hook")
+            )
+        elif hook_file is not None and reload_hook:
             click.echo(
                 f"device add/revoke rewrite the ACL and reload the broker ({reload_hook}; "
                 f"{hook_file})"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from runtime.atomicio import atomic_write_bytes
 
-__all__ = ["BrokerFilesError", "copy_tls_files", "own_dir", "refresh_crl_copy"]
+__all__ = ["BrokerFilesError", "copy_tls_files", "own_dir", "own_file", "refresh_crl_copy"]
 
 
 class BrokerFilesError(RuntimeError):
@@ -87,3 +87,13 @@ def own_dir(path: Path, run_as: str | None) -> None:
         except KeyError as exc:
             raise BrokerFilesError(f"--run-as {run_as!r}: no such user on this machine") from exc
         shutil.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def own_file(path: Path, run_as: str | None) -> None:
+    """Give a file the broker rewrites (its dynamic-security document) to its user."""
+    if os.geteuid() == 0 and run_as:
+        try:
+            pw = pwd.getpwnam(run_as)
+        except KeyError as exc:
+            raise BrokerFilesError(f"--run-as {run_as!r}: no such user on this machine") from exc
+        os.chown(path, pw.pw_uid, pw.pw_gid)

@@ -1,7 +1,8 @@
 """Where the plane's home records how to reload its broker (``broker-reload.json``).
 
 ``edgeflux cloud broker-config --home`` writes it; device add and revoke read it to
-rewrite the broker's ACL and reload Mosquitto (see :mod:`cloud.broker_reload`).
+rewrite the broker's ACL and reload Mosquitto, or change its dynamic-security plugin's
+rights (see :mod:`cloud.broker_reload`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class ReloadHook:
     hook written before the ACL named identities by subject."""
     ingest_identities: tuple[str, ...] = ()
     publisher_identity: str = ""
+    dynsec: str = ""
+    """The broker's dynamic-security document (``broker-config --authz dynsec``): device
+    add and revoke then go through the plugin's control topic; empty for an ACL file."""
 
 
 def hook_path(home: CloudHome) -> Path:
@@ -53,6 +57,7 @@ def install_hook(home: CloudHome, hook: ReloadHook) -> Path:
         "acl": hook.acl,
         "ingest_identities": list(hook.ingest_identities),
         "publisher_identity": hook.publisher_identity,
+        "dynsec": hook.dynsec,
     }
     atomic_write_text(path, json.dumps(raw) + "\n")
     return path
@@ -70,6 +75,7 @@ def load_hook(home: CloudHome) -> ReloadHook | None:
             acl=str(raw.get("acl", "")),
             ingest_identities=tuple(str(i) for i in raw.get("ingest_identities", ())),
             publisher_identity=str(raw.get("publisher_identity", "")),
+            dynsec=str(raw.get("dynsec", "")),
         )
     except FileNotFoundError:
         return None

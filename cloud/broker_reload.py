@@ -18,6 +18,15 @@ reload <unit>``, ``pid-file`` sends SIGHUP to the pid Mosquitto wrote there).
   lives in a private temporary directory and is deleted right after. Operators have
   no rights on the broker, so their connections need no closing.
 
+With ``broker-config --authz dynsec`` there is no ACL file: :func:`apply_device_added`
+creates the device's client and role through the dynamic-security plugin's control
+topic (effective at once, no reload), and :func:`apply_revocation` deletes them (the
+plugin disconnects the client; it has no rights from then on), then still refreshes
+the CRL copy and reloads the broker — Mosquitto reads its ``crlfile`` only on a reload,
+and until then a revoked certificate can still connect, with no rights — and closes
+the session as above. When the control topic cannot be used, the document is rewritten
+from the home and the caller is told to restart the broker.
+
 Without a hook the caller is told exactly what to run.
 """
 
@@ -30,6 +39,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from cloud.broker_files import refresh_crl_copy
 from cloud.broker_hook import BrokerReloadError, ReloadHook, hook_path, install_hook, load_hook
@@ -53,6 +63,10 @@ MANUAL = (
     "reload the broker so it reads the new ACL and CRL (`systemctl reload mosquitto`, or "
     "`kill -HUP` its pid); `edgeflux cloud broker-config --home ... --reload-hook "
     "systemd|pid-file` makes device add and revoke do this themselves"
+)
+CRL_MANUAL = (
+    "reload the broker so it reads the new CRL (`systemctl reload mosquitto`, or `kill "
+    "-HUP` its pid); until then the revoked certificate can still connect, with no rights"
 )
 RERUN = (
     "the broker configuration predates ACLs that name each identity with its role: "
@@ -114,19 +128,14 @@ def close_session(home: CloudHome, identity: str, timeout_s: float = 10.0) -> No
     """Connect once as `identity` (clean session) so the broker drops its connection."""
     from cloud.mqtt import CloudMqtt, CloudMqttError, CloudMqttSettings
 
-    url = home.config().broker_url
-    if not url:
-        raise BrokerReloadError("no broker_url in the home's cloud.toml: no broker to tell")
-    u = urllib.parse.urlparse(url)
-    if u.scheme != "mqtts" or not u.hostname:
-        raise BrokerReloadError(f"broker_url {url!r} is not mqtts://host:port")
+    host, port = _broker_url(home)
     tmp = Path(tempfile.mkdtemp(prefix="edgeflux-close-"))
     try:
         creds = home.load_ca().issue_session_closer(identity)
         crt, key = creds.write(tmp, "closer")
         settings = CloudMqttSettings(
-            host=u.hostname,
-            port=u.port or 8883,
+            host=host,
+            port=port,
             ca=home.ca_cert,
             cert=crt,
             key=key,
@@ -141,6 +150,59 @@ def close_session(home: CloudHome, identity: str, timeout_s: float = 10.0) -> No
         raise BrokerReloadError(f"could not close {identity}'s MQTT session: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _broker_url(home: CloudHome) -> tuple[str, int]:
+    url = home.config().broker_url
+    if not url:
+        raise BrokerReloadError("no broker_url in the home's cloud.toml: no broker to tell")
+    u = urllib.parse.urlparse(url)
+    if u.scheme != "mqtts" or not u.hostname:
+        raise BrokerReloadError(f"broker_url {url!r} is not mqtts://host:port")
+    return u.hostname, u.port or 8883
+
+
+def _dynsec_apply(home: CloudHome, hook: ReloadHook, commands: list[dict[str, Any]]) -> str:
+    """Send `commands` through the plugin's control topic; on failure rewrite the
+    document from the home and raise BrokerReloadError saying to restart the broker."""
+    from cloud.broker_dynsec import ADMIN_IDENTITY, DynsecError, send_commands
+
+    try:
+        host, port = _broker_url(home)
+        crt, key = home.service_identity(ADMIN_IDENTITY)
+        send_commands(host, port, (home.ca_cert, crt, key), commands)
+        return "broker rights changed (dynamic-security control topic, no reload)"
+    except (BrokerReloadError, DynsecError, HomeError, PKIError, OSError) as exc:
+        why = str(exc)
+    try:
+        _rewrite_dynsec(home, hook)
+        fix = f"rewrote {hook.dynsec}: restart the broker so it reads it"
+    except BrokerReloadError as exc:
+        fix = (
+            f"{exc}; re-run `edgeflux cloud broker-config --home ... --authz dynsec` and "
+            "restart the broker"
+        )
+    raise BrokerReloadError(f"the broker's dynamic-security plugin did not apply it ({why}); {fix}")
+
+
+def _rewrite_dynsec(home: CloudHome, hook: ReloadHook) -> None:
+    import json
+
+    from cloud.broker_config import BrokerConfigError, home_devices
+    from cloud.broker_dynsec import dynsec_document
+    from cloud.mqtt import SHARE_GROUP
+
+    path = Path(hook.dynsec)
+    try:
+        doc = dynsec_document(
+            hook.ingest_identities, hook.publisher_identity, home_devices(home), (SHARE_GROUP,)
+        )
+        st = path.stat()
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n", mode=0o600)
+        if os.geteuid() == 0:
+            os.chown(path, st.st_uid, st.st_gid)
+    except (BrokerConfigError, PKIError, OSError) as exc:
+        raise BrokerReloadError(f"cannot rewrite the broker's document {path}: {exc}") from exc
 
 
 def _acl_and_reload(home: CloudHome) -> tuple[list[str], bool]:
@@ -169,6 +231,13 @@ def apply_device_added(home: CloudHome, device_id: str) -> list[str]:
         return [f"warning: {exc}; {MANUAL}"]
     if hook is None:
         return []
+    if hook.dynsec:
+        from cloud.broker_dynsec import add_device_commands
+
+        try:
+            return [_dynsec_apply(home, hook, add_device_commands(device_id))]
+        except BrokerReloadError as exc:
+            return [f"warning: {exc}"]
     if not hook.acl:  # the broker's pattern ACL already lets the device in
         return [f"note: {RERUN}"]
     lines, _ = _acl_and_reload(home)
@@ -177,13 +246,40 @@ def apply_device_added(home: CloudHome, device_id: str) -> list[str]:
 
 def apply_revocation(home: CloudHome, identity: str) -> list[str]:
     """Rewrite the ACL, reload the broker and close `identity`'s session (devices
-    only: operators have no rights there); lines for the operator."""
-    lines, reloaded = _acl_and_reload(home)
-    if not reloaded or not (home.devices / f"{identity}.crt").exists():
+    only: operators have no rights there); lines for the operator. With the
+    dynamic-security plugin the device's rights go first, through its control topic."""
+    try:
+        hook = load_hook(home)
+    except BrokerReloadError as exc:
+        return [f"warning: {exc}; {MANUAL}"]
+    is_device = (home.devices / f"{identity}.crt").exists()
+    if hook is not None and hook.dynsec:
+        from cloud.broker_dynsec import remove_device_commands
+
+        lines = []
+        if is_device:
+            try:
+                lines.append(_dynsec_apply(home, hook, remove_device_commands(identity)))
+            except BrokerReloadError as exc:
+                lines.append(f"warning: {exc}")
+        try:
+            done = reload_broker(home)
+            lines.append(done or f"note: {CRL_MANUAL}")
+        except BrokerReloadError as exc:
+            lines.append(f"warning: {exc}; {CRL_MANUAL}")
+        if is_device:
+            _close(home, identity, lines)
         return lines
+    lines, reloaded = _acl_and_reload(home)
+    if not reloaded or not is_device:
+        return lines
+    _close(home, identity, lines)
+    return lines
+
+
+def _close(home: CloudHome, identity: str, lines: list[str]) -> None:
     try:
         close_session(home, identity)
         lines.append(f"closed {identity}'s MQTT connection")
     except BrokerReloadError as exc:
         lines.append(f"warning: {exc}")
-    return lines

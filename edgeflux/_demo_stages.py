@@ -39,8 +39,9 @@ class Demo(DemoStack):
         the training time is measured here (a second of probe steps), not assumed."""
         if not self.opts.fresh and self.is_cached(*first):
             return (
-                "learned teacher: the world model and policies cached in "
-                f"{self.cache} are reused (no training); --fresh retrains them"
+                f"learned teacher: the world model cached in {self.cache} is reused (no "
+                "training; later versions are distilled from it in seconds); --fresh "
+                "retrains it"
             )
         import os
 

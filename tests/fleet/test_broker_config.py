@@ -112,3 +112,33 @@ def test_queue_limit_below_the_mosquitto_default_is_refused(pki: Pki, tmp_path: 
         broker_config, _args(pki, tmp_path / "c", "--max-queued-messages", "10")
     )
     assert res.exit_code == 1 and "would lose QoS 1 messages" in res.output
+
+
+def test_dynsec_loads_the_plugin_with_a_document_and_no_acl_file(pki: Pki, tmp_path: Path) -> None:
+    from cloud.broker_config import DEFAULT_PLUGIN
+
+    plugin = tmp_path / "plugin.so"
+    plugin.write_bytes(b"")  # only its path is written; the broker test loads the real one
+    out = tmp_path / "conf"
+    extra = ("--authz", "dynsec", "--dynsec-plugin", str(plugin), "--device", "robot-1")
+    res = CliRunner().invoke(broker_config, [*_args(pki, out, *extra), "--json"])
+    assert res.exit_code == 0, res.output
+    paths = json.loads(res.stdout)
+    conf = Path(paths["config"]).read_text().splitlines()
+    assert f"plugin {plugin}" in conf and f"plugin_opt_config_file {paths['dynsec']}" in conf
+    assert not [ln for ln in conf if ln.startswith("acl_file")]
+    assert "require_certificate true" in conf and "use_subject_as_username true" in conf
+    doc = json.loads(Path(paths["dynsec"]).read_text())
+    names = [c["username"] for c in doc["clients"]]
+    assert "O=EdgeFlux fleet,OU=device,CN=robot-1" in names
+    assert not [n for n in names if "OU=operator" in n]
+    assert Path(paths["dynsec"]).stat().st_mode & 0o077 == 0
+    assert DEFAULT_PLUGIN.name == "mosquitto_dynamic_security.so"
+
+
+def test_dynsec_without_the_plugin_is_refused_and_writes_nothing(pki: Pki, tmp_path: Path) -> None:
+    out = tmp_path / "conf"
+    extra = ("--authz", "dynsec", "--dynsec-plugin", str(tmp_path / "none.so"))
+    res = CliRunner().invoke(broker_config, _args(pki, out, *extra))
+    assert res.exit_code == 1 and "--dynsec-plugin" in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()
