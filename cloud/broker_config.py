@@ -540,6 +540,7 @@ def broker_config(
             ingest_identities=cfg.ingest_identities,
             publisher_identity=cfg.publisher_identity,
             dynsec=str(acl) if dynsec else "",
+            broker=f"{'127.0.0.1' if bind in ('0.0.0.0', '::', '') else bind}:{port}",
         )
         hook_file = install_hook(home, hook)
     if as_json:

@@ -37,6 +37,9 @@ class ReloadHook:
     ingest_identities: tuple[str, ...] = ()
     publisher_identity: str = ""
     dynsec: str = ""
+    broker: str = ""
+    """``host:port`` of the listener ``broker-config`` wrote, for when ``cloud.toml``
+    names no ``broker_url``."""
     """The broker's dynamic-security document (``broker-config --authz dynsec``): device
     add and revoke then go through the plugin's control topic; empty for an ACL file."""
 
@@ -58,6 +61,7 @@ def install_hook(home: CloudHome, hook: ReloadHook) -> Path:
         "ingest_identities": list(hook.ingest_identities),
         "publisher_identity": hook.publisher_identity,
         "dynsec": hook.dynsec,
+        "broker": hook.broker,
     }
     atomic_write_text(path, json.dumps(raw) + "\n")
     return path
@@ -76,6 +80,7 @@ def load_hook(home: CloudHome) -> ReloadHook | None:
             ingest_identities=tuple(str(i) for i in raw.get("ingest_identities", ())),
             publisher_identity=str(raw.get("publisher_identity", "")),
             dynsec=str(raw.get("dynsec", "")),
+            broker=str(raw.get("broker", "")),
         )
     except FileNotFoundError:
         return None

@@ -153,8 +153,14 @@ def close_session(home: CloudHome, identity: str, timeout_s: float = 10.0) -> No
 
 
 def _broker_url(home: CloudHome) -> tuple[str, int]:
+    """Where the broker listens: ``broker_url`` in ``cloud.toml``, else the listener
+    the recorded hook names."""
     url = home.config().broker_url
     if not url:
+        hook = load_hook(home)
+        host, _, port = (hook.broker if hook is not None else "").rpartition(":")
+        if host and port.isdigit():
+            return host, int(port)
         raise BrokerReloadError("no broker_url in the home's cloud.toml: no broker to tell")
     u = urllib.parse.urlparse(url)
     if u.scheme != "mqtts" or not u.hostname:

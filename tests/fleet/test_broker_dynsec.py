@@ -283,3 +283,17 @@ def test_device_add_with_the_broker_down_rewrites_the_document_and_says_restart(
     with client(p.port, p.files("r4"), "r4") as r4:
         assert r4.subscribe(_topic("r4", "updates")) == 1
         assert r4.subscribe(_topic("r1", "updates")) == NOT_AUTHORIZED
+
+
+@pytest.mark.services
+def test_device_add_reaches_the_listener_broker_config_wrote_without_a_broker_url(
+    p: Plane,
+) -> None:
+    toml = p.home / "cloud.toml"
+    toml.write_text(
+        "".join(ln for ln in toml.read_text().splitlines(True) if "broker_url" not in ln)
+    )
+    out = _run("device", "add", "r5", "--home", str(p.home))
+    assert "no reload" in out, out
+    with client(p.port, p.files("r5"), "r5") as r5:
+        assert r5.subscribe(_topic("r5", "updates")) == 1
