@@ -209,7 +209,7 @@ class RolloutId(_message.Message):
     def __init__(self, id: _Optional[str] = ..., rollback: bool = ..., wave: _Optional[int] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s", "soak_s", "max_miss_rate_increase", "max_interventions_increase", "abort_threshold", "max_latency_p99_ms", "max_latency_ratio", "max_divergence", "max_errors_increase", "abort_min_robots", "approval_url", "approval_timeout_s", "offline_policy", "maintenance_window")
+    __slots__ = ("bundle", "device_ids", "label_selector", "wave_fractions", "max_failure_fraction", "health_window_s", "max_action_divergence", "allow_unattested", "approval_waves", "max_tries", "retry_base_s", "retry_max_s", "soak_s", "max_miss_rate_increase", "max_interventions_increase", "abort_threshold", "max_latency_p99_ms", "max_latency_ratio", "max_divergence", "max_errors_increase", "abort_min_robots", "approval_url", "approval_timeout_s", "offline_policy", "maintenance_window", "max_held_s")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +235,7 @@ class CreateRolloutRequest(_message.Message):
     APPROVAL_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_POLICY_FIELD_NUMBER: _ClassVar[int]
     MAINTENANCE_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_S_FIELD_NUMBER: _ClassVar[int]
     bundle: _common_pb2.BundleRef
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
@@ -260,7 +261,8 @@ class CreateRolloutRequest(_message.Message):
     approval_timeout_s: float
     offline_policy: str
     maintenance_window: str
-    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., soak_s: _Optional[float] = ..., max_miss_rate_increase: _Optional[float] = ..., max_interventions_increase: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., max_latency_p99_ms: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., max_divergence: _Optional[float] = ..., max_errors_increase: _Optional[float] = ..., abort_min_robots: _Optional[int] = ..., approval_url: _Optional[str] = ..., approval_timeout_s: _Optional[float] = ..., offline_policy: _Optional[str] = ..., maintenance_window: _Optional[str] = ...) -> None: ...
+    max_held_s: float
+    def __init__(self, bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., wave_fractions: _Optional[_Iterable[float]] = ..., max_failure_fraction: _Optional[float] = ..., health_window_s: _Optional[int] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., approval_waves: _Optional[_Iterable[int]] = ..., max_tries: _Optional[int] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., soak_s: _Optional[float] = ..., max_miss_rate_increase: _Optional[float] = ..., max_interventions_increase: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., max_latency_p99_ms: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., max_divergence: _Optional[float] = ..., max_errors_increase: _Optional[float] = ..., abort_min_robots: _Optional[int] = ..., approval_url: _Optional[str] = ..., approval_timeout_s: _Optional[float] = ..., offline_policy: _Optional[str] = ..., maintenance_window: _Optional[str] = ..., max_held_s: _Optional[float] = ...) -> None: ...
 
 class DevicePlan(_message.Message):
     __slots__ = ("device_id", "outcome", "detail")
@@ -273,7 +275,7 @@ class DevicePlan(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RolloutWave(_message.Message):
-    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes", "approval_required", "approved_by", "approved_at", "retries", "soak", "soak_verdict", "soak_figures", "approval_check", "skipped", "joined")
+    __slots__ = ("index", "device_ids", "state", "committed", "failed", "rolled_back", "outcomes", "approval_required", "approved_by", "approved_at", "retries", "soak", "soak_verdict", "soak_figures", "approval_check", "skipped", "joined", "held")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +293,7 @@ class RolloutWave(_message.Message):
     APPROVAL_CHECK_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     JOINED_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     index: int
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     state: str
@@ -308,7 +311,8 @@ class RolloutWave(_message.Message):
     approval_check: str
     skipped: _containers.RepeatedCompositeFieldContainer[DeviceOutcome]
     joined: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., approval_required: bool = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retries: _Optional[_Iterable[_Union[DeviceRetry, _Mapping]]] = ..., soak: _Optional[str] = ..., soak_verdict: _Optional[str] = ..., soak_figures: _Optional[_Iterable[_Union[SoakFigures, _Mapping]]] = ..., approval_check: _Optional[str] = ..., skipped: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., joined: _Optional[_Iterable[str]] = ...) -> None: ...
+    held: _containers.RepeatedCompositeFieldContainer[DeviceOutcome]
+    def __init__(self, index: _Optional[int] = ..., device_ids: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., committed: _Optional[int] = ..., failed: _Optional[int] = ..., rolled_back: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., approval_required: bool = ..., approved_by: _Optional[str] = ..., approved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retries: _Optional[_Iterable[_Union[DeviceRetry, _Mapping]]] = ..., soak: _Optional[str] = ..., soak_verdict: _Optional[str] = ..., soak_figures: _Optional[_Iterable[_Union[SoakFigures, _Mapping]]] = ..., approval_check: _Optional[str] = ..., skipped: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ..., joined: _Optional[_Iterable[str]] = ..., held: _Optional[_Iterable[_Union[DeviceOutcome, _Mapping]]] = ...) -> None: ...
 
 class SoakFigures(_message.Message):
     __slots__ = ("group", "devices", "reporting", "miss_rate", "interventions_per_min", "latency_p99_ms", "errors_per_robot", "divergence")
@@ -359,7 +363,7 @@ class DeviceOutcome(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., outcome: _Optional[str] = ..., reason_code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation", "max_tries", "soak_s", "abort_threshold", "abort", "abort_min_robots", "approval_url", "offline_policy", "soak_thresholds")
+    __slots__ = ("id", "bundle", "state", "waves", "created_at", "created_by", "reason", "plan", "max_action_divergence", "allow_unattested", "unattested_override_by", "attestation", "max_tries", "soak_s", "abort_threshold", "abort", "abort_min_robots", "approval_url", "offline_policy", "soak_thresholds", "max_held_s")
     ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -380,6 +384,7 @@ class Rollout(_message.Message):
     APPROVAL_URL_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_POLICY_FIELD_NUMBER: _ClassVar[int]
     SOAK_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_S_FIELD_NUMBER: _ClassVar[int]
     id: str
     bundle: _common_pb2.BundleRef
     state: str
@@ -400,7 +405,8 @@ class Rollout(_message.Message):
     approval_url: str
     offline_policy: str
     soak_thresholds: str
-    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ..., max_tries: _Optional[int] = ..., soak_s: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., abort: _Optional[str] = ..., abort_min_robots: _Optional[int] = ..., approval_url: _Optional[str] = ..., offline_policy: _Optional[str] = ..., soak_thresholds: _Optional[str] = ...) -> None: ...
+    max_held_s: float
+    def __init__(self, id: _Optional[str] = ..., bundle: _Optional[_Union[_common_pb2.BundleRef, _Mapping]] = ..., state: _Optional[str] = ..., waves: _Optional[_Iterable[_Union[RolloutWave, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[DevicePlan, _Mapping]]] = ..., max_action_divergence: _Optional[float] = ..., allow_unattested: bool = ..., unattested_override_by: _Optional[str] = ..., attestation: _Optional[str] = ..., max_tries: _Optional[int] = ..., soak_s: _Optional[float] = ..., abort_threshold: _Optional[float] = ..., abort: _Optional[str] = ..., abort_min_robots: _Optional[int] = ..., approval_url: _Optional[str] = ..., offline_policy: _Optional[str] = ..., soak_thresholds: _Optional[str] = ..., max_held_s: _Optional[float] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("page",)

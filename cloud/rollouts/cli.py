@@ -114,6 +114,8 @@ def _show(r: Any) -> None:
         click.echo(f"  offline devices: {r.offline_policy}")
     if r.allow_unattested:
         click.echo(f"  --allow-unattested: override by {r.unattested_override_by}")
+    if r.max_held_s:
+        click.echo(f"  held devices waited for up to {r.max_held_s:g} s, then skipped")
     for p in r.plan:
         click.echo(f"  {p.device_id:<24} {p.outcome:<14} {p.detail}")
     for w in r.waves:
@@ -134,6 +136,8 @@ def _show(r: Any) -> None:
             click.echo(f"    {w.approval_check}")
         if w.joined:
             click.echo(f"    joined while running: {', '.join(w.joined)}")
+        for o in w.held:
+            click.echo(f"    {o.device_id}  HELD  {o.reason_code}: {o.detail}")
         for o in w.skipped:
             click.echo(f"    {o.device_id}  skipped: {o.detail}")
         for t in w.retries:
@@ -317,6 +321,15 @@ resume_cmd = _id_command(
     "skipped device counts as no failure and updates when it comes back.",
 )
 @click.option(
+    "--max-held",
+    default=None,
+    metavar="DURATION",
+    help="How long a wave waits for a device whose switch the robot holds (an update "
+    "lock, a closed maintenance window: HELD) — it is neither committed nor failed, and "
+    "its health window starts again when it is released; held longer (e.g. 8h, 2d), it "
+    "is skipped, counts as no failure and updates when released (default: 1d).",
+)
+@click.option(
     "--max-tries",
     type=click.IntRange(1, 20),
     default=1,
@@ -434,6 +447,7 @@ def create_cmd(
     approval_url: str | None,
     approval_timeout: float,
     offline_policy: str,
+    max_held: str | None,
     max_tries: int,
     retry_backoff: float,
     retry_max: float,
@@ -464,9 +478,16 @@ def create_cmd(
     count against --max-failure. Devices that join the --label while it runs join its
     current wave; --offline-policy says whether a wave waits for offline devices. With
     --window, the devices download and stage at once but switch only inside that
-    maintenance window."""
+    maintenance window; a device held so (or by its update lock) is waited for up to
+    --max-held, without counting as a failure."""
+    from cloud.rollouts.dynamic import parse_duration
+    from cloud.rollouts.engine import SpecError
     from protos import admin_pb2, common_pb2
 
+    try:
+        max_held_s = parse_duration(max_held) if max_held is not None else 0.0
+    except SpecError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-held") from exc
     name, sep, version = bundle.partition("@")
     if not sep or not name or not version:
         raise click.BadParameter(f"{bundle!r}: expected NAME@VERSION", param_hint="BUNDLE")
@@ -498,6 +519,7 @@ def create_cmd(
         approval_url=approval_url or "",
         approval_timeout_s=approval_timeout if approval_url else 0.0,
         offline_policy=offline_policy,
+        max_held_s=max_held_s,
     )
     _print(as_json, _call(obj, "CreateRollout", req))
 

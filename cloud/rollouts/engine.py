@@ -19,6 +19,16 @@ can bring the fraction back under it). Every transition is recorded with a reaso
 A device skipped by the offline policy (``Rollout.skip``) no longer holds its wave and
 is no failure; one that joins while the rollout runs (``Rollout.join``) joins the
 current wave.
+
+A device whose switch waits on the robot (it reports HELD: an update lock,
+``UPDATE_LOCKED``, or a closed maintenance window, ``OUTSIDE_WINDOW``; ``Rollout.hold``)
+is waited for: neither committed nor failed nor silent. When it leaves HELD
+(``Rollout.release``) its own health window starts again from then. One held for
+longer than ``max_held_s`` (``gates["max_held_s"]``, default one day) since it first
+reported HELD is skipped (``skipped[...]["held"]``): the wave no longer waits for it,
+it is no failure, and its desired state stays at the bundle. A device skipped so leaves
+its wave's count for the failure fraction, as it leaves the abort threshold's; one that
+is still held counts as a device that has not reported yet.
 """
 
 from __future__ import annotations
@@ -28,17 +38,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from protos.lifecycle import FAILURE_OUTCOMES, Outcome
+from protos.lifecycle import FAILURE_OUTCOMES, Outcome, Reason, UpdateState
 
 __all__ = [
     "ACTIVE_STATES",
+    "DEFAULT_MAX_HELD_S",
     "FAILURE_OUTCOMES",
+    "HELD",
+    "HOLD_REASONS",
     "Rollout",
     "RolloutError",
     "RolloutSpec",
     "SpecError",
     "TransitionError",
     "Wave",
+    "check_max_held",
     "plan_waves",
 ]
 
@@ -50,6 +64,10 @@ PENDING, RUNNING, PAUSED, ABORTED, COMPLETED = (
     "completed",
 )
 ACTIVE_STATES = frozenset({PENDING, RUNNING, PAUSED})
+# What a device reports while its switch waits on the robot (state HELD).
+HELD = UpdateState.HELD.value
+HOLD_REASONS = frozenset({Reason.UPDATE_LOCKED.value, Reason.OUTSIDE_WINDOW.value})
+DEFAULT_MAX_HELD_S = 86400.0
 COMMITTED, FAILED, ROLLED_BACK, SILENT = (
     Outcome.COMMITTED,
     Outcome.FAILED,
@@ -105,6 +123,21 @@ def plan_waves(device_ids: Sequence[str], fractions: Sequence[float]) -> list[li
     return waves
 
 
+def check_max_held(value: object) -> float:
+    """A valid bound on how long a held device is waited for (seconds > 0; None: the
+    default); SpecError otherwise."""
+    if value is None:
+        return DEFAULT_MAX_HELD_S
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise SpecError(f"max_held_s = {value!r}: expected a number of seconds > 0")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class RolloutSpec:
     """What the operator asked for; immutable once the rollout exists.
@@ -137,6 +170,12 @@ class RolloutSpec:
         if not (math.isfinite(self.health_window_s) and self.health_window_s > 0):
             raise SpecError(f"health_window_s = {self.health_window_s}: must be > 0")
         plan_waves(self.device_ids, self.wave_fractions)  # validates ids and fractions
+        check_max_held(self.gates.get("max_held_s"))
+
+    @property
+    def max_held_s(self) -> float:
+        """How long a device that reports HELD is waited for before it is skipped."""
+        return check_max_held(self.gates.get("max_held_s"))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,9 +218,27 @@ class Wave:
     skipped: dict[str, dict[str, Any]] = field(default_factory=dict)
     # devices that joined the wave while the rollout ran (in the order they joined)
     joined: list[str] = field(default_factory=list)
+    # devices whose switch waits on the robot now: device -> {"reason": UPDATE_LOCKED |
+    # OUTSIDE_WINDOW, "detail": str, "since": first reported HELD, "at": last seen so}
+    held: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # devices that left HELD: device -> when (their own health window starts then)
+    released: dict[str, float] = field(default_factory=dict)
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes.values() if o["outcome"] == outcome)
+
+    @property
+    def held_skipped(self) -> list[str]:
+        """Devices skipped because they were held for longer than the rollout's bound."""
+        return [d for d, s in self.skipped.items() if s.get("held")]
+
+    def deadline_of(self, device_id: str, health_window_s: float) -> float | None:
+        """When `device_id` goes SILENT: the wave's deadline, or a health window after
+        it left HELD if that is later."""
+        if self.deadline is None:
+            return None
+        left = self.released.get(device_id)
+        return self.deadline if left is None else max(self.deadline, left + health_window_s)
 
     @property
     def failures(self) -> int:
@@ -203,6 +260,8 @@ class Wave:
             "previous": {k: (dict(v) if v else None) for k, v in self.previous.items()},
             "skipped": {k: dict(v) for k, v in self.skipped.items()},
             "joined": list(self.joined),
+            "held": {k: dict(v) for k, v in self.held.items()},
+            "released": dict(self.released),
         }
 
     @classmethod
@@ -217,6 +276,8 @@ class Wave:
             previous={k: (dict(v) if v else None) for k, v in (d.get("previous") or {}).items()},
             skipped={k: dict(v) for k, v in (d.get("skipped") or {}).items()},
             joined=list(d.get("joined") or []),
+            held={k: dict(v) for k, v in (d.get("held") or {}).items()},
+            released={k: float(v) for k, v in (d.get("released") or {}).items()},
         )
 
 
@@ -334,6 +395,7 @@ class Rollout:
             if device_id in w.device_ids and w.dispatched_at is not None:
                 if device_id in w.outcomes:
                     return False
+                w.held.pop(device_id, None)
                 w.outcomes[device_id] = {
                     "outcome": outcome,
                     "reason": reason,
@@ -347,13 +409,20 @@ class Rollout:
         """Apply deadlines and the wave gate: advance, complete, or pause (with a reason)."""
         if self.state not in (RUNNING, PAUSED):
             return
-        for w in self.waves:  # devices silent past their wave's deadline are failures
-            if w.deadline is not None and now >= w.deadline:
-                for d in w.waiting:
+        hw = self.spec.health_window_s
+        for w in self.waves:  # devices silent past their deadline are failures
+            if w.dispatched_at is None:
+                continue
+            for d in w.waiting:
+                if d in w.held:
+                    self._held_too_long(w, d, now)
+                    continue
+                deadline = w.deadline_of(d, hw)
+                if deadline is not None and now >= deadline:
                     w.outcomes[d] = {
                         "outcome": SILENT,
                         "reason": "",
-                        "detail": f"no outcome within {self.spec.health_window_s:g} s",
+                        "detail": f"no outcome within {hw:g} s",
                         "at": now,
                     }
         if self.state != RUNNING:
@@ -361,7 +430,7 @@ class Rollout:
         w = self.wave
         if w.state != "running":
             return
-        n = len(w.device_ids)
+        n = len(w.device_ids) - len(w.held_skipped)
         allowed = self.spec.max_failure_fraction * n
         if w.failures > allowed + 1e-9:
             w.state = "failed"
@@ -378,7 +447,59 @@ class Rollout:
         if w.waiting:
             return
         w.state = "succeeded"
-        self._advance(now, f"wave {w.index} succeeded ({w.count(COMMITTED)}/{n} committed)")
+        held = f", {len(w.held_skipped)} skipped while held" if w.held_skipped else ""
+        self._advance(now, f"wave {w.index} succeeded ({w.count(COMMITTED)}/{n} committed{held})")
+
+    def _held_too_long(self, w: Wave, device_id: str, now: float) -> None:
+        h = w.held[device_id]
+        bound = self.spec.max_held_s
+        if now - float(h["since"]) < bound:
+            return
+        del w.held[device_id]
+        w.skipped[device_id] = {
+            "at": now,
+            "held": True,
+            "reason": (
+                f"held ({h['reason']}: {h['detail']}) for more than {bound:g} s "
+                "(max_held); it updates when released"
+            ),
+        }
+        self.note(now, f"{device_id} skipped in wave {w.index}: {w.skipped[device_id]['reason']}")
+
+    def hold(self, device_id: str, reason: str, detail: str, since: float, now: float) -> bool:
+        """The device reports HELD (`reason`: UPDATE_LOCKED or OUTSIDE_WINDOW) since
+        `since`: wait for it. True if that is new or its reason or detail changed."""
+        if reason not in HOLD_REASONS:
+            raise RolloutError(f"hold reason {reason!r}: expected one of {sorted(HOLD_REASONS)}")
+        for w in self.waves:
+            if device_id in w.device_ids and w.dispatched_at is not None:
+                if device_id in w.outcomes or device_id in w.skipped:
+                    return False
+                old = w.held.get(device_id)
+                if old is not None and (old["reason"], old["detail"]) == (reason, detail):
+                    old["at"] = now
+                    return False
+                first = float(old["since"]) if old is not None else since
+                w.held[device_id] = {"reason": reason, "detail": detail, "since": first, "at": now}
+                if old is None:
+                    self.note(now, f"{device_id} held in wave {w.index} ({reason}: {detail})")
+                return True
+        return False
+
+    def release(self, device_id: str, now: float) -> bool:
+        """The held device left HELD: its own health window starts now. True if it was
+        held."""
+        for w in self.waves:
+            if device_id in w.held:
+                h = w.held.pop(device_id)
+                w.released[device_id] = now
+                self.note(
+                    now,
+                    f"{device_id} released in wave {w.index} after "
+                    f"{now - float(h['since']):.0f} s held",
+                )
+                return True
+        return False
 
     def _advance(self, now: float, why: str) -> None:
         if self.current + 1 < len(self.waves):
@@ -451,6 +572,7 @@ class Rollout:
             if device_id in w.device_ids and w.dispatched_at is not None:
                 if device_id in w.outcomes or device_id in w.skipped:
                     return False
+                w.held.pop(device_id, None)
                 w.skipped[device_id] = {"at": now, "reason": reason}
                 self.note(now, f"{device_id} skipped in wave {w.index}: {reason}")
                 return True

@@ -4,20 +4,32 @@ divergence limit a desired bundle carries."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cloud.rollouts.engine import (
     COMMITTED,
     FAILURE_OUTCOMES,
+    HELD,
+    HOLD_REASONS,
 )
 from cloud.rollouts.wire import bundle_ref
 from cloud.store import Store
 
-__all__ = ["CLOCK_SKEW_S", "device_outcome", "same_bundle"]
+__all__ = ["CLOCK_SKEW_S", "Hold", "device_outcome", "device_report", "same_bundle"]
 
 # An agent's clock may lag the plane's: an event stamped this much before the wave's
 # dispatch still counts for that wave.
 CLOCK_SKEW_S = 2.0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The device's switch waits on the robot: its HELD event's reason, detail, time."""
+
+    reason: str
+    detail: str
+    at: float
 
 
 def same_bundle(bundle: Mapping[str, Any] | None, spec_bundle: Mapping[str, Any]) -> bool:
@@ -30,19 +42,35 @@ def device_outcome(
 ) -> tuple[str, str, str] | None:
     """(outcome, reason code, detail) for `device_id` on `spec_bundle` since `since`, or
     None yet — the reason and detail exactly as the device's event carried them."""
-    for ev in reversed(store.events(device_id, kind="update", limit=20)):
+    return device_report(store, device_id, spec_bundle, since)[0]
+
+
+def device_report(
+    store: Store, device_id: str, spec_bundle: Mapping[str, Any], since: float
+) -> tuple[tuple[str, str, str] | None, Hold | None]:
+    """What `device_id` reports on `spec_bundle` since `since`, from one read of its
+    update events: its terminal outcome (as :func:`device_outcome`), else the hold it
+    waits on — its newest event for this bundle is HELD with a reason that names what
+    holds it (an update lock or a closed maintenance window) — else (None, None)."""
+    events = store.events(device_id, kind="update", limit=20)
+    hold: Hold | None = None
+    newest = True
+    for ev in reversed(events):
         if ev.at.timestamp() < since - CLOCK_SKEW_S:
             break
-        if ev.state not in (COMMITTED, *FAILURE_OUTCOMES):
-            continue
         if ev.bundle is not None and not same_bundle(ev.bundle, spec_bundle):
             continue
-        return ev.state, ev.reason_code, ev.detail
+        if newest and ev.state == HELD and ev.reason_code in HOLD_REASONS:
+            hold = Hold(ev.reason_code, ev.detail, max(ev.at.timestamp(), since))
+        newest = False
+        if ev.state not in (COMMITTED, *FAILURE_OUTCOMES):
+            continue
+        return (ev.state, ev.reason_code, ev.detail), None
     dev = store.get_device(device_id)
     if (
         dev is not None
         and dev.update_state == COMMITTED
         and same_bundle(dev.active_bundle, spec_bundle)
     ):
-        return COMMITTED, "", ""
-    return None
+        return (COMMITTED, "", ""), None
+    return None, hold

@@ -14,7 +14,8 @@ watch announces a device change:
 2. devices of dispatched waves are checked for a terminal outcome: an ``update`` event
    for this bundle at or after the wave's dispatch (what ingest records from the
    agents' events: COMMITTED / FAILED / ROLLED_BACK), or the device reporting this
-   bundle active and COMMITTED;
+   bundle active and COMMITTED; a device whose newest event is HELD (an update lock or
+   a closed maintenance window) is waited for, and released when it reports on;
 3. the pure engine (``cloud.rollouts.engine``) decides: advance, complete, or pause.
 
 Every change is persisted (``Store.put_rollout``) before the next pass, so a plane
@@ -55,7 +56,7 @@ from cloud.rollouts.engine import (
 )
 from cloud.rollouts.external import BackgroundAsker
 from cloud.rollouts.gates import AttestationCheck, approve
-from cloud.rollouts.outcomes import device_outcome
+from cloud.rollouts.outcomes import device_report
 from cloud.rollouts.plan import DevicePlan, record_dropped
 from cloud.rollouts.soak import abort_due
 from cloud.rollouts.wire import (
@@ -63,6 +64,7 @@ from cloud.rollouts.wire import (
     abort_threshold_of,
     approval_check_of,
     bundle_ref,
+    max_held_of,
     offline_policy_of,
     retry_policy_of,
     rollout_to_pb,
@@ -164,7 +166,11 @@ class RolloutService:
                 soak=soak_policy_of(request),
                 abort_threshold=abort_threshold_of(request),
                 abort_min_robots=abort_min_robots_of(request),
-                extra={**approval_check_of(request), **offline_policy_of(request)},
+                extra={
+                    **approval_check_of(request),
+                    **offline_policy_of(request),
+                    **max_held_of(request),
+                },
             )
             found.append(check)
             return spec
@@ -465,11 +471,15 @@ class RolloutService:
                     continue
                 assert wave.dispatched_at is not None
                 since = retry.since(r, device_id, wave.dispatched_at)
-                seen = device_outcome(self.store, device_id, r.spec.bundle, since)
+                seen, hold = device_report(self.store, device_id, r.spec.bundle, since)
                 if seen is not None and not retry.on_failure(
                     r, device_id, *seen, now=now, u=random.random()
                 ):
                     r.observe(device_id, seen[0], seen[1], now, detail=seen[2])
+                elif hold is not None:
+                    r.hold(device_id, hold.reason, hold.detail, hold.at, now)
+                elif seen is None and device_id in wave.held:
+                    r.release(device_id, now)
             if dirty is None and not offline_checked:  # once a pass: it reads each device
                 offline_checked = True
                 self._skip_offline(r, now)

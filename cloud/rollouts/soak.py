@@ -28,6 +28,9 @@ rollout's dispatched robots that FAILED, ROLLED_BACK or went SILENT, and those w
 own soak figures regressed (each counted once); once at least ``abort_min_robots``
 robots were dispatched and more than that fraction of them are such, :func:`abort_due`
 returns the decision with its figures and the caller aborts the rollout with rollback.
+A robot skipped because its switch was held too long (an update lock, a closed
+maintenance window) ran no new bundle: the soak leaves it out of the wave's figures and
+the abort threshold out of its counts.
 """
 
 from __future__ import annotations
@@ -429,7 +432,10 @@ def abort_due(r: Rollout) -> dict[str, Any] | None:
     if threshold is None:
         return None
     min_robots = abort_min_robots(r)
-    dispatched = [d for w in r.waves if w.dispatched_at is not None for d in w.device_ids]
+    held = {d for w in r.waves for d in w.held_skipped}  # ran no new bundle
+    dispatched = [
+        d for w in r.waves if w.dispatched_at is not None for d in w.device_ids if d not in held
+    ]
     failed = sorted(
         d
         for w in r.waves
@@ -491,7 +497,10 @@ def soak_gate(r: Rollout, wave: int, now: float, measure: Measure) -> bool:
         return True
     if now < float(st["until"]):
         return False
-    updated = r.waves[prev].device_ids
+    # a robot skipped while held runs the previous bundle: it is neither the wave nor a
+    # baseline (it may switch any time)
+    held = set(r.waves[prev].held_skipped)
+    updated = [d for d in r.waves[prev].device_ids if d not in held]
     waiting = [d for w in r.waves[wave:] for d in w.device_ids]
     start, end = float(st["started"]), float(st["until"])
     dispatched = r.waves[prev].dispatched_at

@@ -15,10 +15,12 @@ from cloud.rollouts.dynamic import offline_policy
 from cloud.rollouts.engine import (
     COMMITTED,
     FAILED,
+    HELD,
     ROLLED_BACK,
     SILENT,
     Rollout,
     RolloutError,
+    check_max_held,
 )
 from cloud.rollouts.external import external_text
 from cloud.rollouts.gates import approval_of, gate_spec
@@ -40,6 +42,7 @@ __all__ = [
     "abort_threshold_of",
     "approval_check_of",
     "bundle_ref",
+    "max_held_of",
     "offline_policy_of",
     "retries_pb",
     "retry_policy_of",
@@ -151,6 +154,7 @@ def rollout_to_pb(r: Rollout) -> admin_pb2.Rollout:
         soak_thresholds=soak_policy(r).text() if soak_policy(r).soak_s > 0 else "",
         approval_url=str(r.spec.gates.get("approval_url") or ""),
         offline_policy=offline_policy(r).text(),
+        max_held_s=r.spec.max_held_s,
     )
 
 
@@ -230,6 +234,17 @@ def offline_policy_of(request: admin_pb2.CreateRolloutRequest) -> dict[str, Any]
     return {} if policy == OfflinePolicy() else {"offline": policy.to_dict()}
 
 
+def max_held_of(request: admin_pb2.CreateRolloutRequest) -> dict[str, Any]:
+    """The request's bound on waiting for held devices as the spec keeps it ({} for the
+    default)."""
+    if not request.max_held_s:
+        return {}
+    try:
+        return {"max_held_s": check_max_held(request.max_held_s)}
+    except RolloutError as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
 def abort_min_robots_of(request: admin_pb2.CreateRolloutRequest) -> int | None:
     """The request's minimum robot count for the abort threshold (0: the default)."""
     return int(request.abort_min_robots) or None
@@ -272,6 +287,15 @@ def with_approval(
     pb.approval_check = external_text(r, index)
     w = r.waves[index]
     pb.joined.extend(w.joined)
+    pb.held.extend(
+        admin_pb2.DeviceOutcome(
+            device_id=d,
+            outcome=HELD,
+            reason_code=str(h.get("reason", "")),
+            detail=str(h.get("detail", "")),
+        )
+        for d, h in sorted(w.held.items())
+    )
     pb.skipped.extend(
         admin_pb2.DeviceOutcome(device_id=d, outcome="SKIPPED", detail=str(s.get("reason", "")))
         for d, s in sorted(w.skipped.items())
