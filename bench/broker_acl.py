@@ -12,15 +12,20 @@ Mosquitto binary, with the same certificates:
 - publish: ``--publishers`` robots send ``--messages`` QoS 1 telemetry messages in
   all while an ingest client reads ``+/telemetry``; messages/s until every PUBACK
   and every delivery is in;
-- reload: SIGHUP (what ``device add``/``revoke`` do) with ``--clients`` connected:
-  the longest time a QoS 1 publish then waits for its PUBACK (the broker is one
-  thread; it serves nobody while it reads the ACL and applies it to every client).
+- device add: what ``cloud device add`` does with ``--clients`` connected — for the
+  ACL variants rewrite the ACL and SIGHUP (a reload), for ``dynsec`` (the
+  dynamic-security plugin, ``broker-config --authz dynsec``) a createRole and
+  createClient on its control topic. Two numbers: the longest time another robot's
+  QoS 1 publish waits for its PUBACK meanwhile (the broker is one thread; it serves
+  nobody while it reads the ACL and applies it to every client, or while the plugin
+  saves its document), and the time until the new device's telemetry reaches ingest.
 
 The clients speak MQTT 3.1.1 from hand-encoded packets over TLS sockets, so the
 broker, not a Python MQTT library, is what is measured. Usage::
 
     python bench/broker_acl.py                          # 10,000 identities
     python bench/broker_acl.py --identities 2000 --clients 100 --messages 20000 --rounds 1
+    python bench/broker_acl.py --variants subject,dynsec
 
 Prints a table and one JSON line.
 """
@@ -45,7 +50,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloud.broker_config import BrokerConfig, write_broker_config
+from cloud.broker_config import (
+    DEFAULT_PLUGIN,
+    BrokerConfig,
+    device_grantee,
+    render_acl,
+    write_broker_config,
+)
+from cloud.broker_dynsec import ADMIN_IDENTITY, add_device_commands, send_commands
 from cloud.pki import FleetCA
 from tests.servers import Mosquitto, free_port, run_mosquitto
 
@@ -160,19 +172,23 @@ def _open(port: int, ctx: ssl.SSLContext, client_id: str) -> tuple[ssl.SSLSocket
 
 
 class Fleet:
-    def __init__(self, d: Path, identities: int, clients: int, publishers: int) -> None:
+    def __init__(
+        self, d: Path, identities: int, clients: int, publishers: int, newcomers: int
+    ) -> None:
         ca = FleetCA.create()
         d.mkdir(parents=True, exist_ok=True)
         self.dir = d
         self.ca = d / "ca.crt"
         self.ca.write_bytes(ca.cert_pem)
         ca.issue_server("broker", ("localhost", "127.0.0.1")).write(d, "server")
-        for name in (INGEST, PUBLISHER):
+        for name in (INGEST, PUBLISHER, ADMIN_IDENTITY):
             ca.issue_service(name).write(d, name)
         self.names = [f"sim-{i:05d}" for i in range(identities)]
         self.clients = self.names[:clients]
         self.publishers = self.names[clients : clients + publishers]
-        for name in (*self.clients, *self.publishers):
+        self.newcomers = [f"new-{i:03d}" for i in range(newcomers)]
+        """Devices not in the broker's rights at start: one per device-add try."""
+        for name in (*self.clients, *self.publishers, *self.newcomers):
             ca.issue_device(name).write(d, name)
 
     def ctx(self, name: str) -> ssl.SSLContext:
@@ -190,6 +206,8 @@ def _config(fleet: Fleet, out: Path, variant: str, port: int) -> str:
         publisher_identity=PUBLISHER,
         devices=tuple(fleet.names),
         max_queued_messages=1_000_000,
+        authz="dynsec" if variant == "dynsec" else "acl-file",
+        dynsec_plugin=DEFAULT_PLUGIN,
     )
     conf, acl = write_broker_config(cfg, out)
     text = conf.read_text()
@@ -273,40 +291,107 @@ def _publish(port: int, fleet: Fleet, messages: int) -> float:
     return total / elapsed
 
 
-def _reload_pause(broker: Mosquitto, port: int, fleet: Fleet, tries: int) -> float:
-    """The longest PUBACK wait right after a SIGHUP (median over `tries`)."""
+def _add_device(broker: Mosquitto, fleet: Fleet, out: Path, variant: str, added: list[str]) -> None:
+    """What ``cloud device add`` does for the newest of `added`."""
+    if variant == "dynsec":
+        tls = (fleet.ca, fleet.dir / f"{ADMIN_IDENTITY}.crt", fleet.dir / f"{ADMIN_IDENTITY}.key")
+        send_commands("127.0.0.1", broker.port, tls, add_device_commands(added[-1]))
+        return
+    new = added[-1]
+    if variant == "subject":
+        text = render_acl((INGEST,), PUBLISHER, (*fleet.names, *added))
+        (out / "acl").write_text(text)
+    elif variant == "subtree":
+        with (out / "acl").open("a") as f:
+            f.write(f"\nuser {device_grantee(new).username}\ntopic readwrite {PREFIX}/{new}/#\n")
+    os.kill(broker.proc.pid, signal.SIGHUP)  # "pattern": the reload alone
+
+
+def _keep_publishing(
+    sock: ssl.SSLSocket, reader: _Reader, name: str, stop: threading.Event, worst: list[float]
+) -> None:
+    """Publish QoS 1 one at a time until `stop`; the longest PUBACK wait in `worst[0]`."""
+    mid = 1
+    while not stop.is_set():
+        t1 = time.perf_counter()
+        sock.sendall(_publish_packet(f"{PREFIX}/{name}/telemetry", mid, b"r"))
+        while reader.packet()[0] != 4:
+            pass
+        worst[0] = max(worst[0], time.perf_counter() - t1)
+        mid = mid % 65535 + 1
+
+
+def _device_add(
+    broker: Mosquitto, fleet: Fleet, out: Path, variant: str, tries: int
+) -> tuple[float, float]:
+    """(longest PUBACK wait of a running robot, time until the new device's telemetry
+    reaches ingest) around a device add; medians over `tries`."""
+    port = broker.port
     name = fleet.publishers[0]
     sock, reader = _open(port, fleet.ctx(name), name)
-    pauses = []
-    for _ in range(tries):
-        os.kill(broker.proc.pid, signal.SIGHUP)
+    sub, sub_reader = _open(port, fleet.ctx(INGEST), INGEST)
+    sub.sendall(_subscribe_packet(f"{PREFIX}/+/telemetry"))
+    assert sub_reader.packet()[0] == 9  # SUBACK
+    seen: set[str] = set()
+    arrived = threading.Condition()
+
+    def ingest() -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while True:
+                kind, body = sub_reader.packet()
+                if kind == 3:
+                    (n,) = struct.unpack("!H", body[:2])
+                    with arrived:
+                        seen.add(body[2 : 2 + n].decode())
+                        arrived.notify_all()
+
+    threading.Thread(target=ingest, daemon=True).start()
+    pauses, effects, added = [], [], []
+    for newcomer in fleet.newcomers[:tries]:
+        new_sock, new_reader = _open(port, fleet.ctx(newcomer), newcomer)
+        worst = [0.0]
+        stop = threading.Event()
+        pub = threading.Thread(target=_keep_publishing, args=(sock, reader, name, stop, worst))
+        pub.start()
+        topic = f"{PREFIX}/{newcomer}/telemetry"
         t0 = time.perf_counter()
-        worst = 0.0
-        deadline = t0 + 2.0  # keep publishing until the reload is surely over
+        added.append(newcomer)
+        _add_device(broker, fleet, out, variant, added)
         mid = 1
-        while time.perf_counter() < deadline:
-            t1 = time.perf_counter()
-            sock.sendall(_publish_packet(f"{PREFIX}/{name}/telemetry", mid, b"r"))
-            while reader.packet()[0] != 4:
+        while True:  # publish until ingest gets one: the add has taken effect
+            new_sock.sendall(_publish_packet(topic, mid, b"n"))
+            while new_reader.packet()[0] != 4:
                 pass
-            worst = max(worst, time.perf_counter() - t1)
+            with arrived:
+                if arrived.wait_for(lambda t=topic: t in seen, 0.02):  # type: ignore[misc]
+                    break
             mid = mid % 65535 + 1
-        pauses.append(worst)
+            if time.perf_counter() - t0 > 60:
+                raise RuntimeError(f"{variant}: {newcomer} not delivered 60 s after its add")
+        effects.append(time.perf_counter() - t0)
+        time.sleep(max(0.0, t0 + 2.0 - time.perf_counter()))  # the pause is surely over
+        stop.set()
+        pub.join(30)
+        pauses.append(worst[0])
+        new_sock.close()
     sock.close()
-    return statistics.median(pauses)
+    sub.close()
+    return statistics.median(pauses), statistics.median(effects)
 
 
 VARIANTS = {
     "pattern": "pattern ACL (before)",
     "subject": "subject ACL (ours)",
     "subtree": "subject, 1 line/device",
+    "dynsec": "dynamic-security plugin",
 }
 METRICS = (
     ("start_s", "broker start (s)"),
     ("connect_per_s", "mTLS connects/s"),
     ("publish_per_s", "QoS 1 publishes/s"),
-    ("reload_pause_ms", "reload pause (ms)"),
-    ("acl_bytes", "ACL size (bytes)"),
+    ("reload_pause_ms", "device add: pause (ms)"),
+    ("add_effect_ms", "device add: effect (ms)"),
+    ("acl_bytes", "ACL/document (bytes)"),
 )
 
 
@@ -314,15 +399,17 @@ def _measure(fleet: Fleet, out: Path, variant: str, args: argparse.Namespace) ->
     with _broker(fleet, out, variant) as (broker, start_s):
         socks, connect_s = _connect_all(broker.port, fleet)
         rate = _publish(broker.port, fleet, args.messages)
-        pause = _reload_pause(broker, broker.port, fleet, args.reloads)
+        pause, effect = _device_add(broker, fleet, out, variant, args.reloads)
         for s in socks:
             s.close()
+    doc = out / ("dynsec/dynsec.json" if variant == "dynsec" else "acl")
     return {
         "start_s": start_s,
         "connect_per_s": args.clients / connect_s,
         "publish_per_s": rate,
         "reload_pause_ms": pause * 1000,
-        "acl_bytes": (out / "acl").stat().st_size,
+        "add_effect_ms": effect * 1000,
+        "acl_bytes": doc.stat().st_size,
     }
 
 
@@ -330,7 +417,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     variants = args.variants.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        fleet = Fleet(Path(tmp) / "pki", args.identities, args.clients, args.publishers)
+        fleet = Fleet(
+            Path(tmp) / "pki", args.identities, args.clients, args.publishers, args.reloads
+        )
         print(
             f"{args.clients + args.publishers} certificates in {time.perf_counter() - t0:.1f} s;"
             f" ACL with {args.identities} devices",
@@ -354,9 +443,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=300)
     p.add_argument("--publishers", type=int, default=4)
     p.add_argument("--messages", type=int, default=40_000)
-    p.add_argument("--reloads", type=int, default=3)
+    p.add_argument("--reloads", type=int, default=3, help="device adds per variant and round")
     p.add_argument("--rounds", type=int, default=2, help="medians over this many rounds")
-    p.add_argument("--variants", default="pattern,subject,subtree")
+    p.add_argument("--variants", default="pattern,subject,subtree,dynsec")
     args = p.parse_args()
     out = run(args)
     res = out["results"]
@@ -364,12 +453,12 @@ def main() -> None:
     names = list(res)
     print()
     header = "".join(f"{VARIANTS[v]:>24}" for v in names)
-    print(f"{'(medians)':24}{header}{'ours/before':>13}")
+    print(f"{'(medians)':24}{header}{'dynsec/subject':>16}")
     for key, label in METRICS:
         row = "".join(f"{res[v][key]:>24.2f}" for v in names)
         ratio = ""
-        if "pattern" in res and "subject" in res and res["pattern"][key]:
-            ratio = f"{res['subject'][key] / res['pattern'][key]:>13.2f}"
+        if "dynsec" in res and "subject" in res and res["subject"][key]:
+            ratio = f"{res['dynsec'][key] / res['subject'][key]:>16.2f}"
         print(f"{label:24}{row}{ratio}")
     print(json.dumps({"bench": "broker_acl", **out}))
 

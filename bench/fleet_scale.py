@@ -459,7 +459,7 @@ def bare_consumer(pki: Pki, port: int, rec: Received) -> Iterator[None]:
 
 
 def _ingest_replica(
-    pki: Pki, port: int, url: str, identity: str, shared: bool, q: Any, stop: Any
+    pki: Pki, port: int, url: str, identity: str, shared: bool, flush_ms: float, q: Any, stop: Any
 ) -> None:
     """One ingest replica process: `cloud.ingest.Ingest` into the store at `url`; what
     it committed goes back to the parent as (device, sequence, sent at, committed at)."""
@@ -481,7 +481,9 @@ def _ingest_replica(
             store,
             service_settings(pki, port, identity),
             IngestSettings(
-                batch_max=2000, flush_ms=50, subscription="shared" if shared else "exclusive"
+                batch_max=2000,
+                flush_ms=flush_ms,
+                subscription="shared" if shared else "exclusive",
             ),
             on_committed=committed,
         )
@@ -502,7 +504,7 @@ def _ingest_replica(
 
 @contextmanager
 def ingest_consumer(
-    pki: Pki, port: int, url: str, rec: Received, replicas: int
+    pki: Pki, port: int, url: str, rec: Received, replicas: int, flush_ms: float = 50.0
 ) -> Iterator[dict[str, dict[str, int]]]:
     """`replicas` ingest processes (shared subscription when more than one); yields the
     replicas' counters, filled in when they stop."""
@@ -513,7 +515,7 @@ def ingest_consumer(
     procs = [
         ctx.Process(
             target=_ingest_replica,
-            args=(pki, port, url, n, replicas > 1, q, stop),
+            args=(pki, port, url, n, replicas > 1, flush_ms, q, stop),
             daemon=True,
         )
         for n in names
@@ -617,7 +619,7 @@ def run_phase(
     rec = Received()
     counters: dict[str, dict[str, int]] = {}
     consumer: Any = (
-        ingest_consumer(pki, port, store_url, rec, replicas)
+        ingest_consumer(pki, port, store_url, rec, replicas, args.flush_ms)
         if store_url is not None
         else bare_consumer(pki, port, rec)
     )
@@ -895,6 +897,12 @@ def parse(argv: list[str] | None = None) -> Any:
         help="time allowed for every robot to connect before the load starts",
     )
     ap.add_argument("--no-fanout", dest="fanout", action="store_false")
+    ap.add_argument(
+        "--flush-ms",
+        type=float,
+        default=50.0,
+        help="ingest's longest wait for a batch to fill (IngestSettings.flush_ms)",
+    )
     ap.add_argument(
         "--ladder",
         type=_floats,

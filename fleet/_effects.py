@@ -17,9 +17,9 @@ target (name, sequence, hash) the refresh resolved.
 gRPC first: each update (and each desired-state poll) starts with
 ``GetDesiredState`` under `grpc_probe_timeout_s`. When the plane's gRPC port is
 unreachable (UNAVAILABLE or no answer in time) and the broker is, that update
-fetches its desired state, TUF metadata and bundle over MQTT in blocks
-(:mod:`fleet.mqtt_fetch`) — verified exactly as over gRPC — and says so in the log
-and in its update events; the next update tries gRPC again.
+fetches its desired state, TUF metadata, bundle and parity attestation over MQTT in
+blocks (:mod:`fleet.mqtt_fetch`) — verified exactly as over gRPC — and says so in the
+log and in its update events; the next update tries gRPC again.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fleet.bandwidth import Pacer
-from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError
+from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError, attestation_fetcher
 from fleet.tuf_client import DiskFullError, GrpcFetcher, TufClient, TufClientError, TufView
 from fleet.update import Reason, ShadowResult, StagedBundle, TargetInfo, UpdateError
 from protos import device_pb2, device_pb2_grpc
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 
 DESIRED_STATE_PAYLOAD_TYPE = PAYLOAD_TYPE
 MAX_ENVELOPE_BYTES = 64 * 1024
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+"""gRPC failures that mean "the plane's port is unreachable": fetch over MQTT instead."""
 
 
 def verify_desired_state(
@@ -194,8 +197,7 @@ class RobotEffects:
             )
         except grpc.RpcError as exc:
             code = exc.code()
-            unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            if self.mqtt_blocks is None or code not in unreachable:
+            if self.mqtt_blocks is None or code not in _UNREACHABLE:
                 raise
             why = f"the plane's gRPC endpoint {c.grpc_target} is unreachable ({code.name})"
             if not self.via_mqtt:
@@ -345,18 +347,42 @@ class RobotEffects:
             slot=reply.staged.slot,
         )
 
+    def _attestation_fetch(self) -> Callable[[str], bytes | None]:
+        """Where this update's parity attestation comes from: over MQTT when the update
+        does, and when gRPC is unreachable now (an agent restarted since the refresh)."""
+        from fleet.attestation import grpc_fetcher
+
+        blocks = self.mqtt_blocks
+        if blocks is None:
+            return grpc_fetcher(self.channel)
+        over_mqtt = attestation_fetcher(blocks)
+        if self.via_mqtt:
+            return over_mqtt
+        over_grpc = grpc_fetcher(self.channel, self.agent.config.grpc_probe_timeout_s)
+
+        def fetch(policy_sha256: str) -> bytes | None:
+            try:
+                return over_grpc(policy_sha256)
+            except grpc.RpcError as exc:
+                if exc.code() not in _UNREACHABLE:
+                    raise
+                log.warning("attestation over MQTT: the plane's gRPC is %s", exc.code().name)
+                return over_mqtt(policy_sha256)
+
+        return fetch
+
     def attest(self, target: TargetInfo, staged: StagedBundle, timeout_s: float) -> None:
-        from fleet.attestation import AttestationPolicy, check_activation, grpc_fetcher
+        from fleet.attestation import AttestationPolicy, check_activation
         from runtime.trust import TrustStore
 
         policy = AttestationPolicy(self.agent.config.require_parity_attestation)
         # Bound to the digests the runtime verified of the bytes that will run, not to
-        # what the repository's metadata claims.
+        # what the repository's metadata claims; the same check whatever the transport.
         decision = check_activation(
             policy,
             policy_sha256=staged.policy_sha256,
             root_digest=staged.root_digest,
-            fetch=grpc_fetcher(self.channel),
+            fetch=self._attestation_fetch(),
             trusted_keys={
                 k: v
                 for k, v in TrustStore(self.agent.layout.trust).public_keys("attestation").items()

@@ -2,8 +2,8 @@
 
 - ``GetAttestation(subject_sha256)`` — devices and operators: the envelope to check for
   a policy digest (`AttestationStore.for_policy`); NOT_FOUND when there is none.
-  Served from a small in-process cache (entries live `CACHE_TTL_S`), since robots ask
-  for the same digest during a rollout wave and the bytes are immutable.
+  `AttestationLookup` answers it (cached), for this call and for robots that fetch
+  over MQTT (`cloud.server.file_responder`).
 - ``ListAttestations(bundle_name, page)`` — operators: newest first.
 - ``RunParityCampaign(bundle, campaign_toml)`` — admin operators: runs the campaign on
   the published bundle (its TUF target), streams progress, stores and returns the
@@ -34,7 +34,14 @@ from cloud.server.plane import Plane
 from cloud.store.attestations import AttestationRecord, AttestationStore
 from protos import attestation_pb2, attestation_pb2_grpc, common_pb2
 
-__all__ = ["AttestationServicer", "record_from_envelope", "register", "to_message"]
+__all__ = [
+    "AttestationLookup",
+    "AttestationServicer",
+    "record_from_envelope",
+    "register",
+    "subject_digest",
+    "to_message",
+]
 
 log = logging.getLogger(__name__)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -88,12 +95,29 @@ def record_from_envelope(
     )
 
 
-class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
+def subject_digest(subject: str) -> str:
+    """The policy digest a request names, normalised; INVALID_ARGUMENT when it is not one."""
+    digest = subject.strip().lower()
+    if not _HEX64.match(digest):
+        raise RpcError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"subject_sha256 must be 64 hex characters (sha256 of policy.onnx), "
+            f"got {subject[:80]!r}",
+        )
+    return digest
+
+
+class AttestationLookup:
+    """The attestation a device is served for a policy digest, over gRPC and over MQTT.
+
+    Served from a small in-process cache (entries live `CACHE_TTL_S`), since robots ask
+    for the same digest during a rollout wave and the bytes are immutable.
+    """
+
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
         self.store = AttestationStore(plane.store.engine)
         self._cache: dict[str, tuple[float, attestation_pb2.Attestation]] = {}
-        self._running: set[str] = set()  # campaign workdirs in use by this replica
 
     def _cached(self, digest: str) -> attestation_pb2.Attestation | None:
         hit = self._cache.get(digest)
@@ -112,18 +136,10 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
         self._cache[digest] = (now, msg)
         return msg
 
-    @unary
-    async def GetAttestation(
-        self, request: attestation_pb2.GetAttestationRequest, context: Any
-    ) -> attestation_pb2.Attestation:
-        await self.plane.auth.identify(context)  # any device or operator certificate
-        digest = request.subject_sha256.strip().lower()
-        if not _HEX64.match(digest):
-            raise RpcError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"subject_sha256 must be 64 hex characters (sha256 of policy.onnx), "
-                f"got {request.subject_sha256[:80]!r}",
-            )
+    async def get(self, subject: str) -> attestation_pb2.Attestation:
+        """The attestation for `subject` (a policy.onnx sha256); RpcError INVALID_ARGUMENT
+        for a malformed digest, NOT_FOUND when there is none."""
+        digest = subject_digest(subject)
         # A hit is answered on the event loop: no thread hop on the hot path.
         msg = self._cached(digest) or await self.plane.db(self._lookup, digest)
         if msg is None:
@@ -131,6 +147,24 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
                 grpc.StatusCode.NOT_FOUND, f"no parity attestation for policy.onnx {digest}"
             )
         return msg
+
+    def forget(self, digest: str) -> None:
+        self._cache.pop(digest, None)
+
+
+class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
+    def __init__(self, plane: Plane) -> None:
+        self.plane = plane
+        self.store = AttestationStore(plane.store.engine)
+        self.lookup = AttestationLookup(plane)
+        self._running: set[str] = set()  # campaign workdirs in use by this replica
+
+    @unary
+    async def GetAttestation(
+        self, request: attestation_pb2.GetAttestationRequest, context: Any
+    ) -> attestation_pb2.Attestation:
+        await self.plane.auth.identify(context)  # any device or operator certificate
+        return await self.lookup.get(request.subject_sha256)
 
     @unary
     async def ListAttestations(
@@ -220,7 +254,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
             rec = task.result()
         except campaign.CampaignError as exc:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
-        self._cache.pop(rec.policy_sha256, None)
+        self.lookup.forget(rec.policy_sha256)
         yield attestation_pb2.CampaignProgress(stage="done", result=to_message(rec))
 
 

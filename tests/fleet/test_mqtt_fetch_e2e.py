@@ -7,6 +7,9 @@ closed port.
   plane's gRPC port updates to COMMITTED over MQTT, and says so in its events;
 - a block with wrong bytes from the transport is refused and fetched again; when
   every answer is garbled the download fails and nothing is kept;
+- a robot that requires parity attestation fetches it over MQTT too: an attested
+  bundle commits, a bundle without one is refused with the reason gRPC gives
+  (``missing``), and an attestation forged or garbled in transit is refused;
 - a device can neither ask through nor read another device's file topics (ACL);
 - hostile requests over the broker get specific refusals and the responder keeps
   serving.
@@ -14,7 +17,9 @@ closed port.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import random
 import socket
@@ -26,17 +31,22 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud.cli import cloud
 from cloud.home import init_home
 from cloud.server.file_responder import FileResponder
 from cloud.store import EventRecord
 from cloud.testing import RunningPlane, running_plane
+from fleet import attestation as fa
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles
-from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError
+from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError, attestation_fetcher
 from fleet.tuf_client import TufClient, TufClientError
 from protos.file_blocks import FileBlock, FileRequest, request_topic, response_topic
+from runtime.bundle import verify_bundle
 from runtime.layout import RobotLayout
+from runtime.trust import TrustStore
+from tests.attest.test_service import _attest, _store
 from tests.fleet.test_agent_e2e import Robot, _bundle, _make_root, _spawn
 from tests.servers import Mosquitto, free_port, run_mosquitto, wait_until
 
@@ -152,6 +162,80 @@ def test_a_block_with_wrong_bytes_is_refused_and_fetched_again(env: Env, tmp_pat
         with pytest.raises(TufClientError, match="do not match its signed sha256"):
             view.download(target2)
         assert not (tmp_path / "agent2" / "downloads" / f"{target2.sha256}.efb").exists()
+
+
+class Tampering(MqttBlockClient):
+    """A link that hands the robot `replace(bytes)` instead of each attestation block."""
+
+    def __init__(self, *args: Any, replace: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.replace = replace
+
+    def request(self, kind: str, path: str, offset: int, length: int) -> FileBlock:
+        block = super().request(kind, path, offset, length)
+        if kind != "attestation":
+            return block
+        data = self.replace(block.data)
+        return FileBlock(block.id, block.status, block.offset, len(data), data)
+
+
+def _flip_payload(data: bytes) -> bytes:
+    """The envelope with one character of its signed payload's base64 changed."""
+    doc = json.loads(data)
+    p = doc["payload"]
+    doc["payload"] = p[:40] + ("A" if p[40] != "A" else "B") + p[41:]
+    return json.dumps(doc).encode()
+
+
+def _resigned(data: bytes) -> bytes:
+    """The same statement signed by a key the robot does not trust (a forgery)."""
+    from cloud.attest import statement
+
+    stmt = json.loads(base64.b64decode(json.loads(data)["payload"]))
+    forger = statement.AttestationKey(ed25519.Ed25519PrivateKey.generate())
+    return statement.envelope_bytes(statement.sign_statement(stmt, forger))
+
+
+def test_the_attestation_over_mqtt_gets_the_verdict_grpc_gets(env: Env, tmp_path: Path) -> None:
+    from tests.attest.test_service import _bundle as attest_bundle
+
+    home = env.plane.home
+    trust = TrustStore(home.trust)
+    signed = verify_bundle(attest_bundle(tmp_path, home, "mqtt-att", 1.3), trust)
+    envelope = _attest(home, tmp_path / "mqtt-att")
+    _store(env.plane, envelope)
+    bare = verify_bundle(attest_bundle(tmp_path, home, "mqtt-bare", 0.4), trust)
+    required = fa.AttestationPolicy(require_parity_attestation=True)
+
+    def decide(fetch: Any, vb: Any) -> fa.ActivationDecision:
+        return fa.check_activation(
+            required,
+            policy_sha256=vb.policy_sha256,
+            root_digest=vb.root_digest,
+            fetch=fetch,
+            trusted_keys=trust.public_keys("attestation"),
+        )
+
+    creds = env.plane.device("robot-att-grpc")
+    with env.device("robot-att-mqtt") as t, env.plane.channel(creds) as ch:
+        over_mqtt = attestation_fetcher(MqttBlockClient(t, "robot-att-mqtt", timeout_s=5))
+        over_grpc = fa.grpc_fetcher(ch)
+        assert over_mqtt(signed.policy_sha256) == over_grpc(signed.policy_sha256) == envelope
+        for vb, reason in ((signed, "attested"), (bare, "missing")):
+            got, want = decide(over_mqtt, vb), decide(over_grpc, vb)
+            assert (got.allowed, got.reason) == (want.allowed, want.reason), (got, want)
+            assert got.reason == reason, got.message
+
+        # Nothing the transport says is believed: the verifier refuses what it altered.
+        for replace, reason in (
+            (_resigned, "untrusted_key"),
+            (_flip_payload, "bad_signature"),
+            (lambda d: d[: len(d) // 2], "malformed"),
+            (lambda d: b"\x00" * len(d), "malformed"),
+        ):
+            tampered = Tampering(t, "robot-att-mqtt", timeout_s=5, replace=replace)
+            got = decide(attestation_fetcher(tampered), signed)
+            assert (got.allowed, got.reason) == (False, reason), got.message
 
 
 def test_a_device_cannot_fetch_through_another_devices_topics(env: Env) -> None:
