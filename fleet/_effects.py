@@ -36,6 +36,8 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from fleet.attestation import UNREACHABLE as _UNREACHABLE
+from fleet.attestation import grpc_fetcher, grpc_fetcher_with_fallback
 from fleet.bandwidth import Pacer
 from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError, attestation_fetcher
 from fleet.tuf_client import DiskFullError, GrpcFetcher, TufClient, TufClientError, TufView
@@ -62,8 +64,6 @@ log = logging.getLogger(__name__)
 
 DESIRED_STATE_PAYLOAD_TYPE = PAYLOAD_TYPE
 MAX_ENVELOPE_BYTES = 64 * 1024
-_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-"""gRPC failures that mean "the plane's port is unreachable": fetch over MQTT instead."""
 
 
 def verify_desired_state(
@@ -350,26 +350,13 @@ class RobotEffects:
     def _attestation_fetch(self) -> Callable[[str], bytes | None]:
         """Where this update's parity attestation comes from: over MQTT when the update
         does, and when gRPC is unreachable now (an agent restarted since the refresh)."""
-        from fleet.attestation import grpc_fetcher
-
-        blocks = self.mqtt_blocks
-        if blocks is None:
+        if self.mqtt_blocks is None:
             return grpc_fetcher(self.channel)
-        over_mqtt = attestation_fetcher(blocks)
+        over_mqtt = attestation_fetcher(self.mqtt_blocks)
         if self.via_mqtt:
             return over_mqtt
-        over_grpc = grpc_fetcher(self.channel, self.agent.config.grpc_probe_timeout_s)
-
-        def fetch(policy_sha256: str) -> bytes | None:
-            try:
-                return over_grpc(policy_sha256)
-            except grpc.RpcError as exc:
-                if exc.code() not in _UNREACHABLE:
-                    raise
-                log.warning("attestation over MQTT: the plane's gRPC is %s", exc.code().name)
-                return over_mqtt(policy_sha256)
-
-        return fetch
+        timeout_s = self.agent.config.grpc_probe_timeout_s
+        return grpc_fetcher_with_fallback(self.channel, over_mqtt, timeout_s)
 
     def attest(self, target: TargetInfo, staged: StagedBundle, timeout_s: float) -> None:
         from fleet.attestation import AttestationPolicy, check_activation
