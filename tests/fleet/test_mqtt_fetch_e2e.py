@@ -355,13 +355,15 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
     root = tmp / device
     _make_root(plane, root, device, env.broker.port)
     layout = RobotLayout.at(root)
+    # Activation waits on a verified parity attestation, fetched over MQTT too.
+    TrustStore(layout.trust).add("attestation", plane.home.key_path("attestation").read_bytes())
     closed_port = _port_outside_ephemeral_range()
     closed = f"127.0.0.1:{closed_port}"  # nothing listens: gRPC is UNAVAILABLE
     text = layout.agent_config.read_text().replace(f'"{plane.address}"', f'"{closed}"')
     layout.agent_config.write_text(
         text + "grpc_probe_timeout_s = 2.0\nmqtt_fetch_timeout_s = 5.0\nupload_recordings = false\n"
         # A hint sent before the agent's first connection has no session to wait in.
-        "desired_state_poll_s = 2.0\n"
+        "desired_state_poll_s = 2.0\nrequire_parity_attestation = true\n"
     )
     (tmp / device).mkdir(exist_ok=True)
     first = _bundle(tmp / device, plane, "1.0.0", 1)  # installed at flash, never published
@@ -372,11 +374,16 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
         wait_until(layout.runtime_socket.exists, 60, "runtime socket")
         robot.agent = _spawn(["--log-level", "info", "agent", "run", "--root", str(root)], log)
         good = _bundle(tmp, plane, "2.0.0", 10)
-        args = ["push", str(good), "--home", str(plane.home.root), "--json", "--device", device]
-        res = CliRunner().invoke(
-            cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
-        )
-        assert res.exit_code == 0, res.output
+        _store(plane, _attest(plane.home, good))
+
+        def push(bundle: Path) -> None:
+            args = ["push", str(bundle), "--home", str(plane.home.root), "--device", device]
+            res = CliRunner().invoke(
+                cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
+            )
+            assert res.exit_code == 0, res.output
+
+        push(good)
 
         def events() -> list[EventRecord]:
             return plane.store.events(device, kind="update")
@@ -395,20 +402,34 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
         assert "blocks" in details["STAGING"], details
         assert "fetching updates over MQTT" in log.read_text()
         assert env.responder.counters["ok"] > 0
+        assert "attestation over MQTT" not in log.read_text()  # the update's own transport
+
+        # No attestation for the next bundle: refused before activation, with the
+        # reason gRPC gives (`missing`), and the attested one keeps running.
+        push(_bundle(tmp, plane, "2.0.5", 11, seed=3))  # its own policy.onnx
+
+        def refused() -> list[EventRecord]:
+            return [e for e in events() if e.reason_code == "ATTESTATION_INVALID"]
+
+        try:
+            wait_until(lambda: bool(refused()), 150, "the attestation refusal")
+        except TimeoutError:
+            pytest.fail(
+                f"{[(e.state, e.reason_code) for e in events()]}\n{log.read_text()[-4000:]}"
+            )
+        assert refused()[0].state == "FAILED" and refused()[0].detail.startswith("missing:")
+        assert robot.active_version() == "2.0.0" and robot.counter() == 10
 
         # The link to the plane's gRPC port comes back: the next update uses it.
         relay = Forwarder(closed_port, plane.port)
         try:
             wait_until(lambda: "answers again: back to gRPC" in log.read_text(), 60, "gRPC")
             served = env.responder.counters["ok"]
-            newer = _bundle(tmp, plane, "2.1.0", 11)
-            args = ["push", str(newer), "--home", str(plane.home.root), "--device", device]
-            res = CliRunner().invoke(
-                cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
-            )
-            assert res.exit_code == 0, res.output
+            newer = _bundle(tmp, plane, "2.1.0", 12, seed=5)
+            _store(plane, _attest(plane.home, newer))
+            push(newer)
             try:
-                wait_until(lambda: robot.counter() == 11, 150, "the commit over gRPC")
+                wait_until(lambda: robot.counter() == 12, 150, "the commit over gRPC")
             except TimeoutError:
                 pytest.fail(f"{[(e.state, e.detail) for e in events()]}\n{log.read_text()[-4000:]}")
             wait_until(lambda: events()[-1].state == "COMMITTED", 30, "COMMITTED")
