@@ -206,9 +206,7 @@ class RobotEffects:
             try:
                 return self.mqtt_blocks.fetch_whole("desired", "", MAX_ENVELOPE_BYTES)
             except MqttFetchError as mexc:
-                raise UpdateError(
-                    Reason.DESIRED_STATE_INVALID, f"{why}; over MQTT: {mexc}"
-                ) from mexc
+                raise UpdateError(Reason.PLANE_UNREACHABLE, f"{why}; over MQTT: {mexc}") from mexc
         if self.via_mqtt:
             log.warning("the plane's gRPC endpoint %s answers again: back to gRPC", c.grpc_target)
         self.via_mqtt, self._why_mqtt = False, ""
@@ -258,9 +256,12 @@ class RobotEffects:
         try:  # first: it decides whether this update goes over gRPC or MQTT
             envelope = self._desired_envelope(min(timeout_s, 30.0))
         except grpc.RpcError as exc:
-            raise UpdateError(
-                Reason.DESIRED_STATE_INVALID, f"GetDesiredState failed: {exc.code()}"
-            ) from exc
+            reason = (
+                Reason.PLANE_UNREACHABLE
+                if exc.code() in _UNREACHABLE
+                else Reason.DESIRED_STATE_INVALID
+            )
+            raise UpdateError(reason, f"GetDesiredState failed: {exc.code()}") from exc
         tuf = self.mqtt_tuf if self.via_mqtt and self.mqtt_tuf is not None else self.tuf
         try:
             view = tuf.refresh()

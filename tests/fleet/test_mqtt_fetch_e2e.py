@@ -10,6 +10,8 @@ closed port.
 - a robot that requires parity attestation fetches it over MQTT too: an attested
   bundle commits, a bundle without one is refused with the reason gRPC gives
   (``missing``), and an attestation forged or garbled in transit is refused;
+- an agent restarted before activation asks gRPC for the attestation first, MQTT
+  only when the plane's gRPC port is unreachable;
 - a device can neither ask through nor read another device's file topics (ACL);
 - hostile requests over the broker get specific refusals and the responder keeps
   serving.
@@ -238,6 +240,41 @@ def test_the_attestation_over_mqtt_gets_the_verdict_grpc_gets(env: Env, tmp_path
             assert (got.allowed, got.reason) == (False, reason), got.message
 
 
+def test_a_restarted_agent_asks_grpc_first_and_mqtt_only_when_grpc_is_unreachable(
+    env: Env, tmp_path: Path
+) -> None:
+    import grpc
+
+    from tests.attest.test_service import _bundle as attest_bundle
+
+    home = env.plane.home
+    vb = verify_bundle(attest_bundle(tmp_path, home, "fallback", 1.7), TrustStore(home.trust))
+    envelope = _attest(home, tmp_path / "fallback")
+    _store(env.plane, envelope)
+    creds = env.plane.device("robot-fallback-grpc")
+    asked: list[str] = []
+
+    def never(digest: str) -> bytes | None:
+        asked.append(digest)
+        raise AssertionError("gRPC answered: the fallback is not asked")
+
+    with env.device("robot-fallback") as t, env.plane.channel(creds) as live:
+        over_mqtt = attestation_fetcher(MqttBlockClient(t, "robot-fallback", timeout_s=5))
+        up = fa.grpc_fetcher_with_fallback(live, never, 5.0)
+        assert up(vb.policy_sha256) == envelope
+        assert up("0" * 64) is None  # NOT_FOUND is the plane's answer, not a dead link
+        with pytest.raises(grpc.RpcError) as bad:
+            up("xyz")
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and not asked
+        closed = grpc.secure_channel(f"127.0.0.1:{free_port()}", creds.grpc_credentials())
+        with closed:
+            served = env.responder.counters["ok"]
+            down = fa.grpc_fetcher_with_fallback(closed, over_mqtt, 2.0)
+            assert down(vb.policy_sha256) == envelope
+            assert env.responder.counters["ok"] > served  # it came over MQTT
+            assert down("0" * 64) is None  # and "none" over MQTT is None too
+
+
 def test_a_device_cannot_fetch_through_another_devices_topics(env: Env) -> None:
     seen: list[tuple[str, FileBlock]] = []
     env.responder.on_answer = lambda device, block: seen.append((device, block))
@@ -402,7 +439,8 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
         assert "blocks" in details["STAGING"], details
         assert "fetching updates over MQTT" in log.read_text()
         assert env.responder.counters["ok"] > 0
-        assert "attestation over MQTT" not in log.read_text()  # the update's own transport
+        # The update's own transport, not the fallback for a restarted agent:
+        assert "parity attestation: the plane's gRPC" not in log.read_text()
 
         # No attestation for the next bundle: refused before activation, with the
         # reason gRPC gives (`missing`), and the attested one keeps running.
