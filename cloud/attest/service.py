@@ -2,8 +2,8 @@
 
 - ``GetAttestation(subject_sha256)`` — devices and operators: the envelope to check for
   a policy digest (`AttestationStore.for_policy`); NOT_FOUND when there is none.
-  `AttestationLookup` answers it (cached), for this call and for robots that fetch
-  over MQTT (`cloud.server.file_responder`).
+  `cloud.server.attestation_lookup` answers it (cached), for this call and for robots
+  that fetch over MQTT (`cloud.server.file_responder`).
 - ``ListAttestations(bundle_name, page)`` — operators: newest first.
 - ``RunParityCampaign(bundle, campaign_toml)`` — admin operators: runs the campaign on
   the published bundle (its TUF target), streams progress, stores and returns the
@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,22 +28,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cloud.attest import statement
 from cloud.server._rpc import RpcError, stream, unary
+from cloud.server.attestation_lookup import AttestationLookup
 from cloud.server.plane import Plane
 from cloud.store.attestations import AttestationRecord, AttestationStore
 from protos import attestation_pb2, attestation_pb2_grpc, common_pb2
 
-__all__ = [
-    "AttestationLookup",
-    "AttestationServicer",
-    "record_from_envelope",
-    "register",
-    "subject_digest",
-    "to_message",
-]
+__all__ = ["AttestationServicer", "record_from_envelope", "register", "to_message"]
 
 log = logging.getLogger(__name__)
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-CACHE_TTL_S = 5.0
 
 
 def _ts(at: dt.datetime) -> Timestamp:
@@ -95,63 +85,6 @@ def record_from_envelope(
     )
 
 
-def subject_digest(subject: str) -> str:
-    """The policy digest a request names, normalised; INVALID_ARGUMENT when it is not one."""
-    digest = subject.strip().lower()
-    if not _HEX64.match(digest):
-        raise RpcError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"subject_sha256 must be 64 hex characters (sha256 of policy.onnx), "
-            f"got {subject[:80]!r}",
-        )
-    return digest
-
-
-class AttestationLookup:
-    """The attestation a device is served for a policy digest, over gRPC and over MQTT.
-
-    Served from a small in-process cache (entries live `CACHE_TTL_S`), since robots ask
-    for the same digest during a rollout wave and the bytes are immutable.
-    """
-
-    def __init__(self, plane: Plane) -> None:
-        self.plane = plane
-        self.store = AttestationStore(plane.store.engine)
-        self._cache: dict[str, tuple[float, attestation_pb2.Attestation]] = {}
-
-    def _cached(self, digest: str) -> attestation_pb2.Attestation | None:
-        hit = self._cache.get(digest)
-        if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
-            return hit[1]
-        return None
-
-    def _lookup(self, digest: str) -> attestation_pb2.Attestation | None:
-        now = time.monotonic()
-        rec = self.store.for_policy(digest)
-        if rec is None:
-            return None
-        msg = to_message(rec)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now, msg)
-        return msg
-
-    async def get(self, subject: str) -> attestation_pb2.Attestation:
-        """The attestation for `subject` (a policy.onnx sha256); RpcError INVALID_ARGUMENT
-        for a malformed digest, NOT_FOUND when there is none."""
-        digest = subject_digest(subject)
-        # A hit is answered on the event loop: no thread hop on the hot path.
-        msg = self._cached(digest) or await self.plane.db(self._lookup, digest)
-        if msg is None:
-            raise RpcError(
-                grpc.StatusCode.NOT_FOUND, f"no parity attestation for policy.onnx {digest}"
-            )
-        return msg
-
-    def forget(self, digest: str) -> None:
-        self._cache.pop(digest, None)
-
-
 class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
@@ -164,7 +97,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
         self, request: attestation_pb2.GetAttestationRequest, context: Any
     ) -> attestation_pb2.Attestation:
         await self.plane.auth.identify(context)  # any device or operator certificate
-        return await self.lookup.get(request.subject_sha256)
+        return to_message(await self.lookup.get(request.subject_sha256))
 
     @unary
     async def ListAttestations(

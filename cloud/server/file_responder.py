@@ -38,9 +38,9 @@ from pathlib import Path
 
 import grpc
 
-from cloud.attest.service import AttestationLookup
 from cloud.mqtt import CloudMqtt, CloudMqttSettings, Delivery
 from cloud.server._rpc import RpcError
+from cloud.server.attestation_lookup import AttestationLookup
 from cloud.server.device_service import resolve_repo_path
 from cloud.server.plane import Plane
 from protos.file_blocks import (
@@ -106,11 +106,11 @@ def _slice(req: FileRequest, data: bytes, length: int, what: str) -> FileBlock:
 async def _attestation(attestations: AttestationLookup, req: FileRequest, length: int) -> FileBlock:
     """A block of the envelope GetAttestation would return; its NOT_FOUND is not_found."""
     try:
-        msg = await attestations.get(req.path)
+        rec = await attestations.get(req.path)
     except RpcError as exc:
         status = "not_found" if exc.code == grpc.StatusCode.NOT_FOUND else "invalid"
         return FileBlock(req.id, status, reason=str(exc))
-    return _slice(req, bytes(msg.envelope.dsse_json), length, "the attestation")
+    return _slice(req, rec.envelope, length, "the attestation")
 
 
 async def answer(
