@@ -17,9 +17,9 @@ target (name, sequence, hash) the refresh resolved.
 gRPC first: each update (and each desired-state poll) starts with
 ``GetDesiredState`` under `grpc_probe_timeout_s`. When the plane's gRPC port is
 unreachable (UNAVAILABLE or no answer in time) and the broker is, that update
-fetches its desired state, TUF metadata and bundle over MQTT in blocks
-(:mod:`fleet.mqtt_fetch`) — verified exactly as over gRPC — and says so in the log
-and in its update events; the next update tries gRPC again.
+fetches its desired state, TUF metadata, bundle and parity attestation over MQTT in
+blocks (:mod:`fleet.mqtt_fetch`) — verified exactly as over gRPC — and says so in the
+log and in its update events; the next update tries gRPC again.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +36,10 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from fleet.attestation import UNREACHABLE as _UNREACHABLE
+from fleet.attestation import grpc_fetcher, grpc_fetcher_with_fallback
 from fleet.bandwidth import Pacer
-from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError
+from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError, attestation_fetcher
 from fleet.tuf_client import DiskFullError, GrpcFetcher, TufClient, TufClientError, TufView
 from fleet.update import Reason, ShadowResult, StagedBundle, TargetInfo, UpdateError
 from protos import device_pb2, device_pb2_grpc
@@ -194,8 +197,7 @@ class RobotEffects:
             )
         except grpc.RpcError as exc:
             code = exc.code()
-            unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            if self.mqtt_blocks is None or code not in unreachable:
+            if self.mqtt_blocks is None or code not in _UNREACHABLE:
                 raise
             why = f"the plane's gRPC endpoint {c.grpc_target} is unreachable ({code.name})"
             if not self.via_mqtt:
@@ -204,9 +206,7 @@ class RobotEffects:
             try:
                 return self.mqtt_blocks.fetch_whole("desired", "", MAX_ENVELOPE_BYTES)
             except MqttFetchError as mexc:
-                raise UpdateError(
-                    Reason.DESIRED_STATE_INVALID, f"{why}; over MQTT: {mexc}"
-                ) from mexc
+                raise UpdateError(Reason.PLANE_UNREACHABLE, f"{why}; over MQTT: {mexc}") from mexc
         if self.via_mqtt:
             log.warning("the plane's gRPC endpoint %s answers again: back to gRPC", c.grpc_target)
         self.via_mqtt, self._why_mqtt = False, ""
@@ -256,9 +256,12 @@ class RobotEffects:
         try:  # first: it decides whether this update goes over gRPC or MQTT
             envelope = self._desired_envelope(min(timeout_s, 30.0))
         except grpc.RpcError as exc:
-            raise UpdateError(
-                Reason.DESIRED_STATE_INVALID, f"GetDesiredState failed: {exc.code()}"
-            ) from exc
+            reason = (
+                Reason.PLANE_UNREACHABLE
+                if exc.code() in _UNREACHABLE
+                else Reason.DESIRED_STATE_INVALID
+            )
+            raise UpdateError(reason, f"GetDesiredState failed: {exc.code()}") from exc
         tuf = self.mqtt_tuf if self.via_mqtt and self.mqtt_tuf is not None else self.tuf
         try:
             view = tuf.refresh()
@@ -345,18 +348,29 @@ class RobotEffects:
             slot=reply.staged.slot,
         )
 
+    def _attestation_fetch(self) -> Callable[[str], bytes | None]:
+        """Where this update's parity attestation comes from: over MQTT when the update
+        does, and when gRPC is unreachable now (an agent restarted since the refresh)."""
+        if self.mqtt_blocks is None:
+            return grpc_fetcher(self.channel)
+        over_mqtt = attestation_fetcher(self.mqtt_blocks)
+        if self.via_mqtt:
+            return over_mqtt
+        timeout_s = self.agent.config.grpc_probe_timeout_s
+        return grpc_fetcher_with_fallback(self.channel, over_mqtt, timeout_s)
+
     def attest(self, target: TargetInfo, staged: StagedBundle, timeout_s: float) -> None:
-        from fleet.attestation import AttestationPolicy, check_activation, grpc_fetcher
+        from fleet.attestation import AttestationPolicy, check_activation
         from runtime.trust import TrustStore
 
         policy = AttestationPolicy(self.agent.config.require_parity_attestation)
         # Bound to the digests the runtime verified of the bytes that will run, not to
-        # what the repository's metadata claims.
+        # what the repository's metadata claims; the same check whatever the transport.
         decision = check_activation(
             policy,
             policy_sha256=staged.policy_sha256,
             root_digest=staged.root_digest,
-            fetch=grpc_fetcher(self.channel),
+            fetch=self._attestation_fetch(),
             trusted_keys={
                 k: v
                 for k, v in TrustStore(self.agent.layout.trust).public_keys("attestation").items()

@@ -25,6 +25,7 @@ the SubjectPublicKeyInfo PEM), so trusted keys come straight from
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from runtime.trust import key_id
 __all__ = [
     "PAYLOAD_TYPE",
     "PREDICATE_TYPE",
+    "UNREACHABLE",
     "ActivationDecision",
     "AttestationPolicy",
     "AttestationRefused",
@@ -47,14 +49,19 @@ __all__ = [
     "VerifiedAttestation",
     "check_activation",
     "grpc_fetcher",
+    "grpc_fetcher_with_fallback",
     "verify_attestation",
 ]
+
+log = logging.getLogger(__name__)
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://edgeflux.dev/attestation/parity/v1"
 POLICY_SUBJECT = "policy.onnx"
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+"""gRPC failures that mean "the plane's port is unreachable" (not "the plane refused")."""
 
 Reason = Literal[
     "missing",
@@ -280,5 +287,26 @@ def grpc_fetcher(channel: grpc.Channel, timeout_s: float = 5.0) -> Callable[[str
                 return None
             raise
         return bytes(reply.envelope.dsse_json)
+
+    return fetch
+
+
+def grpc_fetcher_with_fallback(
+    channel: grpc.Channel, fallback: Callable[[str], bytes | None], timeout_s: float = 5.0
+) -> Callable[[str], bytes | None]:
+    """:func:`grpc_fetcher`, asking `fallback` instead when the plane's gRPC port is
+    unreachable (:data:`UNREACHABLE`); NOT_FOUND and every other answer stay gRPC's."""
+    over_grpc = grpc_fetcher(channel, timeout_s)
+
+    def fetch(policy_sha256: str) -> bytes | None:
+        try:
+            return over_grpc(policy_sha256)
+        except grpc.RpcError as exc:
+            if exc.code() not in UNREACHABLE:
+                raise
+            log.warning(
+                "parity attestation: the plane's gRPC is %s; asking over MQTT", exc.code().name
+            )
+            return fallback(policy_sha256)
 
     return fetch

@@ -10,11 +10,16 @@ go through exactly the verification of the gRPC path: the TUF client checks the
 metadata chain, the chunk store checks every chunk against the signed target, and
 nothing a block says beyond "these bytes are at this offset" is believed.
 
+:func:`attestation_fetcher` is the MQTT twin of :func:`fleet.attestation.grpc_fetcher`:
+it hands the envelope's bytes to the same verifier, which believes nothing the
+transport says.
+
 Usage (what ``fleet._effects.RobotEffects`` does when gRPC is unreachable)::
 
     blocks = MqttBlockClient(agent.transport, "robot-7", block_bytes=256 * 1024)
     tuf = TufClient(state_dir, bootstrap_root, MqttFetcher(blocks))
     envelope = blocks.fetch_whole("desired", "")
+    decision = check_activation(policy, ..., fetch=attestation_fetcher(blocks), ...)
 """
 
 from __future__ import annotations
@@ -29,12 +34,19 @@ from typing import Protocol
 
 from tuf.api import exceptions as tuf_exc
 
+from fleet.attestation import MAX_ENVELOPE_BYTES as MAX_ATTESTATION_BYTES
 from fleet.bandwidth import Pacer
 from fleet.tuf_client import TransportFetcher
 from protos import device_pb2
 from protos.file_blocks import FileBlock, FileBlockError, FileRequest, request_topic, response_topic
 
-__all__ = ["HEADER_ROOM", "MqttBlockClient", "MqttFetchError", "MqttFetcher"]
+__all__ = [
+    "HEADER_ROOM",
+    "MqttBlockClient",
+    "MqttFetchError",
+    "MqttFetcher",
+    "attestation_fetcher",
+]
 
 log = logging.getLogger(__name__)
 
@@ -274,3 +286,21 @@ class MqttFetcher(TransportFetcher):
             if exc.status == "forbidden":
                 raise tuf_exc.DownloadHTTPError(f"{path} forbidden", 403) from exc
             raise tuf_exc.DownloadError(f"over MQTT: {exc}") from exc
+
+
+def attestation_fetcher(client: MqttBlockClient) -> Callable[[str], bytes | None]:
+    """A `fetch` for :func:`fleet.attestation.check_activation` over MQTT.
+
+    The plane's ``not_found`` means "no attestation" (None), as gRPC NOT_FOUND does; any
+    other refusal or a time-out raises and refuses activation as ``fetch_failed``.
+    """
+
+    def fetch(policy_sha256: str) -> bytes | None:
+        try:
+            return client.fetch_whole("attestation", policy_sha256, MAX_ATTESTATION_BYTES)
+        except MqttFetchError as exc:
+            if exc.status == "not_found":
+                return None
+            raise
+
+    return fetch

@@ -1,8 +1,9 @@
 """Files in blocks over MQTT: the request and response a robot and the plane exchange.
 
 A robot that reaches the broker but not the plane's gRPC port fetches what
-``DeviceService`` would have streamed to it — TUF metadata, targets, and its signed
-desired state — one bounded block at a time::
+``DeviceService`` and ``AttestationService`` would have served it — TUF metadata,
+targets, its signed desired state and a bundle's parity attestation — one bounded
+block at a time::
 
     edgeflux/v1/devices/<id>/files/req    robot → plane   a FileRequest (JSON)
     edgeflux/v1/devices/<id>/files/resp   plane → robot   a FileBlock
@@ -43,9 +44,10 @@ __all__ = [
 ]
 
 PREFIX = "edgeflux/v1/devices"
-KINDS = ("metadata", "target", "desired")
+KINDS = ("metadata", "target", "desired", "attestation")
 """metadata / target: a path under the TUF repository; desired: the device's signed
-desired state (the path is empty)."""
+desired state (the path is empty); attestation: the DSSE envelope of the parity
+attestation for a policy.onnx digest (the path: 64 lowercase hex digits)."""
 STATUSES = ("ok", "invalid", "not_found", "forbidden", "busy", "error")
 MAX_BLOCK_BYTES = 1 << 20
 """The largest block a request may ask for (the plane may serve less)."""
@@ -54,6 +56,7 @@ MAX_PATH_CHARS = 512
 MAX_FILE_BYTES = 1 << 50
 _MAX_HEADER_BYTES = 4096
 _ID = re.compile(r"^[0-9a-f]{8,32}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -134,6 +137,11 @@ class FileRequest:
             raise FileBlockError(
                 f"request path {self.path[:80]!r}: a {self.kind} request needs "
                 + ("no path" if self.kind == "desired" else f"a path of 1-{MAX_PATH_CHARS} chars")
+            )
+        if self.kind == "attestation" and not _SHA256.match(self.path):
+            raise FileBlockError(
+                f"request path {self.path[:80]!r}: an attestation request needs the sha256 "
+                "of policy.onnx, 64 lowercase hex digits"
             )
         if not 0 <= self.offset <= MAX_FILE_BYTES:
             raise FileBlockError(f"request offset {self.offset} is outside 0..{MAX_FILE_BYTES}")

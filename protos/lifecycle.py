@@ -123,6 +123,8 @@ class Reason(enum.StrEnum):
     TARGET_UNKNOWN = "TARGET_UNKNOWN"
     NOT_NEWER = "NOT_NEWER"
     DESIRED_STATE_INVALID = "DESIRED_STATE_INVALID"
+    PLANE_UNREACHABLE = "PLANE_UNREACHABLE"
+    """Neither the plane's gRPC endpoint nor the MQTT fallback answered (transient)."""
     DESIRED_STATE_MISMATCH = "DESIRED_STATE_MISMATCH"
     # download, staging, attestation
     DISK_FULL = "DISK_FULL"

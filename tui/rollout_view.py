@@ -96,6 +96,7 @@ def soak_short(text: str, verdict: str = "") -> str:
 def wave_devices(w: admin_pb2.RolloutWave) -> str:
     """The wave's device count, with those that joined it and those skipped."""
     extra = [f"+{len(w.joined)} joined"] if w.joined else []
+    extra += [f"{len(w.held)} held"] if w.held else []
     extra += [f"{len(w.skipped)} skipped"] if w.skipped else []
     return f"{len(w.device_ids)}" + (f" ({', '.join(extra)})" if extra else "")
 
@@ -144,6 +145,8 @@ def gate_lines(r: admin_pb2.Rollout, wave: admin_pb2.RolloutWave | None = None) 
         gates.append(f"external approval check {r.approval_url}")
     if r.offline_policy:
         gates.append(f"offline robots: {r.offline_policy}")
+    if r.max_held_s > 0:
+        gates.append(f"held robots skipped after {r.max_held_s:g} s")
     lines.append(" · ".join(gates))
     if r.soak_s > 0 and r.soak_thresholds:
         lines.append(f"soak thresholds: {r.soak_thresholds}")
@@ -157,6 +160,9 @@ def gate_lines(r: admin_pb2.Rollout, wave: admin_pb2.RolloutWave | None = None) 
             lines.append(f"  external check: {wave.approval_check}")
         if wave.joined:
             lines.append(f"  joined while the rollout ran: {', '.join(wave.joined[:10])}")
+        for o in wave.held[:10]:
+            why = ": ".join(x for x in (o.reason_code, o.detail) if x)
+            lines.append(f"  held {o.device_id}: {why}".rstrip(": "))
         for o in wave.skipped[:10]:
             why = ": ".join(x for x in (o.reason_code, o.detail) if x)
             lines.append(f"  skipped {o.device_id}: {why}".rstrip(": "))
@@ -219,7 +225,8 @@ def device_rows(
     w: admin_pb2.RolloutWave, live: Callable[[str], DeviceRow | None]
 ) -> list[tuple[str, ...]]:
     """One row per device of the wave: its outcome in the rollout, retries, live state."""
-    outcomes = {o.device_id: o for o in w.skipped}
+    outcomes = {o.device_id: o for o in w.held}
+    outcomes.update({o.device_id: o for o in w.skipped})
     outcomes.update({o.device_id: o for o in w.outcomes})
     joined = set(w.joined)
     retries = {t.device_id: t for t in w.retries}

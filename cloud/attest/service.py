@@ -2,8 +2,8 @@
 
 - ``GetAttestation(subject_sha256)`` — devices and operators: the envelope to check for
   a policy digest (`AttestationStore.for_policy`); NOT_FOUND when there is none.
-  Served from a small in-process cache (entries live `CACHE_TTL_S`), since robots ask
-  for the same digest during a rollout wave and the bytes are immutable.
+  `cloud.server.attestation_lookup` answers it (cached), for this call and for robots
+  that fetch over MQTT (`cloud.server.file_responder`).
 - ``ListAttestations(bundle_name, page)`` — operators: newest first.
 - ``RunParityCampaign(bundle, campaign_toml)`` — admin operators: runs the campaign on
   the published bundle (its TUF target), streams progress, stores and returns the
@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cloud.attest import statement
 from cloud.server._rpc import RpcError, stream, unary
+from cloud.server.attestation_lookup import AttestationLookup
 from cloud.server.plane import Plane
 from cloud.store.attestations import AttestationRecord, AttestationStore
 from protos import attestation_pb2, attestation_pb2_grpc, common_pb2
@@ -37,8 +36,6 @@ from protos import attestation_pb2, attestation_pb2_grpc, common_pb2
 __all__ = ["AttestationServicer", "record_from_envelope", "register", "to_message"]
 
 log = logging.getLogger(__name__)
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-CACHE_TTL_S = 5.0
 
 
 def _ts(at: dt.datetime) -> Timestamp:
@@ -92,45 +89,15 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
         self.store = AttestationStore(plane.store.engine)
-        self._cache: dict[str, tuple[float, attestation_pb2.Attestation]] = {}
+        self.lookup = AttestationLookup(plane)
         self._running: set[str] = set()  # campaign workdirs in use by this replica
-
-    def _cached(self, digest: str) -> attestation_pb2.Attestation | None:
-        hit = self._cache.get(digest)
-        if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
-            return hit[1]
-        return None
-
-    def _lookup(self, digest: str) -> attestation_pb2.Attestation | None:
-        now = time.monotonic()
-        rec = self.store.for_policy(digest)
-        if rec is None:
-            return None
-        msg = to_message(rec)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now, msg)
-        return msg
 
     @unary
     async def GetAttestation(
         self, request: attestation_pb2.GetAttestationRequest, context: Any
     ) -> attestation_pb2.Attestation:
         await self.plane.auth.identify(context)  # any device or operator certificate
-        digest = request.subject_sha256.strip().lower()
-        if not _HEX64.match(digest):
-            raise RpcError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"subject_sha256 must be 64 hex characters (sha256 of policy.onnx), "
-                f"got {request.subject_sha256[:80]!r}",
-            )
-        # A hit is answered on the event loop: no thread hop on the hot path.
-        msg = self._cached(digest) or await self.plane.db(self._lookup, digest)
-        if msg is None:
-            raise RpcError(
-                grpc.StatusCode.NOT_FOUND, f"no parity attestation for policy.onnx {digest}"
-            )
-        return msg
+        return to_message(await self.lookup.get(request.subject_sha256))
 
     @unary
     async def ListAttestations(
@@ -220,7 +187,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
             rec = task.result()
         except campaign.CampaignError as exc:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
-        self._cache.pop(rec.policy_sha256, None)
+        self.lookup.forget(rec.policy_sha256)
         yield attestation_pb2.CampaignProgress(stage="done", result=to_message(rec))
 
 

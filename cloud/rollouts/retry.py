@@ -44,6 +44,7 @@ __all__ = [
 #: Failures a robot can get past on a later try; every other one is the bundle's own.
 RETRYABLE = frozenset(
     {
+        Reason.PLANE_UNREACHABLE,
         Reason.TUF_REFRESH_FAILED,
         Reason.DOWNLOAD_FAILED,
         Reason.UNSAFE_TO_SWITCH,

@@ -4,9 +4,12 @@ The plane answers :class:`protos.file_blocks.FileRequest` messages published on
 ``edgeflux/v1/devices/<id>/files/req`` with one :class:`~protos.file_blocks.FileBlock`
 on that device's ``files/resp``: the same files ``DeviceService.FetchFile`` serves
 (TUF metadata and targets, confined to the repository by the very same path check)
-plus the device's signed desired state. The broker's ACL lets only device ``<id>``
-publish on its request topic, so the topic names the requester; the plane still
-checks that the device is registered and not revoked before answering.
+plus the device's signed desired state and, by policy.onnx digest, the parity
+attestation ``AttestationService.GetAttestation`` serves (the same lookup, so the
+same envelope, the same digest check and the same "none" for a bundle without one).
+The broker's ACL lets only device ``<id>`` publish on its request topic, so the topic
+names the requester; the plane still checks that the device is registered and not
+revoked before answering.
 
 Every request is answered or dropped, never allowed to stop the responder: a bad
 payload, path, kind or range gets a refusal (``invalid``, ``not_found``,
@@ -33,8 +36,11 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+
 from cloud.mqtt import CloudMqtt, CloudMqttSettings, Delivery
 from cloud.server._rpc import RpcError
+from cloud.server.attestation_lookup import AttestationLookup
 from cloud.server.device_service import resolve_repo_path
 from cloud.server.plane import Plane
 from protos.file_blocks import (
@@ -89,8 +95,35 @@ def _read_block(path: Path, offset: int, length: int, shown: str) -> FileBlock:
     return FileBlock("", "ok", offset=offset, total=st.st_size, data=data)
 
 
-async def answer(plane: Plane, device_id: str, payload: bytes, block_bytes: int) -> FileBlock:
-    """The response to one request from `device_id` (the topic's, so the broker's word)."""
+def _slice(req: FileRequest, data: bytes, length: int, what: str) -> FileBlock:
+    """The block of an in-memory file (`what` names it in a refusal)."""
+    if req.offset > len(data):
+        return FileBlock(req.id, "invalid", reason=f"offset {req.offset} is past {what}")
+    block = data[req.offset : req.offset + length]
+    return FileBlock(req.id, "ok", offset=req.offset, total=len(data), data=block)
+
+
+async def _attestation(attestations: AttestationLookup, req: FileRequest, length: int) -> FileBlock:
+    """A block of the envelope GetAttestation would return; its NOT_FOUND is not_found."""
+    try:
+        rec = await attestations.get(req.path)
+    except RpcError as exc:
+        status = "not_found" if exc.code == grpc.StatusCode.NOT_FOUND else "invalid"
+        return FileBlock(req.id, status, reason=str(exc))
+    return _slice(req, rec.envelope, length, "the attestation")
+
+
+async def answer(
+    plane: Plane,
+    device_id: str,
+    payload: bytes,
+    block_bytes: int,
+    attestations: AttestationLookup | None = None,
+) -> FileBlock:
+    """The response to one request from `device_id` (the topic's, so the broker's word).
+
+    `attestations`: the lookup attestation requests are served from (one per responder,
+    for its cache); a fresh one when not given."""
     try:
         req = FileRequest.decode(payload)
     except FileBlockError as exc:
@@ -102,13 +135,9 @@ async def answer(plane: Plane, device_id: str, payload: bytes, block_bytes: int)
         return FileBlock(req.id, "forbidden", reason=f"device {device_id!r} is revoked")
     length = min(req.length, block_bytes)
     if req.kind == "desired":
-        envelope = plane.desired_state(device)
-        if req.offset > len(envelope):
-            return FileBlock(
-                req.id, "invalid", reason=f"offset {req.offset} is past the desired state"
-            )
-        data = envelope[req.offset : req.offset + length]
-        return FileBlock(req.id, "ok", offset=req.offset, total=len(envelope), data=data)
+        return _slice(req, plane.desired_state(device), length, "the desired state")
+    if req.kind == "attestation":
+        return await _attestation(attestations or AttestationLookup(plane), req, length)
     base = plane.tuf.metadata_dir if req.kind == "metadata" else plane.tuf.targets_dir
     try:
         path = resolve_repo_path(base, req.path)
@@ -142,6 +171,7 @@ class FileResponder:
         self.per_device_pending = per_device_pending
         self.expiry_s = expiry_s
         self.counters: collections.Counter[str] = collections.Counter()
+        self.attestations = AttestationLookup(plane)
         self._pending: collections.Counter[str] = collections.Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -208,7 +238,9 @@ class FileResponder:
     async def _serve(self, device_id: str, payload: bytes) -> None:
         try:
             try:
-                block = await answer(self.plane, device_id, payload, self.block_bytes)
+                block = await answer(
+                    self.plane, device_id, payload, self.block_bytes, self.attestations
+                )
             except Exception as exc:  # a store outage or a bug: refuse, keep serving
                 log.exception("file request from %s failed", device_id)
                 block = FileBlock(_salvage_id(payload), "error", reason=type(exc).__name__)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from cloud.server.file_responder import answer
 from cloud.testing import RunningPlane, running_plane
 from protos.file_blocks import (
+    KINDS,
     MAX_BLOCK_BYTES,
     FileBlock,
     FileBlockError,
@@ -31,7 +32,7 @@ def test_the_request_decoder_refuses_garbage_with_its_own_error(raw: bytes) -> N
         req = FileRequest.decode(raw)
     except FileBlockError:
         return
-    assert req.kind in ("metadata", "target", "desired")  # what got through is valid
+    assert req.kind in KINDS  # what got through is valid
 
 
 _json_values = st.recursive(
@@ -53,6 +54,31 @@ def test_the_request_decoder_checks_every_field_of_json_objects(doc: dict[str, o
         assert str(exc)
         return
     assert 1 <= req.length <= MAX_BLOCK_BYTES and req.offset >= 0
+    assert FileRequest.decode(req.encode()) == req
+
+
+_HEX = "0123456789abcdef"
+
+
+@given(
+    st.one_of(
+        st.text(max_size=80),
+        st.text(_HEX, min_size=64, max_size=64),
+        st.text(_HEX + "ABCDEF", min_size=63, max_size=65),
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_an_attestation_request_names_a_sha256_and_nothing_else(path: str) -> None:
+    doc = {"id": "0123456789abcdef", "kind": "attestation", "path": path, "offset": 0}
+    raw = json.dumps(doc | {"length": 4096}).encode()
+    is_digest = len(path) == 64 and all(c in _HEX for c in path)
+    try:
+        req = FileRequest.decode(raw)
+    except FileBlockError as exc:
+        assert not is_digest
+        assert "sha256 of policy.onnx" in str(exc) or "path" in str(exc), exc
+        return
+    assert is_digest and req.path == path
     assert FileRequest.decode(req.encode()) == req
 
 
@@ -114,6 +140,19 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlane]:
         yield p
 
 
+@pytest.fixture(scope="module")
+def attested(plane: RunningPlane, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bytes]:
+    """(policy.onnx sha256, envelope) of a bundle with a stored parity attestation."""
+    from runtime.bundle import verify_bundle
+    from runtime.trust import TrustStore
+    from tests.attest.test_service import _attest, _bundle, _store
+
+    bdir = _bundle(tmp_path_factory.mktemp("attested"), plane.home, "blocks")
+    raw = _attest(plane.home, bdir)
+    _store(plane, raw)
+    return verify_bundle(bdir, TrustStore(plane.home.trust)).policy_sha256, raw
+
+
 def _ask(plane: RunningPlane, device: str, payload: bytes | dict[str, object]) -> FileBlock:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     assert plane.control.plane is not None
@@ -166,6 +205,11 @@ def test_the_plane_serves_bounded_blocks_of_the_files_fetchfile_serves(
         (_req(path="no-such.json"), "not_found", "no such file"),
         (_req(kind="target", path="bundles"), "not_found", "not a file"),
         (_req(kind="desired", path="1.root.json"), "invalid", "no path"),
+        (_req(kind="attestation", path=""), "invalid", "a path of 1-"),
+        (_req(kind="attestation", path="xyz"), "invalid", "64 lowercase hex"),
+        (_req(kind="attestation", path="AB" * 32), "invalid", "64 lowercase hex"),
+        (_req(kind="attestation", path="../" + "0" * 61), "invalid", "64 lowercase hex"),
+        (_req(kind="attestation", path="0" * 64), "not_found", "no parity attestation"),
     ],
 )
 def test_hostile_requests_are_refused_with_a_specific_reason(
@@ -189,10 +233,37 @@ def test_a_symlink_out_of_the_repository_is_refused(plane: RunningPlane, tmp_pat
     assert got.status == "invalid" and "leaves the repository" in got.reason
 
 
-def test_unknown_and_revoked_devices_are_refused(plane: RunningPlane) -> None:
+def test_unknown_and_revoked_devices_are_refused(
+    plane: RunningPlane, attested: tuple[str, bytes]
+) -> None:
     for device, says in (("robot-unknown", "not registered"), ("robot-gone", "revoked")):
-        got = _ask(plane, device, _req())
-        assert got.status == "forbidden" and says in got.reason, got
+        for req in (_req(), _req(kind="attestation", path=attested[0])):
+            got = _ask(plane, device, req)
+            assert got.status == "forbidden" and says in got.reason, got
+            assert got.data == b""
+
+
+def test_the_plane_serves_the_attestation_getattestation_serves(
+    plane: RunningPlane, attested: tuple[str, bytes]
+) -> None:
+    from protos import attestation_pb2, attestation_pb2_grpc
+
+    digest, raw = attested
+    with plane.channel(plane.device("robot-att-grpc")) as ch:
+        reply = attestation_pb2_grpc.AttestationServiceStub(ch).GetAttestation(  # type: ignore[no-untyped-call]
+            attestation_pb2.GetAttestationRequest(subject_sha256=digest)
+        )
+    assert reply.envelope.dsse_json == raw
+    got = _ask(plane, "robot-1", _req(kind="attestation", path=digest, length=1 << 20))
+    assert (got.status, got.offset, got.total) == ("ok", 0, len(raw))
+    assert got.data == raw[:4096]  # capped at the block size like every other file
+    whole = b"".join(
+        _ask(plane, "robot-1", _req(kind="attestation", path=digest, offset=at, length=4096)).data
+        for at in range(0, len(raw), 4096)
+    )
+    assert whole == reply.envelope.dsse_json
+    past = _ask(plane, "robot-1", _req(kind="attestation", path=digest, offset=len(raw) + 1))
+    assert past.status == "invalid" and "past the attestation" in past.reason
 
 
 def test_a_responder_that_cannot_start_stops_the_plane_only_when_asked_for(

@@ -7,6 +7,11 @@ closed port.
   plane's gRPC port updates to COMMITTED over MQTT, and says so in its events;
 - a block with wrong bytes from the transport is refused and fetched again; when
   every answer is garbled the download fails and nothing is kept;
+- a robot that requires parity attestation fetches it over MQTT too: an attested
+  bundle commits, a bundle without one is refused with the reason gRPC gives
+  (``missing``), and an attestation forged or garbled in transit is refused;
+- an agent restarted before activation asks gRPC for the attestation first, MQTT
+  only when the plane's gRPC port is unreachable;
 - a device can neither ask through nor read another device's file topics (ACL);
 - hostile requests over the broker get specific refusals and the responder keeps
   serving.
@@ -14,7 +19,9 @@ closed port.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import random
 import socket
@@ -26,17 +33,22 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud.cli import cloud
 from cloud.home import init_home
 from cloud.server.file_responder import FileResponder
 from cloud.store import EventRecord
 from cloud.testing import RunningPlane, running_plane
+from fleet import attestation as fa
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles
-from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError
+from fleet.mqtt_fetch import MqttBlockClient, MqttFetcher, MqttFetchError, attestation_fetcher
 from fleet.tuf_client import TufClient, TufClientError
 from protos.file_blocks import FileBlock, FileRequest, request_topic, response_topic
+from runtime.bundle import verify_bundle
 from runtime.layout import RobotLayout
+from runtime.trust import TrustStore
+from tests.attest.test_service import _attest, _store
 from tests.fleet.test_agent_e2e import Robot, _bundle, _make_root, _spawn
 from tests.servers import Mosquitto, free_port, run_mosquitto, wait_until
 
@@ -152,6 +164,115 @@ def test_a_block_with_wrong_bytes_is_refused_and_fetched_again(env: Env, tmp_pat
         with pytest.raises(TufClientError, match="do not match its signed sha256"):
             view.download(target2)
         assert not (tmp_path / "agent2" / "downloads" / f"{target2.sha256}.efb").exists()
+
+
+class Tampering(MqttBlockClient):
+    """A link that hands the robot `replace(bytes)` instead of each attestation block."""
+
+    def __init__(self, *args: Any, replace: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.replace = replace
+
+    def request(self, kind: str, path: str, offset: int, length: int) -> FileBlock:
+        block = super().request(kind, path, offset, length)
+        if kind != "attestation":
+            return block
+        data = self.replace(block.data)
+        return FileBlock(block.id, block.status, block.offset, len(data), data)
+
+
+def _flip_payload(data: bytes) -> bytes:
+    """The envelope with one character of its signed payload's base64 changed."""
+    doc = json.loads(data)
+    p = doc["payload"]
+    doc["payload"] = p[:40] + ("A" if p[40] != "A" else "B") + p[41:]
+    return json.dumps(doc).encode()
+
+
+def _resigned(data: bytes) -> bytes:
+    """The same statement signed by a key the robot does not trust (a forgery)."""
+    from cloud.attest import statement
+
+    stmt = json.loads(base64.b64decode(json.loads(data)["payload"]))
+    forger = statement.AttestationKey(ed25519.Ed25519PrivateKey.generate())
+    return statement.envelope_bytes(statement.sign_statement(stmt, forger))
+
+
+def test_the_attestation_over_mqtt_gets_the_verdict_grpc_gets(env: Env, tmp_path: Path) -> None:
+    from tests.attest.test_service import _bundle as attest_bundle
+
+    home = env.plane.home
+    trust = TrustStore(home.trust)
+    signed = verify_bundle(attest_bundle(tmp_path, home, "mqtt-att", 1.3), trust)
+    envelope = _attest(home, tmp_path / "mqtt-att")
+    _store(env.plane, envelope)
+    bare = verify_bundle(attest_bundle(tmp_path, home, "mqtt-bare", 0.4), trust)
+    required = fa.AttestationPolicy(require_parity_attestation=True)
+
+    def decide(fetch: Any, vb: Any) -> fa.ActivationDecision:
+        return fa.check_activation(
+            required,
+            policy_sha256=vb.policy_sha256,
+            root_digest=vb.root_digest,
+            fetch=fetch,
+            trusted_keys=trust.public_keys("attestation"),
+        )
+
+    creds = env.plane.device("robot-att-grpc")
+    with env.device("robot-att-mqtt") as t, env.plane.channel(creds) as ch:
+        over_mqtt = attestation_fetcher(MqttBlockClient(t, "robot-att-mqtt", timeout_s=5))
+        over_grpc = fa.grpc_fetcher(ch)
+        assert over_mqtt(signed.policy_sha256) == over_grpc(signed.policy_sha256) == envelope
+        for vb, reason in ((signed, "attested"), (bare, "missing")):
+            got, want = decide(over_mqtt, vb), decide(over_grpc, vb)
+            assert (got.allowed, got.reason) == (want.allowed, want.reason), (got, want)
+            assert got.reason == reason, got.message
+
+        # Nothing the transport says is believed: the verifier refuses what it altered.
+        for replace, reason in (
+            (_resigned, "untrusted_key"),
+            (_flip_payload, "bad_signature"),
+            (lambda d: d[: len(d) // 2], "malformed"),
+            (lambda d: b"\x00" * len(d), "malformed"),
+        ):
+            tampered = Tampering(t, "robot-att-mqtt", timeout_s=5, replace=replace)
+            got = decide(attestation_fetcher(tampered), signed)
+            assert (got.allowed, got.reason) == (False, reason), got.message
+
+
+def test_a_restarted_agent_asks_grpc_first_and_mqtt_only_when_grpc_is_unreachable(
+    env: Env, tmp_path: Path
+) -> None:
+    import grpc
+
+    from tests.attest.test_service import _bundle as attest_bundle
+
+    home = env.plane.home
+    vb = verify_bundle(attest_bundle(tmp_path, home, "fallback", 1.7), TrustStore(home.trust))
+    envelope = _attest(home, tmp_path / "fallback")
+    _store(env.plane, envelope)
+    creds = env.plane.device("robot-fallback-grpc")
+    asked: list[str] = []
+
+    def never(digest: str) -> bytes | None:
+        asked.append(digest)
+        raise AssertionError("gRPC answered: the fallback is not asked")
+
+    with env.device("robot-fallback") as t, env.plane.channel(creds) as live:
+        over_mqtt = attestation_fetcher(MqttBlockClient(t, "robot-fallback", timeout_s=5))
+        up = fa.grpc_fetcher_with_fallback(live, never, 5.0)
+        assert up(vb.policy_sha256) == envelope
+        assert up("0" * 64) is None  # NOT_FOUND is the plane's answer, not a dead link
+        with pytest.raises(grpc.RpcError) as bad:
+            up("xyz")
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and not asked
+        closed = grpc.secure_channel(f"127.0.0.1:{free_port()}", creds.grpc_credentials())
+        with closed:
+            served = env.responder.counters["ok"]
+            down = fa.grpc_fetcher_with_fallback(closed, over_mqtt, 2.0)
+            assert down(vb.policy_sha256) == envelope
+            assert env.responder.counters["ok"] > served  # it came over MQTT
+            assert down("0" * 64) is None  # and "none" over MQTT is None too
 
 
 def test_a_device_cannot_fetch_through_another_devices_topics(env: Env) -> None:
@@ -271,13 +392,15 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
     root = tmp / device
     _make_root(plane, root, device, env.broker.port)
     layout = RobotLayout.at(root)
+    # Activation waits on a verified parity attestation, fetched over MQTT too.
+    TrustStore(layout.trust).add("attestation", plane.home.key_path("attestation").read_bytes())
     closed_port = _port_outside_ephemeral_range()
     closed = f"127.0.0.1:{closed_port}"  # nothing listens: gRPC is UNAVAILABLE
     text = layout.agent_config.read_text().replace(f'"{plane.address}"', f'"{closed}"')
     layout.agent_config.write_text(
         text + "grpc_probe_timeout_s = 2.0\nmqtt_fetch_timeout_s = 5.0\nupload_recordings = false\n"
         # A hint sent before the agent's first connection has no session to wait in.
-        "desired_state_poll_s = 2.0\n"
+        "desired_state_poll_s = 2.0\nrequire_parity_attestation = true\n"
     )
     (tmp / device).mkdir(exist_ok=True)
     first = _bundle(tmp / device, plane, "1.0.0", 1)  # installed at flash, never published
@@ -288,11 +411,16 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
         wait_until(layout.runtime_socket.exists, 60, "runtime socket")
         robot.agent = _spawn(["--log-level", "info", "agent", "run", "--root", str(root)], log)
         good = _bundle(tmp, plane, "2.0.0", 10)
-        args = ["push", str(good), "--home", str(plane.home.root), "--json", "--device", device]
-        res = CliRunner().invoke(
-            cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
-        )
-        assert res.exit_code == 0, res.output
+        _store(plane, _attest(plane.home, good))
+
+        def push(bundle: Path) -> None:
+            args = ["push", str(bundle), "--home", str(plane.home.root), "--device", device]
+            res = CliRunner().invoke(
+                cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
+            )
+            assert res.exit_code == 0, res.output
+
+        push(good)
 
         def events() -> list[EventRecord]:
             return plane.store.events(device, kind="update")
@@ -311,20 +439,35 @@ def test_a_robot_whose_grpc_port_is_closed_updates_over_mqtt_alone(env: Env) -> 
         assert "blocks" in details["STAGING"], details
         assert "fetching updates over MQTT" in log.read_text()
         assert env.responder.counters["ok"] > 0
+        # The update's own transport, not the fallback for a restarted agent:
+        assert "parity attestation: the plane's gRPC" not in log.read_text()
+
+        # No attestation for the next bundle: refused before activation, with the
+        # reason gRPC gives (`missing`), and the attested one keeps running.
+        push(_bundle(tmp, plane, "2.0.5", 11, seed=3))  # its own policy.onnx
+
+        def refused() -> list[EventRecord]:
+            return [e for e in events() if e.reason_code == "ATTESTATION_INVALID"]
+
+        try:
+            wait_until(lambda: bool(refused()), 150, "the attestation refusal")
+        except TimeoutError:
+            pytest.fail(
+                f"{[(e.state, e.reason_code) for e in events()]}\n{log.read_text()[-4000:]}"
+            )
+        assert refused()[0].state == "FAILED" and refused()[0].detail.startswith("missing:")
+        assert robot.active_version() == "2.0.0" and robot.counter() == 10
 
         # The link to the plane's gRPC port comes back: the next update uses it.
         relay = Forwarder(closed_port, plane.port)
         try:
             wait_until(lambda: "answers again: back to gRPC" in log.read_text(), 60, "gRPC")
             served = env.responder.counters["ok"]
-            newer = _bundle(tmp, plane, "2.1.0", 11)
-            args = ["push", str(newer), "--home", str(plane.home.root), "--device", device]
-            res = CliRunner().invoke(
-                cloud, [*args, "--broker-url", f"mqtts://127.0.0.1:{env.broker.port}"]
-            )
-            assert res.exit_code == 0, res.output
+            newer = _bundle(tmp, plane, "2.1.0", 12, seed=5)
+            _store(plane, _attest(plane.home, newer))
+            push(newer)
             try:
-                wait_until(lambda: robot.counter() == 11, 150, "the commit over gRPC")
+                wait_until(lambda: robot.counter() == 12, 150, "the commit over gRPC")
             except TimeoutError:
                 pytest.fail(f"{[(e.state, e.detail) for e in events()]}\n{log.read_text()[-4000:]}")
             wait_until(lambda: events()[-1].state == "COMMITTED", 30, "COMMITTED")

@@ -14,11 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
+import pytest
 from click.testing import CliRunner
 
 from cloud.store import EventRecord
 from cloud.testing import RunningPlane, running_plane
 from edgeflux.cli import root as cli_root
+from protos import admin_pb2, admin_pb2_grpc, common_pb2
 from tests.cloud.conftest import make_bundle
 from tests.rollouts.attestations import attest
 from tests.servers import wait_until
@@ -169,4 +172,16 @@ def test_a_bad_max_held_is_refused_by_name(tmp_path: Path) -> None:
         res = cli(p, "create", f"{NAME}@1.0.0", "--label", "group=bad", "--max-held", "soon")
         assert res.exit_code == 2 and "--max-held" in res.output and "'soon'" in res.output
         assert "Traceback" not in res.output
+        with p.channel(p.operator()) as ch:  # the admin API refuses one the CLI would not send
+            stub = admin_pb2_grpc.FleetAdminServiceStub(ch)
+            for bad in (-5.0, float("nan"), float("inf")):
+                req = admin_pb2.CreateRolloutRequest(
+                    bundle=common_pb2.BundleRef(name=NAME, version="1.0.0"),
+                    label_selector="group=bad",
+                    max_held_s=bad,
+                )
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.CreateRollout(req, timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "max_held_s" in (err.value.details() or "")
         assert p.store.list_rollouts() == []

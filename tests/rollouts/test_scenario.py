@@ -513,11 +513,21 @@ def test_held_robots_stage_and_switch_only_once_released(world: World) -> None:
         states = [e.state for e in world.store.events(d, kind="update", limit=50)]
         assert "STAGING" in states and "SHADOWING" in states  # downloaded and staged
         assert world.running(d) == "1.0.0"  # not switched
+
+    def listed() -> bool:
+        return {o.device_id for o in world.get(r.id).waves[0].held} == {locked, outside}
+
+    wait_until(listed, 30, "the plane to list both robots as held")
     got = world.get(r.id)
     assert got.state == "running" and got.waves[0].failed == 0  # a hold is no failure
+    held = {o.device_id: o for o in got.waves[0].held}
+    assert held[locked].reason_code == "UPDATE_LOCKED" and "picking" in held[locked].detail
+    assert held[outside].reason_code == "OUTSIDE_WINDOW"
     shown = asyncio.run(console_view(world, r.id, wave=0))
-    live = {row[0]: row[4] for row in shown["devices"]}
-    assert live[locked] == "HELD (UPDATE_LOCKED)" and live[outside] == "HELD (OUTSIDE_WINDOW)"
+    live = {row[0]: row for row in shown["devices"]}
+    assert live[locked][1] == "HELD" and live[locked][4] == "HELD (UPDATE_LOCKED)"
+    assert live[outside][1] == "HELD" and live[outside][4] == "HELD (OUTSIDE_WINDOW)"
+    assert f"held {locked}: UPDATE_LOCKED: held by 'picking'" in shown["gates"]
 
     with world.behaviour.lock:
         del world.behaviour.holds[outside]  # the window opened

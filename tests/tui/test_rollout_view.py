@@ -79,6 +79,7 @@ def test_soak_figures_joined_skipped_and_the_external_check() -> None:
     w0.soak_figures.add(group="not yet updated", devices=1, reporting=1, miss_rate=0.0)
     w0.joined.append("b")
     w0.skipped.add(device_id="z", outcome="SKIPPED", reason_code="OFFLINE", detail="offline 10m")
+    w0.held.add(device_id="a", outcome="HELD", reason_code="UPDATE_LOCKED", detail="mid-task")
     w0.approval_check = "allow from https://ci.example/gate (200 in 0.1 s)"
     r.approval_url = "https://ci.example/gate"
     r.abort_min_robots = 5
@@ -87,11 +88,13 @@ def test_soak_figures_joined_skipped_and_the_external_check() -> None:
     rows = soak_rows(w0)
     assert rows[0] == ("wave 0: wave", "2", "2", "0.0500", "0.00", "0.00", "0.00", "0.12")
     assert rows[1][0] == "wave 0: not yet updated" and rows[1][-1] == "—"
-    assert wave_devices(w0) == "2 (+1 joined, 1 skipped)"
+    assert wave_devices(w0) == "2 (+1 joined, 1 held, 1 skipped)"
     text = "\n".join(gate_lines(r, w0))
     assert "external approval check https://ci.example/gate" in text
     assert "once 5 were dispatched" in text
     assert "external check: allow from https://ci.example/gate" in text
     assert "skipped z: OFFLINE: offline 10m" in text
+    assert "held a: UPDATE_LOCKED: mid-task" in text
     by_id = {row[0]: row for row in device_rows(w0, lambda d: None)}
     assert by_id["b"][2].startswith("joined while the rollout ran")
+    assert by_id["a"][1] == "ROLLED_BACK"  # a terminal outcome wins over an earlier hold
