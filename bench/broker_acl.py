@@ -50,14 +50,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloud.broker_config import (
-    DEFAULT_PLUGIN,
-    BrokerConfig,
-    device_grantee,
-    render_acl,
-    write_broker_config,
-)
-from cloud.broker_dynsec import ADMIN_IDENTITY, add_device_commands, send_commands
+from cloud.broker_config import BrokerConfig, render_acl, write_broker_config
+from cloud.broker_dynsec import ADMIN_IDENTITY, DEFAULT_PLUGIN, add_device_commands, send_commands
+from cloud.broker_grants import device_grantee
 from cloud.pki import FleetCA
 from tests.servers import Mosquitto, free_port, run_mosquitto
 

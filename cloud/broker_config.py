@@ -9,7 +9,10 @@ What it writes:
   claim another identity, another role, nor take over another's session;
   ``allow_anonymous false``; an optional CRL so a revoked device is refused at the
   handshake;
-- an ACL file naming every identity by its exact subject: a device
+- every identity's rights, named by its exact subject, in the document of Mosquitto's
+  dynamic-security plugin (``--authz dynsec``, the default: a refused subscription is
+  answered 0x87, rights change without a reload) or in an ACL file (``--authz
+  acl-file``): a device
   (``O=EdgeFlux fleet,OU=device,CN=<id>``) may publish only its own ``telemetry``,
   ``events`` and ``state`` and read only its own ``updates``; the ingest
   identities (``edgeflux-ingest``, more with ``--ingest-identity``, ``OU=service``)
@@ -40,8 +43,14 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cloud.broker_dynsec import DEFAULT_PLUGIN
+from cloud.broker_grants import (
+    Grantee,
+    device_grantee,
+    service_grantees,
+)
 from cloud.home import FILES_IDENTITY, INGEST_IDENTITY, PUBLISHER_IDENTITY
-from cloud.pki import ID_PATTERN, RESERVED_PREFIX, broker_username, subject_for
+from cloud.pki import ID_PATTERN, RESERVED_PREFIX, subject_for
 
 if TYPE_CHECKING:
     from cloud.home import CloudHome
@@ -61,33 +70,10 @@ __all__ = [
     "write_broker_config",
 ]
 
-PREFIX = "edgeflux/v1/devices"
 AUTHZ = ("acl-file", "dynsec")
-DEFAULT_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
-"""Where Debian's ``mosquitto`` package installs the dynamic-security plugin."""
 # The plane's MQTT clients have certificates of their own (cloud.home.service_identity):
 # ingest and the hint publisher. Names starting with "edgeflux" are reserved for them.
 _IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-# What each role may do, as (access, topic kind) under PREFIX. A device's grants are on
-# its own topics only; the plane's are on every device's (``+``).
-DEVICE_GRANTS: tuple[tuple[str, str], ...] = (
-    ("write", "telemetry"),
-    ("write", "events"),
-    ("write", "state"),
-    ("read", "updates"),
-    # Update files in blocks, for a robot that cannot reach the plane's gRPC port.
-    ("write", "files/req"),
-    ("read", "files/resp"),
-)
-INGEST_GRANTS: tuple[tuple[str, str], ...] = (
-    ("read", "telemetry"),
-    ("read", "events"),
-    ("read", "state"),
-)
-PUBLISHER_GRANTS: tuple[tuple[str, str], ...] = (("write", "updates"), ("read", "state"))
-FILES_GRANTS: tuple[tuple[str, str], ...] = (("read", "files/req"), ("write", "files/resp"))
-"""The plane's file responder (``edgeflux-files``, :mod:`cloud.server.file_responder`)."""
 
 
 class BrokerConfigError(ValueError):
@@ -118,10 +104,10 @@ class BrokerConfig:
     """The user Mosquitto drops to when started as root (``user``); None: its default."""
     devices: tuple[str, ...] = ()
     """Every device id the broker accepts (the ACL names each one's subject)."""
-    authz: str = "acl-file"
-    """``acl-file`` (Mosquitto's ``acl_file``) or ``dynsec`` (its dynamic-security
-    plugin: refused subscriptions answered 0x87, rights changed without a reload)."""
-    dynsec_plugin: Path | None = None
+    authz: str = "dynsec"
+    """``dynsec`` (Mosquitto's dynamic-security plugin: refused subscriptions answered
+    0x87, rights changed without a reload) or ``acl-file`` (its ``acl_file``)."""
+    dynsec_plugin: Path | None = DEFAULT_PLUGIN
     """The plugin library (``authz == "dynsec"``)."""
 
     @property
@@ -162,53 +148,6 @@ class BrokerConfig:
                 f"--max-queued-messages {self.max_queued_messages} is below Mosquitto's "
                 "default of 1000; ingest would lose QoS 1 messages while it writes"
             )
-
-
-@dataclass(frozen=True)
-class Grantee:
-    """One broker identity and its topic rights: the single description both the ACL
-    file (:func:`render_acl`) and the dynamic-security document
-    (:mod:`cloud.broker_dynsec`) are generated from."""
-
-    kind: str
-    """``service`` (the plane's own clients) or ``device``."""
-    name: str
-    grants: tuple[tuple[str, str], ...]
-    """(``read`` | ``write``, topic kind) pairs under :data:`PREFIX`."""
-    scope: str
-    """The device level of its topics: its own id for a device, ``+`` for the plane."""
-
-    @property
-    def username(self) -> str:
-        return broker_username(subject_for(self.kind, self.name))
-
-    def topics(self) -> list[tuple[str, str]]:
-        """(access, full topic filter) for each grant."""
-        return [(access, f"{PREFIX}/{self.scope}/{what}") for access, what in self.grants]
-
-
-def service_grantees(
-    ingest_identities: tuple[str, ...],
-    publisher_identity: str,
-    files_identity: str = FILES_IDENTITY,
-) -> list[Grantee]:
-    """The plane's identities: ingest reads every device's uplink, push writes hints,
-    files answers block requests."""
-    out = []
-    for ident in dict.fromkeys(ingest_identities):
-        grants = list(INGEST_GRANTS)
-        if ident == publisher_identity:
-            grants += [g for g in PUBLISHER_GRANTS if g not in grants]
-        out.append(Grantee("service", ident, tuple(grants), "+"))
-    if publisher_identity not in ingest_identities:
-        out.append(Grantee("service", publisher_identity, PUBLISHER_GRANTS, "+"))
-    out.append(Grantee("service", files_identity, FILES_GRANTS, "+"))
-    return out
-
-
-def device_grantee(device: str) -> Grantee:
-    """A device: publish only under its own id, read only its own downlink."""
-    return Grantee("device", device, DEVICE_GRANTS, device)
 
 
 def _block(g: Grantee) -> list[str]:
@@ -410,7 +349,7 @@ def _abs(p: str | None) -> Path | None:
 @click.option(
     "--authz",
     type=click.Choice(AUTHZ),
-    default="acl-file",
+    default="dynsec",
     show_default=True,
     help="How the broker authorises: `acl-file` (Mosquitto's acl_file: every subscription "
     "is answered granted and filtered at delivery; device add/revoke reload the broker) or "

@@ -9,7 +9,7 @@ it delivers; the plugin refuses a subscription it does not allow (MQTT 5 reason 
 The document this module writes names every identity by the exact username
 ``use_subject_as_username`` gives its certificate, with one role per identity holding
 the same topic rights the ACL file would (both come from
-:class:`cloud.broker_config.Grantee`). No client has a password: with
+:class:`cloud.broker_grants.Grantee`). No client has a password: with
 ``use_subject_as_username`` the broker takes the username from the verified
 certificate and never asks the plugin to check a password, and ``require_certificate``
 refuses a connection without one at the TLS handshake. A subject the document does not
@@ -30,8 +30,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cloud.broker_config import DEFAULT_PLUGIN, Grantee, device_grantee, service_grantees
+from cloud.broker_grants import Grantee, device_grantee, service_grantees
 from cloud.pki import broker_username, subject_for
+
+DEFAULT_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+"""Where Debian's ``mosquitto`` package installs the dynamic-security plugin."""
 
 __all__ = [
     "ADMIN_IDENTITY",

@@ -194,7 +194,7 @@ def test_device_add_and_revoke_rewrite_the_acl_and_reload_the_broker(tmp_path: P
     out = run(
         "broker-config", "--home", str(home), "--crl", str(home / "pki" / "crl.pem"),
         "--out", str(tmp_path / "mosq"), "--port", str(port), "--bind", "127.0.0.1",
-        "--reload-hook", "pid-file", "--json", *RUN_AS,
+        "--reload-hook", "pid-file", "--json", "--authz", "acl-file", *RUN_AS,
     )  # fmt: skip
     paths = json.loads(out)
     acl = Path(paths["acl"])

@@ -46,7 +46,8 @@ def test_writes_an_mtls_listener_with_identity_acls_and_deep_queues(
     out = tmp_path / "conf"
     devices = ("--device", "robot-1", "--device", "robot-2")
     res = CliRunner().invoke(
-        broker_config, [*_args(pki, out, "--port", "8883", *devices), "--json"]
+        broker_config,
+        [*_args(pki, out, "--port", "8883", *devices), "--json", "--authz", "acl-file"],
     )
     assert res.exit_code == 0, res.output
     paths = json.loads(res.stdout)
@@ -115,7 +116,7 @@ def test_queue_limit_below_the_mosquitto_default_is_refused(pki: Pki, tmp_path: 
 
 
 def test_dynsec_loads_the_plugin_with_a_document_and_no_acl_file(pki: Pki, tmp_path: Path) -> None:
-    from cloud.broker_config import DEFAULT_PLUGIN
+    from cloud.broker_dynsec import DEFAULT_PLUGIN
 
     plugin = tmp_path / "plugin.so"
     plugin.write_bytes(b"")  # only its path is written; the broker test loads the real one

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cloud.broker_config import DEFAULT_PLUGIN, render_acl
-from cloud.broker_dynsec import dynsec_document
+from cloud.broker_config import render_acl
+from cloud.broker_dynsec import DEFAULT_PLUGIN, dynsec_document
 from cloud.cli import cloud
 from cloud.home import CloudHome
 from tests.servers import Mosquitto, free_port, missing_service, run_mosquitto, wait_until

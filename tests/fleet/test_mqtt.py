@@ -16,7 +16,7 @@ import pytest
 
 from fleet.mqtt import MqttSettings, MqttTransport, TlsFiles, parse_topic, topic
 from protos import telemetry_pb2
-from tests.fleet.conftest import INGEST, PUBLISHER, REVOKED, Pki
+from tests.fleet.conftest import INGEST, PUBLISHER, REVOKED, Pki, tls_broker
 from tests.servers import Mosquitto, wait_until
 
 pytestmark = pytest.mark.services
@@ -112,7 +112,14 @@ def test_device_cannot_publish_under_another_devices_id(pki: Pki, broker: Mosqui
         assert b"forged" not in inbox.payloads()
 
 
-def test_device_cannot_read_another_devices_updates(pki: Pki, broker: Mosquitto) -> None:
+def test_device_cannot_read_another_devices_updates(pki: Pki, tmp_path: Path) -> None:
+    """Under `--authz acl-file` a wildcard subscription is granted and filtered at
+    delivery (under the default, dynsec, it is refused: tests/fleet/test_broker_dynsec.py)."""
+    with tls_broker(pki, tmp_path / "broker", authz="acl-file") as broker:
+        _cannot_read_another_devices_updates(pki, broker)
+
+
+def _cannot_read_another_devices_updates(pki: Pki, broker: Mosquitto) -> None:
     inbox = Inbox()
     with client(pki, broker, PUBLISHER) as plane, client(pki, broker, "robot-1") as dev:
         _subscribe_and_wait(
