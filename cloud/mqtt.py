@@ -194,6 +194,7 @@ class CloudMqtt:
             deadline = time.monotonic() + min(timeout_s, 3.0)
             while not self._refused.is_set() and time.monotonic() < deadline:
                 if self._connected.wait(0.02):
+                    self._await_subacks(timeout_s)
                     return
             # A 3.1.1-only broker refuses (or drops) an MQTT 5 CONNECT: speak 3.1.1.
             log.info(
@@ -216,6 +217,25 @@ class CloudMqtt:
                 f"MQTT broker {s.host}:{s.port} did not accept {s.client_id!r} within "
                 f"{timeout_s:.0f} s: {self.last_error or 'no CONNACK'}"
             )
+        self._await_subacks(timeout_s)
+
+    def _await_subacks(self, timeout_s: float) -> None:
+        """Return once the broker answered every subscription sent on connect: a
+        message published after :meth:`start` then reaches this client even on its
+        first connection, when there is no session yet that would have queued it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._sub_mids:
+                    return
+            time.sleep(0.005)
+        log.warning(
+            "MQTT broker %s:%d has not answered %s's subscriptions within %.0f s",
+            self.settings.host,
+            self.settings.port,
+            self.settings.client_id,
+            timeout_s,
+        )
 
     def _connect(self) -> None:
         s = self.settings
