@@ -14,7 +14,7 @@ from cloud.store._base import StoreBase, as_utc, utcnow
 from cloud.store.errors import ConflictError
 from cloud.store.models import Device, TelemetryBatch, TelemetryPoint, table
 from cloud.store.telemetry_partitions import retention_start
-from protos.lifecycle import ENDED_STATES
+from protos.lifecycle import ENDED_STATES, UpdateState
 
 __all__ = [
     "RetentionResult",
@@ -45,8 +45,10 @@ def telemetry_update_state(stored: str, sampled: str) -> str:
     Update events are the authority: an update's last word (``ENDED_STATES``, set by its
     event with the reason) stays until the next update event, so a sample taken before
     it, replayed late from the robot's spool, cannot turn FAILED back into SHADOWING.
+    ``HELD`` is kept the same way: its reason (the lock, the window) comes with its
+    event, and a sample taken while shadowing must not pair SHADOWING with it.
     """
-    if not sampled or stored in ENDED_STATES:
+    if not sampled or stored in ENDED_STATES or stored == UpdateState.HELD:
         return stored
     return sampled
 
