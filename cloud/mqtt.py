@@ -36,6 +36,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from protos.mqtt_subacks import Subacks
+
 __all__ = [
     "PREFIX",
     "SHARE_GROUP",
@@ -135,12 +137,10 @@ class CloudMqtt:
         self._manual_ack = manual_ack
         self._clean_session = clean_session
         self._subs: list[str] = []
-        self._sub_mids: dict[int, str] = {}
-        self._early_subacks: dict[int, list[int]] = {}
-        self._on_refused = on_refused
-        self.refused: dict[str, int] = {}
-        """Topic filter → the SUBACK reason code the broker refused it with (last seen)."""
         self.counters: dict[str, int] = {"subscriptions_refused": 0}
+        self._subacks = Subacks(lambda: self.settings.client_id, self.counters, log, on_refused)
+        self.refused = self._subacks.refused
+        """Topic filter → the SUBACK reason code the broker refused it with (last seen)."""
         self._refused_pubs: dict[int, int] = {}
         self._acks: dict[int, threading.Event] = {}
         self._early: set[int] = set()
@@ -206,9 +206,7 @@ class CloudMqtt:
             self.stop()
             self.mqtt5 = False
             self.last_error = ""
-            with self._lock:  # message ids start again with the new client
-                self._sub_mids.clear()
-                self._early_subacks.clear()
+            self._subacks.clear()  # message ids start again with the new client
             self._client = self._make_client()
         self._connect()
         if not self._connected.wait(timeout_s):
@@ -225,9 +223,8 @@ class CloudMqtt:
         first connection, when there is no session yet that would have queued it."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with self._lock:
-                if not self._sub_mids:
-                    return
+            if not self._subacks.waiting():
+                return
             time.sleep(0.005)
         log.warning(
             "MQTT broker %s:%d has not answered %s's subscriptions within %.0f s",
@@ -273,32 +270,7 @@ class CloudMqtt:
 
     def _send_subscribe(self, client: Any, topic_filter: str) -> None:
         _rc, mid = client.subscribe(topic_filter, qos=1)
-        with self._lock:
-            early = self._early_subacks.pop(mid, None)
-            if early is None:
-                self._sub_mids[mid] = topic_filter
-        if early is not None:  # the SUBACK beat us back from paho.subscribe()
-            self._check_suback(topic_filter, early)
-
-    def _check_suback(self, topic_filter: str, codes: list[int]) -> None:
-        for code in codes:
-            if code < 0x80:
-                self.refused.pop(topic_filter, None)
-                continue
-            self.counters["subscriptions_refused"] += 1
-            self.refused[topic_filter] = code
-            log.error(
-                "MQTT %s: the broker refused the subscription to %s with reason code "
-                "0x%02X; nothing will be received on it (is this identity in the broker's ACL?)",
-                self.settings.client_id,
-                topic_filter,
-                code,
-            )
-            if self._on_refused is not None:
-                try:
-                    self._on_refused(topic_filter, code)
-                except Exception:
-                    log.exception("on_refused hook failed")
+        self._subacks.sent(mid, topic_filter)
 
     def publish(
         self,
@@ -366,13 +338,7 @@ class CloudMqtt:
         self._connected.clear()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        codes = [int(getattr(r, "value", r)) for r in reasons]
-        with self._lock:
-            topic_filter = self._sub_mids.pop(mid, None)
-            if topic_filter is None:
-                self._early_subacks[mid] = codes
-        if topic_filter is not None:
-            self._check_suback(topic_filter, codes)
+        self._subacks.answered(mid, [int(getattr(r, "value", r)) for r in reasons])
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         code = int(getattr(reason, "value", reason))

@@ -55,6 +55,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from protos.mqtt_subacks import Subacks
+
 __all__ = [
     "KINDS",
     "NEVER_EXPIRES",
@@ -185,8 +187,6 @@ class MqttTransport:
         self._limits: dict[str, int] = {}  # per-filter incoming caps above the default
         self._acks: dict[int, Callable[[], None]] = {}
         self._early: dict[int, bool] = {}  # PUBACKs that beat publish(): accepted?
-        self._sub_mids: dict[int, str] = {}
-        self._early_subacks: dict[int, list[int]] = {}
         self._connack: int | None = None  # this attempt's CONNACK code, None: none yet
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -200,7 +200,8 @@ class MqttTransport:
             "subscriptions_refused": 0,
             "publishes_refused": 0,
         }
-        self.refused: dict[str, int] = {}
+        self._subacks = Subacks(lambda: self.client_id, self.counters, log)
+        self.refused = self._subacks.refused
         """Topic filter → the SUBACK reason code the broker refused it with (last seen)."""
         self.last_error = ""
         if settings.tls is not None:
@@ -286,8 +287,7 @@ class MqttTransport:
         with self._lock:  # message ids start again with the new client
             self._acks.clear()
             self._early.clear()
-            self._sub_mids.clear()
-            self._early_subacks.clear()
+        self._subacks.clear()
         self._client = self._make_client()
 
     # ---- lifecycle
@@ -369,27 +369,7 @@ class MqttTransport:
 
     def _send_subscribe(self, client: Any, topic_filter: str) -> None:
         _rc, mid = client.subscribe(topic_filter, qos=1)
-        with self._lock:
-            early = self._early_subacks.pop(mid, None)
-            if early is None:
-                self._sub_mids[mid] = topic_filter
-        if early is not None:  # the SUBACK beat us back from paho.subscribe()
-            self._check_suback(topic_filter, early)
-
-    def _check_suback(self, topic_filter: str, codes: list[int]) -> None:
-        for code in codes:
-            if code < 0x80:
-                self.refused.pop(topic_filter, None)
-                continue
-            self.counters["subscriptions_refused"] += 1
-            self.refused[topic_filter] = code
-            log.error(
-                "MQTT %s: the broker refused the subscription to %s with reason code "
-                "0x%02X; nothing will be received on it (is this identity in the broker's ACL?)",
-                self.client_id,
-                topic_filter,
-                code,
-            )
+        self._subacks.sent(mid, topic_filter)
 
     # ---- paho callbacks (network thread)
 
@@ -430,13 +410,7 @@ class MqttTransport:
         self._connected.clear()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        codes = [_code(r) for r in reasons]
-        with self._lock:
-            topic_filter = self._sub_mids.pop(mid, None)
-            if topic_filter is None:
-                self._early_subacks[mid] = codes
-        if topic_filter is not None:
-            self._check_suback(topic_filter, codes)
+        self._subacks.answered(mid, [_code(r) for r in reasons])
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         accepted = _code(reason) < 0x80

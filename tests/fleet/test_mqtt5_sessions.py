@@ -41,8 +41,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def _subacked(t: MqttTransport) -> bool:
     """No subscription of `t` still waits for its SUBACK."""
-    with t._lock:
-        return not t._sub_mids
+    return not t._subacks.waiting()
 
 
 def _robot(pki: Pki, port: int, name: str = "robot-1") -> MqttTransport:
