@@ -82,6 +82,22 @@ class Fleet:
     def update_events(self, device: str) -> list[tuple[str, str]]:
         return [(e.state, e.reason_code) for e in self.plane.store.events(device, kind="update")]
 
+    def rollout_story(self, rollout_id: str) -> str:
+        """The rollout's waves and history and its devices' update events, for a failure."""
+        rec = self.plane.store.get_rollout(rollout_id)
+        if rec is None:
+            return f"no rollout {rollout_id}"
+        waves = rec.status.get("waves")
+        devices = sorted({d for w in waves or [] for d in w.get("device_ids", [])})
+        events = {
+            d: [
+                (e.at.isoformat(timespec="milliseconds"), e.state, e.reason_code, e.bundle)
+                for e in self.plane.store.events(d, kind="update", limit=12)
+            ]
+            for d in devices
+        }
+        return f"{rollout_id} {rec.state}: {json.dumps(rec.status, default=str)}\n{events}"
+
     def logs(self) -> str:
         return "\n".join(f"--- {r.id}\n{r.log.read_text()[-2500:]}" for r in self.robots)
 
@@ -394,6 +410,19 @@ def test_kill_9_in_every_update_state_ends_on_a_verified_bundle(fleet: Fleet) ->
     assert len(results) == len(PATH)
 
 
+def _dispatched(
+    fleet: Fleet, admin: admin_pb2_grpc.FleetAdminServiceStub, rid: str, device: str, version: str
+) -> bool:
+    """The rollout pointed `device` at `version`; fails the test at once if it paused first."""
+    got = admin.GetRollout(admin_pb2.RolloutId(id=rid), timeout=10)
+    dev = fleet.plane.store.get_device(device)
+    if dev is not None and (dev.desired_bundle or {}).get("version") == version:
+        return True
+    if got.state == "paused":
+        pytest.fail(f"rollout {rid} paused before its wave went out: {got.reason}")
+    return False
+
+
 def test_failure_reasons_reach_rollout_get_and_cloud_devices_intact(fleet: Fleet) -> None:
     """Two rollouts, one robot each: a candidate that diverges in shadow (FAILED,
     SHADOW_DIVERGENCE, judged by the agent) and one that misses every deadline
@@ -430,6 +459,17 @@ def test_failure_reasons_reach_rollout_get_and_cloud_devices_intact(fleet: Fleet
             timeout=10,
         )
         rollouts.append(created.id)
+        # The next case publishes a newer sequence, after which the plane points no robot
+        # at this one (a wave not yet out pauses: "could not be dispatched"): this wave
+        # goes out first.
+        try:
+            wait_until(
+                lambda r=r, rid=created.id, v=rec.version: _dispatched(fleet, admin, rid, r.id, v),  # type: ignore[misc]
+                60,
+                f"rollout {created.id} to point {r.id} at {rec.version}",
+            )
+        except TimeoutError:
+            pytest.fail(fleet.rollout_story(created.id))
 
     def paused(rollout_id: str) -> bool:
         return bool(
@@ -440,7 +480,7 @@ def test_failure_reasons_reach_rollout_get_and_cloud_devices_intact(fleet: Fleet
         for rid in rollouts:
             wait_until(lambda rid=rid: paused(rid), 180, f"rollout {rid} to pause")  # type: ignore[misc]
     except TimeoutError:
-        pytest.fail(f"{[fleet.update_events(r.id) for r, *_ in cases]}\n{fleet.logs()}")
+        pytest.fail(f"{[fleet.rollout_story(rid) for rid in rollouts]}\n{fleet.logs()}")
 
     base = ["--home", str(fleet.plane.home.root)]
 
@@ -458,7 +498,8 @@ def test_failure_reasons_reach_rollout_get_and_cloud_devices_intact(fleet: Fleet
                 f"{r.id} to report {outcome}",
             )
         except TimeoutError:
-            pytest.fail(f"{device_rows()[r.id]}\n{fleet.update_events(r.id)}\n{fleet.logs()}")
+            story = [fleet.rollout_story(rid) for rid in rollouts]
+            pytest.fail(f"{device_rows()[r.id]}\n{story}\n{fleet.logs()}")
     devices = CliRunner().invoke(cloud, ["devices", *base])
     assert devices.exit_code == 0, devices.output
     rows = device_rows()
