@@ -5,8 +5,9 @@ One pass (:func:`upkeep_once`) creates the telemetry day partitions from today t
 ``telemetry_retention_days`` (PostgreSQL drops their partitions; SQLite deletes the
 rows). The plane runs a pass at start and then every ``every_s`` (:func:`run_upkeep`).
 With several plane replicas on one PostgreSQL only the holder of the
-``telemetry-upkeep`` lease (`cloud.lease`) runs it; a replica that takes the lease
-over runs a pass at once.
+``telemetry-upkeep`` lease (`cloud.lease`) runs it, and its writes carry the lease's
+epoch (`cloud.store.fence`): a holder that stalled past its lease and wakes up has its
+writes refused. A replica that takes the lease over runs a pass at once.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import contextlib
 import datetime as dt
 import logging
 
-from cloud.lease import lease_for
+from cloud.lease import AdvisoryLease, lease_for
 from cloud.store import Store
+from cloud.store.fence import fenced
 from cloud.store.telemetry import RetentionResult
 
-__all__ = ["AHEAD_DAYS", "LEASE", "run_upkeep", "upkeep_once"]
+__all__ = ["AHEAD_DAYS", "LEASE", "fenced_upkeep", "run_upkeep", "upkeep_once"]
 
 log = logging.getLogger(__name__)
 LEASE = "telemetry-upkeep"
@@ -39,6 +41,19 @@ def upkeep_once(
     return created, removed
 
 
+def fenced_upkeep(
+    store: Store,
+    retention_days: float,
+    lease: AdvisoryLease | None,
+    now: dt.datetime | None = None,
+) -> tuple[list[str], RetentionResult]:
+    """:func:`upkeep_once`, its writes carrying `lease`'s current epoch (if any)."""
+    if lease is None:
+        return upkeep_once(store, retention_days, now)
+    with fenced(lease.name, lease.epoch, lease.lease_s):
+        return upkeep_once(store, retention_days, now)
+
+
 async def run_upkeep(store: Store, retention_days: float, every_s: float = 3600.0) -> None:
     """Run :func:`upkeep_once` now and every `every_s` while this replica leads."""
     loop = asyncio.get_running_loop()
@@ -54,7 +69,9 @@ async def run_upkeep(store: Store, retention_days: float, every_s: float = 3600.
         while True:
             if lease is None or lease.held:
                 try:
-                    created, removed = await asyncio.to_thread(upkeep_once, store, retention_days)
+                    created, removed = await asyncio.to_thread(
+                        fenced_upkeep, store, retention_days, lease
+                    )
                     if created or removed.points or removed.partitions:
                         log.info(
                             "telemetry upkeep: created %s; kept from %s, removed %s",

@@ -223,6 +223,16 @@ class Wave:
     held: dict[str, dict[str, Any]] = field(default_factory=dict)
     # devices that left HELD: device -> when (their own health window starts then)
     released: dict[str, float] = field(default_factory=dict)
+    # a set of device_ids for lookups (waves hold thousands), built for `_members_of` ids
+    _members: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    _members_of: int = field(default=-1, init=False, repr=False, compare=False)
+
+    def has(self, device_id: str) -> bool:
+        """`device_id` is one of the wave's devices."""
+        if self._members_of != len(self.device_ids):  # devices only ever join
+            self._members = set(self.device_ids)
+            self._members_of = len(self.device_ids)
+        return device_id in self._members
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes.values() if o["outcome"] == outcome)
@@ -392,7 +402,7 @@ class Rollout:
                 f"unknown device outcome {outcome!r}; expected one of {sorted(OUTCOMES)}"
             )
         for w in self.waves:
-            if device_id in w.device_ids and w.dispatched_at is not None:
+            if w.has(device_id) and w.dispatched_at is not None:
                 if device_id in w.outcomes:
                     return False
                 w.held.pop(device_id, None)
@@ -472,7 +482,7 @@ class Rollout:
         if reason not in HOLD_REASONS:
             raise RolloutError(f"hold reason {reason!r}: expected one of {sorted(HOLD_REASONS)}")
         for w in self.waves:
-            if device_id in w.device_ids and w.dispatched_at is not None:
+            if w.has(device_id) and w.dispatched_at is not None:
                 if device_id in w.outcomes or device_id in w.skipped:
                     return False
                 old = w.held.get(device_id)
@@ -552,7 +562,7 @@ class Rollout:
         if self.state not in (RUNNING, PAUSED):
             raise TransitionError(f"rollout {self.id} is {self.state}; no device joins it")
         for w in self.waves:
-            if device_id in w.device_ids:
+            if w.has(device_id):
                 return w.index
         w = self.wave
         w.device_ids.append(device_id)
@@ -569,7 +579,7 @@ class Rollout:
         offline policy): it no longer holds its wave nor counts as a failure. True if
         it was newly skipped."""
         for w in self.waves:
-            if device_id in w.device_ids and w.dispatched_at is not None:
+            if w.has(device_id) and w.dispatched_at is not None:
                 if device_id in w.outcomes or device_id in w.skipped:
                     return False
                 w.held.pop(device_id, None)

@@ -3,7 +3,7 @@ divergence limit a desired bundle carries."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,16 @@ from cloud.rollouts.engine import (
     HOLD_REASONS,
 )
 from cloud.rollouts.wire import bundle_ref
-from cloud.store import Store
+from cloud.store import DeviceRecord, EventRecord, Store
 
-__all__ = ["CLOCK_SKEW_S", "Hold", "device_outcome", "device_report", "same_bundle"]
+__all__ = [
+    "CLOCK_SKEW_S",
+    "Hold",
+    "device_outcome",
+    "device_report",
+    "report_of",
+    "same_bundle",
+]
 
 # An agent's clock may lag the plane's: an event stamped this much before the wave's
 # dispatch still counts for that wave.
@@ -53,6 +60,17 @@ def device_report(
     waits on — its newest event for this bundle is HELD with a reason that names what
     holds it (an update lock or a closed maintenance window) — else (None, None)."""
     events = store.events(device_id, kind="update", limit=20)
+    return report_of(events, store.get_device(device_id), spec_bundle, since)
+
+
+def report_of(
+    events: Sequence[EventRecord],
+    dev: DeviceRecord | None,
+    spec_bundle: Mapping[str, Any],
+    since: float,
+) -> tuple[tuple[str, str, str] | None, Hold | None]:
+    """:func:`device_report` from what was read already: the device's ``update``
+    events (oldest first; older ones than `since` may be among them) and its row."""
     hold: Hold | None = None
     newest = True
     for ev in reversed(events):
@@ -66,7 +84,6 @@ def device_report(
         if ev.state not in (COMMITTED, *FAILURE_OUTCOMES):
             continue
         return (ev.state, ev.reason_code, ev.detail), None
-    dev = store.get_device(device_id)
     if (
         dev is not None
         and dev.update_state == COMMITTED

@@ -143,7 +143,7 @@ def on_failure(
     done = tries(r, device_id)
     if done >= policy.max_tries:
         return False
-    wave = next((w for w in r.waves if device_id in w.device_ids), None)
+    wave = next((w for w in r.waves if w.has(device_id)), None)
     if wave is None or device_id in wave.outcomes or wave.dispatched_at is None:
         return False
     wait = policy.delay(done, u)
@@ -181,7 +181,7 @@ def redispatched(r: Rollout, device_ids: list[str], now: float) -> None:
         st["since"] = now
         st["next_at"] = None
         for w in r.waves:
-            if d in w.device_ids and w.deadline is not None:
+            if w.has(d) and w.deadline is not None:
                 w.deadline = max(w.deadline, now + r.spec.health_window_s)
     if device_ids:
         r.note(now, f"retried {len(device_ids)} device(s): {', '.join(device_ids[:10])}")

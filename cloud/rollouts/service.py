@@ -56,7 +56,7 @@ from cloud.rollouts.engine import (
 )
 from cloud.rollouts.external import BackgroundAsker
 from cloud.rollouts.gates import AttestationCheck, approve
-from cloud.rollouts.outcomes import device_report
+from cloud.rollouts.outcomes import CLOCK_SKEW_S, report_of
 from cloud.rollouts.plan import DevicePlan, record_dropped
 from cloud.rollouts.soak import abort_due
 from cloud.rollouts.wire import (
@@ -73,7 +73,7 @@ from cloud.rollouts.wire import (
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
 from cloud.server.plane import Plane
-from cloud.store import FencedError, RolloutRecord, Store
+from cloud.store import DeviceRecord, EventRecord, FencedError, RolloutRecord, Store
 from cloud.store.fence import fenced
 from protos import admin_pb2
 from runtime.desired_state import GatePolicy
@@ -321,11 +321,12 @@ class RolloutService:
         groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
         orphans = []
         done = 0
+        rows = self.store.devices_by_id(sorted(restore)) if generations is not None else {}
         for device_id, prev in sorted(restore.items()):
             if not prev:
                 orphans.append(device_id)
                 continue
-            rec = self.store.get_device(device_id)
+            rec = rows.get(device_id)
             if (
                 generations is not None
                 and rec is not None
@@ -464,14 +465,18 @@ class RolloutService:
             self._admit_newcomers(r, dirty, now)
         offline_checked = False
         for _ in range(len(r.waves) + 1):
-            for wave, device_id in list(r.dispatched_devices()):
-                if dirty is not None and device_id not in dirty:
-                    continue
-                if retry.scheduled(r, device_id):
-                    continue
-                assert wave.dispatched_at is not None
-                since = retry.since(r, device_id, wave.dispatched_at)
-                seen, hold = device_report(self.store, device_id, r.spec.bundle, since)
+            checks = [
+                (wave, device_id, retry.since(r, device_id, wave.dispatched_at))
+                for wave, device_id in r.dispatched_devices()
+                if (dirty is None or device_id in dirty)
+                and wave.dispatched_at is not None
+                and not retry.scheduled(r, device_id)
+            ]
+            devices, events = self._pass_reads([(d, since) for _, d, since in checks])
+            for wave, device_id, since in checks:
+                seen, hold = report_of(
+                    events.get(device_id, ()), devices.get(device_id), r.spec.bundle, since
+                )
                 if seen is not None and not retry.on_failure(
                     r, device_id, *seen, now=now, u=random.random()
                 ):
@@ -480,9 +485,9 @@ class RolloutService:
                     r.hold(device_id, hold.reason, hold.detail, hold.at, now)
                 elif seen is None and device_id in wave.held:
                     r.release(device_id, now)
-            if dirty is None and not offline_checked:  # once a pass: it reads each device
+            if dirty is None and not offline_checked:  # once a pass
                 offline_checked = True
-                self._skip_offline(r, now)
+                self._skip_offline(r, now, devices)
             self._retry(r, retry.due(r, now))
             r.evaluate(now)
             if self._over_threshold(r):
@@ -537,8 +542,9 @@ class RolloutService:
             r.join(d, float(intent["at"]), (intent.get("previous") or {}).get(d))
         self._done(r)
 
-    def _skip_offline(self, r: Rollout, now: float) -> None:
-        """Apply the rollout's offline policy to the devices its waves wait for."""
+    def _skip_offline(self, r: Rollout, now: float, devices: Mapping[str, DeviceRecord]) -> None:
+        """Apply the rollout's offline policy to the devices its waves wait for
+        (`devices`: their rows, read for this pass)."""
         policy = offline_policy(r)
         if policy.kind == "wait":
             return
@@ -547,9 +553,22 @@ class RolloutService:
                 continue
             assert w.dispatched_at is not None
             since = retry.since(r, d, w.dispatched_at)
-            reason = skip_reason(policy, self.store.get_device(d), since, now)
+            rec = devices[d] if d in devices else self.store.get_device(d)
+            reason = skip_reason(policy, rec, since, now)
             if reason is not None:
                 r.skip(d, now, reason)
+
+    def _pass_reads(
+        self, checks: list[tuple[str, float]]
+    ) -> tuple[dict[str, DeviceRecord], dict[str, list[EventRecord]]]:
+        """The rows and recent ``update`` events of the devices this pass checks, each
+        (device, since) asking for its events since `since`: one bulk read."""
+        if not checks:
+            return {}, {}
+        ids = [d for d, _ in checks]
+        oldest = min(since for _, since in checks) - CLOCK_SKEW_S
+        start = dt.datetime.fromtimestamp(oldest, dt.UTC)
+        return self.store.devices_by_id(ids), self.store.update_events_since(ids, start)
 
     def _over_threshold(self, r: Rollout) -> bool:
         """Abort `r` with rollback when its abort threshold is crossed."""
@@ -568,8 +587,9 @@ class RolloutService:
     ) -> dict[str, Any]:
         previous: dict[str, Any] = {}
         generations: dict[str, int] = {}
+        rows = self.store.devices_by_id(device_ids)
         for d in device_ids:
-            rec = self.store.get_device(d)
+            rec = rows.get(d)
             previous[d] = rec.desired_bundle if rec is not None else None
             generations[d] = rec.desired_generation if rec is not None else 0
         intent = {
@@ -608,8 +628,9 @@ class RolloutService:
         b = r.spec.bundle
         todo: list[str] = []
         done: list[str] = []
+        rows = self.store.devices_by_id(intent["device_ids"])
         for d in intent["device_ids"]:
-            rec = self.store.get_device(d)
+            rec = rows.get(d)
             have = (rec.desired_bundle or {}) if rec is not None else {}
             applied = rec is not None and rec.desired_generation > int(
                 intent["generations"].get(d, 0)
@@ -724,8 +745,9 @@ class RolloutService:
         hint = self._hinter()
         if hint is None:
             return
+        rows = self.store.devices_by_id(device_ids)
         for d in device_ids:
-            rec = self.store.get_device(d)
+            rec = rows.get(d)
             msg = telemetry_pb2.UpdateHint(
                 bundle_name=name,
                 sequence=sequence,

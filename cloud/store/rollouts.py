@@ -1,6 +1,6 @@
 """Rollouts: the rollout engine's records (it owns their spec and status JSON), the
-bulk read of a wave's update events its gates judge, and its audit entries written
-once."""
+bulk reads its driver pass and gates judge (a wave's events; the device rows and update
+events of the devices a pass checks), and its audit entries written once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from cloud.store._base import StoreBase, as_utc
-from cloud.store.models import AuditEntry, Event, Rollout, table
+from cloud.store._device_rows import DEVICE_COLUMNS, DeviceRecord, device_record
+from cloud.store.models import AuditEntry, Device, Event, Rollout, table
 from cloud.store.updates import EventRecord
 
 __all__ = ["RolloutQueries", "RolloutRecord"]
@@ -20,6 +21,7 @@ __all__ = ["RolloutQueries", "RolloutRecord"]
 rollouts_t = table(Rollout)
 events_t = table(Event)
 audit_t = table(AuditEntry)
+devices_t = table(Device)
 _IN_CHUNK = 500  # ids per IN list
 
 
@@ -34,6 +36,19 @@ class RolloutRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
     created_by: str
+
+
+def _event(m: Any) -> EventRecord:
+    return EventRecord(
+        device_id=m["device_id"],
+        sequence=int(m["sequence"]),
+        at=as_utc(m["at"]),  # type: ignore[arg-type]
+        kind=m["kind"],
+        state=m["state"],
+        reason_code=m["reason_code"],
+        detail=m["detail"],
+        bundle=m["bundle"],
+    )
 
 
 def _rollout(row: sa.Row[Any]) -> RolloutRecord:
@@ -100,18 +115,39 @@ class RolloutQueries(StoreBase):
                     .order_by(events_t.c.device_id, events_t.c.at, events_t.c.id)
                 )
                 for m in (r._mapping for r in conn.execute(q)):
-                    out[m["device_id"]].append(
-                        EventRecord(
-                            device_id=m["device_id"],
-                            sequence=int(m["sequence"]),
-                            at=as_utc(m["at"]),  # type: ignore[arg-type]
-                            kind=m["kind"],
-                            state=m["state"],
-                            reason_code=m["reason_code"],
-                            detail=m["detail"],
-                            bundle=m["bundle"],
-                        )
-                    )
+                    out[m["device_id"]].append(_event(m))
+        return out
+
+    def devices_by_id(self, device_ids: Sequence[str]) -> dict[str, DeviceRecord]:
+        """The rows of `device_ids` (one query per 500; a device not in the fleet is
+        absent): a rollout pass reads the devices it judges or points at a bundle so."""
+        out: dict[str, DeviceRecord] = {}
+        ids = list(dict.fromkeys(device_ids))
+        with self._connect() as conn:
+            for i in range(0, len(ids), _IN_CHUNK):
+                q = sa.select(*DEVICE_COLUMNS).where(devices_t.c.id.in_(ids[i : i + _IN_CHUNK]))
+                for row in conn.execute(q):
+                    rec = device_record(row)
+                    out[rec.id] = rec
+        return out
+
+    def update_events_since(
+        self, device_ids: Sequence[str], since: dt.datetime
+    ) -> dict[str, list[EventRecord]]:
+        """The ``update`` events of `device_ids` at or after `since`, per device, oldest
+        first, in one query per 500 devices."""
+        out: dict[str, list[EventRecord]] = {d: [] for d in device_ids}
+        ids = list(out)
+        with self._connect() as conn:
+            for i in range(0, len(ids), _IN_CHUNK):
+                q = (
+                    events_t.select()
+                    .where(events_t.c.device_id.in_(ids[i : i + _IN_CHUNK]))
+                    .where(events_t.c.kind == "update", events_t.c.at >= since)
+                    .order_by(events_t.c.device_id, events_t.c.at, events_t.c.id)
+                )
+                for m in (r._mapping for r in conn.execute(q)):
+                    out[m["device_id"]].append(_event(m))
         return out
 
     def audit_once(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +18,18 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from cloud.lease import leader
-from cloud.store import Store, TelemetryRecord
+from cloud.lease import AdvisoryLease, leader
+from cloud.store import FencedError, Store, TelemetryRecord
 from cloud.store._base import MIGRATIONS
 from cloud.store.ingest_batch import record_telemetry_many
 from cloud.store.telemetry_partitions import DEFAULT_PARTITION, day_partitions, partition_name
-from cloud.telemetry_retention import AHEAD_DAYS, LEASE, run_upkeep, upkeep_once
+from cloud.telemetry_retention import (
+    AHEAD_DAYS,
+    LEASE,
+    fenced_upkeep,
+    run_upkeep,
+    upkeep_once,
+)
 from tests.servers import Postgres
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -185,3 +192,24 @@ def test_upkeep_makes_days_ahead_and_runs_only_on_the_lease_holder(postgres: Pos
     finally:
         a.close()
         b.close()
+
+
+def test_a_deposed_upkeep_holder_writes_nothing(postgres: Postgres) -> None:
+    """The upkeep's writes carry its lease's epoch: a holder whose term is over (it
+    stalled and another replica took the lease) creates and drops no partition."""
+    url = postgres.create_database(f"upkeep_fence_{uuid.uuid4().hex[:10]}")
+    store = Store.open(url)
+    lease = AdvisoryLease(url, LEASE, retry_s=0.2).start()
+    try:
+        assert lease.wait_held(10)
+        later = MIDNIGHT + dt.timedelta(days=40)
+        want = partition_name(TODAY + dt.timedelta(days=40))
+        stale = types.SimpleNamespace(name=LEASE, epoch=lease.epoch - 1, lease_s=lease.lease_s)
+        with pytest.raises(FencedError, match="term"):
+            fenced_upkeep(store, 30.0, stale, now=later)  # type: ignore[arg-type]
+        assert want not in day_partitions_of(store)
+        created, _ = fenced_upkeep(store, 30.0, lease, now=later)
+        assert want in created and want in day_partitions_of(store)
+    finally:
+        lease.stop()
+        store.close()
