@@ -474,7 +474,7 @@ class RolloutService:
             try:
                 self._guarded(r, self._drive, r, rec.state, dirty)
             except StaleWriteError as exc:  # an operator changed it: the next pass reads it
-                log.info("rollout %s: %s", r.id, exc)
+                log.warning("rollout %s: %s", r.id, exc)
                 self._dirty = None
 
     def _guarded(self, r: Rollout, fn: Callable[..., Any], *args: Any) -> Any:

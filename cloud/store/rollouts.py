@@ -87,8 +87,8 @@ class RolloutQueries(StoreBase):
             current = None if row is None else int(row[0] or 0)
             if expect is not None and (current or 0) != expect:
                 raise StaleWriteError(
-                    f"rollout {rec.id!r} is at revision {current}, not {expect}: it was "
-                    "changed meanwhile"
+                    f"write refused: rollout {rec.id!r} is at revision {current}, not "
+                    f"{expect} (it was changed meanwhile)"
                 )
             revision = (current or 0) + 1
             values = {
