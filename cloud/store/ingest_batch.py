@@ -9,16 +9,19 @@ The functions here write a whole ingest batch in one transaction with the same r
   NOTHING ... RETURNING, and only what this transaction really added has effects, so
   two ingest replicas racing on one redelivered message store it once;
 - only from registered, unrevoked devices (one read for the whole batch);
-- the device row changes once per device (one executemany), with the same outcome as
-  the messages written one by one in batch order: health = the newest telemetry
-  point, update state = the last stored update event, presence = the last state;
+- the device row changes once per device, with the same outcome as the messages
+  written one by one in batch order: health = the newest telemetry point, update
+  state = the last stored update event, presence = the last state;
 - ``updated_at`` stamped so `WatchFleet` sees the change, listeners notified after
   the commit;
 - rows are locked in one order (the device rows first, in id order; keys sorted),
   so replicas writing batches that share devices cannot deadlock.
 
-Telemetry points go to PostgreSQL with ``COPY`` (measured fastest:
-``bench/telemetry_write.py``); SQLite gets one executemany.
+On PostgreSQL a telemetry batch costs a handful of statements whatever its size: the
+batch keys in one ``INSERT ... SELECT FROM unnest(...)``, the points in one ``COPY``
+whose text is built in one join (measured fastest: ``bench/telemetry_write.py``), the
+device rows in one ``UPDATE ... FROM unnest(...)``; the arrays go in binary. SQLite
+gets one executemany per step. ``bench/ingest_profile.py`` measures the cost per message.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -132,6 +136,78 @@ def copy_points(conn: Connection, points: Sequence[dict[str, Any]]) -> None:
         cursor.close()
 
 
+_COPY_SPECIAL = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_dumps = json.JSONEncoder().encode  # what json.dumps(x) does, minus its argument checks
+
+
+def _copy_field(text: str) -> str:
+    """`text` as one field of COPY's text format (backslash, tab and newlines escaped)."""
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.translate(_COPY_SPECIAL)
+    return text
+
+
+def copy_records(conn: Connection, points: Sequence[tuple[str, int, TelemetryRecord]]) -> None:
+    """Append (device, sequence, point) rows; on PostgreSQL one ``COPY`` whose text is
+    built in one join (no per-row adaptation), elsewhere :func:`copy_points`.
+
+    The same rows as :func:`copy_points` given :func:`_point_row` of each."""
+    if not points:
+        return
+    if conn.dialect.name != "postgresql":
+        copy_points(conn, [_point_row(d, q, p) for d, q, p in points])
+        return
+    names: dict[str, str] = {}
+    lines = []
+    for device, seq, p in points:
+        name = names.get(device)
+        if name is None:
+            name = names[device] = _copy_field(device)
+        extra = "\\N" if p.extra is None else _copy_field(_dumps(p.extra))
+        lines.append(
+            f"{name}\t{p.at.isoformat()}\t{int(seq)}\t{float(p.loop_p50_ms)!r}\t"
+            f"{float(p.loop_p99_ms)!r}\t{float(p.deadline_miss_rate)!r}\t"
+            f"{int(p.safety_interventions)}\t{float(p.cpu_percent)!r}\t"
+            f"{float(p.memory_percent)!r}\t{float(p.temperature_c)!r}\t{extra}\n"
+        )
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(f"COPY telemetry ({', '.join(POINT_COLUMNS)}) FROM STDIN") as copy:
+            copy.write("".join(lines))
+    finally:
+        cursor.close()
+
+
+@dataclass
+class _Health:
+    """A device's health as the batch's messages, applied in order, leave it."""
+
+    held_at: str
+    """The stored health's time (ISO 8601), then that of each newer message's."""
+    update_state: str
+    point: TelemetryRecord | None = None
+    """The newest point written, if any message was fresh."""
+    active_bundle: dict[str, Any] | None = None
+
+    def apply(self, points: Sequence[TelemetryRecord]) -> None:
+        """One stored message, as `Store.record_telemetry` applies it alone: its newest
+        point (the first of equal ones) becomes the health unless the held one is
+        newer (spool replays arrive out of order)."""
+        p = max(points, key=_at)
+        at = p.at.isoformat()
+        if self.held_at and self.held_at > at:
+            return
+        self.held_at = at
+        self.point = p
+        self.update_state = telemetry_update_state(self.update_state, p.update_state)
+        if p.active_bundle:
+            self.active_bundle = dict(p.active_bundle)
+
+
+def _at(p: TelemetryRecord) -> dt.datetime:
+    return p.at
+
+
 def record_telemetry_many(
     store: Store, writes: Sequence[TelemetryWrite], future_limit: dt.datetime | None = None
 ) -> list[bool]:
@@ -155,74 +231,113 @@ def record_telemetry_many(
                 candidates[(device, seq)] = i  # first of duplicates inside this batch
         if not candidates:
             return result
-        added = {
-            (str(r[0]), int(r[1]))
-            for r in conn.execute(
-                _insert(conn, TB)
-                .on_conflict_do_nothing(index_elements=[TB.c.device_id, TB.c.sequence])
-                .returning(TB.c.device_id, TB.c.sequence),
-                [
-                    {"device_id": d, "sequence": q, "received_at": writes[i][3]}
-                    for (d, q), i in sorted(candidates.items())
-                ],
-            )
-        }
-        points: list[dict[str, Any]] = []
-        newest: dict[str, TelemetryRecord] = {}
+        keys = [(d, q, writes[i][3]) for (d, q), i in sorted(candidates.items())]
+        added = _add_batches(conn, keys)
+        points: list[tuple[str, int, TelemetryRecord]] = []
+        health: dict[str, _Health] = {}
         last_seen: dict[str, dt.datetime] = {}
-        for key, i in candidates.items():
+        for key, i in candidates.items():  # batch order
             if key not in added:
                 continue
             result[i] = True
             device, seq, pts, received = writes[i]
-            for p in pts:
-                points.append(_point_row(device, seq, p))
-                if device not in newest or p.at > newest[device].at:
-                    newest[device] = p
-            last_seen[device] = max(received, last_seen.get(device, received))
-        copy_points(conn, points)
+            if pts:
+                points += [(device, seq, p) for p in pts]
+                h = health.get(device)
+                if h is None:
+                    held_at, update_state = current[device]
+                    held = str(held_at or "")
+                    if limit is not None and held > limit:
+                        held = ""
+                    h = health[device] = _Health(held, str(update_state or ""))
+                h.apply(pts)
+            seen = last_seen.get(device)
+            last_seen[device] = received if seen is None or received > seen else seen
+        copy_records(conn, points)
         if last_seen:
-            _update_devices(conn, current, newest, last_seen, limit)
+            _update_devices(conn, health, last_seen)
     store._notify(list(last_seen))
     return result
 
 
+_ADD_BATCHES_PG = (
+    "INSERT INTO telemetry_batches (device_id, sequence, received_at) "
+    "SELECT * FROM unnest(%b::varchar[], %b::bigint[], %b::timestamptz[]) "
+    "ON CONFLICT (device_id, sequence) DO NOTHING RETURNING device_id, sequence"
+)
+
+
+def _add_batches(
+    conn: Connection, keys: Sequence[tuple[str, int, dt.datetime]]
+) -> set[tuple[str, int]]:
+    """Insert the (device, sequence, received at) batch keys, in this order; the keys this
+    transaction really added (not those already stored). PostgreSQL: one statement, its
+    arrays sent in binary (text arrays cost psycopg a regular expression per element)."""
+    if conn.dialect.name == "postgresql":
+        cols = tuple(map(list, zip(*keys, strict=True)))
+        rows = conn.exec_driver_sql(_ADD_BATCHES_PG, cols)
+    else:
+        rows = conn.execute(
+            _insert(conn, TB)
+            .on_conflict_do_nothing(index_elements=[TB.c.device_id, TB.c.sequence])
+            .returning(TB.c.device_id, TB.c.sequence),
+            [{"device_id": d, "sequence": q, "received_at": r} for d, q, r in keys],
+        )
+    return {(str(r[0]), int(r[1])) for r in rows}
+
+
+_UPDATE_DEVICES_PG = (
+    "UPDATE devices AS d SET last_seen = v.seen, updated_at = %b, "
+    "health = CASE WHEN v.fresh THEN v.health::json ELSE d.health END, "
+    "update_state = CASE WHEN v.fresh THEN v.state ELSE d.update_state END, "
+    "active_bundle = CASE WHEN v.active IS NULL THEN d.active_bundle ELSE v.active::json END "
+    "FROM unnest(%b::varchar[], %b::timestamptz[], %b::bool[], %b::text[], %b::varchar[], "
+    "%b::text[]) AS v(id, seen, fresh, health, state, active) WHERE d.id = v.id"
+)
+
+
 def _update_devices(
-    conn: Connection,
-    current: dict[str, Any],
-    newest: dict[str, TelemetryRecord],
-    last_seen: dict[str, dt.datetime],
-    limit: str | None,
+    conn: Connection, health: dict[str, _Health], last_seen: dict[str, dt.datetime]
 ) -> None:
-    """Each device's row once: last seen, and health (+ state, active bundle) from its
-    newest point unless the stored health is newer. Rows setting the same columns go
-    in one executemany."""
+    """Each device's row once: last seen and, where a message was fresh, health, update
+    state and active bundle. PostgreSQL: one statement (the rows are locked already, by
+    `_accepted`, in id order); elsewhere one executemany per set of columns."""
     now = dt.datetime.now(dt.UTC)
-    groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
+    rows: list[dict[str, Any]] = []
     for device, seen in sorted(last_seen.items()):
-        held_at, update_state = current[device]
         row: dict[str, Any] = {"b_id": device, "b_seen": seen}
-        p = newest.get(device)
-        held = str(held_at or "")
-        if limit is not None and held > limit:
-            held = ""
-        # Spool replays arrive out of order: health is the newest point.
-        fresh = p is not None and not (held and held > p.at.isoformat())
-        if fresh:
-            assert p is not None
-            row["b_health"] = health_summary(p)
-            row["b_state"] = telemetry_update_state(str(update_state or ""), p.update_state)
-            if p.active_bundle:
-                row["b_active"] = dict(p.active_bundle)
-        groups.setdefault((fresh, "b_active" in row), []).append(row)
-    for (fresh, active), rows in sorted(groups.items()):
+        h = health.get(device)
+        if h is not None and h.point is not None:
+            row["b_health"] = health_summary(h.point)
+            row["b_state"] = h.update_state
+            if h.active_bundle is not None:
+                row["b_active"] = h.active_bundle
+        rows.append(row)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            _UPDATE_DEVICES_PG,
+            (
+                now,
+                [r["b_id"] for r in rows],
+                [r["b_seen"] for r in rows],
+                ["b_health" in r for r in rows],
+                [_dumps(r["b_health"]) if "b_health" in r else None for r in rows],
+                [r.get("b_state") for r in rows],
+                [_dumps(r["b_active"]) if "b_active" in r else None for r in rows],
+            ),
+        )
+        return
+    groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(("b_health" in row, "b_active" in row), []).append(row)
+    for (fresh, active), group in sorted(groups.items()):
         values: dict[str, Any] = {"last_seen": sa.bindparam("b_seen"), "updated_at": now}
         if fresh:
             values["health"] = sa.bindparam("b_health", type_=D.c.health.type)
             values["update_state"] = sa.bindparam("b_state")
         if active:
             values["active_bundle"] = sa.bindparam("b_active", type_=D.c.active_bundle.type)
-        conn.execute(D.update().where(D.c.id == sa.bindparam("b_id")).values(**values), rows)
+        conn.execute(D.update().where(D.c.id == sa.bindparam("b_id")).values(**values), group)
 
 
 def record_events_many(store: Store, events: Sequence[EventRecord]) -> list[bool]:

@@ -37,6 +37,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
+@pytest.fixture(scope="module")
+def pg_store(postgres: Postgres) -> Iterator[Store]:
+    s = Store.open(postgres.create_database(f"ingest_copy_{uuid.uuid4().hex[:8]}"))
+    yield s
+    s.close()
+
+
 def _pt(minutes: int, p99: float) -> list[TelemetryRecord]:
     return [TelemetryRecord(at=T0 + dt.timedelta(minutes=minutes), loop_p99_ms=p99)]
 
@@ -162,3 +169,123 @@ def test_batched_events_agree_with_one_at_a_time(
         ka = [(e.sequence, e.kind, e.state) for e in store.events(f"{d}-{run}-a")]
         kb = [(e.sequence, e.kind, e.state) for e in store.events(f"{d}-{run}-b")]
         assert ka == kb
+
+
+# Telemetry streams (duplicates, out-of-order points, update states, bundles, unknown
+# and revoked devices) cut into random batches: the batched writer (one statement per
+# step on PostgreSQL) must leave the devices and points as writing one at a time does.
+_points = st.lists(
+    st.tuples(
+        st.integers(0, 50),  # minutes after T0
+        st.floats(0, 1e6, allow_nan=False),
+        st.sampled_from(["", "SHADOWING", "RUNNING", "FAILED"]),
+        st.sampled_from([None, "pendulum", "cart"]),
+    ),
+    max_size=3,
+)
+_telemetry_streams = st.lists(
+    st.tuples(
+        st.sampled_from(["robot-1", "robot-2", "robot-revoked", "ghost"]),
+        st.integers(1, 6),
+        _points,
+    ),
+    max_size=20,
+)
+
+
+def _records(points: list[tuple[int, float, str, str | None]]) -> list[TelemetryRecord]:
+    return [
+        TelemetryRecord(
+            at=T0 + dt.timedelta(minutes=m, microseconds=7),
+            loop_p99_ms=p99,
+            extra={"ticks": m, "interventions": {"cl\\amp\t\n": 1}},
+            update_state=state,
+            active_bundle={"name": b, "version": "1"} if b else None,
+        )
+        for m, p99, state, b in points
+    ]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(stream=_telemetry_streams, cuts=st.lists(st.integers(1, 8), max_size=8))
+def test_batched_telemetry_agrees_with_one_at_a_time(
+    store: Store,
+    stream: list[tuple[str, int, list[tuple[int, float, str, str | None]]]],
+    cuts: list[int],
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    for side in "ab":
+        for d in ("robot-1", "robot-2", "robot-revoked"):
+            store.add_device(f"{d}-{run}-{side}", uuid.uuid4().hex)
+        store.revoke_device(f"robot-revoked-{run}-{side}")
+    now = dt.datetime.now(dt.UTC)
+
+    def name(d: str, side: str) -> str:
+        return f"{d}-{run}-{side}" if d != "ghost" else f"ghost-{run}"
+
+    one = [store.record_telemetry(name(d, "a"), q, _records(p), now) for d, q, p in stream]
+    batched: list[bool] = []
+    rest = [(name(d, "b"), q, _records(p), now) for d, q, p in stream]
+    for n in [*cuts, len(rest)]:
+        batched += record_telemetry_many(store, rest[:n])
+        rest = rest[n:]
+    assert batched == one
+    for d in ("robot-1", "robot-2"):
+        a, b = store.require_device(f"{d}-{run}-a"), store.require_device(f"{d}-{run}-b")
+        assert (a.health, a.update_state, a.active_bundle, a.last_seen) == (
+            b.health,
+            b.update_state,
+            b.active_bundle,
+            b.last_seen,
+        )
+        assert store.telemetry(f"{d}-{run}-a") == store.telemetry(f"{d}-{run}-b")
+
+
+_text = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=8)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    device=_text,
+    values=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=6, max_size=6),
+    count=st.integers(0, 2**63 - 1),
+    extra=st.none()
+    | st.dictionaries(
+        _text, _text | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    ),
+    micros=st.integers(0, 10**12),
+)
+def test_copy_text_stores_the_rows_the_adapted_copy_stores(
+    pg_store: Store,
+    device: str,
+    values: list[float],
+    count: int,
+    extra: dict[str, object] | None,
+    micros: int,
+) -> None:
+    """`copy_records` builds COPY's text itself; what it stores must be what
+    `copy_points` (psycopg adapting each value) stores, whatever the strings hold."""
+    from cloud.store.ingest_batch import T, _point_row, copy_points, copy_records
+
+    p = TelemetryRecord(
+        T0 + dt.timedelta(microseconds=micros),
+        *values[:3],
+        count,  # type: ignore[arg-type]
+        *values[3:],
+        extra=extra,
+    )
+    tag = f"{device}{uuid.uuid4().hex}"
+    store = pg_store
+    with store.engine.begin() as conn:
+        copy_records(conn, [(f"a{tag}", 3, p)])
+        copy_points(conn, [_point_row(f"b{tag}", 3, p)])
+    with store.engine.connect() as conn:
+        rows = {
+            r.device_id[0]: {k: v for k, v in r._mapping.items() if k not in ("id", "device_id")}
+            for r in conn.execute(T.select().where(T.c.device_id.in_([f"a{tag}", f"b{tag}"])))
+        }
+    assert rows["a"] == rows["b"]
