@@ -282,7 +282,8 @@ def test_a_leader_stopped_mid_wave_is_fenced_off_and_the_wave_is_applied_once(
         Rollout.create("ro-f", spec, now=time.time(), created_by="test")
     )
     log = tmp_path / "replicas.log"
-    env = {"EDGEFLUX_TEST_APPLY_PAUSE_S": "2"}
+    # a stops in this pause: long enough for the test to send SIGSTOP under load
+    env = {"EDGEFLUX_TEST_APPLY_PAUSE_S": "5"}
     a = b = None
     try:
         a = _replica(home, url, log, env)
@@ -372,7 +373,7 @@ def test_an_operators_pause_on_another_replica_is_never_undone_by_the_leader(
     devices = ("d0", "d1", "d2", "d3")
     store = _setup_store(url, devices, BUNDLE)
     log = tmp_path / "replicas.log"
-    a = _replica(home, url, log, {"EDGEFLUX_TEST_APPLY_PAUSE_S": "3"})
+    a = _replica(home, url, log, {"EDGEFLUX_TEST_APPLY_PAUSE_S": "5"})
     try:
         a_out = _Lines(a)
         a_out.wait_for("ready", 60, log)
