@@ -298,7 +298,7 @@ def test_a_ray_campaign_stopped_midway_resumes_to_the_same_results(
     assert not (tmp_path / "work" / "attestation.dsse.json").exists()
 
     progress: list[tuple[int, int, str]] = []
-    with RayExecutor(cluster.host, cluster.port) as ex:
+    with RayExecutor(cluster.host, cluster.port, max_in_flight=2) as ex:  # the rest queued
         resumed = campaign.run_campaign(
             *args,
             executor=ex,
