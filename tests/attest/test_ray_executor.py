@@ -178,6 +178,10 @@ def test_bad_executor_on_the_command_line_is_a_usage_error(tmp_path: Path, keys,
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     assert "--executor 'ray:/head:1': expected 'local' or 'ray://HOST:PORT'" in bad.output
     assert not (tmp_path / "work").exists()
+    on_plane = ["attest", "run", "--campaign", str(tmp_path / "c.toml"),
+                "--remote", "pendulum@1.0.0", "--executor", "ray://h:1"]  # fmt: skip
+    remote = CliRunner().invoke(root, on_plane)
+    assert remote.exit_code == 2 and "the plane runs --remote campaigns" in remote.output
     if _has_ray():
         port = free_port()  # nothing listens there
         dead = CliRunner().invoke(root, [*args, "--executor", f"ray://127.0.0.1:{port}"])
