@@ -3,17 +3,27 @@
 Usage::
 
     python bench/fleet_scale.py                          # 2,000 robots, 1 Hz, 20 s
-    python bench/fleet_scale.py --robots 10000 --seconds 300 --procs 4 --ingest-replicas 1,3
+    python bench/fleet_scale.py --robots 10000 --seconds 300 --procs 2 --ingest-replicas 3 \
+        --no-fanout --cert-cache ~/.cache/edgeflux-fleet-certs
     python bench/fleet_scale.py --robots 1000 --seconds 10 --ladder 1,2,4,8,16 --no-fanout
     python bench/fleet_scale.py --robots 200 --seconds 10 --store sqlite
 
-Each simulated robot is one real MQTT connection (TLS, its own device certificate from
-a fleet CA made here, so the broker takes its client id and ACL identity from the
-certificate), multiplexed with the others of its process on one asyncio loop (paho's
-non-blocking socket API). A robot announces itself on ``state`` (retained), sends one
-QoS 1 ``TelemetryBatch`` (one point stamped with its send time) every ``1/rate`` s on
-``telemetry``, and answers an ``UpdateHint`` on ``updates`` as an agent on a no-op
-runtime would: one ``update`` event per state of the update path up to COMMITTED.
+Each simulated robot (`bench.simrobot.SimRobot`) is one real MQTT connection (TLS, its
+own device certificate from a fleet CA made here, so the broker takes its client id and
+ACL identity from the certificate), multiplexed with the others of its process on one
+asyncio loop through a small MQTT client of its own (`bench.simmqtt`). A robot
+subscribes to ``updates``, announces itself on ``state`` (retained, offline will), sends
+one QoS 1 ``TelemetryBatch`` (one point as the agent's encoder makes it, stamped with its
+send time) every ``1/rate`` s on ``telemetry``, and answers an ``UpdateHint`` on
+``updates`` as an agent on a no-op runtime would: one ``update`` event per state of the
+update path up to COMMITTED. One timer per process sends for every robot that is due.
+``--client paho`` runs the earlier robots instead (one paho client each), for comparison;
+`bench/sim_cost.py` measures both.
+
+Certificates take a while to make for 10,000 robots: ``--cert-cache DIR`` keeps them
+(made in parallel processes) for the next run. The load starts once every robot is
+connected (``--connect-s`` bounds the wait); each row says how long connecting took and
+how much CPU the robot processes used per message.
 
 Mosquitto runs with the configuration ``cloud broker-config`` writes (mTLS, identity
 from the certificate, per-device ACLs, deep queues). The consumers are measured one
@@ -46,18 +56,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import math
 import multiprocessing as mp
 import os
-import random
+import queue
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +75,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fleet_ingest import Lags, register
+from bench.sim_paho import paho_robots
+from bench.simcerts import fleet_pki
+from bench.simrobot import UPDATE_STATES, Pki, RobotLoop, SimRobot, connect_all
 from cloud.broker_config import BrokerConfig, write_broker_config
 from cloud.home import INGEST_IDENTITY, PUBLISHER_IDENTITY
 from cloud.ingest import Ingest, IngestSettings
 from cloud.mqtt import CloudMqtt, CloudMqttSettings, Delivery
-from cloud.pki import FleetCA
 from cloud.store import Store
 from protos import telemetry_pb2
 from tests.servers import free_port, run_mosquitto, run_postgres
@@ -88,42 +99,9 @@ ALL_REPLICAS = tuple(replica_identities(MAX_REPLICAS))
 BROKER_PID = [0]
 CONSUMER_PIDS: list[int] = []
 DB_PID = [0]
-UPDATE_STATES = (
-    "REFRESHING",
-    "DOWNLOADING",
-    "STAGING",
-    "ATTESTING",
-    "SHADOWING",
-    "SWITCHING",
-    "HEALTH_WINDOW",
-    "COMMITTING",
-    "COMMITTED",
-)
 
 
 # --------------------------------------------------------------------------- identities
-
-
-@dataclass(frozen=True)
-class Pki:
-    dir: Path
-    ca: Path
-
-    def files(self, name: str) -> tuple[Path, Path]:
-        return self.dir / f"{name}.crt", self.dir / f"{name}.key"
-
-
-def make_pki(directory: Path, robots: list[str], services: tuple[str, ...]) -> Pki:
-    """A fleet CA, the broker's server certificate, one certificate per robot and service."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = FleetCA.create()
-    (directory / "ca.crt").write_bytes(ca.cert_pem)
-    ca.issue_server("broker", ("localhost", "127.0.0.1")).write(directory, "server")
-    for name in robots:
-        ca.issue_device(name).write(directory, name)
-    for name in services:
-        ca.issue_service(name).write(directory, name)
-    return Pki(directory, directory / "ca.crt")
 
 
 @contextmanager
@@ -157,154 +135,76 @@ def service_settings(pki: Pki, port: int, identity: str) -> CloudMqttSettings:
 # --------------------------------------------------------------------------- robots
 
 
-class _Robot:
-    """One simulated robot: a paho client driven by the process's asyncio loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, dev: str, pki: Pki, port: int) -> None:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        from fleet.mqtt import topic
-
-        self.loop, self.dev, self.port = loop, dev, port
-        self.topics = {k: topic(dev, k) for k in ("telemetry", "events", "state", "updates")}
-        self.connected = asyncio.Event()
-        self.seq = int(time.time() * 1000)  # sequences never repeat across runs
-        self.event_seq = self.seq + 10**10  # events have their own sequence space
-        self.sent = 0
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=dev, protocol=paho.MQTTv311)
-        cert, key = pki.files(dev)
-        c.tls_set(ca_certs=str(pki.ca), certfile=str(cert), keyfile=str(key))
-        c.max_inflight_messages_set(100)
-        c.max_queued_messages_set(0)
-        c.on_connect = self._on_connect
-        c.on_message = self._on_message
-        c.on_socket_open = self._on_socket_open
-        c.on_socket_close = self._on_socket_close
-        c.on_socket_register_write = self._on_register_write
-        c.on_socket_unregister_write = self._on_unregister_write
-        self.client = c
-        self._misc: asyncio.Task[None] | None = None
-
-    # paho's external-loop hooks: the loop watches the socket, paho does the protocol
-    def _on_socket_open(self, client: Any, _u: Any, sock: Any) -> None:
-        self.loop.add_reader(sock, client.loop_read)
-        self._misc = self.loop.create_task(self._misc_loop())
-
-    def _on_socket_close(self, _c: Any, _u: Any, sock: Any) -> None:
-        self.loop.remove_reader(sock)
-        self.loop.remove_writer(sock)
-
-    def _on_register_write(self, client: Any, _u: Any, sock: Any) -> None:
-        self.loop.add_writer(sock, client.loop_write)
-
-    def _on_unregister_write(self, _c: Any, _u: Any, sock: Any) -> None:
-        self.loop.remove_writer(sock)
-
-    async def _misc_loop(self) -> None:
-        from paho.mqtt.enums import MQTTErrorCode
-
-        while self.client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            await asyncio.sleep(1.0)
-
-    def _on_connect(self, client: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        if rc.is_failure:
-            return
-        client.subscribe(self.topics["updates"], qos=1)
-        st = telemetry_pb2.DeviceState(device_id=self.dev, online=True)
-        st.at.FromDatetime(dt.datetime.now(dt.UTC))
-        client.publish(self.topics["state"], st.SerializeToString(), qos=1, retain=True)
-        self.connected.set()
-
-    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
-        hint = telemetry_pb2.UpdateHint.FromString(msg.payload)
-        self.loop.create_task(self._update(hint))
-
-    async def _update(self, hint: telemetry_pb2.UpdateHint) -> None:
-        """An agent on a no-op runtime: every state of the path reported, then COMMITTED."""
-        for state in UPDATE_STATES:
-            self.event_seq += 1
-            ev = telemetry_pb2.Event(
-                device_id=self.dev,
-                sequence=self.event_seq,
-                kind="update",
-                state=state,
-                reason_code="OK",
-            )
-            ev.bundle.name = hint.bundle_name
-            ev.at.FromDatetime(dt.datetime.now(dt.UTC))
-            self.client.publish(self.topics["events"], ev.SerializeToString(), qos=1)
-            await asyncio.sleep(0)
-
-    def connect(self) -> None:
-        self.client.connect("127.0.0.1", self.port, keepalive=60)
-
-    def send_telemetry(self) -> None:
-        self.seq += 1
-        b = telemetry_pb2.TelemetryBatch(device_id=self.dev, sequence=self.seq)
-        p = b.points.add(loop_p50_ms=0.1, loop_p99_ms=0.2, ticks=50)
-        p.at.FromNanoseconds(time.time_ns())
-        self.client.publish(self.topics["telemetry"], b.SerializeToString(), qos=1)
-        self.sent += 1
-
-
-async def _robots_main(
+async def _lean_robots(
     devs: list[str],
     pki: Pki,
     port: int,
     rate_hz: float,
-    start_at: float,
     seconds: float,
-    stop: Any,
+    started: Callable[[float], Awaitable[float]],
+    stopped: Callable[[], bool],
+    concurrency: int,
 ) -> dict[str, Any]:
+    """`bench.simrobot` robots: connect them all, `await started(connect_s)` for the
+    start time, send for `seconds` from one timer, stay up (answering hints) until
+    `stopped()`, then wait for the last PUBACKs and disconnect."""
     loop = asyncio.get_running_loop()
-    robots = [_Robot(loop, d, pki, port) for d in devs]
-    for i, r in enumerate(robots):
-        r.connect()  # the TLS handshake is blocking in paho; the loop serves the rest
-        if i % 20 == 19:
-            await asyncio.sleep(0)
-    connect_s = max(120.0, start_at - time.time() + 60.0)
-    await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in robots)), connect_s)
-    period = 1.0 / rate_hz
-    await asyncio.sleep(max(0.0, start_at - time.time()))
+    t0 = time.time()
+    robots = [SimRobot(loop, d, pki, port) for d in devs]
+    failed = await connect_all(robots, concurrency=concurrency)
+    start_at = await started(time.time() - t0)
+    ticks = RobotLoop(loop)
+    ticks.spread(robots, 1.0 / rate_hz, start_at, seed=devs[0])
     end = start_at + seconds
-    tick = 0
-    offsets = [period * i / len(robots) for i in range(len(robots))]
-    random.Random(devs[0]).shuffle(offsets)
-    while start_at + tick * period < end:
-        slot = start_at + tick * period
-        order = sorted(range(len(robots)), key=offsets.__getitem__)
-        for i in order:
-            delay = slot + offsets[i] - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            robots[i].send_telemetry()
-        tick += 1
-    # Stay connected (answering hints) until the parent is done with this phase.
-    while not stop.is_set() and time.time() < end + 300:
+    ticks.start(until=end)
+    while not stopped() and time.time() < end + 300:
         await asyncio.sleep(0.1)
-    await asyncio.sleep(0.2)  # flush in-flight messages
-    sent = {r.dev: (r.seq - r.sent, r.sent) for r in robots}
+    ticks.stop()
+    deadline = time.time() + 10
+    while any(r.link.inflight for r in robots) and time.time() < deadline:
+        await asyncio.sleep(0.05)
+    sent = {r.device_id: (r.first_seq, r.sent) for r in robots}
+    dropped = [f"{r.device_id}: {r.dropped}" for r in robots if r.dropped]
     for r in robots:
-        r.client.disconnect()
-    await asyncio.sleep(0.2)
-    return sent
+        r.close()
+    return {
+        "sent": sent,
+        "failed": failed + dropped[:20],
+        "dropped": len(dropped),
+        "late_s": ticks.late_s,
+    }
 
 
 def _robot_process(
+    client: str,
     devs: list[str],
     pki: Pki,
     port: int,
     rate_hz: float,
-    start_at: float,
     seconds: float,
+    concurrency: int,
+    start_at: Any,
     stop: Any,
     q: Any,
 ) -> None:
+    async def started(connect_s: float) -> float:
+        q.put(("up", os.getpid(), connect_s))
+        while start_at.value == 0.0:
+            if stop.is_set():
+                raise RuntimeError("stopped before the load started")
+            await asyncio.sleep(0.05)
+        return float(start_at.value)
+
     try:
-        q.put(asyncio.run(_robots_main(devs, pki, port, rate_hz, start_at, seconds, stop)))
+        if client == "paho":
+            got = asyncio.run(paho_robots(devs, pki, port, rate_hz, seconds, started, stop.is_set))
+        else:
+            got = asyncio.run(
+                _lean_robots(devs, pki, port, rate_hz, seconds, started, stop.is_set, concurrency)
+            )
+        q.put(("done", got))
     except Exception as exc:  # reported, not swallowed: the parent fails the run
-        q.put({"error": repr(exc)})
+        q.put(("error", repr(exc)))
 
 
 @dataclass
@@ -315,16 +215,26 @@ class Fleet:
     q: Any
     stop: Any
     sent: dict[str, tuple[int, int]]
+    connect_s: float = 0.0
+    """From starting the processes to the last robot connected."""
+    connect_load: float = 0.0
+    """The 1-minute load average when the last robot connected."""
+    late_s: float = 0.0
+    dropped: int = 0
 
     def join(self, timeout_s: float) -> None:
         self.stop.set()
         errors = []
         for _ in self.procs:
-            got = self.q.get(timeout=timeout_s)
-            if "error" in got:
-                errors.append(got["error"])
-            else:
-                self.sent.update(got)
+            kind, got = self.q.get(timeout=timeout_s)
+            if kind == "error":
+                errors.append(got)
+                continue
+            self.sent.update(got["sent"])
+            self.late_s = max(self.late_s, got.get("late_s", 0.0))
+            self.dropped += got["dropped"]
+            if got["failed"]:
+                errors.append(f"{len(got['failed'])} robots failed: {got['failed'][:5]}")
         for p in self.procs:
             p.join(10)
         if errors:
@@ -335,28 +245,57 @@ def start_fleet(
     devs: list[str],
     pki: Pki,
     port: int,
-    procs: int,
+    args: Any,
     rate_hz: float,
-    seconds: float,
-    warmup_s: float,
 ) -> tuple[Fleet, float]:
+    """Start the robot processes, wait until every robot is connected (at most
+    `args.connect_s`), then give them a start time 1 s ahead; returns it."""
     ctx = mp.get_context("spawn")
     q: Any = ctx.Queue()
     stop = ctx.Event()
-    start_at = time.time() + warmup_s
+    start_at = ctx.Value("d", 0.0)
     ps = []
-    for k in range(procs):
-        part = devs[k::procs]
+    t0 = time.time()
+    for k in range(args.procs):
+        part = devs[k :: args.procs]
         if not part:
             continue
         p = ctx.Process(
             target=_robot_process,
-            args=(part, pki, port, rate_hz, start_at, seconds, stop, q),
+            args=(
+                args.client,
+                part,
+                pki,
+                port,
+                rate_hz,
+                args.seconds,
+                args.connect_concurrency,
+                start_at,
+                stop,
+                q,
+            ),
             daemon=True,
         )
         p.start()
         ps.append(p)
-    return Fleet(ps, q, stop, {}), start_at
+    fleet = Fleet(ps, q, stop, {})
+    up = 0
+    while up < len(ps):
+        try:
+            kind, *rest = q.get(timeout=max(0.1, t0 + args.connect_s - time.time()))
+        except queue.Empty:
+            stop.set()
+            raise RuntimeError(
+                f"robots not connected within --connect-s {args.connect_s:g}"
+            ) from None
+        if kind != "up":
+            stop.set()
+            raise RuntimeError(f"a robot process failed while connecting: {rest}")
+        up += 1
+    fleet.connect_s = time.time() - t0
+    fleet.connect_load = os.getloadavg()[0]
+    start_at.value = time.time() + 1.0
+    return fleet, start_at.value
 
 
 # --------------------------------------------------------------------------- CPU use
@@ -390,6 +329,8 @@ class CpuMeter:
     def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
         self.groups = groups
         self._t0 = 0.0
+        self.wall_s = 0.0
+        self.used_s: dict[str, float] = {}
         self._start: dict[str, dict[int, float]] = {}
 
     def start(self) -> None:
@@ -397,12 +338,13 @@ class CpuMeter:
         self._start = {g: {p: _cpu_s(p) for p in pids()} for g, pids in self.groups.items()}
 
     def cores(self) -> dict[str, float]:
-        wall = max(1e-6, time.time() - self._t0)
+        """Cores used per group since `start` (also kept, as CPU seconds, in `used_s`)."""
+        wall = self.wall_s = max(1e-6, time.time() - self._t0)
         out = {}
         for g, pids in self.groups.items():
             before = self._start.get(g, {})
-            used = sum(_cpu_s(p) - before.get(p, 0.0) for p in pids())
-            out[g] = round(used / wall, 2)
+            self.used_s[g] = sum(_cpu_s(p) - before.get(p, 0.0) for p in pids())
+            out[g] = round(self.used_s[g] / wall, 2)
         return out
 
 
@@ -599,6 +541,13 @@ class PhaseResult:
     counters: dict[str, dict[str, int]] | None = None
     cores: dict[str, float] | None = None
     """Cores each part used during the load (robots, broker, consumer, db)."""
+    robot_us_per_msg: float = 0.0
+    """CPU the robot processes used during the load per telemetry message sent."""
+    connect_s: float = 0.0
+    """From starting the robot processes to every robot connected."""
+    connect_load: float = 0.0
+    late_s: float = 0.0
+    """The most a robot's telemetry was sent after its due time."""
 
     def kept_up(self) -> bool:
         """Everything delivered, at the rate it was sent, with p99 lag under 2 s."""
@@ -627,9 +576,7 @@ def run_phase(
     with consumer as got:
         if isinstance(got, dict):
             counters = got
-        fleet, start_at = start_fleet(
-            devs, pki, port, args.procs, rate, args.seconds, warmup_s=args.connect_s
-        )
+        fleet, start_at = start_fleet(devs, pki, port, args, rate)
         meter = CpuMeter(
             {
                 "robots": lambda: [p.pid for p in fleet.procs],
@@ -651,6 +598,7 @@ def run_phase(
         _wait(lambda: len(rec.seen) >= sent, 15.0)
     lost, dups = rec.loss(fleet.sent)
     took = max(args.seconds, rec.last_done - start_at)
+    robot_cpu_s = meter.used_s.get("robots", 0.0)
     return PhaseResult(
         name,
         len(devs),
@@ -668,6 +616,10 @@ def run_phase(
         len(rec.committed) if fanout else 0,
         counters,
         cores,
+        round(robot_cpu_s / max(1, sent) * 1e6, 1),
+        round(fleet.connect_s, 1),
+        round(fleet.connect_load, 2),
+        round(fleet.late_s, 3),
     )
 
 
@@ -691,12 +643,17 @@ def run(args: Any) -> dict[str, Any]:
     devs = [f"sim-{i:05d}" for i in range(args.robots)]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        pki = make_pki(
-            Path(tmp) / "pki",
+        pki, issued = fleet_pki(
+            args.cert_cache or Path(tmp) / "pki",
             devs,
             (INGEST_IDENTITY, BARE_IDENTITY, PUBLISHER_IDENTITY, *ALL_REPLICAS),
         )
-        print(f"{args.robots} robot certificates in {time.time() - t0:.1f} s", flush=True)
+        kept = f", the rest kept in {args.cert_cache}" if args.cert_cache else ""
+        print(
+            f"{args.robots} robot certificates in {time.time() - t0:.1f} s "
+            f"({issued} issued now{kept})",
+            flush=True,
+        )
         with (
             fleet_broker(pki, Path(tmp) / "broker", devs) as port,
             _store(args, tmp) as (store, url),
@@ -791,7 +748,9 @@ def _row(r: PhaseResult) -> None:
         f"{r.consumer:20s} {r.robots:7d} {r.rate_hz:5g} {r.sent:8d} {r.delivered:8d} "
         f"{r.lost:6d} {r.duplicates:5d} {r.offered_msg_s:10.1f} {r.msg_s:9.1f} "
         f"{r.lag_p50_s:8.3f}s {r.lag_p99_s:8.3f}s {r.loadavg_1m:6.2f}  "
-        + " ".join(f"{k} {v:.2f}" for k, v in (r.cores or {}).items()),
+        + " ".join(f"{k} {v:.2f}" for k, v in (r.cores or {}).items())
+        + f"  robots {r.robot_us_per_msg:.0f} us/msg, connected in {r.connect_s:.1f} s "
+        f"(load {r.connect_load:.2f}), sent late by at most {r.late_s:.3f} s",
         flush=True,
     )
 
@@ -852,6 +811,9 @@ def _report(
         "fanout_s": None if ing.fanout_s is None else round(ing.fanout_s, 3),
         "stored_committed_devices": stored_commits,
         "procs": args.procs,
+        "client": args.client,
+        "robot_us_per_msg": ing.robot_us_per_msg,
+        "connect_s": ing.connect_s,
         "loadavg_1m": ing.loadavg_1m,
         "phases": [
             {
@@ -864,6 +826,10 @@ def _report(
                 "lag_p99_s": round(r.lag_p99_s, 3),
                 "loadavg_1m": r.loadavg_1m,
                 "cores": r.cores,
+                "robot_us_per_msg": r.robot_us_per_msg,
+                "connect_s": r.connect_s,
+                "connect_loadavg_1m": r.connect_load,
+                "late_s": r.late_s,
             }
             for r in rows
         ],
@@ -893,10 +859,30 @@ def parse(argv: list[str] | None = None) -> Any:
     ap.add_argument(
         "--connect-s",
         type=float,
-        default=15.0,
-        help="time allowed for every robot to connect before the load starts",
+        default=600.0,
+        help="time allowed for every robot to connect; the load starts once all are",
     )
     ap.add_argument("--no-fanout", dest="fanout", action="store_false")
+    ap.add_argument(
+        "--cert-cache",
+        type=Path,
+        default=None,
+        help="keep the fleet CA and the robots' certificates in this directory and reuse "
+        "them on the next run (default: made anew in a temporary directory)",
+    )
+    ap.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=32,
+        help="TLS handshakes in flight per robot process while connecting",
+    )
+    ap.add_argument(
+        "--client",
+        choices=("lean", "paho"),
+        default="lean",
+        help="the robots' MQTT client: bench.simrobot's own (lean) or one paho client per "
+        "robot (the earlier simulator, for comparison)",
+    )
     ap.add_argument(
         "--flush-ms",
         type=float,

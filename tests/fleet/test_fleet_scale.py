@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_two_hundred_robots_lose_nothing_and_all_commit_the_fanned_out_update() -> None:
     if mosquitto_binary() is None:
         missing_service("mosquitto is not installed")
-    args = ["--robots", "200", "--seconds", "10", "--procs", "2", "--connect-s", "15"]
+    args = ["--robots", "200", "--seconds", "10", "--procs", "2", "--connect-s", "120"]
     args += ["--ladder", "1,2", "--ingest-replicas", "1,3"]
     proc = subprocess.run(
         [sys.executable, "bench/fleet_scale.py", *args],

@@ -1,5 +1,5 @@
 """Simulated robots for rollout scenarios: the fleet simulator's robots (one real mTLS
-MQTT connection each, `bench/fleet_scale.py`) with a behaviour that depends on the
+MQTT connection each, `bench.simrobot`) with a behaviour that depends on the
 bundle they run, and a switch that waits while the scenario holds it.
 
 Each robot reports telemetry counters every `period_s` (50 Hz ticks and the deadline
@@ -14,7 +14,6 @@ lock or a closed maintenance window keeps its switch waiting: state HELD).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import threading
 import time
 from collections import Counter
@@ -22,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.fleet_scale import UPDATE_STATES, Pki, _Robot
+from bench.simrobot import UPDATE_STATES, Pki, RobotLoop, SimRobot, connect_all
 from protos import telemetry_pb2
 
-__all__ = ["Behaviour", "SimFleet"]
+__all__ = ["Behaviour", "ScenarioRobot", "SimFleet"]
 
 TICK_HZ = 50
 BASE_MISS_RATE = 0.0  # a healthy robot misses no deadline: the figures stay exact
@@ -55,7 +54,9 @@ class Behaviour:
             return [(at, s, g) for at, d, s, g in self.hints if d == device]
 
 
-class _SimRobot(_Robot):
+class ScenarioRobot(SimRobot):
+    """A simulated robot whose telemetry and update answers follow the `Behaviour`."""
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -64,40 +65,37 @@ class _SimRobot(_Robot):
         port: int,
         behaviour: Behaviour,
         active: tuple[str, str, int],
+        period_s: float,
     ) -> None:
         super().__init__(loop, dev, pki, port)
         self.behaviour = behaviour
         self.active = active  # name, version, sequence
         self.state = "COMMITTED"
+        self.period_s = period_s
         self.ticks = 0
         self.misses = 0
         self._owed = 0.0
         self._handled: set[tuple[int, int]] = set()  # (sequence, generation) answered
         self._tries: Counter[int] = Counter()  # tries per bundle sequence
+        self.point.loop_p50_ms, self.point.loop_p99_ms = 0.4, 1.2
 
-    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
-        hint = telemetry_pb2.UpdateHint.FromString(msg.payload)
+    def before_telemetry(self) -> None:
+        n = TICK_HZ * self.period_s
+        self._owed += n * self.behaviour.miss_rate(self.device_id, self.active[1])
+        self.ticks += int(n)
+        missed = int(self._owed)
+        self._owed -= missed
+        self.misses += missed
+        p = self.point
+        p.ticks, p.deadline_misses = self.ticks, self.misses
+        p.active_bundle.name, p.active_bundle.version, p.active_bundle.sequence = self.active
+        p.update_state = self.state
+
+    async def on_hint(self, hint: telemetry_pb2.UpdateHint) -> None:
         with self.behaviour.lock:
-            self.behaviour.hints.append((time.time(), self.dev, hint.sequence, hint.generation))
-        self.loop.create_task(self._update(hint))
-
-    def _event(
-        self, state: str, ref: tuple[str, str, int], reason: str = "", detail: str = ""
-    ) -> None:
-        self.event_seq += 1
-        ev = telemetry_pb2.Event(
-            device_id=self.dev,
-            sequence=self.event_seq,
-            kind="update",
-            state=state,
-            reason_code=reason,
-            detail=detail,
-        )
-        ev.bundle.name, ev.bundle.version, ev.bundle.sequence = ref
-        ev.at.FromDatetime(dt.datetime.now(dt.UTC))
-        self.client.publish(self.topics["events"], ev.SerializeToString(), qos=1)
-
-    async def _update(self, hint: telemetry_pb2.UpdateHint) -> None:
+            self.behaviour.hints.append(
+                (time.time(), self.device_id, hint.sequence, hint.generation)
+            )
         key = (hint.sequence, hint.generation)
         if key in self._handled:  # the same desired state hinted again
             return
@@ -105,12 +103,12 @@ class _SimRobot(_Robot):
         version = self.behaviour.versions.get(hint.sequence, "")
         ref = (hint.bundle_name, version, hint.sequence)
         self._tries[hint.sequence] += 1
-        if self._tries[hint.sequence] <= self.behaviour.fail_tries.get(self.dev, 0):
+        if self._tries[hint.sequence] <= self.behaviour.fail_tries.get(self.device_id, 0):
             for state in ("REFRESHING", "DOWNLOADING"):
-                self._event(state, ref)
+                self.emit_event(state, ref, "")
                 await asyncio.sleep(0.01)
             self.state = "FAILED"
-            self._event("FAILED", ref, "DOWNLOAD_FAILED", "connection reset while downloading")
+            self.emit_event("FAILED", ref, "DOWNLOAD_FAILED", "connection reset while downloading")
             return
         for state in UPDATE_STATES:
             if state == "SWITCHING":
@@ -118,41 +116,21 @@ class _SimRobot(_Robot):
             self.state = state
             if state == "COMMITTED":
                 self.active = ref
-            self._event(state, ref)
+            self.emit_event(state, ref, "")
             await asyncio.sleep(0.01)
 
     async def _held(self, ref: tuple[str, str, int]) -> None:
         with self.behaviour.lock:
-            hold = self.behaviour.holds.get(self.dev)
+            hold = self.behaviour.holds.get(self.device_id)
         if hold is None:
             return
         self.state = "HELD"
-        self._event("HELD", ref, *hold)
+        self.emit_event("HELD", ref, *hold)
         while True:
             with self.behaviour.lock:
-                if self.dev not in self.behaviour.holds:
+                if self.device_id not in self.behaviour.holds:
                     return
             await asyncio.sleep(0.1)
-
-    def send_telemetry(self) -> None:
-        n = TICK_HZ * self.period_s
-        self._owed += n * self.behaviour.miss_rate(self.dev, self.active[1])
-        self.ticks += int(n)
-        missed = int(self._owed)
-        self._owed -= missed
-        self.misses += missed
-        self.seq += 1
-        b = telemetry_pb2.TelemetryBatch(device_id=self.dev, sequence=self.seq)
-        p = b.points.add(
-            loop_p50_ms=0.4, loop_p99_ms=1.2, ticks=self.ticks, deadline_misses=self.misses
-        )
-        p.active_bundle.name, p.active_bundle.version, p.active_bundle.sequence = self.active
-        p.update_state = self.state
-        p.at.FromNanoseconds(time.time_ns())
-        self.client.publish(self.topics["telemetry"], b.SerializeToString(), qos=1)
-        self.sent += 1
-
-    period_s = 0.5
 
 
 class SimFleet:
@@ -172,11 +150,12 @@ class SimFleet:
         self.behaviour = behaviour
         self.initial = active
         self.period_s = period_s
-        self.robots: dict[str, _SimRobot] = {}
+        self.robots: dict[str, ScenarioRobot] = {}
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="simfleet", daemon=True)
         self._thread.start()
-        self._ticker = asyncio.run_coroutine_threadsafe(self._tick(), self.loop)
+        self._ticks = RobotLoop(self.loop, tick_s=0.01)
+        self.loop.call_soon_threadsafe(self._ticks.start)
 
     def _run(self, coro: Any, timeout: float = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -185,34 +164,30 @@ class SimFleet:
         """Connect these robots (each with its own certificate) and wait for all."""
 
         async def connect() -> None:
-            new = []
-            for d in devices:
-                r = _SimRobot(self.loop, d, self.pki, self.port, self.behaviour, self.initial)
-                r.period_s = self.period_s
-                r.connect()
-                self.robots[d] = r
-                new.append(r)
-                await asyncio.sleep(0)
-            await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in new)), timeout)
+            new = [
+                ScenarioRobot(
+                    self.loop, d, self.pki, self.port, self.behaviour, self.initial, self.period_s
+                )
+                for d in devices
+            ]
+            failed = await connect_all(new, timeout_s=timeout)
+            if failed:
+                raise RuntimeError(f"simulated robots did not connect: {failed}")
+            first = time.time() + self.period_s
+            for r in new:
+                self.robots[r.device_id] = r
+                self._ticks.add(r, self.period_s, first)
 
         self._run(connect(), timeout + 10)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.period_s)
-            for r in list(self.robots.values()):
-                if r.connected.is_set():
-                    r.send_telemetry()
 
     def active(self, device: str) -> tuple[str, str, int]:
         return self.robots[device].active
 
     def stop(self) -> None:
         async def down() -> None:
-            self._ticker.cancel()
+            self._ticks.stop()
             for r in self.robots.values():
-                r.client.disconnect()
-            await asyncio.sleep(0.2)
+                r.close()
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
                     task.cancel()

@@ -8,6 +8,7 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,36 @@ def test_an_incremental_pass_checks_only_changed_devices(store: Store) -> None:
     assert r.waves[0].outcomes == {}  # not announced: not read
     svc.step(r, dirty={"d0"})
     assert list(r.waves[0].outcomes) == ["d0"]
+
+
+def test_an_operators_change_over_a_save_made_meanwhile_is_read_again_and_reapplied(
+    store: Store,
+) -> None:
+    """Two writers of one rollout (an operator on one replica, the driver on another):
+    the operator's save over a revision someone saved after it read is refused, and
+    its change is re-applied to what is stored now, so neither change is lost."""
+    import asyncio
+
+    svc, r = started(store)
+    svc._save(r)
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    svc.plane.db = db  # type: ignore[attr-defined]
+    calls = []
+
+    def pause(mine: Rollout) -> None:
+        calls.append(mine.revision)
+        if len(calls) == 1:  # the driver saves its progress after the operator read
+            theirs = svc._load("ro-t")
+            theirs.note(time.time(), "the driver's note")
+            svc._save(theirs)
+        mine.pause(time.time(), "paused by ops")
+
+    got, _ = asyncio.run(svc._change("ro-t", pause))
+    assert len(calls) == 2 and calls[1] == calls[0] + 1  # read again, re-applied
+    stored = svc._load("ro-t")
+    assert stored.state == "paused" == got.state
+    said = [h["reason"] for h in stored.history]
+    assert "the driver's note" in said and "paused by ops" in said
