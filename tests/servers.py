@@ -345,7 +345,8 @@ def _in_group(pgid: int) -> list[int]:
 
 
 def _stop_group(pgid: int) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+    # The head's gcs_server and monitor outlive SIGTERM for long: a short grace, then KILL.
+    for sig, wait_s in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
         if not _in_group(pgid):
             return
         with contextlib.suppress(ProcessLookupError):

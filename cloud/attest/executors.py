@@ -176,6 +176,7 @@ def _pack(path: Path) -> dict[str, Any]:
 
 def _unpack(pack: Mapping[str, Any], into: Path) -> str:
     root = into / pack["name"]
+    (root if pack["dir"] else into).mkdir(parents=True, exist_ok=True)
     for rel, data in pack["files"].items():
         if ".." in Path(rel).parts or Path(rel).is_absolute():
             raise CampaignError(f"shipped file {rel!r}: not a relative path inside its directory")
@@ -208,9 +209,12 @@ def run_shipped(
 class RayExecutor:
     """Units as Ray tasks (one CPU each) on the cluster behind a Ray client address."""
 
-    def __init__(self, host: str, port: int, *, max_retries: int = 2) -> None:
+    def __init__(
+        self, host: str, port: int, *, max_retries: int = 2, max_in_flight: int | None = None
+    ) -> None:
         self.host, self.port = host, port
         self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
         self.label = f"ray://{host}:{port}" if ":" not in host else f"ray://[{host}]:{port}"
         self._connected = False
         self._shipped: dict[str, Any] = {}  # path -> ObjectRef of its packed contents
@@ -287,12 +291,17 @@ class RayExecutor:
         task = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(
             run_shipped
         )
+        # Enough queued to keep every CPU busy (an autoscaler sees the backlog), few enough
+        # that each wait stays cheap in a campaign of thousands of units.
+        window = self.max_in_flight or max(64, 4 * int(ray.cluster_resources().get("CPU", 1)))
+        queue = list(units)
         pending: dict[Any, str] = {}
-        for u in units:
-            fields, refs = self._ship(ray, u)
-            pending[task.remote(u, fields, __version__, *refs)] = u["id"]
         try:
-            while pending:
+            while queue or pending:
+                while queue and len(pending) < window:
+                    u = queue.pop(0)
+                    fields, refs = self._ship(ray, u)
+                    pending[task.remote(u, fields, __version__, *refs)] = u["id"]
                 finished, _ = ray.wait(list(pending), num_returns=1)
                 for ref in finished:
                     unit_id = pending.pop(ref)

@@ -178,6 +178,10 @@ def test_bad_executor_on_the_command_line_is_a_usage_error(tmp_path: Path, keys,
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     assert "--executor 'ray:/head:1': expected 'local' or 'ray://HOST:PORT'" in bad.output
     assert not (tmp_path / "work").exists()
+    on_plane = ["attest", "run", "--campaign", str(tmp_path / "c.toml"),
+                "--remote", "pendulum@1.0.0", "--executor", "ray://h:1"]  # fmt: skip
+    remote = CliRunner().invoke(root, on_plane)
+    assert remote.exit_code == 2 and "the plane runs --remote campaigns" in remote.output
     if _has_ray():
         port = free_port()  # nothing listens there
         dead = CliRunner().invoke(root, [*args, "--executor", f"ray://127.0.0.1:{port}"])
@@ -298,7 +302,7 @@ def test_a_ray_campaign_stopped_midway_resumes_to_the_same_results(
     assert not (tmp_path / "work" / "attestation.dsse.json").exists()
 
     progress: list[tuple[int, int, str]] = []
-    with RayExecutor(cluster.host, cluster.port) as ex:
+    with RayExecutor(cluster.host, cluster.port, max_in_flight=2) as ex:  # the rest queued
         resumed = campaign.run_campaign(
             *args,
             executor=ex,
@@ -358,12 +362,79 @@ def test_a_dead_ray_worker_is_retried_then_named(
         CAMPAIGN.replace("conftest:energy_teacher", "test_ray_executor:dies_always_teacher")
     )
     with (
-        RayExecutor(cluster.host, cluster.port, max_retries=1) as ex,
+        RayExecutor(cluster.host, cluster.port, max_retries=0) as ex,
         pytest.raises(campaign.CampaignError) as caught,
     ):
         campaign.run_campaign(
             local_run["bundle"], always, workdir=tmp_path / "always", executor=ex, **kw
         )
     message = str(caught.value)
-    assert message.startswith("work unit nominal.cal: its Ray worker died (2 tries")
+    assert message.startswith("work unit nominal.cal: its Ray worker died (1 try;")
     assert "rerun to resume" in message and "\n" not in message
+
+
+# ----------------------------------------------------------------------------- shipped files
+
+
+class _HiddenFiles:
+    """An executor whose units run where the driver's files are out of reach: each unit's
+    files are packed as the Ray executor packs them, then `hide` is moved away while
+    the unit runs from the shipped copies alone (`run_shipped`, as on a Ray node)."""
+
+    label = "elsewhere"
+
+    def __init__(self, hide: list[Path]) -> None:
+        self.hide = hide
+        self.shipped: set[str] = set()
+
+    def __enter__(self) -> _HiddenFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, units: Any) -> Iterator[dict[str, Any]]:
+        from cloud.attest.executors import _get, run_shipped
+        from cloud.attest.units import FILE_FIELDS
+        from edgeflux._version import __version__
+
+        for u in units:
+            fields = [f for f in FILE_FIELDS if _get(u, f) is not None]
+            packs = [_pack(Path(_get(u, f))) for f in fields]
+            self.shipped.update(str(_get(u, f)) for f in fields)
+            for p in self.hide:
+                p.rename(p.with_name(p.name + ".away"))
+            try:
+                result = run_shipped(u, [list(f) for f in fields], __version__, *packs)
+            finally:
+                for p in self.hide:
+                    p.with_name(p.name + ".away").rename(p)
+            yield result
+
+
+@pytest.mark.parametrize("reference", ["world-model-dir", "against-bundle"])
+def test_units_run_from_shipped_files_alone_with_the_same_results(
+    tmp_path: Path, keys, make_bundle, reference: str
+) -> None:
+    from tests.attest.conftest import energy_pendulum_policy, pendulum_manifest
+    from tests.attest.test_reference import TINY, _world_model_bundle
+
+    spec = campaign.parse_campaign(TINY)
+    kw: dict[str, Any] = {"trust_dir": keys.trust_dir, "key": keys.attest}
+    if reference == "world-model-dir":
+        bundle, _ = _world_model_bundle(tmp_path, make_bundle, tmp_path / "ckpt", saved_dir=True)
+        spec = spec.model_copy(update={"teacher_search": [str(tmp_path / "ckpt")]})
+        hide = [bundle, tmp_path / "ckpt"]
+        wanted = {str(bundle / "policy.onnx"), str(tmp_path / "ckpt" / "world_model")}
+    else:
+        bundle = make_bundle(energy_pendulum_policy(tmp_path / "new.onnx"))
+        old = make_bundle(energy_pendulum_policy(tmp_path / "old.onnx", kp=10.3),
+                          manifest=pendulum_manifest(max_action_delta=1.5))  # fmt: skip
+        kw["against"] = old
+        hide = [bundle, old]
+        wanted = {str(bundle / "policy.onnx"), str(old / "policy.onnx")}
+    campaign.run_campaign(bundle, spec, workdir=tmp_path / "here", **kw)
+    elsewhere = _HiddenFiles(hide)
+    campaign.run_campaign(bundle, spec, workdir=tmp_path / "there", executor=elsewhere, **kw)
+    assert elsewhere.shipped == wanted
+    assert _units(tmp_path / "there") == _units(tmp_path / "here")
