@@ -26,6 +26,10 @@ One plane drives rollouts at a time: on PostgreSQL, replicas elect it through an
 lease (``cloud.lease``); on SQLite the one plane process drives them. Every write of a
 pass carries the lease's epoch: a driver deposed mid-pass (stalled past its lease while
 another replica took over) has its writes refused (``FencedError``) and stands down.
+Operators change rollouts from any replica without the lease: a rollout is saved only
+over the revision its writer read, and every write of the driver's step for one rollout
+is refused (``StaleWriteError``) once an operator saved it meanwhile, so a pause or an
+abort is never overwritten, nor outrun by a wave decided just before it.
 """
 
 from __future__ import annotations

@@ -142,3 +142,34 @@ def test_an_operators_change_over_a_save_made_meanwhile_is_read_again_and_reappl
     assert stored.state == "paused" == got.state
     said = [h["reason"] for h in stored.history]
     assert "the driver's note" in said and "paused by ops" in said
+
+
+def test_an_operators_abort_left_unfinished_is_finished_by_the_driver_once_abandoned(
+    store: Store,
+) -> None:
+    """The replica serving an operator's abort with rollback saved its intent and
+    stopped: the driver leaves a fresh one to that replica, and finishes (claiming it
+    first) one older than ABANDONED_S: each device restored once."""
+    from cloud.rollouts import service as service_mod
+
+    old = {**BUNDLE, "version": "1.0.0", "sequence": 1}
+    store.set_desired(["d0", "d1", "d2"], old)  # what the rollback points them back at
+    svc, r = started(store)
+    svc._save(r)
+    restore = r.abort(time.time(), "ops", rollback=True)
+    svc._intend(r, "abort", r.current, sorted(restore), restore=restore, actor="ops")
+    gens = {d: store.get_device(d).desired_generation for d in restore}  # type: ignore[union-attr]
+    svc._pass(None)  # fresh: the operator's replica is still at it
+    assert svc._load("ro-t").gates.get("intent", {}).get("kind") == "abort"
+    r = svc._load("ro-t")
+    r.gates["intent"]["at"] = time.time() - service_mod.ABANDONED_S - 1
+    svc._save(r)
+    svc._pass(None)
+    done = svc._load("ro-t")
+    assert "intent" not in done.gates and done.state == "aborted"
+    assert any("rolled back 3 device(s)" in h["reason"] for h in done.history)
+    for d, gen in gens.items():  # restored once: one new generation each
+        assert store.get_device(d).desired_generation == gen + 1, d  # type: ignore[union-attr]
+    svc._pass(None)
+    for d, gen in gens.items():
+        assert store.get_device(d).desired_generation == gen + 1, d  # type: ignore[union-attr]
