@@ -1,7 +1,9 @@
-"""The control plane's MQTT client — the only cloud module that imports paho.
+"""The control plane's MQTT client: ingest's subscriptions and the plane's hints.
 
-(`cloud` may not import `fleet`, so the cloud side has its own owner module; the topic
-contract is pinned identical to `fleet.mqtt` by tests/fleet/test_ingest.py.)
+(`cloud` may not import `fleet`, so the cloud side has its own client; the topic
+contract is pinned identical to `fleet.mqtt` by tests/fleet/test_ingest.py. Which
+protocol to speak, the paho client and its CONNECT are ``protos.mqtt_connect``'s,
+shared with the robot's transport.)
 
 Two uses: ingest subscribes with **manual acknowledgement** — a QoS 1 message is
 PUBACKed only after the store committed it, so an ingest process that dies with
@@ -9,10 +11,12 @@ messages in hand gets them redelivered from its persistent session rather than
 losing them — and the control plane publishes update hints and waits for PUBACK.
 
 Both speak MQTT 5 where the broker does (Mosquitto 2) and fall back to 3.1.1 where
-it refuses, closes or does not answer an MQTT 5 CONNECT (the embedded development
-broker). A persistent MQTT 5 session is ``clean_start=False`` with a Session Expiry
-Interval (:attr:`CloudMqttSettings.session_expiry_s`; ingest's never expires, like
-its 3.1.1 session: it is the only copy of what robots sent while ingest is down).
+it answers "unsupported protocol version", closes or does not answer an MQTT 5
+CONNECT (the embedded development broker); a broker that refuses the client itself
+(not authorised) is reported at once. A persistent MQTT 5 session is
+``clean_start=False`` with a Session Expiry Interval
+(:attr:`CloudMqttSettings.session_expiry_s`; ingest's never expires, like its 3.1.1
+session: it is the only copy of what robots sent while ingest is down).
 A subscription the broker refuses (SUBACK reason code 0x80 or more) is logged with
 the topic and the code, counted and kept in :attr:`CloudMqtt.refused`.
 """
@@ -22,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import socket
 import ssl
 import threading
 import time
@@ -31,11 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
+from protos import mqtt_connect
+from protos.mqtt_connect import NEVER_EXPIRES
 from protos.mqtt_subacks import Subacks
 
 __all__ = [
@@ -50,9 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-NEVER_EXPIRES = 0xFFFFFFFF
-"""MQTT 5 Session Expiry Interval meaning "never"."""
 
 HINT_EXPIRY_S = 86_400
 """Update hints expire after a day (MQTT 5): a robot offline longer converges through
@@ -130,12 +127,12 @@ class CloudMqtt:
         """`mqtt5`: speak MQTT 5 where the broker does (message expiry on publishes,
         reason codes, a session expiry for a persistent session), else 3.1.1.
         `on_refused(topic_filter, reason_code)`: a subscription the broker refused."""
-        if not 0 <= settings.session_expiry_s <= NEVER_EXPIRES:
-            raise ValueError(f"session_expiry_s {settings.session_expiry_s} is not 0..2^32-1")
+        bad = mqtt_connect.check_session_expiry(settings.session_expiry_s)
+        if bad is not None:
+            raise ValueError(bad)
         self.settings = settings
         self._on_message_cb = on_message
         self._manual_ack = manual_ack
-        self._clean_session = clean_session
         self._subs: list[str] = []
         self.counters: dict[str, int] = {"subscriptions_refused": 0}
         self._subacks = Subacks(lambda: self.settings.client_id, self.counters, log, on_refused)
@@ -147,55 +144,48 @@ class CloudMqtt:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self.last_error = ""
-        self.mqtt5 = mqtt5
-        self._refused = threading.Event()  # an MQTT 5 CONNECT was refused or dropped
+        self._protocol = mqtt_connect.Protocol(mqtt5)
+        s = settings
+        self._endpoint = mqtt_connect.Endpoint(
+            s.host, s.port, s.client_id, s.keepalive_s, clean_session, s.session_expiry_s
+        )
+        self._connack: int | None = None  # the first attempt's CONNACK code; None: none yet
+        self._ended = threading.Event()  # the first MQTT 5 attempt was refused or dropped
         self._client = self._make_client()
 
+    @property
+    def mqtt5(self) -> bool:
+        """Whether this client speaks MQTT 5 (after :meth:`start`: what the broker took)."""
+        return self._protocol.v5
+
     def _make_client(self) -> Any:
-        settings = self.settings
-        if self.mqtt5:
-            c = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=settings.client_id,
-                protocol=MQTTProtocolVersion.MQTTv5,
-                manual_ack=self._manual_ack,
-            )
-        else:
-            c = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=settings.client_id,
-                clean_session=self._clean_session,
-                protocol=MQTTProtocolVersion.MQTTv311,
-                manual_ack=self._manual_ack,
-            )
-        c.max_inflight_messages_set(settings.max_inflight)
-        c.reconnect_delay_set(0.2, 10)  # type: ignore[arg-type]  # paho takes fractional seconds
-        if settings.cert is not None:
-            c.tls_set(
-                ca_certs=str(settings.ca) if settings.ca else None,
-                certfile=str(settings.cert),
-                keyfile=str(settings.key) if settings.key else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        c.on_socket_open = _nodelay
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
+        s = self.settings
+        c = mqtt_connect.new_client(
+            self._protocol,
+            self._endpoint,
+            self,
+            max_inflight=s.max_inflight,
+            tls=(s.ca, s.cert, s.key) if s.cert is not None else None,
+            manual_ack=self._manual_ack,
+        )
+        c.reconnect_delay_set(0.2, 10)  # paho takes fractional seconds
         return c
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Connect (raising CloudMqttError if the broker is unreachable) and start the loop."""
         s = self.settings
-        if self.mqtt5:
+        if self._protocol.v5:
             self._connect()
             deadline = time.monotonic() + min(timeout_s, 3.0)
-            while not self._refused.is_set() and time.monotonic() < deadline:
+            while not self._ended.is_set() and time.monotonic() < deadline:
                 if self._connected.wait(0.02):
                     self._await_subacks(timeout_s)
                     return
+            self.stop()
+            if not self._protocol.failed(self._connack):
+                raise CloudMqttError(
+                    f"MQTT broker {s.host}:{s.port} refused {s.client_id!r}: {self.last_error}"
+                )
             # A 3.1.1-only broker refuses (or drops) an MQTT 5 CONNECT: speak 3.1.1.
             log.info(
                 "MQTT broker %s:%d: no MQTT 5 (%s); using 3.1.1",
@@ -203,8 +193,6 @@ class CloudMqtt:
                 s.port,
                 self.last_error or "no CONNACK",
             )
-            self.stop()
-            self.mqtt5 = False
             self.last_error = ""
             self._subacks.clear()  # message ids start again with the new client
             self._client = self._make_client()
@@ -237,18 +225,7 @@ class CloudMqtt:
     def _connect(self) -> None:
         s = self.settings
         try:
-            if self.mqtt5:
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = 0 if self._clean_session else s.session_expiry_s
-                self._client.connect(
-                    s.host,
-                    s.port,
-                    keepalive=s.keepalive_s,
-                    clean_start=self._clean_session,
-                    properties=props,
-                )
-            else:
-                self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
+            mqtt_connect.connect(self._client, self._protocol, self._endpoint)
         except (OSError, ssl.SSLError) as exc:
             raise CloudMqttError(f"cannot connect to MQTT broker {s.host}:{s.port}: {exc}") from exc
         self._client.loop_start()
@@ -286,12 +263,9 @@ class CloudMqtt:
         `expiry_s` (MQTT 5 only; ignored on 3.1.1): the broker discards the message if it
         could not be delivered within that time (a hint for a robot offline for days)."""
         done = threading.Event()
-        props = None
-        if expiry_s is not None and self.mqtt5:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.MessageExpiryInterval = int(expiry_s)
+        props = mqtt_connect.publish_properties(self._protocol, expiry_s)
         info = self._client.publish(topic_name, payload, qos=1, retain=retain, properties=props)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if info.rc != mqtt_connect.OK:
             return False
         with self._lock:
             if info.mid in self._early:
@@ -318,12 +292,17 @@ class CloudMqtt:
     # ---- callbacks
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self.last_error = f"broker refused the connection: {reason}"
-            if self.mqtt5:  # do not hammer a 3.1.1 broker with MQTT 5 reconnects
-                self._refused.set()
+        code = mqtt_connect.reason_code(reason)
+        if self._connack is None:
+            self._connack = code
+        if code >= mqtt_connect.REFUSAL:
+            self.last_error = f"broker refused the connection: {mqtt_connect.describe(reason)}"
+            if self._protocol.v5 and not self._protocol.settled:
+                # start() decides what next: no MQTT 5 reconnects meanwhile
+                self._ended.set()
                 client.disconnect()
             return
+        self._protocol.accepted()
         with self._lock:
             subs = list(self._subs)
         for f in subs:
@@ -333,17 +312,17 @@ class CloudMqtt:
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
-        if self.mqtt5 and not self._connected.is_set():
-            self._refused.set()
+        if self._protocol.v5 and not self._protocol.settled:
+            self._ended.set()
         self._connected.clear()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        self._subacks.answered(mid, [int(getattr(r, "value", r)) for r in reasons])
+        self._subacks.answered(mid, [mqtt_connect.reason_code(r) for r in reasons])
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        code = int(getattr(reason, "value", reason))
+        code = mqtt_connect.reason_code(reason)
         with self._lock:
-            if code >= 0x80:
+            if code >= mqtt_connect.REFUSAL:
                 self._refused_pubs[mid] = code
             ev = self._acks.pop(mid, None)
             if ev is None:
@@ -361,8 +340,3 @@ class CloudMqtt:
         self._on_message_cb(
             Delivery(name, bytes(message.payload), message.mid, message.qos, client)
         )
-
-
-def _nodelay(client: Any, userdata: Any, sock: Any) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

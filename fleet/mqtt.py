@@ -1,7 +1,8 @@
-"""The agent's MQTT transport — the only robot-side module that imports paho.
+"""The agent's MQTT transport: the robot's one connection to the broker.
 
 MQTT 5 where the broker speaks it (Mosquitto 2), else MQTT 3.1.1 (any broker
-serves); mutual TLS with the device certificate, QoS 1, a persistent session so
+serves; the choice, the client and its CONNECT are ``protos.mqtt_connect``'s, shared
+with the plane's client); mutual TLS with the device certificate, QoS 1, a persistent session so
 update hints sent while the robot was offline are delivered when it returns: under
 MQTT 5 ``clean_start=False`` with a Session Expiry Interval
 (:attr:`MqttSettings.session_expiry_s`, a day by default), under 3.1.1
@@ -23,8 +24,7 @@ and drops it). Topics::
 
 The network loop runs on one thread owned here. Reconnects back off exponentially
 with full jitter (a fleet that lost its broker must not come back in lock step).
-``TCP_NODELAY`` is set on every socket (paho leaves Nagle on, which adds
-milliseconds per small publish). Callers see :class:`MqttError`, never paho's types.
+Callers see :class:`MqttError`, never paho's types.
 
 Usage::
 
@@ -41,7 +41,6 @@ import contextlib
 import logging
 import random
 import re
-import socket
 import ssl
 import threading
 import time
@@ -50,11 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
+from protos import mqtt_connect
+from protos.mqtt_connect import NEVER_EXPIRES
 from protos.mqtt_subacks import Subacks
 
 __all__ = [
@@ -149,19 +145,7 @@ class MqttSettings:
 
 Handler = Callable[[str, bytes], None]
 
-NEVER_EXPIRES = 0xFFFFFFFF
-"""MQTT 5 Session Expiry Interval meaning "never"."""
 _LOG_EVERY_S = 10.0
-_UNSUPPORTED_PROTOCOL = (0x01, 0x84)  # 3.1.1 CONNACK return code 1; MQTT 5 reason 0x84
-
-
-def _code(reason: Any) -> int:
-    """The numeric value of a paho ReasonCode (or of a plain int)."""
-    return int(getattr(reason, "value", reason))
-
-
-def _describe(reason: Any) -> str:
-    return f"0x{_code(reason):02X} {reason}"
 
 
 class MqttTransport:
@@ -181,7 +165,6 @@ class MqttTransport:
         self.client_id = client_id
         self._rng = rng or random.Random()
         self._on_connected = on_connected
-        self._clean_session = clean_session
         self._will = will
         self._handlers: dict[str, Handler] = {}
         self._limits: dict[str, int] = {}  # per-filter incoming caps above the default
@@ -208,82 +191,55 @@ class MqttTransport:
             for p in (settings.tls.ca, settings.tls.cert, settings.tls.key):
                 if not Path(p).is_file():
                     raise MqttError(f"TLS file {p} does not exist (device identity incomplete)")
-        if not 0 <= settings.session_expiry_s <= NEVER_EXPIRES:
-            raise MqttError(f"session_expiry_s {settings.session_expiry_s} is not 0..2^32-1")
-        self._v5 = settings.mqtt5
-        self._settled = not settings.mqtt5  # True once a CONNACK fixed the protocol
+        bad = mqtt_connect.check_session_expiry(settings.session_expiry_s)
+        if bad is not None:
+            raise MqttError(bad)
+        self._protocol = mqtt_connect.Protocol(settings.mqtt5)
+        self._endpoint = mqtt_connect.Endpoint(
+            settings.host,
+            settings.port,
+            client_id,
+            settings.keepalive_s,
+            clean_session,
+            settings.session_expiry_s,
+        )
         self._client = self._make_client()
 
     @property
     def protocol(self) -> str:
         """``"5"`` or ``"3.1.1"``: what this transport speaks (or tries next)."""
-        return "5" if self._v5 else "3.1.1"
+        return self._protocol.name
 
     def _make_client(self) -> Any:
-        settings = self.settings
-        if self._v5:
-            c = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=self.client_id,
-                protocol=MQTTProtocolVersion.MQTTv5,
-                reconnect_on_failure=False,
-            )
-        else:
-            c = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=self.client_id,
-                clean_session=self._clean_session,
-                protocol=MQTTProtocolVersion.MQTTv311,
-                reconnect_on_failure=False,
-            )
-        c.max_inflight_messages_set(settings.max_inflight)
+        tls = self.settings.tls
+        c = mqtt_connect.new_client(
+            self._protocol,
+            self._endpoint,
+            self,
+            max_inflight=self.settings.max_inflight,
+            tls=(tls.ca, tls.cert, tls.key) if tls is not None else None,
+            reconnect_on_failure=False,
+        )
         c.max_queued_messages_set(0)
-        if settings.tls is not None:
-            c.tls_set(
-                ca_certs=str(settings.tls.ca),
-                certfile=str(settings.tls.cert),
-                keyfile=str(settings.tls.key),
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
         if self._will is not None:
             c.will_set(self._will[0], self._will[1], qos=1, retain=True)
-        c.on_socket_open = self._on_socket_open
         # Only the network thread touches the socket: without this hook paho writes a
         # publish from the caller's thread while the loop reads, and concurrent use of
         # one TLS connection corrupts it ("bad record mac", the broker disconnects).
         # With it, publish() queues and wakes the loop, which writes.
         c.on_socket_register_write = self._on_socket_register_write
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
         return c
 
     def _connect(self) -> None:
         """The first CONNECT of the current client (later ones: ``reconnect()``)."""
-        s = self.settings
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0 if self._clean_session else s.session_expiry_s
-            self._client.connect(
-                s.host,
-                s.port,
-                keepalive=s.keepalive_s,
-                clean_start=self._clean_session,
-                properties=props,
-            )
-        else:
-            self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
+        mqtt_connect.connect(self._client, self._protocol, self._endpoint)
 
     def _other_protocol(self) -> None:
-        """Try the other protocol on the next attempt (no CONNACK settled it yet)."""
+        """A new client for the other protocol (:meth:`Protocol.failed` switched it)."""
         with contextlib.suppress(Exception):
             sock = self._client.socket()
             if sock is not None:
                 sock.close()
-        self._v5 = not self._v5
         with self._lock:  # message ids start again with the new client
             self._acks.clear()
             self._early.clear()
@@ -342,7 +298,7 @@ class MqttTransport:
         if not self.is_connected():
             return False
         info = self._client.publish(topic_name, payload, qos=qos, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if info.rc != mqtt_connect.OK:
             return False
         if on_ack is not None:
             with self._lock:
@@ -373,23 +329,17 @@ class MqttTransport:
 
     # ---- paho callbacks (network thread)
 
-    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # unix socket / websocket wrapper
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
     def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
         """Nothing to register: the loop's select() already watches the socket."""
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        self._connack = _code(reason)
-        if reason.is_failure:
-            self.last_error = f"broker refused the connection: {_describe(reason)}"
+        self._connack = mqtt_connect.reason_code(reason)
+        if self._connack >= mqtt_connect.REFUSAL:
+            self.last_error = f"broker refused the connection: {mqtt_connect.describe(reason)}"
             log.warning("MQTT %s (MQTT %s): %s", self.client_id, self.protocol, self.last_error)
             return
-        if not self._settled:
-            self._settled = True
-            if self.settings.mqtt5 and not self._v5:
-                log.info("MQTT %s: the broker does not speak MQTT 5; using 3.1.1", self.client_id)
+        if self._protocol.accepted() and self._protocol.fell_back:
+            log.info("MQTT %s: the broker does not speak MQTT 5; using 3.1.1", self.client_id)
         self.counters["connects"] += 1
         with self._lock:
             filters = list(self._handlers)
@@ -410,10 +360,10 @@ class MqttTransport:
         self._connected.clear()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        self._subacks.answered(mid, [_code(r) for r in reasons])
+        self._subacks.answered(mid, [mqtt_connect.reason_code(r) for r in reasons])
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        accepted = _code(reason) < 0x80
+        accepted = mqtt_connect.reason_code(reason) < mqtt_connect.REFUSAL
         with self._lock:
             cb = self._acks.pop(mid, None)
             if cb is None:
@@ -429,7 +379,7 @@ class MqttTransport:
                     "MQTT %s: the broker refused a publish: %s (%d refused so far; kept "
                     "for a later try)",
                     self.client_id,
-                    _describe(reason),
+                    mqtt_connect.describe(reason),
                     self.counters["publishes_refused"],
                 )
             return
@@ -445,7 +395,7 @@ class MqttTransport:
             matching = [
                 (f, h)
                 for f, h in self._handlers.items()
-                if paho.topic_matches_sub(_unshare(f), message.topic)
+                if mqtt_connect.topic_matches(_unshare(f), message.topic)
             ]
             limit = max(
                 [self.settings.max_payload_bytes, *(self._limits.get(f, 0) for f, _ in matching)]
@@ -494,18 +444,16 @@ class MqttTransport:
                 rc = self._client.loop(timeout=0.1)
             except (OSError, ssl.SSLError) as exc:
                 self.last_error = str(exc)
-                rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
+                rc = mqtt_connect.CONN_LOST
             if self._connected.is_set():
                 attempt = 0
             elif self._connack is None and time.monotonic() - began > s.connack_timeout_s:
                 self.last_error = f"no CONNACK within {s.connack_timeout_s:g} s"
-                rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                rc = mqtt_connect.CONN_LOST
+            if rc != mqtt_connect.OK:
                 up = False
                 self._connected.clear()
-                if not self._settled and self._connack in (None, *_UNSUPPORTED_PROTOCOL):
-                    # Answered "unsupported protocol", or closed before any CONNACK (a
-                    # 3.1.1-only broker given an MQTT 5 CONNECT): the other one next.
+                if self._protocol.failed(self._connack):
                     self._other_protocol()
                     first = True
                 self._stop.wait(

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import abc
 import errno
 import hashlib
 import os
@@ -79,10 +80,10 @@ class TransportFetcher(FetcherInterface):
             return device_pb2.FILE_KIND_TARGET, url[len(TARGETS_URL) :]
         raise tuf_exc.DownloadError(f"{url} is not an EdgeFlux repository URL")
 
+    @abc.abstractmethod
     def stream(self, kind: int, path: str, offset: int = 0, length: int = 0) -> Iterator[bytes]:
         """The bytes of `path` (a ``device_pb2.FILE_KIND_*``) from `offset`, `length` of
         them (0: to the end); raises ``tuf`` download errors (404 for a missing file)."""
-        raise NotImplementedError
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         kind, path = self._split(url)

@@ -12,8 +12,10 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -313,3 +315,108 @@ def run_sshd() -> Iterator[Sshd]:
     finally:
         _stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@dataclass
+class RayCluster:
+    host: str
+    port: int  # the head's Ray client server
+    start_s: float  # from the first `ray start` until every node is alive
+
+    @property
+    def address(self) -> str:
+        return f"ray://{self.host}:{self.port}"
+
+
+def _in_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _stop_group(pgid: int) -> None:
+    # The head's gcs_server and monitor outlive SIGTERM for long: a short grace, then KILL.
+    for sig, wait_s in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        if not _in_group(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not _in_group(pgid), timeout_s=wait_s, what="ray to stop")
+
+
+def _ray_start(args: list[str], env: dict[str, str], log: Path) -> int:
+    """`ray start ARGS` in a process group of its own, which its node's processes keep."""
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_bin is None:
+        raise RuntimeError("ray imports but the `ray` command is missing")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [ray_bin, "start", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        code = None
+    if code != 0:
+        _stop_group(proc.pid)
+        raise RuntimeError(f"ray start exited with {code}:\n{log.read_text()[-3000:]}")
+    return proc.pid
+
+
+@contextlib.contextmanager
+def run_ray_cluster(
+    nodes: int = 2, cpus_per_node: int = 1, env: dict[str, str] | None = None
+) -> Iterator[RayCluster]:
+    """A Ray cluster on loopback: a head and `nodes - 1` worker nodes (`ray start`), each
+    with its own short temporary directory; its workers import this checkout. Stopped
+    by process group (only the processes started here), then the directories removed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        missing_service("ray is not installed (pip install 'edgeflux[ray]')")
+    import ray
+
+    root = Path(__file__).resolve().parents[1]
+    base = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # socket paths ≤ 107 bytes
+    path = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    node_env = {**os.environ, "PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    gcs, client = free_port(), free_port()
+    common = ["--num-cpus", str(cpus_per_node), "--node-ip-address", "127.0.0.1",
+              "--disable-usage-stats", "--object-store-memory", str(100 * 2**20)]  # fmt: skip
+    groups: list[int] = []
+    t0 = time.monotonic()
+    try:
+        head = ["--head", "--port", str(gcs), "--ray-client-server-port", str(client),
+                "--include-dashboard=false", "--temp-dir", str(base / "n0"), *common]  # fmt: skip
+        groups.append(_ray_start(head, node_env, base / "n0.log"))
+        for i in range(1, nodes):
+            worker = ["--address", f"127.0.0.1:{gcs}", "--temp-dir", str(base / f"n{i}"), *common]
+            groups.append(_ray_start(worker, node_env, base / f"n{i}.log"))
+        cluster = RayCluster("127.0.0.1", client, 0.0)
+        ray.init(cluster.address, logging_level="WARNING", log_to_driver=False)
+        try:
+            wait_until(
+                lambda: sum(bool(n["Alive"]) for n in ray.nodes()) == nodes,
+                timeout_s=60,
+                what=f"{nodes} Ray nodes",
+            )
+        finally:
+            ray.shutdown()
+        cluster.start_s = time.monotonic() - t0
+        yield cluster
+    finally:
+        for g in reversed(groups):
+            _stop_group(g)
+        shutil.rmtree(base, ignore_errors=True)

@@ -32,7 +32,8 @@ stopped (completed units are never recomputed, the margin is never refitted):
 2. calibration, on seeds disjoint from evaluation: teacher and a uniform-random
    policy; the margin (default ±5% of teacher − random) is fixed and time-stamped;
 3. evaluation: for every task, both arms on the same seeds (shared initial states),
-   in chunks spread over worker processes; the student runs the *signed* ONNX file
+   in chunks run by an executor (`cloud.attest.executors`: local worker processes or
+   a Ray cluster, with the same results); the student runs the *signed* ONNX file
    through `runtime.kernel` (envelope and normalisation of its manifest), with
    the execution provider recorded;
 4. numeric parity of the graph on every available execution provider against a
@@ -44,10 +45,8 @@ stopped (completed units are never recomputed, the margin is never refitted):
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from cloud.attest import statement
+from cloud.attest.executors import Executor, LocalExecutor
 from cloud.attest.reference import ReferenceUnavailable, bundle_reference, resolve_reference
 from cloud.attest.spec import (
     PROTOCOL_VERSION,
@@ -70,7 +70,7 @@ from cloud.attest.spec import (
     sha,
     training_seeds,
 )
-from cloud.attest.units import numeric_parity, run_unit, student_kernel
+from cloud.attest.units import numeric_parity, student_kernel
 from cloud.attest.verdict import judge
 from runtime.atomicio import atomic_write_bytes, atomic_write_json
 from runtime.bundle import BundleError, VerifiedBundle, verify_bundle
@@ -144,12 +144,14 @@ class _Workdir:
 def _run_units(
     units: list[dict[str, Any]],
     work: _Workdir,
-    workers: int,
+    executor: Executor,
     progress: Progress | None,
     done_before: int,
     total: int,
     stage: str,
 ) -> dict[str, dict[str, Any]]:
+    """Every unit's result, in unit order: saved ones from the workdir, the others from
+    `executor`, each saved the moment it arrives (a kill loses at most running units)."""
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for u in units:
@@ -161,35 +163,22 @@ def _run_units(
     done = done_before + len(results)
     if progress:
         progress(done, total, stage)
-    if workers <= 1 or len(todo) <= 1:
-        for u in todo:
-            r = run_unit(u)
+    finished = executor.run(todo)
+    try:
+        for r in finished:
             work.save_unit(r)
-            results[u["id"]] = r
+            results[r["id"]] = r
             done += 1
             if progress:
                 progress(done, total, stage)
-        return results
-    # spawn, not fork: torch and onnxruntime thread pools do not survive a fork.
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
-    try:
-        pending: set[Future[dict[str, Any]]] = {pool.submit(run_unit, u) for u in todo}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                r = fut.result()
-                work.save_unit(r)  # persisted at once: a kill loses at most running units
-                results[r["id"]] = r
-                done += 1
-                if progress:
-                    progress(done, total, stage)
-    except BaseException:
-        # Ctrl-C or a failed unit: drop queued units instead of waiting for them all.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return results
+    finally:
+        close = getattr(finished, "close", None)
+        if close is not None:
+            close()  # a failure here stops the executor's queued units at once
+    missing = [u["id"] for u in units if u["id"] not in results]
+    if missing:
+        raise CampaignError(f"the executor returned no result for units {', '.join(missing[:3])}")
+    return {u["id"]: results[u["id"]] for u in units}
 
 
 def _chunks(seeds: list[int], size: int) -> list[list[int]]:
@@ -206,12 +195,16 @@ def run_campaign(
     progress: Progress | None = None,
     clock: Callable[[], datetime] = _now,
     against: str | os.PathLike[str] | None = None,
+    executor: Executor | None = None,
 ) -> CampaignResult:
     """Run (or resume) `spec` against the signed bundle; returns the signed attestation.
 
     The reference arm is the bundle's own teacher (see `cloud.attest.reference`), or,
     with `against`, another signed bundle run through the policy kernel like the student.
+    The units run on `executor` (`cloud.attest.executors`; default: a local pool of
+    ``spec.workers`` processes); the results do not depend on which.
     """
+    runner = executor if executor is not None else LocalExecutor(spec.workers)
     trust = TrustStore(trust_dir)
     try:
         verified = verify_bundle(bundle_dir, trust)
@@ -259,7 +252,7 @@ def run_campaign(
     total = len(cal_units) + len(eval_units) + 1
 
     # Phase 2: calibration and margins, fixed before any evaluation episode runs.
-    cal = _run_units(cal_units, work, spec.workers, progress, 0, total, "calibration")
+    cal = _run_units(cal_units, work, runner, progress, 0, total, "calibration")
     for i, task in enumerate(spec.tasks):
         if task.name in state["margins"]:
             continue
@@ -291,7 +284,7 @@ def run_campaign(
 
     # Phase 3: evaluation.
     done_before = len(cal_units)
-    ev = _run_units(eval_units, work, spec.workers, progress, done_before, total, "evaluation")
+    ev = _run_units(eval_units, work, runner, progress, done_before, total, "evaluation")
 
     # Phase 4: numeric parity.
     onnx_bytes = Path(policy_path).read_bytes()

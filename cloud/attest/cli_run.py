@@ -49,6 +49,15 @@ __all__ = ["run_cmd"]
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Copy of the DSSE.")
 @click.option("--workers", type=click.IntRange(1, 64), help="Override [campaign] workers.")
 @click.option(
+    "--executor",
+    "executor_text",
+    default="local",
+    show_default=True,
+    metavar="local|ray://HOST:PORT",
+    help="Where the episodes run: this machine's process pool, or a Ray cluster's client "
+    "server (same results for the same seeds).",
+)
+@click.option(
     "--remote",
     metavar="NAME@VERSION",
     help="Run on the control plane (RunParityCampaign) against this published bundle.",
@@ -70,6 +79,7 @@ def run_cmd(
     workdir: Path | None,
     out: Path | None,
     workers: int | None,
+    executor_text: str,
     remote: str | None,
     server: str | None,
     operator: str,
@@ -78,6 +88,8 @@ def run_cmd(
 ) -> None:
     """Run a parity campaign on BUNDLE (or a published bundle with --remote) and sign it."""
     if remote is not None:
+        if executor_text != "local":
+            raise click.UsageError("--executor runs locally; the plane runs --remote campaigns")
         if against is not None:
             raise click.UsageError("--against runs locally; it does not combine with --remote")
         if bundle is not None:
@@ -89,6 +101,7 @@ def run_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cloud.attest import campaign, statement
+    from cloud.attest.executors import ExecutorError, parse_executor
 
     home = load_home(home_dir) if home_dir else None
     if home is not None:
@@ -103,6 +116,10 @@ def run_cmd(
         key = statement.load_key(key_file)
     except (campaign.CampaignError, statement.StatementError) as exc:
         raise click.ClickException(str(exc)) from exc
+    try:
+        executor = parse_executor(executor_text, spec.workers)
+    except ExecutorError as exc:
+        raise click.BadParameter(str(exc), param_hint="--executor") from None
     _check_tasks(spec, campaign_file)
     if workdir is None:
         import hashlib
@@ -133,19 +150,23 @@ def run_cmd(
     with Progress(*columns, console=err_console(), transient=as_json) as bar:
         task_id = bar.add_task("verifying bundle", total=None)
 
+        where = "" if executor.label == "local" else f" on {executor.label}"
+
         def progress(done: int, total: int, stage: str) -> None:
-            bar.update(task_id, completed=done, total=total, description=stage)
+            bar.update(task_id, completed=done, total=total, description=stage + where)
 
         try:
-            result = campaign.run_campaign(
-                bundle,
-                spec,
-                workdir=workdir,
-                trust_dir=trust_dir,
-                key=key,
-                progress=progress,
-                against=against,
-            )
+            with executor:
+                result = campaign.run_campaign(
+                    bundle,
+                    spec,
+                    workdir=workdir,
+                    trust_dir=trust_dir,
+                    key=key,
+                    progress=progress,
+                    against=against,
+                    executor=executor,
+                )
         except campaign.CampaignError as exc:
             raise click.ClickException(str(exc)) from exc
         except DistillError as exc:  # raised in a worker: an environment it cannot build

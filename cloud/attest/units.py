@@ -15,7 +15,17 @@ import numpy as np
 from cloud.attest.reference import ReferenceUnavailable, make_reference, reference_settings
 from cloud.attest.spec import PROTOCOL_VERSION, CampaignError, sha
 
-__all__ = ["PROTOCOL", "numeric_parity", "run_unit", "student_kernel"]
+__all__ = ["FILE_FIELDS", "PROTOCOL", "numeric_parity", "run_unit", "student_kernel"]
+
+# The fields of a unit that name a file or directory its process reads: the student's
+# signed graph, a reference bundle's graph, a world-model teacher's checkpoint. An
+# executor whose workers cannot read this disk ships their contents
+# (`cloud.attest.executors`).
+FILE_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("policy_path",),
+    ("teacher", "policy_path"),
+    ("teacher", "checkpoint"),
+)
 
 
 def _env_hash(env_id: str, variant: Mapping[str, float]) -> str:

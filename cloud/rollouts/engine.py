@@ -304,6 +304,9 @@ class Rollout:
     history: list[dict[str, Any]] = field(default_factory=list)
     # what the gates recorded (approvals, attestation checks): `cloud.rollouts.gates`
     gates: dict[str, Any] = field(default_factory=dict)
+    # the stored revision this object was read at (0: not stored yet); its writer saves
+    # only over that revision (`Store.put_rollout`)
+    revision: int = field(default=0, compare=False)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -346,6 +349,7 @@ class Rollout:
             created_by=str(status.get("created_by", "")),
             history=list(status.get("history", [])),
             gates=dict(status.get("gates") or {}),
+            revision=int(status.get("revision") or 0),
         )
 
     # ------------------------------------------------------------------ transitions

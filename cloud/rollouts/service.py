@@ -26,6 +26,10 @@ One plane drives rollouts at a time: on PostgreSQL, replicas elect it through an
 lease (``cloud.lease``); on SQLite the one plane process drives them. Every write of a
 pass carries the lease's epoch: a driver deposed mid-pass (stalled past its lease while
 another replica took over) has its writes refused (``FencedError``) and stands down.
+Operators change rollouts from any replica without the lease: a rollout is saved only
+over the revision its writer read, and every write of the driver's step for one rollout
+is refused (``StaleWriteError``) once an operator saved it meanwhile, so a pause or an
+abort is never overwritten, nor outrun by a wave decided just before it.
 """
 
 from __future__ import annotations
@@ -73,8 +77,15 @@ from cloud.rollouts.wire import (
 from cloud.server._rpc import RpcError
 from cloud.server.auth import Identity
 from cloud.server.plane import Plane
-from cloud.store import DeviceRecord, EventRecord, FencedError, RolloutRecord, Store
-from cloud.store.fence import fenced
+from cloud.store import (
+    DeviceRecord,
+    EventRecord,
+    FencedError,
+    RolloutRecord,
+    StaleWriteError,
+    Store,
+)
+from cloud.store.fence import fenced, guarded
 from protos import admin_pb2
 from runtime.desired_state import GatePolicy
 
@@ -86,6 +97,8 @@ __all__ = ["RolloutService", "register", "rollout_to_pb"]
 log = logging.getLogger(__name__)
 
 HINT_WAIT_S = 2.0
+SAVE_TRIES = 5  # an operator's change re-read and re-applied when a driver saved meanwhile
+ABANDONED_S = 30.0  # an operator's abort left unfinished this long: the driver finishes it
 MQTT_RETRY_S = 30.0
 MAX_PAGE = 1000
 INTENT = "intent"  # in Rollout.gates: the dispatch or retry being applied
@@ -132,7 +145,7 @@ class RolloutService:
 
     def _save(self, r: Rollout) -> None:
         now = dt.datetime.now(dt.UTC)
-        self.store.put_rollout(
+        r.revision = self.store.put_rollout(
             RolloutRecord(
                 id=r.id,
                 bundle_name=str(r.spec.bundle["name"]),
@@ -143,7 +156,8 @@ class RolloutService:
                 created_at=dt.datetime.fromtimestamp(r.created_at, dt.UTC),
                 updated_at=now,
                 created_by=r.created_by,
-            )
+            ),
+            expect=r.revision,
         )
 
     # ------------------------------------------------------------------ RPCs
@@ -209,21 +223,32 @@ class RolloutService:
         nxt = str(offset + size) if len(rows) > size else ""
         return admin_pb2.ListRolloutsResponse(rollouts=out, next_page_token=nxt)
 
-    async def _change(self, rollout_id: str, fn: Callable[[Rollout], Any]) -> Rollout:
+    async def _change(self, rollout_id: str, fn: Callable[[Rollout], Any]) -> tuple[Rollout, Any]:
+        """Apply an operator's `fn` to the stored rollout and save it over the revision
+        read; if another replica's driver saved meanwhile, read it again and re-apply."""
         async with self._lock:
-            r: Rollout = await self.plane.db(self._load, rollout_id)
-            try:
-                fn(r)
-            except TransitionError as exc:
-                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
-            await self.plane.db(self._save, r)
+            for attempt in range(SAVE_TRIES):
+                r: Rollout = await self.plane.db(self._load, rollout_id)
+                try:
+                    got = fn(r)
+                except TransitionError as exc:
+                    raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+                try:
+                    await self.plane.db(self._save, r)
+                    break
+                except StaleWriteError:
+                    if attempt + 1 == SAVE_TRIES:
+                        raise RpcError(
+                            grpc.StatusCode.ABORTED,
+                            f"rollout {rollout_id} kept changing; try again",
+                        ) from None
         self.kick()
-        return r
+        return r, got
 
     async def PauseRollout(
         self, request: admin_pb2.RolloutId, context: Any, identity: Identity
     ) -> admin_pb2.Rollout:
-        r = await self._change(
+        r, _ = await self._change(
             request.id, lambda r: r.pause(time.time(), f"paused by {identity.actor}")
         )
         return rollout_to_pb(r)
@@ -231,7 +256,7 @@ class RolloutService:
     async def ResumeRollout(
         self, request: admin_pb2.RolloutId, context: Any, identity: Identity
     ) -> admin_pb2.Rollout:
-        r = await self._change(request.id, lambda r: r.resume(time.time(), identity.actor))
+        r, _ = await self._change(request.id, lambda r: r.resume(time.time(), identity.actor))
         return rollout_to_pb(r)
 
     async def ApproveRollout(
@@ -239,12 +264,10 @@ class RolloutService:
     ) -> admin_pb2.Rollout:
         """Approve a wave that waits for it (``request.wave``, or the next waiting one)."""
         wave = request.wave if request.HasField("wave") else None
-        r = await self._change(request.id, lambda r: self._approve(r, wave, identity.actor))
+        actor = identity.actor
+        r, index = await self._change(request.id, lambda r: approve(r, wave, actor, time.time()))
+        await self.plane.db(self.store.audit, actor, "rollout.approve", r.id, {"wave": index})
         return rollout_to_pb(r)
-
-    def _approve(self, r: Rollout, wave: int | None, actor: str) -> None:
-        index = approve(r, wave, actor, time.time())
-        self.store.audit(actor, "rollout.approve", r.id, {"wave": index})
 
     async def AbortRollout(
         self, request: admin_pb2.RolloutId, context: Any, identity: Identity
@@ -252,11 +275,20 @@ class RolloutService:
         """Abort: no further wave; with ``request.rollback`` devices already pointed at
         this bundle get their previous desired bundle back (and a hint)."""
         async with self._lock:
-            r = await self.plane.db(self._load, request.id)
-            try:
-                await self.plane.db(self._abort, r, identity.actor, request.rollback)
-            except TransitionError as exc:
-                raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+            for attempt in range(SAVE_TRIES):
+                r = await self.plane.db(self._load, request.id)
+                try:
+                    await self.plane.db(
+                        self._guarded, r, self._abort, r, identity.actor, request.rollback
+                    )
+                    break
+                except TransitionError as exc:
+                    raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+                except StaleWriteError:  # the driver saved it meanwhile: read it again
+                    if attempt + 1 == SAVE_TRIES:
+                        raise RpcError(
+                            grpc.StatusCode.ABORTED, f"rollout {r.id} kept changing; try again"
+                        ) from None
         return rollout_to_pb(r)
 
     def _abort(
@@ -443,16 +475,43 @@ class RolloutService:
             if not self._leads():  # lost the lease mid-pass: leave the rest to the leader
                 return
             r = Rollout.from_dicts(rec.id, rec.spec, rec.status)
-            intent = r.gates.get(INTENT)
-            if isinstance(intent, dict) and intent.get("kind") == "abort":
+            try:
+                self._guarded(r, self._drive, r, rec.state, dirty)
+            except StaleWriteError as exc:  # an operator changed it: the next pass reads it
+                log.warning("rollout %s: %s", r.id, exc)
+                self._dirty = None
+
+    def _guarded(self, r: Rollout, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` with every store write refused once `r` was saved by someone else
+        (an operator on any replica, or the driver) after `r.revision`."""
+        with guarded(r.id, lambda: r.revision):
+            return fn(*args)
+
+    def _drive(self, r: Rollout, state: str, dirty: set[str] | None) -> None:
+        intent = r.gates.get(INTENT)
+        if isinstance(intent, dict) and intent.get("kind") == "abort":
+            if self._finishes(r, intent):
                 self._finish_abort(r)  # cut off between the abort's save and its rollback
-                continue
-            if rec.state not in ACTIVE_STATES:
-                continue
-            before = r.to_status()
-            self.step(r, dirty)
-            if r.to_status() != before:
-                self._save(r)
+            return
+        if state not in ACTIVE_STATES:
+            return
+        before = r.to_status()
+        self.step(r, dirty)
+        if r.to_status() != before:
+            self._save(r)
+
+    def _finishes(self, r: Rollout, intent: dict[str, Any]) -> bool:
+        """Whether the driver finishes a saved abort intent now: its own (an abort
+        threshold's) at once; an operator's only once abandoned (the replica serving it
+        stopped mid-way), claimed first by a save, so the operator's own writes from
+        then on are refused and no device is restored twice."""
+        if str(intent.get("actor") or "").startswith("rollout:"):
+            return True
+        if time.time() - float(intent.get("at") or 0.0) < ABANDONED_S:
+            return False
+        intent["claimed_at"] = time.time()
+        self._save(r)
+        return True
 
     def step(self, r: Rollout, dirty: set[str] | None = None) -> None:
         """Start, observe outcomes, gate, dispatch — until nothing changes this pass."""

@@ -17,6 +17,7 @@ from cloud.store.errors import (
     ConflictError,
     FencedError,
     NotFoundError,
+    StaleWriteError,
     StoreError,
     StoreUnavailable,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "FencedError",
     "NotFoundError",
     "RolloutRecord",
+    "StaleWriteError",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["ConflictError", "FencedError", "NotFoundError", "StoreError", "StoreUnavailable"]
+__all__ = [
+    "ConflictError",
+    "FencedError",
+    "NotFoundError",
+    "StaleWriteError",
+    "StoreError",
+    "StoreUnavailable",
+]
 
 
 class StoreError(Exception):
@@ -23,3 +30,8 @@ class NotFoundError(StoreError):
 
 class FencedError(StoreError):
     """The writer's term of leadership is over (a newer one began); nothing was written."""
+
+
+class StaleWriteError(StoreError):
+    """The row changed since the writer read it (someone else wrote it meanwhile);
+    nothing was written: read it again."""

@@ -91,7 +91,7 @@ def _accepted(conn: Connection, devices: set[str], *columns: Any) -> dict[str, A
     # The rows this transaction will update are locked here, all at once in id order:
     # replicas writing batches that share devices then queue instead of deadlocking.
     q = sa.select(D.c.id, *columns).where(which, D.c.revoked.is_(False)).order_by(D.c.id)
-    rows = conn.execute(q.with_for_update(key_share=True))
+    rows = conn.execute(q.with_for_update(key_share=True)).all()
     return {str(r[0]): tuple(r[1:]) for r in rows}
 
 
@@ -261,9 +261,14 @@ def record_telemetry_many(
 
 
 _ADD_BATCHES_PG = (
-    "INSERT INTO telemetry_batches (device_id, sequence, received_at) "
-    "SELECT * FROM unnest(%b::varchar[], %b::bigint[], %b::timestamptz[]) "
-    "ON CONFLICT (device_id, sequence) DO NOTHING RETURNING device_id, sequence"
+    # Answers only the keys it did not add (usually none), not every key it added.
+    "WITH k AS MATERIALIZED (SELECT * FROM unnest(%b::varchar[], %b::bigint[], "
+    "%b::timestamptz[]) AS k(device_id, sequence, received_at)), "
+    "ins AS (INSERT INTO telemetry_batches (device_id, sequence, received_at) "
+    "SELECT * FROM k ON CONFLICT (device_id, sequence) DO NOTHING "
+    "RETURNING device_id, sequence) "
+    "SELECT k.device_id, k.sequence FROM k WHERE NOT EXISTS (SELECT 1 FROM ins "
+    "WHERE ins.device_id = k.device_id AND ins.sequence = k.sequence)"
 )
 
 
@@ -275,14 +280,14 @@ def _add_batches(
     arrays sent in binary (text arrays cost psycopg a regular expression per element)."""
     if conn.dialect.name == "postgresql":
         cols = tuple(map(list, zip(*keys, strict=True)))
-        rows = conn.exec_driver_sql(_ADD_BATCHES_PG, cols)
-    else:
-        rows = conn.execute(
-            _insert(conn, TB)
-            .on_conflict_do_nothing(index_elements=[TB.c.device_id, TB.c.sequence])
-            .returning(TB.c.device_id, TB.c.sequence),
-            [{"device_id": d, "sequence": q, "received_at": r} for d, q, r in keys],
-        )
+        kept = {(str(r[0]), int(r[1])) for r in conn.exec_driver_sql(_ADD_BATCHES_PG, cols).all()}
+        return {(d, q) for d, q, _ in keys} - kept
+    rows = conn.execute(
+        _insert(conn, TB)
+        .on_conflict_do_nothing(index_elements=[TB.c.device_id, TB.c.sequence])
+        .returning(TB.c.device_id, TB.c.sequence),
+        [{"device_id": d, "sequence": q, "received_at": r} for d, q, r in keys],
+    )
     return {(str(r[0]), int(r[1])) for r in rows}
 
 

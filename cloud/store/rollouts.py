@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from cloud.store._base import StoreBase, as_utc
 from cloud.store._device_rows import DEVICE_COLUMNS, DeviceRecord, device_record
+from cloud.store.errors import StaleWriteError
 from cloud.store.models import AuditEntry, Device, Event, Rollout, table
 from cloud.store.updates import EventRecord
 
@@ -69,25 +70,43 @@ def _rollout(row: sa.Row[Any]) -> RolloutRecord:
 class RolloutQueries(StoreBase):
     """Reads and writes of the ``rollouts`` table."""
 
-    def put_rollout(self, rec: RolloutRecord) -> None:
-        """Insert or replace a rollout (the rollout engine owns its spec/status JSON)."""
-        values = {
-            "bundle_name": rec.bundle_name,
-            "bundle_version": rec.bundle_version,
-            "state": rec.state,
-            "spec": rec.spec,
-            "status": rec.status,
-            "updated_at": rec.updated_at,
-            "created_by": rec.created_by,
-        }
+    def put_rollout(self, rec: RolloutRecord, *, expect: int | None = None) -> int:
+        """Insert or replace a rollout (the rollout engine owns its spec/status JSON);
+        returns the revision written (kept in the status as ``revision``).
+
+        With `expect` (the revision the writer read; 0: none yet), the write happens
+        only if the stored rollout is still at that revision, else
+        :class:`StaleWriteError` and nothing is written: writers on several replicas
+        (the rollout driver, operators) never overwrite each other's change unseen."""
         with self._tx() as conn:
-            n = conn.execute(
-                rollouts_t.update().where(rollouts_t.c.id == rec.id).values(**values)
-            ).rowcount
-            if n == 0:
+            row = conn.execute(
+                sa.select(rollouts_t.c.status["revision"].as_integer())
+                .where(rollouts_t.c.id == rec.id)
+                .with_for_update()
+            ).first()
+            current = None if row is None else int(row[0] or 0)
+            if expect is not None and (current or 0) != expect:
+                raise StaleWriteError(
+                    f"write refused: rollout {rec.id!r} is at revision {current}, not "
+                    f"{expect} (it was changed meanwhile)"
+                )
+            revision = (current or 0) + 1
+            values = {
+                "bundle_name": rec.bundle_name,
+                "bundle_version": rec.bundle_version,
+                "state": rec.state,
+                "spec": rec.spec,
+                "status": {**rec.status, "revision": revision},
+                "updated_at": rec.updated_at,
+                "created_by": rec.created_by,
+            }
+            if row is None:
                 conn.execute(
                     rollouts_t.insert().values(id=rec.id, created_at=rec.created_at, **values)
                 )
+            else:
+                conn.execute(rollouts_t.update().where(rollouts_t.c.id == rec.id).values(**values))
+        return revision
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         with self._connect() as conn:

@@ -282,7 +282,8 @@ def test_a_leader_stopped_mid_wave_is_fenced_off_and_the_wave_is_applied_once(
         Rollout.create("ro-f", spec, now=time.time(), created_by="test")
     )
     log = tmp_path / "replicas.log"
-    env = {"EDGEFLUX_TEST_APPLY_PAUSE_S": "2"}
+    # a stops in this pause: long enough for the test to send SIGSTOP under load
+    env = {"EDGEFLUX_TEST_APPLY_PAUSE_S": "5"}
     a = b = None
     try:
         a = _replica(home, url, log, env)
@@ -342,14 +343,129 @@ def test_a_leader_stopped_mid_wave_is_fenced_off_and_the_wave_is_applied_once(
         store.close()
 
 
-def _dispatched(store: Store, index: int) -> Rollout | None:
-    rec = store.get_rollout("ro-f")
+def _dispatched(store: Store, index: int, rollout_id: str = "ro-f") -> Rollout | None:
+    rec = store.get_rollout(rollout_id)
     if rec is None:
         return None
     r = Rollout.from_dicts(rec.id, rec.spec, rec.status)
     return r if r.waves[index].dispatched_at is not None else None
 
 
-def _state(store: Store) -> str | None:
-    rec = store.get_rollout("ro-f")
+def _state(store: Store, rollout_id: str = "ro-f") -> str | None:
+    rec = store.get_rollout(rollout_id)
     return None if rec is None else rec.state
+
+
+def test_an_operators_pause_on_another_replica_is_never_undone_by_the_leader(
+    pg: Postgres, tmp_path: Path
+) -> None:
+    """The leading plane decided wave 0 (its intent is saved) and is about to point the
+    devices at the bundle; meanwhile an operator pauses the rollout through the other
+    replica's gRPC API. The leader's side effect and its save are refused (the rollout
+    moved past the revision its step works from): no device moves while paused, the
+    rollout stays paused, and after a resume each wave is applied exactly once."""
+    from cloud.testing import running_plane
+    from protos import admin_pb2, admin_pb2_grpc
+
+    url = pg.create_database("lease_operator_pause")
+    home = tmp_path / "home"
+    init_home(home)
+    devices = ("d0", "d1", "d2", "d3")
+    store = _setup_store(url, devices, BUNDLE)
+    log = tmp_path / "replicas.log"
+    a = _replica(home, url, log, {"EDGEFLUX_TEST_APPLY_PAUSE_S": "5"})
+    try:
+        a_out = _Lines(a)
+        a_out.wait_for("ready", 60, log)
+        wait_until(lambda: _pid_of(leader(url, "rollout-engine")) == a.pid, 20, "a to lead")
+        with running_plane(home, overrides={"database_url": url}) as b:
+            stub = admin_pb2_grpc.FleetAdminServiceStub(b.channel(b.operator("ops", "admin")))
+            gates = GateSpec(allow_unattested=True, override_by="test").to_dict()
+            spec = RolloutSpec(BUNDLE, devices, (0.5, 1.0), 0.0, 600, gates=gates)
+            fake_plane = types.SimpleNamespace(store=store, home=None, config=None)
+            RolloutService(fake_plane, hints=False)._save(  # type: ignore[arg-type]
+                Rollout.create("ro-p", spec, now=time.time(), created_by="test")
+            )
+            assert a_out.wait_for("applying ro-p", 30, log) == "applying ro-p wave 0"
+            paused = stub.PauseRollout(admin_pb2.RolloutId(id="ro-p"), timeout=10)
+            assert paused.state == "paused"
+            wait_until(
+                lambda: "rollout ro-p: write refused" in log.read_text(), 20, "a's write refused"
+            )
+            assert _state(store, "ro-p") == "paused"
+            for d in devices:  # the wave decided before the pause did not go out
+                dev = store.get_device(d)
+                assert dev is not None and dev.desired_generation == 0, d
+            resumed = stub.ResumeRollout(admin_pb2.RolloutId(id="ro-p"), timeout=10)
+            assert resumed.state == "running"
+            for index in (0, 1):
+                wait_until(
+                    lambda i=index: _dispatched(store, i, "ro-p") is not None, 30, f"wave {index}"
+                )
+                _commit(store, _dispatched(store, index, "ro-p"), index)  # type: ignore[arg-type]
+            wait_until(lambda: _state(store, "ro-p") == "completed", 30, "the rollout to end")
+        for d in devices:
+            dev = store.get_device(d)
+            assert dev is not None and dev.desired_generation == 1, d  # applied once
+        sets = [
+            x.actor
+            for x in store.audit_log(limit=1000)
+            if x.action == "device.set_desired" and x.actor.startswith("rollout:ro-p")
+        ]
+        assert len(sets) == 2  # one per wave
+        rec = store.get_rollout("ro-p")
+        assert rec is not None
+        said = [h["reason"] for h in rec.status["history"]]
+        assert said.count("wave 0 dispatched to 2 device(s)") == 1
+        assert any(x.startswith("paused by ") and "ops" in x for x in said), said
+        assert rec.state == "completed"
+    finally:
+        _stop(a)
+        store.close()
+
+
+def _commit(store: Store, r: Rollout, index: int) -> None:
+    for d in r.waves[index].device_ids:
+        gen = store.get_device(d).desired_generation  # type: ignore[union-attr]
+        store.record_event(
+            EventRecord(d, gen, dt.datetime.now(dt.UTC), "update", "COMMITTED", "", "", BUNDLE)
+        )
+
+
+def test_a_deposed_drivers_gate_checks_are_not_recorded(pg: Postgres, tmp_path: Path) -> None:
+    """The gates' findings (the attestation check before a wave, its override note) live
+    in the rollout's status, written by the driver's fenced save: a driver whose term is
+    over checks the next wave's attestation but records nothing of it."""
+    url = pg.create_database("lease_fence_gates")
+    devices = ("d0", "d1")
+    store = _setup_store(url, devices, BUNDLE)
+    lease = AdvisoryLease(url, "rollout-engine", retry_s=0.2).start()
+    try:
+        assert lease.wait_held(10)
+        gates = GateSpec(allow_unattested=True, override_by="test").to_dict()
+        spec = RolloutSpec(BUNDLE, devices, (0.5, 1.0), 0.0, 600, gates=gates)
+        home = types.SimpleNamespace(trust=tmp_path / "trust")  # no attestation keys
+        svc = RolloutService(
+            types.SimpleNamespace(store=store, home=home, config=None),  # type: ignore[arg-type]
+            hints=False,
+        )
+        svc._save(Rollout.create("ro-g", spec, now=time.time(), created_by="test"))
+        with fenced("rollout-engine", lease.epoch):
+            svc._pass(None)  # wave 0 checked and dispatched
+        r = _dispatched(store, 0, "ro-g")
+        assert r is not None and r.gates["attestation"]["wave"] == 0
+        _commit(store, r, 0)
+        before = store.get_rollout("ro-g")
+        stale = pytest.raises(FencedError, match="term")
+        with stale, fenced("rollout-engine", lease.epoch - 1):
+            svc._pass(None)  # wave 1's gates run, and its writes are refused
+        after = store.get_rollout("ro-g")
+        assert after is not None and before is not None and after.status == before.status
+        assert after.status["gates"]["attestation"]["wave"] == 0
+        with fenced("rollout-engine", lease.epoch):
+            svc._pass(None)  # the leader's term: wave 1 checked, recorded, dispatched
+        r = _dispatched(store, 1, "ro-g")
+        assert r is not None and r.gates["attestation"]["wave"] == 1
+    finally:
+        lease.stop()
+        store.close()

@@ -13,6 +13,7 @@ from cloud.store import (
     EventRecord,
     NotFoundError,
     RolloutRecord,
+    StaleWriteError,
     Store,
     TelemetryRecord,
     parse_label_selector,
@@ -216,15 +217,22 @@ def test_concurrent_inserts_of_one_bundle_version_have_one_winner(store: Store) 
 
 def test_rollouts_round_trip(store: Store) -> None:
     rec = RolloutRecord("r1", "pendulum", "1.0.0", "running", {"waves": [0.1]}, {}, NOW, NOW, "op")
-    store.put_rollout(rec)
-    store.put_rollout(
-        RolloutRecord(
-            "r1", "pendulum", "1.0.0", "paused", {"waves": [0.1]}, {"w": 1}, NOW, NOW, "op"
-        )
+    assert store.put_rollout(rec, expect=0) == 1
+    paused = RolloutRecord(
+        "r1", "pendulum", "1.0.0", "paused", {"waves": [0.1]}, {"w": 1}, NOW, NOW, "op"
     )
+    assert store.put_rollout(paused, expect=1) == 2
     got = store.get_rollout("r1")
-    assert got is not None and got.state == "paused" and got.status == {"w": 1}
+    assert got is not None and got.state == "paused" and got.status == {"w": 1, "revision": 2}
     assert [r.id for r in store.list_rollouts()] == ["r1"]
+    # a writer that read revision 1 (someone saved revision 2 since) writes nothing
+    with pytest.raises(StaleWriteError, match="at revision 2, not 1"):
+        store.put_rollout(rec, expect=1)
+    with pytest.raises(StaleWriteError):
+        store.put_rollout(rec, expect=0)  # "new" over an existing one
+    got = store.get_rollout("r1")
+    assert got is not None and got.state == "paused"
+    assert store.put_rollout(rec) == 3  # no expectation: a plain replace
 
 
 def test_devices_changed_since_sees_changes_but_not_heartbeats(store: Store) -> None:

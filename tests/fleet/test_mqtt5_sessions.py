@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -321,3 +322,25 @@ def test_a_robot_session_ends_after_its_configured_expiry(pki: Pki, broker: Mosq
         assert got == [b"now"]
     finally:
         again.stop()
+
+
+@pytest.mark.services
+def test_a_broker_refusing_the_client_is_reported_at_once_not_taken_for_no_mqtt_5() -> None:
+    """Not authorised is no protocol question: neither the robot nor the plane's client
+    tries 3.1.1 on it, and the plane's says the code instead of waiting out a 3.1.1 try."""
+    from cloud.mqtt import CloudMqttError
+
+    with run_mosquitto("listener {port} 127.0.0.1\nallow_anonymous false\n") as broker:
+        plane = CloudMqtt(CloudMqttSettings(port=broker.port, client_id="hints"), mqtt5=True)
+        started = time.monotonic()
+        with pytest.raises(CloudMqttError, match=r"refused 'hints'.*0x87 Not authorized"):
+            plane.start(timeout_s=10)
+        assert time.monotonic() - started < 5  # no 10 s wait for a 3.1.1 CONNACK
+        assert plane.mqtt5
+        dev = MqttTransport(MqttSettings(port=broker.port, reconnect_cap_s=0.2), "robot-1")
+        dev.start()
+        try:
+            wait_until(lambda: "0x87" in dev.last_error, 10, "the robot's refusal")
+            assert not dev.is_connected() and dev.protocol == "5"
+        finally:
+            dev.stop()

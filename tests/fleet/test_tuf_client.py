@@ -12,7 +12,13 @@ import grpc
 import pytest
 
 from cloud.tuf_repo import TufRepository
-from fleet.tuf_client import DiskFullError, GrpcFetcher, TufClient, TufClientError
+from fleet.tuf_client import (
+    DiskFullError,
+    GrpcFetcher,
+    TransportFetcher,
+    TufClient,
+    TufClientError,
+)
 from protos import device_pb2
 
 
@@ -166,3 +172,11 @@ def test_each_refresh_uses_a_fresh_updater_and_sees_new_targets(
     efb.write_bytes(b"new bundle")
     repo.add_target("bundles/pendulum-1.2.0.efb", efb, {"name": "pendulum", "sequence": 3})
     assert client.refresh().target("bundles/pendulum-1.2.0.efb") is not None
+
+
+def test_a_transport_without_stream_cannot_be_made() -> None:
+    class NoStream(TransportFetcher):
+        pass
+
+    with pytest.raises(TypeError, match="stream"):
+        NoStream()  # type: ignore[abstract]

@@ -8,6 +8,7 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,67 @@ def test_an_incremental_pass_checks_only_changed_devices(store: Store) -> None:
     assert r.waves[0].outcomes == {}  # not announced: not read
     svc.step(r, dirty={"d0"})
     assert list(r.waves[0].outcomes) == ["d0"]
+
+
+def test_an_operators_change_over_a_save_made_meanwhile_is_read_again_and_reapplied(
+    store: Store,
+) -> None:
+    """Two writers of one rollout (an operator on one replica, the driver on another):
+    the operator's save over a revision someone saved after it read is refused, and
+    its change is re-applied to what is stored now, so neither change is lost."""
+    import asyncio
+
+    svc, r = started(store)
+    svc._save(r)
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    svc.plane.db = db  # type: ignore[attr-defined]
+    calls = []
+
+    def pause(mine: Rollout) -> None:
+        calls.append(mine.revision)
+        if len(calls) == 1:  # the driver saves its progress after the operator read
+            theirs = svc._load("ro-t")
+            theirs.note(time.time(), "the driver's note")
+            svc._save(theirs)
+        mine.pause(time.time(), "paused by ops")
+
+    got, _ = asyncio.run(svc._change("ro-t", pause))
+    assert len(calls) == 2 and calls[1] == calls[0] + 1  # read again, re-applied
+    stored = svc._load("ro-t")
+    assert stored.state == "paused" == got.state
+    said = [h["reason"] for h in stored.history]
+    assert "the driver's note" in said and "paused by ops" in said
+
+
+def test_an_operators_abort_left_unfinished_is_finished_by_the_driver_once_abandoned(
+    store: Store,
+) -> None:
+    """The replica serving an operator's abort with rollback saved its intent and
+    stopped: the driver leaves a fresh one to that replica, and finishes (claiming it
+    first) one older than ABANDONED_S: each device restored once."""
+    from cloud.rollouts import service as service_mod
+
+    old = {**BUNDLE, "version": "1.0.0", "sequence": 1}
+    store.set_desired(["d0", "d1", "d2"], old)  # what the rollback points them back at
+    svc, r = started(store)
+    svc._save(r)
+    restore = r.abort(time.time(), "ops", rollback=True)
+    svc._intend(r, "abort", r.current, sorted(restore), restore=restore, actor="ops")
+    gens = {d: store.get_device(d).desired_generation for d in restore}  # type: ignore[union-attr]
+    svc._pass(None)  # fresh: the operator's replica is still at it
+    assert svc._load("ro-t").gates.get("intent", {}).get("kind") == "abort"
+    r = svc._load("ro-t")
+    r.gates["intent"]["at"] = time.time() - service_mod.ABANDONED_S - 1
+    svc._save(r)
+    svc._pass(None)
+    done = svc._load("ro-t")
+    assert "intent" not in done.gates and done.state == "aborted"
+    assert any("rolled back 3 device(s)" in h["reason"] for h in done.history)
+    for d, gen in gens.items():  # restored once: one new generation each
+        assert store.get_device(d).desired_generation == gen + 1, d  # type: ignore[union-attr]
+    svc._pass(None)
+    for d, gen in gens.items():
+        assert store.get_device(d).desired_generation == gen + 1, d  # type: ignore[union-attr]
