@@ -308,13 +308,28 @@ class TufRepository:
                 self._write_chain(self._targets(), expiry_days, timestamp_expiry_s)
             return str(new_signer.public_key.keyid)
 
-    def refresh_timestamp(self, timestamp_expiry_s: int = 86_400) -> dt.datetime:
-        """Re-sign the timestamp with a new expiry (the plane does this on a schedule)."""
+    def refresh_timestamp(
+        self, timestamp_expiry_s: int = 86_400, *, only_if_older_than: float | None = None
+    ) -> tuple[dt.datetime, bool]:
+        """Re-sign the timestamp with a new expiry (the plane does this on a schedule).
+
+        With `only_if_older_than` (seconds), the decision is taken under the lock on the
+        timestamp as it is then: it is re-signed only if it was signed at least that long
+        ago (its age is `timestamp_expiry_s` minus the time it has left), has less than
+        half its lifetime left, or its lifetime is longer than `timestamp_expiry_s`. So
+        replicas on one home that decide at the same time re-sign it once. Returns the
+        expiry and whether it was re-signed.
+        """
         with self.lock():
             ts = self._timestamp()
+            if only_if_older_than is not None:
+                left = (ts.signed.expires - _now()).total_seconds()
+                age = timestamp_expiry_s - left
+                if 0 <= age < only_if_older_than and left >= timestamp_expiry_s / 2:
+                    return ts.signed.expires, False
             ts.signed.version += 1
             ts.signed.expires = _now() + dt.timedelta(seconds=timestamp_expiry_s)
             ts.signatures.clear()
             ts.sign(self._signer(Timestamp.type))
             atomic_write_bytes(self.metadata_dir / "timestamp.json", ts.to_bytes())
-            return ts.signed.expires
+            return ts.signed.expires, True

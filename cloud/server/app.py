@@ -271,16 +271,17 @@ class ControlPlane:
         while True:
             delay = float(cfg.timestamp_refresh_s)
             try:
-                expires = await asyncio.to_thread(self.plane.tuf.timestamp_expires)
-                left = (expires - _utcnow()).total_seconds()
-                age = cfg.timestamp_expiry_s - left  # seconds since it was last signed
-                # Also re-sign when the lifetime is longer than configured (config changed).
-                if not 0 <= age < cfg.timestamp_refresh_s or left < cfg.timestamp_expiry_s / 2:
-                    expires = await asyncio.to_thread(
-                        self.plane.tuf.refresh_timestamp, cfg.timestamp_expiry_s
-                    )
+                # Decided under the TUF lock, on the timestamp as it is then: replicas
+                # sharing the home re-sign it once between them.
+                expires, resigned = await asyncio.to_thread(
+                    self.plane.tuf.refresh_timestamp,
+                    cfg.timestamp_expiry_s,
+                    only_if_older_than=cfg.timestamp_refresh_s,
+                )
+                if resigned:
                     log.info("TUF timestamp re-signed; expires %s", expires.isoformat())
                 else:
+                    age = cfg.timestamp_expiry_s - (expires - _utcnow()).total_seconds()
                     delay = max(0.5, cfg.timestamp_refresh_s - age)
                 self.metrics.timestamp_expiry.set(expires.timestamp())
             except Exception:

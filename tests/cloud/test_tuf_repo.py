@@ -109,3 +109,83 @@ def test_refreshed_timestamp_is_accepted_by_clients(repo: TufRepository, tmp_pat
         ts.signed.version
         == Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes()).signed.version
     )
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+from cloud.tuf_repo import TufRepository
+repo = TufRepository(Path(sys.argv[1]))
+go = Path(sys.argv[2])
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+while not go.exists():
+    if time.monotonic() > deadline:
+        sys.exit("no go file")
+    time.sleep(0.005)
+older = None if sys.argv[3] == "always" else 50.0
+expires, resigned = repo.refresh_timestamp(3700, only_if_older_than=older)
+print(int(resigned), flush=True)
+"""
+
+
+def _race(repo: TufRepository, tmp_path: Path, mode: str, n: int = 4) -> tuple[int, list[int]]:
+    """`n` processes, each with its own repository object on one home, re-signing the
+    timestamp at the same moment; returns the version bump and what each reported."""
+    import os
+    import subprocess
+    import sys
+
+    def version() -> int:
+        ts = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
+        return int(ts.signed.version)
+
+    repo.refresh_timestamp(3600)  # signed just now with 3600 s: 100 s "old" for 3700 s
+    start = version()
+    go = tmp_path / f"go-{mode}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(repo.root), str(go), mode],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(n)
+    ]
+    for p in procs:  # every racer has its repository open before any starts
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    said = []
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0, out
+        said.append(int(out.strip()))
+    return version() - start, said
+
+
+def test_replicas_deciding_together_resign_the_timestamp_once(
+    repo: TufRepository, tmp_path: Path
+) -> None:
+    bump, said = _race(repo, tmp_path, "due")
+    assert bump == 1
+    assert sorted(said) == [0, 0, 0, 1]
+    # Not due now (just re-signed with 3700 s): a further call leaves it alone.
+    before = repo.timestamp_expires()
+    assert repo.refresh_timestamp(3700, only_if_older_than=50.0) == (before, False)
+
+
+def test_unconditional_refresh_bumps_per_caller(repo: TufRepository, tmp_path: Path) -> None:
+    """The race above is real: without the decision under the lock each racer re-signs."""
+    bump, said = _race(repo, tmp_path, "always")
+    assert bump == 4 and said == [1, 1, 1, 1]
+
+
+def test_timestamp_due_rule(repo: TufRepository) -> None:
+    repo.refresh_timestamp(3600)
+    # Signed just now for 3600 s: not due for a 60 s refresh period at 3600 s.
+    assert repo.refresh_timestamp(3600, only_if_older_than=60.0)[1] is False
+    # A lifetime longer than configured (the expiry setting lowered): re-signed.
+    assert repo.refresh_timestamp(1800, only_if_older_than=60.0)[1] is True
+    # Less than half the lifetime left (the expiry setting raised a lot): re-signed.
+    assert repo.refresh_timestamp(1_000_000, only_if_older_than=10.0**9)[1] is True
