@@ -68,7 +68,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,18 @@ def replica_identities(n: int) -> list[str]:
 
 
 ALL_REPLICAS = tuple(replica_identities(MAX_REPLICAS))
+
+
+def fleet_devices(n: int) -> list[str]:
+    """The simulated robots' device ids."""
+    return [f"sim-{i:05d}" for i in range(n)]
+
+
+def fleet_services() -> tuple[str, ...]:
+    """The service identities a run uses (ingest replicas, bare consumer, publisher)."""
+    return (INGEST_IDENTITY, BARE_IDENTITY, PUBLISHER_IDENTITY, *ALL_REPLICAS)
+
+
 BROKER_PID = [0]
 CONSUMER_PIDS: list[int] = []
 DB_PID = [0]
@@ -169,8 +181,9 @@ async def _lean_robots(
         r.close()
     return {
         "sent": sent,
-        "failed": failed + dropped[:20],
+        "failed": failed,
         "dropped": len(dropped),
+        "dropped_examples": dropped[:5],
         "late_s": ticks.late_s,
     }
 
@@ -221,6 +234,8 @@ class Fleet:
     """The 1-minute load average when the last robot connected."""
     late_s: float = 0.0
     dropped: int = 0
+    """Robots whose connection ended before the phase did (reported, not fatal)."""
+    dropped_examples: list[str] = field(default_factory=list)
 
     def join(self, timeout_s: float) -> None:
         self.stop.set()
@@ -233,6 +248,7 @@ class Fleet:
             self.sent.update(got["sent"])
             self.late_s = max(self.late_s, got.get("late_s", 0.0))
             self.dropped += got["dropped"]
+            self.dropped_examples += got.get("dropped_examples", [])
             if got["failed"]:
                 errors.append(f"{len(got['failed'])} robots failed: {got['failed'][:5]}")
         for p in self.procs:
@@ -548,6 +564,8 @@ class PhaseResult:
     connect_load: float = 0.0
     late_s: float = 0.0
     """The most a robot's telemetry was sent after its due time."""
+    robots_dropped: int = 0
+    """Robots whose connection the broker ended during the phase."""
 
     def kept_up(self) -> bool:
         """Everything delivered, at the rate it was sent, with p99 lag under 2 s."""
@@ -594,6 +612,8 @@ def run_phase(
         _wait(lambda: len(rec.seen) >= expected, 60.0)
         fan_s = _fanout(pki, port, devs, rec) if fanout else None
         fleet.join(timeout_s=args.connect_s + args.seconds + 120)
+        if fleet.dropped:
+            print(f"{fleet.dropped} robots disconnected, e.g. {fleet.dropped_examples}")
         sent = sum(n for _, n in fleet.sent.values())
         _wait(lambda: len(rec.seen) >= sent, 15.0)
     lost, dups = rec.loss(fleet.sent)
@@ -620,6 +640,7 @@ def run_phase(
         round(fleet.connect_s, 1),
         round(fleet.connect_load, 2),
         round(fleet.late_s, 3),
+        fleet.dropped,
     )
 
 
@@ -640,14 +661,10 @@ def _fanout(pki: Pki, port: int, devs: list[str], rec: Received) -> float | None
 
 
 def run(args: Any) -> dict[str, Any]:
-    devs = [f"sim-{i:05d}" for i in range(args.robots)]
+    devs = fleet_devices(args.robots)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        pki, issued = fleet_pki(
-            args.cert_cache or Path(tmp) / "pki",
-            devs,
-            (INGEST_IDENTITY, BARE_IDENTITY, PUBLISHER_IDENTITY, *ALL_REPLICAS),
-        )
+        pki, issued = fleet_pki(args.cert_cache or Path(tmp) / "pki", devs, fleet_services())
         kept = f", the rest kept in {args.cert_cache}" if args.cert_cache else ""
         print(
             f"{args.robots} robot certificates in {time.time() - t0:.1f} s "
@@ -750,7 +767,8 @@ def _row(r: PhaseResult) -> None:
         f"{r.lag_p50_s:8.3f}s {r.lag_p99_s:8.3f}s {r.loadavg_1m:6.2f}  "
         + " ".join(f"{k} {v:.2f}" for k, v in (r.cores or {}).items())
         + f"  robots {r.robot_us_per_msg:.0f} us/msg, connected in {r.connect_s:.1f} s "
-        f"(load {r.connect_load:.2f}), sent late by at most {r.late_s:.3f} s",
+        f"(load {r.connect_load:.2f}), sent late by at most {r.late_s:.3f} s"
+        + (f", {r.robots_dropped} robots disconnected" if r.robots_dropped else ""),
         flush=True,
     )
 
@@ -814,6 +832,7 @@ def _report(
         "client": args.client,
         "robot_us_per_msg": ing.robot_us_per_msg,
         "connect_s": ing.connect_s,
+        "robots_dropped": ing.robots_dropped,
         "loadavg_1m": ing.loadavg_1m,
         "phases": [
             {
@@ -830,6 +849,7 @@ def _report(
                 "connect_s": r.connect_s,
                 "connect_loadavg_1m": r.connect_load,
                 "late_s": r.late_s,
+                "robots_dropped": r.robots_dropped,
             }
             for r in rows
         ],

@@ -73,3 +73,27 @@ def fleet_pki(
         with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
             issued += sum(pool.map(_issue, jobs))
     return Pki(d, ca_crt), issued
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+    import time
+
+    ap = argparse.ArgumentParser(description="Make (or top up) a simulated fleet's certificates.")
+    ap.add_argument("directory", type=Path)
+    ap.add_argument("--robots", type=int, required=True, help="robots sim-00000 .. sim-N-1")
+    ap.add_argument("--procs", type=int, default=None, help="worker processes (default: CPUs)")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.fleet_scale import fleet_devices, fleet_services
+
+    t0 = time.time()
+    _, issued = fleet_pki(
+        args.directory, fleet_devices(args.robots), fleet_services(), procs=args.procs
+    )
+    print(f"{issued} certificates issued in {time.time() - t0:.1f} s into {args.directory}")
+
+
+if __name__ == "__main__":
+    main()
