@@ -18,6 +18,7 @@ the same `run_unit` on the same data, so the same seeds give the same numbers.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import multiprocessing
 import re
@@ -186,12 +187,19 @@ def _unpack(pack: Mapping[str, Any], into: Path) -> str:
     return str(root)
 
 
+def _edgeflux_version() -> str:
+    """The installed EdgeFlux distribution's version, as every node reports it."""
+    try:
+        return importlib.metadata.version("edgeflux")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def run_shipped(
     unit: Unit, fields: list[list[str]], version: str, *packs: Mapping[str, Any]
 ) -> Unit:
     """A unit on a Ray worker: its files rebuilt in a temporary directory, then `run_unit`."""
-    from edgeflux._version import __version__
-
+    __version__ = _edgeflux_version()
     if version != __version__:
         raise CampaignError(
             f"work unit {unit['id']}: this node runs EdgeFlux {__version__}, the campaign was "
@@ -286,8 +294,7 @@ class RayExecutor:
         ray = self._connect()
         from ray.exceptions import RayError, RayTaskError
 
-        from edgeflux._version import __version__
-
+        __version__ = _edgeflux_version()
         task = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(
             run_shipped
         )
