@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -85,22 +84,34 @@ def _insert(conn: Connection, t: sa.Table) -> Any:
     return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(t)
 
 
-def _accepted(
-    conn: Connection, devices: set[str], *columns: Any, for_update: bool = True
-) -> dict[str, Any]:
-    """The registered, unrevoked devices among `devices`, with `columns` of each row.
+_HELD = (D.c.health["at"].as_string(), D.c.update_state)
+_ACCEPTED_PG = (
+    "SELECT id{columns} FROM devices WHERE id = ANY(%b::varchar[]) AND revoked IS false "
+    "ORDER BY id FOR {lock}"
+)
 
-    `for_update` False: their rows are only kept from being deleted (``FOR KEY SHARE``,
+
+def _accepted(
+    conn: Connection, devices: set[str], *, held: bool = False, for_update: bool = True
+) -> dict[str, Any]:
+    """The registered, unrevoked devices among `devices`; with `held`, each one's
+    stored health time and update state (only what the writer needs of the row).
+
+    The rows this transaction will update are locked, all at once in id order, so
+    replicas writing batches that share devices queue instead of deadlocking.
+    `for_update` False: they are only kept from being deleted (``FOR KEY SHARE``,
     which neither waits for nor holds up another transaction updating them)."""
     ids = sorted(devices)
-    if conn.dialect.name == "postgresql":  # one array parameter, not one per device
-        which = D.c.id == sa.any_(sa.bindparam("ids", ids, type_=ARRAY(sa.String)))
+    if conn.dialect.name == "postgresql":  # one array parameter; no statement to build
+        sql = _ACCEPTED_PG.format(
+            columns=", health ->> 'at', update_state" if held else "",
+            lock="NO KEY UPDATE" if for_update else "KEY SHARE",
+        )
+        rows = conn.exec_driver_sql(sql, (ids,)).all()
     else:
-        which = D.c.id.in_(ids)
-    # The rows this transaction will update are locked here, all at once in id order:
-    # replicas writing batches that share devices then queue instead of deadlocking.
-    q = sa.select(D.c.id, *columns).where(which, D.c.revoked.is_(False)).order_by(D.c.id)
-    rows = conn.execute(q.with_for_update(key_share=True, read=not for_update)).all()
+        columns = _HELD if held else ()
+        q = sa.select(D.c.id, *columns).where(D.c.id.in_(ids), D.c.revoked.is_(False))
+        rows = conn.execute(q.order_by(D.c.id).with_for_update(key_share=True)).all()
     return {str(r[0]): tuple(r[1:]) for r in rows}
 
 
@@ -229,7 +240,6 @@ def record_telemetry_many(
         return []
     limit = future_limit.isoformat() if future_limit is not None else None
     result = [False] * len(writes)
-    held_columns = (D.c.health["at"].as_string(), D.c.update_state)
     # PostgreSQL: the device rows are locked for their update only at the end, so the
     # replicas, whose batches share devices, queue for that last step alone, not for
     # the whole transaction (key inserts and points included).
@@ -239,7 +249,7 @@ def record_telemetry_many(
         if late_lock:
             current = _accepted(conn, devices, for_update=False)
         else:
-            current = _accepted(conn, devices, *held_columns)
+            current = _accepted(conn, devices, held=True)
         candidates: dict[tuple[str, int], int] = {}
         for i, (device, seq, _pts, _rcv) in enumerate(writes):
             if device in current and (device, seq) not in candidates:
@@ -265,7 +275,7 @@ def record_telemetry_many(
         if not last_seen:
             return result
         if late_lock:  # now locked, in id order; what they hold now is what counts
-            current = _accepted(conn, set(last_seen), *held_columns)
+            current = _accepted(conn, set(last_seen), held=True)
             if len(current) != len(last_seen):
                 # Revoked since the check above: the caller writes the batch again, one
                 # message at a time, and that device's are refused.
