@@ -213,12 +213,16 @@ class SimRobot:
 
 
 class RobotLoop:
-    """Sends the telemetry of many robots from one timer on their loop; also sends a
-    PINGREQ for a connection that wrote nothing for half its keep-alive."""
+    """Sends the telemetry of many robots from one timer on their loop; every
+    `ping_every_s` it also sends a PINGREQ on each connection that wrote nothing for
+    half its keep-alive, also after the sending stopped, until `stop()`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float = 0.005) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, tick_s: float = 0.005, ping_every_s: float = 5.0
+    ) -> None:
         self.loop = loop
         self.tick_s = tick_s
+        self.ping_every_s = ping_every_s
         self.robots: list[SimRobot] = []
         self._heap: list[tuple[float, int, float, SimRobot, float, int]] = []
         self._n = 0
@@ -250,7 +254,8 @@ class RobotLoop:
             self.add(r, period_s, start_at + phase)
 
     def start(self, until: float = float("inf")) -> None:
-        """Tick until wall-clock time `until` (the last sends are those due before it)."""
+        """Send until wall-clock time `until` (the last sends are those due before it);
+        keep-alives go on until `stop()`."""
         self._until = until
         self._started = True
         self._schedule()
@@ -262,10 +267,12 @@ class RobotLoop:
             self._timer = None
 
     def _schedule(self) -> None:
-        if not self._heap or self._heap[0][0] >= self._until:
-            self._timer = None
+        if not self._started:
             return
-        delay = max(self.tick_s, self._heap[0][0] - time.time())
+        if self._heap and self._heap[0][0] < self._until:
+            delay = max(self.tick_s, self._heap[0][0] - time.time())
+        else:  # nothing more to send: keep-alives only, until stopped
+            delay = self.ping_every_s
         self._timer = self.loop.call_later(delay, self._tick)
 
     def _tick(self) -> None:
@@ -284,7 +291,7 @@ class RobotLoop:
             mono = time.monotonic()
             for r in self.robots:
                 r.link.ping_if_idle(mono)
-            self._next_ping = now + 5.0
+            self._next_ping = now + self.ping_every_s
         self._schedule()
 
 

@@ -14,8 +14,11 @@ The functions here write a whole ingest batch in one transaction with the same r
   state = the last stored update event, presence = the last state;
 - ``updated_at`` stamped so `WatchFleet` sees the change, listeners notified after
   the commit;
-- rows are locked in one order (the device rows first, in id order; keys sorted),
-  so replicas writing batches that share devices cannot deadlock.
+- rows are locked in one order (device rows in id order, keys sorted), so replicas
+  writing batches that share devices cannot deadlock. Telemetry on PostgreSQL locks
+  the device rows for its update only as its last step (until then they are only kept
+  from being deleted), so replicas queue for that step alone; a device revoked in
+  between makes the batch fail as a conflict, and the caller writes it row by row.
 
 On PostgreSQL a telemetry batch costs a handful of statements whatever its size: the
 batch keys in one ``INSERT ... SELECT FROM unnest(...)``, the points in one ``COPY``
@@ -33,12 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from cloud.store._store import Store, TelemetryRecord
+from cloud.store.errors import ConflictError
 from cloud.store.models import Device, Event, TelemetryBatch, TelemetryPoint, table
 from cloud.store.telemetry import health_summary, telemetry_update_state
 from cloud.store.updates import EventRecord
@@ -81,17 +84,34 @@ def _insert(conn: Connection, t: sa.Table) -> Any:
     return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(t)
 
 
-def _accepted(conn: Connection, devices: set[str], *columns: Any) -> dict[str, Any]:
-    """The registered, unrevoked devices among `devices`, with `columns` of each row."""
+_HELD = (D.c.health["at"].as_string(), D.c.update_state)
+_ACCEPTED_PG = (
+    "SELECT id{columns} FROM devices WHERE id = ANY(%b::varchar[]) AND revoked IS false "
+    "ORDER BY id FOR {lock}"
+)
+
+
+def _accepted(
+    conn: Connection, devices: set[str], *, held: bool = False, for_update: bool = True
+) -> dict[str, Any]:
+    """The registered, unrevoked devices among `devices`; with `held`, each one's
+    stored health time and update state (only what the writer needs of the row).
+
+    The rows this transaction will update are locked, all at once in id order, so
+    replicas writing batches that share devices queue instead of deadlocking.
+    `for_update` False: they are only kept from being deleted (``FOR KEY SHARE``,
+    which neither waits for nor holds up another transaction updating them)."""
     ids = sorted(devices)
-    if conn.dialect.name == "postgresql":  # one array parameter, not one per device
-        which = D.c.id == sa.any_(sa.bindparam("ids", ids, type_=ARRAY(sa.String)))
+    if conn.dialect.name == "postgresql":  # one array parameter; no statement to build
+        sql = _ACCEPTED_PG.format(
+            columns=", health ->> 'at', update_state" if held else "",
+            lock="NO KEY UPDATE" if for_update else "KEY SHARE",
+        )
+        rows = conn.exec_driver_sql(sql, (ids,)).all()
     else:
-        which = D.c.id.in_(ids)
-    # The rows this transaction will update are locked here, all at once in id order:
-    # replicas writing batches that share devices then queue instead of deadlocking.
-    q = sa.select(D.c.id, *columns).where(which, D.c.revoked.is_(False)).order_by(D.c.id)
-    rows = conn.execute(q.with_for_update(key_share=True)).all()
+        columns = _HELD if held else ()
+        q = sa.select(D.c.id, *columns).where(D.c.id.in_(ids), D.c.revoked.is_(False))
+        rows = conn.execute(q.order_by(D.c.id).with_for_update(key_share=True)).all()
     return {str(r[0]): tuple(r[1:]) for r in rows}
 
 
@@ -220,11 +240,16 @@ def record_telemetry_many(
         return []
     limit = future_limit.isoformat() if future_limit is not None else None
     result = [False] * len(writes)
+    # PostgreSQL: the device rows are locked for their update only at the end, so the
+    # replicas, whose batches share devices, queue for that last step alone, not for
+    # the whole transaction (key inserts and points included).
+    late_lock = store.engine.dialect.name == "postgresql"
     with store._tx() as conn:
-        # Only the stored health's time is needed: the rest is replaced, never merged.
-        current = _accepted(
-            conn, {w[0] for w in writes}, D.c.health["at"].as_string(), D.c.update_state
-        )
+        devices = {w[0] for w in writes}
+        if late_lock:
+            current = _accepted(conn, devices, for_update=False)
+        else:
+            current = _accepted(conn, devices, held=True)
         candidates: dict[tuple[str, int], int] = {}
         for i, (device, seq, _pts, _rcv) in enumerate(writes):
             if device in current and (device, seq) not in candidates:
@@ -234,7 +259,7 @@ def record_telemetry_many(
         keys = [(d, q, writes[i][3]) for (d, q), i in sorted(candidates.items())]
         added = _add_batches(conn, keys)
         points: list[tuple[str, int, TelemetryRecord]] = []
-        health: dict[str, _Health] = {}
+        stored: list[tuple[str, Sequence[TelemetryRecord]]] = []
         last_seen: dict[str, dt.datetime] = {}
         for key, i in candidates.items():  # batch order
             if key not in added:
@@ -243,19 +268,29 @@ def record_telemetry_many(
             device, seq, pts, received = writes[i]
             if pts:
                 points += [(device, seq, p) for p in pts]
-                h = health.get(device)
-                if h is None:
-                    held_at, update_state = current[device]
-                    held = str(held_at or "")
-                    if limit is not None and held > limit:
-                        held = ""
-                    h = health[device] = _Health(held, str(update_state or ""))
-                h.apply(pts)
+                stored.append((device, pts))
             seen = last_seen.get(device)
             last_seen[device] = received if seen is None or received > seen else seen
         copy_records(conn, points)
-        if last_seen:
-            _update_devices(conn, health, last_seen)
+        if not last_seen:
+            return result
+        if late_lock:  # now locked, in id order; what they hold now is what counts
+            current = _accepted(conn, set(last_seen), held=True)
+            if len(current) != len(last_seen):
+                # Revoked since the check above: the caller writes the batch again, one
+                # message at a time, and that device's are refused.
+                raise ConflictError("a device was revoked while its telemetry was written")
+        health: dict[str, _Health] = {}
+        for device, pts in stored:
+            h = health.get(device)
+            if h is None:
+                held_at, update_state = current[device]
+                held = str(held_at or "")
+                if limit is not None and held > limit:
+                    held = ""
+                h = health[device] = _Health(held, str(update_state or ""))
+            h.apply(pts)
+        _update_devices(conn, health, last_seen)
     store._notify(list(last_seen))
     return result
 

@@ -289,3 +289,33 @@ def test_copy_text_stores_the_rows_the_adapted_copy_stores(
             for r in conn.execute(T.select().where(T.c.device_id.in_([f"a{tag}", f"b{tag}"])))
         }
     assert rows["a"] == rows["b"]
+
+
+def test_a_device_revoked_while_its_batch_is_written_stores_nothing_of_that_batch(
+    pg_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL locks the device rows only for the batch's last step: a revocation
+    committed in between (by another connection, not held up) fails the batch as a
+    conflict, nothing of it is stored, and written again the device's data is refused."""
+    from cloud.store import ConflictError, ingest_batch
+
+    run = uuid.uuid4().hex[:8]
+    kept, revoked = f"robot-kept-{run}", f"robot-gone-{run}"
+    for d in (kept, revoked):
+        pg_store.add_device(d, uuid.uuid4().hex)
+    real = ingest_batch._add_batches
+
+    def revoke_meanwhile(conn: object, keys: object) -> object:
+        added = real(conn, keys)  # type: ignore[arg-type]
+        pg_store.revoke_device(revoked)  # its own transaction: must not wait for ours
+        return added
+
+    monkeypatch.setattr(ingest_batch, "_add_batches", revoke_meanwhile)
+    now = dt.datetime.now(dt.UTC)
+    writes = [(kept, 1, _pt(1, 1.0), now), (revoked, 1, _pt(1, 1.0), now)]
+    with pytest.raises(ConflictError):
+        record_telemetry_many(pg_store, writes)
+    assert pg_store.telemetry(kept) == [] and pg_store.telemetry(revoked) == []
+    monkeypatch.setattr(ingest_batch, "_add_batches", real)
+    assert record_telemetry_many(pg_store, writes) == [True, False]
+    assert len(pg_store.telemetry(kept)) == 1 and pg_store.telemetry(revoked) == []

@@ -274,6 +274,7 @@ class _Counting:
         return self
 
     def ping_if_idle(self, _now: float) -> bool:
+        self.log.append((f"ping {self.name}", time.time()))
         return False
 
 
@@ -281,16 +282,20 @@ def test_one_timer_sends_each_robot_once_a_period_until_the_end() -> None:
     async def main() -> list[tuple[str, float]]:
         loop = asyncio.get_running_loop()
         log: list[tuple[str, float]] = []
-        ticks = RobotLoop(loop, tick_s=0.005)
+        ticks = RobotLoop(loop, tick_s=0.005, ping_every_s=0.05)
         start = time.time() + 0.05
         ticks.spread([_Counting(f"r{i}", log) for i in range(20)], 0.1, start)  # type: ignore[misc]
         ticks.start(until=start + 0.5)
         await asyncio.sleep(0.1)
         ticks.add(_Counting("late", log), 0.1, time.time())  # type: ignore[arg-type]
         await asyncio.sleep(0.6)
+        ticks.stop()
         return log
 
     log = asyncio.run(main())
     per = Counter(name for name, _ in log)
     assert all(per[f"r{i}"] == 5 for i in range(20)), per
     assert 3 <= per["late"] <= 5, per
+    # keep-alives went on after the last send (start + 0.5), not just while sending
+    last_send = max(at for name, at in log if not name.startswith("ping"))
+    assert any(name == "ping r0" and at > last_send + 0.1 for name, at in log), log[-5:]
