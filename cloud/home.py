@@ -116,6 +116,12 @@ class CloudConfig(BaseModel):
     max_concurrent_downloads: int = Field(
         64, gt=0, description="target (bundle) streams served at once; more wait for a slot"
     )
+    campaign_executor: str = Field(
+        "local",
+        min_length=1,
+        description="where RunParityCampaign runs a campaign's units: 'local' (a process pool "
+        "on this replica) or 'ray://HOST:PORT' (a Ray cluster's client server); checked at start",
+    )
 
     @model_validator(mode="after")
     def _check_timestamp_schedule(self) -> CloudConfig:
@@ -341,6 +347,9 @@ def _default_config_text(hosts: list[str]) -> str:
         "timestamp_expiry_s = 86400\n"
         "timestamp_refresh_s = 3600\n"
         "desired_state_ttl_s = 3600\n"
+        "# Where campaigns asked of the plane (RunParityCampaign) run: a process pool on\n"
+        "# this replica, or a Ray cluster shared by every replica (pip install 'edgeflux[ray]').\n"
+        '# campaign_executor = "ray://ray-head.example:10001"         # default: "local"\n'
     )
 
 

@@ -71,23 +71,24 @@ _ADDRESS = re.compile(r"ray://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0
                       r":(?P<port>[0-9]{1,5})")  # fmt: skip
 
 
-def parse_executor(text: str, workers: int) -> Executor:
-    """``local`` or ``ray://HOST:PORT``; ExecutorError says what was expected."""
+def parse_executor(text: str, workers: int, *, name: str = "--executor") -> Executor:
+    """``local`` or ``ray://HOST:PORT``; ExecutorError says what was expected (of the
+    option or setting `name`)."""
     if text == "local":
         return LocalExecutor(workers)
     if not text.startswith("ray://"):
-        raise ExecutorError(f"--executor {text!r}: expected 'local' or 'ray://HOST:PORT'")
+        raise ExecutorError(f"{name} {text!r}: expected 'local' or 'ray://HOST:PORT'")
     m = _ADDRESS.fullmatch(text)
     if m is None:
         raise ExecutorError(
-            f"--executor {text!r}: expected ray://HOST:PORT (the cluster's Ray client server, "
+            f"{name} {text!r}: expected ray://HOST:PORT (the cluster's Ray client server, "
             "e.g. ray://head.example:10001)"
         )
     port = int(m["port"])
     if not 1 <= port <= 65535:
-        raise ExecutorError(f"--executor {text!r}: port {port} is not in 1..65535")
+        raise ExecutorError(f"{name} {text!r}: port {port} is not in 1..65535")
     if importlib.util.find_spec("ray") is None:
-        raise ExecutorError(f"--executor {text}: Ray is not installed; {RAY_INSTALL}")
+        raise ExecutorError(f"{name} {text}: Ray is not installed; {RAY_INSTALL}")
     return RayExecutor(m["host"].strip("[]"), port)
 
 

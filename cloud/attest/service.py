@@ -8,7 +8,8 @@
 - ``RunParityCampaign(bundle, campaign_toml)`` — admin operators: runs the campaign on
   the published bundle (its TUF target), streams progress, stores and returns the
   signed attestation. Campaign state lives under ``<home>/state/campaigns/`` so a
-  repeated request resumes.
+  repeated request resumes. The units run where the plane's ``campaign_executor``
+  setting says (`campaign_executor`): a local pool, or a Ray cluster.
 
 Mounted by `cloud.plane_services.PLANE_SERVICES` through `register`.
 """
@@ -21,7 +22,7 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -33,7 +34,17 @@ from cloud.server.plane import Plane
 from cloud.store.attestations import AttestationRecord, AttestationStore
 from protos import attestation_pb2, attestation_pb2_grpc, common_pb2
 
-__all__ = ["AttestationServicer", "record_from_envelope", "register", "to_message"]
+if TYPE_CHECKING:
+    from cloud.attest.executors import Executor
+    from cloud.home import CloudConfig
+
+__all__ = [
+    "AttestationServicer",
+    "campaign_executor",
+    "record_from_envelope",
+    "register",
+    "to_message",
+]
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +171,16 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
             efb = self.plane.tuf.target_file_path(bundle.target_path, bundle.efb_sha256)
             with tempfile.TemporaryDirectory(prefix="campaign-") as tmp:
                 bdir = unpack_bundle(efb, Path(tmp) / "bundle")
-                result = campaign.run_campaign(
-                    bdir,
-                    spec,
-                    workdir=workdir,
-                    trust_dir=home.trust,
-                    key=statement.load_key(home.key_path("attestation", private=True)),
-                    progress=progress,
-                )
+                with campaign_executor(self.plane.config, spec.workers) as executor:
+                    result = campaign.run_campaign(
+                        bdir,
+                        spec,
+                        workdir=workdir,
+                        trust_dir=home.trust,
+                        key=statement.load_key(home.key_path("attestation", private=True)),
+                        progress=progress,
+                        executor=executor,
+                    )
             raw = statement.envelope_bytes(result.envelope)
             rec = record_from_envelope(raw, _trusted(home.trust), created_by=ident.actor)
             return self.store.put(rec)
@@ -189,6 +202,14 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
         self.lookup.forget(rec.policy_sha256)
         yield attestation_pb2.CampaignProgress(stage="done", result=to_message(rec))
+
+
+def campaign_executor(config: CloudConfig, workers: int) -> Executor:
+    """The executor the plane's ``campaign_executor`` setting names (``local``: `workers`
+    processes); ExecutorError says what is wrong with the setting."""
+    from cloud.attest.executors import parse_executor
+
+    return parse_executor(config.campaign_executor, workers, name="campaign_executor")
 
 
 def _trusted(trust_dir: Path) -> dict[str, Any]:

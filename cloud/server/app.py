@@ -124,6 +124,7 @@ class ControlPlane:
 
     async def _start(self, store: Store) -> None:
         cfg = self.config
+        self._check_campaign_executor()
         plane = Plane.load(self.home, cfg, store, self.metrics)
         self.plane = plane
         server = grpc.aio.server(
@@ -206,6 +207,20 @@ class ControlPlane:
             self.address,
             store.url,
         )
+
+    def _check_campaign_executor(self) -> None:
+        """`campaign_executor` parsed as RunParityCampaign will parse it (a bad value or a
+        missing Ray stops the start here, not the first campaign)."""
+        from cloud.attest.executors import ExecutorError
+        from cloud.attest.service import campaign_executor
+
+        try:
+            campaign_executor(self.config, 1)
+        except ExecutorError as exc:
+            raise PlaneStartError(
+                f"cannot start: {self.home.config_file} [cloud] {exc} "
+                "(or EDGEFLUX_CLOUD_CAMPAIGN_EXECUTOR)"
+            ) from exc
 
     def _start_ingest(self, store: Store) -> None:
         """MQTT ingest (cloud.ingest, the fleet package's) in this process, as the plane."""
