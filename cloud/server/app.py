@@ -211,11 +211,10 @@ class ControlPlane:
     def _check_campaign_executor(self) -> None:
         """`campaign_executor` parsed as RunParityCampaign will parse it (a bad value or a
         missing Ray stops the start here, not the first campaign)."""
-        from cloud.attest.executors import ExecutorError
-        from cloud.attest.service import campaign_executor
+        from cloud.attest.executors import ExecutorError, parse_executor
 
         try:
-            campaign_executor(self.config, 1)
+            parse_executor(self.config.campaign_executor, 1, name="campaign_executor")
         except ExecutorError as exc:
             raise PlaneStartError(
                 f"cannot start: {self.home.config_file} [cloud] {exc} "

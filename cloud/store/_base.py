@@ -12,7 +12,7 @@ import fcntl
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
@@ -64,7 +64,8 @@ class StoreBase:
         # SQLite hot-path reads (per-call auth) skip SQLAlchemy: one raw read-only
         # connection per thread, statements compiled once from the Core ones.
         self._raw = threading.local()
-        self._raw_conns: list[sqlite3.Connection] = []
+        self._raw_conns: list[tuple[sqlite3.Connection, threading.Lock]] = []
+        self._raw_closed = False
         self._raw_sql: dict[str, str] = {}
         if engine.url.get_backend_name() == "sqlite":
             for name, stmt in HOT_READS.items():
@@ -105,29 +106,42 @@ class StoreBase:
         return store
 
     def close(self) -> None:
+        # Each raw connection is closed under its own lock: closing one while
+        # another thread (a plane's driver pass still finishing) runs a statement
+        # on it crashes the interpreter inside SQLite.
         with self._lock:
+            self._raw_closed = True
             conns, self._raw_conns = self._raw_conns, []
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):
+        for conn, lock in conns:
+            with lock, contextlib.suppress(sqlite3.Error):
                 conn.close()
         self.engine.dispose()
 
-    def _raw_conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._raw, "conn", None)
-        if conn is None:
+    def _raw_execute(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """All rows of `sql` on this thread's raw read-only SQLite connection."""
+        pair: tuple[sqlite3.Connection, threading.Lock] | None = getattr(self._raw, "conn", None)
+        if pair is None:
             uri = Path(self.engine.url.database or "").resolve().as_uri() + "?mode=ro"
             conn = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
+            pair = (conn, threading.Lock())
             with self._lock:
-                self._raw_conns.append(conn)
-            self._raw.conn = conn
-        return conn
+                if self._raw_closed:
+                    conn.close()
+                    raise sqlite3.ProgrammingError("the store is closed")
+                self._raw_conns.append(pair)
+            self._raw.conn = pair
+        conn, lock = pair
+        with lock:
+            if self._raw_closed:
+                raise sqlite3.ProgrammingError("the store is closed")
+            # fetchall, not fetchone: a statement left mid-step would keep this
+            # connection's read snapshot open, and later reads would miss new commits.
+            return conn.execute(sql, params).fetchall()
 
     def _raw_read(self, name: str, params: tuple[Any, ...]) -> Any:
         """One row of a precompiled read on this thread's raw SQLite connection."""
         try:
-            # fetchall, not fetchone: a statement left mid-step would keep this
-            # connection's read snapshot open, and later reads would miss new commits.
-            rows = self._raw_conn().execute(self._raw_sql[name], params).fetchall()
+            rows = self._raw_execute(self._raw_sql[name], params)
             return rows[0] if rows else None
         except sqlite3.Error as e:
             raise StoreUnavailable(f"database {self.url} is unavailable: {e}") from e
@@ -137,7 +151,7 @@ class StoreBase:
         compiled = stmt.compile(dialect=self.engine.dialect)
         params = [compiled.params[k] for k in compiled.positiontup or ()]
         try:
-            return self._raw_conn().execute(str(compiled), params).fetchall()
+            return self._raw_execute(str(compiled), params)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"database {self.url} is unavailable: {e}") from e
 
