@@ -405,7 +405,18 @@ def run_ray_cluster(
             worker = ["--address", f"127.0.0.1:{gcs}", "--temp-dir", str(base / f"n{i}"), *common]
             groups.append(_ray_start(worker, node_env, base / f"n{i}.log"))
         cluster = RayCluster("127.0.0.1", client, 0.0)
-        ray.init(cluster.address, logging_level="WARNING", log_to_driver=False)
+        # The head's client server can refuse the first session while its node is still
+        # coming up ("Starting Ray client server failed"): try again until it answers.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ray.init(cluster.address, logging_level="WARNING", log_to_driver=False)
+                break
+            except ConnectionError:
+                ray.shutdown()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         try:
             wait_until(
                 lambda: sum(bool(n["Alive"]) for n in ray.nodes()) == nodes,
